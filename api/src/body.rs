@@ -1,0 +1,143 @@
+//! Reading JSON bodies: the 64 KiB limit, the content type, and field-by-field
+//! extraction that reports every problem of a well-formed body at once.
+
+use actix_web::{http::header, web, HttpRequest};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use keyledger_events::domain::ValidationDetails;
+use serde_json::{Map, Value};
+
+use crate::{error::ApiError, BODY_LIMIT};
+
+/// The body as a JSON object; an empty body is an empty object.
+pub async fn read_object(req: &HttpRequest, mut payload: web::Payload) -> Result<Fields, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > BODY_LIMIT) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let mut bytes = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("the body could not be read: {e}")))?;
+        if bytes.len() + chunk.len() > BODY_LIMIT {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Fields::new(Map::new()));
+    }
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::BadRequest(
+            "Send the body as JSON with 'Content-Type: application/json'.".into(),
+        ));
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(Fields::new(map)),
+        Ok(_) => Err(ApiError::invalid("body", "must be a JSON object")),
+        Err(e) => Err(ApiError::BadRequest(format!("The body is not valid JSON: {e}."))),
+    }
+}
+
+/// A JSON object being taken apart: each `take_*` removes a field and notes
+/// any problem; [`Fields::finish`] refuses unknown fields and reports all.
+pub struct Fields {
+    map: Map<String, Value>,
+    details: ValidationDetails,
+}
+
+impl Fields {
+    pub fn new(map: Map<String, Value>) -> Fields {
+        Fields {
+            map,
+            details: ValidationDetails::default(),
+        }
+    }
+
+    fn problem<T>(&mut self, field: &str, problem: &str) -> Option<T> {
+        self.details.add(field, problem);
+        None
+    }
+
+    /// A required string.
+    pub fn string(&mut self, field: &str) -> Option<String> {
+        match self.map.remove(field) {
+            Some(Value::String(s)) => Some(s),
+            None | Some(Value::Null) => self.problem(field, "is required"),
+            Some(_) => self.problem(field, "must be a string"),
+        }
+    }
+
+    /// An optional string (absent or null: `None`).
+    pub fn optional_string(&mut self, field: &str) -> Option<String> {
+        match self.map.remove(field) {
+            Some(Value::String(s)) => Some(s),
+            None | Some(Value::Null) => None,
+            Some(_) => self.problem(field, "must be a string"),
+        }
+    }
+
+    /// An optional list of strings.
+    pub fn string_list(&mut self, field: &str) -> Option<Vec<String>> {
+        match self.map.remove(field) {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) if items.iter().all(Value::is_string) => Some(
+                items
+                    .into_iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect(),
+            ),
+            Some(_) => self.problem(field, "must be a list of strings"),
+        }
+    }
+
+    pub fn integer(&mut self, field: &str) -> Option<i64> {
+        match self.map.remove(field) {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64(),
+            Some(_) => self.problem(field, "must be a whole number"),
+        }
+    }
+
+    pub fn object(&mut self, field: &str) -> Option<Map<String, Value>> {
+        match self.map.remove(field) {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(map)) => Some(map),
+            Some(_) => self.problem(field, "must be an object"),
+        }
+    }
+
+    /// A timestamp that may be absent (`None`), null (`Some(None)`) or set.
+    pub fn nullable_time(&mut self, field: &str) -> Option<Option<DateTime<Utc>>> {
+        match self.map.remove(field) {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(Value::String(text)) => match DateTime::parse_from_rfc3339(&text) {
+                Ok(at) => Some(Some(at.with_timezone(&Utc))),
+                Err(_) => self.problem(field, "must be an RFC 3339 timestamp, e.g. 2027-01-31T00:00:00Z"),
+            },
+            Some(_) => self.problem(field, "must be an RFC 3339 timestamp or null"),
+        }
+    }
+
+    /// Every problem found, plus one per unknown field.
+    pub fn finish(mut self) -> Result<(), ApiError> {
+        for name in self.map.keys() {
+            self.details.add(name, "unknown field");
+        }
+        if self.details.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(self.details))
+        }
+    }
+}

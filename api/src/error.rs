@@ -1,0 +1,185 @@
+//! The one error type of the API: every case maps to a status and a code of
+//! `API.md`, with a message that says what to do. Internal errors become an
+//! opaque 500 and are logged with their cause chain.
+
+use actix_web::{http::header, http::StatusCode, HttpResponse, ResponseError};
+use keyledger_events::domain::{DomainError, Scope, ValidationDetails};
+use keyledger_events::handler::HandlerError;
+use serde_json::json;
+
+use crate::middleware::current_request_id;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing API key")]
+    MissingApiKey,
+    #[error("invalid API key")]
+    InvalidApiKey,
+    #[error("key expired")]
+    KeyExpired,
+    #[error("key inactive")]
+    KeyInactive,
+    #[error("insufficient scope: {0}")]
+    InsufficientScope(Scope),
+    #[error("environment mismatch")]
+    EnvironmentMismatch { required: &'static str },
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("validation failed")]
+    Validation(ValidationDetails),
+    #[error("{0} is not implemented yet")]
+    NotImplemented(&'static str),
+    #[error("a dependency is unavailable")]
+    Unavailable,
+    #[error("internal error: {0:#}")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> ApiError {
+        ApiError::Internal(Box::new(e))
+    }
+
+    pub fn invalid(field: &str, problem: impl Into<String>) -> ApiError {
+        ApiError::Validation(match DomainError::invalid(field, problem) {
+            DomainError::Validation(details) => details,
+            _ => unreachable!("invalid() builds a validation error"),
+        })
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::MissingApiKey => "missing_api_key",
+            ApiError::InvalidApiKey => "invalid_api_key",
+            ApiError::KeyExpired => "key_expired",
+            ApiError::KeyInactive => "key_inactive",
+            ApiError::InsufficientScope(_) => "insufficient_scope",
+            ApiError::EnvironmentMismatch { .. } => "environment_mismatch",
+            ApiError::NotFound => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::Validation(_) => "validation_error",
+            ApiError::NotImplemented(_) => "not_implemented",
+            ApiError::Unavailable => "unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            ApiError::BadRequest(m) | ApiError::Conflict(m) => m.clone(),
+            ApiError::MissingApiKey => {
+                "No API key: send it in the header 'Authorization: Bearer <key>'.".into()
+            }
+            ApiError::InvalidApiKey => "The API key is not valid. Check that it was copied completely and \
+                 correctly, that it was not regenerated or deleted, and that it belongs to this service."
+                .into(),
+            ApiError::KeyExpired => {
+                "The API key has expired. Create a new key, or use another active key.".into()
+            }
+            ApiError::KeyInactive => {
+                "The API key is deactivated. Re-activate it in the key list, or use an active key.".into()
+            }
+            ApiError::InsufficientScope(scope) => format!(
+                "The API key lacks the scope '{scope}' this operation needs. Use a key that has it, or add it to this key."
+            ),
+            ApiError::EnvironmentMismatch { required } => format!(
+                "This operation needs a {required} key; the key given is for the other environment. \
+                 Use a {required} key (live keys start with pk_live_ or sk_live_, test keys with sk_test_)."
+            ),
+            ApiError::NotFound => "No such resource in your organization.".into(),
+            ApiError::PayloadTooLarge => "The request body is larger than 64 KiB.".into(),
+            ApiError::Validation(_) => "The request is invalid: see details.".into(),
+            ApiError::NotImplemented(what) => format!("{what} is not available in this version yet."),
+            ApiError::Unavailable => "A dependency is unavailable; retry shortly.".into(),
+            ApiError::Internal(_) => "Something went wrong on our side; retry, and report the request id if it persists.".into(),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::MissingApiKey | ApiError::InvalidApiKey | ApiError::KeyExpired | ApiError::KeyInactive => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::InsufficientScope(_) | ApiError::EnvironmentMismatch { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let request_id = current_request_id();
+        if let ApiError::Internal(cause) = self {
+            tracing::error!(request_id = %request_id, error = %error_chain(cause.as_ref()), "request failed");
+        }
+        let mut error = json!({"code": self.code(), "message": self.message(), "request_id": request_id});
+        if let ApiError::Validation(details) = self {
+            error["details"] = json!(details);
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::MissingApiKey | ApiError::InvalidApiKey | ApiError::KeyExpired | ApiError::KeyInactive => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"keyledger\""));
+            }
+            ApiError::Unavailable => {
+                response.insert_header((header::RETRY_AFTER, "5"));
+            }
+            _ => {}
+        }
+        response.json(json!({"error": error}))
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl From<HandlerError> for ApiError {
+    fn from(e: HandlerError) -> Self {
+        match e {
+            HandlerError::Domain(DomainError::Validation(details)) => ApiError::Validation(details),
+            HandlerError::Domain(DomainError::NotFound) => ApiError::NotFound,
+            HandlerError::Domain(DomainError::Conflict(message)) => ApiError::Conflict(message),
+            HandlerError::Concurrency => ApiError::Conflict(
+                "The key was changed by another request at the same time; read it again and retry.".into(),
+            ),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => ApiError::Unavailable,
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// Unknown paths answer in the same format.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
+}

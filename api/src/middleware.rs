@@ -1,0 +1,103 @@
+//! Per-request context: the request id (echoed or generated, on every
+//! answer and in every error body), refusal of keys in query strings, and
+//! the access log — which records method, path, status and timing, never a
+//! query string or a header (either could carry a key).
+
+use std::time::Instant;
+
+use actix_web::{
+    body::MessageBody,
+    dev::{ServiceRequest, ServiceResponse},
+    http::header::{HeaderName, HeaderValue},
+    middleware::Next,
+    Error, ResponseError,
+};
+
+use crate::error::ApiError;
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being handled ("" outside a request).
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+/// A caller's id is echoed if it is short, visible ASCII; otherwise ours.
+fn request_id_of(req: &ServiceRequest) -> String {
+    req.headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("req_{}", uuid::Uuid::now_v7().simple()))
+}
+
+/// Query parameters that would carry a credential.
+const KEY_PARAMETERS: [&str; 5] = ["key", "api_key", "apikey", "access_token", "token"];
+const KEY_PREFIXES: [&str; 3] = ["pk_live_", "sk_live_", "sk_test_"];
+
+fn query_carries_key(query: &str) -> bool {
+    query.split('&').any(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        KEY_PARAMETERS.contains(&name.to_ascii_lowercase().as_str())
+            || KEY_PREFIXES.iter().any(|p| value.contains(p) || name.contains(p))
+    })
+}
+
+pub async fn request_context(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let started = Instant::now();
+    let request_id = request_id_of(&req);
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    let result = REQUEST_ID
+        .scope(request_id.clone(), async move {
+            if query_carries_key(req.query_string()) {
+                let refusal = ApiError::BadRequest(
+                    "API keys are not accepted in query strings (they end up in logs and browser history): \
+                     send 'Authorization: Bearer <key>' instead."
+                        .into(),
+                );
+                let response = refusal.error_response();
+                return Ok(req.into_response(response).map_into_right_body());
+            }
+            next.call(req).await.map(ServiceResponse::map_into_left_body)
+        })
+        .await;
+    let mut response = result?;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
+    }
+    tracing::info!(
+        request_id = %request_id,
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_carries_key;
+
+    #[test]
+    fn keys_in_query_strings_are_recognised() {
+        assert!(query_carries_key("api_key=abc"));
+        assert!(query_carries_key("limit=5&key=x"));
+        assert!(query_carries_key("q=sk_live_abc"));
+        assert!(query_carries_key("Token=1"));
+        assert!(!query_carries_key("limit=5&cursor=key_01ABC"));
+        assert!(!query_carries_key(""));
+    }
+}

@@ -1,0 +1,454 @@
+//! The `ApiKey` aggregate: one stream (`key-<id>`) per key.
+//!
+//! Rules enforced here, whatever the entry point:
+//! - the type decides the prefix and environment (test keys live in `test`);
+//! - scopes default by type and public keys may only read experiences and
+//!   consumers; unknown scopes are refused;
+//! - names are 1–100 characters without control characters;
+//! - an expiry must lie in the future; a key past its expiry is `expired`
+//!   at once (by the clock, before any job records it) and that is final;
+//! - deactivate and activate are idempotent: repeating one appends nothing;
+//! - a deleted key is gone: every further command answers not-found.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::{
+    scope::Scope, Aggregate, DomainError, DomainEvent, HashKey, KeyHash, KeyId, KeyType, Name, OrgId, PlainKey,
+    ValidationDetails,
+};
+
+/// Longest grace period of a regenerated-away secret: one week.
+pub const MAX_GRACE_SECONDS: i64 = 604_800;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    Active,
+    Inactive,
+    Expired,
+}
+
+impl KeyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Inactive => "inactive",
+            KeyStatus::Expired => "expired",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<KeyStatus> {
+        [KeyStatus::Active, KeyStatus::Inactive, KeyStatus::Expired]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// A regenerated-away secret that keeps working until `valid_until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousSecret {
+    pub key_hash: KeyHash,
+    pub valid_until: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: KeyId,
+    pub org_id: OrgId,
+    pub name: Name,
+    pub key_type: KeyType,
+    pub scopes: Vec<Scope>,
+    /// The recorded status; see [`ApiKey::status_at`] for the effective one.
+    pub status: KeyStatus,
+    pub key_hash: KeyHash,
+    pub last_four: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub rotation_due_at: Option<DateTime<Utc>>,
+    pub previous: Option<PreviousSecret>,
+    pub deleted: bool,
+}
+
+impl ApiKey {
+    /// The status at `now`: a key past its expiry is expired even before the
+    /// expiry job has recorded it.
+    pub fn status_at(&self, now: DateTime<Utc>) -> KeyStatus {
+        match self.expires_at {
+            Some(at) if at <= now => KeyStatus::Expired,
+            _ => self.status,
+        }
+    }
+}
+
+/// Where a new secret comes from: 256 random bits (from the OS CSPRNG, drawn
+/// by the caller) and the server's hash key. Deterministic, so the caller can
+/// show the clear text once after the events are stored.
+#[derive(Clone)]
+pub struct SecretSource {
+    pub random: [u8; 32],
+    pub hash_key: HashKey,
+}
+
+impl SecretSource {
+    pub fn issue(&self, key_type: KeyType) -> (PlainKey, KeyHash) {
+        let plain = PlainKey::encode(key_type, &self.random);
+        let hash = self.hash_key.hash(&plain);
+        (plain, hash)
+    }
+}
+
+/// Raw input, as a user typed it: `decide` validates every field and reports
+/// all problems at once.
+#[derive(Clone)]
+pub struct CreateKey {
+    pub key_id: KeyId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub key_type: String,
+    pub scopes: Option<Vec<String>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The organization's rotation policy in days (0 = off).
+    pub rotation_days: u32,
+    pub secret: SecretSource,
+}
+
+#[derive(Clone, Default)]
+pub struct UpdateKey {
+    pub name: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    /// `Some(None)` clears the expiry.
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+}
+
+#[derive(Clone)]
+pub struct RegenerateKey {
+    pub expire_old_in_seconds: i64,
+    pub rotation_days: u32,
+    pub secret: SecretSource,
+}
+
+pub enum KeyCommand {
+    Create(Box<CreateKey>),
+    Update(UpdateKey),
+    Regenerate(Box<RegenerateKey>),
+    Deactivate,
+    Activate,
+    Delete,
+    /// Recorded by the expiry job once a key is past `expires_at`.
+    Expire,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyCreated {
+    pub key_id: KeyId,
+    pub org_id: OrgId,
+    pub name: Name,
+    pub key_type: KeyType,
+    pub environment: super::Environment,
+    pub scopes: Vec<Scope>,
+    pub key_hash: KeyHash,
+    pub prefix: String,
+    pub last_four: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub rotation_due_at: Option<DateTime<Utc>>,
+}
+
+/// Only the fields that changed are present; `expires_at: null` clears it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyUpdated {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Name>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<Scope>>,
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+}
+
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRegenerated {
+    pub key_hash: KeyHash,
+    pub last_four: String,
+    pub regenerated_at: DateTime<Utc>,
+    /// Until when the previous secret still works; `None`: it stopped at once.
+    pub previous_valid_until: Option<DateTime<Utc>>,
+    pub rotation_due_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyExpired {
+    pub expired_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum KeyEvent {
+    #[serde(rename = "key.created")]
+    Created(KeyCreated),
+    #[serde(rename = "key.updated")]
+    Updated(KeyUpdated),
+    #[serde(rename = "key.regenerated")]
+    Regenerated(KeyRegenerated),
+    #[serde(rename = "key.deactivated")]
+    Deactivated(Empty),
+    #[serde(rename = "key.activated")]
+    Activated(Empty),
+    #[serde(rename = "key.expired")]
+    Expired(KeyExpired),
+    #[serde(rename = "key.deleted")]
+    Deleted(Empty),
+}
+
+impl DomainEvent for KeyEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            KeyEvent::Created(_) => "key.created",
+            KeyEvent::Updated(_) => "key.updated",
+            KeyEvent::Regenerated(_) => "key.regenerated",
+            KeyEvent::Deactivated(_) => "key.deactivated",
+            KeyEvent::Activated(_) => "key.activated",
+            KeyEvent::Expired(_) => "key.expired",
+            KeyEvent::Deleted(_) => "key.deleted",
+        }
+    }
+}
+
+pub fn stream_id(id: KeyId) -> String {
+    format!("key-{id}")
+}
+
+fn rotation_due(key_type: KeyType, from: DateTime<Utc>, rotation_days: u32) -> Option<DateTime<Utc>> {
+    let live = key_type.environment() == super::Environment::Live;
+    (live && rotation_days > 0).then(|| from + Duration::days(i64::from(rotation_days)))
+}
+
+/// Parses and checks scopes for a key type; problems go to `details`.
+fn parse_scopes(raw: &[String], key_type: Option<KeyType>, details: &mut ValidationDetails) -> Vec<Scope> {
+    let mut scopes = Vec::new();
+    for text in raw {
+        match text.parse::<Scope>() {
+            Ok(scope) => match key_type {
+                Some(t) if !scope.allowed_for(t) => details.add(
+                    "scopes",
+                    format!(
+                        "a {} key may not hold '{scope}' (allowed: read:experiences, read:consumers)",
+                        t.as_str()
+                    ),
+                ),
+                _ => scopes.push(scope),
+            },
+            Err(unknown) => details.add("scopes", unknown.to_string()),
+        }
+    }
+    if raw.is_empty() {
+        details.add(
+            "scopes",
+            "give at least one scope, or leave scopes out for the defaults",
+        );
+    }
+    scopes.sort();
+    scopes.dedup();
+    scopes
+}
+
+fn check_expiry(expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>, details: &mut ValidationDetails) {
+    if expires_at.is_some_and(|at| at <= now) {
+        details.add("expires_at", "must be in the future");
+    }
+}
+
+fn live(state: Option<&ApiKey>) -> Result<&ApiKey, DomainError> {
+    state.filter(|k| !k.deleted).ok_or(DomainError::NotFound)
+}
+
+fn refuse_if_expired(key: &ApiKey, now: DateTime<Utc>, action: &str) -> Result<(), DomainError> {
+    if key.status_at(now) == KeyStatus::Expired {
+        return Err(DomainError::Conflict(format!(
+            "the key has expired and cannot be {action}; create a new key instead"
+        )));
+    }
+    Ok(())
+}
+
+impl Aggregate for ApiKey {
+    type Command = KeyCommand;
+    type Event = KeyEvent;
+
+    fn decide(state: Option<&Self>, command: KeyCommand, now: DateTime<Utc>) -> Result<Vec<KeyEvent>, DomainError> {
+        match command {
+            KeyCommand::Create(create) => decide_create(state, *create, now),
+            KeyCommand::Update(update) => decide_update(live(state)?, update, now),
+            KeyCommand::Regenerate(regenerate) => {
+                let key = live(state)?;
+                refuse_if_expired(key, now, "regenerated")?;
+                let grace = regenerate.expire_old_in_seconds;
+                if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
+                    return Err(DomainError::invalid(
+                        "expire_old_in_seconds",
+                        format!("must be between 0 and {MAX_GRACE_SECONDS} seconds"),
+                    ));
+                }
+                let (plain, key_hash) = regenerate.secret.issue(key.key_type);
+                Ok(vec![KeyEvent::Regenerated(KeyRegenerated {
+                    key_hash,
+                    last_four: plain.last_four().to_owned(),
+                    regenerated_at: now,
+                    previous_valid_until: (grace > 0).then(|| now + Duration::seconds(grace)),
+                    rotation_due_at: rotation_due(key.key_type, now, regenerate.rotation_days),
+                })])
+            }
+            KeyCommand::Deactivate => {
+                let key = live(state)?;
+                refuse_if_expired(key, now, "deactivated")?;
+                Ok(match key.status {
+                    KeyStatus::Inactive => vec![],
+                    _ => vec![KeyEvent::Deactivated(Empty {})],
+                })
+            }
+            KeyCommand::Activate => {
+                let key = live(state)?;
+                refuse_if_expired(key, now, "activated")?;
+                Ok(match key.status {
+                    KeyStatus::Active => vec![],
+                    _ => vec![KeyEvent::Activated(Empty {})],
+                })
+            }
+            KeyCommand::Delete => {
+                live(state)?;
+                Ok(vec![KeyEvent::Deleted(Empty {})])
+            }
+            KeyCommand::Expire => {
+                let key = live(state)?;
+                match (key.status, key.expires_at) {
+                    (KeyStatus::Expired, _) => Ok(vec![]),
+                    (_, Some(at)) if at <= now => Ok(vec![KeyEvent::Expired(KeyExpired { expired_at: at })]),
+                    _ => Err(DomainError::Conflict("the key has not reached its expiry".into())),
+                }
+            }
+        }
+    }
+
+    fn evolve(state: Option<Self>, event: &KeyEvent) -> Option<Self> {
+        if let KeyEvent::Created(e) = event {
+            return Some(ApiKey {
+                id: e.key_id,
+                org_id: e.org_id,
+                name: e.name.clone(),
+                key_type: e.key_type,
+                scopes: e.scopes.clone(),
+                status: KeyStatus::Active,
+                key_hash: e.key_hash,
+                last_four: e.last_four.clone(),
+                created_at: e.created_at,
+                expires_at: e.expires_at,
+                rotation_due_at: e.rotation_due_at,
+                previous: None,
+                deleted: false,
+            });
+        }
+        let mut key = state?;
+        match event {
+            KeyEvent::Created(_) => unreachable!("handled above"),
+            KeyEvent::Updated(e) => {
+                if let Some(name) = &e.name {
+                    key.name = name.clone();
+                }
+                if let Some(scopes) = &e.scopes {
+                    key.scopes = scopes.clone();
+                }
+                if let Some(expires_at) = e.expires_at {
+                    key.expires_at = expires_at;
+                }
+            }
+            KeyEvent::Regenerated(e) => {
+                key.previous = e.previous_valid_until.map(|valid_until| PreviousSecret {
+                    key_hash: key.key_hash,
+                    valid_until,
+                });
+                key.key_hash = e.key_hash;
+                key.last_four = e.last_four.clone();
+                key.rotation_due_at = e.rotation_due_at;
+            }
+            KeyEvent::Deactivated(_) => key.status = KeyStatus::Inactive,
+            KeyEvent::Activated(_) => key.status = KeyStatus::Active,
+            KeyEvent::Expired(_) => key.status = KeyStatus::Expired,
+            KeyEvent::Deleted(_) => key.deleted = true,
+        }
+        Some(key)
+    }
+}
+
+fn decide_create(state: Option<&ApiKey>, c: CreateKey, now: DateTime<Utc>) -> Result<Vec<KeyEvent>, DomainError> {
+    if state.is_some() {
+        return Err(DomainError::Conflict("a key with this id already exists".into()));
+    }
+    let mut details = ValidationDetails::default();
+    let name = Name::parse(&c.name).map_err(|p| details.add("name", p)).ok();
+    let key_type = KeyType::parse(&c.key_type);
+    if key_type.is_none() {
+        details.add(
+            "type",
+            format!("unknown type '{}': use public, secret or test", c.key_type),
+        );
+    }
+    let scopes = match (&c.scopes, key_type) {
+        (Some(raw), _) => parse_scopes(raw, key_type, &mut details),
+        (None, Some(t)) => Scope::defaults_for(t),
+        (None, None) => vec![],
+    };
+    check_expiry(c.expires_at, now, &mut details);
+    details.into_result()?;
+    let (name, key_type) = (name.expect("validated"), key_type.expect("validated"));
+    let (plain, key_hash) = c.secret.issue(key_type);
+    Ok(vec![KeyEvent::Created(KeyCreated {
+        key_id: c.key_id,
+        org_id: c.org_id,
+        name,
+        key_type,
+        environment: key_type.environment(),
+        scopes,
+        key_hash,
+        prefix: key_type.prefix().to_owned(),
+        last_four: plain.last_four().to_owned(),
+        created_at: now,
+        expires_at: c.expires_at,
+        rotation_due_at: rotation_due(key_type, now, c.rotation_days),
+    })])
+}
+
+fn decide_update(key: &ApiKey, u: UpdateKey, now: DateTime<Utc>) -> Result<Vec<KeyEvent>, DomainError> {
+    refuse_if_expired(key, now, "edited")?;
+    let mut details = ValidationDetails::default();
+    let name = u
+        .name
+        .as_deref()
+        .and_then(|n| Name::parse(n).map_err(|p| details.add("name", p)).ok());
+    let scopes = u
+        .scopes
+        .as_deref()
+        .map(|raw| parse_scopes(raw, Some(key.key_type), &mut details));
+    check_expiry(u.expires_at.flatten(), now, &mut details);
+    details.into_result()?;
+    // Only what really changes is recorded; an edit that changes nothing appends nothing.
+    let change = KeyUpdated {
+        name: name.filter(|n| *n != key.name),
+        scopes: scopes.filter(|s| *s != key.scopes),
+        expires_at: u.expires_at.filter(|e| *e != key.expires_at),
+    };
+    Ok(if change == KeyUpdated::default() {
+        vec![]
+    } else {
+        vec![KeyEvent::Updated(change)]
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1382 @@
+//! Given/when/then tests of the `ApiKey` aggregate: given past events, when a
+//! command is decided at a fixed clock, then exactly these events (or this
+//! refusal). No I/O, no real clock, no real randomness.
+
+use super::*;
+use crate::domain::{Environment, PlainKey};
+use chrono::TimeZone;
+
+// ---------------------------------------------------------------- fixtures
+
+/// The fixed clock of every `when`.
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 26, 10, 0, 0).unwrap()
+}
+
+fn days(n: i64) -> Duration {
+    Duration::days(n)
+}
+
+fn secs(n: i64) -> Duration {
+    Duration::seconds(n)
+}
+
+fn key_id() -> KeyId {
+    KeyId::from_uuid(uuid::Uuid::from_u128(0x0193_5a1c_2b3d_7e4f_8a9b_0c1d_2e3f_4a5b))
+}
+
+fn org_id() -> OrgId {
+    OrgId::from_uuid(uuid::Uuid::from_u128(0x0193_5a1c_0000_7000_8000_0000_0000_0001))
+}
+
+/// Random bytes of the first secret of a key.
+const FIRST: u8 = 42;
+/// Random bytes of a regenerated secret.
+const SECOND: u8 = 43;
+
+fn source(fill: u8) -> SecretSource {
+    SecretSource {
+        random: [fill; 32],
+        hash_key: HashKey::from_bytes([7; 32]),
+    }
+}
+
+/// The clear text and hash `source(fill)` issues, computed independently of
+/// `SecretSource::issue`.
+fn issued(key_type: KeyType, fill: u8) -> (PlainKey, KeyHash) {
+    let plain = PlainKey::encode(key_type, &[fill; 32]);
+    let hash = HashKey::from_bytes([7; 32]).hash(&plain);
+    (plain, hash)
+}
+
+fn last_four_of(plain: &PlainKey) -> String {
+    let text = plain.expose();
+    text[text.len() - 4..].to_owned()
+}
+
+fn name(text: &str) -> Name {
+    Name::parse(text).unwrap()
+}
+
+fn create_input(key_type: &str) -> CreateKey {
+    CreateKey {
+        key_id: key_id(),
+        org_id: org_id(),
+        name: "Checkout backend".into(),
+        key_type: key_type.into(),
+        scopes: None,
+        expires_at: None,
+        rotation_days: 90,
+        secret: source(FIRST),
+    }
+}
+
+fn create(input: CreateKey) -> KeyCommand {
+    KeyCommand::Create(Box::new(input))
+}
+
+fn update(input: UpdateKey) -> KeyCommand {
+    KeyCommand::Update(input)
+}
+
+fn regenerate(expire_old_in_seconds: i64) -> KeyCommand {
+    KeyCommand::Regenerate(Box::new(RegenerateKey {
+        expire_old_in_seconds,
+        rotation_days: 90,
+        secret: source(SECOND),
+    }))
+}
+
+/// The `key.created` event of a key created 30 days before `now()`, through
+/// `decide` (so the history is one the aggregate really produces).
+fn created_with(key_type: &str, scopes: Option<&[&str]>, expires_at: Option<DateTime<Utc>>) -> KeyEvent {
+    let input = CreateKey {
+        scopes: scopes.map(|s| s.iter().map(|s| s.to_string()).collect()),
+        expires_at,
+        ..create_input(key_type)
+    };
+    let mut events = ApiKey::decide(None, create(input), now() - days(30)).expect("a valid creation");
+    assert_eq!(events.len(), 1);
+    events.remove(0)
+}
+
+/// A live secret key with the default scopes and no expiry.
+fn secret_created() -> KeyEvent {
+    created_with("secret", None, None)
+}
+
+/// A live secret key expiring at `at`.
+fn expiring_at(at: DateTime<Utc>) -> KeyEvent {
+    created_with("secret", None, Some(at))
+}
+
+/// A live secret key whose expiry passed one day ago (recorded status still active).
+fn expired_by_clock() -> KeyEvent {
+    expiring_at(now() - days(1))
+}
+
+fn deactivated() -> KeyEvent {
+    KeyEvent::Deactivated(Empty {})
+}
+
+fn activated() -> KeyEvent {
+    KeyEvent::Activated(Empty {})
+}
+
+fn deleted() -> KeyEvent {
+    KeyEvent::Deleted(Empty {})
+}
+
+fn recorded_expiry(at: DateTime<Utc>) -> KeyEvent {
+    KeyEvent::Expired(KeyExpired { expired_at: at })
+}
+
+fn all_commands() -> Vec<(&'static str, KeyCommand)> {
+    vec![
+        (
+            "update",
+            update(UpdateKey {
+                name: Some("Renamed".into()),
+                ..UpdateKey::default()
+            }),
+        ),
+        ("regenerate", regenerate(0)),
+        ("deactivate", KeyCommand::Deactivate),
+        ("activate", KeyCommand::Activate),
+        ("delete", KeyCommand::Delete),
+        ("expire", KeyCommand::Expire),
+    ]
+}
+
+// ------------------------------------------------------ given / when / then
+
+/// The state after `events`, folded with `ApiKey::evolve`.
+fn given(events: &[KeyEvent]) -> Option<ApiKey> {
+    events.iter().fold(None, ApiKey::evolve)
+}
+
+/// `command` decided at `now()`.
+fn when(state: &Option<ApiKey>, command: KeyCommand) -> Result<Vec<KeyEvent>, DomainError> {
+    ApiKey::decide(state.as_ref(), command, now())
+}
+
+fn then_events(result: Result<Vec<KeyEvent>, DomainError>, expected: Vec<KeyEvent>) {
+    assert_eq!(result, Ok(expected));
+}
+
+fn then_nothing(result: Result<Vec<KeyEvent>, DomainError>) {
+    assert_eq!(result, Ok(vec![]));
+}
+
+/// Exactly one event, returned for further checks.
+fn then_one(result: Result<Vec<KeyEvent>, DomainError>) -> KeyEvent {
+    match result {
+        Ok(mut events) if events.len() == 1 => events.remove(0),
+        other => panic!("expected exactly one event, got {other:?}"),
+    }
+}
+
+fn then_created(result: Result<Vec<KeyEvent>, DomainError>) -> KeyCreated {
+    match then_one(result) {
+        KeyEvent::Created(e) => e,
+        other => panic!("expected key.created, got {other:?}"),
+    }
+}
+
+/// A validation refusal naming exactly `fields` (sorted); returns the details.
+fn then_invalid(result: Result<Vec<KeyEvent>, DomainError>, fields: &[&str]) -> ValidationDetails {
+    match result {
+        Err(DomainError::Validation(details)) => {
+            let named: Vec<&str> = details.0.keys().map(String::as_str).collect();
+            assert_eq!(named, fields, "fields of {details:?}");
+            for problems in details.0.values() {
+                assert!(!problems.is_empty() && problems.iter().all(|p| !p.trim().is_empty()));
+            }
+            details
+        }
+        other => panic!("expected a validation error on {fields:?}, got {other:?}"),
+    }
+}
+
+fn then_conflict(result: Result<Vec<KeyEvent>, DomainError>) {
+    match result {
+        Err(DomainError::Conflict(message)) => assert!(!message.is_empty()),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+fn then_not_found(result: Result<Vec<KeyEvent>, DomainError>) {
+    assert_eq!(result, Err(DomainError::NotFound));
+}
+
+// ------------------------------------------------------------------ create
+
+#[test]
+fn create_gives_each_type_its_prefix_environment_default_scopes_and_rotation() {
+    let cases = [
+        (
+            "public",
+            KeyType::Public,
+            "pk_live_",
+            Environment::Live,
+            vec![Scope::ReadExperiences],
+            Some(now() + days(90)),
+        ),
+        (
+            "secret",
+            KeyType::Secret,
+            "sk_live_",
+            Environment::Live,
+            vec![Scope::Admin],
+            Some(now() + days(90)),
+        ),
+        (
+            "test",
+            KeyType::Test,
+            "sk_test_",
+            Environment::Test,
+            vec![Scope::Admin],
+            None,
+        ),
+    ];
+    for (type_name, key_type, prefix, environment, scopes, rotation_due_at) in cases {
+        let (plain, key_hash) = issued(key_type, FIRST);
+        assert!(plain.expose().starts_with(prefix));
+        then_events(
+            when(&given(&[]), create(create_input(type_name))),
+            vec![KeyEvent::Created(KeyCreated {
+                key_id: key_id(),
+                org_id: org_id(),
+                name: name("Checkout backend"),
+                key_type,
+                environment,
+                scopes,
+                key_hash,
+                prefix: prefix.to_owned(),
+                last_four: last_four_of(&plain),
+                created_at: now(),
+                expires_at: None,
+                rotation_due_at,
+            })],
+        );
+    }
+}
+
+#[test]
+fn create_without_a_rotation_policy_sets_no_rotation_date() {
+    for type_name in ["public", "secret", "test"] {
+        let input = CreateKey {
+            rotation_days: 0,
+            ..create_input(type_name)
+        };
+        let event = then_created(when(&given(&[]), create(input)));
+        assert_eq!(event.rotation_due_at, None, "{type_name}");
+    }
+}
+
+#[test]
+fn create_counts_the_rotation_period_from_now() {
+    let input = CreateKey {
+        rotation_days: 30,
+        ..create_input("secret")
+    };
+    let event = then_created(when(&given(&[]), create(input)));
+    assert_eq!(
+        event.rotation_due_at,
+        Some(Utc.with_ymd_and_hms(2026, 12, 26, 10, 0, 0).unwrap())
+    );
+}
+
+#[test]
+fn create_sorts_and_dedups_explicit_scopes() {
+    let input = CreateKey {
+        scopes: Some(
+            [
+                "admin",
+                "write:consumers",
+                "read:experiences",
+                "write:consumers",
+                "read:analytics",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        ..create_input("secret")
+    };
+    let event = then_created(when(&given(&[]), create(input)));
+    assert_eq!(
+        event.scopes,
+        vec![
+            Scope::ReadExperiences,
+            Scope::WriteConsumers,
+            Scope::ReadAnalytics,
+            Scope::Admin
+        ]
+    );
+
+    let input = CreateKey {
+        scopes: Some(
+            ["read:consumers", "read:experiences", "read:consumers"]
+                .map(String::from)
+                .to_vec(),
+        ),
+        ..create_input("public")
+    };
+    let event = then_created(when(&given(&[]), create(input)));
+    assert_eq!(event.scopes, vec![Scope::ReadExperiences, Scope::ReadConsumers]);
+}
+
+#[test]
+fn create_accepts_explicit_scopes_on_test_keys() {
+    let input = CreateKey {
+        scopes: Some(vec!["write:experiences".into()]),
+        ..create_input("test")
+    };
+    let event = then_created(when(&given(&[]), create(input)));
+    assert_eq!(event.scopes, vec![Scope::WriteExperiences]);
+}
+
+#[test]
+fn create_keeps_a_future_expiry() {
+    let at = now() + secs(1);
+    let input = CreateKey {
+        expires_at: Some(at),
+        ..create_input("secret")
+    };
+    let event = then_created(when(&given(&[]), create(input)));
+    assert_eq!(event.expires_at, Some(at));
+}
+
+#[test]
+fn create_records_the_last_four_and_hash_of_the_issued_key() {
+    for key_type in KeyType::ALL {
+        let (plain, key_hash) = source(FIRST).issue(key_type);
+        let event = then_created(when(&given(&[]), create(create_input(key_type.as_str()))));
+        assert_eq!(event.last_four.chars().count(), 4);
+        assert_eq!(event.last_four, last_four_of(&plain));
+        assert!(plain.expose().ends_with(&event.last_four));
+        assert_eq!(event.key_hash, key_hash);
+        assert_eq!(event.prefix, plain.prefix());
+    }
+}
+
+#[test]
+fn the_created_event_never_contains_the_clear_text_key() {
+    for key_type in KeyType::ALL {
+        let (plain, _) = source(FIRST).issue(key_type);
+        let event = then_one(when(&given(&[]), create(create_input(key_type.as_str()))));
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(!json.contains(plain.expose()), "{json}");
+        // Not even the random body (the part between prefix and checksum).
+        assert!(!json.contains(&plain.expose()[8..51]), "{json}");
+        assert!(!format!("{event:?}").contains(plain.expose()));
+    }
+}
+
+#[test]
+fn create_refuses_an_unknown_type() {
+    let details = then_invalid(when(&given(&[]), create(create_input("private"))), &["type"]);
+    assert!(details.0["type"][0].contains("private"));
+    then_invalid(when(&given(&[]), create(create_input("Secret"))), &["type"]);
+    then_invalid(when(&given(&[]), create(create_input(""))), &["type"]);
+}
+
+#[test]
+fn create_refuses_an_unknown_scope() {
+    for type_name in ["public", "secret", "test"] {
+        let input = CreateKey {
+            scopes: Some(vec!["read:experiences".into(), "write:everything".into()]),
+            ..create_input(type_name)
+        };
+        let details = then_invalid(when(&given(&[]), create(input)), &["scopes"]);
+        assert!(details.0["scopes"][0].contains("write:everything"));
+    }
+}
+
+#[test]
+fn create_refuses_write_and_admin_scopes_on_public_keys() {
+    for scope in ["write:consumers", "admin", "write:experiences", "read:analytics"] {
+        let input = CreateKey {
+            scopes: Some(vec!["read:experiences".into(), scope.into()]),
+            ..create_input("public")
+        };
+        let details = then_invalid(when(&given(&[]), create(input)), &["scopes"]);
+        assert_eq!(details.0["scopes"].len(), 1);
+        assert!(details.0["scopes"][0].contains(scope), "{details:?}");
+    }
+}
+
+#[test]
+fn create_refuses_an_empty_scope_list() {
+    for type_name in ["public", "secret", "test"] {
+        let input = CreateKey {
+            scopes: Some(vec![]),
+            ..create_input(type_name)
+        };
+        then_invalid(when(&given(&[]), create(input)), &["scopes"]);
+    }
+}
+
+#[test]
+fn create_refuses_an_expiry_that_is_not_in_the_future() {
+    for at in [now() - days(1), now() - secs(1), now()] {
+        let input = CreateKey {
+            expires_at: Some(at),
+            ..create_input("secret")
+        };
+        then_invalid(when(&given(&[]), create(input)), &["expires_at"]);
+    }
+}
+
+#[test]
+fn create_refuses_bad_names() {
+    for bad in [
+        "".to_owned(),
+        "   ".to_owned(),
+        " \u{a0} ".to_owned(),
+        "x".repeat(101),
+        "two\nlines".to_owned(),
+        "tab\there".to_owned(),
+        "bell\u{7}".to_owned(),
+        "\n".to_owned(),
+    ] {
+        let input = CreateKey {
+            name: bad.clone(),
+            ..create_input("secret")
+        };
+        then_invalid(when(&given(&[]), create(input)), &["name"]);
+    }
+}
+
+#[test]
+fn create_accepts_names_of_up_to_100_characters() {
+    for good in [
+        "x".repeat(100),
+        "é".repeat(100),
+        "a".to_owned(),
+        "  padded  ".to_owned(),
+    ] {
+        let input = CreateKey {
+            name: good.clone(),
+            ..create_input("secret")
+        };
+        let event = then_created(when(&given(&[]), create(input)));
+        assert_eq!(event.name.as_str(), good);
+    }
+}
+
+#[test]
+fn create_reports_every_problem_at_once() {
+    let input = CreateKey {
+        name: "line\nbreak".into(),
+        key_type: "private".into(),
+        scopes: Some(vec!["write:everything".into()]),
+        expires_at: Some(now() - days(1)),
+        ..create_input("secret")
+    };
+    then_invalid(
+        when(&given(&[]), create(input)),
+        &["expires_at", "name", "scopes", "type"],
+    );
+
+    // Several problems with one field are all listed too.
+    let input = CreateKey {
+        name: String::new(),
+        scopes: Some(vec![
+            "write:everything".into(),
+            "admin".into(),
+            "write:consumers".into(),
+        ]),
+        ..create_input("public")
+    };
+    let details = then_invalid(when(&given(&[]), create(input)), &["name", "scopes"]);
+    assert_eq!(details.0["scopes"].len(), 3, "{details:?}");
+}
+
+#[test]
+fn create_over_an_existing_key_is_a_conflict() {
+    then_conflict(when(&given(&[secret_created()]), create(create_input("secret"))));
+    then_conflict(when(
+        &given(&[secret_created(), deactivated()]),
+        create(create_input("public")),
+    ));
+    // The id of a deleted key is not reused either.
+    then_conflict(when(
+        &given(&[secret_created(), deleted()]),
+        create(create_input("secret")),
+    ));
+}
+
+#[test]
+fn evolve_of_created_builds_an_active_key() {
+    let event = secret_created();
+    let KeyEvent::Created(created) = &event else {
+        unreachable!()
+    };
+    assert_eq!(
+        given(std::slice::from_ref(&event)),
+        Some(ApiKey {
+            id: key_id(),
+            org_id: org_id(),
+            name: name("Checkout backend"),
+            key_type: KeyType::Secret,
+            scopes: vec![Scope::Admin],
+            status: KeyStatus::Active,
+            key_hash: created.key_hash,
+            last_four: created.last_four.clone(),
+            created_at: now() - days(30),
+            expires_at: None,
+            rotation_due_at: Some(now() + days(60)),
+            previous: None,
+            deleted: false,
+        })
+    );
+}
+
+// ------------------------------------------------------------------ update
+
+#[test]
+fn update_of_the_name_records_only_the_name() {
+    then_events(
+        when(
+            &given(&[secret_created()]),
+            update(UpdateKey {
+                name: Some("Billing worker".into()),
+                ..UpdateKey::default()
+            }),
+        ),
+        vec![KeyEvent::Updated(KeyUpdated {
+            name: Some(name("Billing worker")),
+            ..KeyUpdated::default()
+        })],
+    );
+}
+
+#[test]
+fn update_of_the_scopes_records_only_the_sorted_scopes() {
+    then_events(
+        when(
+            &given(&[secret_created()]),
+            update(UpdateKey {
+                scopes: Some(vec![
+                    "write:consumers".into(),
+                    "read:experiences".into(),
+                    "write:consumers".into(),
+                ]),
+                ..UpdateKey::default()
+            }),
+        ),
+        vec![KeyEvent::Updated(KeyUpdated {
+            scopes: Some(vec![Scope::ReadExperiences, Scope::WriteConsumers]),
+            ..KeyUpdated::default()
+        })],
+    );
+}
+
+#[test]
+fn update_of_a_public_key_to_read_consumers_is_allowed() {
+    then_events(
+        when(
+            &given(&[created_with("public", None, None)]),
+            update(UpdateKey {
+                scopes: Some(vec!["read:consumers".into()]),
+                ..UpdateKey::default()
+            }),
+        ),
+        vec![KeyEvent::Updated(KeyUpdated {
+            scopes: Some(vec![Scope::ReadConsumers]),
+            ..KeyUpdated::default()
+        })],
+    );
+}
+
+#[test]
+fn update_sets_changes_and_clears_the_expiry() {
+    let later = now() + days(7);
+    then_events(
+        when(
+            &given(&[secret_created()]),
+            update(UpdateKey {
+                expires_at: Some(Some(later)),
+                ..UpdateKey::default()
+            }),
+        ),
+        vec![KeyEvent::Updated(KeyUpdated {
+            expires_at: Some(Some(later)),
+            ..KeyUpdated::default()
+        })],
+    );
+    then_events(
+        when(
+            &given(&[expiring_at(now() + days(1))]),
+            update(UpdateKey {
+                expires_at: Some(Some(later)),
+                ..UpdateKey::default()
+            }),
+        ),
+        vec![KeyEvent::Updated(KeyUpdated {
+            expires_at: Some(Some(later)),
+            ..KeyUpdated::default()
+        })],
+    );
+    then_events(
+        when(
+            &given(&[expiring_at(now() + days(1))]),
+            update(UpdateKey {
+                expires_at: Some(None),
+                ..UpdateKey::default()
+            }),
+        ),
+        vec![KeyEvent::Updated(KeyUpdated {
+            expires_at: Some(None),
+            ..KeyUpdated::default()
+        })],
+    );
+}
+
+#[test]
+fn update_of_several_fields_is_one_event_with_only_the_changed_ones() {
+    then_events(
+        when(
+            &given(&[expiring_at(now() + days(1))]),
+            update(UpdateKey {
+                name: Some("Billing worker".into()),
+                scopes: Some(vec!["read:analytics".into()]),
+                expires_at: Some(None),
+            }),
+        ),
+        vec![KeyEvent::Updated(KeyUpdated {
+            name: Some(name("Billing worker")),
+            scopes: Some(vec![Scope::ReadAnalytics]),
+            expires_at: Some(None),
+        })],
+    );
+    // The name is unchanged, so only the scopes are recorded.
+    then_events(
+        when(
+            &given(&[secret_created()]),
+            update(UpdateKey {
+                name: Some("Checkout backend".into()),
+                scopes: Some(vec!["read:analytics".into()]),
+                expires_at: Some(None),
+            }),
+        ),
+        vec![KeyEvent::Updated(KeyUpdated {
+            scopes: Some(vec![Scope::ReadAnalytics]),
+            ..KeyUpdated::default()
+        })],
+    );
+}
+
+#[test]
+fn update_without_changes_appends_nothing() {
+    let expiry = now() + days(1);
+    let state = given(&[created_with(
+        "secret",
+        Some(&["read:experiences", "write:consumers"]),
+        Some(expiry),
+    )]);
+    then_nothing(when(&state, update(UpdateKey::default())));
+    then_nothing(when(
+        &state,
+        update(UpdateKey {
+            name: Some("Checkout backend".into()),
+            scopes: Some(vec![
+                "write:consumers".into(),
+                "read:experiences".into(),
+                "write:consumers".into(),
+            ]),
+            expires_at: Some(Some(expiry)),
+        }),
+    ));
+    // Clearing an expiry that is not set changes nothing either.
+    then_nothing(when(
+        &given(&[secret_created()]),
+        update(UpdateKey {
+            expires_at: Some(None),
+            ..UpdateKey::default()
+        }),
+    ));
+}
+
+#[test]
+fn update_of_a_public_key_to_a_write_or_admin_scope_is_refused() {
+    for scope in ["write:consumers", "write:experiences", "admin"] {
+        then_invalid(
+            when(
+                &given(&[created_with("public", None, None)]),
+                update(UpdateKey {
+                    scopes: Some(vec![scope.into()]),
+                    ..UpdateKey::default()
+                }),
+            ),
+            &["scopes"],
+        );
+    }
+}
+
+#[test]
+fn update_refuses_unknown_or_no_scopes() {
+    for scopes in [vec!["write:everything".to_owned()], vec![]] {
+        then_invalid(
+            when(
+                &given(&[secret_created()]),
+                update(UpdateKey {
+                    scopes: Some(scopes),
+                    ..UpdateKey::default()
+                }),
+            ),
+            &["scopes"],
+        );
+    }
+}
+
+#[test]
+fn update_refuses_bad_names() {
+    for bad in [
+        "".to_owned(),
+        "  ".to_owned(),
+        "x".repeat(101),
+        "a\nb".to_owned(),
+        "a\tb".to_owned(),
+        "\u{7}".to_owned(),
+    ] {
+        then_invalid(
+            when(
+                &given(&[secret_created()]),
+                update(UpdateKey {
+                    name: Some(bad),
+                    ..UpdateKey::default()
+                }),
+            ),
+            &["name"],
+        );
+    }
+}
+
+#[test]
+fn update_refuses_an_expiry_that_is_not_in_the_future() {
+    for at in [now() - days(1), now()] {
+        then_invalid(
+            when(
+                &given(&[secret_created()]),
+                update(UpdateKey {
+                    expires_at: Some(Some(at)),
+                    ..UpdateKey::default()
+                }),
+            ),
+            &["expires_at"],
+        );
+    }
+}
+
+#[test]
+fn update_reports_every_problem_at_once() {
+    then_invalid(
+        when(
+            &given(&[created_with("public", None, None)]),
+            update(UpdateKey {
+                name: Some(String::new()),
+                scopes: Some(vec!["admin".into()]),
+                expires_at: Some(Some(now() - days(1))),
+            }),
+        ),
+        &["expires_at", "name", "scopes"],
+    );
+}
+
+#[test]
+fn update_of_an_expired_key_is_a_conflict() {
+    let edit = || {
+        update(UpdateKey {
+            name: Some("Renamed".into()),
+            ..UpdateKey::default()
+        })
+    };
+    then_conflict(when(&given(&[expired_by_clock()]), edit()));
+    then_conflict(when(&given(&[expiring_at(now())]), edit()));
+    then_conflict(when(&given(&[expired_by_clock(), deactivated()]), edit()));
+    then_conflict(when(
+        &given(&[expired_by_clock(), recorded_expiry(now() - days(1))]),
+        edit(),
+    ));
+    // Not even to lift the expiry.
+    then_conflict(when(
+        &given(&[expired_by_clock()]),
+        update(UpdateKey {
+            expires_at: Some(None),
+            ..UpdateKey::default()
+        }),
+    ));
+}
+
+#[test]
+fn update_of_an_inactive_key_is_allowed() {
+    let event = then_one(when(
+        &given(&[secret_created(), deactivated()]),
+        update(UpdateKey {
+            name: Some("Renamed".into()),
+            ..UpdateKey::default()
+        }),
+    ));
+    assert_eq!(
+        event,
+        KeyEvent::Updated(KeyUpdated {
+            name: Some(name("Renamed")),
+            ..KeyUpdated::default()
+        })
+    );
+}
+
+#[test]
+fn update_of_a_deleted_or_unknown_key_is_not_found() {
+    let edit = || {
+        update(UpdateKey {
+            name: Some("Renamed".into()),
+            ..UpdateKey::default()
+        })
+    };
+    then_not_found(when(&given(&[secret_created(), deleted()]), edit()));
+    then_not_found(when(&given(&[]), edit()));
+}
+
+#[test]
+fn evolve_applies_an_update_field_by_field() {
+    let start = given(&[expiring_at(now() + days(1))]).unwrap();
+
+    let renamed = ApiKey::evolve(
+        Some(start.clone()),
+        &KeyEvent::Updated(KeyUpdated {
+            name: Some(name("Renamed")),
+            ..KeyUpdated::default()
+        }),
+    )
+    .unwrap();
+    assert_eq!(
+        renamed,
+        ApiKey {
+            name: name("Renamed"),
+            ..start.clone()
+        }
+    );
+
+    let rescoped = ApiKey::evolve(
+        Some(start.clone()),
+        &KeyEvent::Updated(KeyUpdated {
+            scopes: Some(vec![Scope::ReadConsumers]),
+            ..KeyUpdated::default()
+        }),
+    )
+    .unwrap();
+    assert_eq!(
+        rescoped,
+        ApiKey {
+            scopes: vec![Scope::ReadConsumers],
+            ..start.clone()
+        }
+    );
+
+    let cleared = ApiKey::evolve(
+        Some(start.clone()),
+        &KeyEvent::Updated(KeyUpdated {
+            expires_at: Some(None),
+            ..KeyUpdated::default()
+        }),
+    )
+    .unwrap();
+    assert_eq!(
+        cleared,
+        ApiKey {
+            expires_at: None,
+            ..start.clone()
+        }
+    );
+
+    let moved = ApiKey::evolve(
+        Some(start.clone()),
+        &KeyEvent::Updated(KeyUpdated {
+            expires_at: Some(Some(now() + days(9))),
+            ..KeyUpdated::default()
+        }),
+    )
+    .unwrap();
+    assert_eq!(
+        moved,
+        ApiKey {
+            expires_at: Some(now() + days(9)),
+            ..start
+        }
+    );
+}
+
+// -------------------------------------------------------------- regenerate
+
+#[test]
+fn regenerate_issues_a_new_secret_that_stops_the_old_one_at_once() {
+    let (plain, key_hash) = issued(KeyType::Secret, SECOND);
+    let state = given(&[secret_created()]);
+    let old_hash = state.as_ref().unwrap().key_hash;
+    assert_ne!(key_hash, old_hash);
+    then_events(
+        when(&state, regenerate(0)),
+        vec![KeyEvent::Regenerated(KeyRegenerated {
+            key_hash,
+            last_four: last_four_of(&plain),
+            regenerated_at: now(),
+            previous_valid_until: None,
+            rotation_due_at: Some(now() + days(90)),
+        })],
+    );
+}
+
+#[test]
+fn regenerate_with_a_grace_period_keeps_the_old_secret_until_then() {
+    for grace in [1, 3600, MAX_GRACE_SECONDS] {
+        let event = then_one(when(&given(&[secret_created()]), regenerate(grace)));
+        let KeyEvent::Regenerated(e) = event else {
+            panic!("{event:?}")
+        };
+        assert_eq!(e.previous_valid_until, Some(now() + secs(grace)));
+    }
+    let event = then_one(when(&given(&[secret_created()]), regenerate(604_800)));
+    let KeyEvent::Regenerated(e) = event else {
+        panic!("{event:?}")
+    };
+    assert_eq!(e.previous_valid_until, Some(now() + days(7)));
+}
+
+#[test]
+fn regenerate_refuses_a_grace_period_out_of_range() {
+    for grace in [-1, 604_801, i64::MIN, i64::MAX] {
+        then_invalid(
+            when(&given(&[secret_created()]), regenerate(grace)),
+            &["expire_old_in_seconds"],
+        );
+    }
+}
+
+#[test]
+fn regenerate_restarts_the_rotation_period_from_now() {
+    let state = given(&[secret_created()]);
+    assert_eq!(state.as_ref().unwrap().rotation_due_at, Some(now() + days(60)));
+    let after = given(&[secret_created(), then_one(when(&state, regenerate(0)))]).unwrap();
+    assert_eq!(after.rotation_due_at, Some(now() + days(90)));
+
+    let no_policy = KeyCommand::Regenerate(Box::new(RegenerateKey {
+        expire_old_in_seconds: 0,
+        rotation_days: 0,
+        secret: source(SECOND),
+    }));
+    let KeyEvent::Regenerated(e) = then_one(when(&state, no_policy)) else {
+        unreachable!()
+    };
+    assert_eq!(e.rotation_due_at, None);
+
+    // Test keys are never due for rotation.
+    let KeyEvent::Regenerated(e) = then_one(when(&given(&[created_with("test", None, None)]), regenerate(0))) else {
+        unreachable!()
+    };
+    assert_eq!(e.rotation_due_at, None);
+}
+
+#[test]
+fn regenerate_keeps_the_type_prefix_and_never_records_the_clear_text() {
+    for key_type in KeyType::ALL {
+        let (plain, key_hash) = issued(key_type, SECOND);
+        let event = then_one(when(
+            &given(&[created_with(key_type.as_str(), None, None)]),
+            regenerate(60),
+        ));
+        let KeyEvent::Regenerated(e) = &event else {
+            panic!("{event:?}")
+        };
+        assert_eq!(e.key_hash, key_hash);
+        assert_eq!(e.last_four, last_four_of(&plain));
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(!json.contains(plain.expose()), "{json}");
+        assert!(!json.contains(&plain.expose()[8..51]), "{json}");
+    }
+}
+
+#[test]
+fn evolve_of_regenerated_keeps_the_previous_hash_only_with_a_grace_period() {
+    let created = secret_created();
+    let before = given(std::slice::from_ref(&created)).unwrap();
+    let (plain, new_hash) = issued(KeyType::Secret, SECOND);
+
+    let with_grace = then_one(when(&Some(before.clone()), regenerate(3600)));
+    let after = given(&[created.clone(), with_grace.clone()]).unwrap();
+    assert_eq!(
+        after,
+        ApiKey {
+            key_hash: new_hash,
+            last_four: last_four_of(&plain),
+            rotation_due_at: Some(now() + days(90)),
+            previous: Some(PreviousSecret {
+                key_hash: before.key_hash,
+                valid_until: now() + secs(3600),
+            }),
+            ..before.clone()
+        }
+    );
+
+    let without_grace = then_one(when(&Some(before.clone()), regenerate(0)));
+    let after = given(&[created.clone(), without_grace.clone()]).unwrap();
+    assert_eq!(after.previous, None);
+    assert_eq!(after.key_hash, new_hash);
+
+    // A later regeneration without grace drops the older secret.
+    let after = given(&[created, with_grace, without_grace]).unwrap();
+    assert_eq!(after.previous, None);
+}
+
+#[test]
+fn regenerate_of_an_inactive_key_is_allowed() {
+    let event = then_one(when(&given(&[secret_created(), deactivated()]), regenerate(0)));
+    assert_eq!(event.event_type(), "key.regenerated");
+}
+
+#[test]
+fn regenerate_of_an_expired_key_is_a_conflict() {
+    then_conflict(when(&given(&[expired_by_clock()]), regenerate(0)));
+    then_conflict(when(&given(&[expiring_at(now())]), regenerate(0)));
+    then_conflict(when(
+        &given(&[expired_by_clock(), recorded_expiry(now() - days(1))]),
+        regenerate(60),
+    ));
+}
+
+#[test]
+fn regenerate_of_a_deleted_or_unknown_key_is_not_found() {
+    then_not_found(when(&given(&[secret_created(), deleted()]), regenerate(0)));
+    then_not_found(when(&given(&[]), regenerate(0)));
+}
+
+// ------------------------------------------------- deactivate and activate
+
+#[test]
+fn deactivate_an_active_key() {
+    let state = given(&[secret_created()]);
+    then_events(when(&state, KeyCommand::Deactivate), vec![deactivated()]);
+    let after = given(&[secret_created(), deactivated()]).unwrap();
+    assert_eq!(
+        after,
+        ApiKey {
+            status: KeyStatus::Inactive,
+            ..state.unwrap()
+        }
+    );
+}
+
+#[test]
+fn deactivate_is_idempotent() {
+    then_nothing(when(&given(&[secret_created(), deactivated()]), KeyCommand::Deactivate));
+    // Deactivated again after a round trip: one new event, as expected.
+    then_events(
+        when(
+            &given(&[secret_created(), deactivated(), activated()]),
+            KeyCommand::Deactivate,
+        ),
+        vec![deactivated()],
+    );
+}
+
+#[test]
+fn deactivate_an_expired_key_is_a_conflict() {
+    then_conflict(when(&given(&[expired_by_clock()]), KeyCommand::Deactivate));
+    then_conflict(when(&given(&[expiring_at(now())]), KeyCommand::Deactivate));
+    then_conflict(when(
+        &given(&[expired_by_clock(), deactivated()]),
+        KeyCommand::Deactivate,
+    ));
+    then_conflict(when(
+        &given(&[expired_by_clock(), recorded_expiry(now() - days(1))]),
+        KeyCommand::Deactivate,
+    ));
+}
+
+#[test]
+fn deactivate_a_deleted_or_unknown_key_is_not_found() {
+    then_not_found(when(&given(&[secret_created(), deleted()]), KeyCommand::Deactivate));
+    then_not_found(when(&given(&[]), KeyCommand::Deactivate));
+}
+
+#[test]
+fn activate_an_inactive_key() {
+    let state = given(&[secret_created(), deactivated()]);
+    then_events(when(&state, KeyCommand::Activate), vec![activated()]);
+    let after = given(&[secret_created(), deactivated(), activated()]).unwrap();
+    assert_eq!(after.status, KeyStatus::Active);
+    assert_eq!(after, given(&[secret_created()]).unwrap());
+}
+
+#[test]
+fn activate_is_idempotent() {
+    then_nothing(when(&given(&[secret_created()]), KeyCommand::Activate));
+    then_nothing(when(
+        &given(&[secret_created(), deactivated(), activated()]),
+        KeyCommand::Activate,
+    ));
+}
+
+#[test]
+fn activate_an_expired_key_is_a_conflict() {
+    // By the clock, whatever status was recorded.
+    then_conflict(when(&given(&[expired_by_clock()]), KeyCommand::Activate));
+    then_conflict(when(&given(&[expiring_at(now())]), KeyCommand::Activate));
+    then_conflict(when(&given(&[expired_by_clock(), deactivated()]), KeyCommand::Activate));
+    then_conflict(when(&given(&[expiring_at(now()), deactivated()]), KeyCommand::Activate));
+    // And once the expiry job has recorded it.
+    then_conflict(when(
+        &given(&[expired_by_clock(), recorded_expiry(now() - days(1))]),
+        KeyCommand::Activate,
+    ));
+    then_conflict(when(
+        &given(&[expired_by_clock(), deactivated(), recorded_expiry(now() - days(1))]),
+        KeyCommand::Activate,
+    ));
+}
+
+#[test]
+fn activate_a_key_that_expires_later_is_allowed() {
+    then_events(
+        when(
+            &given(&[expiring_at(now() + secs(1)), deactivated()]),
+            KeyCommand::Activate,
+        ),
+        vec![activated()],
+    );
+}
+
+#[test]
+fn activate_a_deleted_or_unknown_key_is_not_found() {
+    then_not_found(when(
+        &given(&[secret_created(), deactivated(), deleted()]),
+        KeyCommand::Activate,
+    ));
+    then_not_found(when(&given(&[]), KeyCommand::Activate));
+}
+
+// ------------------------------------------------------------------ delete
+
+#[test]
+fn delete_a_key() {
+    then_events(when(&given(&[secret_created()]), KeyCommand::Delete), vec![deleted()]);
+    let after = given(&[secret_created(), deleted()]).unwrap();
+    assert!(after.deleted);
+}
+
+#[test]
+fn delete_works_in_every_state() {
+    for history in [
+        vec![secret_created(), deactivated()],
+        vec![expired_by_clock()],
+        vec![expired_by_clock(), recorded_expiry(now() - days(1))],
+        vec![created_with("public", None, None)],
+        vec![created_with("test", None, None)],
+    ] {
+        then_events(when(&given(&history), KeyCommand::Delete), vec![deleted()]);
+    }
+}
+
+#[test]
+fn after_delete_every_command_is_not_found() {
+    let state = given(&[secret_created(), deleted()]);
+    for (label, command) in all_commands() {
+        assert_eq!(when(&state, command), Err(DomainError::NotFound), "{label}");
+    }
+    // Also for keys deleted in other states.
+    let state = given(&[expired_by_clock(), deactivated(), deleted()]);
+    for (label, command) in all_commands() {
+        assert_eq!(when(&state, command), Err(DomainError::NotFound), "{label}");
+    }
+}
+
+#[test]
+fn every_command_on_a_key_never_created_is_not_found() {
+    for (label, command) in all_commands() {
+        assert_eq!(when(&given(&[]), command), Err(DomainError::NotFound), "{label}");
+    }
+}
+
+// ------------------------------------------------------------------ expire
+
+#[test]
+fn expire_records_a_passed_expiry() {
+    let at = now() - days(1);
+    then_events(
+        when(&given(&[expiring_at(at)]), KeyCommand::Expire),
+        vec![recorded_expiry(at)],
+    );
+    then_events(
+        when(&given(&[expiring_at(now())]), KeyCommand::Expire),
+        vec![recorded_expiry(now())],
+    );
+    then_events(
+        when(&given(&[expiring_at(at), deactivated()]), KeyCommand::Expire),
+        vec![recorded_expiry(at)],
+    );
+    let after = given(&[expiring_at(at), recorded_expiry(at)]).unwrap();
+    assert_eq!(after.status, KeyStatus::Expired);
+    assert_eq!(after.expires_at, Some(at));
+}
+
+#[test]
+fn expire_of_an_expired_key_appends_nothing() {
+    let at = now() - days(1);
+    then_nothing(when(
+        &given(&[expiring_at(at), recorded_expiry(at)]),
+        KeyCommand::Expire,
+    ));
+}
+
+#[test]
+fn expire_before_the_expiry_is_a_conflict() {
+    then_conflict(when(&given(&[expiring_at(now() + secs(1))]), KeyCommand::Expire));
+    then_conflict(when(&given(&[secret_created()]), KeyCommand::Expire));
+}
+
+#[test]
+fn expire_a_deleted_or_unknown_key_is_not_found() {
+    then_not_found(when(&given(&[expired_by_clock(), deleted()]), KeyCommand::Expire));
+    then_not_found(when(&given(&[]), KeyCommand::Expire));
+}
+
+// --------------------------------------------------------------- status_at
+
+#[test]
+fn a_key_past_its_expiry_is_expired_by_the_clock() {
+    let key = given(&[expiring_at(now())]).unwrap();
+    assert_eq!(key.status, KeyStatus::Active);
+    assert_eq!(key.status_at(now() - secs(1)), KeyStatus::Active);
+    assert_eq!(key.status_at(now()), KeyStatus::Expired);
+    assert_eq!(key.status_at(now() + days(1)), KeyStatus::Expired);
+
+    let inactive = given(&[expiring_at(now()), deactivated()]).unwrap();
+    assert_eq!(inactive.status_at(now() - secs(1)), KeyStatus::Inactive);
+    assert_eq!(inactive.status_at(now()), KeyStatus::Expired);
+
+    let forever = given(&[secret_created()]).unwrap();
+    assert_eq!(forever.status_at(now() + days(10_000)), KeyStatus::Active);
+    let forever_inactive = given(&[secret_created(), deactivated()]).unwrap();
+    assert_eq!(forever_inactive.status_at(now()), KeyStatus::Inactive);
+}
+
+#[test]
+fn key_status_names_round_trip() {
+    for status in [KeyStatus::Active, KeyStatus::Inactive, KeyStatus::Expired] {
+        assert_eq!(KeyStatus::parse(status.as_str()), Some(status));
+        assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+    }
+    assert_eq!(KeyStatus::parse("deleted"), None);
+}
+
+// ----------------------------------------------------------- serialization
+
+fn one_of_each_event() -> Vec<KeyEvent> {
+    let created = secret_created();
+    let regenerated = then_one(when(&given(std::slice::from_ref(&created)), regenerate(3600)));
+    let regenerated_at_once = then_one(when(&given(std::slice::from_ref(&created)), regenerate(0)));
+    vec![
+        created,
+        created_with("test", Some(&["read:analytics"]), Some(now() + days(1))),
+        KeyEvent::Updated(KeyUpdated {
+            name: Some(name("Renamed")),
+            scopes: Some(vec![Scope::ReadExperiences, Scope::Admin]),
+            expires_at: Some(Some(now() + days(3))),
+        }),
+        KeyEvent::Updated(KeyUpdated {
+            expires_at: Some(None),
+            ..KeyUpdated::default()
+        }),
+        KeyEvent::Updated(KeyUpdated {
+            name: Some(name("Only the name")),
+            ..KeyUpdated::default()
+        }),
+        KeyEvent::Updated(KeyUpdated::default()),
+        regenerated,
+        regenerated_at_once,
+        deactivated(),
+        activated(),
+        recorded_expiry(now()),
+        deleted(),
+    ]
+}
+
+#[test]
+fn every_event_round_trips_through_json_with_its_type_tag() {
+    let events = one_of_each_event();
+    let mut seen: Vec<&str> = events.iter().map(|e| e.event_type()).collect();
+    seen.dedup();
+    assert_eq!(
+        seen,
+        [
+            "key.created",
+            "key.updated",
+            "key.regenerated",
+            "key.deactivated",
+            "key.activated",
+            "key.expired",
+            "key.deleted"
+        ]
+    );
+    for event in events {
+        let value = serde_json::to_value(&event).unwrap();
+        assert_eq!(value["type"], event.event_type(), "{value}");
+        assert!(value.get("data").is_some(), "{value}");
+        let back: KeyEvent = serde_json::from_value(value.clone()).unwrap();
+        assert_eq!(back, event, "{value}");
+        let text = serde_json::to_string(&event).unwrap();
+        assert_eq!(serde_json::from_str::<KeyEvent>(&text).unwrap(), event, "{text}");
+    }
+}
+
+#[test]
+fn an_update_records_a_cleared_expiry_as_null_and_omits_unchanged_fields() {
+    let cleared = KeyEvent::Updated(KeyUpdated {
+        expires_at: Some(None),
+        ..KeyUpdated::default()
+    });
+    assert_eq!(
+        serde_json::to_value(&cleared).unwrap(),
+        serde_json::json!({"type": "key.updated", "data": {"expires_at": null}})
+    );
+    let renamed = KeyEvent::Updated(KeyUpdated {
+        name: Some(name("Renamed")),
+        ..KeyUpdated::default()
+    });
+    assert_eq!(
+        serde_json::to_value(&renamed).unwrap(),
+        serde_json::json!({"type": "key.updated", "data": {"name": "Renamed"}})
+    );
+    let parsed: KeyEvent =
+        serde_json::from_value(serde_json::json!({"type": "key.updated", "data": {"expires_at": null}})).unwrap();
+    assert_eq!(parsed, cleared);
+    let parsed: KeyEvent = serde_json::from_value(serde_json::json!({"type": "key.updated", "data": {}})).unwrap();
+    assert_eq!(parsed, KeyEvent::Updated(KeyUpdated::default()));
+}
+
+#[test]
+fn stored_event_fields_use_the_public_names() {
+    let value = serde_json::to_value(secret_created()).unwrap();
+    let data = &value["data"];
+    assert_eq!(data["key_type"], "secret");
+    assert_eq!(data["environment"], "live");
+    assert_eq!(data["scopes"], serde_json::json!(["admin"]));
+    assert_eq!(data["prefix"], "sk_live_");
+    assert_eq!(data["key_id"], key_id().to_string());
+    assert_eq!(data["org_id"], org_id().to_string());
+    assert_eq!(data["created_at"], "2026-10-27T10:00:00Z");
+    assert_eq!(data["expires_at"], serde_json::Value::Null);
+    assert_eq!(data["key_hash"].as_str().map(str::len), Some(64));
+    assert_eq!(
+        serde_json::to_value(deactivated()).unwrap(),
+        serde_json::json!({"type": "key.deactivated", "data": {}})
+    );
+}
+
+#[test]
+fn stream_ids_name_the_key() {
+    assert_eq!(stream_id(key_id()), format!("key-{}", key_id()));
+    assert!(stream_id(key_id()).starts_with("key-key_"));
+}

@@ -1,0 +1,821 @@
+//! Given/when/then tests of the `Org` aggregate: given past events, when a
+//! command is decided at a fixed clock, then exactly these events (or this
+//! refusal). No I/O.
+
+use super::*;
+use chrono::TimeZone;
+use serde_json::{json, Map, Value};
+
+// ---------------------------------------------------------------- fixtures
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 26, 10, 0, 0).unwrap()
+}
+
+fn org_id() -> OrgId {
+    OrgId::from_uuid(uuid::Uuid::from_u128(0x0193_5a1c_0000_7000_8000_0000_0000_0001))
+}
+
+fn name(text: &str) -> Name {
+    Name::parse(text).unwrap()
+}
+
+fn email(text: &str) -> EmailAddress {
+    EmailAddress::parse(text).unwrap()
+}
+
+fn create_input(plan: &str, rate_limit: Option<u32>) -> CreateOrg {
+    CreateOrg {
+        org_id: org_id(),
+        name: "Acme".into(),
+        plan: plan.into(),
+        rate_limit,
+        alert_emails: vec!["ops@acme.example".into()],
+    }
+}
+
+fn create(input: CreateOrg) -> OrgCommand {
+    OrgCommand::Create(input)
+}
+
+fn change_plan(plan: &str, rate_limit: Option<u32>) -> OrgCommand {
+    OrgCommand::ChangePlan {
+        plan: plan.into(),
+        rate_limit,
+    }
+}
+
+fn change_settings(settings: ChangeSettings) -> OrgCommand {
+    OrgCommand::ChangeSettings(settings)
+}
+
+fn patch(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        other => panic!("not an object: {other}"),
+    }
+}
+
+fn alert_settings_patch(value: Value) -> OrgCommand {
+    change_settings(ChangeSettings {
+        alert_settings: Some(patch(value)),
+        ..ChangeSettings::default()
+    })
+}
+
+fn rotation(days: i64) -> OrgCommand {
+    change_settings(ChangeSettings {
+        rotation_days: Some(days),
+        ..ChangeSettings::default()
+    })
+}
+
+fn emails(list: &[&str]) -> OrgCommand {
+    change_settings(ChangeSettings {
+        alert_emails: Some(list.iter().map(|e| e.to_string()).collect()),
+        ..ChangeSettings::default()
+    })
+}
+
+/// The `org.created` event of a free-plan org created a day before `now()`.
+fn free_org_created() -> OrgEvent {
+    let mut events = Org::decide(
+        None,
+        create(create_input("free", None)),
+        now() - chrono::Duration::days(1),
+    )
+    .expect("a valid creation");
+    assert_eq!(events.len(), 1);
+    events.remove(0)
+}
+
+fn enterprise_org_created(limit: u32) -> OrgEvent {
+    let mut events = Org::decide(
+        None,
+        create(create_input("enterprise", Some(limit))),
+        now() - chrono::Duration::days(1),
+    )
+    .expect("a valid creation");
+    events.remove(0)
+}
+
+// ------------------------------------------------------ given / when / then
+
+fn given(events: &[OrgEvent]) -> Option<Org> {
+    events.iter().fold(None, Org::evolve)
+}
+
+fn when(state: &Option<Org>, command: OrgCommand) -> Result<Vec<OrgEvent>, DomainError> {
+    Org::decide(state.as_ref(), command, now())
+}
+
+fn then_events(result: Result<Vec<OrgEvent>, DomainError>, expected: Vec<OrgEvent>) {
+    assert_eq!(result, Ok(expected));
+}
+
+fn then_nothing(result: Result<Vec<OrgEvent>, DomainError>) {
+    assert_eq!(result, Ok(vec![]));
+}
+
+fn then_one(result: Result<Vec<OrgEvent>, DomainError>) -> OrgEvent {
+    match result {
+        Ok(mut events) if events.len() == 1 => events.remove(0),
+        other => panic!("expected exactly one event, got {other:?}"),
+    }
+}
+
+fn then_settings_changed(result: Result<Vec<OrgEvent>, DomainError>) -> OrgSettingsChanged {
+    match then_one(result) {
+        OrgEvent::SettingsChanged(e) => e,
+        other => panic!("expected org.settings_changed, got {other:?}"),
+    }
+}
+
+/// A validation refusal naming exactly `fields` (sorted); returns the details.
+fn then_invalid(result: Result<Vec<OrgEvent>, DomainError>, fields: &[&str]) -> ValidationDetails {
+    match result {
+        Err(DomainError::Validation(details)) => {
+            let named: Vec<&str> = details.0.keys().map(String::as_str).collect();
+            assert_eq!(named, fields, "fields of {details:?}");
+            for problems in details.0.values() {
+                assert!(!problems.is_empty() && problems.iter().all(|p| !p.trim().is_empty()));
+            }
+            details
+        }
+        other => panic!("expected a validation error on {fields:?}, got {other:?}"),
+    }
+}
+
+fn then_not_found(result: Result<Vec<OrgEvent>, DomainError>) {
+    assert_eq!(result, Err(DomainError::NotFound));
+}
+
+// ------------------------------------------------------------------ create
+
+#[test]
+fn create_sets_the_plan_limit_and_the_default_policies() {
+    for (plan_name, plan, limit) in [
+        ("free", Plan::Free, 100),
+        ("basic", Plan::Basic, 1_000),
+        ("pro", Plan::Pro, 10_000),
+    ] {
+        then_events(
+            when(&given(&[]), create(create_input(plan_name, None))),
+            vec![OrgEvent::Created(OrgCreated {
+                org_id: org_id(),
+                name: name("Acme"),
+                plan,
+                rate_limit_per_minute: limit,
+                alert_emails: vec![email("ops@acme.example")],
+                rotation_days: 90,
+                alert_settings: AlertSettings::default(),
+                created_at: now(),
+            })],
+        );
+    }
+}
+
+#[test]
+fn create_an_enterprise_org_with_its_custom_limit() {
+    for limit in [1, 50_000, 10_000_000] {
+        then_events(
+            when(&given(&[]), create(create_input("enterprise", Some(limit)))),
+            vec![OrgEvent::Created(OrgCreated {
+                org_id: org_id(),
+                name: name("Acme"),
+                plan: Plan::Enterprise,
+                rate_limit_per_minute: limit,
+                alert_emails: vec![email("ops@acme.example")],
+                rotation_days: DEFAULT_ROTATION_DAYS,
+                alert_settings: AlertSettings::default(),
+                created_at: now(),
+            })],
+        );
+    }
+}
+
+#[test]
+fn the_default_alert_settings() {
+    assert_eq!(
+        AlertSettings::default(),
+        AlertSettings {
+            approaching_limit_percent: 80,
+            error_rate_percent: 10,
+            error_rate_window_minutes: 15,
+            error_rate_min_requests: 50,
+            unusual_activity_factor: 5,
+            unusual_activity_min_requests: 1_000,
+            unused_days: 30,
+        }
+    );
+    assert_eq!(DEFAULT_ROTATION_DAYS, 90);
+}
+
+#[test]
+fn create_without_alert_emails_is_fine() {
+    let input = CreateOrg {
+        alert_emails: vec![],
+        ..create_input("free", None)
+    };
+    let OrgEvent::Created(e) = then_one(when(&given(&[]), create(input))) else {
+        unreachable!()
+    };
+    assert!(e.alert_emails.is_empty());
+}
+
+#[test]
+fn create_enterprise_needs_a_rate_limit_within_bounds() {
+    then_invalid(
+        when(&given(&[]), create(create_input("enterprise", None))),
+        &["rate_limit_per_minute"],
+    );
+    then_invalid(
+        when(&given(&[]), create(create_input("enterprise", Some(0)))),
+        &["rate_limit_per_minute"],
+    );
+    then_invalid(
+        when(&given(&[]), create(create_input("enterprise", Some(10_000_001)))),
+        &["rate_limit_per_minute"],
+    );
+}
+
+#[test]
+fn create_refuses_a_custom_limit_outside_enterprise() {
+    for plan in ["free", "basic", "pro"] {
+        then_invalid(
+            when(&given(&[]), create(create_input(plan, Some(500)))),
+            &["rate_limit_per_minute"],
+        );
+    }
+}
+
+#[test]
+fn create_refuses_an_unknown_plan() {
+    for plan in ["platinum", "Free", ""] {
+        let details = then_invalid(when(&given(&[]), create(create_input(plan, None))), &["plan"]);
+        assert!(details.0["plan"][0].contains(&format!("'{plan}'")));
+    }
+    // No second complaint about the limit of a plan that does not exist.
+    then_invalid(when(&given(&[]), create(create_input("platinum", Some(5)))), &["plan"]);
+}
+
+#[test]
+fn create_refuses_bad_names() {
+    for bad in [
+        "".to_owned(),
+        "   ".to_owned(),
+        "x".repeat(101),
+        "a\nb".to_owned(),
+        "a\tb".to_owned(),
+        "\u{7}".to_owned(),
+    ] {
+        let input = CreateOrg {
+            name: bad,
+            ..create_input("free", None)
+        };
+        then_invalid(when(&given(&[]), create(input)), &["name"]);
+    }
+    let input = CreateOrg {
+        name: "x".repeat(100),
+        ..create_input("free", None)
+    };
+    assert!(when(&given(&[]), create(input)).is_ok());
+}
+
+#[test]
+fn create_refuses_bad_emails() {
+    for bad in [
+        "not-an-email",
+        "ops@localhost",
+        "@acme.example",
+        "ops@",
+        "ops acme@acme.example",
+        "ops@acme..example",
+        "ops@.acme.example",
+        "ops@acme.example.",
+        "ops@acme@acme.example",
+        "ops@acme.example\n",
+        "",
+    ] {
+        let input = CreateOrg {
+            alert_emails: vec!["ok@acme.example".into(), bad.into()],
+            ..create_input("free", None)
+        };
+        let details = then_invalid(when(&given(&[]), create(input)), &["alert_emails"]);
+        assert_eq!(details.0["alert_emails"].len(), 1, "{bad:?}: {details:?}");
+    }
+    let long = format!("{}@acme.example", "a".repeat(250));
+    let input = CreateOrg {
+        alert_emails: vec![long],
+        ..create_input("free", None)
+    };
+    then_invalid(when(&given(&[]), create(input)), &["alert_emails"]);
+}
+
+#[test]
+fn create_refuses_more_than_twenty_alert_emails() {
+    let input = CreateOrg {
+        alert_emails: (0..21).map(|i| format!("ops{i}@acme.example")).collect(),
+        ..create_input("free", None)
+    };
+    then_invalid(when(&given(&[]), create(input)), &["alert_emails"]);
+    let input = CreateOrg {
+        alert_emails: (0..20).map(|i| format!("ops{i}@acme.example")).collect(),
+        ..create_input("free", None)
+    };
+    assert!(when(&given(&[]), create(input)).is_ok());
+}
+
+#[test]
+fn create_reports_every_problem_at_once() {
+    let input = CreateOrg {
+        org_id: org_id(),
+        name: String::new(),
+        plan: "free".into(),
+        rate_limit: Some(5),
+        alert_emails: vec!["nope".into(), "also nope".into()],
+    };
+    let details = then_invalid(
+        when(&given(&[]), create(input)),
+        &["alert_emails", "name", "rate_limit_per_minute"],
+    );
+    assert_eq!(details.0["alert_emails"].len(), 2);
+}
+
+#[test]
+fn create_over_an_existing_org_is_a_conflict() {
+    match when(&given(&[free_org_created()]), create(create_input("pro", None))) {
+        Err(DomainError::Conflict(message)) => assert!(!message.is_empty()),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+#[test]
+fn evolve_of_created_builds_the_org() {
+    assert_eq!(
+        given(&[free_org_created()]),
+        Some(Org {
+            id: org_id(),
+            name: name("Acme"),
+            plan: Plan::Free,
+            rate_limit_per_minute: 100,
+            alert_emails: vec![email("ops@acme.example")],
+            rotation_days: 90,
+            alert_settings: AlertSettings::default(),
+            created_at: now() - chrono::Duration::days(1),
+        })
+    );
+}
+
+// ------------------------------------------------------------- change plan
+
+#[test]
+fn change_plan_records_the_new_plan_and_limit() {
+    let state = given(&[free_org_created()]);
+    for (plan_name, plan, limit) in [("basic", Plan::Basic, 1_000), ("pro", Plan::Pro, 10_000)] {
+        then_events(
+            when(&state, change_plan(plan_name, None)),
+            vec![OrgEvent::PlanChanged(OrgPlanChanged {
+                plan,
+                rate_limit_per_minute: limit,
+            })],
+        );
+    }
+    then_events(
+        when(&state, change_plan("enterprise", Some(25_000))),
+        vec![OrgEvent::PlanChanged(OrgPlanChanged {
+            plan: Plan::Enterprise,
+            rate_limit_per_minute: 25_000,
+        })],
+    );
+    // Back down from enterprise.
+    then_events(
+        when(&given(&[enterprise_org_created(25_000)]), change_plan("free", None)),
+        vec![OrgEvent::PlanChanged(OrgPlanChanged {
+            plan: Plan::Free,
+            rate_limit_per_minute: 100,
+        })],
+    );
+}
+
+#[test]
+fn change_plan_of_an_enterprise_org_to_a_new_limit() {
+    then_events(
+        when(
+            &given(&[enterprise_org_created(25_000)]),
+            change_plan("enterprise", Some(30_000)),
+        ),
+        vec![OrgEvent::PlanChanged(OrgPlanChanged {
+            plan: Plan::Enterprise,
+            rate_limit_per_minute: 30_000,
+        })],
+    );
+}
+
+#[test]
+fn change_plan_to_the_same_plan_appends_nothing() {
+    then_nothing(when(&given(&[free_org_created()]), change_plan("free", None)));
+    then_nothing(when(
+        &given(&[enterprise_org_created(25_000)]),
+        change_plan("enterprise", Some(25_000)),
+    ));
+}
+
+#[test]
+fn change_plan_refuses_bad_plans_and_limits() {
+    let state = given(&[free_org_created()]);
+    then_invalid(when(&state, change_plan("platinum", None)), &["plan"]);
+    then_invalid(
+        when(&state, change_plan("pro", Some(20_000))),
+        &["rate_limit_per_minute"],
+    );
+    then_invalid(
+        when(&state, change_plan("enterprise", None)),
+        &["rate_limit_per_minute"],
+    );
+    then_invalid(
+        when(&state, change_plan("enterprise", Some(0))),
+        &["rate_limit_per_minute"],
+    );
+    // The same plan with a custom limit is still refused, not ignored.
+    then_invalid(when(&state, change_plan("free", Some(100))), &["rate_limit_per_minute"]);
+}
+
+#[test]
+fn change_plan_of_an_org_never_created_is_not_found() {
+    then_not_found(when(&given(&[]), change_plan("pro", None)));
+    then_not_found(when(&given(&[]), change_plan("platinum", None)));
+}
+
+#[test]
+fn evolve_applies_a_plan_change() {
+    let before = given(&[free_org_created()]).unwrap();
+    let event = OrgEvent::PlanChanged(OrgPlanChanged {
+        plan: Plan::Pro,
+        rate_limit_per_minute: 10_000,
+    });
+    assert_eq!(
+        given(&[free_org_created(), event.clone()]),
+        Some(Org {
+            plan: Plan::Pro,
+            rate_limit_per_minute: 10_000,
+            ..before
+        })
+    );
+    assert_eq!(Org::evolve(None, &event), None);
+}
+
+// --------------------------------------------------------- change settings
+
+#[test]
+fn change_settings_records_new_alert_emails() {
+    let changed = then_settings_changed(when(
+        &given(&[free_org_created()]),
+        emails(&["security@acme.example", "ops@acme.example"]),
+    ));
+    assert_eq!(
+        changed,
+        OrgSettingsChanged {
+            alert_emails: Some(vec![email("security@acme.example"), email("ops@acme.example")]),
+            ..OrgSettingsChanged::default()
+        }
+    );
+    // Emptying the list is a change too.
+    then_events(
+        when(&given(&[free_org_created()]), emails(&[])),
+        vec![OrgEvent::SettingsChanged(OrgSettingsChanged {
+            alert_emails: Some(vec![]),
+            ..OrgSettingsChanged::default()
+        })],
+    );
+}
+
+#[test]
+fn change_settings_refuses_bad_emails() {
+    let details = then_invalid(
+        when(
+            &given(&[free_org_created()]),
+            emails(&["ok@acme.example", "nope", "ops@acme"]),
+        ),
+        &["alert_emails"],
+    );
+    assert_eq!(details.0["alert_emails"].len(), 2);
+    let too_many: Vec<String> = (0..21).map(|i| format!("ops{i}@acme.example")).collect();
+    let refs: Vec<&str> = too_many.iter().map(String::as_str).collect();
+    then_invalid(when(&given(&[free_org_created()]), emails(&refs)), &["alert_emails"]);
+}
+
+#[test]
+fn change_settings_accepts_rotation_days_from_0_to_3650() {
+    for days in [0, 1, 30, 365, 3650] {
+        then_events(
+            when(&given(&[free_org_created()]), rotation(days)),
+            vec![OrgEvent::SettingsChanged(OrgSettingsChanged {
+                rotation_days: Some(days as u32),
+                ..OrgSettingsChanged::default()
+            })],
+        );
+    }
+}
+
+#[test]
+fn change_settings_refuses_rotation_days_out_of_range() {
+    for days in [-1, 3651, i64::MIN, i64::MAX, i64::from(u32::MAX) + 1] {
+        then_invalid(when(&given(&[free_org_created()]), rotation(days)), &["rotation_days"]);
+    }
+}
+
+#[test]
+fn change_settings_patches_alert_settings_field_by_field() {
+    let changed = then_settings_changed(when(
+        &given(&[free_org_created()]),
+        alert_settings_patch(json!({"error_rate_percent": 25, "unused_days": 60})),
+    ));
+    assert_eq!(
+        changed,
+        OrgSettingsChanged {
+            alert_settings: Some(AlertSettings {
+                error_rate_percent: 25,
+                unused_days: 60,
+                ..AlertSettings::default()
+            }),
+            ..OrgSettingsChanged::default()
+        }
+    );
+
+    // A later patch merges into what was set before, not into the defaults.
+    let history = [free_org_created(), OrgEvent::SettingsChanged(changed)];
+    let changed = then_settings_changed(when(
+        &given(&history),
+        alert_settings_patch(json!({"approaching_limit_percent": 95})),
+    ));
+    assert_eq!(
+        changed.alert_settings,
+        Some(AlertSettings {
+            approaching_limit_percent: 95,
+            error_rate_percent: 25,
+            unused_days: 60,
+            ..AlertSettings::default()
+        })
+    );
+}
+
+#[test]
+fn change_settings_accepts_every_setting_at_its_bounds() {
+    let lowest = json!({
+        "approaching_limit_percent": 1,
+        "error_rate_percent": 1,
+        "error_rate_window_minutes": 1,
+        "error_rate_min_requests": 1,
+        "unusual_activity_factor": 2,
+        "unusual_activity_min_requests": 1,
+        "unused_days": 1,
+    });
+    let highest = json!({
+        "approaching_limit_percent": 100,
+        "error_rate_percent": 100,
+        "error_rate_window_minutes": 1440,
+        "error_rate_min_requests": 1_000_000,
+        "unusual_activity_factor": 1000,
+        "unusual_activity_min_requests": 1_000_000_000,
+        "unused_days": 365,
+    });
+    let changed = then_settings_changed(when(&given(&[free_org_created()]), alert_settings_patch(lowest)));
+    assert_eq!(
+        changed.alert_settings,
+        Some(AlertSettings {
+            approaching_limit_percent: 1,
+            error_rate_percent: 1,
+            error_rate_window_minutes: 1,
+            error_rate_min_requests: 1,
+            unusual_activity_factor: 2,
+            unusual_activity_min_requests: 1,
+            unused_days: 1,
+        })
+    );
+    let changed = then_settings_changed(when(&given(&[free_org_created()]), alert_settings_patch(highest)));
+    assert_eq!(
+        changed.alert_settings,
+        Some(AlertSettings {
+            approaching_limit_percent: 100,
+            error_rate_percent: 100,
+            error_rate_window_minutes: 1_440,
+            error_rate_min_requests: 1_000_000,
+            unusual_activity_factor: 1_000,
+            unusual_activity_min_requests: 1_000_000_000,
+            unused_days: 365,
+        })
+    );
+}
+
+#[test]
+fn change_settings_refuses_an_unknown_setting() {
+    let details = then_invalid(
+        when(
+            &given(&[free_org_created()]),
+            alert_settings_patch(json!({"coffee_level": 3})),
+        ),
+        &["alert_settings.coffee_level"],
+    );
+    assert_eq!(
+        details.0["alert_settings.coffee_level"],
+        vec!["unknown setting".to_owned()]
+    );
+}
+
+#[test]
+fn change_settings_refuses_settings_out_of_range_or_not_whole_numbers() {
+    for (setting, value) in [
+        ("approaching_limit_percent", json!(0)),
+        ("approaching_limit_percent", json!(101)),
+        ("error_rate_percent", json!(0)),
+        ("error_rate_percent", json!(101)),
+        ("error_rate_window_minutes", json!(1441)),
+        ("error_rate_min_requests", json!(0)),
+        ("error_rate_min_requests", json!(1_000_001)),
+        ("unusual_activity_factor", json!(1)),
+        ("unusual_activity_factor", json!(1001)),
+        ("unusual_activity_min_requests", json!(1_000_000_001)),
+        ("unused_days", json!(0)),
+        ("unused_days", json!(366)),
+        ("unused_days", json!(-1)),
+        ("unused_days", json!(7.5)),
+        ("unused_days", json!("30")),
+        ("unused_days", json!(null)),
+        ("unused_days", json!(u64::MAX)),
+    ] {
+        let field = format!("alert_settings.{setting}");
+        then_invalid(
+            when(
+                &given(&[free_org_created()]),
+                alert_settings_patch(json!({ setting: value })),
+            ),
+            &[field.as_str()],
+        );
+    }
+}
+
+#[test]
+fn change_settings_reports_every_problem_at_once() {
+    let command = change_settings(ChangeSettings {
+        alert_emails: Some(vec!["nope".into()]),
+        rotation_days: Some(-1),
+        alert_settings: Some(patch(
+            json!({"unused_days": 0, "coffee_level": 3, "error_rate_percent": 20}),
+        )),
+    });
+    then_invalid(
+        when(&given(&[free_org_created()]), command),
+        &[
+            "alert_emails",
+            "alert_settings.coffee_level",
+            "alert_settings.unused_days",
+            "rotation_days",
+        ],
+    );
+}
+
+#[test]
+fn change_settings_records_only_what_changed_in_one_event() {
+    then_events(
+        when(
+            &given(&[free_org_created()]),
+            change_settings(ChangeSettings {
+                alert_emails: Some(vec!["ops@acme.example".into()]),
+                rotation_days: Some(30),
+                alert_settings: Some(patch(json!({"unused_days": 30, "error_rate_percent": 20}))),
+            }),
+        ),
+        vec![OrgEvent::SettingsChanged(OrgSettingsChanged {
+            alert_emails: None,
+            rotation_days: Some(30),
+            alert_settings: Some(AlertSettings {
+                error_rate_percent: 20,
+                ..AlertSettings::default()
+            }),
+        })],
+    );
+}
+
+#[test]
+fn change_settings_without_changes_appends_nothing() {
+    let state = given(&[free_org_created()]);
+    then_nothing(when(&state, change_settings(ChangeSettings::default())));
+    then_nothing(when(&state, emails(&["ops@acme.example"])));
+    then_nothing(when(&state, rotation(90)));
+    then_nothing(when(&state, alert_settings_patch(json!({}))));
+    then_nothing(when(
+        &state,
+        alert_settings_patch(json!({"unused_days": 30, "approaching_limit_percent": 80})),
+    ));
+    then_nothing(when(
+        &state,
+        change_settings(ChangeSettings {
+            alert_emails: Some(vec!["ops@acme.example".into()]),
+            rotation_days: Some(90),
+            alert_settings: Some(patch(json!({"error_rate_percent": 10}))),
+        }),
+    ));
+}
+
+#[test]
+fn change_settings_of_an_org_never_created_is_not_found() {
+    then_not_found(when(&given(&[]), rotation(30)));
+    then_not_found(when(&given(&[]), change_settings(ChangeSettings::default())));
+}
+
+#[test]
+fn evolve_applies_a_settings_change_field_by_field() {
+    let before = given(&[free_org_created()]).unwrap();
+    let rotation_only = OrgEvent::SettingsChanged(OrgSettingsChanged {
+        rotation_days: Some(0),
+        ..OrgSettingsChanged::default()
+    });
+    assert_eq!(
+        given(&[free_org_created(), rotation_only.clone()]),
+        Some(Org {
+            rotation_days: 0,
+            ..before.clone()
+        })
+    );
+
+    let settings = AlertSettings {
+        unused_days: 7,
+        ..AlertSettings::default()
+    };
+    let everything = OrgEvent::SettingsChanged(OrgSettingsChanged {
+        alert_emails: Some(vec![email("a@b.example")]),
+        rotation_days: Some(365),
+        alert_settings: Some(settings),
+    });
+    assert_eq!(
+        given(&[free_org_created(), rotation_only.clone(), everything]),
+        Some(Org {
+            alert_emails: vec![email("a@b.example")],
+            rotation_days: 365,
+            alert_settings: settings,
+            ..before.clone()
+        })
+    );
+
+    let nothing = OrgEvent::SettingsChanged(OrgSettingsChanged::default());
+    assert_eq!(given(&[free_org_created(), nothing]), Some(before));
+    assert_eq!(Org::evolve(None, &rotation_only), None);
+}
+
+// ----------------------------------------------------------- serialization
+
+#[test]
+fn every_event_round_trips_through_json_with_its_type_tag() {
+    let events = vec![
+        free_org_created(),
+        enterprise_org_created(42_000),
+        OrgEvent::PlanChanged(OrgPlanChanged {
+            plan: Plan::Basic,
+            rate_limit_per_minute: 1_000,
+        }),
+        OrgEvent::SettingsChanged(OrgSettingsChanged {
+            alert_emails: Some(vec![email("a@b.example")]),
+            rotation_days: Some(0),
+            alert_settings: Some(AlertSettings {
+                unusual_activity_factor: 3,
+                ..AlertSettings::default()
+            }),
+        }),
+        OrgEvent::SettingsChanged(OrgSettingsChanged {
+            rotation_days: Some(30),
+            ..OrgSettingsChanged::default()
+        }),
+        OrgEvent::SettingsChanged(OrgSettingsChanged::default()),
+    ];
+    let mut seen: Vec<&str> = events.iter().map(|e| e.event_type()).collect();
+    seen.dedup();
+    assert_eq!(seen, ["org.created", "org.plan_changed", "org.settings_changed"]);
+    for event in events {
+        let value = serde_json::to_value(&event).unwrap();
+        assert_eq!(value["type"], event.event_type(), "{value}");
+        let back: OrgEvent = serde_json::from_value(value.clone()).unwrap();
+        assert_eq!(back, event, "{value}");
+    }
+}
+
+#[test]
+fn a_settings_change_omits_unchanged_fields() {
+    let event = OrgEvent::SettingsChanged(OrgSettingsChanged {
+        rotation_days: Some(30),
+        ..OrgSettingsChanged::default()
+    });
+    assert_eq!(
+        serde_json::to_value(&event).unwrap(),
+        json!({"type": "org.settings_changed", "data": {"rotation_days": 30}})
+    );
+    let value = serde_json::to_value(free_org_created()).unwrap();
+    assert_eq!(value["data"]["plan"], "free");
+    assert_eq!(value["data"]["org_id"], org_id().to_string());
+    assert_eq!(value["data"]["alert_emails"], json!(["ops@acme.example"]));
+}
+
+#[test]
+fn stream_ids_name_the_org() {
+    assert_eq!(stream_id(org_id()), format!("org-{}", org_id()));
+}

@@ -1,0 +1,100 @@
+//! Command handling, shared by the HTTP API and the CLI: load the aggregate
+//! from its stream → decide → append with the expected version → apply the
+//! new events to the read models in the same transaction → commit.
+
+use sqlx::PgPool;
+
+use crate::domain::{Aggregate, DomainError};
+use crate::log::{self, AppendError, DecodeError, EventMeta, NewEvent, StoredEvent};
+use crate::read_model::{self, ProjectionError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// Another writer changed the stream between our read and our append.
+    #[error("concurrent modification")]
+    Concurrency,
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Projection(ProjectionError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<AppendError> for HandlerError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::Conflict { .. } => HandlerError::Concurrency,
+            AppendError::Database(e) => HandlerError::Database(e),
+        }
+    }
+}
+
+impl From<ProjectionError> for HandlerError {
+    fn from(e: ProjectionError) -> Self {
+        match e {
+            ProjectionError::Database(e) => HandlerError::Database(e),
+            other => HandlerError::Projection(other),
+        }
+    }
+}
+
+/// An aggregate as its stream has it.
+pub struct Loaded<A> {
+    pub state: Option<A>,
+    pub version: i64,
+}
+
+/// Rebuilds an aggregate from its stream (optionally as of a moment).
+pub async fn load<A: Aggregate>(
+    pool: &PgPool,
+    stream_id: &str,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<Loaded<A>, HandlerError> {
+    let events = log::read_stream(pool, stream_id, until).await?;
+    let version = events.last().map_or(0, |e| e.version);
+    let decoded = events
+        .iter()
+        .map(StoredEvent::decode)
+        .collect::<Result<Vec<A::Event>, _>>()?;
+    Ok(Loaded {
+        state: A::replay(&decoded),
+        version,
+    })
+}
+
+/// What a handled command left behind.
+pub struct Outcome<A> {
+    /// The state after the command (`None` only if the aggregate never existed).
+    pub state: Option<A>,
+    /// The events appended; empty when the command changed nothing.
+    pub events: Vec<StoredEvent>,
+}
+
+/// Handles one command. `guard` sees the current state first and may refuse
+/// (the API uses it to answer not-found for another organization's key).
+pub async fn execute<A: Aggregate>(
+    pool: &PgPool,
+    stream_id: &str,
+    command: A::Command,
+    meta: &EventMeta,
+    guard: impl FnOnce(Option<&A>) -> Result<(), DomainError>,
+) -> Result<Outcome<A>, HandlerError> {
+    let Loaded { state, version } = load::<A>(pool, stream_id, None).await?;
+    guard(state.as_ref())?;
+    let new_events = A::decide(state.as_ref(), command, meta.occurred_at)?;
+    if new_events.is_empty() {
+        return Ok(Outcome { state, events: vec![] });
+    }
+    let encoded: Vec<NewEvent> = new_events.iter().map(NewEvent::from_domain).collect();
+    let mut tx = pool.begin().await?;
+    let stored = log::append(&mut tx, stream_id, version, &encoded, meta).await?;
+    for event in &stored {
+        read_model::apply(&mut tx, event).await?;
+    }
+    tx.commit().await?;
+    let state = new_events.iter().fold(state, A::evolve);
+    Ok(Outcome { state, events: stored })
+}

@@ -1,0 +1,15 @@
+//! keyledger-events: the domain (keys and organizations, as pure decide/evolve
+//! aggregates) and the event log that is the system's source of truth.
+//!
+//! `domain` does no I/O. The Postgres adapters sit beside it: `log` (the event
+//! store and its readers), `read_model` (the tables the events are projected
+//! into) and `handler` (load → decide → append → project, shared by the API
+//! and the CLI).
+
+pub mod domain;
+pub mod handler;
+pub mod log;
+pub mod read_model;
+
+/// The migrations of the whole system (one folder at the workspace root).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

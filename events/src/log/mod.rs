@@ -1,0 +1,9 @@
+//! The event log on PostgreSQL: the envelope every event is stored in, the
+//! append with optimistic concurrency, and the readers (one stream, or the
+//! whole log in commit-safe order).
+
+pub mod envelope;
+pub mod store;
+
+pub use envelope::{DecodeError, EventMeta, LogPosition, NewEvent, StoredEvent};
+pub use store::{append, read_after, read_stream, AppendError, NOTIFY_CHANNEL};

@@ -1,0 +1,118 @@
+//! Appending to and reading from the `events` table.
+
+use sqlx::{PgConnection, PgExecutor};
+
+use super::envelope::{EventMeta, LogPosition, NewEvent, StoredEvent};
+
+/// Every append notifies this channel (payload: the stream id) when it
+/// commits: projectors wake up on it, API nodes evict cached keys.
+pub const NOTIFY_CHANNEL: &str = "keyledger_events";
+
+const COLUMNS: &str =
+    "position, tx_id, event_id, stream_id, version, type, schema_version, occurred_at, actor, request_id, data";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Another writer appended to the stream since it was read.
+    #[error("stream {stream_id} changed concurrently (expected version {expected})")]
+    Conflict { stream_id: String, expected: i64 },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Appends `events` to `stream_id` as versions `expected_version + 1 …`,
+/// inside the caller's transaction (so read models can be updated in it).
+/// A writer that raced us gets [`AppendError::Conflict`], never a lost update:
+/// the check below catches a writer that committed before us, the unique
+/// `(stream_id, version)` one that commits while we run.
+pub async fn append(
+    tx: &mut PgConnection,
+    stream_id: &str,
+    expected_version: i64,
+    events: &[NewEvent],
+    meta: &EventMeta,
+) -> Result<Vec<StoredEvent>, AppendError> {
+    let conflict = || AppendError::Conflict {
+        stream_id: stream_id.to_owned(),
+        expected: expected_version,
+    };
+    let current: i64 = sqlx::query_scalar("select coalesce(max(version), 0) from events where stream_id = $1")
+        .bind(stream_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if current != expected_version {
+        return Err(conflict());
+    }
+    let mut stored = Vec::with_capacity(events.len());
+    for (version, event) in (expected_version + 1..).zip(events) {
+        let row = sqlx::query_as::<_, StoredEvent>(&format!(
+            "insert into events (event_id, stream_id, version, type, schema_version, occurred_at, actor, request_id, data)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning {COLUMNS}"
+        ))
+        .bind(uuid::Uuid::now_v7())
+        .bind(stream_id)
+        .bind(version)
+        .bind(&event.event_type)
+        .bind(event.schema_version)
+        .bind(meta.occurred_at)
+        .bind(&meta.actor)
+        .bind(&meta.request_id)
+        .bind(&event.data)
+        .fetch_one(&mut *tx)
+        .await;
+        match row {
+            Ok(row) => stored.push(row),
+            Err(sqlx::Error::Database(e)) if e.constraint() == Some("events_stream_version") => return Err(conflict()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    sqlx::query("select pg_notify($1, $2)")
+        .bind(NOTIFY_CHANNEL)
+        .bind(stream_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(stored)
+}
+
+/// One stream in version order, optionally only the events that occurred at
+/// or before `until`.
+pub async fn read_stream<'c>(
+    db: impl PgExecutor<'c>,
+    stream_id: &str,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from events
+         where stream_id = $1 and ($2::timestamptz is null or occurred_at <= $2)
+         order by version"
+    ))
+    .bind(stream_id)
+    .bind(until)
+    .fetch_all(db)
+    .await
+}
+
+/// Up to `limit` events after `after`, in (transaction, position) order.
+///
+/// Only rows of transactions older than the oldest transaction still running
+/// are read: an append that has taken a position but not committed yet holds
+/// the reader back until it commits (or aborts), instead of being skipped
+/// when a later append commits first.
+pub async fn read_after<'c>(
+    db: impl PgExecutor<'c>,
+    after: LogPosition,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from events
+         where (tx_id, position) > ($1, $2)
+           and tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+         order by tx_id, position
+         limit $3"
+    ))
+    .bind(after.tx_id)
+    .bind(after.position)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}

@@ -1,0 +1,384 @@
+//! The read models (`keys`, `orgs`): how events are applied to them and how
+//! the API and CLI query them.
+//!
+//! `apply` is the one projection function. Commands call it inside their
+//! append transaction (so a command's answer, the key list and verification
+//! see the change at once: a regenerated-away secret fails immediately), and
+//! the projector calls it again while tailing the log (which is what rebuilds
+//! the tables from nothing). Each row keeps the version of the last event
+//! applied, so applying an event twice changes nothing.
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use sqlx::{PgConnection, PgExecutor};
+
+use crate::domain::{
+    key::KeyEvent,
+    org::{AlertSettings, OrgEvent},
+    KeyHash, KeyStatus,
+};
+use crate::log::{DecodeError, StoredEvent};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("unknown event type '{0}'")]
+    UnknownType(String),
+    #[error("malformed stream id '{0}'")]
+    StreamId(String),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Applies one stored event to the read models (idempotent).
+pub async fn apply(db: &mut PgConnection, event: &StoredEvent) -> Result<(), ProjectionError> {
+    let (kind, id) = event
+        .stream_id
+        .split_once('-')
+        .ok_or_else(|| ProjectionError::StreamId(event.stream_id.clone()))?;
+    match kind {
+        "key" if event.event_type.starts_with("key.") => apply_key(db, id, event, event.decode()?).await,
+        "org" if event.event_type.starts_with("org.") => apply_org(db, id, event, event.decode()?).await,
+        _ => Err(ProjectionError::UnknownType(event.event_type.clone())),
+    }
+}
+
+async fn apply_key(
+    db: &mut PgConnection,
+    id: &str,
+    stored: &StoredEvent,
+    event: KeyEvent,
+) -> Result<(), ProjectionError> {
+    let version = stored.version;
+    // Every change but creation is guarded by the row's version.
+    let update = |set: &str| format!("update keys set {set}, version = $2 where id = $1 and version < $2");
+    match &event {
+        KeyEvent::Created(e) => {
+            sqlx::query(
+                "insert into keys (id, org_id, name, key_type, environment, scopes, status, key_hash, prefix,
+                                   last_four, created_at, expires_at, rotation_due_at, version)
+                 values ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $9, $10, $11, $12, $13)
+                 on conflict (id) do nothing",
+            )
+            .bind(id)
+            .bind(e.org_id.to_string())
+            .bind(e.name.as_str())
+            .bind(e.key_type.as_str())
+            .bind(e.environment.as_str())
+            .bind(e.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+            .bind(&e.key_hash.0[..])
+            .bind(&e.prefix)
+            .bind(&e.last_four)
+            .bind(e.created_at)
+            .bind(e.expires_at)
+            .bind(e.rotation_due_at)
+            .bind(version)
+            .execute(&mut *db)
+            .await?;
+            return Ok(());
+        }
+        KeyEvent::Updated(e) => {
+            let sql = update(
+                "name = coalesce($3, name), scopes = coalesce($4, scopes),
+                 expires_at = case when $5 then $6 else expires_at end",
+            );
+            sqlx::query(&sql)
+                .bind(id)
+                .bind(version)
+                .bind(e.name.as_ref().map(|n| n.as_str().to_owned()))
+                .bind(
+                    e.scopes
+                        .as_ref()
+                        .map(|s| s.iter().map(|s| s.as_str()).collect::<Vec<_>>()),
+                )
+                .bind(e.expires_at.is_some())
+                .bind(e.expires_at.flatten())
+                .execute(&mut *db)
+                .await?
+        }
+        KeyEvent::Regenerated(e) => {
+            let sql = update(
+                "previous_key_hash = case when $3::timestamptz is null then null else key_hash end,
+                 previous_valid_until = $3, key_hash = $4, last_four = $5, rotation_due_at = $6",
+            );
+            sqlx::query(&sql)
+                .bind(id)
+                .bind(version)
+                .bind(e.previous_valid_until)
+                .bind(&e.key_hash.0[..])
+                .bind(&e.last_four)
+                .bind(e.rotation_due_at)
+                .execute(&mut *db)
+                .await?
+        }
+        KeyEvent::Deactivated(_) | KeyEvent::Activated(_) | KeyEvent::Expired(_) => {
+            let status = match event {
+                KeyEvent::Deactivated(_) => KeyStatus::Inactive,
+                KeyEvent::Activated(_) => KeyStatus::Active,
+                _ => KeyStatus::Expired,
+            };
+            sqlx::query(&update("status = $3"))
+                .bind(id)
+                .bind(version)
+                .bind(status.as_str())
+                .execute(&mut *db)
+                .await?
+        }
+        KeyEvent::Deleted(_) => {
+            let sql = update("deleted_at = $3, key_hash = null, previous_key_hash = null, previous_valid_until = null");
+            sqlx::query(&sql)
+                .bind(id)
+                .bind(version)
+                .bind(stored.occurred_at)
+                .execute(&mut *db)
+                .await?
+        }
+    };
+    Ok(())
+}
+
+async fn apply_org(
+    db: &mut PgConnection,
+    id: &str,
+    stored: &StoredEvent,
+    event: OrgEvent,
+) -> Result<(), ProjectionError> {
+    let version = stored.version;
+    match event {
+        OrgEvent::Created(e) => {
+            sqlx::query(
+                "insert into orgs (id, name, plan, rate_limit_per_minute, alert_emails, rotation_days,
+                                   alert_settings, created_at, version)
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict (id) do nothing",
+            )
+            .bind(id)
+            .bind(e.name.as_str())
+            .bind(e.plan.as_str())
+            .bind(e.rate_limit_per_minute as i32)
+            .bind(e.alert_emails.iter().map(|a| a.as_str()).collect::<Vec<_>>())
+            .bind(e.rotation_days as i32)
+            .bind(serde_json::to_value(e.alert_settings).expect("settings serialize"))
+            .bind(e.created_at)
+            .bind(version)
+            .execute(&mut *db)
+            .await?;
+        }
+        OrgEvent::PlanChanged(e) => {
+            sqlx::query(
+                "update orgs set plan = $3, rate_limit_per_minute = $4, version = $2 where id = $1 and version < $2",
+            )
+            .bind(id)
+            .bind(version)
+            .bind(e.plan.as_str())
+            .bind(e.rate_limit_per_minute as i32)
+            .execute(&mut *db)
+            .await?;
+        }
+        OrgEvent::SettingsChanged(e) => {
+            sqlx::query(
+                "update orgs set alert_emails = coalesce($3, alert_emails), rotation_days = coalesce($4, rotation_days),
+                        alert_settings = coalesce($5, alert_settings), version = $2
+                 where id = $1 and version < $2",
+            )
+            .bind(id)
+            .bind(version)
+            .bind(e.alert_emails.map(|v| v.iter().map(|a| a.as_str().to_owned()).collect::<Vec<_>>()))
+            .bind(e.rotation_days.map(|d| d as i32))
+            .bind(e.alert_settings.map(|s| serde_json::to_value(s).expect("settings serialize")))
+            .execute(&mut *db)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+const KEY_COLUMNS: &str = "id, org_id, name, key_type, environment, scopes, status, prefix, last_four,
+     created_at, last_used_at, expires_at, rotation_due_at, version";
+
+/// A key as the API shows it (never its hash or secret).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KeyRow {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub key_type: String,
+    pub environment: String,
+    pub scopes: Vec<String>,
+    pub status: String,
+    pub prefix: String,
+    pub last_four: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub rotation_due_at: Option<DateTime<Utc>>,
+    pub version: i64,
+}
+
+impl KeyRow {
+    /// The row the projection would hold for this aggregate state (without
+    /// usage): how `audit` shows a key as of a past moment, from events alone.
+    pub fn from_aggregate(key: &crate::domain::ApiKey, version: i64) -> KeyRow {
+        KeyRow {
+            id: key.id.to_string(),
+            org_id: key.org_id.to_string(),
+            name: key.name.as_str().to_owned(),
+            key_type: key.key_type.as_str().to_owned(),
+            environment: key.key_type.environment().as_str().to_owned(),
+            scopes: key.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+            status: key.status.as_str().to_owned(),
+            prefix: key.key_type.prefix().to_owned(),
+            last_four: key.last_four.clone(),
+            created_at: key.created_at,
+            last_used_at: None,
+            expires_at: key.expires_at,
+            rotation_due_at: key.rotation_due_at,
+            version,
+        }
+    }
+
+    /// The status at `now`: past its expiry a key is expired at once, even
+    /// before the expiry job records it.
+    pub fn status_at(&self, now: DateTime<Utc>) -> &str {
+        match self.expires_at {
+            Some(at) if at <= now && self.status != "expired" => "expired",
+            _ => &self.status,
+        }
+    }
+
+    /// The key object of API.md.
+    pub fn to_json(&self, now: DateTime<Utc>) -> Value {
+        json!({
+            "id": self.id,
+            "object": "api_key",
+            "name": self.name,
+            "type": self.key_type,
+            "environment": self.environment,
+            "scopes": self.scopes,
+            "status": self.status_at(now),
+            "prefix": self.prefix,
+            "last_four": self.last_four,
+            "created_at": rfc3339(self.created_at),
+            "last_used_at": self.last_used_at.map(rfc3339),
+            "expires_at": self.expires_at.map(rfc3339),
+            "rotation_due_at": self.rotation_due_at.map(rfc3339),
+            "org_id": self.org_id,
+        })
+    }
+}
+
+/// RFC 3339 in UTC with a `Z`, to the second (or finer when there is more).
+pub fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+pub async fn key_by_id<'c>(db: impl PgExecutor<'c>, org_id: &str, key_id: &str) -> Result<Option<KeyRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {KEY_COLUMNS} from keys where id = $1 and org_id = $2 and deleted_at is null"
+    ))
+    .bind(key_id)
+    .bind(org_id)
+    .fetch_optional(db)
+    .await
+}
+
+/// The live key whose current secret — or regenerated-away secret still in
+/// its grace period — hashes to `hash`.
+pub async fn key_by_hash<'c>(
+    db: impl PgExecutor<'c>,
+    hash: &KeyHash,
+    now: DateTime<Utc>,
+) -> Result<Option<KeyRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {KEY_COLUMNS} from keys
+         where deleted_at is null
+           and (key_hash = $1 or (previous_key_hash = $1 and previous_valid_until > $2))"
+    ))
+    .bind(&hash.0[..])
+    .bind(now)
+    .fetch_optional(db)
+    .await
+}
+
+/// Filters of the key list.
+#[derive(Debug, Clone, Default)]
+pub struct KeyFilter {
+    pub status: Option<KeyStatus>,
+    pub key_type: Option<String>,
+    /// Only keys older than this id (the cursor: ids sort by creation).
+    pub before_id: Option<String>,
+    pub limit: i64,
+}
+
+/// One organization's keys, newest first; deleted keys never appear.
+pub async fn list_keys<'c>(
+    db: impl PgExecutor<'c>,
+    org_id: &str,
+    filter: &KeyFilter,
+    now: DateTime<Utc>,
+) -> Result<Vec<KeyRow>, sqlx::Error> {
+    // The status filter follows the clock, like the status shown.
+    let status_clause = match filter.status {
+        None => "true",
+        Some(KeyStatus::Expired) => "(status = 'expired' or expires_at <= $5)",
+        Some(_) => "(status = $2 and (expires_at is null or expires_at > $5))",
+    };
+    sqlx::query_as(&format!(
+        "select {KEY_COLUMNS} from keys
+         where org_id = $1 and deleted_at is null and {status_clause}
+           and ($3::text is null or key_type = $3) and ($4::text is null or id < $4)
+         order by id desc limit $6"
+    ))
+    .bind(org_id)
+    .bind(filter.status.map(|s| s.as_str()))
+    .bind(&filter.key_type)
+    .bind(&filter.before_id)
+    .bind(now)
+    .bind(filter.limit)
+    .fetch_all(db)
+    .await
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrgRow {
+    pub id: String,
+    pub name: String,
+    pub plan: String,
+    pub rate_limit_per_minute: i32,
+    pub alert_emails: Vec<String>,
+    pub rotation_days: i32,
+    pub alert_settings: Value,
+    pub created_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+impl OrgRow {
+    /// The org object of API.md.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "object": "organization",
+            "name": self.name,
+            "plan": self.plan,
+            "rate_limit_per_minute": self.rate_limit_per_minute,
+            "alert_emails": self.alert_emails,
+            "rotation_days": self.rotation_days,
+            "alert_settings": self.alert_settings,
+            "created_at": rfc3339(self.created_at),
+        })
+    }
+
+    pub fn alert_settings(&self) -> AlertSettings {
+        serde_json::from_value(self.alert_settings.clone()).unwrap_or_default()
+    }
+}
+
+pub async fn org_by_id<'c>(db: impl PgExecutor<'c>, org_id: &str) -> Result<Option<OrgRow>, sqlx::Error> {
+    sqlx::query_as(
+        "select id, name, plan, rate_limit_per_minute, alert_emails, rotation_days, alert_settings, created_at, version
+         from orgs where id = $1",
+    )
+    .bind(org_id)
+    .fetch_optional(db)
+    .await
+}

@@ -1,0 +1,113 @@
+//! One typed settings struct: every option is a flag or an environment
+//! variable, with defaults that work on a developer machine. The hash key
+//! is a secret: it is read from the environment (or, for `dev`, from the
+//! data folder) and never printed.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use keyledger_events::domain::{Environment, HashKey};
+
+pub const HASH_KEY_VAR: &str = "KEYLEDGER_HASH_KEY";
+const HASH_KEY_FILE: &str = "hash_key";
+
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// PostgreSQL connection string (the database is created if missing).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        global = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/keyledger"
+    )]
+    pub database_url: String,
+    /// Address the HTTP API listens on.
+    #[arg(
+        long = "listen",
+        env = "KEYLEDGER_LISTEN",
+        global = true,
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: String,
+    /// Folder for local state: the dev hash key, emails written as files.
+    #[arg(long, env = "KEYLEDGER_DATA_DIR", global = true, default_value = "./.keyledger")]
+    pub data_dir: PathBuf,
+    /// The environment (live or test) that `/v1/auth` requires.
+    #[arg(long, env = "KEYLEDGER_ENVIRONMENT", global = true, default_value = "live")]
+    pub environment: String,
+}
+
+impl Settings {
+    pub fn environment(&self) -> anyhow::Result<Environment> {
+        Environment::parse(&self.environment)
+            .with_context(|| format!("KEYLEDGER_ENVIRONMENT is '{}': use live or test", self.environment))
+    }
+
+    /// The hash key from `KEYLEDGER_HASH_KEY`; `serve` and `work` need it.
+    pub fn required_hash_key(&self) -> anyhow::Result<HashKey> {
+        match std::env::var(HASH_KEY_VAR) {
+            Ok(text) => parse_hash_key(&text),
+            Err(_) => bail!(
+                "{HASH_KEY_VAR} is not set. keyledger stores only keyed hashes of API keys and needs the \
+                 same hash key on every node: generate one with `openssl rand -hex 32` (64 hex characters), \
+                 keep it in your secret store and set {HASH_KEY_VAR}. Losing it invalidates every key."
+            ),
+        }
+    }
+
+    /// The hash key from the environment, else the data folder's; with
+    /// `generate`, one is created there when neither exists (`dev`).
+    pub fn local_hash_key(&self, generate: bool) -> anyhow::Result<HashKey> {
+        if let Ok(text) = std::env::var(HASH_KEY_VAR) {
+            return parse_hash_key(&text);
+        }
+        let path = self.data_dir.join(HASH_KEY_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => parse_hash_key(&text).with_context(|| format!("reading {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && generate => generate_hash_key(&path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "no hash key: set {HASH_KEY_VAR}, or run `keyledger dev` once to keep one in {}",
+                self.data_dir.display()
+            ),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+}
+
+fn parse_hash_key(text: &str) -> anyhow::Result<HashKey> {
+    HashKey::from_hex(text).with_context(|| format!("{HASH_KEY_VAR} is malformed"))
+}
+
+fn generate_hash_key(path: &Path) -> anyhow::Result<HashKey> {
+    let mut bytes = [0u8; 32];
+    getrandom_bytes(&mut bytes)?;
+    let key = HashKey::from_bytes(bytes);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    write_private(path, &key.to_hex()).with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated a development hash key");
+    Ok(key)
+}
+
+fn getrandom_bytes(bytes: &mut [u8]) -> anyhow::Result<()> {
+    getrandom::getrandom(bytes).map_err(|e| anyhow::anyhow!("reading the OS random source: {e}"))
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
+}

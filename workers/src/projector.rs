@@ -1,0 +1,136 @@
+//! The projector: tails the event log in commit-safe order and applies each
+//! event to the read models, recording its checkpoint in the same
+//! transaction — so a crash or a re-run never applies an event twice, and a
+//! re-run from the start over existing read models changes nothing.
+
+use std::time::Duration;
+
+use keyledger_events::log::{self, LogPosition, NOTIFY_CHANNEL};
+use keyledger_events::read_model::{self, ProjectionError};
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+/// How many events one step applies at most.
+const BATCH: i64 = 500;
+/// How long the loop waits for a notification before looking anyway.
+const POLL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    #[error("event at position {position} cannot be projected: {source}")]
+    Event {
+        position: i64,
+        #[source]
+        source: ProjectionError,
+    },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+#[derive(Clone)]
+pub struct Projector {
+    pool: PgPool,
+    name: String,
+}
+
+impl Projector {
+    /// The projector that keeps `keys` and `orgs`.
+    pub fn read_models(pool: PgPool) -> Projector {
+        Projector {
+            pool,
+            name: "read_models".into(),
+        }
+    }
+
+    pub async fn checkpoint(&self) -> Result<LogPosition, sqlx::Error> {
+        let row: Option<(i64, i64)> =
+            sqlx::query_as("select tx_id, position from projector_checkpoints where name = $1")
+                .bind(&self.name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map_or(LogPosition::default(), |(tx_id, position)| LogPosition {
+            tx_id,
+            position,
+        }))
+    }
+
+    /// One step: applies the next batch of committed events; returns how
+    /// many were applied (0: caught up).
+    pub async fn run_once(&self) -> Result<usize, ProjectorError> {
+        let mut tx = self.pool.begin().await?;
+        // Serializes concurrent runs of the same projector (several workers).
+        sqlx::query("select pg_advisory_xact_lock(hashtext('projector:' || $1))")
+            .bind(&self.name)
+            .execute(&mut *tx)
+            .await?;
+        let row: Option<(i64, i64)> =
+            sqlx::query_as("select tx_id, position from projector_checkpoints where name = $1")
+                .bind(&self.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let after = row.map_or(LogPosition::default(), |(tx_id, position)| LogPosition {
+            tx_id,
+            position,
+        });
+        let events = log::read_after(&mut *tx, after, BATCH).await?;
+        let Some(last) = events.last().map(|e| e.log_position()) else {
+            return Ok(0);
+        };
+        for event in &events {
+            read_model::apply(&mut tx, event)
+                .await
+                .map_err(|source| ProjectorError::Event {
+                    position: event.position,
+                    source,
+                })?;
+        }
+        sqlx::query(
+            "insert into projector_checkpoints (name, tx_id, position) values ($1, $2, $3)
+             on conflict (name) do update set tx_id = $2, position = $3, updated_at = now()",
+        )
+        .bind(&self.name)
+        .bind(last.tx_id)
+        .bind(last.position)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(events.len())
+    }
+
+    /// Steps until `shutdown` turns true: right away while there is work,
+    /// on each append's notification, and every `POLL` regardless (a
+    /// notification can be lost while the listener reconnects).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(mut l) => l.listen(NOTIFY_CHANNEL).await.map(|_| l).ok(),
+            Err(_) => None,
+        };
+        let mut failures = 0u32;
+        while !*shutdown.borrow() {
+            match self.run_once().await {
+                Ok(n) if n > 0 => {
+                    failures = 0;
+                    continue;
+                }
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    tracing::error!(projector = %self.name, error = %e, "projection step failed; retrying");
+                }
+            }
+            let backoff = POLL * 2u32.pow(failures.min(5));
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(backoff) => {}
+                _ = async {
+                    match listener.as_mut() {
+                        Some(l) => { let _ = l.recv().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                }, if failures == 0 => {}
+            }
+        }
+        tracing::info!(projector = %self.name, "stopped");
+    }
+}
