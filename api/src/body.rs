@@ -2,7 +2,7 @@
 //! extraction that reports every problem of a well-formed body at once.
 
 use actix_web::{http::header, web, HttpRequest};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use futures_util::StreamExt;
 use keyledger_events::domain::ValidationDetails;
 use serde_json::{Map, Value};
@@ -122,7 +122,8 @@ impl Fields {
             None => None,
             Some(Value::Null) => Some(None),
             Some(Value::String(text)) => match DateTime::parse_from_rfc3339(&text) {
-                Ok(at) => Some(Some(at.with_timezone(&Utc))),
+                // PostgreSQL keeps microseconds.
+                Ok(at) => Some(Some(at.with_timezone(&Utc).trunc_subsecs(6))),
                 Err(_) => self.problem(field, "must be an RFC 3339 timestamp, e.g. 2027-01-31T00:00:00Z"),
             },
             Some(_) => self.problem(field, "must be an RFC 3339 timestamp or null"),

@@ -2,6 +2,7 @@
 //! from its stream → decide → append with the expected version → apply the
 //! new events to the read models in the same transaction → commit.
 
+use chrono::SubsecRound;
 use sqlx::PgPool;
 
 use crate::domain::{Aggregate, DomainError};
@@ -84,6 +85,12 @@ pub async fn execute<A: Aggregate>(
 ) -> Result<Outcome<A>, HandlerError> {
     let Loaded { state, version } = load::<A>(pool, stream_id, None).await?;
     guard(state.as_ref())?;
+    // PostgreSQL keeps microseconds: the events' times and the read models'
+    // columns must say the same instant.
+    let meta = &EventMeta {
+        occurred_at: meta.occurred_at.trunc_subsecs(6),
+        ..meta.clone()
+    };
     let new_events = A::decide(state.as_ref(), command, meta.occurred_at)?;
     if new_events.is_empty() {
         return Ok(Outcome { state, events: vec![] });

@@ -1,1 +1,11 @@
+//! End-to-end tests: the real app (in process, on a real port) and the real
+//! binary, against a real PostgreSQL with a fresh database per test.
 
+mod support;
+
+mod binary;
+mod isolation;
+mod keys;
+mod projection;
+mod validation;
+mod verify;

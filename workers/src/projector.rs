@@ -98,7 +98,7 @@ impl Projector {
         Ok(events.len())
     }
 
-    /// Steps until `shutdown` turns true: right away while there is work,
+    /// Steps until `shutdown` turns true (or its sender is gone): right away while there is work,
     /// on each append's notification, and every `POLL` regardless (a
     /// notification can be lost while the listener reconnects).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -121,7 +121,7 @@ impl Projector {
             }
             let backoff = POLL * 2u32.pow(failures.min(5));
             tokio::select! {
-                _ = shutdown.changed() => {}
+                changed = shutdown.changed() => if changed.is_err() { break },
                 _ = tokio::time::sleep(backoff) => {}
                 _ = async {
                     match listener.as_mut() {

@@ -1,0 +1,357 @@
+//! The real `keyledger` binary: embedded mode, the CLI, the hash-key rule,
+//! and the promise that no secret is ever at rest or in the logs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use awc::http::Method;
+use serde_json::{json, Value};
+
+use crate::support::{call, fresh_database_url};
+
+const BIN: &str = env!("CARGO_BIN_EXE_keyledger");
+const HASH_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("keyledger-e2e-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn keyledger(database_url: &str, data_dir: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", database_url)
+        .env("KEYLEDGER_DATA_DIR", data_dir)
+        .current_dir(data_dir);
+    command
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A long-running `keyledger` process whose output goes to a file.
+struct Server {
+    child: Child,
+    address: String,
+    log: PathBuf,
+}
+
+impl Server {
+    async fn start(command: &mut Command, log: PathBuf) -> Server {
+        let port = free_port();
+        let file = std::fs::File::create(&log).unwrap();
+        let child = command
+            .env("KEYLEDGER_LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        let server = Server {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let client = awc::Client::default();
+            if let Ok(response) = client.get(format!("{}/healthz", server.address)).send().await {
+                if response.status().is_success() {
+                    return server;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not start: {}",
+                std::fs::read_to_string(&server.log).unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops with SIGTERM (a graceful shutdown) and returns the log.
+    fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().unwrap()
+}
+
+fn json_stdout(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[actix_web::test]
+async fn serve_and_work_refuse_to_start_without_a_hash_key() {
+    let (url, dir) = (fresh_database_url(), temp_dir());
+    for sub in ["serve", "work"] {
+        let output = run(keyledger(&url, &dir).arg(sub));
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("KEYLEDGER_HASH_KEY") && stderr.contains("openssl rand -hex 32"),
+            "{stderr}"
+        );
+    }
+    let output = run(keyledger(&url, &dir)
+        .arg("serve")
+        .env("KEYLEDGER_HASH_KEY", "too-short"));
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("malformed"));
+}
+
+#[actix_web::test]
+async fn dev_mode_creates_the_database_and_a_hash_key_and_serves_the_api() {
+    let (url, dir) = (fresh_database_url(), temp_dir());
+    let dev = Server::start(keyledger(&url, &dir).arg("dev"), dir.join("dev.log")).await;
+    let hash_key = std::fs::read_to_string(dir.join("hash_key")).unwrap();
+    assert_eq!(hash_key.trim().len(), 64);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("hash_key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the hash key is private to its owner");
+    }
+    let created = json_stdout(&run(
+        keyledger(&url, &dir).args(["org", "create", "--name", "Acme", "--plan", "pro"])
+    ));
+    assert_eq!(created["org"]["plan"], "pro");
+    assert_eq!(created["org"]["rate_limit_per_minute"], 10_000);
+    assert_eq!(created["key"]["scopes"], json!(["admin"]));
+    let admin = created["key"]["key"].as_str().unwrap();
+    assert!(admin.starts_with("sk_live_"));
+    let key = call(
+        &dev.address,
+        Method::POST,
+        "/v1/keys",
+        Some(admin),
+        Some(json!({"name": "k", "type": "secret"})),
+        &[],
+    )
+    .await;
+    let id = key.expect(201)["id"].as_str().unwrap().to_owned();
+    let list = call(&dev.address, Method::GET, "/v1/keys", Some(admin), None, &[]).await;
+    assert!(list.expect(200)["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["id"] == id.as_str()));
+
+    let org_id = created["org"]["id"].as_str().unwrap();
+    let upgraded = json_stdout(&run(keyledger(&url, &dir).args([
+        "org",
+        "set-plan",
+        org_id,
+        "enterprise",
+        "--rate-limit",
+        "50000",
+    ])));
+    assert_eq!(
+        (&upgraded["plan"], &upgraded["rate_limit_per_minute"]),
+        (&json!("enterprise"), &json!(50_000))
+    );
+    let refused = run(keyledger(&url, &dir).args(["org", "set-plan", org_id, "enterprise"]));
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("rate limit"));
+    dev.stop();
+}
+
+#[actix_web::test]
+async fn audit_rebuilds_a_key_as_of_a_past_moment_from_events_alone() {
+    let (url, dir) = (fresh_database_url(), temp_dir());
+    let server = Server::start(
+        keyledger(&url, &dir).arg("serve").env("KEYLEDGER_HASH_KEY", HASH_KEY),
+        dir.join("serve.log"),
+    )
+    .await;
+    let created = json_stdout(&run(keyledger(&url, &dir)
+        .env("KEYLEDGER_HASH_KEY", HASH_KEY)
+        .args(["org", "create", "--name", "Audit"])));
+    let admin = created["key"]["key"].as_str().unwrap();
+    let key = call(
+        &server.address,
+        Method::POST,
+        "/v1/keys",
+        Some(admin),
+        Some(json!({"name": "first name", "type": "secret"})),
+        &[],
+    )
+    .await;
+    let id = key.expect(201)["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let between = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let path = format!("/v1/keys/{id}");
+    call(
+        &server.address,
+        Method::PATCH,
+        &path,
+        Some(admin),
+        Some(json!({"name": "second name"})),
+        &[],
+    )
+    .await
+    .expect(200);
+    call(
+        &server.address,
+        Method::POST,
+        &format!("{path}/deactivate"),
+        Some(admin),
+        None,
+        &[],
+    )
+    .await
+    .expect(200);
+    // The read model is tampered with: audit must not care.
+    sqlx::query("update keys set name = 'tampered' where id = $1")
+        .bind(&id)
+        .execute(&sqlx::PgPool::connect(&url).await.unwrap())
+        .await
+        .unwrap();
+
+    let at = between.to_rfc3339();
+    let past = json_stdout(&run(keyledger(&url, &dir).args(["audit", &id, "--at", &at])));
+    assert_eq!(
+        (&past["name"], &past["status"], &past["version"]),
+        (&json!("first name"), &json!("active"), &json!(1))
+    );
+    let now = json_stdout(&run(keyledger(&url, &dir).args([
+        "audit",
+        &id,
+        "--at",
+        &chrono::Utc::now().to_rfc3339(),
+    ])));
+    assert_eq!(
+        (&now["name"], &now["status"], &now["version"]),
+        (&json!("second name"), &json!("inactive"), &json!(3))
+    );
+    let before = run(keyledger(&url, &dir).args(["audit", &id, "--at", "2000-01-01T00:00:00Z"]));
+    assert_eq!(before.status.code(), Some(1));
+    let history = json_stdout(&run(keyledger(&url, &dir).args(["audit", &id])));
+    let types: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["key.created", "key.updated", "key.deactivated"]);
+    server.stop();
+}
+
+#[actix_web::test]
+async fn no_secret_is_stored_or_logged() {
+    let (url, dir) = (fresh_database_url(), temp_dir());
+    let mut command = keyledger(&url, &dir);
+    command
+        .arg("dev")
+        .env("KEYLEDGER_HASH_KEY", HASH_KEY)
+        .env("RUST_LOG", "trace");
+    let server = Server::start(&mut command, dir.join("dev.log")).await;
+    let org = run(keyledger(&url, &dir)
+        .env("KEYLEDGER_HASH_KEY", HASH_KEY)
+        .env("RUST_LOG", "trace")
+        .args(["org", "create", "--name", "Secretive"]));
+    let created = json_stdout(&org);
+    let cli_log = String::from_utf8_lossy(&org.stderr).into_owned();
+    let admin = created["key"]["key"].as_str().unwrap().to_owned();
+    let mut secrets = vec![admin.clone()];
+    for key_type in ["public", "secret", "test"] {
+        let key = call(
+            &server.address,
+            Method::POST,
+            "/v1/keys",
+            Some(&admin),
+            Some(json!({"name": key_type, "type": key_type})),
+            &[],
+        )
+        .await;
+        let body = key.expect(201).clone();
+        secrets.push(body["key"].as_str().unwrap().to_owned());
+        let path = format!("/v1/keys/{}/regenerate", body["id"].as_str().unwrap());
+        let regenerated = call(
+            &server.address,
+            Method::POST,
+            &path,
+            Some(&admin),
+            Some(json!({"expire_old_in_seconds": 60})),
+            &[],
+        )
+        .await;
+        secrets.push(regenerated.expect(200)["key"].as_str().unwrap().to_owned());
+        call(
+            &server.address,
+            Method::POST,
+            "/v1/verify",
+            None,
+            Some(json!({"key": secrets.last().unwrap()})),
+            &[],
+        )
+        .await
+        .expect(200);
+    }
+    // A refused key in a query string must not reach the log either.
+    call(
+        &server.address,
+        Method::GET,
+        &format!("/v1/keys?api_key={admin}"),
+        None,
+        None,
+        &[],
+    )
+    .await
+    .expect_error(400, "bad_request");
+    let log = server.stop() + &cli_log;
+    assert!(log.contains("request"), "the access log is there: {log}");
+
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let tables: Vec<String> = sqlx::query_scalar("select tablename::text from pg_tables where schemaname = 'public'")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(tables.len() >= 4, "{tables:?}");
+    let mut dump = String::new();
+    for table in &tables {
+        let rows: Vec<String> = sqlx::query_scalar(&format!("select t::text from \"{table}\" t"))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        dump.push_str(&rows.join("\n"));
+    }
+    assert!(dump.contains("key.regenerated"), "the dump covers the event log");
+    for secret in &secrets {
+        let body = &secret[8..51];
+        assert!(!dump.contains(body), "a secret is stored in the database");
+        assert!(!log.contains(body), "a secret is in the logs");
+    }
+}

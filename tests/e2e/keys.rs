@@ -1,0 +1,442 @@
+//! Every row of API.md's management table (usage aside), through HTTP.
+
+use std::time::{Duration, Instant};
+
+use awc::http::Method;
+use serde_json::json;
+
+use crate::support::{call, spawn_app};
+
+#[actix_web::test]
+async fn create_answers_the_key_once_with_its_secret_and_stores_an_event() {
+    let app = spawn_app().await;
+    let answer = app
+        .post(
+            "/v1/keys",
+            json!({"name": "Checkout backend", "type": "secret", "scopes": ["read:experiences", "write:consumers"]}),
+        )
+        .await;
+    let key = answer.expect(201);
+    assert_eq!(answer.header("cache-control"), Some("no-store"));
+    assert!(answer.header("x-request-id").is_some());
+    let secret = key["key"].as_str().unwrap();
+    assert!(secret.starts_with("sk_live_") && secret.len() == 57, "{secret}");
+    assert_eq!(key["object"], "api_key");
+    assert_eq!(key["name"], "Checkout backend");
+    assert_eq!(key["type"], "secret");
+    assert_eq!(key["environment"], "live");
+    assert_eq!(key["scopes"], json!(["read:experiences", "write:consumers"]));
+    assert_eq!(key["status"], "active");
+    assert_eq!(key["prefix"], "sk_live_");
+    assert_eq!(key["last_four"], &secret[53..]);
+    assert_eq!(key["org_id"], app.org_id.as_str());
+    assert!(key["last_used_at"].is_null() && key["expires_at"].is_null());
+    assert!(key["rotation_due_at"].is_string());
+    let id = key["id"].as_str().unwrap();
+    assert_eq!(answer.header("location"), Some(format!("/v1/keys/{id}").as_str()));
+    assert_eq!(app.stream_types(id).await, ["key.created"]);
+
+    // Reading it back never shows the secret again.
+    let read = app.get(&format!("/v1/keys/{id}")).await;
+    assert!(read.expect(200).get("key").is_none());
+    assert_eq!(read.header("cache-control"), None);
+    assert_eq!(read.body["name"], "Checkout backend");
+}
+
+#[actix_web::test]
+async fn each_type_gets_its_prefix_environment_and_default_scopes() {
+    let app = spawn_app().await;
+    for (key_type, prefix, environment, scopes) in [
+        ("public", "pk_live_", "live", json!(["read:experiences"])),
+        ("secret", "sk_live_", "live", json!(["admin"])),
+        ("test", "sk_test_", "test", json!(["admin"])),
+    ] {
+        let key = app.create_key(json!({"name": key_type, "type": key_type})).await;
+        assert!(key["key"].as_str().unwrap().starts_with(prefix));
+        assert_eq!((&key["environment"], &key["scopes"]), (&json!(environment), &scopes));
+        // Test keys are not subject to the live rotation policy.
+        assert_eq!(key["rotation_due_at"].is_null(), key_type == "test");
+    }
+}
+
+#[actix_web::test]
+async fn a_created_key_is_listed_at_once_newest_first_with_cursor_pagination() {
+    let app = spawn_app().await;
+    let mut ids = vec![app.admin_key_id.clone()];
+    for i in 0..4 {
+        let key = app
+            .create_key(json!({"name": format!("key {i}"), "type": "test"}))
+            .await;
+        ids.push(key["id"].as_str().unwrap().to_owned());
+    }
+    let first = app.get("/v1/keys").await;
+    let listed: Vec<&str> = first.expect(200)["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    let newest_first: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
+    assert_eq!(listed, newest_first);
+    assert!(first.body["next_cursor"].is_null());
+    assert!(first.body["data"][0].get("key").is_none(), "lists never show secrets");
+
+    let mut paged = vec![];
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/keys?limit=2&cursor={c}"),
+            None => "/v1/keys?limit=2".to_owned(),
+        };
+        let page = app.get(&path).await;
+        let body = page.expect(200);
+        assert!(body["data"].as_array().unwrap().len() <= 2);
+        paged.extend(
+            body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["id"].as_str().unwrap().to_owned()),
+        );
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(paged, newest_first);
+
+    let tests = app.get("/v1/keys?type=test").await;
+    assert_eq!(tests.expect(200)["data"].as_array().unwrap().len(), 4);
+    app.get("/v1/keys?limit=0").await.expect_error(422, "validation_error");
+    app.get("/v1/keys?limit=101")
+        .await
+        .expect_error(422, "validation_error");
+    app.get("/v1/keys?status=gone")
+        .await
+        .expect_error(422, "validation_error");
+    app.get("/v1/keys?cursor=nonsense")
+        .await
+        .expect_error(422, "validation_error");
+}
+
+#[actix_web::test]
+async fn the_projector_keeps_the_list_in_step_with_the_log() {
+    let app = spawn_app().await;
+    let key = app.create_key(json!({"name": "projected", "type": "secret"})).await;
+    let id = key["id"].as_str().unwrap();
+    // The projector catches up: its checkpoint reaches the key's event within 1 s.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let position: i64 = sqlx::query_scalar("select max(position) from events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    loop {
+        let at: Option<i64> =
+            sqlx::query_scalar("select position from projector_checkpoints where name = 'read_models'")
+                .fetch_optional(&app.pool)
+                .await
+                .unwrap();
+        if at.is_some_and(|p| p >= position) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "projector did not catch up within 1 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let listed = app.get("/v1/keys").await;
+    assert!(listed.body["data"].as_array().unwrap().iter().any(|k| k["id"] == id));
+}
+
+#[actix_web::test]
+async fn get_unknown_or_malformed_ids_is_not_found() {
+    let app = spawn_app().await;
+    app.get("/v1/keys/key_01JD0000000000000000000000")
+        .await
+        .expect_error(404, "not_found");
+    app.get("/v1/keys/nonsense").await.expect_error(404, "not_found");
+    app.get("/v1/nothing-here").await.expect_error(404, "not_found");
+}
+
+#[actix_web::test]
+async fn patch_edits_name_scopes_and_expiry_and_null_clears_the_expiry() {
+    let app = spawn_app().await;
+    let key = app.create_key(json!({"name": "before", "type": "public"})).await;
+    let id = key["id"].as_str().unwrap();
+    let path = format!("/v1/keys/{id}");
+    let expiry = "2031-01-31T00:00:00Z";
+    let edited = app
+        .patch(
+            &path,
+            json!({"name": "after", "scopes": ["read:consumers", "read:experiences"], "expires_at": expiry}),
+        )
+        .await;
+    let body = edited.expect(200);
+    assert_eq!(body["name"], "after");
+    assert_eq!(body["scopes"], json!(["read:experiences", "read:consumers"]));
+    assert_eq!(body["expires_at"], expiry);
+    let cleared = app.patch(&path, json!({"expires_at": null})).await;
+    assert!(cleared.expect(200)["expires_at"].is_null());
+    assert_eq!(cleared.body["name"], "after");
+    // The same values again change nothing and append nothing.
+    app.patch(&path, json!({"name": "after"})).await.expect(200);
+    assert_eq!(
+        app.stream_types(id).await,
+        ["key.created", "key.updated", "key.updated"]
+    );
+    let data: serde_json::Value = sqlx::query_scalar("select data from events where stream_id = $1 and version = 3")
+        .bind(format!("key-{id}"))
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(data, json!({"expires_at": null}));
+}
+
+#[actix_web::test]
+async fn regenerate_invalidates_the_old_secret_at_once_and_the_new_one_works() {
+    let app = spawn_app().await;
+    let key = app.create_key(json!({"name": "rotating", "type": "secret"})).await;
+    let (id, old) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
+    let answer = app.post(&format!("/v1/keys/{id}/regenerate"), json!({})).await;
+    let regenerated = answer.expect(200);
+    assert_eq!(answer.header("cache-control"), Some("no-store"));
+    let new = regenerated["key"].as_str().unwrap();
+    assert_ne!(new, old);
+    assert_eq!(regenerated["id"], id);
+    assert_eq!(regenerated["last_four"], &new[53..]);
+    assert_eq!(app.verify(json!({"key": old})).await["code"], "NOT_FOUND");
+    assert_eq!(app.verify(json!({"key": new})).await["code"], "VALID");
+    call(&app.address, Method::GET, "/v1/keys", Some(old), None, &[])
+        .await
+        .expect_error(401, "invalid_api_key");
+    call(&app.address, Method::GET, "/v1/keys", Some(new), None, &[])
+        .await
+        .expect(200);
+    assert_eq!(app.stream_types(id).await, ["key.created", "key.regenerated"]);
+}
+
+#[actix_web::test]
+async fn regenerate_with_a_grace_period_keeps_the_old_secret_until_it_ends() {
+    let app = spawn_app().await;
+    let key = app.create_key(json!({"name": "graceful", "type": "secret"})).await;
+    let (id, old) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
+    let regenerated = app
+        .post(
+            &format!("/v1/keys/{id}/regenerate"),
+            json!({"expire_old_in_seconds": 2}),
+        )
+        .await;
+    let new = regenerated.expect(200)["key"].as_str().unwrap();
+    assert_eq!(app.verify(json!({"key": old})).await["code"], "VALID");
+    assert_eq!(app.verify(json!({"key": new})).await["code"], "VALID");
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_eq!(app.verify(json!({"key": old})).await["code"], "NOT_FOUND");
+    assert_eq!(app.verify(json!({"key": new})).await["code"], "VALID");
+    for bad in [json!(-1), json!(604_801), json!("10")] {
+        let answer = app
+            .post(
+                &format!("/v1/keys/{id}/regenerate"),
+                json!({"expire_old_in_seconds": bad}),
+            )
+            .await;
+        answer.expect_error(422, "validation_error");
+        assert!(answer.body["error"]["details"]["expire_old_in_seconds"].is_array());
+    }
+}
+
+#[actix_web::test]
+async fn deactivate_and_activate_are_idempotent_and_change_verification() {
+    let app = spawn_app().await;
+    let key = app.create_key(json!({"name": "toggled", "type": "secret"})).await;
+    let (id, secret) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
+    for _ in 0..2 {
+        let off = app.post(&format!("/v1/keys/{id}/deactivate"), json!({})).await;
+        assert_eq!(off.expect(200)["status"], "inactive");
+    }
+    assert_eq!(app.verify(json!({"key": secret})).await["code"], "INACTIVE");
+    call(&app.address, Method::GET, "/v1/keys", Some(secret), None, &[])
+        .await
+        .expect_error(401, "key_inactive");
+    let inactive = app.get("/v1/keys?status=inactive").await;
+    assert_eq!(inactive.expect(200)["data"][0]["id"], id);
+    for _ in 0..2 {
+        let on = app.post(&format!("/v1/keys/{id}/activate"), json!({})).await;
+        assert_eq!(on.expect(200)["status"], "active");
+    }
+    assert_eq!(app.verify(json!({"key": secret})).await["code"], "VALID");
+    assert_eq!(
+        app.stream_types(id).await,
+        ["key.created", "key.deactivated", "key.activated"]
+    );
+}
+
+#[actix_web::test]
+async fn an_expired_key_shows_expired_and_cannot_be_activated() {
+    let app = spawn_app().await;
+    let expires_at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let key = app
+        .create_key(json!({"name": "short-lived", "type": "secret", "expires_at": expires_at}))
+        .await;
+    let (id, secret) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
+    app.post(&format!("/v1/keys/{id}/deactivate"), json!({}))
+        .await
+        .expect(200);
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let read = app.get(&format!("/v1/keys/{id}")).await;
+    assert_eq!(read.expect(200)["status"], "expired");
+    let refused = app.post(&format!("/v1/keys/{id}/activate"), json!({})).await;
+    refused.expect_error(409, "conflict");
+    assert_eq!(app.verify(json!({"key": secret})).await["code"], "EXPIRED");
+    call(&app.address, Method::GET, "/v1/keys", Some(secret), None, &[])
+        .await
+        .expect_error(401, "key_expired");
+    let expired = app.get("/v1/keys?status=expired").await;
+    assert_eq!(expired.expect(200)["data"].as_array().unwrap().len(), 1);
+    assert_eq!(app.stream_types(id).await, ["key.created", "key.deactivated"]);
+}
+
+#[actix_web::test]
+async fn delete_removes_the_key_from_lists_and_verification_for_good() {
+    let app = spawn_app().await;
+    let key = app.create_key(json!({"name": "doomed", "type": "secret"})).await;
+    let (id, secret) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
+    let deleted = app.delete(&format!("/v1/keys/{id}")).await;
+    assert_eq!(deleted.status.as_u16(), 204);
+    assert_eq!(app.verify(json!({"key": secret})).await["code"], "NOT_FOUND");
+    call(&app.address, Method::GET, "/v1/keys", Some(secret), None, &[])
+        .await
+        .expect_error(401, "invalid_api_key");
+    app.get(&format!("/v1/keys/{id}")).await.expect_error(404, "not_found");
+    for status in [
+        "",
+        "?status=active",
+        "?status=inactive",
+        "?status=expired",
+        "?type=secret",
+    ] {
+        let listed = app.get(&format!("/v1/keys{status}")).await;
+        assert!(!listed.expect(200)["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["id"] == id));
+    }
+    app.delete(&format!("/v1/keys/{id}"))
+        .await
+        .expect_error(404, "not_found");
+    app.post(&format!("/v1/keys/{id}/activate"), json!({}))
+        .await
+        .expect_error(404, "not_found");
+    assert_eq!(app.stream_types(id).await, ["key.created", "key.deleted"]);
+    // The audit trail survives the key.
+    let trail = app.get(&format!("/v1/keys/{id}/events")).await;
+    assert_eq!(trail.expect(200)["data"].as_array().unwrap().len(), 2);
+}
+
+#[actix_web::test]
+async fn usage_is_not_implemented_yet() {
+    let app = spawn_app().await;
+    app.get(&format!("/v1/keys/{}/usage", app.admin_key_id))
+        .await
+        .expect_error(501, "not_implemented");
+}
+
+#[actix_web::test]
+async fn the_audit_trail_lists_events_without_hashes_or_secrets() {
+    let app = spawn_app().await;
+    let key = app.create_key(json!({"name": "audited", "type": "secret"})).await;
+    let id = key["id"].as_str().unwrap();
+    app.patch(&format!("/v1/keys/{id}"), json!({"name": "audited twice"}))
+        .await
+        .expect(200);
+    let regenerated = app.post(&format!("/v1/keys/{id}/regenerate"), json!({})).await;
+    let new_secret = regenerated.expect(200)["key"].as_str().unwrap().to_owned();
+    app.post(&format!("/v1/keys/{id}/deactivate"), json!({}))
+        .await
+        .expect(200);
+    let trail = app.get(&format!("/v1/keys/{id}/events?limit=3")).await;
+    let body = trail.expect(200);
+    let types: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["key.created", "key.updated", "key.regenerated"]);
+    assert_eq!(body["data"][0]["actor"], app.admin_key_id.as_str());
+    assert_eq!(body["data"][0]["version"], 1);
+    assert!(body["data"][0]["event_id"].is_string() && body["data"][0]["occurred_at"].is_string());
+    assert_eq!(body["data"][1]["data"], json!({"name": "audited twice"}));
+    let text = body.to_string();
+    assert!(!text.contains("hash") && !text.contains(&new_secret) && !text.contains(key["key"].as_str().unwrap()));
+    let cursor = body["next_cursor"].as_str().unwrap();
+    let rest = app.get(&format!("/v1/keys/{id}/events?cursor={cursor}")).await;
+    let rest = rest.expect(200);
+    assert_eq!(rest["data"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["data"][0]["type"], "key.deactivated");
+    assert!(rest["next_cursor"].is_null());
+}
+
+#[actix_web::test]
+async fn the_org_can_be_read_and_its_alert_settings_changed() {
+    let app = spawn_app().await;
+    let org = app.get("/v1/org").await;
+    let body = org.expect(200);
+    assert_eq!(body["id"], app.org_id.as_str());
+    assert_eq!(
+        (&body["plan"], &body["rate_limit_per_minute"]),
+        (&json!("free"), &json!(100))
+    );
+    assert_eq!(body["rotation_days"], 90);
+    assert_eq!(body["alert_settings"]["approaching_limit_percent"], 80);
+    let changed = app
+        .patch(
+            "/v1/org",
+            json!({"alert_emails": ["ops@example.com"], "rotation_days": 30, "alert_settings": {"error_rate_percent": 25}}),
+        )
+        .await;
+    let body = changed.expect(200);
+    assert_eq!(body["alert_emails"], json!(["ops@example.com"]));
+    assert_eq!(body["rotation_days"], 30);
+    assert_eq!(body["alert_settings"]["error_rate_percent"], 25);
+    assert_eq!(body["alert_settings"]["approaching_limit_percent"], 80);
+    let before = app.event_count().await;
+    for bad in [
+        json!({"alert_emails": ["not-an-address"]}),
+        json!({"rotation_days": -1}),
+        json!({"rotation_days": 100000}),
+        json!({"alert_settings": {"error_rate_percent": 0}}),
+        json!({"alert_settings": {"no_such_setting": 1}}),
+        json!({"plan": "enterprise"}),
+    ] {
+        app.patch("/v1/org", bad).await.expect_error(422, "validation_error");
+    }
+    assert_eq!(app.event_count().await, before);
+    // A new live key follows the new rotation policy.
+    let key = app.create_key(json!({"name": "after policy", "type": "secret"})).await;
+    let created = chrono::DateTime::parse_from_rfc3339(key["created_at"].as_str().unwrap()).unwrap();
+    let due = chrono::DateTime::parse_from_rfc3339(key["rotation_due_at"].as_str().unwrap()).unwrap();
+    assert_eq!((due - created).num_days(), 30);
+}
+
+#[actix_web::test]
+async fn health_and_request_ids() {
+    let app = spawn_app().await;
+    let health = call(&app.address, Method::GET, "/healthz", None, None, &[]).await;
+    assert_eq!(health.expect(200)["status"], "ok");
+    let ready = call(&app.address, Method::GET, "/readyz", None, None, &[]).await;
+    assert_eq!(ready.expect(200)["checks"]["postgres"], "ok");
+    let echoed = call(
+        &app.address,
+        Method::GET,
+        "/v1/keys",
+        None,
+        None,
+        &[("X-Request-Id", "trace-123")],
+    )
+    .await;
+    assert_eq!(echoed.header("x-request-id"), Some("trace-123"));
+    assert_eq!(echoed.body["error"]["request_id"], "trace-123");
+    let generated = app.get("/v1/keys").await;
+    assert!(generated
+        .header("x-request-id")
+        .is_some_and(|id| id.starts_with("req_")));
+}

@@ -1,0 +1,263 @@
+//! `spawn_app()`: a fresh database, migrated, the real HTTP server on port 0
+//! with the projector running beside it, and an organization with its first
+//! admin key. Plus a small HTTP client that returns what a user sees.
+
+use std::net::TcpListener;
+use std::sync::LazyLock;
+
+use awc::http::{header::HeaderMap, Method, StatusCode};
+use keyledger_api::AppState;
+use keyledger_events::domain::{Environment, HashKey};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+/// The projectors run here, on a runtime that outlives every test's own
+/// (a test's actix runtime is torn down when it ends).
+static WORKERS: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+});
+
+/// A database of its own for one test.
+pub fn fresh_database_url() -> String {
+    format!(
+        "postgres://postgres@127.0.0.1:5432/kl_e2e_{}",
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub pool: PgPool,
+    pub hash_key: HashKey,
+    pub org_id: String,
+    /// The organization's first admin key (sk_live_, scope admin).
+    pub admin_key: String,
+    pub admin_key_id: String,
+    stop: watch::Sender<bool>,
+    projector: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    let database_url = fresh_database_url();
+    let pool = keyledger::db::connect(&database_url).await.expect("database");
+    let mut bytes = [0u8; 32];
+    bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    let hash_key = HashKey::from_bytes(bytes);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let state = AppState {
+        pool: pool.clone(),
+        hash_key: hash_key.clone(),
+        environment: Environment::Live,
+    };
+    let server = keyledger_api::server(listener, state).unwrap();
+    actix_web::rt::spawn(server);
+    let (stop, stopped) = watch::channel(false);
+    let url = database_url.clone();
+    let projector = WORKERS.spawn(async move {
+        let pool = PgPool::connect(&url).await.expect("projector pool");
+        keyledger_workers::Projector::read_models(pool).run(stopped).await;
+    });
+    let created = keyledger::cli::create_org(&pool, hash_key.clone(), "Acme".into(), "free".into(), None, vec![])
+        .await
+        .expect("org");
+    TestApp {
+        address,
+        pool,
+        hash_key,
+        org_id: created["org"]["id"].as_str().unwrap().to_owned(),
+        admin_key: created["key"]["key"].as_str().unwrap().to_owned(),
+        admin_key_id: created["key"]["id"].as_str().unwrap().to_owned(),
+        stop,
+        projector: Some(projector),
+    }
+}
+
+/// What a user sees of an answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `error.code` of an error answer.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    #[track_caller]
+    pub fn expect(&self, status: u16) -> &Value {
+        assert_eq!(self.status.as_u16(), status, "unexpected answer: {:#}", self.body);
+        &self.body
+    }
+
+    #[track_caller]
+    pub fn expect_error(&self, status: u16, code: &str) {
+        assert_eq!(
+            (self.status.as_u16(), self.code()),
+            (status, code),
+            "unexpected answer: {:#}",
+            self.body
+        );
+        assert!(self.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(self.body["error"]["request_id"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+}
+
+/// One request; `auth` is the bearer key (None: no header).
+pub async fn call(
+    base: &str,
+    method: Method,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let client = awc::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .finish();
+    let mut request = client.request(method, format!("{base}{path}"));
+    if let Some(key) = auth {
+        request = request.insert_header(("Authorization", format!("Bearer {key}")));
+    }
+    for &(name, value) in headers {
+        request = request.insert_header((name, value));
+    }
+    let mut response = match body {
+        Some(json) => request.send_json(&json).await,
+        None => request.send().await,
+    }
+    .expect("request sent");
+    let bytes = response.body().limit(1 << 20).await.expect("body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    Answer {
+        status: response.status(),
+        headers: response.headers().clone(),
+        body,
+    }
+}
+
+/// Raw bytes with a chosen content type (for malformed-input tests).
+pub async fn call_raw(base: &str, method: Method, path: &str, auth: &str, content_type: &str, body: Vec<u8>) -> Answer {
+    let client = awc::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .finish();
+    let mut response = client
+        .request(method, format!("{base}{path}"))
+        .insert_header(("Authorization", format!("Bearer {auth}")))
+        .insert_header(("Content-Type", content_type))
+        .send_body(body)
+        .await
+        .expect("request sent");
+    let bytes = response.body().limit(1 << 20).await.expect("body");
+    Answer {
+        status: response.status(),
+        headers: response.headers().clone(),
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+impl TestApp {
+    /// Stops the background projector and waits until it has.
+    pub async fn stop_projector(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.projector.take() {
+            task.await.unwrap();
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        call(&self.address, Method::GET, path, Some(&self.admin_key), None, &[]).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Answer {
+        call(
+            &self.address,
+            Method::POST,
+            path,
+            Some(&self.admin_key),
+            Some(body),
+            &[],
+        )
+        .await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> Answer {
+        call(
+            &self.address,
+            Method::PATCH,
+            path,
+            Some(&self.admin_key),
+            Some(body),
+            &[],
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str) -> Answer {
+        call(&self.address, Method::DELETE, path, Some(&self.admin_key), None, &[]).await
+    }
+
+    /// Creates a key and returns its object (with the `key` secret).
+    pub async fn create_key(&self, body: Value) -> Value {
+        self.post("/v1/keys", body).await.expect(201).clone()
+    }
+
+    pub async fn verify(&self, body: Value) -> Value {
+        call(&self.address, Method::POST, "/v1/verify", None, Some(body), &[])
+            .await
+            .expect(200)
+            .clone()
+    }
+
+    /// How many events the log holds (to prove a refusal appended nothing).
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("select count(*) from events")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// The event types of one key's stream, in order.
+    pub async fn stream_types(&self, key_id: &str) -> Vec<String> {
+        sqlx::query_scalar("select type from events where stream_id = $1 order by version")
+            .bind(format!("key-{key_id}"))
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// A second organization with its admin key, in the same deployment.
+    pub async fn other_org(&self) -> (String, String) {
+        let created = keyledger::cli::create_org(
+            &self.pool,
+            self.hash_key.clone(),
+            "Other".into(),
+            "pro".into(),
+            None,
+            vec![],
+        )
+        .await
+        .unwrap();
+        (
+            created["org"]["id"].as_str().unwrap().to_owned(),
+            created["key"]["key"].as_str().unwrap().to_owned(),
+        )
+    }
+}

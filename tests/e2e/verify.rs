@@ -1,0 +1,101 @@
+//! `POST /v1/verify`: every code of issue 2 (all but RATE_LIMITED).
+
+use awc::http::Method;
+use serde_json::json;
+
+use crate::support::{call, spawn_app};
+
+#[actix_web::test]
+async fn verify_answers_each_code_with_the_key_fields() {
+    let app = spawn_app().await;
+    let secret = app
+        .create_key(json!({"name": "reader", "type": "secret", "scopes": ["read:experiences"]}))
+        .await;
+    let key = secret["key"].as_str().unwrap();
+
+    let valid = app
+        .verify(json!({"key": key, "scopes": ["read:experiences"], "environment": "live"}))
+        .await;
+    assert_eq!((&valid["valid"], &valid["code"]), (&json!(true), &json!("VALID")));
+    assert_eq!(valid["key_id"], secret["id"]);
+    assert_eq!(valid["org_id"], app.org_id.as_str());
+    assert_eq!(valid["type"], "secret");
+    assert_eq!(valid["environment"], "live");
+    assert_eq!(valid["scopes"], json!(["read:experiences"]));
+    assert!(valid["expires_at"].is_null());
+    assert_eq!(app.verify(json!({"key": key})).await["code"], "VALID");
+
+    let scope = app.verify(json!({"key": key, "scopes": ["write:consumers"]})).await;
+    assert_eq!(
+        (&scope["valid"], &scope["code"]),
+        (&json!(false), &json!("INSUFFICIENT_SCOPE"))
+    );
+    assert_eq!(scope["key_id"], secret["id"]);
+
+    let env = app.verify(json!({"key": key, "environment": "test"})).await;
+    assert_eq!(env["code"], "ENVIRONMENT_MISMATCH");
+    let test_key = app.create_key(json!({"name": "test", "type": "test"})).await;
+    let test_env = app.verify(json!({"key": test_key["key"], "environment": "live"})).await;
+    assert_eq!(test_env["code"], "ENVIRONMENT_MISMATCH");
+    assert_eq!(
+        app.verify(json!({"key": test_key["key"], "environment": "test", "scopes": ["write:consumers"]}))
+            .await["code"],
+        "VALID"
+    );
+
+    let id = secret["id"].as_str().unwrap();
+    app.post(&format!("/v1/keys/{id}/deactivate"), json!({}))
+        .await
+        .expect(200);
+    let inactive = app.verify(json!({"key": key})).await;
+    assert_eq!(
+        (&inactive["valid"], &inactive["code"]),
+        (&json!(false), &json!("INACTIVE"))
+    );
+
+    let expires_at = (chrono::Utc::now() + chrono::Duration::milliseconds(1_500)).to_rfc3339();
+    let expiring = app
+        .create_key(json!({"name": "brief", "type": "secret", "expires_at": expires_at}))
+        .await;
+    assert_eq!(app.verify(json!({"key": expiring["key"]})).await["code"], "VALID");
+    tokio::time::sleep(std::time::Duration::from_millis(1_700)).await;
+    let expired = app.verify(json!({"key": expiring["key"]})).await;
+    assert_eq!(expired["code"], "EXPIRED");
+    assert!(expired["expires_at"].is_string());
+}
+
+#[actix_web::test]
+async fn unknown_malformed_and_mistyped_keys_are_not_found_without_key_fields() {
+    let app = spawn_app().await;
+    let real = app.admin_key.clone();
+    let mut typo = real.clone().into_bytes();
+    typo[20] = if typo[20] == b'a' { b'b' } else { b'a' };
+    let typo = String::from_utf8(typo).unwrap();
+    let unknown = keyledger_events::domain::PlainKey::encode(keyledger_events::domain::KeyType::Secret, &[9; 32]);
+    for key in [
+        unknown.expose(),
+        typo.as_str(),
+        "sk_live_short",
+        "hello",
+        &real[..56],
+        "",
+    ] {
+        let answer = app.verify(json!({"key": key})).await;
+        assert_eq!(answer, json!({"valid": false, "code": "NOT_FOUND"}), "for {key:?}");
+    }
+}
+
+#[actix_web::test]
+async fn ill_formed_verify_requests_are_refused() {
+    let app = spawn_app().await;
+    for body in [
+        json!({}),
+        json!({"key": 5}),
+        json!({"key": app.admin_key, "scopes": ["write:everything"]}),
+        json!({"key": app.admin_key, "environment": "staging"}),
+        json!({"key": app.admin_key, "extra": true}),
+    ] {
+        let answer = call(&app.address, Method::POST, "/v1/verify", None, Some(body), &[]).await;
+        answer.expect_error(422, "validation_error");
+    }
+}
