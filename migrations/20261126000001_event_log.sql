@@ -31,7 +31,7 @@ create function events_append_only() returns trigger language plpgsql as $$
 begin
     raise exception 'the event log is append-only';
 end $$;
-create trigger events_append_only before update or delete on events
+create trigger events_append_only before update or delete or truncate on events
     for each statement execute function events_append_only();
 
 -- How far each projector has read, updated in the same transaction as the

@@ -541,6 +541,7 @@ async fn the_events_table_is_append_only() {
         "update events set data = '{}' where version = 2",
         "delete from events",
         "delete from events where version = 1",
+        "truncate events",
     ] {
         match sqlx::query(statement).execute(pool).await {
             Err(sqlx::Error::Database(e)) => {
