@@ -14,7 +14,7 @@ use keyledger_events::domain::{
 use keyledger_events::handler::{self, HandlerError};
 use keyledger_events::log::{self, EventMeta};
 use keyledger_events::read_model::{self, KeyRow};
-use keyledger_workers::Projector;
+use keyledger_workers::{replay, KafkaProjector, Projector, Relay};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -42,8 +42,14 @@ pub enum Command {
     Dev,
     /// The HTTP API only.
     Serve,
-    /// The workers only (projectors).
+    /// The workers only (projector; with Kafka: outbox relay and consumer).
     Work,
+    /// Rebuild every read model from the event log and swap it in.
+    Replay {
+        /// Compare a rebuild with the live read models instead; exit 1 on a difference.
+        #[arg(long)]
+        check: bool,
+    },
     /// Manage organizations.
     #[command(subcommand)]
     Org(OrgCli),
@@ -126,6 +132,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 pool,
                 hash_key: hash_key.expect("checked above"),
                 environment,
+                kafka: settings.kafka(),
             };
             serve(&settings, state, with_api, with_workers).await?;
         }
@@ -157,6 +164,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&org.to_json())?);
         }
         Command::Audit { key_id, at } => return audit(&pool, &key_id, at.as_deref()).await,
+        Command::Replay { check: false } => {
+            let applied = replay::rebuild(&pool).await?;
+            println!(
+                "rebuilt {} read models from {applied} events",
+                replay::READ_MODELS.len()
+            );
+        }
+        Command::Replay { check: true } => {
+            let differences = replay::check(&pool).await?;
+            if differences.is_empty() {
+                println!("read models match the event log");
+            } else {
+                for (table, row) in &differences.only_live {
+                    println!("{table}: live row differs from the log: {row}");
+                }
+                for (table, row) in &differences.only_rebuilt {
+                    println!("{table}: the log says: {row}");
+                }
+                return Ok(ExitCode::from(1));
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -279,7 +307,19 @@ async fn serve(settings: &Settings, state: AppState, with_api: bool, with_worker
     let (stop, stopped) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     if with_workers {
-        tasks.spawn(Projector::read_models(state.pool.clone()).run(stopped.clone()));
+        match &state.kafka {
+            Some(kafka) => {
+                kafka.ensure_topics().await.context("creating the Kafka topics")?;
+                let relay = Relay::new(state.pool.clone(), kafka).context("Kafka producer")?;
+                let consumer = KafkaProjector::new(state.pool.clone(), kafka).context("Kafka consumer")?;
+                tasks.spawn(relay.run(stopped.clone()));
+                tasks.spawn(consumer.run(stopped.clone()));
+                tracing::info!(brokers = %kafka.brokers, topic = %kafka.topic, "workers in Kafka mode");
+            }
+            None => {
+                tasks.spawn(Projector::read_models(state.pool.clone()).run(stopped.clone()));
+            }
+        }
     }
     let server = if with_api {
         let listener = std::net::TcpListener::bind(&settings.listen)

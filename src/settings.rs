@@ -33,12 +33,22 @@ pub struct Settings {
     /// Folder for local state: the dev hash key, emails written as files.
     #[arg(long, env = "KEYLEDGER_DATA_DIR", global = true, default_value = "./.keyledger")]
     pub data_dir: PathBuf,
+    /// Kafka brokers (host:port,…); unset: embedded mode, no Kafka.
+    #[arg(long, env = "KAFKA_BROKERS", global = true)]
+    pub kafka_brokers: Option<String>,
     /// The environment (live or test) that `/v1/auth` requires.
     #[arg(long, env = "KEYLEDGER_ENVIRONMENT", global = true, default_value = "live")]
     pub environment: String,
 }
 
 impl Settings {
+    pub fn kafka(&self) -> Option<keyledger_events::bus::KafkaSettings> {
+        self.kafka_brokers
+            .as_deref()
+            .filter(|b| !b.trim().is_empty())
+            .map(keyledger_events::bus::KafkaSettings::new)
+    }
+
     pub fn environment(&self) -> anyhow::Result<Environment> {
         Environment::parse(&self.environment)
             .with_context(|| format!("KEYLEDGER_ENVIRONMENT is '{}': use live or test", self.environment))

@@ -23,6 +23,8 @@ pub struct AppState {
     pub hash_key: HashKey,
     /// The environment `/v1/auth` requires (the deployment's).
     pub environment: Environment,
+    /// Kafka, when configured: `/readyz` reports whether it is reachable.
+    pub kafka: Option<keyledger_events::bus::KafkaSettings>,
 }
 
 /// Largest request body accepted (API.md: 64 KiB).

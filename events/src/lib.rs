@@ -3,9 +3,10 @@
 //!
 //! `domain` does no I/O. The Postgres adapters sit beside it: `log` (the event
 //! store and its readers), `read_model` (the tables the events are projected
-//! into) and `handler` (load → decide → append → project, shared by the API
+//! into), `bus` (Kafka) and `handler` (load → decide → append → project, shared by the API
 //! and the CLI).
 
+pub mod bus;
 pub mod domain;
 pub mod handler;
 pub mod log;

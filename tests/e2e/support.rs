@@ -55,6 +55,7 @@ pub async fn spawn_app() -> TestApp {
         pool: pool.clone(),
         hash_key: hash_key.clone(),
         environment: Environment::Live,
+        kafka: None,
     };
     let server = keyledger_api::server(listener, state).unwrap();
     actix_web::rt::spawn(server);

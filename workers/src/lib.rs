@@ -1,7 +1,12 @@
-//! keyledger-workers: the background side of keyledger. For now the
-//! projector, which tails the event log into the read models; the outbox
-//! relay, the scheduler and the mailer join it here.
+//! keyledger-workers: the background side of keyledger — the projector that
+//! tails the PostgreSQL log (embedded mode), the outbox relay and the Kafka
+//! consumer (Kafka mode), and `replay`.
 
+pub mod kafka_projector;
 pub mod projector;
+pub mod relay;
+pub mod replay;
 
+pub use kafka_projector::KafkaProjector;
 pub use projector::Projector;
+pub use relay::Relay;

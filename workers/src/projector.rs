@@ -44,15 +44,7 @@ impl Projector {
     }
 
     pub async fn checkpoint(&self) -> Result<LogPosition, sqlx::Error> {
-        let row: Option<(i64, i64)> =
-            sqlx::query_as("select tx_id, position from projector_checkpoints where name = $1")
-                .bind(&self.name)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map_or(LogPosition::default(), |(tx_id, position)| LogPosition {
-            tx_id,
-            position,
-        }))
+        log::checkpoint(&self.pool, &self.name).await
     }
 
     /// One step: applies the next batch of committed events; returns how
@@ -64,15 +56,7 @@ impl Projector {
             .bind(&self.name)
             .execute(&mut *tx)
             .await?;
-        let row: Option<(i64, i64)> =
-            sqlx::query_as("select tx_id, position from projector_checkpoints where name = $1")
-                .bind(&self.name)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let after = row.map_or(LogPosition::default(), |(tx_id, position)| LogPosition {
-            tx_id,
-            position,
-        });
+        let after = log::checkpoint(&mut *tx, &self.name).await?;
         let events = log::read_after(&mut *tx, after, BATCH).await?;
         let Some(last) = events.last().map(|e| e.log_position()) else {
             return Ok(0);
@@ -85,15 +69,7 @@ impl Projector {
                     source,
                 })?;
         }
-        sqlx::query(
-            "insert into projector_checkpoints (name, tx_id, position) values ($1, $2, $3)
-             on conflict (name) do update set tx_id = $2, position = $3, updated_at = now()",
-        )
-        .bind(&self.name)
-        .bind(last.tx_id)
-        .bind(last.position)
-        .execute(&mut *tx)
-        .await?;
+        log::save_checkpoint(&mut *tx, &self.name, last).await?;
         tx.commit().await?;
         Ok(events.len())
     }

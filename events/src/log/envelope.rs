@@ -2,7 +2,7 @@
 //! mapping between domain events and their stored `type` + `data`.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -45,7 +45,7 @@ pub struct LogPosition {
     pub position: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct StoredEvent {
     pub position: i64,
     pub tx_id: i64,

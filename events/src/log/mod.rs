@@ -6,4 +6,7 @@ pub mod envelope;
 pub mod store;
 
 pub use envelope::{DecodeError, EventMeta, LogPosition, NewEvent, StoredEvent};
-pub use store::{append, read_after, read_stream, AppendError, NOTIFY_CHANNEL};
+pub use store::{
+    append, checkpoint, read_after, read_since_transaction, read_stream, read_visible_after, save_checkpoint,
+    AppendError, NOTIFY_CHANNEL,
+};

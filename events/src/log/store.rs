@@ -116,3 +116,60 @@ pub async fn read_after<'c>(
     .fetch_all(db)
     .await
 }
+
+/// Up to `limit` events after `after` that this transaction's snapshot sees,
+/// in (transaction, position) order, *without* holding back for running
+/// transactions. Only for readers that work inside one snapshot and compare
+/// with tables of that same snapshot (`replay`); a tailing reader must use
+/// [`read_after`].
+pub async fn read_visible_after<'c>(
+    db: impl PgExecutor<'c>,
+    after: LogPosition,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from events where (tx_id, position) > ($1, $2) order by tx_id, position limit $3"
+    ))
+    .bind(after.tx_id)
+    .bind(after.position)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Where the reader `name` (a projector, the relay) stands.
+pub async fn checkpoint<'c>(db: impl PgExecutor<'c>, name: &str) -> Result<LogPosition, sqlx::Error> {
+    let row: Option<(i64, i64)> = sqlx::query_as("select tx_id, position from projector_checkpoints where name = $1")
+        .bind(name)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.map_or(LogPosition::default(), |(tx_id, position)| LogPosition {
+        tx_id,
+        position,
+    }))
+}
+
+/// Records that the reader `name` has handled everything up to `at`.
+pub async fn save_checkpoint<'c>(db: impl PgExecutor<'c>, name: &str, at: LogPosition) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into projector_checkpoints (name, tx_id, position) values ($1, $2, $3)
+         on conflict (name) do update set tx_id = $2, position = $3, updated_at = now()",
+    )
+    .bind(name)
+    .bind(at.tx_id)
+    .bind(at.position)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Every event appended by transaction `tx_id` or a later one, in
+/// (transaction, position) order (what a snapshot taken before may lack).
+pub async fn read_since_transaction<'c>(db: impl PgExecutor<'c>, tx_id: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from events where tx_id >= $1 order by tx_id, position"
+    ))
+    .bind(tx_id)
+    .fetch_all(db)
+    .await
+}

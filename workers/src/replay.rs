@@ -1,0 +1,163 @@
+//! `keyledger replay`: rebuild every read model from the event log into fresh
+//! tables and swap them in; `--check` rebuilds and compares instead.
+//!
+//! The rebuild runs in one repeatable-read transaction, so the log it reads
+//! and the live tables it may compare with are the same snapshot (commands
+//! write their events and their read-model rows in one transaction). It
+//! only applies events to tables: it appends nothing and sends nothing.
+
+use keyledger_events::log::{self, LogPosition};
+use keyledger_events::read_model::{self, ProjectionError};
+use sqlx::{PgConnection, PgPool};
+
+/// Every read model `read_model::apply` writes.
+pub const READ_MODELS: [&str; 2] = ["keys", "orgs"];
+const SCHEMA: &str = "keyledger_rebuild";
+const BATCH: i64 = 1_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("event at position {position} cannot be replayed: {source}")]
+    Event { position: i64, source: ProjectionError },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Rows that differ between the live read models and a rebuild.
+#[derive(Debug, Default)]
+pub struct Differences {
+    /// (table, row as text) present live but not in the rebuild.
+    pub only_live: Vec<(String, String)>,
+    /// (table, row as text) present in the rebuild but not live.
+    pub only_rebuilt: Vec<(String, String)>,
+}
+
+impl Differences {
+    pub fn is_empty(&self) -> bool {
+        self.only_live.is_empty() && self.only_rebuilt.is_empty()
+    }
+}
+
+/// Creates empty copies of the read models in the rebuild schema and
+/// applies every event visible to this transaction to them.
+async fn rebuild_into_schema(tx: &mut PgConnection) -> Result<usize, ReplayError> {
+    sqlx::query(&format!("drop schema if exists {SCHEMA} cascade"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("create schema {SCHEMA}"))
+        .execute(&mut *tx)
+        .await?;
+    for table in READ_MODELS {
+        sqlx::query(&format!(
+            "create table {SCHEMA}.{table} (like public.{table} including all)"
+        ))
+        .execute(&mut *tx)
+        .await?;
+    }
+    // `apply` names its tables unqualified: they now resolve to the copies.
+    sqlx::query(&format!("set local search_path to {SCHEMA}, public"))
+        .execute(&mut *tx)
+        .await?;
+    let mut after = LogPosition::default();
+    let mut applied = 0;
+    loop {
+        let events = log::read_visible_after(&mut *tx, after, BATCH).await?;
+        let Some(last) = events.last() else { break };
+        after = last.log_position();
+        for event in &events {
+            read_model::apply(&mut *tx, event)
+                .await
+                .map_err(|source| match source {
+                    ProjectionError::Database(e) => ReplayError::Database(e),
+                    source => ReplayError::Event {
+                        position: event.position,
+                        source,
+                    },
+                })?;
+        }
+        applied += events.len();
+    }
+    sqlx::query("set local search_path to public").execute(&mut *tx).await?;
+    Ok(applied)
+}
+
+async fn begin_snapshot(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("set transaction isolation level repeatable read")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// Rebuilds and compares with the live read models; changes nothing.
+pub async fn check(pool: &PgPool) -> Result<Differences, ReplayError> {
+    let mut tx = begin_snapshot(pool).await?;
+    rebuild_into_schema(&mut tx).await?;
+    let mut differences = Differences::default();
+    for table in READ_MODELS {
+        let row = |from: &str, to: &str| {
+            format!("select r::text from {from}.{table} r except select r::text from {to}.{table} r order by 1")
+        };
+        for text in sqlx::query_scalar::<_, String>(&row("public", SCHEMA))
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            differences.only_live.push((table.to_owned(), text));
+        }
+        for text in sqlx::query_scalar::<_, String>(&row(SCHEMA, "public"))
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            differences.only_rebuilt.push((table.to_owned(), text));
+        }
+    }
+    tx.rollback().await?;
+    Ok(differences)
+}
+
+/// Rebuilds every read model and swaps the rebuilt tables in; returns how
+/// many events were applied.
+pub async fn rebuild(pool: &PgPool) -> Result<usize, ReplayError> {
+    let mut tx = begin_snapshot(pool).await?;
+    // Every transaction older than this one was finished when the snapshot
+    // was taken, so its events are in the rebuild.
+    let horizon: i64 = sqlx::query_scalar("select pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        .fetch_one(&mut *tx)
+        .await?;
+    let applied = rebuild_into_schema(&mut tx).await?;
+    tx.commit().await?;
+
+    // The swap: with the live tables locked (commands wait a moment), apply
+    // again whatever may have committed since the snapshot — applying is
+    // idempotent — then put the rebuilt tables in their place.
+    let mut tx = pool.begin().await?;
+    let tables = READ_MODELS.map(|t| format!("public.{t}")).join(", ");
+    sqlx::query(&format!("lock table {tables} in access exclusive mode"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("set local search_path to {SCHEMA}, public"))
+        .execute(&mut *tx)
+        .await?;
+    let late = log::read_since_transaction(&mut *tx, horizon).await?;
+    for event in &late {
+        read_model::apply(&mut tx, event).await.map_err(|source| match source {
+            ProjectionError::Database(e) => ReplayError::Database(e),
+            source => ReplayError::Event {
+                position: event.position,
+                source,
+            },
+        })?;
+    }
+    sqlx::query("set local search_path to public").execute(&mut *tx).await?;
+    for table in READ_MODELS {
+        sqlx::query(&format!("drop table public.{table}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("alter table {SCHEMA}.{table} set schema public"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(&format!("drop schema {SCHEMA}")).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(applied)
+}
