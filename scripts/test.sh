@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: makes sure PostgreSQL runs, then
-# builds the workspace once and runs every test (unit, store, end-to-end).
+# The whole test suite on a fresh machine: makes sure PostgreSQL runs and the
+# Tansu broker is installed, then builds the workspace once and runs every
+# test (unit, store, end-to-end, Kafka).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,5 +17,15 @@ ensure_postgres() {
   exit 1
 }
 
+# The Kafka tests start their own brokers with Tansu, a Kafka-compatible
+# broker from crates.io (about 7 minutes to build, once per machine).
+ensure_tansu() {
+  export PATH="$HOME/.cargo/bin:$PATH"
+  if command -v tansu >/dev/null 2>&1; then return; fi
+  echo "installing the Tansu broker (cargo install tansu)"
+  cargo install tansu --locked --features dynostore,libsql
+}
+
 ensure_postgres
+ensure_tansu
 cargo test --workspace --locked "$@"

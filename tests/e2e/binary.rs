@@ -10,16 +10,16 @@ use serde_json::{json, Value};
 
 use crate::support::{call, fresh_database_url};
 
-const BIN: &str = env!("CARGO_BIN_EXE_keyledger");
-const HASH_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_keyledger");
+pub(crate) const HASH_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
-fn temp_dir() -> PathBuf {
+pub(crate) fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("keyledger-e2e-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-fn keyledger(database_url: &str, data_dir: &Path) -> Command {
+pub(crate) fn keyledger(database_url: &str, data_dir: &Path) -> Command {
     let mut command = Command::new(BIN);
     command
         .env_clear()
@@ -39,14 +39,14 @@ fn free_port() -> u16 {
 }
 
 /// A long-running `keyledger` process whose output goes to a file.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    address: String,
+    pub(crate) address: String,
     log: PathBuf,
 }
 
 impl Server {
-    async fn start(command: &mut Command, log: PathBuf) -> Server {
+    fn spawn(command: &mut Command, log: PathBuf) -> Server {
         let port = free_port();
         let file = std::fs::File::create(&log).unwrap();
         let child = command
@@ -55,11 +55,29 @@ impl Server {
             .stderr(file)
             .spawn()
             .unwrap();
-        let server = Server {
+        Server {
             child,
             address: format!("http://127.0.0.1:{port}"),
             log,
-        };
+        }
+    }
+
+    /// A process without HTTP (`work`), ready once its log says `ready`.
+    pub(crate) async fn start_worker(command: &mut Command, log: PathBuf, ready: &str) -> Server {
+        let server = Server::spawn(command, log);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(&server.log).unwrap_or_default();
+            if text.contains(ready) {
+                return server;
+            }
+            assert!(Instant::now() < deadline, "worker not ready: {text}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub(crate) async fn start(command: &mut Command, log: PathBuf) -> Server {
+        let server = Server::spawn(command, log);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let client = awc::Client::default();
@@ -78,7 +96,7 @@ impl Server {
     }
 
     /// Stops with SIGTERM (a graceful shutdown) and returns the log.
-    fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -99,11 +117,11 @@ impl Drop for Server {
     }
 }
 
-fn run(command: &mut Command) -> Output {
+pub(crate) fn run(command: &mut Command) -> Output {
     command.output().unwrap()
 }
 
-fn json_stdout(output: &Output) -> Value {
+pub(crate) fn json_stdout(output: &Output) -> Value {
     assert!(
         output.status.success(),
         "failed: {}",

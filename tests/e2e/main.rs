@@ -4,7 +4,9 @@
 mod support;
 
 mod binary;
+mod broker;
 mod isolation;
+mod kafka;
 mod keys;
 mod projection;
 mod validation;

@@ -122,6 +122,11 @@ impl KafkaProjector {
         Ok(outcome)
     }
 
+    /// How many partitions the group has assigned to this consumer.
+    pub fn assigned_partitions(&self) -> usize {
+        self.consumer.assignment().map(|a| a.count()).unwrap_or(0)
+    }
+
     /// Commits the stored offsets now (on shutdown).
     pub fn commit(&self) -> Result<(), KafkaError> {
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
