@@ -128,12 +128,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dev | Command::Serve | Command::Work => {
             let with_api = !matches!(cli.command, Command::Work);
             let with_workers = !matches!(cli.command, Command::Serve);
-            let state = AppState {
-                pool,
-                hash_key: hash_key.expect("checked above"),
-                environment,
-                kafka: settings.kafka(),
-            };
+            let mut state = AppState::new(pool, hash_key.expect("checked above"), environment, settings.api());
+            state.kafka = settings.kafka();
+            state.routes = std::sync::Arc::new(settings.route_table()?);
             serve(&settings, state, with_api, with_workers).await?;
         }
         Command::Org(OrgCli::Create {
@@ -269,7 +266,7 @@ async fn audit(pool: &PgPool, key_id: &str, at: Option<&str>) -> anyhow::Result<
         .map_err(|_| anyhow::anyhow!("'{key_id}' is not a key id"))?;
     let stream = key::stream_id(id);
     let Some(at) = at else {
-        let events = log::read_stream(pool, &stream, None).await?;
+        let events = log::read_stream_without(pool, &stream, None, handler::USAGE_EVENT).await?;
         if events.is_empty() {
             bail!("no events for key {key_id}");
         }
@@ -325,6 +322,7 @@ async fn serve(settings: &Settings, state: AppState, with_api: bool, with_worker
         let listener = std::net::TcpListener::bind(&settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let address = listener.local_addr()?;
+        tasks.spawn(state.clone().run_background(stopped.clone()));
         let server = keyledger_api::server(listener, state)?;
         let handle = server.handle();
         tasks.spawn(async move {
@@ -339,10 +337,12 @@ async fn serve(settings: &Settings, state: AppState, with_api: bool, with_worker
     };
     shutdown_signal().await;
     tracing::info!("shutting down");
-    let _ = stop.send(true);
+    // Requests in flight finish first; then the background work stops (and
+    // flushes the last usage counts).
     if let Some(handle) = server {
         handle.stop(true).await;
     }
+    let _ = stop.send(true);
     while tasks.join_next().await.is_some() {}
     Ok(())
 }

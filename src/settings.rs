@@ -36,12 +36,45 @@ pub struct Settings {
     /// Kafka brokers (host:port,…); unset: embedded mode, no Kafka.
     #[arg(long, env = "KAFKA_BROKERS", global = true)]
     pub kafka_brokers: Option<String>,
+    /// Forward-auth route table (method, path prefix → scope); default: API.md's.
+    #[arg(long, env = "KEYLEDGER_ROUTES", global = true)]
+    pub routes: Option<PathBuf>,
+    /// Seconds between appends of usage counts (`key.used` events).
+    #[arg(long, env = "KEYLEDGER_USAGE_FLUSH_SECONDS", global = true, default_value_t = 5)]
+    pub usage_flush_seconds: u64,
+    /// Seconds a cached key is trusted without a change notification.
+    #[arg(long, env = "KEYLEDGER_CACHE_TTL_SECONDS", global = true, default_value_t = 10)]
+    pub cache_ttl_seconds: u64,
+    /// Invalid keys one client address may send per minute before it is refused.
+    #[arg(
+        long,
+        env = "KEYLEDGER_FAILED_ATTEMPTS_PER_MINUTE",
+        global = true,
+        default_value_t = 20
+    )]
+    pub failed_attempts_per_minute: u32,
     /// The environment (live or test) that `/v1/auth` requires.
     #[arg(long, env = "KEYLEDGER_ENVIRONMENT", global = true, default_value = "live")]
     pub environment: String,
 }
 
 impl Settings {
+    pub fn api(&self) -> keyledger_api::ApiSettings {
+        keyledger_api::ApiSettings {
+            cache_ttl: std::time::Duration::from_secs(self.cache_ttl_seconds.max(1)),
+            failed_attempts_per_minute: self.failed_attempts_per_minute.max(1),
+            usage_flush: std::time::Duration::from_secs(self.usage_flush_seconds.max(1)),
+            ..keyledger_api::ApiSettings::default()
+        }
+    }
+
+    pub fn route_table(&self) -> anyhow::Result<keyledger_api::routes::RouteTable> {
+        match &self.routes {
+            None => Ok(keyledger_api::routes::RouteTable::default()),
+            Some(path) => keyledger_api::routes::RouteTable::load(path).map_err(|e| anyhow::anyhow!("route table {e}")),
+        }
+    }
+
     pub fn kafka(&self) -> Option<keyledger_events::bus::KafkaSettings> {
         self.kafka_brokers
             .as_deref()

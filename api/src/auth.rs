@@ -1,16 +1,11 @@
-//! Authentication: `Authorization: Bearer <key>` → the caller's key.
-//!
-//! The key is parsed (prefix, length, alphabet, checksum) before anything is
-//! looked up, so a malformed key costs no database access; then its keyed
-//! hash is looked up. The clear-text key is dropped as soon as it is hashed.
+//! The management API's caller: `Authorization: Bearer <key>` with a live
+//! secret key holding the `admin` scope.
 
 use actix_web::{http::header, web, FromRequest, HttpRequest};
-use chrono::Utc;
 use futures_util::future::LocalBoxFuture;
-use keyledger_events::domain::{scope::grants, Environment, PlainKey, Scope};
-use keyledger_events::read_model::{self, KeyRow};
+use keyledger_events::domain::{Environment, Scope};
 
-use crate::{error::ApiError, AppState};
+use crate::{access, error::ApiError, AppState};
 
 /// The `Authorization` header's key, or `missing_api_key`.
 pub fn bearer_key(req: &HttpRequest) -> Result<&str, ApiError> {
@@ -27,22 +22,15 @@ pub fn bearer_key(req: &HttpRequest) -> Result<&str, ApiError> {
     Ok(key)
 }
 
-/// The key row for a clear-text key, or `None` for a malformed or unknown
-/// one (a malformed key never reaches the database).
-pub async fn lookup(state: &AppState, text: &str) -> Result<Option<KeyRow>, ApiError> {
-    let Ok((plain, _)) = PlainKey::parse(text) else {
-        return Ok(None);
-    };
-    let hash = state.hash_key.hash(&plain);
-    drop(plain);
-    Ok(read_model::key_by_hash(&state.pool, &hash, Utc::now()).await?)
+pub fn state(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
+    req.app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::internal(std::io::Error::other("application state missing")))
 }
 
-/// An authenticated caller of the management API: a live secret key with the
-/// `admin` scope.
+/// An authenticated caller of the management API.
 #[derive(Debug, Clone)]
 pub struct Admin {
-    pub key: KeyRow,
+    pub key: keyledger_events::read_model::KeyRow,
 }
 
 impl Admin {
@@ -57,23 +45,15 @@ impl Admin {
 }
 
 async fn authenticate_admin(req: HttpRequest) -> Result<Admin, ApiError> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .ok_or_else(|| ApiError::internal(std::io::Error::other("application state missing")))?;
-    let key = lookup(state, bearer_key(&req)?).await?.ok_or(ApiError::InvalidApiKey)?;
-    match key.status_at(Utc::now()) {
-        "inactive" => return Err(ApiError::KeyInactive),
-        "expired" => return Err(ApiError::KeyExpired),
-        _ => {}
-    }
-    if key.environment != Environment::Live.as_str() {
-        return Err(ApiError::EnvironmentMismatch { required: "live" });
-    }
-    let scopes: Vec<Scope> = key.scopes.iter().filter_map(|s| s.parse().ok()).collect();
-    if !grants(&scopes, Scope::Admin) {
-        return Err(ApiError::InsufficientScope(Scope::Admin));
-    }
-    Ok(Admin { key })
+    let state = state(&req)?;
+    let text = bearer_key(&req)?;
+    let client = access::client_address(&req);
+    let checked = access::check(state, &req, text, client, Some(Environment::Live), &[Scope::Admin])
+        .await?
+        .ok_or(ApiError::InvalidApiKey)?;
+    Ok(Admin {
+        key: checked.into_result()?.row.clone(),
+    })
 }
 
 impl FromRequest for Admin {

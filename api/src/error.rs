@@ -9,6 +9,9 @@ use serde_json::json;
 
 use crate::middleware::current_request_id;
 
+/// Carries the error code on every error answer (see the nginx example).
+pub const ERROR_CODE_HEADER: &str = "x-keyledger-error";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -33,6 +36,10 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("validation failed")]
     Validation(ValidationDetails),
+    #[error("rate limited")]
+    RateLimited { retry_after: u64 },
+    #[error("too many failed attempts")]
+    TooManyFailedAttempts { retry_after: u64 },
     #[error("{0} is not implemented yet")]
     NotImplemented(&'static str),
     #[error("a dependency is unavailable")]
@@ -66,6 +73,8 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::Validation(_) => "validation_error",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::TooManyFailedAttempts { .. } => "too_many_failed_attempts",
             ApiError::NotImplemented(_) => "not_implemented",
             ApiError::Unavailable => "unavailable",
             ApiError::Internal(_) => "internal_error",
@@ -97,6 +106,13 @@ impl ApiError {
             ApiError::NotFound => "No such resource in your organization.".into(),
             ApiError::PayloadTooLarge => "The request body is larger than 64 KiB.".into(),
             ApiError::Validation(_) => "The request is invalid: see details.".into(),
+            ApiError::RateLimited { retry_after } => format!(
+                "This key is over its plan's rate limit. Retry in {retry_after} s, spread requests over the minute, \
+                 or upgrade the plan."
+            ),
+            ApiError::TooManyFailedAttempts { retry_after } => format!(
+                "Too many invalid API keys came from your address. Retry in {retry_after} s with a valid key."
+            ),
             ApiError::NotImplemented(what) => format!("{what} is not available in this version yet."),
             ApiError::Unavailable => "A dependency is unavailable; retry shortly.".into(),
             ApiError::Internal(_) => "Something went wrong on our side; retry, and report the request id if it persists.".into(),
@@ -116,6 +132,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RateLimited { .. } | ApiError::TooManyFailedAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -139,8 +156,13 @@ impl ResponseError for ApiError {
             ApiError::Unavailable => {
                 response.insert_header((header::RETRY_AFTER, "5"));
             }
+            ApiError::RateLimited { retry_after } | ApiError::TooManyFailedAttempts { retry_after } => {
+                response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            }
             _ => {}
         }
+        // For reverse proxies, which pass on headers but not bodies.
+        response.insert_header((ERROR_CODE_HEADER, self.code()));
         response.json(json!({"error": error}))
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use keyledger_events::domain::{
     key::{self, CreateKey, RegenerateKey, SecretSource, UpdateKey},
     ApiKey, DomainError, KeyCommand, KeyId, KeyStatus, KeyType, OrgId, PlainKey,
@@ -245,8 +245,91 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-pub async fn usage(_caller: Admin, _path: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotImplemented("Usage statistics"))
+/// Points a usage series may have at most.
+const MAX_SERIES_POINTS: i64 = 10_000;
+
+/// The key's usage between `from` and `to` (default: the last 24 h) in
+/// buckets of a minute, an hour (default) or a day, aligned to UTC.
+pub async fn usage(
+    state: web::Data<AppState>,
+    caller: Admin,
+    path: web::Path<String>,
+    query: Query,
+) -> Result<HttpResponse, ApiError> {
+    let id = key_id(&path)?;
+    let now = Utc::now();
+    let mut details = keyledger_events::domain::ValidationDetails::default();
+    let (mut from, mut to, mut granularity) = (now - chrono::Duration::hours(24), now, "hour");
+    let time = |value: &str| DateTime::parse_from_rfc3339(value).map(|t| t.with_timezone(&Utc));
+    for (name, value) in query.iter() {
+        match name.as_str() {
+            "from" => match time(value) {
+                Ok(t) => from = t,
+                Err(_) => details.add("from", "must be an RFC 3339 timestamp"),
+            },
+            "to" => match time(value) {
+                Ok(t) => to = t,
+                Err(_) => details.add("to", "must be an RFC 3339 timestamp"),
+            },
+            "granularity" => match value.as_str() {
+                "minute" => granularity = "minute",
+                "hour" => granularity = "hour",
+                "day" => granularity = "day",
+                _ => details.add("granularity", "must be minute, hour or day"),
+            },
+            other => details.add(other, "unknown parameter"),
+        }
+    }
+    if from >= to {
+        details.add("from", "must be before to");
+    }
+    let bucket_seconds = match granularity {
+        "minute" => 60,
+        "hour" => 3_600,
+        _ => 86_400,
+    };
+    if (to - from).num_seconds() / bucket_seconds > MAX_SERIES_POINTS {
+        details.add(
+            "granularity",
+            format!("at most {MAX_SERIES_POINTS} points: use a coarser granularity"),
+        );
+    }
+    if !details.is_empty() {
+        return Err(ApiError::Validation(details));
+    }
+    let key = read_model::key_by_id(&state.pool, caller.org_id(), &id.to_string())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let series = read_model::usage_series(&state.pool, &key.id, granularity, from, to).await?;
+    let total = |pick: fn(&read_model::UsagePoint) -> i64| series.iter().map(pick).sum::<i64>();
+    let (requests, successful, failed, limited) = (
+        total(|p| p.requests),
+        total(|p| p.successful),
+        total(|p| p.failed),
+        total(|p| p.rate_limited),
+    );
+    let rate = |part: i64| (requests > 0).then(|| part as f64 / requests as f64);
+    Ok(HttpResponse::Ok().json(json!({
+        "object": "usage",
+        "key_id": key.id,
+        "from": read_model::rfc3339(from),
+        "to": read_model::rfc3339(to),
+        "granularity": granularity,
+        "total_requests": requests,
+        "successful": successful,
+        "failed": failed,
+        "rate_limited": limited,
+        "success_rate": rate(successful),
+        "error_rate": rate(failed),
+        "last_used_at": key.last_used_at.map(read_model::rfc3339),
+        "series": series.iter().map(|p| json!({
+            "start": read_model::rfc3339(p.start),
+            "requests": p.requests,
+            "successful": p.successful,
+            "failed": p.failed,
+            "rate_limited": p.rate_limited,
+        })).collect::<Vec<_>>(),
+    })))
 }
 
 /// The key's audit trail, oldest first; deleted keys keep theirs.
@@ -283,7 +366,10 @@ pub async fn events(
     if owned.as_deref() != Some(caller.org_id()) {
         return Err(ApiError::NotFound);
     }
-    let events = keyledger_events::log::read_stream(&state.pool, &key::stream_id(id), None).await?;
+    // Usage records are statistics (see /usage), not the audit trail.
+    let events =
+        keyledger_events::log::read_stream_without(&state.pool, &key::stream_id(id), None, handler::USAGE_EVENT)
+            .await?;
     let page: Vec<&StoredEvent> = events
         .iter()
         .filter(|e| e.version > after_version)

@@ -1,20 +1,54 @@
 //! keyledger-api: the actix-web application — management commands, key
 //! verification, health checks — and the error format of `API.md`.
 
+pub mod access;
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod forward_auth;
 pub mod health;
+pub mod key_cache;
 pub mod keys;
+pub mod metrics;
 pub mod middleware;
 pub mod org;
+pub mod rate_limit;
+pub mod routes;
+pub mod usage;
 pub mod verify;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
 use keyledger_events::domain::{Environment, HashKey};
 use sqlx::PgPool;
+use tokio::sync::watch;
 
 pub use error::ApiError;
+
+/// Tunables of the API process.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// How long a cached key (or unknown key) is trusted without a notification.
+    pub cache_ttl: Duration,
+    pub cache_capacity: usize,
+    /// Invalid keys one client address may send per minute.
+    pub failed_attempts_per_minute: u32,
+    /// How often usage counts are appended as `key.used` events.
+    pub usage_flush: Duration,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            cache_ttl: Duration::from_secs(10),
+            cache_capacity: 100_000,
+            failed_attempts_per_minute: 20,
+            usage_flush: Duration::from_secs(5),
+        }
+    }
+}
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -25,6 +59,57 @@ pub struct AppState {
     pub environment: Environment,
     /// Kafka, when configured: `/readyz` reports whether it is reachable.
     pub kafka: Option<keyledger_events::bus::KafkaSettings>,
+    pub routes: Arc<routes::RouteTable>,
+    pub settings: ApiSettings,
+    pub cache: Arc<key_cache::KeyCache>,
+    /// Per-key plan limits.
+    pub limiter: Arc<rate_limit::RateLimiter>,
+    /// Invalid keys per client address.
+    pub failures: Arc<rate_limit::RateLimiter>,
+    pub usage: Arc<usage::UsageAccumulator>,
+}
+
+impl AppState {
+    pub fn new(pool: PgPool, hash_key: HashKey, environment: Environment, settings: ApiSettings) -> AppState {
+        AppState {
+            pool,
+            hash_key,
+            environment,
+            kafka: None,
+            routes: Arc::default(),
+            cache: Arc::new(key_cache::KeyCache::new(settings.cache_ttl, settings.cache_capacity)),
+            limiter: Arc::new(rate_limit::RateLimiter::new(settings.cache_capacity)),
+            failures: Arc::new(rate_limit::RateLimiter::new(settings.cache_capacity)),
+            usage: Arc::default(),
+            settings,
+        }
+    }
+
+    /// The API's background work until `shutdown`: cache invalidation,
+    /// usage flushes (and a last one), limiter sweeps.
+    pub async fn run_background(self, shutdown: watch::Receiver<bool>) {
+        let sweeper = {
+            let (limiter, failures, mut shutdown) = (self.limiter.clone(), self.failures.clone(), shutdown.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break },
+                        _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                            let now = chrono::Utc::now().timestamp().max(0) as u64;
+                            limiter.sweep(now);
+                            failures.sweep(now);
+                        }
+                    }
+                }
+            }
+        };
+        tokio::join!(
+            self.cache.clone().listen(self.pool.clone(), shutdown.clone()),
+            self.usage
+                .run(self.pool.clone(), self.settings.usage_flush, shutdown.clone()),
+            sweeper,
+        );
+    }
 }
 
 /// Largest request body accepted (API.md: 64 KiB).
@@ -46,9 +131,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/keys/{id}/events", web::get().to(keys::events))
             .route("/org", web::get().to(org::get))
             .route("/org", web::patch().to(org::update))
-            .route("/verify", web::post().to(verify::verify)),
+            .route("/verify", web::post().to(verify::verify))
+            .route("/auth", web::route().to(forward_auth::auth))
+            .route("/auth/{tail:.*}", web::route().to(forward_auth::auth_path)),
     )
     .route("/healthz", web::get().to(health::healthz))
+    .route("/metrics", web::get().to(metrics::metrics))
     .route("/readyz", web::get().to(health::readyz))
     .default_service(web::to(error::not_found));
 }

@@ -10,10 +10,20 @@ use actix_web::{
     dev::{ServiceRequest, ServiceResponse},
     http::header::{HeaderName, HeaderValue},
     middleware::Next,
-    Error, ResponseError,
+    Error, HttpMessage, ResponseError,
 };
 
 use crate::error::ApiError;
+use crate::rate_limit::Decision;
+
+/// `X-RateLimit-*` for an answer to a request made with a known key.
+pub fn rate_limit_headers(decision: &Decision) -> [(&'static str, u64); 3] {
+    [
+        ("x-ratelimit-limit", u64::from(decision.limit)),
+        ("x-ratelimit-remaining", u64::from(decision.remaining)),
+        ("x-ratelimit-reset", decision.reset),
+    ]
+}
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -75,6 +85,13 @@ pub async fn request_context(
         response
             .headers_mut()
             .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
+    }
+    let decision = response.request().extensions().get::<Decision>().copied();
+    if let Some(decision) = decision {
+        let headers = response.headers_mut();
+        for (name, value) in rate_limit_headers(&decision) {
+            headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+        }
     }
     tracing::info!(
         request_id = %request_id,

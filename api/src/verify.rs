@@ -3,30 +3,12 @@
 //! the body is the credential, so no management scope is needed.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::Utc;
-use keyledger_events::domain::{scope::grants, Environment, Scope};
-use keyledger_events::read_model::{rfc3339, KeyRow};
+use keyledger_events::domain::{Environment, Scope, ValidationDetails};
+use keyledger_events::read_model::rfc3339;
 use serde_json::json;
 
-use crate::{auth, body, error::ApiError, AppState};
-
-/// The verdict on a known key, checked in the order a user would fix things:
-/// state first, then environment, then scopes.
-pub fn verdict(key: &KeyRow, environment: Option<Environment>, needed: &[Scope]) -> &'static str {
-    match key.status_at(Utc::now()) {
-        "inactive" => return "INACTIVE",
-        "expired" => return "EXPIRED",
-        _ => {}
-    }
-    if environment.is_some_and(|env| env.as_str() != key.environment) {
-        return "ENVIRONMENT_MISMATCH";
-    }
-    let held: Vec<Scope> = key.scopes.iter().filter_map(|s| s.parse().ok()).collect();
-    if !needed.iter().all(|&s| grants(&held, s)) {
-        return "INSUFFICIENT_SCOPE";
-    }
-    "VALID"
-}
+use crate::access::{self, Refusal};
+use crate::{body, error::ApiError, AppState};
 
 pub async fn verify(
     state: web::Data<AppState>,
@@ -38,12 +20,12 @@ pub async fn verify(
     let scopes = fields.string_list("scopes").unwrap_or_default();
     let environment = fields.optional_string("environment");
     fields.finish()?;
-    let mut details = keyledger_events::domain::ValidationDetails::default();
+    let mut details = ValidationDetails::default();
     let needed: Vec<Scope> = scopes
         .iter()
         .filter_map(|s| {
-            s.parse()
-                .map_err(|e: keyledger_events::domain::scope::UnknownScope| details.add("scopes", e.to_string()))
+            s.parse::<Scope>()
+                .map_err(|e| details.add("scopes", e.to_string()))
                 .ok()
         })
         .collect();
@@ -56,10 +38,21 @@ pub async fn verify(
     if !details.is_empty() {
         return Err(ApiError::Validation(details));
     }
-    let Some(row) = auth::lookup(&state, &key.unwrap_or_default()).await? else {
+    // The caller is the platform's server, not the key's holder: no
+    // per-address guessing guard here.
+    let checked = access::check(&state, &req, &key.unwrap_or_default(), None, environment, &needed).await?;
+    let Some(checked) = checked else {
         return Ok(HttpResponse::Ok().json(json!({"valid": false, "code": "NOT_FOUND"})));
     };
-    let code = verdict(&row, environment, &needed);
+    let code = match checked.verdict {
+        Ok(()) => "VALID",
+        Err(Refusal::RateLimited) => "RATE_LIMITED",
+        Err(Refusal::Inactive) => "INACTIVE",
+        Err(Refusal::Expired) => "EXPIRED",
+        Err(Refusal::EnvironmentMismatch) => "ENVIRONMENT_MISMATCH",
+        Err(Refusal::InsufficientScope(_)) => "INSUFFICIENT_SCOPE",
+    };
+    let (row, decision) = (&checked.key.row, checked.decision);
     Ok(HttpResponse::Ok().json(json!({
         "valid": code == "VALID",
         "code": code,
@@ -69,5 +62,6 @@ pub async fn verify(
         "environment": row.environment,
         "scopes": row.scopes,
         "expires_at": row.expires_at.map(rfc3339),
+        "ratelimit": {"limit": decision.limit, "remaining": decision.remaining, "reset": decision.reset},
     })))
 }

@@ -125,6 +125,33 @@ async fn apply_key(
                 .execute(&mut *db)
                 .await?
         }
+        KeyEvent::Used(e) => {
+            // The keys row's version guard decides whether this event is new;
+            // only then are its counts added.
+            sqlx::query(
+                "with claimed as (
+                     update keys set last_used_at = greatest(last_used_at, $3), version = $2
+                     where id = $1 and version < $2 returning id, org_id)
+                 insert into usage_rollups (key_id, org_id, granularity, bucket, requests, successful, failed, rate_limited)
+                 select claimed.id, claimed.org_id, g.name, date_trunc(g.name, $4::timestamptz, 'UTC'), $5, $6, $7, $8
+                 from claimed, (values ('minute'), ('hour'), ('day')) as g(name)
+                 on conflict (key_id, granularity, bucket) do update set
+                     requests = usage_rollups.requests + excluded.requests,
+                     successful = usage_rollups.successful + excluded.successful,
+                     failed = usage_rollups.failed + excluded.failed,
+                     rate_limited = usage_rollups.rate_limited + excluded.rate_limited",
+            )
+            .bind(id)
+            .bind(version)
+            .bind(e.last_used_at)
+            .bind(e.minute)
+            .bind(e.requests as i64)
+            .bind(e.successful as i64)
+            .bind(e.failed as i64)
+            .bind(e.rate_limited as i64)
+            .execute(&mut *db)
+            .await?
+        }
         KeyEvent::Deleted(_) => {
             let sql = update("deleted_at = $3, key_hash = null, previous_key_hash = null, previous_valid_until = null");
             sqlx::query(&sql)
@@ -300,6 +327,38 @@ pub async fn key_by_hash<'c>(
     .await
 }
 
+#[derive(sqlx::FromRow)]
+struct VerificationRow {
+    #[sqlx(flatten)]
+    row: KeyRow,
+    rate_limit_per_minute: i32,
+    grace_until: Option<DateTime<Utc>>,
+}
+
+/// What verification needs about the key whose secret hashes to `hash`: the
+/// key, its organization's per-minute limit, and — when `hash` is a
+/// regenerated-away secret — until when it still works.
+pub async fn key_for_verification<'c>(
+    db: impl PgExecutor<'c>,
+    hash: &KeyHash,
+    now: DateTime<Utc>,
+) -> Result<Option<(KeyRow, i32, Option<DateTime<Utc>>)>, sqlx::Error> {
+    let columns: Vec<String> = KEY_COLUMNS.split(',').map(|c| format!("k.{}", c.trim())).collect();
+    let found: Option<VerificationRow> = sqlx::query_as(&format!(
+        "select {}, o.rate_limit_per_minute,
+                case when k.key_hash = $1 then null else k.previous_valid_until end as grace_until
+         from keys k join orgs o on o.id = k.org_id
+         where k.deleted_at is null
+           and (k.key_hash = $1 or (k.previous_key_hash = $1 and k.previous_valid_until > $2))",
+        columns.join(", ")
+    ))
+    .bind(&hash.0[..])
+    .bind(now)
+    .fetch_optional(db)
+    .await?;
+    Ok(found.map(|v| (v.row, v.rate_limit_per_minute, v.grace_until)))
+}
+
 /// Filters of the key list.
 #[derive(Debug, Clone, Default)]
 pub struct KeyFilter {
@@ -380,5 +439,40 @@ pub async fn org_by_id<'c>(db: impl PgExecutor<'c>, org_id: &str) -> Result<Opti
     )
     .bind(org_id)
     .fetch_optional(db)
+    .await
+}
+
+/// One bucket of a usage series.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UsagePoint {
+    pub start: DateTime<Utc>,
+    pub requests: i64,
+    pub successful: i64,
+    pub failed: i64,
+    pub rate_limited: i64,
+}
+
+/// Every bucket (`minute`, `hour` or `day`, aligned to UTC) from the one
+/// holding `from` to the last starting before `to`, zeros included.
+pub async fn usage_series<'c>(
+    db: impl PgExecutor<'c>,
+    key_id: &str,
+    granularity: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<UsagePoint>, sqlx::Error> {
+    sqlx::query_as(
+        "select b.start, coalesce(u.requests, 0)::bigint as requests, coalesce(u.successful, 0)::bigint as successful,
+                coalesce(u.failed, 0)::bigint as failed, coalesce(u.rate_limited, 0)::bigint as rate_limited
+         from generate_series(date_trunc($2, $3::timestamptz, 'UTC'), $4::timestamptz - interval '1 microsecond',
+                              ('1 ' || $2)::interval) as b(start)
+         left join usage_rollups u on u.key_id = $1 and u.granularity = $2 and u.bucket = b.start
+         order by b.start",
+    )
+    .bind(key_id)
+    .bind(granularity)
+    .bind(from)
+    .bind(to)
+    .fetch_all(db)
     .await
 }

@@ -332,14 +332,6 @@ async fn delete_removes_the_key_from_lists_and_verification_for_good() {
 }
 
 #[actix_web::test]
-async fn usage_is_not_implemented_yet() {
-    let app = spawn_app().await;
-    app.get(&format!("/v1/keys/{}/usage", app.admin_key_id))
-        .await
-        .expect_error(501, "not_implemented");
-}
-
-#[actix_web::test]
 async fn the_audit_trail_lists_events_without_hashes_or_secrets() {
     let app = spawn_app().await;
     let key = app.create_key(json!({"name": "audited", "type": "secret"})).await;

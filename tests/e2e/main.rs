@@ -5,6 +5,7 @@ mod support;
 
 mod binary;
 mod broker;
+mod hot_path;
 mod isolation;
 mod kafka;
 mod keys;

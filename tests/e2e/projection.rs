@@ -12,6 +12,12 @@ async fn snapshot(app: &TestApp) -> Vec<String> {
         .await
         .unwrap();
     rows.extend(
+        sqlx::query_scalar::<_, String>("select u::text from usage_rollups u order by key_id, granularity, bucket")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap(),
+    );
+    rows.extend(
         sqlx::query_scalar::<_, String>("select o::text from orgs o order by id")
             .fetch_all(&app.pool)
             .await
@@ -55,12 +61,12 @@ async fn rebuilding_from_the_log_reproduces_the_read_models_and_reruns_change_no
         .expect(200);
     app.delete(&format!("/v1/keys/{b}")).await;
     app.patch("/v1/org", json!({"rotation_days": 7})).await.expect(200);
+    app.stop_background().await;
     let live = snapshot(&app).await;
     let events = app.event_count().await as usize;
 
-    app.stop_projector().await;
     // From nothing: the same rows.
-    sqlx::query("truncate keys, orgs, projector_checkpoints")
+    sqlx::query("truncate keys, orgs, usage_rollups, projector_checkpoints")
         .execute(&app.pool)
         .await
         .unwrap();

@@ -32,6 +32,7 @@ pub fn fresh_database_url() -> String {
 
 pub struct TestApp {
     pub address: String,
+    pub state: AppState,
     pub pool: PgPool,
     pub hash_key: HashKey,
     pub org_id: String,
@@ -39,7 +40,7 @@ pub struct TestApp {
     pub admin_key: String,
     pub admin_key_id: String,
     stop: watch::Sender<bool>,
-    projector: Option<tokio::task::JoinHandle<()>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -51,15 +52,20 @@ pub async fn spawn_app() -> TestApp {
     let hash_key = HashKey::from_bytes(bytes);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
-    let state = AppState {
-        pool: pool.clone(),
-        hash_key: hash_key.clone(),
-        environment: Environment::Live,
-        kafka: None,
+    let settings = keyledger_api::ApiSettings {
+        usage_flush: std::time::Duration::from_millis(500),
+        ..keyledger_api::ApiSettings::default()
     };
-    let server = keyledger_api::server(listener, state).unwrap();
-    actix_web::rt::spawn(server);
+    let state = AppState::new(pool.clone(), hash_key.clone(), Environment::Live, settings);
     let (stop, stopped) = watch::channel(false);
+    let (background, url) = (state.clone(), database_url.clone());
+    let background_stop = stopped.clone();
+    let background = WORKERS.spawn(async move {
+        let pool = PgPool::connect(&url).await.expect("background pool");
+        AppState { pool, ..background }.run_background(background_stop).await;
+    });
+    let server = keyledger_api::server(listener, state.clone()).unwrap();
+    actix_web::rt::spawn(server);
     let url = database_url.clone();
     let projector = WORKERS.spawn(async move {
         let pool = PgPool::connect(&url).await.expect("projector pool");
@@ -70,13 +76,14 @@ pub async fn spawn_app() -> TestApp {
         .expect("org");
     TestApp {
         address,
+        state,
         pool,
         hash_key,
         org_id: created["org"]["id"].as_str().unwrap().to_owned(),
         admin_key: created["key"]["key"].as_str().unwrap().to_owned(),
         admin_key_id: created["key"]["id"].as_str().unwrap().to_owned(),
         stop,
-        projector: Some(projector),
+        background: vec![projector, background],
     }
 }
 
@@ -175,10 +182,11 @@ pub async fn call_raw(base: &str, method: Method, path: &str, auth: &str, conten
 }
 
 impl TestApp {
-    /// Stops the background projector and waits until it has.
-    pub async fn stop_projector(&mut self) {
+    /// Stops the projector and the API's background work (which flushes
+    /// the last usage counts) and waits until they have stopped.
+    pub async fn stop_background(&mut self) {
         let _ = self.stop.send(true);
-        if let Some(task) = self.projector.take() {
+        for task in self.background.drain(..) {
             task.await.unwrap();
         }
     }

@@ -11,7 +11,7 @@ use keyledger_events::read_model::{self, ProjectionError};
 use sqlx::{PgConnection, PgPool};
 
 /// Every read model `read_model::apply` writes.
-pub const READ_MODELS: [&str; 2] = ["keys", "orgs"];
+pub const READ_MODELS: [&str; 3] = ["keys", "orgs", "usage_rollups"];
 const SCHEMA: &str = "keyledger_rebuild";
 const BATCH: i64 = 1_000;
 

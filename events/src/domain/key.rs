@@ -137,6 +137,9 @@ pub enum KeyCommand {
     Delete,
     /// Recorded by the expiry job once a key is past `expires_at`.
     Expire,
+    /// Usage an API process counted for one minute (a record of fact: it is
+    /// accepted for any key that exists, even one deleted since).
+    RecordUsage(KeyUsed),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +191,19 @@ pub struct KeyExpired {
     pub expired_at: DateTime<Utc>,
 }
 
+/// Requests made with a key during one minute, as counted by one API process.
+/// Refused requests are `failed`; `rate_limited` ones are among them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyUsed {
+    /// Start of the minute the requests fell in.
+    pub minute: DateTime<Utc>,
+    pub requests: u64,
+    pub successful: u64,
+    pub failed: u64,
+    pub rate_limited: u64,
+    pub last_used_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum KeyEvent {
@@ -205,6 +221,8 @@ pub enum KeyEvent {
     Expired(KeyExpired),
     #[serde(rename = "key.deleted")]
     Deleted(Empty),
+    #[serde(rename = "key.used")]
+    Used(KeyUsed),
 }
 
 impl DomainEvent for KeyEvent {
@@ -217,6 +235,7 @@ impl DomainEvent for KeyEvent {
             KeyEvent::Activated(_) => "key.activated",
             KeyEvent::Expired(_) => "key.expired",
             KeyEvent::Deleted(_) => "key.deleted",
+            KeyEvent::Used(_) => "key.used",
         }
     }
 }
@@ -325,6 +344,10 @@ impl Aggregate for ApiKey {
                 live(state)?;
                 Ok(vec![KeyEvent::Deleted(Empty {})])
             }
+            KeyCommand::RecordUsage(used) => {
+                state.ok_or(DomainError::NotFound)?;
+                Ok(vec![KeyEvent::Used(used)])
+            }
             KeyCommand::Expire => {
                 let key = live(state)?;
                 match (key.status, key.expires_at) {
@@ -381,6 +404,7 @@ impl Aggregate for ApiKey {
             KeyEvent::Activated(_) => key.status = KeyStatus::Active,
             KeyEvent::Expired(_) => key.status = KeyStatus::Expired,
             KeyEvent::Deleted(_) => key.deleted = true,
+            KeyEvent::Used(_) => {}
         }
         Some(key)
     }

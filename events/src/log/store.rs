@@ -4,8 +4,9 @@ use sqlx::{PgConnection, PgExecutor};
 
 use super::envelope::{EventMeta, LogPosition, NewEvent, StoredEvent};
 
-/// Every append notifies this channel (payload: the stream id) when it
-/// commits: projectors wake up on it, API nodes evict cached keys.
+/// Every append notifies this channel when it commits — payload: the stream
+/// id, a space, the event types separated by commas — so projectors wake up
+/// and API nodes evict cached keys.
 pub const NOTIFY_CHANNEL: &str = "keyledger_events";
 
 const COLUMNS: &str =
@@ -66,9 +67,10 @@ pub async fn append(
             Err(e) => return Err(e.into()),
         }
     }
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     sqlx::query("select pg_notify($1, $2)")
         .bind(NOTIFY_CHANNEL)
-        .bind(stream_id)
+        .bind(format!("{stream_id} {}", types.join(",")))
         .execute(&mut *tx)
         .await?;
     Ok(stored)
@@ -90,6 +92,33 @@ pub async fn read_stream<'c>(
     .bind(until)
     .fetch_all(db)
     .await
+}
+
+/// [`read_stream`] without the events of one type.
+pub async fn read_stream_without<'c>(
+    db: impl PgExecutor<'c>,
+    stream_id: &str,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    skipped_type: &str,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from events
+         where stream_id = $1 and ($2::timestamptz is null or occurred_at <= $2) and type <> $3
+         order by version"
+    ))
+    .bind(stream_id)
+    .bind(until)
+    .bind(skipped_type)
+    .fetch_all(db)
+    .await
+}
+
+/// The stream's newest version (0 when it has no event).
+pub async fn stream_version<'c>(db: impl PgExecutor<'c>, stream_id: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("select coalesce(max(version), 0) from events where stream_id = $1")
+        .bind(stream_id)
+        .fetch_one(db)
+        .await
 }
 
 /// Up to `limit` events after `after`, in (transaction, position) order.

@@ -1,0 +1,147 @@
+//! The checks every request made with a key goes through, shared by the
+//! management API, `/v1/verify` and `/v1/auth`: the client-address guard
+//! against key guessing, parsing, the key cache, the rate limiter, then the
+//! key's status, environment and scope — and usage accounting of the result.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use actix_web::{HttpMessage, HttpRequest};
+use chrono::Utc;
+use keyledger_events::domain::{scope::grants, Environment, PlainKey, Scope};
+
+use crate::key_cache::CachedKey;
+use crate::rate_limit::Decision;
+use crate::usage::Outcome;
+use crate::{error::ApiError, AppState};
+
+/// Why a known key was refused; API codes derive from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    RateLimited,
+    Inactive,
+    Expired,
+    EnvironmentMismatch,
+    InsufficientScope(Scope),
+}
+
+/// A key found, its rate-limit decision, and the verdict.
+pub struct Checked {
+    pub key: Arc<CachedKey>,
+    pub decision: Decision,
+    pub verdict: Result<(), Refusal>,
+}
+
+impl Checked {
+    /// The verdict as an API error (for endpoints that answer with errors).
+    pub fn into_result(self) -> Result<Arc<CachedKey>, ApiError> {
+        match self.verdict {
+            Ok(()) => Ok(self.key),
+            Err(Refusal::RateLimited) => Err(ApiError::RateLimited {
+                retry_after: self.decision.retry_after,
+            }),
+            Err(Refusal::Inactive) => Err(ApiError::KeyInactive),
+            Err(Refusal::Expired) => Err(ApiError::KeyExpired),
+            Err(Refusal::EnvironmentMismatch) => Err(ApiError::EnvironmentMismatch {
+                required: if self.key.row.environment == "live" {
+                    "test"
+                } else {
+                    "live"
+                },
+            }),
+            Err(Refusal::InsufficientScope(scope)) => Err(ApiError::InsufficientScope(scope)),
+        }
+    }
+}
+
+/// The address a request comes from. Behind a reverse proxy on this host
+/// (a loopback peer), the proxy's `X-Real-IP` or last `X-Forwarded-For`.
+pub fn client_address(req: &HttpRequest) -> Option<IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    if !peer.is_loopback() {
+        return Some(peer);
+    }
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    header("x-real-ip")
+        .or_else(|| header("x-forwarded-for").and_then(|v| v.rsplit(',').next()))
+        .and_then(|v| v.trim().parse().ok())
+        .or(Some(peer))
+}
+
+fn unix_now() -> u64 {
+    Utc::now().timestamp().max(0) as u64
+}
+
+/// Checks `text` as a key that needs `scopes` in `environment` (if given).
+/// `client`: count an unknown key against this address, and refuse at once
+/// an address that sent too many (`None` for `/v1/verify`, whose caller is
+/// the platform's own server). Records usage for known keys.
+pub async fn check(
+    state: &AppState,
+    req: &HttpRequest,
+    text: &str,
+    client: Option<IpAddr>,
+    environment: Option<Environment>,
+    scopes: &[Scope],
+) -> Result<Option<Checked>, ApiError> {
+    let now = unix_now();
+    let guard = client.map(|ip| ip.to_string());
+    if let Some(address) = &guard {
+        let limit = state.settings.failed_attempts_per_minute;
+        if state.failures.used(address, now) >= limit {
+            let retry_after = state.failures.check(address, limit, now).retry_after;
+            return Err(ApiError::TooManyFailedAttempts { retry_after });
+        }
+    }
+    let key = match PlainKey::parse(text) {
+        Ok((plain, _)) => {
+            let hash = state.hash_key.hash(&plain);
+            drop(plain);
+            state.cache.lookup(&state.pool, &hash).await?
+        }
+        Err(_) => None,
+    };
+    let Some(key) = key else {
+        if let Some(address) = &guard {
+            state
+                .failures
+                .check(address, state.settings.failed_attempts_per_minute, now);
+        }
+        return Ok(None);
+    };
+    let decision = state.limiter.check(&key.row.id, key.limit_per_minute, now);
+    req.extensions_mut().insert(decision);
+    let verdict = verdict(&key, decision, environment, scopes);
+    let outcome = match verdict {
+        Ok(()) => Outcome::Succeeded,
+        Err(Refusal::RateLimited) => Outcome::RateLimited,
+        Err(_) => Outcome::Failed,
+    };
+    state.usage.record(&key.row.id, outcome, Utc::now());
+    Ok(Some(Checked { key, decision, verdict }))
+}
+
+/// State first, then environment, then scopes: the order a user fixes things.
+fn verdict(
+    key: &CachedKey,
+    decision: Decision,
+    environment: Option<Environment>,
+    needed: &[Scope],
+) -> Result<(), Refusal> {
+    if !decision.allowed {
+        return Err(Refusal::RateLimited);
+    }
+    match key.row.status_at(Utc::now()) {
+        "inactive" => return Err(Refusal::Inactive),
+        "expired" => return Err(Refusal::Expired),
+        _ => {}
+    }
+    if environment.is_some_and(|env| env.as_str() != key.row.environment) {
+        return Err(Refusal::EnvironmentMismatch);
+    }
+    let held: Vec<Scope> = key.row.scopes.iter().filter_map(|s| s.parse().ok()).collect();
+    match needed.iter().find(|&&s| !grants(&held, s)) {
+        Some(&missing) => Err(Refusal::InsufficientScope(missing)),
+        None => Ok(()),
+    }
+}

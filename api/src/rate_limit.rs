@@ -1,0 +1,197 @@
+//! Rate limiting: a sliding one-minute window counted in one-second buckets.
+//!
+//! Accuracy: a request is admitted when fewer than `limit` requests were
+//! admitted in the current second and the 59 before it. So at most `limit`
+//! requests are admitted in any window of 59–60 seconds (a request counts
+//! for its whole second); unlike a fixed window there is no double burst at
+//! a window edge, and unlike a token bucket the first minute gets exactly
+//! `limit`. Refused requests do not consume budget.
+//!
+//! Memory: 60 buckets (720 bytes) per active subject; subjects idle for a
+//! minute are swept, and the table never holds more than `capacity`.
+//!
+//! Scope: each API process enforces limits in its own memory; see the README
+//! ("Rate limits with several replicas").
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+const WINDOW: u64 = 60;
+const SHARDS: usize = 16;
+
+/// The answer to one request, and what the `X-RateLimit-*` headers say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub limit: u32,
+    pub remaining: u32,
+    /// Unix seconds when the budget next grows (the oldest counted second
+    /// leaves the window).
+    pub reset: u64,
+    /// Seconds to wait before retrying (for `Retry-After`).
+    pub retry_after: u64,
+}
+
+#[derive(Clone)]
+struct Window {
+    /// (second, count) by `second % 60`.
+    buckets: [(u64, u32); WINDOW as usize],
+    last_second: u64,
+}
+
+impl Window {
+    fn new() -> Window {
+        Window {
+            buckets: [(0, 0); WINDOW as usize],
+            last_second: 0,
+        }
+    }
+
+    fn counted(&self, now: u64) -> (u32, Option<u64>) {
+        let mut total = 0;
+        let mut oldest = None;
+        for &(second, count) in &self.buckets {
+            if count > 0 && second + WINDOW > now && second <= now {
+                total += count;
+                oldest = Some(oldest.map_or(second, |o: u64| o.min(second)));
+            }
+        }
+        (total, oldest)
+    }
+}
+
+pub struct RateLimiter {
+    shards: Vec<Mutex<HashMap<String, Window>>>,
+    capacity_per_shard: usize,
+}
+
+fn shard_of(subject: &str) -> usize {
+    subject
+        .bytes()
+        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+        % SHARDS
+}
+
+impl RateLimiter {
+    pub fn new(capacity: usize) -> RateLimiter {
+        RateLimiter {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            capacity_per_shard: capacity.div_ceil(SHARDS).max(1),
+        }
+    }
+
+    /// Admits (and counts) one request of `subject` under `limit` per minute
+    /// at Unix second `now`, or refuses it.
+    pub fn check(&self, subject: &str, limit: u32, now: u64) -> Decision {
+        let mut shard = self.shards[shard_of(subject)].lock().expect("limiter lock");
+        if !shard.contains_key(subject) && shard.len() >= self.capacity_per_shard {
+            shard.retain(|_, w| w.last_second + WINDOW > now);
+            if shard.len() >= self.capacity_per_shard {
+                // Still full of active subjects: forget the least recent one.
+                if let Some(oldest) = shard.iter().min_by_key(|(_, w)| w.last_second).map(|(k, _)| k.clone()) {
+                    shard.remove(&oldest);
+                }
+            }
+        }
+        let window = shard.entry(subject.to_owned()).or_insert_with(Window::new);
+        let (used, oldest) = window.counted(now);
+        let reset = oldest.map_or(now + WINDOW, |o| o + WINDOW);
+        if used >= limit {
+            return Decision {
+                allowed: false,
+                limit,
+                remaining: 0,
+                reset,
+                retry_after: reset.saturating_sub(now).max(1),
+            };
+        }
+        let slot = &mut window.buckets[(now % WINDOW) as usize];
+        if slot.0 != now {
+            *slot = (now, 0);
+        }
+        slot.1 += 1;
+        window.last_second = now;
+        Decision {
+            allowed: true,
+            limit,
+            remaining: limit - used - 1,
+            reset: oldest.unwrap_or(now) + WINDOW,
+            retry_after: 0,
+        }
+    }
+
+    /// How many requests `subject` made in the window (without counting one).
+    pub fn used(&self, subject: &str, now: u64) -> u32 {
+        let shard = self.shards[shard_of(subject)].lock().expect("limiter lock");
+        shard.get(subject).map_or(0, |w| w.counted(now).0)
+    }
+
+    /// Drops subjects idle for a whole window.
+    pub fn sweep(&self, now: u64) {
+        for shard in &self.shards {
+            shard
+                .lock()
+                .expect("limiter lock")
+                .retain(|_, w| w.last_second + WINDOW > now);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().expect("limiter lock").len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exactly_the_limit_is_admitted_in_a_minute_and_the_headers_count_down() {
+        let limiter = RateLimiter::new(1_000);
+        let start = 1_800_000_000;
+        for i in 0..100u32 {
+            let d = limiter.check("k", 100, start + u64::from(i) / 10);
+            assert!(d.allowed, "request {i}");
+            assert_eq!(d.remaining, 99 - i);
+            assert_eq!(d.reset, start + 60);
+        }
+        let refused = limiter.check("k", 100, start + 30);
+        assert!(!refused.allowed);
+        assert_eq!((refused.remaining, refused.retry_after), (0, 30));
+        // The first second's requests leave the window at start + 60.
+        assert!(!limiter.check("k", 100, start + 59).allowed);
+        let later = limiter.check("k", 100, start + 60);
+        assert!(later.allowed);
+        assert_eq!(limiter.used("k", start + 60), 91);
+    }
+
+    #[test]
+    fn no_double_burst_at_a_window_edge() {
+        let limiter = RateLimiter::new(1_000);
+        let start = 1_800_000_000;
+        let admitted = (0..120)
+            .filter(|i| limiter.check("k", 10, start + 55 + i / 20).allowed)
+            .count();
+        assert_eq!(admitted, 10, "10 per rolling minute, even across a minute boundary");
+    }
+
+    #[test]
+    fn a_lower_limit_applies_at_once_and_memory_stays_bounded() {
+        let limiter = RateLimiter::new(32);
+        let now = 1_800_000_000;
+        for _ in 0..5 {
+            limiter.check("k", 1_000, now);
+        }
+        assert!(!limiter.check("k", 5, now).allowed);
+        for i in 0..10_000 {
+            limiter.check(&format!("subject {i}"), 10, now);
+        }
+        assert!(limiter.len() <= 32 + SHARDS, "{}", limiter.len());
+        limiter.sweep(now + 61);
+        assert!(limiter.is_empty());
+    }
+}

@@ -1,0 +1,131 @@
+//! Usage accounting: every request made with a known key is counted in
+//! memory, per key and minute, and appended as `key.used` events every
+//! flush interval and on shutdown. Counting costs no database access on the
+//! request path; a failed flush keeps its counts for the next one.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, DurationRound, Utc};
+use keyledger_events::domain::{key, key::KeyUsed, ApiKey, KeyCommand, KeyId};
+use keyledger_events::handler::{self, HandlerError};
+use keyledger_events::log::EventMeta;
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+/// How a request with a known key ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The key was accepted.
+    Succeeded,
+    /// The key was refused (inactive, expired, wrong environment or scope).
+    Failed,
+    /// Refused for its rate limit (also counted as failed).
+    RateLimited,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    requests: u64,
+    successful: u64,
+    failed: u64,
+    rate_limited: u64,
+    last_used_at: Option<DateTime<Utc>>,
+}
+
+impl Counts {
+    fn merge(&mut self, other: Counts) {
+        self.requests += other.requests;
+        self.successful += other.successful;
+        self.failed += other.failed;
+        self.rate_limited += other.rate_limited;
+        self.last_used_at = self.last_used_at.max(other.last_used_at);
+    }
+}
+
+#[derive(Default)]
+pub struct UsageAccumulator {
+    pending: Mutex<HashMap<(String, DateTime<Utc>), Counts>>,
+}
+
+impl UsageAccumulator {
+    pub fn record(&self, key_id: &str, outcome: Outcome, at: DateTime<Utc>) {
+        let minute = at.duration_trunc(chrono::Duration::minutes(1)).unwrap_or(at);
+        let mut pending = self.pending.lock().expect("usage lock");
+        let counts = pending.entry((key_id.to_owned(), minute)).or_default();
+        counts.requests += 1;
+        match outcome {
+            Outcome::Succeeded => counts.successful += 1,
+            Outcome::Failed => counts.failed += 1,
+            Outcome::RateLimited => {
+                counts.failed += 1;
+                counts.rate_limited += 1;
+            }
+        }
+        counts.last_used_at = counts.last_used_at.max(Some(at));
+    }
+
+    /// Appends one `key.used` event per key and minute counted since the last
+    /// flush; returns how many were appended.
+    pub async fn flush(&self, pool: &PgPool) -> usize {
+        let drained: Vec<_> = self.pending.lock().expect("usage lock").drain().collect();
+        let mut appended = 0;
+        for ((key_id, minute), counts) in drained {
+            match append(pool, &key_id, minute, counts).await {
+                Ok(()) => appended += 1,
+                Err(e) => {
+                    tracing::warn!(key_id = %key_id, error = %e, "usage flush failed; keeping the counts");
+                    self.pending
+                        .lock()
+                        .expect("usage lock")
+                        .entry((key_id, minute))
+                        .or_default()
+                        .merge(counts);
+                }
+            }
+        }
+        appended
+    }
+
+    /// Flushes every `interval` until `shutdown`, then once more.
+    pub async fn run(&self, pool: PgPool, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break },
+                _ = tokio::time::sleep(interval) => { self.flush(&pool).await; }
+            }
+        }
+        let flushed = self.flush(&pool).await;
+        tracing::info!(flushed, "usage flushed on shutdown");
+    }
+}
+
+async fn append(pool: &PgPool, key_id: &str, minute: DateTime<Utc>, counts: Counts) -> Result<(), HandlerError> {
+    let Ok(id) = key_id.parse::<KeyId>() else {
+        return Ok(());
+    };
+    let used = KeyUsed {
+        minute,
+        requests: counts.requests,
+        successful: counts.successful,
+        failed: counts.failed,
+        rate_limited: counts.rate_limited,
+        last_used_at: counts.last_used_at.unwrap_or(minute),
+    };
+    let meta = EventMeta {
+        actor: "system:usage".into(),
+        request_id: None,
+        occurred_at: Utc::now(),
+    };
+    // A command on the key may append at the same moment: try again.
+    let mut attempts = 0;
+    loop {
+        let command = KeyCommand::RecordUsage(used.clone());
+        match handler::execute::<ApiKey>(pool, &key::stream_id(id), command, &meta, |_| Ok(())).await {
+            Err(HandlerError::Concurrency) if attempts < 5 => attempts += 1,
+            Err(HandlerError::Domain(keyledger_events::domain::DomainError::NotFound)) => return Ok(()),
+            other => return other.map(|_| ()),
+        }
+    }
+}

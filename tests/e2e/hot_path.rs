@@ -1,0 +1,330 @@
+//! The verification hot path: key cache, plan rate limits, usage counts,
+//! the per-address guard, and forward-auth (directly and through nginx).
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use awc::http::Method;
+use keyledger_events::domain::{org, Org, OrgCommand, OrgId};
+use keyledger_events::handler;
+use keyledger_events::log::EventMeta;
+use serde_json::{json, Value};
+
+use crate::support::{call, spawn_app, Answer, TestApp};
+
+async fn auth(app: &TestApp, key: Option<&str>, method: &str, uri: &str, extra: &[(&str, &str)]) -> Answer {
+    let mut headers = vec![("X-Original-Method", method), ("X-Original-URI", uri)];
+    headers.extend_from_slice(extra);
+    call(&app.address, Method::GET, "/v1/auth", key, None, &headers).await
+}
+
+async fn set_plan(app: &TestApp, plan: &str, rate_limit: Option<u32>) {
+    let id: OrgId = app.org_id.parse().unwrap();
+    let meta = EventMeta {
+        actor: "cli".into(),
+        request_id: None,
+        occurred_at: chrono::Utc::now(),
+    };
+    let command = OrgCommand::ChangePlan {
+        plan: plan.into(),
+        rate_limit,
+    };
+    handler::execute::<Org>(&app.pool, &org::stream_id(id), command, &meta, |_| Ok(()))
+        .await
+        .unwrap();
+}
+
+fn header_u64(answer: &Answer, name: &str) -> u64 {
+    answer
+        .header(name)
+        .unwrap_or_else(|| panic!("{name} missing: {:?}", answer.headers))
+        .parse()
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn a_cache_hit_verification_makes_no_database_query() {
+    let app = spawn_app().await;
+    let key = app.create_key(json!({"name": "hot", "type": "secret"})).await;
+    let cache = &app.state.cache;
+    assert_eq!(app.verify(json!({"key": key["key"]})).await["code"], "VALID");
+    let lookups = cache.database_lookups.load(Ordering::Relaxed);
+    let hits = cache.hits.load(Ordering::Relaxed);
+    for _ in 0..40 {
+        assert_eq!(app.verify(json!({"key": key["key"]})).await["code"], "VALID");
+        let answer = auth(&app, key["key"].as_str(), "GET", "/api/experiences", &[]).await;
+        assert_eq!(answer.status.as_u16(), 204);
+    }
+    assert_eq!(
+        cache.database_lookups.load(Ordering::Relaxed),
+        lookups,
+        "no query on a cache hit"
+    );
+    assert_eq!(cache.hits.load(Ordering::Relaxed), hits + 80);
+    // An unknown (well-formed) key costs one query per TTL, not one per request.
+    let unknown = keyledger_events::domain::PlainKey::encode(keyledger_events::domain::KeyType::Secret, &[5; 32]);
+    for _ in 0..20 {
+        assert_eq!(app.verify(json!({"key": unknown.expose()})).await["code"], "NOT_FOUND");
+    }
+    assert_eq!(cache.database_lookups.load(Ordering::Relaxed), lookups + 1);
+    let metrics = call(&app.address, Method::GET, "/metrics", None, None, &[]).await;
+    assert!(metrics
+        .body
+        .as_str()
+        .unwrap()
+        .contains(&format!("keyledger_key_cache_database_lookups_total {}", lookups + 1)));
+}
+
+#[actix_web::test]
+async fn a_change_to_a_cached_key_is_seen_at_once() {
+    let app = spawn_app().await;
+    let key = app.create_key(json!({"name": "cached", "type": "secret"})).await;
+    let (id, secret) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
+    assert_eq!(app.verify(json!({"key": secret})).await["code"], "VALID");
+    app.post(&format!("/v1/keys/{id}/deactivate"), json!({}))
+        .await
+        .expect(200);
+    let started = Instant::now();
+    while app.verify(json!({"key": secret})).await["code"] != "INACTIVE" {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the revocation took over 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[actix_web::test]
+async fn a_free_plan_key_gets_exactly_100_requests_a_minute_then_429_and_an_upgrade_applies_within_a_second() {
+    let app = spawn_app().await;
+    let key = app
+        .create_key(json!({"name": "metered", "type": "secret", "scopes": ["read:experiences"]}))
+        .await;
+    let secret = key["key"].as_str().unwrap();
+    let mut reset = None;
+    for i in 0..100u64 {
+        let answer = auth(&app, Some(secret), "GET", "/api/experiences/1", &[]).await;
+        assert_eq!(answer.status.as_u16(), 204, "request {i}: {:?}", answer.body);
+        assert_eq!(header_u64(&answer, "x-ratelimit-limit"), 100);
+        assert_eq!(header_u64(&answer, "x-ratelimit-remaining"), 99 - i);
+        let this_reset = header_u64(&answer, "x-ratelimit-reset");
+        assert!(
+            *reset.get_or_insert(this_reset) == this_reset,
+            "the reset stays put while the window fills"
+        );
+    }
+    let now = chrono::Utc::now().timestamp() as u64;
+    assert!(
+        (now + 58..=now + 61).contains(&reset.unwrap()),
+        "reset {reset:?} is a minute ahead of {now}"
+    );
+    let refused = auth(&app, Some(secret), "GET", "/api/experiences/1", &[]).await;
+    refused.expect_error(429, "rate_limited");
+    let retry_after = header_u64(&refused, "retry-after");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(header_u64(&refused, "x-ratelimit-remaining"), 0);
+    let verdict = app.verify(json!({"key": secret})).await;
+    assert_eq!(
+        (&verdict["valid"], &verdict["code"]),
+        (&json!(false), &json!("RATE_LIMITED"))
+    );
+    assert_eq!(verdict["ratelimit"]["limit"], 100);
+    assert_eq!(verdict["ratelimit"]["remaining"], 0);
+    // Other keys of the organization have budgets of their own.
+    let other = app.create_key(json!({"name": "other", "type": "secret"})).await;
+    assert_eq!(app.verify(json!({"key": other["key"]})).await["code"], "VALID");
+
+    set_plan(&app, "basic", None).await;
+    let started = Instant::now();
+    loop {
+        let answer = auth(&app, Some(secret), "GET", "/api/experiences/1", &[]).await;
+        if answer.status.as_u16() == 204 {
+            assert_eq!(header_u64(&answer, "x-ratelimit-limit"), 1_000);
+            // The refused requests took no budget: 100 used + this one.
+            assert_eq!(header_u64(&answer, "x-ratelimit-remaining"), 1_000 - 101);
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(1), "the upgrade took over 1 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[actix_web::test]
+async fn management_answers_carry_the_rate_limit_headers() {
+    let app = spawn_app().await;
+    let listed = app.get("/v1/keys").await;
+    listed.expect(200);
+    assert_eq!(header_u64(&listed, "x-ratelimit-limit"), 100);
+    let before = header_u64(&listed, "x-ratelimit-remaining");
+    let missing = app.get("/v1/keys/key_01JD0000000000000000000000").await;
+    missing.expect_error(404, "not_found");
+    assert_eq!(header_u64(&missing, "x-ratelimit-remaining"), before - 1);
+    let anonymous = call(&app.address, Method::GET, "/v1/keys", None, None, &[]).await;
+    assert!(anonymous.header("x-ratelimit-limit").is_none(), "no key, no budget");
+}
+
+#[actix_web::test]
+async fn usage_counts_accepted_and_refused_requests_and_sets_last_used() {
+    let app = spawn_app().await;
+    let key = app
+        .create_key(json!({"name": "counted", "type": "secret", "scopes": ["read:consumers"]}))
+        .await;
+    let (id, secret) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
+    let (accepted, refused) = (7, 4);
+    for _ in 0..accepted {
+        assert_eq!(
+            app.verify(json!({"key": secret, "scopes": ["read:consumers"]})).await["code"],
+            "VALID"
+        );
+    }
+    for _ in 0..refused {
+        assert_eq!(
+            app.verify(json!({"key": secret, "scopes": ["write:consumers"]})).await["code"],
+            "INSUFFICIENT_SCOPE"
+        );
+    }
+    // Unknown keys are nobody's usage.
+    app.verify(json!({"key": "sk_live_nope"})).await;
+    let started = Instant::now();
+    let usage = loop {
+        let usage = app.get(&format!("/v1/keys/{id}/usage")).await;
+        let body = usage.expect(200).clone();
+        if body["total_requests"] == accepted + refused {
+            break body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(500 + 1_000),
+            "usage not visible within flush + 1 s: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (&usage["successful"], &usage["failed"], &usage["rate_limited"]),
+        (&json!(accepted), &json!(refused), &json!(0))
+    );
+    let rate = |v: &Value| v.as_f64().unwrap();
+    assert!((rate(&usage["success_rate"]) - 7.0 / 11.0).abs() < 1e-9);
+    assert!((rate(&usage["error_rate"]) - 4.0 / 11.0).abs() < 1e-9);
+    assert!(usage["last_used_at"].is_string());
+    let series = usage["series"].as_array().unwrap();
+    assert!(
+        (24..=25).contains(&series.len()),
+        "hourly buckets over the last 24 h, both ends partial"
+    );
+    assert_eq!(series.iter().map(|p| p["requests"].as_i64().unwrap()).sum::<i64>(), 11);
+    let minutes = app
+        .get(&format!(
+            "/v1/keys/{id}/usage?granularity=minute&from={}",
+            (chrono::Utc::now() - chrono::Duration::minutes(5))
+                .to_rfc3339()
+                .replace('+', "%2B")
+        ))
+        .await;
+    assert_eq!(minutes.expect(200)["total_requests"], 11);
+    let listed = app.get("/v1/keys").await;
+    let row = listed.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap()
+        .clone();
+    assert_eq!(row["last_used_at"], usage["last_used_at"]);
+    app.get(&format!("/v1/keys/{id}/usage?granularity=week"))
+        .await
+        .expect_error(422, "validation_error");
+    app.get(&format!(
+        "/v1/keys/{id}/usage?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z"
+    ))
+    .await
+    .expect_error(422, "validation_error");
+    // Usage records are statistics, not the audit trail.
+    let trail = app.get(&format!("/v1/keys/{id}/events")).await;
+    assert!(trail.expect(200)["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["type"] != "key.used"));
+}
+
+#[actix_web::test]
+async fn one_address_guessing_keys_is_stopped_without_blocking_anyone_else() {
+    let app = spawn_app().await;
+    let key = app.create_key(json!({"name": "victim", "type": "secret"})).await;
+    let attacker = [("X-Real-IP", "203.0.113.9")];
+    let honest = [("X-Real-IP", "198.51.100.7")];
+    for i in 0..20 {
+        let guess = keyledger_events::domain::PlainKey::encode(keyledger_events::domain::KeyType::Secret, &[i; 32]);
+        auth(&app, Some(guess.expose()), "GET", "/api/x", &attacker)
+            .await
+            .expect_error(401, "invalid_api_key");
+    }
+    let blocked = auth(&app, key["key"].as_str(), "GET", "/api/x", &attacker).await;
+    blocked.expect_error(429, "too_many_failed_attempts");
+    assert!(blocked.header("retry-after").is_some());
+    let fine = auth(&app, key["key"].as_str(), "GET", "/api/x", &honest).await;
+    assert_eq!(fine.status.as_u16(), 204);
+}
+
+#[actix_web::test]
+async fn forward_auth_maps_routes_to_scopes_for_nginx_traefik_and_envoy() {
+    let app = spawn_app().await;
+    let reader = app
+        .create_key(json!({"name": "reader", "type": "secret", "scopes": ["read:experiences"]}))
+        .await;
+    let secret = reader["key"].as_str().unwrap();
+    let ok = auth(&app, Some(secret), "GET", "/api/experiences/42?full=1", &[]).await;
+    assert_eq!(ok.status.as_u16(), 204);
+    assert_eq!(ok.header("x-keyledger-key-id"), reader["id"].as_str());
+    assert_eq!(ok.header("x-keyledger-org-id"), Some(app.org_id.as_str()));
+    assert_eq!(ok.header("x-keyledger-environment"), Some("live"));
+    let write = auth(&app, Some(secret), "POST", "/api/experiences/42", &[]).await;
+    write.expect_error(403, "insufficient_scope");
+    assert!(write.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("write:experiences"));
+    assert_eq!(write.header("x-keyledger-error"), Some("insufficient_scope"));
+    auth(&app, Some(secret), "GET", "/internal", &[])
+        .await
+        .expect_error(403, "insufficient_scope");
+    auth(&app, None, "GET", "/api/experiences", &[])
+        .await
+        .expect_error(401, "missing_api_key");
+    auth(&app, Some("sk_live_garbage"), "GET", "/api/experiences", &[])
+        .await
+        .expect_error(401, "invalid_api_key");
+    let test_key = app.create_key(json!({"name": "test", "type": "test"})).await;
+    auth(&app, test_key["key"].as_str(), "GET", "/api/experiences", &[])
+        .await
+        .expect_error(403, "environment_mismatch");
+    // Traefik's headers.
+    let traefik = [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/api/experiences")];
+    let answer = call(&app.address, Method::GET, "/v1/auth", Some(secret), None, &traefik).await;
+    assert_eq!(answer.status.as_u16(), 204);
+    // Envoy ext_authz: the original method and path below /v1/auth.
+    let envoy = call(
+        &app.address,
+        Method::GET,
+        "/v1/auth/api/experiences/7",
+        Some(secret),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(envoy.status.as_u16(), 204);
+    let envoy = call(
+        &app.address,
+        Method::DELETE,
+        "/v1/auth/api/experiences/7",
+        Some(secret),
+        None,
+        &[],
+    )
+    .await;
+    envoy.expect_error(403, "insufficient_scope");
+    // Without the original request there is nothing to decide.
+    call(&app.address, Method::GET, "/v1/auth", Some(secret), None, &[])
+        .await
+        .expect_error(400, "bad_request");
+}
