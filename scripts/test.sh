@@ -26,6 +26,14 @@ ensure_tansu() {
   cargo install tansu --locked --features dynostore,libsql
 }
 
+# The forward-auth test runs a real nginx (Debian's package).
+ensure_nginx() {
+  if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then return; fi
+  echo "installing nginx"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
+}
+
 ensure_postgres
 ensure_tansu
+ensure_nginx
 cargo test --workspace --locked "$@"

@@ -472,3 +472,131 @@ async fn replay_rebuilds_the_read_models_and_check_finds_tampering() {
     assert_eq!(events_after, events_before, "replay appends nothing");
     server.stop();
 }
+
+#[actix_web::test]
+async fn a_key_deactivated_through_one_server_is_refused_by_another_within_a_second() {
+    let (url, dir) = (fresh_database_url(), temp_dir());
+    let serve = |name: &str| {
+        let mut command = keyledger(&url, &dir);
+        command.arg("serve").env("KEYLEDGER_HASH_KEY", HASH_KEY);
+        (command, dir.join(name))
+    };
+    let (mut a, log_a) = serve("a.log");
+    let a = Server::start(&mut a, log_a).await;
+    let (mut b, log_b) = serve("b.log");
+    let b = Server::start(&mut b, log_b).await;
+    let created = json_stdout(&run(keyledger(&url, &dir)
+        .env("KEYLEDGER_HASH_KEY", HASH_KEY)
+        .args(["org", "create", "--name", "Two"])));
+    let admin = created["key"]["key"].as_str().unwrap();
+    let key = call(
+        &a.address,
+        Method::POST,
+        "/v1/keys",
+        Some(admin),
+        Some(json!({"name": "shared", "type": "secret"})),
+        &[],
+    )
+    .await;
+    let key = key.expect(201).clone();
+    let verify = |server: &Server| {
+        let (address, secret) = (server.address.clone(), key["key"].clone());
+        async move {
+            call(
+                &address,
+                Method::POST,
+                "/v1/verify",
+                None,
+                Some(json!({"key": secret})),
+                &[],
+            )
+            .await
+            .body["code"]
+                .clone()
+        }
+    };
+    // B has the key in its cache.
+    assert_eq!(verify(&b).await, "VALID");
+    assert_eq!(verify(&b).await, "VALID");
+    let path = format!("/v1/keys/{}/deactivate", key["id"].as_str().unwrap());
+    call(&a.address, Method::POST, &path, Some(admin), None, &[])
+        .await
+        .expect(200);
+    let started = Instant::now();
+    while verify(&b).await != "INACTIVE" {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "B still accepted the key after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("revocation seen by the other server after {:?}", started.elapsed());
+    a.stop();
+    b.stop();
+}
+
+#[actix_web::test]
+async fn usage_counted_before_a_restart_is_flushed_on_shutdown_and_kept() {
+    let (url, dir) = (fresh_database_url(), temp_dir());
+    let start = || {
+        let mut command = keyledger(&url, &dir);
+        // Only the shutdown flush can save the counts.
+        command
+            .arg("serve")
+            .env("KEYLEDGER_HASH_KEY", HASH_KEY)
+            .env("KEYLEDGER_USAGE_FLUSH_SECONDS", "3600");
+        command
+    };
+    let server = Server::start(&mut start(), dir.join("first.log")).await;
+    let created = json_stdout(&run(keyledger(&url, &dir)
+        .env("KEYLEDGER_HASH_KEY", HASH_KEY)
+        .args(["org", "create", "--name", "Kept"])));
+    let admin = created["key"]["key"].as_str().unwrap();
+    let key = call(
+        &server.address,
+        Method::POST,
+        "/v1/keys",
+        Some(admin),
+        Some(json!({"name": "k", "type": "secret", "scopes": ["read:analytics"]})),
+        &[],
+    )
+    .await;
+    let key = key.expect(201).clone();
+    for scopes in [
+        json!(["read:analytics"]),
+        json!(["read:analytics"]),
+        json!(["read:analytics"]),
+        json!(["admin"]),
+    ] {
+        call(
+            &server.address,
+            Method::POST,
+            "/v1/verify",
+            None,
+            Some(json!({"key": key["key"], "scopes": scopes})),
+            &[],
+        )
+        .await
+        .expect(200);
+    }
+    let log = server.stop();
+    assert!(log.contains("usage flushed on shutdown"), "{log}");
+
+    let server = Server::start(&mut start(), dir.join("second.log")).await;
+    let usage = call(
+        &server.address,
+        Method::GET,
+        &format!("/v1/keys/{}/usage", key["id"].as_str().unwrap()),
+        Some(admin),
+        None,
+        &[],
+    )
+    .await;
+    let usage = usage.expect(200);
+    assert_eq!(
+        (&usage["total_requests"], &usage["successful"], &usage["failed"]),
+        (&json!(4), &json!(3), &json!(1))
+    );
+    assert!(usage["last_used_at"].is_string());
+    server.stop();
+}

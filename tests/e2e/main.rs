@@ -9,6 +9,7 @@ mod hot_path;
 mod isolation;
 mod kafka;
 mod keys;
+mod nginx;
 mod projection;
 mod validation;
 mod verify;

@@ -1,0 +1,128 @@
+//! A real nginx (Debian's) in front of a small upstream, authenticating
+//! through keyledger's `/v1/auth` with `deploy/nginx.conf.template` — the
+//! configuration the README shows.
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use awc::http::Method;
+use serde_json::json;
+
+use crate::support::{call, spawn_app, Answer};
+
+struct Nginx {
+    child: Child,
+    address: String,
+    dir: PathBuf,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn nginx(keyledger: &str) -> Nginx {
+    let dir = std::env::temp_dir().join(format!("keyledger-nginx-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (listen, upstream) = (format!("127.0.0.1:{}", port()), format!("127.0.0.1:{}", port()));
+    let template = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf.template")).unwrap();
+    let config = template
+        .replace("{{KEYLEDGER}}", keyledger.trim_start_matches("http://"))
+        .replace("{{UPSTREAM}}", &upstream)
+        .replace("{{LISTEN}}", &listen)
+        .replace("{{DIR}}", dir.to_str().unwrap());
+    std::fs::write(dir.join("nginx.conf"), config).unwrap();
+    let binary = std::env::var("NGINX_BIN").unwrap_or_else(|_| "/usr/sbin/nginx".into());
+    let child = Command::new(binary)
+        .args([
+            "-p",
+            dir.to_str().unwrap(),
+            "-c",
+            dir.join("nginx.conf").to_str().unwrap(),
+        ])
+        .spawn()
+        .expect("nginx is installed (apt-get install nginx)");
+    let nginx = Nginx {
+        child,
+        address: format!("http://{listen}"),
+        dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&listen).is_err() {
+        let log = std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default();
+        assert!(Instant::now() < deadline, "nginx did not start: {log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nginx
+}
+
+async fn through(nginx: &Nginx, method: Method, path: &str, key: Option<&str>) -> Answer {
+    call(&nginx.address, method, path, key, None, &[]).await
+}
+
+#[actix_web::test]
+async fn nginx_auth_request_lets_valid_keys_through_and_refuses_the_rest() {
+    let app = spawn_app().await;
+    let nginx = nginx(&app.address).await;
+    let reader = app
+        .create_key(json!({"name": "reader", "type": "secret", "scopes": ["read:experiences"]}))
+        .await;
+    let secret = reader["key"].as_str().unwrap();
+
+    let ok = through(&nginx, Method::GET, "/api/experiences/1", Some(secret)).await;
+    assert_eq!(ok.status.as_u16(), 200, "{:?}", ok.body);
+    let body = ok.body.as_str().unwrap();
+    assert!(
+        body.contains(&format!("key={}", reader["id"].as_str().unwrap())),
+        "{body}"
+    );
+    assert!(body.contains(&format!("org={}", app.org_id)), "{body}");
+    assert!(body.contains("auth=[]"), "the upstream never sees the key: {body}");
+    assert_eq!(ok.header("x-ratelimit-limit"), Some("100"));
+    assert_eq!(ok.header("x-ratelimit-remaining"), Some("99"));
+    assert!(ok.header("x-ratelimit-reset").is_some());
+
+    let missing = through(&nginx, Method::GET, "/api/experiences/1", None).await;
+    assert_eq!((missing.status.as_u16(), missing.code()), (401, "missing_api_key"));
+    let bad = through(&nginx, Method::GET, "/api/experiences/1", Some("sk_live_0000")).await;
+    assert_eq!((bad.status.as_u16(), bad.code()), (401, "invalid_api_key"));
+    let write = through(&nginx, Method::POST, "/api/experiences/1", Some(secret)).await;
+    assert_eq!((write.status.as_u16(), write.code()), (403, "insufficient_scope"));
+    assert_eq!(write.header("x-ratelimit-remaining"), Some("98"));
+    let test_key = app.create_key(json!({"name": "test", "type": "test"})).await;
+    let wrong_env = through(&nginx, Method::GET, "/api/experiences/1", test_key["key"].as_str()).await;
+    assert_eq!(
+        (wrong_env.status.as_u16(), wrong_env.code()),
+        (403, "environment_mismatch")
+    );
+
+    // Over the free plan's 100 a minute: 429 with Retry-After.
+    let mut accepted = 2; // the two requests above counted
+    loop {
+        let answer = through(&nginx, Method::GET, "/api/experiences/1", Some(secret)).await;
+        match answer.status.as_u16() {
+            200 => accepted += 1,
+            429 => {
+                assert_eq!(answer.code(), "rate_limited");
+                let retry: u64 = answer.header("retry-after").unwrap().parse().unwrap();
+                assert!((1..=60).contains(&retry));
+                assert_eq!(answer.header("x-ratelimit-remaining"), Some("0"));
+                break;
+            }
+            other => panic!("unexpected {other}: {:?}", answer.body),
+        }
+        assert!(accepted <= 100, "more than the plan allows got through");
+    }
+    assert_eq!(accepted, 100);
+}
