@@ -93,7 +93,11 @@ impl RateLimiter {
                 }
             }
         }
-        let window = shard.entry(subject.to_owned()).or_insert_with(Window::new);
+        // The subject is only copied the first time it is seen.
+        if !shard.contains_key(subject) {
+            shard.insert(subject.to_owned(), Window::new());
+        }
+        let window = shard.get_mut(subject).expect("inserted above");
         let (used, oldest) = window.counted(now);
         let reset = oldest.map_or(now + WINDOW, |o| o + WINDOW);
         if used >= limit {

@@ -44,16 +44,27 @@ impl Counts {
     }
 }
 
+/// Counts by key id, then by minute.
+type Pending = HashMap<String, HashMap<DateTime<Utc>, Counts>>;
+
 #[derive(Default)]
 pub struct UsageAccumulator {
-    pending: Mutex<HashMap<(String, DateTime<Utc>), Counts>>,
+    pending: Mutex<Pending>,
 }
 
 impl UsageAccumulator {
     pub fn record(&self, key_id: &str, outcome: Outcome, at: DateTime<Utc>) {
         let minute = at.duration_trunc(chrono::Duration::minutes(1)).unwrap_or(at);
         let mut pending = self.pending.lock().expect("usage lock");
-        let counts = pending.entry((key_id.to_owned(), minute)).or_default();
+        // The key id is only copied the first time it is seen in a flush interval.
+        if !pending.contains_key(key_id) {
+            pending.insert(key_id.to_owned(), HashMap::new());
+        }
+        let counts = pending
+            .get_mut(key_id)
+            .expect("inserted above")
+            .entry(minute)
+            .or_default();
         counts.requests += 1;
         match outcome {
             Outcome::Succeeded => counts.successful += 1,
@@ -69,9 +80,15 @@ impl UsageAccumulator {
     /// Appends one `key.used` event per key and minute counted since the last
     /// flush; returns how many were appended.
     pub async fn flush(&self, pool: &PgPool) -> usize {
-        let drained: Vec<_> = self.pending.lock().expect("usage lock").drain().collect();
+        let drained: Vec<(String, DateTime<Utc>, Counts)> = self
+            .pending
+            .lock()
+            .expect("usage lock")
+            .drain()
+            .flat_map(|(key_id, minutes)| minutes.into_iter().map(move |(m, c)| (key_id.clone(), m, c)))
+            .collect();
         let mut appended = 0;
-        for ((key_id, minute), counts) in drained {
+        for (key_id, minute, counts) in drained {
             match append(pool, &key_id, minute, counts).await {
                 Ok(()) => appended += 1,
                 Err(e) => {
@@ -79,7 +96,9 @@ impl UsageAccumulator {
                     self.pending
                         .lock()
                         .expect("usage lock")
-                        .entry((key_id, minute))
+                        .entry(key_id)
+                        .or_default()
+                        .entry(minute)
                         .or_default()
                         .merge(counts);
                 }
