@@ -26,6 +26,9 @@ pub(crate) fn keyledger(database_url: &str, data_dir: &Path) -> Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", database_url)
         .env("KEYLEDGER_DATA_DIR", data_dir)
+        // Usage is flushed at shutdown only (unless a test says otherwise), so
+        // the log holds still while tests count events.
+        .env("KEYLEDGER_USAGE_FLUSH_SECONDS", "3600")
         .current_dir(data_dir);
     command
 }

@@ -31,7 +31,7 @@ async fn keys_snapshot(app: &TestApp) -> Vec<String> {
 }
 
 /// Some lifecycle traffic: `n` keys, each created, renamed and deactivated.
-async fn traffic(app: &TestApp, n: usize) {
+async fn traffic(app: &mut TestApp, n: usize) {
     for i in 0..n {
         let key = app
             .create_key(json!({"name": format!("key {i}"), "type": "secret"}))
@@ -42,6 +42,8 @@ async fn traffic(app: &TestApp, n: usize) {
             .expect(200);
         app.post(&format!("{path}/deactivate"), json!({})).await.expect(200);
     }
+    // Usage flushes would append `key.used` events while a test counts.
+    app.stop_background().await;
 }
 
 async fn relay_all(relay: &Relay) -> usize {
@@ -103,11 +105,11 @@ fn assert_published_once_in_order(seen: &[Seen], events: &[StoredEvent]) {
 #[actix_web::test]
 async fn the_relay_publishes_every_committed_event_once_in_order_as_cloudevents() {
     let broker = Broker::start().await;
-    let app = spawn_app().await;
+    let mut app = spawn_app().await;
     let kafka = broker.settings(3);
     kafka.ensure_topics().await.unwrap();
     kafka.ensure_topics().await.expect("creating existing topics is fine");
-    traffic(&app, 6).await;
+    traffic(&mut app, 6).await;
     let relay = Relay::new(app.pool.clone(), &kafka).unwrap();
     let events = all_events(&app).await;
     assert_eq!(relay_all(&relay).await, events.len());
@@ -121,10 +123,10 @@ async fn the_relay_publishes_every_committed_event_once_in_order_as_cloudevents(
 #[actix_web::test]
 async fn a_relay_crash_between_acknowledgement_and_marking_republishes_and_consumers_skip_it() {
     let broker = Broker::start().await;
-    let app = spawn_app().await;
+    let mut app = spawn_app().await;
     let kafka = broker.settings(1);
     kafka.ensure_topics().await.unwrap();
-    traffic(&app, 3).await;
+    traffic(&mut app, 3).await;
     let events = all_events(&app).await;
     let crashed = Relay::new(app.pool.clone(), &kafka).unwrap();
     let (_, sent) = crashed.publish_next().await.unwrap().expect("a batch");
@@ -163,10 +165,10 @@ async fn a_relay_crash_between_acknowledgement_and_marking_republishes_and_consu
 #[actix_web::test]
 async fn a_worker_crash_after_its_commit_and_before_its_offset_skips_the_redelivery() {
     let broker = Broker::start().await;
-    let app = spawn_app().await;
+    let mut app = spawn_app().await;
     let kafka = broker.settings(1);
     kafka.ensure_topics().await.unwrap();
-    traffic(&app, 2).await;
+    traffic(&mut app, 2).await;
     let relay = Relay::new(app.pool.clone(), &kafka).unwrap();
     let total = relay_all(&relay).await;
 
@@ -202,7 +204,7 @@ async fn a_worker_crash_after_its_commit_and_before_its_offset_skips_the_redeliv
 #[actix_web::test]
 async fn poison_messages_go_to_the_dead_letter_topic_and_the_partition_keeps_flowing() {
     let broker = Broker::start().await;
-    let app = spawn_app().await;
+    let mut app = spawn_app().await;
     let kafka = broker.settings(1);
     kafka.ensure_topics().await.unwrap();
     let template = serde_json::to_value(&all_events(&app).await[0]).unwrap();
@@ -225,6 +227,7 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_partition_keeps_flo
     let key = app
         .create_key(json!({"name": "after the poison", "type": "secret"}))
         .await;
+    app.stop_background().await;
     let relay = Relay::new(app.pool.clone(), &kafka).unwrap();
     let good = relay_all(&relay).await;
 
@@ -281,7 +284,7 @@ async fn two_replicas_share_the_partitions_and_one_takes_over_when_the_other_sto
     use std::cell::RefCell;
     use std::rc::Rc;
     let broker = Broker::start().await;
-    let app = spawn_app().await;
+    let mut app = spawn_app().await;
     let kafka = broker.settings(4);
     kafka.ensure_topics().await.unwrap();
     let log: Rc<RefCell<Vec<(usize, Outcome)>>> = Rc::default();
@@ -307,7 +310,7 @@ async fn two_replicas_share_the_partitions_and_one_takes_over_when_the_other_sto
     })
     .await;
 
-    traffic(&app, 8).await;
+    traffic(&mut app, 8).await;
     let relay = Relay::new(app.pool.clone(), &kafka).unwrap();
     let first = relay_all(&relay).await;
     let applied = |log: &RefCell<Vec<(usize, Outcome)>>| -> Vec<(usize, String)> {
@@ -329,7 +332,7 @@ async fn two_replicas_share_the_partitions_and_one_takes_over_when_the_other_sto
     drop(replicas);
     drop(stopped);
     let survivor = tasks.into_iter().nth(1).unwrap();
-    traffic(&app, 8).await;
+    traffic(&mut app, 8).await;
     let second = relay_all(&relay).await;
     wait_until("every event to be applied", 90, || {
         applied(&log).len() >= first + second
@@ -370,10 +373,12 @@ mod binary_mode {
 
     async fn stack(broker: &Broker) -> Stack {
         let (url, dir) = (fresh_database_url(), temp_dir());
+        // Usage is flushed only at shutdown, so the log holds still while a test counts.
         let kafka_mode = |command: &mut std::process::Command| {
             command
                 .env("KAFKA_BROKERS", broker.address())
-                .env("KEYLEDGER_HASH_KEY", HASH_KEY);
+                .env("KEYLEDGER_HASH_KEY", HASH_KEY)
+                .env("KEYLEDGER_USAGE_FLUSH_SECONDS", "3600");
         };
         let mut work = keyledger(&url, &dir);
         kafka_mode(work.arg("work"));
@@ -381,9 +386,16 @@ mod binary_mode {
         let mut serve = keyledger(&url, &dir);
         kafka_mode(serve.arg("serve"));
         let serve = Server::start(&mut serve, dir.join("serve.log")).await;
-        let created = json_stdout(&run(keyledger(&url, &dir)
-            .env("KEYLEDGER_HASH_KEY", HASH_KEY)
-            .args(["org", "create", "--name", "Kafka"])));
+        let created = json_stdout(&run(keyledger(&url, &dir).env("KEYLEDGER_HASH_KEY", HASH_KEY).args([
+            "org",
+            "create",
+            "--name",
+            "Kafka",
+            "--plan",
+            "enterprise",
+            "--rate-limit",
+            "1000000",
+        ])));
         let admin = created["key"]["key"].as_str().unwrap().to_owned();
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
         Stack {
