@@ -53,6 +53,15 @@ pub struct Settings {
         default_value_t = 20
     )]
     pub failed_attempts_per_minute: u32,
+    /// Reverse proxies (comma-separated IPs) whose X-Real-IP / X-Forwarded-For name the client.
+    #[arg(
+        long,
+        env = "KEYLEDGER_TRUSTED_PROXIES",
+        global = true,
+        value_delimiter = ',',
+        default_value = "127.0.0.1,::1"
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// The environment (live or test) that `/v1/auth` requires.
     #[arg(long, env = "KEYLEDGER_ENVIRONMENT", global = true, default_value = "live")]
     pub environment: String,
@@ -64,6 +73,7 @@ impl Settings {
             cache_ttl: std::time::Duration::from_secs(self.cache_ttl_seconds.max(1)),
             failed_attempts_per_minute: self.failed_attempts_per_minute.max(1),
             usage_flush: std::time::Duration::from_secs(self.usage_flush_seconds.max(1)),
+            trusted_proxies: self.trusted_proxies.clone(),
             ..keyledger_api::ApiSettings::default()
         }
     }

@@ -54,11 +54,12 @@ impl Checked {
     }
 }
 
-/// The address a request comes from. Behind a reverse proxy on this host
-/// (a loopback peer), the proxy's `X-Real-IP` or last `X-Forwarded-For`.
-pub fn client_address(req: &HttpRequest) -> Option<IpAddr> {
+/// The address a request comes from. When the peer is a trusted reverse
+/// proxy, the address it reports (`X-Real-IP`, else the last
+/// `X-Forwarded-For` entry); otherwise the peer itself.
+pub fn client_address(req: &HttpRequest, trusted_proxies: &[IpAddr]) -> Option<IpAddr> {
     let peer = req.peer_addr()?.ip();
-    if !peer.is_loopback() {
+    if !trusted_proxies.contains(&peer) {
         return Some(peer);
     }
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
@@ -109,9 +110,17 @@ pub async fn check(
         }
         return Ok(None);
     };
-    let decision = state.limiter.check(&key.row.id, key.limit_per_minute, now);
+    // A key refused for its state spends no budget; any other request does.
+    let status = status_refusal(&key);
+    let decision = match status {
+        Some(_) => state.limiter.peek(&key.row.id, key.limit_per_minute, now),
+        None => state.limiter.check(&key.row.id, key.limit_per_minute, now),
+    };
     req.extensions_mut().insert(decision);
-    let verdict = verdict(&key, decision, environment, scopes);
+    let verdict = match status {
+        Some(refusal) => Err(refusal),
+        None => verdict(&key, decision, environment, scopes),
+    };
     let outcome = match verdict {
         Ok(()) => Outcome::Succeeded,
         Err(Refusal::RateLimited) => Outcome::RateLimited,
@@ -121,7 +130,16 @@ pub async fn check(
     Ok(Some(Checked { key, decision, verdict }))
 }
 
-/// State first, then environment, then scopes: the order a user fixes things.
+fn status_refusal(key: &CachedKey) -> Option<Refusal> {
+    match key.row.status_at(Utc::now()) {
+        "inactive" => Some(Refusal::Inactive),
+        "expired" => Some(Refusal::Expired),
+        _ => None,
+    }
+}
+
+/// For a key in a usable state: its budget, then the environment, then the
+/// scopes — the order a user fixes things.
 fn verdict(
     key: &CachedKey,
     decision: Decision,
@@ -130,11 +148,6 @@ fn verdict(
 ) -> Result<(), Refusal> {
     if !decision.allowed {
         return Err(Refusal::RateLimited);
-    }
-    match key.row.status_at(Utc::now()) {
-        "inactive" => return Err(Refusal::Inactive),
-        "expired" => return Err(Refusal::Expired),
-        _ => {}
     }
     if environment.is_some_and(|env| env.as_str() != key.row.environment) {
         return Err(Refusal::EnvironmentMismatch);

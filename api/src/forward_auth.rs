@@ -12,29 +12,39 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::{access, auth, error::ApiError, AppState};
+use crate::{access, auth, error::ApiError, routes, AppState};
 
 fn original(req: &HttpRequest, tail: Option<&str>) -> Result<(String, String), ApiError> {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let method = header("x-original-method").or_else(|| header("x-forwarded-method"));
     let uri = header("x-original-uri").or_else(|| header("x-forwarded-uri"));
-    match (method, uri, tail) {
-        (Some(method), Some(uri), _) => Ok((method, uri)),
-        (None, Some(uri), _) => Ok(("GET".into(), uri)),
-        (_, None, Some(tail)) => Ok((req.method().to_string(), format!("/{tail}"))),
-        (_, None, None) => Err(ApiError::BadRequest(
-            "Forward-auth needs the original request: send X-Original-URI (and X-Original-Method), \
-             or X-Forwarded-Uri and X-Forwarded-Method."
+    let (method, uri) = match (method, uri, tail) {
+        (Some(method), Some(uri), _) => (method, uri),
+        (_, None, Some(tail)) => (req.method().to_string(), format!("/{tail}")),
+        // Guessing the method would fail open (GET needs the weakest scopes).
+        _ => {
+            return Err(ApiError::BadRequest(
+                "Forward-auth needs the original request: send X-Original-Method and X-Original-URI, \
+                 or X-Forwarded-Method and X-Forwarded-Uri."
+                    .into(),
+            ))
+        }
+    };
+    if !routes::is_canonical(&uri) {
+        return Err(ApiError::BadRequest(
+            "The original path has dot segments, empty segments or encoded separators; it could reach \
+             another route than it names. Send the normalized path."
                 .into(),
-        )),
+        ));
     }
+    Ok((method, uri))
 }
 
 async fn authorize(state: &AppState, req: &HttpRequest, tail: Option<&str>) -> Result<HttpResponse, ApiError> {
     let (method, uri) = original(req, tail)?;
     let needed = state.routes.required_scope(&method, &uri);
     let text = auth::bearer_key(req)?;
-    let client = access::client_address(req);
+    let client = access::client_address(req, &state.settings.trusted_proxies);
     let checked = access::check(state, req, text, client, Some(state.environment), &[needed])
         .await?
         .ok_or(ApiError::InvalidApiKey)?;

@@ -47,6 +47,9 @@ pub struct KeyCache {
     slots: RwLock<HashMap<[u8; 32], Slot>>,
     ttl: Duration,
     capacity: usize,
+    /// Bumped by every eviction: a lookup that raced one does not cache
+    /// what it read (it may predate the change).
+    generation: AtomicU64,
     /// Lookups that went to the database (a metric, and what tests assert).
     pub database_lookups: AtomicU64,
     pub hits: AtomicU64,
@@ -58,6 +61,7 @@ impl KeyCache {
             slots: RwLock::default(),
             ttl,
             capacity,
+            generation: AtomicU64::new(0),
             database_lookups: AtomicU64::new(0),
             hits: AtomicU64::new(0),
         }
@@ -75,6 +79,7 @@ impl KeyCache {
             }
         }
         self.database_lookups.fetch_add(1, Ordering::Relaxed);
+        let generation = self.generation.load(Ordering::SeqCst);
         let now = Utc::now();
         let found = read_model::key_for_verification(pool, hash, now).await?;
         let mut expires = Instant::now() + self.ttl;
@@ -97,6 +102,7 @@ impl KeyCache {
                 entry: entry.clone(),
                 expires,
             },
+            generation,
         );
         Ok(match entry {
             Entry::Known(key) => Some(key),
@@ -104,8 +110,12 @@ impl KeyCache {
         })
     }
 
-    fn insert(&self, hash: [u8; 32], slot: Slot) {
+    fn insert(&self, hash: [u8; 32], slot: Slot, generation: u64) {
         let mut slots = self.slots.write().expect("cache lock");
+        // Checked under the lock evictions take: no eviction can slip between.
+        if self.generation.load(Ordering::SeqCst) != generation {
+            return;
+        }
         if slots.len() >= self.capacity {
             let now = Instant::now();
             slots.retain(|_, s| s.expires > now);
@@ -138,7 +148,9 @@ impl KeyCache {
     }
 
     pub fn clear(&self) {
-        self.slots.write().expect("cache lock").clear();
+        let mut slots = self.slots.write().expect("cache lock");
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        slots.clear();
     }
 
     pub fn len(&self) -> usize {

@@ -37,6 +37,8 @@ pub struct ApiSettings {
     pub failed_attempts_per_minute: u32,
     /// How often usage counts are appended as `key.used` events.
     pub usage_flush: Duration,
+    /// Reverse proxies whose `X-Real-IP` / `X-Forwarded-For` name the client.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for ApiSettings {
@@ -46,6 +48,7 @@ impl Default for ApiSettings {
             cache_capacity: 100_000,
             failed_attempts_per_minute: 20,
             usage_flush: Duration::from_secs(5),
+            trusted_proxies: vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()],
         }
     }
 }

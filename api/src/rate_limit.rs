@@ -47,16 +47,49 @@ impl Window {
         }
     }
 
-    fn counted(&self, now: u64) -> (u32, Option<u64>) {
-        let mut total = 0;
-        let mut oldest = None;
-        for &(second, count) in &self.buckets {
-            if count > 0 && second + WINDOW > now && second <= now {
-                total += count;
-                oldest = Some(oldest.map_or(second, |o: u64| o.min(second)));
+    /// The counted (second, count) buckets of the window at `now`, oldest first.
+    fn counted(&self, now: u64) -> Vec<(u64, u32)> {
+        let mut counted: Vec<(u64, u32)> = self
+            .buckets
+            .iter()
+            .copied()
+            .filter(|&(second, count)| count > 0 && second + WINDOW > now && second <= now)
+            .collect();
+        counted.sort_unstable();
+        counted
+    }
+
+    /// What a request at `now` would get, without counting it.
+    fn assess(&self, limit: u32, now: u64) -> Decision {
+        let counted = self.counted(now);
+        let used: u32 = counted.iter().map(|b| b.1).sum();
+        if used < limit {
+            return Decision {
+                allowed: true,
+                limit,
+                remaining: limit - used,
+                reset: counted.first().map_or(now, |b| b.0) + WINDOW,
+                retry_after: 0,
+            };
+        }
+        // Room returns once enough of the oldest seconds have left — after a
+        // plan downgrade that can take more than the oldest one.
+        let mut left = used;
+        let mut reset = now + WINDOW;
+        for (second, count) in counted {
+            left -= count;
+            if left < limit {
+                reset = second + WINDOW;
+                break;
             }
         }
-        (total, oldest)
+        Decision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset,
+            retry_after: reset.saturating_sub(now).max(1),
+        }
     }
 }
 
@@ -98,16 +131,9 @@ impl RateLimiter {
             shard.insert(subject.to_owned(), Window::new());
         }
         let window = shard.get_mut(subject).expect("inserted above");
-        let (used, oldest) = window.counted(now);
-        let reset = oldest.map_or(now + WINDOW, |o| o + WINDOW);
-        if used >= limit {
-            return Decision {
-                allowed: false,
-                limit,
-                remaining: 0,
-                reset,
-                retry_after: reset.saturating_sub(now).max(1),
-            };
+        let decision = window.assess(limit, now);
+        if !decision.allowed {
+            return decision;
         }
         let slot = &mut window.buckets[(now % WINDOW) as usize];
         if slot.0 != now {
@@ -116,18 +142,27 @@ impl RateLimiter {
         slot.1 += 1;
         window.last_second = now;
         Decision {
-            allowed: true,
-            limit,
-            remaining: limit - used - 1,
-            reset: oldest.unwrap_or(now) + WINDOW,
-            retry_after: 0,
+            remaining: decision.remaining - 1,
+            ..decision
+        }
+    }
+
+    /// What a request of `subject` would get, without counting it (for
+    /// answers that refuse a key before it may spend its budget).
+    pub fn peek(&self, subject: &str, limit: u32, now: u64) -> Decision {
+        let shard = self.shards[shard_of(subject)].lock().expect("limiter lock");
+        match shard.get(subject) {
+            Some(window) => window.assess(limit, now),
+            None => Window::new().assess(limit, now),
         }
     }
 
     /// How many requests `subject` made in the window (without counting one).
     pub fn used(&self, subject: &str, now: u64) -> u32 {
         let shard = self.shards[shard_of(subject)].lock().expect("limiter lock");
-        shard.get(subject).map_or(0, |w| w.counted(now).0)
+        shard
+            .get(subject)
+            .map_or(0, |w| w.counted(now).iter().map(|b| b.1).sum())
     }
 
     /// Drops subjects idle for a whole window.
@@ -190,7 +225,13 @@ mod tests {
         for _ in 0..5 {
             limiter.check("k", 1_000, now);
         }
-        assert!(!limiter.check("k", 5, now).allowed);
+        let downgraded = limiter.check("k", 5, now + 10);
+        assert!(!downgraded.allowed);
+        assert_eq!(
+            downgraded.retry_after, 50,
+            "room returns only when the 5 of second 0 leave"
+        );
+        assert_eq!(limiter.peek("k", 1_000, now + 10).remaining, 995, "peek counts nothing");
         for i in 0..10_000 {
             limiter.check(&format!("subject {i}"), 10, now);
         }

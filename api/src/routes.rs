@@ -22,6 +22,17 @@ GET,HEAD  /api/consumers    read:consumers
 *         /api/analytics    read:analytics
 ";
 
+/// Whether a request path reads the same to every server: no dot segments,
+/// no empty segments, no encoded dots, slashes or backslashes. Anything else
+/// could match one prefix here and reach another route upstream.
+pub fn is_canonical(uri: &str) -> bool {
+    let path = uri.split(['?', '#']).next().unwrap_or("");
+    let lower = path.to_ascii_lowercase();
+    path.starts_with('/')
+        && !["%2e", "%2f", "%5c", "\\", "//"].iter().any(|bad| lower.contains(bad))
+        && !path.split('/').any(|segment| segment == "." || segment == "..")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Route {
     /// Upper-case methods; empty means any.
@@ -121,6 +132,22 @@ mod tests {
         );
         assert_eq!(table.required_scope("GET", "/api/experiencesX"), Scope::Admin);
         assert_eq!(table.required_scope("GET", "/admin"), Scope::Admin);
+    }
+
+    #[test]
+    fn ambiguous_paths_are_recognised() {
+        assert!(is_canonical("/api/experiences/1?x=../y"));
+        for path in [
+            "/api/experiences/../consumers/1",
+            "/api/experiences/./1",
+            "/api//consumers",
+            "/api/experiences/%2e%2e/consumers",
+            "/api/experiences%2Fconsumers",
+            "/api\\x",
+            "api/x",
+        ] {
+            assert!(!is_canonical(path), "{path}");
+        }
     }
 
     #[test]

@@ -57,13 +57,20 @@ pub async fn load<A: Aggregate>(
     stream_id: &str,
     until: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<Loaded<A>, HandlerError> {
+    // The version is read first and the events up to it after, so a command
+    // that commits in between cannot slip under the expected version: the
+    // state decided on is exactly the state at that version.
+    let version = match until {
+        None => Some(log::stream_version(pool, stream_id).await?),
+        Some(_) => None,
+    };
     // Usage records change no state and are by far the most numerous
     // events of a busy key: they are not read, but they count for the version.
-    let events = log::read_stream_without(pool, stream_id, until, USAGE_EVENT).await?;
-    let version = match until {
-        None => log::stream_version(pool, stream_id).await?,
-        Some(_) => events.last().map_or(0, |e| e.version),
-    };
+    let mut events = log::read_stream_without(pool, stream_id, until, USAGE_EVENT).await?;
+    if let Some(version) = version {
+        events.retain(|e| e.version <= version);
+    }
+    let version = version.unwrap_or_else(|| events.last().map_or(0, |e| e.version));
     let decoded = events
         .iter()
         .map(StoredEvent::decode)

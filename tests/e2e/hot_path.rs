@@ -323,6 +323,21 @@ async fn forward_auth_maps_routes_to_scopes_for_nginx_traefik_and_envoy() {
     )
     .await;
     envoy.expect_error(403, "insufficient_scope");
+    // A path that could reach another route upstream is refused, not guessed.
+    for sneaky in [
+        "/api/experiences/../consumers/1",
+        "/api/experiences/%2e%2e/consumers",
+        "/api//consumers",
+    ] {
+        auth(&app, Some(secret), "GET", sneaky, &[])
+            .await
+            .expect_error(400, "bad_request");
+    }
+    // Without the original method nothing is assumed (GET would fail open).
+    let no_method = [("X-Original-URI", "/api/experiences")];
+    call(&app.address, Method::GET, "/v1/auth", Some(secret), None, &no_method)
+        .await
+        .expect_error(400, "bad_request");
     // Without the original request there is nothing to decide.
     call(&app.address, Method::GET, "/v1/auth", Some(secret), None, &[])
         .await

@@ -14,6 +14,9 @@ use sqlx::{PgConnection, PgPool};
 pub const READ_MODELS: [&str; 3] = ["keys", "orgs", "usage_rollups"];
 const SCHEMA: &str = "keyledger_rebuild";
 const BATCH: i64 = 1_000;
+/// Advisory lock held by a running replay: two at once would share the
+/// rebuild schema.
+const REPLAY_LOCK: i64 = 0x6b65_796c_6564_6702;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -91,6 +94,20 @@ async fn begin_snapshot(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx
 
 /// Rebuilds and compares with the live read models; changes nothing.
 pub async fn check(pool: &PgPool) -> Result<Differences, ReplayError> {
+    let mut lock = pool.acquire().await?;
+    sqlx::query("select pg_advisory_lock($1)")
+        .bind(REPLAY_LOCK)
+        .execute(&mut *lock)
+        .await?;
+    let result = compare(pool).await;
+    sqlx::query("select pg_advisory_unlock($1)")
+        .bind(REPLAY_LOCK)
+        .execute(&mut *lock)
+        .await?;
+    result
+}
+
+async fn compare(pool: &PgPool) -> Result<Differences, ReplayError> {
     let mut tx = begin_snapshot(pool).await?;
     rebuild_into_schema(&mut tx).await?;
     let mut differences = Differences::default();
@@ -118,6 +135,20 @@ pub async fn check(pool: &PgPool) -> Result<Differences, ReplayError> {
 /// Rebuilds every read model and swaps the rebuilt tables in; returns how
 /// many events were applied.
 pub async fn rebuild(pool: &PgPool) -> Result<usize, ReplayError> {
+    let mut lock = pool.acquire().await?;
+    sqlx::query("select pg_advisory_lock($1)")
+        .bind(REPLAY_LOCK)
+        .execute(&mut *lock)
+        .await?;
+    let result = rebuild_and_swap(pool).await;
+    sqlx::query("select pg_advisory_unlock($1)")
+        .bind(REPLAY_LOCK)
+        .execute(&mut *lock)
+        .await?;
+    result
+}
+
+async fn rebuild_and_swap(pool: &PgPool) -> Result<usize, ReplayError> {
     let mut tx = begin_snapshot(pool).await?;
     // Every transaction older than this one was finished when the snapshot
     // was taken, so its events are in the rebuild.

@@ -137,8 +137,7 @@ pub enum KeyCommand {
     Delete,
     /// Recorded by the expiry job once a key is past `expires_at`.
     Expire,
-    /// Usage an API process counted for one minute (a record of fact: it is
-    /// accepted for any key that exists, even one deleted since).
+    /// Usage an API process counted for one minute (a deleted key's is dropped).
     RecordUsage(KeyUsed),
 }
 
@@ -345,7 +344,7 @@ impl Aggregate for ApiKey {
                 Ok(vec![KeyEvent::Deleted(Empty {})])
             }
             KeyCommand::RecordUsage(used) => {
-                state.ok_or(DomainError::NotFound)?;
+                live(state)?;
                 Ok(vec![KeyEvent::Used(used)])
             }
             KeyCommand::Expire => {
