@@ -124,6 +124,17 @@ pub(crate) fn run(command: &mut Command) -> Output {
     command.output().unwrap()
 }
 
+/// `keyledger org create --name NAME [extra…]` with the test hash key; the
+/// printed JSON (the org and its first admin key).
+pub(crate) fn create_org(url: &str, dir: &Path, name: &str, extra: &[&str]) -> Value {
+    let mut command = keyledger(url, dir);
+    command
+        .env("KEYLEDGER_HASH_KEY", HASH_KEY)
+        .args(["org", "create", "--name", name])
+        .args(extra);
+    json_stdout(&run(&mut command))
+}
+
 pub(crate) fn json_stdout(output: &Output) -> Value {
     assert!(
         output.status.success(),
@@ -216,9 +227,7 @@ async fn audit_rebuilds_a_key_as_of_a_past_moment_from_events_alone() {
         dir.join("serve.log"),
     )
     .await;
-    let created = json_stdout(&run(keyledger(&url, &dir)
-        .env("KEYLEDGER_HASH_KEY", HASH_KEY)
-        .args(["org", "create", "--name", "Audit"])));
+    let created = create_org(&url, &dir, "Audit", &[]);
     let admin = created["key"]["key"].as_str().unwrap();
     let key = call(
         &server.address,
@@ -385,9 +394,7 @@ async fn replay_rebuilds_the_read_models_and_check_finds_tampering() {
         dir.join("dev.log"),
     )
     .await;
-    let created = json_stdout(&run(keyledger(&url, &dir)
-        .env("KEYLEDGER_HASH_KEY", HASH_KEY)
-        .args(["org", "create", "--name", "Replayed"])));
+    let created = create_org(&url, &dir, "Replayed", &[]);
     let admin = created["key"]["key"].as_str().unwrap();
     let mut ids = vec![];
     for i in 0..5 {
@@ -488,9 +495,7 @@ async fn a_key_deactivated_through_one_server_is_refused_by_another_within_a_sec
     let a = Server::start(&mut a, log_a).await;
     let (mut b, log_b) = serve("b.log");
     let b = Server::start(&mut b, log_b).await;
-    let created = json_stdout(&run(keyledger(&url, &dir)
-        .env("KEYLEDGER_HASH_KEY", HASH_KEY)
-        .args(["org", "create", "--name", "Two"])));
+    let created = create_org(&url, &dir, "Two", &[]);
     let admin = created["key"]["key"].as_str().unwrap();
     let key = call(
         &a.address,
@@ -551,9 +556,7 @@ async fn usage_counted_before_a_restart_is_flushed_on_shutdown_and_kept() {
         command
     };
     let server = Server::start(&mut start(), dir.join("first.log")).await;
-    let created = json_stdout(&run(keyledger(&url, &dir)
-        .env("KEYLEDGER_HASH_KEY", HASH_KEY)
-        .args(["org", "create", "--name", "Kept"])));
+    let created = create_org(&url, &dir, "Kept", &[]);
     let admin = created["key"]["key"].as_str().unwrap();
     let key = call(
         &server.address,

@@ -13,14 +13,19 @@ use serde_json::json;
 use crate::broker::{read_topic, Broker, Seen};
 use crate::support::{spawn_app, TestApp};
 
-async fn all_events(app: &TestApp) -> Vec<StoredEvent> {
+/// Every event of the log, in position order.
+async fn log_events(pool: &sqlx::PgPool) -> Vec<StoredEvent> {
     sqlx::query_as(
         "select position, tx_id, event_id, stream_id, version, type, schema_version, occurred_at, actor, request_id, data
          from events order by position",
     )
-    .fetch_all(&app.pool)
+    .fetch_all(pool)
     .await
     .unwrap()
+}
+
+async fn all_events(app: &TestApp) -> Vec<StoredEvent> {
+    log_events(&app.pool).await
 }
 
 async fn keys_snapshot(app: &TestApp) -> Vec<String> {
@@ -358,7 +363,7 @@ mod binary_mode {
     use serde_json::json;
 
     use super::assert_published_once_in_order;
-    use crate::binary::{json_stdout, keyledger, run, temp_dir, Server, HASH_KEY};
+    use crate::binary::{create_org, keyledger, run, temp_dir, Server, HASH_KEY};
     use crate::broker::{read_topic, Broker};
     use crate::support::{call, fresh_database_url};
 
@@ -386,16 +391,12 @@ mod binary_mode {
         let mut serve = keyledger(&url, &dir);
         kafka_mode(serve.arg("serve"));
         let serve = Server::start(&mut serve, dir.join("serve.log")).await;
-        let created = json_stdout(&run(keyledger(&url, &dir).env("KEYLEDGER_HASH_KEY", HASH_KEY).args([
-            "org",
-            "create",
-            "--name",
+        let created = create_org(
+            &url,
+            &dir,
             "Kafka",
-            "--plan",
-            "enterprise",
-            "--rate-limit",
-            "1000000",
-        ])));
+            &["--plan", "enterprise", "--rate-limit", "1000000"],
+        );
         let admin = created["key"]["key"].as_str().unwrap().to_owned();
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
         Stack {
@@ -474,13 +475,7 @@ mod binary_mode {
         }
 
         async fn events(&self) -> Vec<keyledger_events::log::StoredEvent> {
-            sqlx::query_as(
-                "select position, tx_id, event_id, stream_id, version, type, schema_version, occurred_at, actor, request_id, data
-                 from events order by position",
-            )
-            .fetch_all(&self.pool)
-            .await
-            .unwrap()
+            super::log_events(&self.pool).await
         }
 
         fn replay_check(&self) {
