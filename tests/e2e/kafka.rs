@@ -547,3 +547,49 @@ mod binary_mode {
         stack.serve.stop();
     }
 }
+
+#[actix_web::test]
+async fn one_relay_leads_and_another_takes_over_when_it_dies() {
+    let broker = Broker::start().await;
+    let mut app = spawn_app().await;
+    let kafka = broker.settings(1);
+    kafka.ensure_topics().await.unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let first = actix_web::rt::spawn(Relay::new(app.pool.clone(), &kafka).unwrap().run(stopped.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = actix_web::rt::spawn(Relay::new(app.pool.clone(), &kafka).unwrap().run(stopped.clone()));
+    traffic(&mut app, 3).await;
+    let relayed = |pool: sqlx::PgPool| async move {
+        let (events, behind): (i64, i64) = sqlx::query_as(
+            "select (select count(*) from events),
+                    (select count(*) from events where (tx_id, position) > (
+                        coalesce((select tx_id from projector_checkpoints where name = 'relay'), 0),
+                        coalesce((select position from projector_checkpoints where name = 'relay'), 0)))",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (events, behind)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while relayed(app.pool.clone()).await.1 > 0 {
+        assert!(std::time::Instant::now() < deadline, "the leader did not publish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The leader dies (its lock's connection goes with it); the other takes over.
+    first.abort();
+    let more = app
+        .create_key(json!({"name": "after the failover", "type": "secret"}))
+        .await;
+    assert!(more["id"].is_string());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while relayed(app.pool.clone()).await.1 > 0 {
+        assert!(std::time::Instant::now() < deadline, "no relay took over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(true);
+    let _ = second.await;
+    let events = all_events(&app).await;
+    let seen = read_topic(&kafka.brokers, &kafka.topic, events.len());
+    assert_published_once_in_order(&seen, &events);
+}
