@@ -6,6 +6,7 @@ pub mod kafka_projector;
 pub mod projector;
 pub mod relay;
 pub mod replay;
+mod wake;
 
 pub use kafka_projector::KafkaProjector;
 pub use projector::Projector;

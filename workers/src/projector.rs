@@ -5,11 +5,12 @@
 
 use std::time::Duration;
 
-use keyledger_events::log::{self, LogPosition, NOTIFY_CHANNEL};
+use keyledger_events::log::{self, LogPosition};
 use keyledger_events::read_model::{self, ProjectionError};
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::watch;
+
+use crate::wake;
 
 /// How many events one step applies at most.
 const BATCH: i64 = 500;
@@ -78,10 +79,7 @@ impl Projector {
     /// on each append's notification, and every `POLL` regardless (a
     /// notification can be lost while the listener reconnects).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut listener = match PgListener::connect_with(&self.pool).await {
-            Ok(mut l) => l.listen(NOTIFY_CHANNEL).await.map(|_| l).ok(),
-            Err(_) => None,
-        };
+        let mut listener = wake::listen(&self.pool).await;
         let mut failures = 0u32;
         while !*shutdown.borrow() {
             match self.run_once().await {
@@ -96,15 +94,8 @@ impl Projector {
                 }
             }
             let backoff = POLL * 2u32.pow(failures.min(5));
-            tokio::select! {
-                changed = shutdown.changed() => if changed.is_err() { break },
-                _ = tokio::time::sleep(backoff) => {}
-                _ = async {
-                    match listener.as_mut() {
-                        Some(l) => { let _ = l.recv().await; }
-                        None => std::future::pending::<()>().await,
-                    }
-                }, if failures == 0 => {}
+            if !wake::wait(&mut listener, &mut shutdown, backoff, failures == 0).await {
+                break;
             }
         }
         tracing::info!(projector = %self.name, "stopped");

@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use keyledger_events::bus::{self, KafkaSettings};
-use keyledger_events::log::{self, LogPosition, NOTIFY_CHANNEL};
+use keyledger_events::log::{self, LogPosition};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
+
+use crate::wake;
 
 /// The relay's name in `projector_checkpoints`.
 pub const RELAY: &str = "relay";
@@ -122,10 +123,7 @@ impl Relay {
     /// Waits to become the leader, then relays until `shutdown` (or until
     /// the lock's connection is lost, and then waits to lead again).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut listener = match PgListener::connect_with(&self.pool).await {
-            Ok(mut l) => l.listen(NOTIFY_CHANNEL).await.map(|_| l).ok(),
-            Err(_) => None,
-        };
+        let mut listener = wake::listen(&self.pool).await;
         while !*shutdown.borrow() {
             let Some(mut lock) = self.lead(&mut shutdown).await else {
                 break;
@@ -149,15 +147,8 @@ impl Relay {
                     }
                 }
                 let wait = POLL * 2u32.pow(failures.min(4));
-                tokio::select! {
-                    changed = shutdown.changed() => if changed.is_err() { break },
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = async {
-                        match listener.as_mut() {
-                            Some(l) => { let _ = l.recv().await; }
-                            None => std::future::pending::<()>().await,
-                        }
-                    }, if failures == 0 => {}
+                if !wake::wait(&mut listener, &mut shutdown, wait, failures == 0).await {
+                    break;
                 }
             }
             let _ = lock.close().await;
