@@ -49,6 +49,7 @@ async fn traffic(app: &mut TestApp, n: usize) {
     }
     // Usage flushes would append `key.used` events while a test counts.
     app.stop_background().await;
+    crate::support::settle(&app.pool).await;
 }
 
 async fn relay_all(relay: &Relay) -> usize {
@@ -233,6 +234,7 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_partition_keeps_flo
         .create_key(json!({"name": "after the poison", "type": "secret"}))
         .await;
     app.stop_background().await;
+    crate::support::settle(&app.pool).await;
     let relay = Relay::new(app.pool.clone(), &kafka).unwrap();
     let good = relay_all(&relay).await;
 

@@ -62,6 +62,7 @@ async fn rebuilding_from_the_log_reproduces_the_read_models_and_reruns_change_no
     app.delete(&format!("/v1/keys/{b}")).await;
     app.patch("/v1/org", json!({"rotation_days": 7})).await.expect(200);
     app.stop_background().await;
+    crate::support::settle(&app.pool).await;
     let live = snapshot(&app).await;
     let events = app.event_count().await as usize;
 

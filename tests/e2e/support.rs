@@ -270,3 +270,27 @@ impl TestApp {
         )
     }
 }
+
+/// Waits until every committed event is visible to the log's readers (a
+/// transaction still open anywhere on the server holds them back; other
+/// tests run in parallel), so that "caught up" means "published everything".
+pub async fn settle(pool: &sqlx::PgPool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let all: i64 = sqlx::query_scalar("select count(*) from events")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        let readable = keyledger_events::log::read_after(pool, Default::default(), 1_000_000)
+            .await
+            .unwrap();
+        if readable.len() as i64 == all {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events stayed invisible to readers"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
