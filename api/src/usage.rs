@@ -77,6 +77,11 @@ impl UsageAccumulator {
         counts.last_used_at = counts.last_used_at.max(Some(at));
     }
 
+    /// Whether no count awaits a flush.
+    pub fn is_empty(&self) -> bool {
+        self.pending.lock().expect("usage lock").is_empty()
+    }
+
     /// Appends one `key.used` event per key and minute counted since the last
     /// flush; returns how many were appended.
     pub async fn flush(&self, pool: &PgPool) -> usize {
@@ -115,8 +120,22 @@ impl UsageAccumulator {
                 _ = tokio::time::sleep(interval) => { self.flush(&pool).await; }
             }
         }
-        let flushed = self.flush(&pool).await;
-        tracing::info!(flushed, "usage flushed on shutdown");
+        // At shutdown a pooled connection may belong to an HTTP worker's
+        // runtime that has just stopped: such a flush fails and keeps its
+        // counts, and the next attempt gets a fresh connection.
+        let mut flushed = 0;
+        for _ in 0..5 {
+            flushed += self.flush(&pool).await;
+            if self.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::info!(
+            flushed,
+            left = self.pending.lock().expect("usage lock").len(),
+            "usage flushed on shutdown"
+        );
     }
 }
 

@@ -586,7 +586,10 @@ async fn usage_counted_before_a_restart_is_flushed_on_shutdown_and_kept() {
         .expect(200);
     }
     let log = server.stop();
-    assert!(log.contains("usage flushed on shutdown"), "{log}");
+    assert!(
+        log.contains("usage flushed on shutdown") && log.contains("left=0"),
+        "{log}"
+    );
 
     let server = Server::start(&mut start(), dir.join("second.log")).await;
     let usage = call(
