@@ -3,7 +3,7 @@
 //! new events to the read models in the same transaction → commit.
 
 use chrono::SubsecRound;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::domain::{Aggregate, DomainError};
 use crate::log::{self, AppendError, DecodeError, EventMeta, NewEvent, StoredEvent};
@@ -89,8 +89,70 @@ pub struct Outcome<A> {
     pub events: Vec<StoredEvent>,
 }
 
-/// Handles one command. `guard` sees the current state first and may refuse
-/// (the API uses it to answer not-found for another organization's key).
+/// A command decided on the stream's current state, not yet stored.
+pub struct Decided<A: Aggregate> {
+    stream_id: String,
+    version: i64,
+    state: Option<A>,
+    events: Vec<A::Event>,
+    meta: EventMeta,
+}
+
+impl<A: Aggregate> Decided<A> {
+    /// True when the command changes nothing (appending would store nothing).
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Appends the events with the expected version and applies them to the
+    /// read models, inside the caller's transaction: whatever else that
+    /// transaction writes commits with them or not at all.
+    pub async fn append(self, tx: &mut PgConnection) -> Result<Outcome<A>, HandlerError> {
+        if self.events.is_empty() {
+            return Ok(Outcome {
+                state: self.state,
+                events: vec![],
+            });
+        }
+        let encoded: Vec<NewEvent> = self.events.iter().map(NewEvent::from_domain).collect();
+        let stored = log::append(&mut *tx, &self.stream_id, self.version, &encoded, &self.meta).await?;
+        for event in &stored {
+            read_model::apply(&mut *tx, event).await?;
+        }
+        let state = self.events.iter().fold(self.state, A::evolve);
+        Ok(Outcome { state, events: stored })
+    }
+}
+
+/// Loads the aggregate and decides `command` on it. `guard` sees the current
+/// state first and may refuse (the API uses it to answer not-found for
+/// another organization's key).
+pub async fn decide<A: Aggregate>(
+    pool: &PgPool,
+    stream_id: &str,
+    command: A::Command,
+    meta: &EventMeta,
+    guard: impl FnOnce(Option<&A>) -> Result<(), DomainError>,
+) -> Result<Decided<A>, HandlerError> {
+    let Loaded { state, version } = load::<A>(pool, stream_id, None).await?;
+    guard(state.as_ref())?;
+    // PostgreSQL keeps microseconds: the events' times and the read models'
+    // columns must say the same instant.
+    let meta = EventMeta {
+        occurred_at: meta.occurred_at.trunc_subsecs(6),
+        ..meta.clone()
+    };
+    let events = A::decide(state.as_ref(), command, meta.occurred_at)?;
+    Ok(Decided {
+        stream_id: stream_id.to_owned(),
+        version,
+        state,
+        events,
+        meta,
+    })
+}
+
+/// Handles one command in a transaction of its own.
 pub async fn execute<A: Aggregate>(
     pool: &PgPool,
     stream_id: &str,
@@ -98,25 +160,15 @@ pub async fn execute<A: Aggregate>(
     meta: &EventMeta,
     guard: impl FnOnce(Option<&A>) -> Result<(), DomainError>,
 ) -> Result<Outcome<A>, HandlerError> {
-    let Loaded { state, version } = load::<A>(pool, stream_id, None).await?;
-    guard(state.as_ref())?;
-    // PostgreSQL keeps microseconds: the events' times and the read models'
-    // columns must say the same instant.
-    let meta = &EventMeta {
-        occurred_at: meta.occurred_at.trunc_subsecs(6),
-        ..meta.clone()
-    };
-    let new_events = A::decide(state.as_ref(), command, meta.occurred_at)?;
-    if new_events.is_empty() {
-        return Ok(Outcome { state, events: vec![] });
+    let decided = decide::<A>(pool, stream_id, command, meta, guard).await?;
+    if decided.is_empty() {
+        return Ok(Outcome {
+            state: decided.state,
+            events: vec![],
+        });
     }
-    let encoded: Vec<NewEvent> = new_events.iter().map(NewEvent::from_domain).collect();
     let mut tx = pool.begin().await?;
-    let stored = log::append(&mut tx, stream_id, version, &encoded, meta).await?;
-    for event in &stored {
-        read_model::apply(&mut tx, event).await?;
-    }
+    let outcome = decided.append(&mut tx).await?;
     tx.commit().await?;
-    let state = new_events.iter().fold(state, A::evolve);
-    Ok(Outcome { state, events: stored })
+    Ok(outcome)
 }

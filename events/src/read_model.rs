@@ -152,6 +152,14 @@ async fn apply_key(
             .execute(&mut *db)
             .await?
         }
+        // A reminder changes no column of the key; only its version moves.
+        KeyEvent::RotationDue(_) => {
+            sqlx::query("update keys set version = $2 where id = $1 and version < $2")
+                .bind(id)
+                .bind(version)
+                .execute(&mut *db)
+                .await?
+        }
         KeyEvent::Deleted(_) => {
             let sql = update("deleted_at = $3, key_hash = null, previous_key_hash = null, previous_valid_until = null");
             sqlx::query(&sql)

@@ -139,6 +139,8 @@ pub enum KeyCommand {
     Expire,
     /// Usage an API process counted for one minute (a deleted key's is dropped).
     RecordUsage(KeyUsed),
+    /// Recorded by the rotation job with each reminder it sends.
+    RemindRotation,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +192,57 @@ pub struct KeyExpired {
     pub expired_at: DateTime<Utc>,
 }
 
+/// Where a live key stands against its rotation date: reminders go out 14
+/// days before, on the due date, and every week after it until the key is
+/// regenerated (which moves the date).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "stage", content = "week", rename_all = "lowercase")]
+pub enum RotationReminder {
+    /// Due within the next 14 days.
+    Upcoming,
+    /// Due today or within the last 7 days.
+    Due,
+    /// Overdue for this many whole weeks (1, 2, …).
+    Overdue(u32),
+}
+
+/// How far ahead of the due date the first reminder goes out.
+pub const ROTATION_NOTICE_DAYS: i64 = 14;
+
+impl RotationReminder {
+    /// The reminder owed at `now` for a key due at `due`, if any.
+    pub fn at(due: DateTime<Utc>, now: DateTime<Utc>) -> Option<RotationReminder> {
+        if now < due - Duration::days(ROTATION_NOTICE_DAYS) {
+            return None;
+        }
+        if now < due {
+            return Some(RotationReminder::Upcoming);
+        }
+        let weeks = (now - due).num_days() / 7;
+        Some(match weeks {
+            0 => RotationReminder::Due,
+            n => RotationReminder::Overdue(u32::try_from(n).unwrap_or(u32::MAX)),
+        })
+    }
+
+    /// A stable name for the period this reminder covers (`upcoming`,
+    /// `due`, `overdue-3`), part of its alert's dedupe key.
+    pub fn period(self) -> String {
+        match self {
+            RotationReminder::Upcoming => "upcoming".into(),
+            RotationReminder::Due => "due".into(),
+            RotationReminder::Overdue(weeks) => format!("overdue-{weeks}"),
+        }
+    }
+}
+
+/// A rotation reminder was sent for the key's current due date.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRotationDue {
+    pub rotation_due_at: DateTime<Utc>,
+    pub reminder: RotationReminder,
+}
+
 /// Requests made with a key during one minute, as counted by one API process.
 /// Refused requests are `failed`; `rate_limited` ones are among them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,6 +275,8 @@ pub enum KeyEvent {
     Deleted(Empty),
     #[serde(rename = "key.used")]
     Used(KeyUsed),
+    #[serde(rename = "key.rotation_due")]
+    RotationDue(KeyRotationDue),
 }
 
 impl DomainEvent for KeyEvent {
@@ -235,6 +290,7 @@ impl DomainEvent for KeyEvent {
             KeyEvent::Expired(_) => "key.expired",
             KeyEvent::Deleted(_) => "key.deleted",
             KeyEvent::Used(_) => "key.used",
+            KeyEvent::RotationDue(_) => "key.rotation_due",
         }
     }
 }
@@ -347,6 +403,24 @@ impl Aggregate for ApiKey {
                 live(state)?;
                 Ok(vec![KeyEvent::Used(used)])
             }
+            KeyCommand::RemindRotation => {
+                let key = live(state)?;
+                if key.status_at(now) != KeyStatus::Active {
+                    return Err(DomainError::Conflict(format!(
+                        "the key is {}: rotation reminders are for active keys",
+                        key.status_at(now).as_str()
+                    )));
+                }
+                let due = key
+                    .rotation_due_at
+                    .ok_or_else(|| DomainError::Conflict("the key has no rotation date".into()))?;
+                let reminder = RotationReminder::at(due, now)
+                    .ok_or_else(|| DomainError::Conflict("the key's rotation date is not near yet".into()))?;
+                Ok(vec![KeyEvent::RotationDue(KeyRotationDue {
+                    rotation_due_at: due,
+                    reminder,
+                })])
+            }
             KeyCommand::Expire => {
                 let key = live(state)?;
                 match (key.status, key.expires_at) {
@@ -403,7 +477,7 @@ impl Aggregate for ApiKey {
             KeyEvent::Activated(_) => key.status = KeyStatus::Active,
             KeyEvent::Expired(_) => key.status = KeyStatus::Expired,
             KeyEvent::Deleted(_) => key.deleted = true,
-            KeyEvent::Used(_) => {}
+            KeyEvent::Used(_) | KeyEvent::RotationDue(_) => {}
         }
         Some(key)
     }

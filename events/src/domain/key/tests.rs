@@ -1380,3 +1380,80 @@ fn stream_ids_name_the_key() {
     assert_eq!(stream_id(key_id()), format!("key-{}", key_id()));
     assert!(stream_id(key_id()).starts_with("key-key_"));
 }
+
+// ------------------------------------------------------ rotation reminders
+
+/// A live secret key created `age` days before `now()` under a 90-day policy.
+fn created_days_ago(age: i64, key_type: &str) -> KeyEvent {
+    let mut events = ApiKey::decide(None, create(create_input(key_type)), now() - days(age)).unwrap();
+    events.remove(0)
+}
+
+#[test]
+fn rotation_reminders_start_14_days_before_the_due_date_then_weekly_after_it() {
+    let due = now();
+    let at = |offset: Duration| RotationReminder::at(due, due + offset);
+    assert_eq!(at(-days(15)), None);
+    assert_eq!(at(-days(14)), Some(RotationReminder::Upcoming));
+    assert_eq!(at(-secs(1)), Some(RotationReminder::Upcoming));
+    assert_eq!(at(secs(0)), Some(RotationReminder::Due));
+    assert_eq!(at(days(6)), Some(RotationReminder::Due));
+    assert_eq!(at(days(7)), Some(RotationReminder::Overdue(1)));
+    assert_eq!(at(days(20)), Some(RotationReminder::Overdue(2)));
+    let periods: Vec<String> = [-days(1), days(0), days(7), days(14)]
+        .into_iter()
+        .map(|o| at(o).unwrap().period())
+        .collect();
+    assert_eq!(periods, ["upcoming", "due", "overdue-1", "overdue-2"]);
+}
+
+#[test]
+fn a_key_created_76_days_ago_is_reminded_that_rotation_is_upcoming() {
+    let state = given(&[created_days_ago(76, "secret")]);
+    let due = now() + days(14);
+    then_events(
+        when(&state, KeyCommand::RemindRotation),
+        vec![KeyEvent::RotationDue(KeyRotationDue {
+            rotation_due_at: due,
+            reminder: RotationReminder::Upcoming,
+        })],
+    );
+}
+
+#[test]
+fn a_reminder_changes_nothing_in_the_key() {
+    let state = given(&[created_days_ago(95, "secret")]);
+    let reminded = then_one(when(&state, KeyCommand::RemindRotation));
+    assert_eq!(given(&[created_days_ago(95, "secret"), reminded]), state);
+}
+
+#[test]
+fn regenerating_moves_the_rotation_date_so_no_reminder_is_owed() {
+    let created = created_days_ago(100, "secret");
+    let regenerated = then_one(ApiKey::decide(
+        given(&[created.clone()]).as_ref(),
+        regenerate(0),
+        now() - days(1),
+    ));
+    let state = given(&[created, regenerated]);
+    assert_eq!(state.as_ref().unwrap().rotation_due_at, Some(now() + days(89)));
+    then_conflict(when(&state, KeyCommand::RemindRotation));
+}
+
+#[test]
+fn test_keys_inactive_and_expired_keys_get_no_rotation_reminder() {
+    then_conflict(when(
+        &given(&[created_days_ago(80, "test")]),
+        KeyCommand::RemindRotation,
+    ));
+    then_conflict(when(
+        &given(&[created_days_ago(80, "secret"), deactivated()]),
+        KeyCommand::RemindRotation,
+    ));
+    let expired = given(&[created_days_ago(80, "secret"), recorded_expiry(now() - days(1))]);
+    then_conflict(when(&expired, KeyCommand::RemindRotation));
+    then_not_found(when(
+        &given(&[created_days_ago(80, "secret"), deleted()]),
+        KeyCommand::RemindRotation,
+    ));
+}
