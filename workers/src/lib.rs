@@ -1,13 +1,22 @@
 //! keyledger-workers: the background side of keyledger — the projector that
 //! tails the PostgreSQL log (embedded mode), the outbox relay and the Kafka
-//! consumer (Kafka mode), and `replay`.
+//! consumer (Kafka mode), `replay`, and the scheduled jobs (expiry, rotation,
+//! usage alerts) with the mailer that emails their alerts.
 
+pub mod alert_email;
+pub mod alerts;
+pub mod expiry;
 pub mod kafka_projector;
+pub mod mailer;
 pub mod projector;
 pub mod relay;
 pub mod replay;
+pub mod rotation;
+pub mod scheduler;
+pub mod usage_alerts;
 mod wake;
 
 pub use kafka_projector::KafkaProjector;
+pub use mailer::Mailer;
 pub use projector::Projector;
 pub use relay::Relay;

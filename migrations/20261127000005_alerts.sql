@@ -1,0 +1,31 @@
+-- Alerts: what the scheduler decided to tell an organization, written before
+-- any email is attempted. The mailer moves a row from 'pending' to 'sent' (or
+-- to 'failed' after its last retry). This table is the mailer's outbox, not a
+-- read model: `replay` never touches it, so a replay sends no email.
+create table alerts (
+    id uuid primary key,
+    -- (type, key or organization, period): the same condition found again in
+    -- the same period finds this row and adds nothing.
+    dedupe_key text not null unique,
+    kind text not null,
+    org_id text not null,
+    -- null for an organization-wide digest (unused keys).
+    key_id text,
+    recipients text[] not null,
+    -- The email as rendered when the alert was raised; it never holds a secret.
+    subject text not null,
+    body_text text not null,
+    body_html text not null,
+    -- 'pending', 'sent' or 'failed'
+    status text not null default 'pending',
+    attempts int not null default 0,
+    -- A pending alert is picked up once this time has passed: a claim pushes
+    -- it ahead (a lease), a failed attempt pushes it by the backoff.
+    next_attempt_at timestamptz not null,
+    last_error text,
+    created_at timestamptz not null,
+    sent_at timestamptz
+);
+
+-- The mailer's queue: pending alerts in the order they become due.
+create index alerts_pending on alerts (next_attempt_at) where status = 'pending';

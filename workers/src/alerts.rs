@@ -1,0 +1,115 @@
+//! Alerts as rows: what the scheduled jobs decided to tell an organization,
+//! recorded before any email is attempted (the mailer's outbox). Each alert
+//! has a dedupe key — type, subject (key or organization), period — so the
+//! same condition found again in the same period adds nothing, whichever
+//! worker replica finds it.
+
+use chrono::{DateTime, Datelike, Utc};
+use keyledger_events::read_model::OrgRow;
+use sqlx::{PgConnection, PgExecutor};
+
+use crate::alert_email::Email;
+
+/// What an alert is about; the stored names are stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertKind {
+    ApproachingRateLimit,
+    ErrorRate,
+    UnusualActivity,
+    UnusedKeys,
+    RotationDue,
+    KeyExpiring,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::ApproachingRateLimit => "approaching_rate_limit",
+            AlertKind::ErrorRate => "error_rate",
+            AlertKind::UnusualActivity => "unusual_activity",
+            AlertKind::UnusedKeys => "unused_keys",
+            AlertKind::RotationDue => "rotation_due",
+            AlertKind::KeyExpiring => "key_expiring",
+        }
+    }
+}
+
+/// An alert about to be raised.
+pub struct NewAlert {
+    pub kind: AlertKind,
+    /// The key (or, for a digest, the organization) the alert is about.
+    pub subject_id: String,
+    /// The period the alert covers, e.g. the hour `2026-11-26T10`; one alert
+    /// per kind, subject and period.
+    pub period: String,
+    pub org_id: String,
+    pub key_id: Option<String>,
+    pub recipients: Vec<String>,
+    pub email: Email,
+}
+
+impl NewAlert {
+    /// An alert for `org`'s alert addresses.
+    pub fn to_org(kind: AlertKind, org: &OrgRow, key_id: Option<&str>, period: String, email: Email) -> NewAlert {
+        NewAlert {
+            kind,
+            subject_id: key_id.unwrap_or(&org.id).to_owned(),
+            period,
+            org_id: org.id.clone(),
+            key_id: key_id.map(str::to_owned),
+            recipients: org.alert_emails.clone(),
+            email,
+        }
+    }
+
+    pub fn dedupe_key(&self) -> String {
+        format!("{}:{}:{}", self.kind.as_str(), self.subject_id, self.period)
+    }
+}
+
+/// The hour `at` falls in, as a period name (`2026-11-26T10`): alerts sent at
+/// most once an hour per key use it.
+pub fn hour_period(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H").to_string()
+}
+
+/// The ISO week `at` falls in (`2026-W48`): weekly digests use it.
+pub fn week_period(at: DateTime<Utc>) -> String {
+    let week = at.iso_week();
+    format!("{}-W{:02}", week.year(), week.week())
+}
+
+/// Records the alert unless one with the same dedupe key exists; true when
+/// it is new. A concurrent raise of the same alert waits for this one's
+/// transaction and then finds it. An organization without alert addresses
+/// still gets the row (the record that the condition was seen), marked
+/// `unaddressed`, which the mailer skips.
+pub async fn raise(db: &mut PgConnection, alert: &NewAlert, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "insert into alerts (id, dedupe_key, kind, org_id, key_id, recipients, subject, body_text, body_html,
+                             status, next_attempt_at, created_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9,
+                 case when cardinality($6::text[]) = 0 then 'unaddressed' else 'pending' end, $10, $10)
+         on conflict (dedupe_key) do nothing",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(alert.dedupe_key())
+    .bind(alert.kind.as_str())
+    .bind(&alert.org_id)
+    .bind(&alert.key_id)
+    .bind(&alert.recipients)
+    .bind(&alert.email.subject)
+    .bind(&alert.email.text)
+    .bind(&alert.email.html)
+    .bind(now)
+    .execute(db)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// How many alerts are in each status (for logs and tests).
+pub async fn count_by_status<'c>(db: impl PgExecutor<'c>) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("select status, count(*) from alerts group by status order by status")
+        .fetch_all(db)
+        .await
+}

@@ -1,0 +1,114 @@
+//! The expiry job: records `key.expired` for every key past its
+//! `expires_at` (verification already refuses such a key by the clock; the
+//! event makes the status part of the history), and warns an organization 7
+//! days before one of its keys expires.
+
+use chrono::{DateTime, Duration, Utc};
+use keyledger_events::domain::{key, ApiKey, DomainError, KeyCommand, KeyId};
+use keyledger_events::handler::{self, HandlerError};
+use sqlx::PgPool;
+
+use crate::alert_email::{compose, time_left, Block, KeyLabel};
+use crate::alerts::{self, AlertKind, NewAlert};
+use crate::scheduler::{job_meta, Job, JobError, Orgs, Report};
+
+/// How far ahead of the expiry the warning goes out.
+pub const EXPIRING_NOTICE_DAYS: i64 = 7;
+/// Keys one run handles at most (the next run takes the rest).
+const BATCH: i64 = 1_000;
+
+pub async fn run_once(pool: &PgPool, now: DateTime<Utc>) -> Result<Report, JobError> {
+    let mut report = expire_due(pool, now).await?;
+    report += warn_expiring(pool, now).await?;
+    Ok(report)
+}
+
+async fn expire_due(pool: &PgPool, now: DateTime<Utc>) -> Result<Report, JobError> {
+    let due: Vec<String> = sqlx::query_scalar(
+        "select id from keys where deleted_at is null and status <> 'expired' and expires_at <= $1
+         order by expires_at limit $2",
+    )
+    .bind(now)
+    .bind(BATCH)
+    .fetch_all(pool)
+    .await?;
+    let mut report = Report::default();
+    for id in due {
+        let Ok(key_id) = id.parse::<KeyId>() else { continue };
+        let meta = job_meta(Job::Expiry, now);
+        match handler::execute::<ApiKey>(pool, &key::stream_id(key_id), KeyCommand::Expire, &meta, |_| Ok(())).await {
+            Ok(outcome) => report.events += outcome.events.len(),
+            // Another worker recorded it first, or the key was deleted or
+            // given a later expiry meanwhile: nothing to record.
+            Err(HandlerError::Concurrency | HandlerError::Domain(DomainError::NotFound | DomainError::Conflict(_))) => {
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(report)
+}
+
+#[derive(sqlx::FromRow)]
+struct Expiring {
+    #[sqlx(flatten)]
+    label: KeyLabel,
+    org_id: String,
+    expires_at: DateTime<Utc>,
+}
+
+async fn warn_expiring(pool: &PgPool, now: DateTime<Utc>) -> Result<Report, JobError> {
+    let expiring: Vec<Expiring> = sqlx::query_as(
+        "select id, name, prefix, last_four, org_id, expires_at from keys
+         where deleted_at is null and status = 'active' and expires_at > $1 and expires_at <= $2
+         order by expires_at limit $3",
+    )
+    .bind(now)
+    .bind(now + Duration::days(EXPIRING_NOTICE_DAYS))
+    .bind(BATCH)
+    .fetch_all(pool)
+    .await?;
+    let mut orgs = Orgs::default();
+    let mut report = Report::default();
+    for key in expiring {
+        let Some(org) = orgs.get(pool, &key.org_id).await? else {
+            continue;
+        };
+        let email = expiring_email(&key, now);
+        // One warning per key and expiry date: moving the expiry warns again.
+        let period = key.expires_at.to_rfc3339();
+        let alert = NewAlert::to_org(AlertKind::KeyExpiring, org, Some(&key.label.id), period, email);
+        let mut conn = pool.acquire().await?;
+        if alerts::raise(&mut conn, &alert, now).await? {
+            report.alerts += 1;
+        }
+    }
+    Ok(report)
+}
+
+fn expiring_email(key: &Expiring, now: DateTime<Utc>) -> crate::alert_email::Email {
+    let label = &key.label;
+    let at = key.expires_at.format("%Y-%m-%d %H:%M UTC");
+    let left = time_left(now, key.expires_at);
+    compose(
+        format!("API key {label} expires in {left}"),
+        &[
+            Block::Paragraph(format!(
+                "Your API key {label} expires on {at}, in {left}. From then on every request made with it \
+                 is refused with 401 key_expired, and an expired key cannot be re-activated."
+            )),
+            Block::Heading("What to do".into()),
+            Block::List(vec![
+                format!(
+                    "If the integration still needs access, create a new key (POST /v1/keys) and deploy it \
+                     before {at}; then delete this one (DELETE /v1/keys/{}).",
+                    label.id
+                ),
+                format!(
+                    "Or move the expiry: PATCH /v1/keys/{} with a later \"expires_at\" (or null for none).",
+                    label.id
+                ),
+                "If nothing uses this key any more, let it expire.".into(),
+            ]),
+        ],
+    )
+}

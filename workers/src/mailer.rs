@@ -1,0 +1,284 @@
+//! The mailer: delivers pending alerts (see `alerts`) as emails — over SMTP
+//! with lettre, or, without an SMTP server configured, as `.eml` files in the
+//! data folder that any mail program opens.
+//!
+//! Delivery is at-least-once per claim and exactly once in practice: a worker
+//! claims a batch by pushing each row's `next_attempt_at` ahead (a lease, so
+//! no other worker picks it up meanwhile, without holding a transaction open
+//! during SMTP), sends, and marks the row `sent`. A failed attempt is retried
+//! with exponential backoff; the row becomes `failed` after the last attempt
+//! or at once when the server refuses the message permanently. Each email
+//! carries the alert's id as its `Message-ID`, so even a resend after a crash
+//! between sending and marking is recognisable as the same message.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lettre::message::{header, Mailbox, MultiPart};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+/// Alerts one step sends at most.
+const BATCH: i64 = 20;
+/// How long a claimed alert is left alone by other workers.
+const LEASE: Duration = Duration::from_secs(120);
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(3_600);
+/// How often the loop looks for pending alerts.
+const POLL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MailerError {
+    #[error("SMTP_URL is not usable: {0} (e.g. smtp://mail.example.com:25, smtp://user:pass@host:587?tls=required, smtps://host:465)")]
+    SmtpUrl(String),
+    #[error("'{0}' is not a sender address (e.g. keyledger <alerts@example.com>)")]
+    From(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Where emails go.
+#[derive(Clone)]
+pub enum Transport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    /// `.eml` files in this folder.
+    Files(PathBuf),
+}
+
+impl Transport {
+    /// SMTP when a URL is given, else files in `data_dir/mail`.
+    pub fn new(smtp_url: Option<&str>, data_dir: &Path) -> Result<Transport, MailerError> {
+        match smtp_url.map(str::trim).filter(|u| !u.is_empty()) {
+            // The URL may hold a password: errors name the problem, never the URL.
+            Some(url) => AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                .map(|b| Transport::Smtp(b.timeout(Some(Duration::from_secs(20))).build()))
+                .map_err(|e| MailerError::SmtpUrl(e.to_string())),
+            None => Ok(Transport::Files(data_dir.join("mail"))),
+        }
+    }
+
+    /// For logs: where emails go, without credentials.
+    pub fn describe(&self) -> String {
+        match self {
+            Transport::Smtp(_) => "SMTP".into(),
+            Transport::Files(dir) => format!(".eml files in {}", dir.display()),
+        }
+    }
+
+    async fn deliver(&self, message: Message, file_stem: &str) -> Result<(), Failure> {
+        match self {
+            Transport::Smtp(smtp) => smtp.send(message).await.map(drop).map_err(|e| Failure {
+                permanent: e.is_permanent(),
+                reason: e.to_string(),
+            }),
+            Transport::Files(dir) => write_eml(dir, file_stem, &message.formatted())
+                .await
+                .map_err(|e| Failure {
+                    permanent: false,
+                    reason: format!("writing to {}: {e}", dir.display()),
+                }),
+        }
+    }
+}
+
+/// Written under a temporary name and renamed, so a reader never sees half a file.
+async fn write_eml(dir: &Path, stem: &str, bytes: &[u8]) -> std::io::Result<()> {
+    tokio::fs::create_dir_all(dir).await?;
+    let partial = dir.join(format!(".{stem}.partial"));
+    tokio::fs::write(&partial, bytes).await?;
+    tokio::fs::rename(&partial, dir.join(format!("{stem}.eml"))).await
+}
+
+struct Failure {
+    permanent: bool,
+    reason: String,
+}
+
+/// What one step did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    pub sent: usize,
+    /// Failed this time, to be tried again later.
+    pub retrying: usize,
+    /// Given up on.
+    pub failed: usize,
+}
+
+#[derive(sqlx::FromRow)]
+struct Claimed {
+    id: uuid::Uuid,
+    kind: String,
+    recipients: Vec<String>,
+    subject: String,
+    body_text: String,
+    body_html: String,
+    attempts: i32,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Clone)]
+pub struct Mailer {
+    pool: PgPool,
+    transport: Transport,
+    from: Mailbox,
+    /// The wait after the first failed attempt; it doubles with each one.
+    pub first_backoff: Duration,
+    /// Attempts before an alert is given up on.
+    pub max_attempts: i32,
+}
+
+impl Mailer {
+    pub fn new(pool: PgPool, transport: Transport, from: &str) -> Result<Mailer, MailerError> {
+        let from = from.parse().map_err(|_| MailerError::From(from.to_owned()))?;
+        Ok(Mailer {
+            pool,
+            transport,
+            from,
+            first_backoff: Duration::from_secs(30),
+            // With 30 s doubling up to an hour: about a day of outage.
+            max_attempts: 30,
+        })
+    }
+
+    /// One step: claims the alerts due at `now` and tries to send each once.
+    pub async fn run_once(&self, now: DateTime<Utc>) -> Result<Delivery, MailerError> {
+        let claimed: Vec<Claimed> = sqlx::query_as(
+            "update alerts set attempts = attempts + 1, next_attempt_at = $2
+             where id in (select id from alerts where status = 'pending' and next_attempt_at <= $1
+                          order by next_attempt_at limit $3 for update skip locked)
+             returning id, kind, recipients, subject, body_text, body_html, attempts, created_at",
+        )
+        .bind(now)
+        .bind(now + LEASE)
+        .bind(BATCH)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut delivery = Delivery::default();
+        for alert in claimed {
+            let stem = format!(
+                "{}-{}-{}",
+                alert.created_at.format("%Y%m%dT%H%M%SZ"),
+                alert.kind,
+                alert.id
+            );
+            let outcome = match self.message(&alert) {
+                Ok(message) => self.transport.deliver(message, &stem).await,
+                Err(reason) => Err(Failure {
+                    permanent: true,
+                    reason,
+                }),
+            };
+            match outcome {
+                Ok(()) => {
+                    sqlx::query("update alerts set status = 'sent', sent_at = $2, last_error = null where id = $1")
+                        .bind(alert.id)
+                        .bind(now)
+                        .execute(&self.pool)
+                        .await?;
+                    tracing::info!(alert = %alert.id, kind = %alert.kind, "alert sent");
+                    delivery.sent += 1;
+                }
+                Err(failure) => {
+                    let give_up = failure.permanent || alert.attempts >= self.max_attempts;
+                    let retry_at = now + self.backoff(alert.attempts);
+                    sqlx::query(
+                        "update alerts set status = case when $4 then 'failed' else 'pending' end,
+                                           next_attempt_at = $2, last_error = $3
+                         where id = $1",
+                    )
+                    .bind(alert.id)
+                    .bind(retry_at)
+                    .bind(&failure.reason)
+                    .bind(give_up)
+                    .execute(&self.pool)
+                    .await?;
+                    if give_up {
+                        tracing::error!(alert = %alert.id, attempts = alert.attempts, error = %failure.reason, "alert not delivered; giving up");
+                        delivery.failed += 1;
+                    } else {
+                        tracing::warn!(alert = %alert.id, attempts = alert.attempts, error = %failure.reason, %retry_at, "alert not delivered; will retry");
+                        delivery.retrying += 1;
+                    }
+                }
+            }
+        }
+        Ok(delivery)
+    }
+
+    /// The wait after the `attempts`-th failed attempt.
+    fn backoff(&self, attempts: i32) -> chrono::Duration {
+        let doublings = u32::try_from(attempts.saturating_sub(1)).unwrap_or(0).min(20);
+        let wait = self.first_backoff.saturating_mul(1 << doublings).min(MAX_BACKOFF);
+        chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1))
+    }
+
+    fn message(&self, alert: &Claimed) -> Result<Message, String> {
+        let mut builder = Message::builder()
+            .from(self.from.clone())
+            .subject(alert.subject.clone())
+            .message_id(Some(format!("<{}@keyledger>", alert.id)))
+            .header(AlertKindHeader(alert.kind.clone()));
+        for recipient in &alert.recipients {
+            let to: Mailbox = recipient
+                .parse()
+                .map_err(|e| format!("recipient '{recipient}' is not an address: {e}"))?;
+            builder = builder.to(to);
+        }
+        builder
+            .multipart(MultiPart::alternative_plain_html(
+                alert.body_text.clone(),
+                alert.body_html.clone(),
+            ))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sends pending alerts until shutdown, looking every second.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        tracing::info!(to = %self.transport.describe(), "mailer started");
+        let mut failures = 0u32;
+        loop {
+            let wait = match self.run_once(Utc::now()).await {
+                Ok(delivery) if delivery.sent + delivery.retrying + delivery.failed == BATCH as usize => {
+                    failures = 0;
+                    Duration::ZERO
+                }
+                Ok(_) => {
+                    failures = 0;
+                    POLL
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::error!(error = %e, failures, "mailer step failed");
+                    POLL.saturating_mul(1 << failures.min(5))
+                }
+            };
+            let stop = tokio::select! {
+                changed = shutdown.changed() => changed.is_err() || *shutdown.borrow(),
+                _ = tokio::time::sleep(wait) => false,
+            };
+            if stop {
+                return;
+            }
+        }
+    }
+}
+
+/// `X-Keyledger-Alert: <kind>`, for mail filters.
+#[derive(Clone)]
+struct AlertKindHeader(String);
+
+impl header::Header for AlertKindHeader {
+    fn name() -> header::HeaderName {
+        header::HeaderName::new_from_ascii_str("X-Keyledger-Alert")
+    }
+
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(AlertKindHeader(s.to_owned()))
+    }
+
+    fn display(&self) -> header::HeaderValue {
+        header::HeaderValue::new(Self::name(), self.0.clone())
+    }
+}

@@ -1,0 +1,202 @@
+//! The scheduler of `keyledger work`: each job runs on its own cron
+//! expression (the `cron` crate, seconds first) under a PostgreSQL advisory
+//! lock, so of N worker replicas woken at the same tick one runs it and the
+//! others skip. Every job is idempotent anyway (commands check the key's
+//! state; alerts have dedupe keys), so a run that overlaps another after a
+//! clock skew changes nothing.
+//!
+//! A job is one step, [`run_job`]`(pool, job, now)`, which tests call with a
+//! chosen `now`.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use keyledger_events::handler::HandlerError;
+use keyledger_events::log::EventMeta;
+use keyledger_events::read_model::{self, OrgRow};
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::{expiry, rotation, usage_alerts};
+
+/// The scheduled jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Job {
+    /// Records `key.expired` for keys past `expires_at`; warns 7 days ahead.
+    Expiry,
+    /// Rotation reminders (and `key.rotation_due`).
+    Rotation,
+    /// Approaching rate limit, error rate, unusual activity.
+    UsageAlerts,
+    /// The weekly digest of keys nobody used for a while.
+    UnusedKeys,
+}
+
+impl Job {
+    pub const ALL: [Job; 4] = [Job::Expiry, Job::Rotation, Job::UsageAlerts, Job::UnusedKeys];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Job::Expiry => "expiry",
+            Job::Rotation => "rotation",
+            Job::UsageAlerts => "usage_alerts",
+            Job::UnusedKeys => "unused_keys",
+        }
+    }
+
+    /// The default cron expression (seconds, minutes, hours, day of month,
+    /// month, day of week). Expiry runs every 15 s so a key is recorded
+    /// expired well within a minute; usage alerts run each minute, shortly
+    /// after the usage of the minute before has been flushed.
+    pub fn default_schedule(self) -> &'static str {
+        match self {
+            Job::Expiry => "*/15 * * * * *",
+            Job::Rotation => "0 */10 * * * *",
+            Job::UsageAlerts => "20 * * * * *",
+            Job::UnusedKeys => "0 0 * * * *",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Command(#[from] HandlerError),
+}
+
+/// What a run did: how many alerts it raised and events it appended.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    pub alerts: usize,
+    pub events: usize,
+}
+
+impl std::ops::AddAssign for Report {
+    fn add_assign(&mut self, other: Report) {
+        self.alerts += other.alerts;
+        self.events += other.events;
+    }
+}
+
+/// The cron schedule of every job.
+#[derive(Debug, Clone)]
+pub struct Schedules(pub Vec<(Job, cron::Schedule)>);
+
+impl Schedules {
+    /// The defaults, with `overrides` (job → expression) applied.
+    pub fn new(overrides: &[(Job, Option<String>)]) -> Result<Schedules, String> {
+        let mut schedules = Vec::new();
+        for job in Job::ALL {
+            let text = overrides
+                .iter()
+                .find(|(j, _)| *j == job)
+                .and_then(|(_, t)| t.clone())
+                .unwrap_or_else(|| job.default_schedule().to_owned());
+            let schedule = cron::Schedule::from_str(&text).map_err(|e| {
+                format!(
+                    "the {} schedule '{text}' is not a cron expression ({e}); it has six fields, seconds first, e.g. '{}'",
+                    job.name(),
+                    job.default_schedule()
+                )
+            })?;
+            schedules.push((job, schedule));
+        }
+        Ok(Schedules(schedules))
+    }
+}
+
+/// Runs `job` as of `now` unless another worker is running it; `None` when
+/// it was skipped for that reason.
+pub async fn run_job(pool: &PgPool, job: Job, now: DateTime<Utc>) -> Result<Option<Report>, JobError> {
+    // A session lock on a connection of its own, held only while the job
+    // runs; the job's own transactions stay short (log readers wait for
+    // every open transaction, so none may last as long as a job).
+    let mut lock = pool.acquire().await?;
+    let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext('keyledger-job:' || $1))")
+        .bind(job.name())
+        .fetch_one(&mut *lock)
+        .await?;
+    if !locked {
+        return Ok(None);
+    }
+    let result = match job {
+        Job::Expiry => expiry::run_once(pool, now).await,
+        Job::Rotation => rotation::run_once(pool, now).await,
+        Job::UsageAlerts => usage_alerts::run_once(pool, now).await,
+        Job::UnusedKeys => usage_alerts::unused_keys(pool, now).await,
+    };
+    let unlocked = sqlx::query("select pg_advisory_unlock(hashtext('keyledger-job:' || $1))")
+        .bind(job.name())
+        .execute(&mut *lock)
+        .await;
+    if unlocked.is_err() {
+        // Never hand a connection that may still hold the lock back to the pool.
+        let _ = lock.detach();
+    }
+    result.map(Some)
+}
+
+/// Runs every job on its schedule until shutdown.
+pub async fn run(pool: PgPool, schedules: Schedules, shutdown: watch::Receiver<bool>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (job, schedule) in schedules.0 {
+        tasks.spawn(run_on_schedule(pool.clone(), job, schedule, shutdown.clone()));
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn run_on_schedule(pool: PgPool, job: Job, schedule: cron::Schedule, mut shutdown: watch::Receiver<bool>) {
+    tracing::info!(job = job.name(), schedule = %schedule, "job scheduled");
+    loop {
+        let Some(next) = schedule.upcoming(Utc).next() else {
+            tracing::warn!(job = job.name(), "the schedule has no further run");
+            return;
+        };
+        let wait = (next - Utc::now()).to_std().unwrap_or_default();
+        let stop = tokio::select! {
+            changed = shutdown.changed() => changed.is_err() || *shutdown.borrow(),
+            _ = tokio::time::sleep(wait) => false,
+        };
+        if stop {
+            return;
+        }
+        match run_job(&pool, job, Utc::now()).await {
+            Ok(Some(report)) if report != Report::default() => {
+                tracing::info!(
+                    job = job.name(),
+                    alerts = report.alerts,
+                    events = report.events,
+                    "job ran"
+                )
+            }
+            Ok(_) => tracing::debug!(job = job.name(), "job ran (nothing to do, or another worker ran it)"),
+            Err(e) => tracing::error!(job = job.name(), error = %e, "job failed; it runs again at its next time"),
+        }
+    }
+}
+
+/// The metadata of the events a job appends.
+pub(crate) fn job_meta(job: Job, now: DateTime<Utc>) -> EventMeta {
+    EventMeta {
+        actor: format!("system:{}", job.name()),
+        request_id: None,
+        occurred_at: now,
+    }
+}
+
+/// Organizations looked up once per run.
+#[derive(Default)]
+pub(crate) struct Orgs(HashMap<String, Option<OrgRow>>);
+
+impl Orgs {
+    pub(crate) async fn get(&mut self, pool: &PgPool, org_id: &str) -> Result<Option<&OrgRow>, sqlx::Error> {
+        if !self.0.contains_key(org_id) {
+            let org = read_model::org_by_id(pool, org_id).await?;
+            self.0.insert(org_id.to_owned(), org);
+        }
+        Ok(self.0[org_id].as_ref())
+    }
+}
