@@ -25,7 +25,7 @@ for line in help_text.splitlines():
         subcommands.add(m.group(1))
 for sub in subcommands:
     out = subprocess.run([binary, sub, "--help"], capture_output=True, text=True).stdout
-    read.update(re.findall(r"\[env: ([A-Z_]+)=", out))
+    read.update(re.findall(r"\[env: ([A-Z_]+)[=\]]", out))
 
 for name, service in services.items():
     for dep in service.get("depends_on", {}) or {}:

@@ -14,7 +14,7 @@ use keyledger_events::domain::{
 use keyledger_events::handler::{self, HandlerError};
 use keyledger_events::log::{self, EventMeta};
 use keyledger_events::read_model::{self, KeyRow};
-use keyledger_workers::{replay, KafkaProjector, Projector, Relay};
+use keyledger_workers::{replay, scheduler, KafkaProjector, Projector, Relay};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -42,7 +42,8 @@ pub enum Command {
     Dev,
     /// The HTTP API only.
     Serve,
-    /// The workers only (projector; with Kafka: outbox relay and consumer).
+    /// The workers only: projector (with Kafka: outbox relay and consumer),
+    /// scheduled jobs and the mailer.
     Work,
     /// Rebuild every read model from the event log and swap it in.
     Replay {
@@ -307,6 +308,11 @@ async fn serve(settings: &Settings, state: AppState, with_api: bool, with_worker
     let (stop, stopped) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     if with_workers {
+        // Both are checked before anything starts: a typo fails at once.
+        let schedules = settings.schedules()?;
+        let mailer = settings.mailer(state.pool.clone())?;
+        tasks.spawn(scheduler::run(state.pool.clone(), schedules, stopped.clone()));
+        tasks.spawn(mailer.run(stopped.clone()));
         match &state.kafka {
             Some(kafka) => {
                 kafka.ensure_topics().await.context("creating the Kafka topics")?;

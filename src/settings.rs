@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Args;
 use keyledger_events::domain::{Environment, HashKey};
+use keyledger_workers::mailer::{Mailer, Transport};
+use keyledger_workers::scheduler::{Job, Schedules};
 
 pub const HASH_KEY_VAR: &str = "KEYLEDGER_HASH_KEY";
 const HASH_KEY_FILE: &str = "hash_key";
@@ -65,6 +67,33 @@ pub struct Settings {
     /// The environment (live or test) that `/v1/auth` requires.
     #[arg(long, env = "KEYLEDGER_ENVIRONMENT", global = true, default_value = "live")]
     pub environment: String,
+    /// SMTP server for alert emails (smtp://host:port, smtps://user:pass@host,
+    /// …?tls=required); unset: emails are written as `.eml` files to the data folder.
+    #[arg(long, env = "SMTP_URL", global = true, hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// The sender of alert emails.
+    #[arg(
+        long,
+        env = "KEYLEDGER_MAIL_FROM",
+        global = true,
+        default_value = "keyledger <alerts@keyledger.localhost>"
+    )]
+    pub mail_from: String,
+    /// Seconds before the first retry of an email that could not be sent (doubling, up to an hour).
+    #[arg(long, env = "KEYLEDGER_MAIL_RETRY_SECONDS", global = true, default_value_t = 30)]
+    pub mail_retry_seconds: u64,
+    /// Cron expression (six fields, seconds first) of the expiry job.
+    #[arg(long, env = "KEYLEDGER_SCHEDULE_EXPIRY", global = true)]
+    pub schedule_expiry: Option<String>,
+    /// Cron expression of the rotation reminders.
+    #[arg(long, env = "KEYLEDGER_SCHEDULE_ROTATION", global = true)]
+    pub schedule_rotation: Option<String>,
+    /// Cron expression of the usage alerts (rate limit, error rate, unusual activity).
+    #[arg(long, env = "KEYLEDGER_SCHEDULE_USAGE_ALERTS", global = true)]
+    pub schedule_usage_alerts: Option<String>,
+    /// Cron expression of the unused-keys digest.
+    #[arg(long, env = "KEYLEDGER_SCHEDULE_UNUSED_KEYS", global = true)]
+    pub schedule_unused_keys: Option<String>,
 }
 
 impl Settings {
@@ -90,6 +119,25 @@ impl Settings {
             .as_deref()
             .filter(|b| !b.trim().is_empty())
             .map(keyledger_events::bus::KafkaSettings::new)
+    }
+
+    /// Every job's cron schedule: the defaults, with the ones set here.
+    pub fn schedules(&self) -> anyhow::Result<Schedules> {
+        Schedules::new(&[
+            (Job::Expiry, self.schedule_expiry.clone()),
+            (Job::Rotation, self.schedule_rotation.clone()),
+            (Job::UsageAlerts, self.schedule_usage_alerts.clone()),
+            (Job::UnusedKeys, self.schedule_unused_keys.clone()),
+        ])
+        .map_err(anyhow::Error::msg)
+    }
+
+    /// The mailer: SMTP when `SMTP_URL` is set, else `.eml` files.
+    pub fn mailer(&self, pool: sqlx::PgPool) -> anyhow::Result<Mailer> {
+        let transport = Transport::new(self.smtp_url.as_deref(), &self.data_dir)?;
+        let mut mailer = Mailer::new(pool, transport, &self.mail_from)?;
+        mailer.first_backoff = std::time::Duration::from_secs(self.mail_retry_seconds.max(1));
+        Ok(mailer)
     }
 
     pub fn environment(&self) -> anyhow::Result<Environment> {
