@@ -3,6 +3,7 @@
 
 mod support;
 
+mod alerts;
 mod binary;
 mod broker;
 mod hot_path;
@@ -11,5 +12,6 @@ mod kafka;
 mod keys;
 mod nginx;
 mod projection;
+mod smtp;
 mod validation;
 mod verify;
