@@ -70,7 +70,7 @@ pub struct Settings {
     /// SMTP server for alert emails (smtp://host:port, smtps://user:pass@host,
     /// …?tls=required); unset: emails are written as `.eml` files to the data folder.
     #[arg(long, env = "SMTP_URL", global = true, hide_env_values = true)]
-    pub smtp_url: Option<String>,
+    pub smtp_url: Option<SmtpUrl>,
     /// The sender of alert emails.
     #[arg(
         long,
@@ -134,7 +134,8 @@ impl Settings {
 
     /// The mailer: SMTP when `SMTP_URL` is set, else `.eml` files.
     pub fn mailer(&self, pool: sqlx::PgPool) -> anyhow::Result<Mailer> {
-        let transport = Transport::new(self.smtp_url.as_deref(), &self.data_dir)?;
+        let url = self.smtp_url.as_ref().map(|u| u.0.as_str());
+        let transport = Transport::new(url, &self.data_dir)?;
         let mut mailer = Mailer::new(pool, transport, &self.mail_from)?;
         mailer.first_backoff = std::time::Duration::from_secs(self.mail_retry_seconds.max(1));
         Ok(mailer)
@@ -173,6 +174,24 @@ impl Settings {
             ),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
+    }
+}
+
+/// The SMTP URL, which may hold a password: it never prints.
+#[derive(Clone)]
+pub struct SmtpUrl(String);
+
+impl std::str::FromStr for SmtpUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(SmtpUrl(text.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for SmtpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SmtpUrl([redacted])")
     }
 }
 

@@ -63,7 +63,18 @@ struct Capture {
     data: Vec<u8>,
 }
 
+/// Addresses starting with this are refused for good (550), as a mail
+/// server refuses a mailbox that does not exist.
+pub const BOUNCING: &str = "bounce";
+
 impl Handler for Capture {
+    fn rcpt(&mut self, to: &str) -> Response {
+        if to.trim_start_matches('<').starts_with(BOUNCING) {
+            return response::NO_MAILBOX;
+        }
+        response::OK
+    }
+
     fn data_start(&mut self, _domain: &str, _from: &str, _is8bit: bool, to: &[String]) -> Response {
         self.to = to.to_vec();
         self.data.clear();

@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Datelike, Utc};
 use keyledger_events::read_model::OrgRow;
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 
 use crate::alert_email::Email;
 
@@ -38,7 +38,7 @@ impl AlertKind {
 pub struct NewAlert {
     pub kind: AlertKind,
     /// The key (or, for a digest, the organization) the alert is about.
-    pub subject_id: String,
+    pub about: String,
     /// The period the alert covers, e.g. the hour `2026-11-26T10`; one alert
     /// per kind, subject and period.
     pub period: String,
@@ -46,6 +46,10 @@ pub struct NewAlert {
     pub key_id: Option<String>,
     pub recipients: Vec<String>,
     pub email: Email,
+    /// The least time between two alerts of this kind about the same key or
+    /// organization, whatever their periods ("at most once an hour"): a
+    /// condition lasting across 10:59 → 11:00 is one alert, not two.
+    pub quiet: Option<chrono::Duration>,
 }
 
 impl NewAlert {
@@ -53,22 +57,31 @@ impl NewAlert {
     pub fn to_org(kind: AlertKind, org: &OrgRow, key_id: Option<&str>, period: String, email: Email) -> NewAlert {
         NewAlert {
             kind,
-            subject_id: key_id.unwrap_or(&org.id).to_owned(),
+            about: key_id.unwrap_or(&org.id).to_owned(),
             period,
             org_id: org.id.clone(),
             key_id: key_id.map(str::to_owned),
             recipients: org.alert_emails.clone(),
             email,
+            quiet: None,
+        }
+    }
+
+    /// This alert, unless one of its kind about the same subject was raised
+    /// less than `quiet` before.
+    pub fn at_most_every(self, quiet: chrono::Duration) -> NewAlert {
+        NewAlert {
+            quiet: Some(quiet),
+            ..self
         }
     }
 
     pub fn dedupe_key(&self) -> String {
-        format!("{}:{}:{}", self.kind.as_str(), self.subject_id, self.period)
+        format!("{}:{}:{}", self.kind.as_str(), self.about, self.period)
     }
 }
 
-/// The hour `at` falls in, as a period name (`2026-11-26T10`): alerts sent at
-/// most once an hour per key use it.
+/// The hour `at` falls in, as a period name (`2026-11-26T10`).
 pub fn hour_period(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%dT%H").to_string()
 }
@@ -79,22 +92,27 @@ pub fn week_period(at: DateTime<Utc>) -> String {
     format!("{}-W{:02}", week.year(), week.week())
 }
 
-/// Records the alert unless one with the same dedupe key exists; true when
-/// it is new. A concurrent raise of the same alert waits for this one's
+/// Records the alert unless one with the same dedupe key exists (or one of
+/// its kind about the same subject within its quiet time); true when it is
+/// new. A concurrent raise of the same alert waits for this one's
 /// transaction and then finds it. An organization without alert addresses
 /// still gets the row (the record that the condition was seen), marked
 /// `unaddressed`, which the mailer skips.
 pub async fn raise(db: &mut PgConnection, alert: &NewAlert, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
-        "insert into alerts (id, dedupe_key, kind, org_id, key_id, recipients, subject, body_text, body_html,
+        "insert into alerts (id, dedupe_key, kind, about, org_id, key_id, recipients, subject, body_text, body_html,
                              status, next_attempt_at, created_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9,
-                 case when cardinality($6::text[]) = 0 then 'unaddressed' else 'pending' end, $10, $10)
+         select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                case when cardinality($7::text[]) = 0 then 'unaddressed' else 'pending' end, $11, $11
+         where $12::bigint is null or not exists (
+             select 1 from alerts where kind = $3 and about = $4
+               and created_at > $11 - make_interval(secs => $12::double precision) and created_at <= $11)
          on conflict (dedupe_key) do nothing",
     )
     .bind(uuid::Uuid::now_v7())
     .bind(alert.dedupe_key())
     .bind(alert.kind.as_str())
+    .bind(&alert.about)
     .bind(&alert.org_id)
     .bind(&alert.key_id)
     .bind(&alert.recipients)
@@ -102,14 +120,22 @@ pub async fn raise(db: &mut PgConnection, alert: &NewAlert, now: DateTime<Utc>) 
     .bind(&alert.email.text)
     .bind(&alert.email.html)
     .bind(now)
+    .bind(alert.quiet.map(|q| q.num_seconds()))
     .execute(db)
     .await?;
     Ok(inserted.rows_affected() == 1)
 }
 
-/// How many alerts are in each status (for logs and tests).
-pub async fn count_by_status<'c>(db: impl PgExecutor<'c>) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as("select status, count(*) from alerts group by status order by status")
-        .fetch_all(db)
+/// [`raise`] in a transaction of its own.
+pub async fn raise_alone(pool: &PgPool, alert: &NewAlert, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    raise(&mut conn, alert, now).await
+}
+
+/// Whether an alert with this dedupe key was raised.
+pub async fn exists<'c>(db: impl PgExecutor<'c>, dedupe_key: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("select exists (select 1 from alerts where dedupe_key = $1)")
+        .bind(dedupe_key)
+        .fetch_one(db)
         .await
 }

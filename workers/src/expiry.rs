@@ -14,8 +14,8 @@ use crate::scheduler::{job_meta, Job, JobError, Orgs, Report};
 
 /// How far ahead of the expiry the warning goes out.
 pub const EXPIRING_NOTICE_DAYS: i64 = 7;
-/// Keys one run handles at most (the next run takes the rest).
-const BATCH: i64 = 1_000;
+/// Keys read per query.
+const PAGE: i64 = 1_000;
 
 pub async fn run_once(pool: &PgPool, now: DateTime<Utc>) -> Result<Report, JobError> {
     let mut report = expire_due(pool, now).await?;
@@ -24,16 +24,30 @@ pub async fn run_once(pool: &PgPool, now: DateTime<Utc>) -> Result<Report, JobEr
 }
 
 async fn expire_due(pool: &PgPool, now: DateTime<Utc>) -> Result<Report, JobError> {
-    let due: Vec<String> = sqlx::query_scalar(
-        "select id from keys where deleted_at is null and status <> 'expired' and expires_at <= $1
-         order by expires_at limit $2",
-    )
-    .bind(now)
-    .bind(BATCH)
-    .fetch_all(pool)
-    .await?;
     let mut report = Report::default();
-    for id in due {
+    let mut after: Option<(DateTime<Utc>, String)> = None;
+    loop {
+        let page: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+            "select id, expires_at from keys where deleted_at is null and status <> 'expired' and expires_at <= $1
+               and ($3::timestamptz is null or (expires_at, id) > ($3, $4))
+             order by expires_at, id limit $2",
+        )
+        .bind(now)
+        .bind(PAGE)
+        .bind(after.as_ref().map(|(at, _)| *at))
+        .bind(after.as_ref().map(|(_, id)| id.clone()))
+        .fetch_all(pool)
+        .await?;
+        let Some((id, at)) = page.last() else { break };
+        after = Some((*at, id.clone()));
+        report += expire(pool, page.into_iter().map(|(id, _)| id), now).await?;
+    }
+    Ok(report)
+}
+
+async fn expire(pool: &PgPool, ids: impl Iterator<Item = String>, now: DateTime<Utc>) -> Result<Report, JobError> {
+    let mut report = Report::default();
+    for id in ids {
         let Ok(key_id) = id.parse::<KeyId>() else { continue };
         let meta = job_meta(Job::Expiry, now);
         match handler::execute::<ApiKey>(pool, &key::stream_id(key_id), KeyCommand::Expire, &meta, |_| Ok(())).await {
@@ -57,32 +71,41 @@ struct Expiring {
 }
 
 async fn warn_expiring(pool: &PgPool, now: DateTime<Utc>) -> Result<Report, JobError> {
-    let expiring: Vec<Expiring> = sqlx::query_as(
-        "select id, name, prefix, last_four, org_id, expires_at from keys
-         where deleted_at is null and status = 'active' and expires_at > $1 and expires_at <= $2
-         order by expires_at limit $3",
-    )
-    .bind(now)
-    .bind(now + Duration::days(EXPIRING_NOTICE_DAYS))
-    .bind(BATCH)
-    .fetch_all(pool)
-    .await?;
     let mut orgs = Orgs::default();
     let mut report = Report::default();
-    for key in expiring {
-        let Some(org) = orgs.get(pool, &key.org_id).await? else {
-            continue;
-        };
-        let email = expiring_email(&key, now);
-        // One warning per key and expiry date: moving the expiry warns again.
-        let period = key.expires_at.to_rfc3339();
-        let alert = NewAlert::to_org(AlertKind::KeyExpiring, org, Some(&key.label.id), period, email);
-        let mut conn = pool.acquire().await?;
-        if alerts::raise(&mut conn, &alert, now).await? {
-            report.alerts += 1;
+    let mut after: Option<(DateTime<Utc>, String)> = None;
+    loop {
+        let page: Vec<Expiring> = sqlx::query_as(
+            "select id, name, prefix, last_four, org_id, expires_at from keys
+             where deleted_at is null and status = 'active' and expires_at > $1 and expires_at <= $2
+               and ($4::timestamptz is null or (expires_at, id) > ($4, $5))
+             order by expires_at, id limit $3",
+        )
+        .bind(now)
+        .bind(now + Duration::days(EXPIRING_NOTICE_DAYS))
+        .bind(PAGE)
+        .bind(after.as_ref().map(|(at, _)| *at))
+        .bind(after.as_ref().map(|(_, id)| id.clone()))
+        .fetch_all(pool)
+        .await?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.expires_at, last.label.id.clone()));
+        for key in page {
+            report += warn(pool, &mut orgs, &key, now).await?;
         }
     }
     Ok(report)
+}
+
+async fn warn(pool: &PgPool, orgs: &mut Orgs, key: &Expiring, now: DateTime<Utc>) -> Result<Report, JobError> {
+    let Some(org) = orgs.get(pool, &key.org_id).await? else {
+        return Ok(Report::default());
+    };
+    // One warning per key and expiry date: moving the expiry warns again.
+    let period = key.expires_at.to_rfc3339();
+    let email = expiring_email(key, now);
+    let alert = NewAlert::to_org(AlertKind::KeyExpiring, org, Some(&key.label.id), period, email);
+    Ok(Report::raised(alerts::raise_alone(pool, &alert, now).await?))
 }
 
 fn expiring_email(key: &Expiring, now: DateTime<Utc>) -> crate::alert_email::Email {

@@ -13,6 +13,7 @@ pub mod relay;
 pub mod replay;
 pub mod rotation;
 pub mod scheduler;
+pub mod session_lock;
 pub mod usage_alerts;
 mod wake;
 

@@ -3,13 +3,17 @@
 //! data folder that any mail program opens.
 //!
 //! Delivery is at-least-once per claim and exactly once in practice: a worker
-//! claims a batch by pushing each row's `next_attempt_at` ahead (a lease, so
-//! no other worker picks it up meanwhile, without holding a transaction open
-//! during SMTP), sends, and marks the row `sent`. A failed attempt is retried
+//! claims one row by pushing its `next_attempt_at` ten minutes ahead (a
+//! lease, so no other worker picks it up meanwhile, without holding a
+//! transaction open during SMTP), sends each email within a minute, and
+//! records it — only while its claim still holds. A failed attempt is retried
 //! with exponential backoff; the row becomes `failed` after the last attempt
 //! or at once when the server refuses the message permanently. Each email
 //! carries the alert's id as its `Message-ID`, so even a resend after a crash
-//! between sending and marking is recognisable as the same message.
+//! between sending and marking is recognisable as the same message. Each
+//! recipient gets an email of their own, and each delivery is recorded as it
+//! happens: a retry mails only those not reached yet, and an address the
+//! server refuses for good is given up on without holding back the others.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,9 +25,12 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 /// Alerts one step sends at most.
-const BATCH: i64 = 20;
-/// How long a claimed alert is left alone by other workers.
-const LEASE: Duration = Duration::from_secs(120);
+const BATCH: usize = 20;
+/// The longest one email may take to send (SMTP commands time out after 20 s each).
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a claimed alert is left alone by other workers: well beyond
+/// `SEND_TIMEOUT`, so a claim never lapses while its email may be in flight.
+const LEASE: Duration = Duration::from_secs(600);
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(3_600);
 /// How often the loop looks for pending alerts.
@@ -111,6 +118,8 @@ struct Claimed {
     id: uuid::Uuid,
     kind: String,
     recipients: Vec<String>,
+    delivered_to: Vec<String>,
+    refused: Vec<String>,
     subject: String,
     body_text: String,
     body_html: String,
@@ -142,69 +151,144 @@ impl Mailer {
         })
     }
 
-    /// One step: claims the alerts due at `now` and tries to send each once.
+    /// One step: sends the alerts due at `now`, claiming them one at a time
+    /// (at most a batch).
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<Delivery, MailerError> {
-        let claimed: Vec<Claimed> = sqlx::query_as(
+        let mut delivery = Delivery::default();
+        for _ in 0..BATCH {
+            let Some(alert) = self.claim(now).await? else { break };
+            self.attempt(alert, now, &mut delivery).await?;
+        }
+        Ok(delivery)
+    }
+
+    /// Takes the next due alert for this worker: its attempt is counted and
+    /// its next attempt pushed past the lease, in one short statement.
+    async fn claim(&self, now: DateTime<Utc>) -> Result<Option<Claimed>, sqlx::Error> {
+        sqlx::query_as(
             "update alerts set attempts = attempts + 1, next_attempt_at = $2
-             where id in (select id from alerts where status = 'pending' and next_attempt_at <= $1
-                          order by next_attempt_at limit $3 for update skip locked)
-             returning id, kind, recipients, subject, body_text, body_html, attempts, created_at",
+             where id = (select id from alerts where status = 'pending' and next_attempt_at <= $1
+                         order by next_attempt_at limit 1 for update skip locked)
+             returning id, kind, recipients, delivered_to, refused, subject, body_text, body_html, attempts, created_at",
         )
         .bind(now)
         .bind(now + LEASE)
-        .bind(BATCH)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut delivery = Delivery::default();
-        for alert in claimed {
-            let stem = format!(
-                "{}-{}-{}",
-                alert.created_at.format("%Y%m%dT%H%M%SZ"),
-                alert.kind,
-                alert.id
-            );
-            let outcome = match self.message(&alert) {
-                Ok(message) => self.transport.deliver(message, &stem).await,
-                Err(reason) => Err(Failure {
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Sends the alert to each recipient it has not reached yet, one email
+    /// each, recording every delivery at once: a retry never mails anyone
+    /// twice, and an address the server refuses does not silence the others.
+    async fn attempt(&self, alert: Claimed, now: DateTime<Utc>, delivery: &mut Delivery) -> Result<(), sqlx::Error> {
+        let mut delivered = alert.delivered_to.clone();
+        let mut refused = alert.refused.clone();
+        let mut errors = Vec::new();
+        let mut transient = None;
+        for (n, recipient) in alert.recipients.iter().enumerate() {
+            if delivered.contains(recipient) || refused.contains(recipient) {
+                continue;
+            }
+            match self.send(&alert, n, recipient).await {
+                Ok(()) => delivered.push(recipient.clone()),
+                Err(Failure {
                     permanent: true,
                     reason,
-                }),
-            };
-            match outcome {
-                Ok(()) => {
-                    sqlx::query("update alerts set status = 'sent', sent_at = $2, last_error = null where id = $1")
-                        .bind(alert.id)
-                        .bind(now)
-                        .execute(&self.pool)
-                        .await?;
-                    tracing::info!(alert = %alert.id, kind = %alert.kind, "alert sent");
-                    delivery.sent += 1;
+                }) => {
+                    refused.push(recipient.clone());
+                    errors.push(format!("{recipient}: {reason}"));
                 }
-                Err(failure) => {
-                    let give_up = failure.permanent || alert.attempts >= self.max_attempts;
-                    let retry_at = now + self.backoff(alert.attempts);
-                    sqlx::query(
-                        "update alerts set status = case when $4 then 'failed' else 'pending' end,
-                                           next_attempt_at = $2, last_error = $3
-                         where id = $1",
-                    )
-                    .bind(alert.id)
-                    .bind(retry_at)
-                    .bind(&failure.reason)
-                    .bind(give_up)
-                    .execute(&self.pool)
-                    .await?;
-                    if give_up {
-                        tracing::error!(alert = %alert.id, attempts = alert.attempts, error = %failure.reason, "alert not delivered; giving up");
-                        delivery.failed += 1;
-                    } else {
-                        tracing::warn!(alert = %alert.id, attempts = alert.attempts, error = %failure.reason, %retry_at, "alert not delivered; will retry");
-                        delivery.retrying += 1;
-                    }
+                Err(Failure {
+                    permanent: false,
+                    reason,
+                }) => {
+                    transient = Some(reason);
+                    break;
                 }
             }
+            if !self.record(&alert, &delivered, &refused).await? {
+                return Ok(());
+            }
         }
-        Ok(delivery)
+        let (status, retry_at, error) = match transient {
+            Some(reason) if alert.attempts < self.max_attempts => {
+                let retry_at = now + self.backoff(alert.attempts);
+                tracing::warn!(alert = %alert.id, attempts = alert.attempts, error = %reason, %retry_at, "alert not delivered; will retry");
+                delivery.retrying += 1;
+                ("pending", retry_at, Some(reason))
+            }
+            Some(reason) => {
+                tracing::error!(alert = %alert.id, attempts = alert.attempts, error = %reason, "alert not delivered; giving up");
+                delivery.failed += 1;
+                ("failed", now, Some(reason))
+            }
+            None if delivered.is_empty() => {
+                let reason = errors.join("; ");
+                tracing::error!(alert = %alert.id, error = %reason, "every recipient was refused");
+                delivery.failed += 1;
+                ("failed", now, Some(reason))
+            }
+            None => {
+                tracing::info!(alert = %alert.id, kind = %alert.kind, recipients = delivered.len(), "alert sent");
+                delivery.sent += 1;
+                ("sent", now, (!errors.is_empty()).then(|| errors.join("; ")))
+            }
+        };
+        sqlx::query(
+            "update alerts set status = $3, next_attempt_at = $4, last_error = $5,
+                               sent_at = case when $3 = 'sent' then $4 end
+             where id = $1 and status = 'pending' and attempts = $2",
+        )
+        .bind(alert.id)
+        .bind(alert.attempts)
+        .bind(status)
+        .bind(retry_at)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records who has the email (and who refused it) while this worker's
+    /// claim holds; false if it lapsed and another worker took the alert over.
+    async fn record(&self, alert: &Claimed, delivered: &[String], refused: &[String]) -> Result<bool, sqlx::Error> {
+        let updated = sqlx::query(
+            "update alerts set delivered_to = $3, refused = $4
+             where id = $1 and status = 'pending' and attempts = $2",
+        )
+        .bind(alert.id)
+        .bind(alert.attempts)
+        .bind(delivered)
+        .bind(refused)
+        .execute(&self.pool)
+        .await?;
+        if updated.rows_affected() == 0 {
+            tracing::warn!(alert = %alert.id, "the alert's claim lapsed; another worker holds it now");
+        }
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// One email to one recipient, bounded well inside the lease so no
+    /// other worker can take the alert over while this one may still send.
+    async fn send(&self, alert: &Claimed, n: usize, recipient: &str) -> Result<(), Failure> {
+        let message = self.message(alert, n, recipient).map_err(|reason| Failure {
+            permanent: true,
+            reason,
+        })?;
+        let stem = format!(
+            "{}-{}-{}-{n}",
+            alert.created_at.format("%Y%m%dT%H%M%SZ"),
+            alert.kind,
+            alert.id
+        );
+        tokio::time::timeout(SEND_TIMEOUT, self.transport.deliver(message, &stem))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failure {
+                    permanent: false,
+                    reason: format!("no answer within {} s", SEND_TIMEOUT.as_secs()),
+                })
+            })
     }
 
     /// The wait after the `attempts`-th failed attempt.
@@ -214,19 +298,16 @@ impl Mailer {
         chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1))
     }
 
-    fn message(&self, alert: &Claimed) -> Result<Message, String> {
-        let mut builder = Message::builder()
+    fn message(&self, alert: &Claimed, n: usize, recipient: &str) -> Result<Message, String> {
+        let to: Mailbox = recipient
+            .parse()
+            .map_err(|e| format!("'{recipient}' is not an address: {e}"))?;
+        Message::builder()
             .from(self.from.clone())
+            .to(to)
             .subject(alert.subject.clone())
-            .message_id(Some(format!("<{}@keyledger>", alert.id)))
-            .header(AlertKindHeader(alert.kind.clone()));
-        for recipient in &alert.recipients {
-            let to: Mailbox = recipient
-                .parse()
-                .map_err(|e| format!("recipient '{recipient}' is not an address: {e}"))?;
-            builder = builder.to(to);
-        }
-        builder
+            .message_id(Some(format!("<{}.{n}@keyledger>", alert.id)))
+            .header(AlertKindHeader(alert.kind.clone()))
             .multipart(MultiPart::alternative_plain_html(
                 alert.body_text.clone(),
                 alert.body_html.clone(),
@@ -240,7 +321,7 @@ impl Mailer {
         let mut failures = 0u32;
         loop {
             let wait = match self.run_once(Utc::now()).await {
-                Ok(delivery) if delivery.sent + delivery.retrying + delivery.failed == BATCH as usize => {
+                Ok(delivery) if delivery.sent + delivery.retrying + delivery.failed == BATCH => {
                     failures = 0;
                     Duration::ZERO
                 }

@@ -10,13 +10,12 @@ use keyledger_events::log::{self, LogPosition};
 use keyledger_events::read_model::{self, ProjectionError};
 use sqlx::{PgConnection, PgPool};
 
+use crate::session_lock::{keys, SessionLock};
+
 /// Every read model `read_model::apply` writes.
 pub const READ_MODELS: [&str; 3] = ["keys", "orgs", "usage_rollups"];
 const SCHEMA: &str = "keyledger_rebuild";
 const BATCH: i64 = 1_000;
-/// Advisory lock held by a running replay: two at once would share the
-/// rebuild schema.
-const REPLAY_LOCK: i64 = 0x6b65_796c_6564_6702;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -94,16 +93,9 @@ async fn begin_snapshot(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx
 
 /// Rebuilds and compares with the live read models; changes nothing.
 pub async fn check(pool: &PgPool) -> Result<Differences, ReplayError> {
-    let mut lock = pool.acquire().await?;
-    sqlx::query("select pg_advisory_lock($1)")
-        .bind(REPLAY_LOCK)
-        .execute(&mut *lock)
-        .await?;
+    let lock = SessionLock::acquire(pool, keys::REPLAY).await?;
     let result = compare(pool).await;
-    sqlx::query("select pg_advisory_unlock($1)")
-        .bind(REPLAY_LOCK)
-        .execute(&mut *lock)
-        .await?;
+    lock.release().await;
     result
 }
 
@@ -135,16 +127,9 @@ async fn compare(pool: &PgPool) -> Result<Differences, ReplayError> {
 /// Rebuilds every read model and swaps the rebuilt tables in; returns how
 /// many events were applied.
 pub async fn rebuild(pool: &PgPool) -> Result<usize, ReplayError> {
-    let mut lock = pool.acquire().await?;
-    sqlx::query("select pg_advisory_lock($1)")
-        .bind(REPLAY_LOCK)
-        .execute(&mut *lock)
-        .await?;
+    let lock = SessionLock::acquire(pool, keys::REPLAY).await?;
     let result = rebuild_and_swap(pool).await;
-    sqlx::query("select pg_advisory_unlock($1)")
-        .bind(REPLAY_LOCK)
-        .execute(&mut *lock)
-        .await?;
+    lock.release().await;
     result
 }
 

@@ -16,85 +16,113 @@ use crate::alert_email::{compose, time_left, Block, Email, KeyLabel};
 use crate::alerts::{self, AlertKind, NewAlert};
 use crate::scheduler::{job_meta, Job, JobError, Orgs, Report};
 
-const BATCH: i64 = 1_000;
+/// Keys read per query.
+const PAGE: i64 = 1_000;
 
 #[derive(sqlx::FromRow)]
 struct Due {
     #[sqlx(flatten)]
     label: KeyLabel,
     org_id: String,
-    created_at: DateTime<Utc>,
     rotation_due_at: DateTime<Utc>,
 }
 
 pub async fn run_once(pool: &PgPool, now: DateTime<Utc>) -> Result<Report, JobError> {
-    // Active live keys whose first reminder is due (the organization's policy
-    // must still be on); keys past their expiry are left to the expiry job.
-    let due: Vec<Due> = sqlx::query_as(
-        "select k.id, k.name, k.prefix, k.last_four, k.org_id, k.created_at, k.rotation_due_at
+    let mut orgs = Orgs::default();
+    let mut report = Report::default();
+    let mut after: Option<(DateTime<Utc>, String)> = None;
+    loop {
+        let page = due_keys(pool, now, after.as_ref()).await?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.rotation_due_at, last.label.id.clone()));
+        for key in page {
+            report += remind(pool, &mut orgs, key, now).await?;
+        }
+    }
+    Ok(report)
+}
+
+/// Active live keys whose first reminder is due (the organization's policy
+/// must still be on), a page at a time in (due date, id) order; keys past
+/// their expiry are left to the expiry job.
+async fn due_keys(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    after: Option<&(DateTime<Utc>, String)>,
+) -> Result<Vec<Due>, sqlx::Error> {
+    sqlx::query_as(
+        "select k.id, k.name, k.prefix, k.last_four, k.org_id, k.rotation_due_at
          from keys k join orgs o on o.id = k.org_id
          where k.deleted_at is null and k.status = 'active' and k.environment = 'live'
            and o.rotation_days > 0
            and k.rotation_due_at <= $1 + make_interval(days => $2)
            and (k.expires_at is null or k.expires_at > $1)
-         order by k.rotation_due_at limit $3",
+           and ($4::timestamptz is null or (k.rotation_due_at, k.id) > ($4, $5))
+         order by k.rotation_due_at, k.id limit $3",
     )
     .bind(now)
     .bind(ROTATION_NOTICE_DAYS as i32)
-    .bind(BATCH)
+    .bind(PAGE)
+    .bind(after.map(|(at, _)| *at))
+    .bind(after.map(|(_, id)| id.as_str()))
     .fetch_all(pool)
-    .await?;
-    let mut orgs = Orgs::default();
-    let mut report = Report::default();
-    for key in due {
-        let Some(reminder) = RotationReminder::at(key.rotation_due_at, now) else {
-            continue;
-        };
-        let Some(org) = orgs.get(pool, &key.org_id).await? else {
-            continue;
-        };
-        let Ok(key_id) = key.label.id.parse::<KeyId>() else {
-            continue;
-        };
-        let decided = match handler::decide::<ApiKey>(
-            pool,
-            &key::stream_id(key_id),
-            KeyCommand::RemindRotation,
-            &job_meta(Job::Rotation, now),
-            |_| Ok(()),
-        )
-        .await
-        {
-            Ok(decided) => decided,
-            // Regenerated, deactivated or deleted since the query: no reminder.
-            Err(HandlerError::Domain(DomainError::NotFound | DomainError::Conflict(_))) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let period = format!("{}:{}", key.rotation_due_at.to_rfc3339(), reminder.period());
-        let alert = NewAlert::to_org(
-            AlertKind::RotationDue,
-            org,
-            Some(&key.label.id),
-            period,
-            rotation_email(&key, org, reminder, now),
-        );
-        let mut tx = pool.begin().await?;
-        if !alerts::raise(&mut tx, &alert, now).await? {
-            continue; // already reminded for this period
-        }
-        match decided.append(&mut tx).await {
-            Ok(outcome) => {
-                tx.commit().await?;
-                report.alerts += 1;
-                report.events += outcome.events.len();
-            }
-            // The key changed between the decision and the append: the
-            // alert rolls back with it and the next run decides again.
-            Err(HandlerError::Concurrency) => {}
-            Err(e) => return Err(e.into()),
-        }
+    .await
+}
+
+async fn remind(pool: &PgPool, orgs: &mut Orgs, key: Due, now: DateTime<Utc>) -> Result<Report, JobError> {
+    let (Some(reminder), Ok(key_id)) = (
+        RotationReminder::at(key.rotation_due_at, now),
+        key.label.id.parse::<KeyId>(),
+    ) else {
+        return Ok(Report::default());
+    };
+    let Some(org) = orgs.get(pool, &key.org_id).await? else {
+        return Ok(Report::default());
+    };
+    let period = format!("{}:{}", key.rotation_due_at.to_rfc3339(), reminder.period());
+    let alert = NewAlert::to_org(
+        AlertKind::RotationDue,
+        org,
+        Some(&key.label.id),
+        period,
+        rotation_email(&key, org, reminder, now),
+    );
+    // Most keys on the list were reminded for this period already: that is
+    // one indexed look-up, not a load of the key's stream.
+    if alerts::exists(pool, &alert.dedupe_key()).await? {
+        return Ok(Report::default());
     }
-    Ok(report)
+    let decided = match handler::decide::<ApiKey>(
+        pool,
+        &key::stream_id(key_id),
+        KeyCommand::RemindRotation,
+        &job_meta(Job::Rotation, now),
+        |_| Ok(()),
+    )
+    .await
+    {
+        Ok(decided) => decided,
+        // Regenerated, deactivated or deleted since the query: no reminder.
+        Err(HandlerError::Domain(DomainError::NotFound | DomainError::Conflict(_))) => return Ok(Report::default()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut tx = pool.begin().await?;
+    if !alerts::raise(&mut tx, &alert, now).await? {
+        return Ok(Report::default()); // another worker reminded it just now
+    }
+    match decided.append(&mut tx).await {
+        Ok(outcome) => {
+            tx.commit().await?;
+            Ok(Report {
+                alerts: 1,
+                events: outcome.events.len(),
+            })
+        }
+        // The key changed between the decision and the append: the alert
+        // rolls back with it and the next run decides again.
+        Err(HandlerError::Concurrency) => Ok(Report::default()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn rotation_email(key: &Due, org: &OrgRow, reminder: RotationReminder, now: DateTime<Utc>) -> Email {
@@ -124,13 +152,12 @@ fn rotation_email(key: &Due, org: &OrgRow, reminder: RotationReminder, now: Date
             ),
         ),
     };
-    let age = (now - key.created_at).num_days();
     compose(
         subject,
         &[
             Block::Paragraph(format!(
                 "{opening} Your organization rotates live keys every {} days, counted from a key's creation \
-                 or its last regeneration; this key was created {age} days ago.",
+                 or its last regeneration.",
                 org.rotation_days
             )),
             Block::Heading("What to do".into()),

@@ -1,6 +1,6 @@
 //! The scheduler of `keyledger work`: each job runs on its own cron
 //! expression (the `cron` crate, seconds first) under a PostgreSQL advisory
-//! lock, so of N worker replicas woken at the same tick one runs it and the
+//! lock (`session_lock`), so of N worker replicas woken at the same tick one runs it and the
 //! others skip. Every job is idempotent anyway (commands check the key's
 //! state; alerts have dedupe keys), so a run that overlaps another after a
 //! clock skew changes nothing.
@@ -18,6 +18,7 @@ use keyledger_events::read_model::{self, OrgRow};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use crate::session_lock::{keys, SessionLock};
 use crate::{expiry, rotation, usage_alerts};
 
 /// The scheduled jobs.
@@ -35,6 +36,11 @@ pub enum Job {
 
 impl Job {
     pub const ALL: [Job; 4] = [Job::Expiry, Job::Rotation, Job::UsageAlerts, Job::UnusedKeys];
+
+    /// The advisory lock a run of this job holds.
+    pub fn lock_key(self) -> i64 {
+        keys::JOBS + self as i64
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -74,6 +80,16 @@ pub struct Report {
     pub events: usize,
 }
 
+impl Report {
+    /// One alert if `raised`, else nothing.
+    pub fn raised(raised: bool) -> Report {
+        Report {
+            alerts: usize::from(raised),
+            events: 0,
+        }
+    }
+}
+
 impl std::ops::AddAssign for Report {
     fn add_assign(&mut self, other: Report) {
         self.alerts += other.alerts;
@@ -111,31 +127,17 @@ impl Schedules {
 /// Runs `job` as of `now` unless another worker is running it; `None` when
 /// it was skipped for that reason.
 pub async fn run_job(pool: &PgPool, job: Job, now: DateTime<Utc>) -> Result<Option<Report>, JobError> {
-    // A session lock on a connection of its own, held only while the job
-    // runs; the job's own transactions stay short (log readers wait for
-    // every open transaction, so none may last as long as a job).
-    let mut lock = pool.acquire().await?;
-    let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext('keyledger-job:' || $1))")
-        .bind(job.name())
-        .fetch_one(&mut *lock)
-        .await?;
-    if !locked {
+    // Held only while the job runs; the job's own transactions stay short.
+    let Some(lock) = SessionLock::try_acquire(pool, job.lock_key()).await? else {
         return Ok(None);
-    }
+    };
     let result = match job {
         Job::Expiry => expiry::run_once(pool, now).await,
         Job::Rotation => rotation::run_once(pool, now).await,
         Job::UsageAlerts => usage_alerts::run_once(pool, now).await,
         Job::UnusedKeys => usage_alerts::unused_keys(pool, now).await,
     };
-    let unlocked = sqlx::query("select pg_advisory_unlock(hashtext('keyledger-job:' || $1))")
-        .bind(job.name())
-        .execute(&mut *lock)
-        .await;
-    if unlocked.is_err() {
-        // Never hand a connection that may still hold the lock back to the pool.
-        let _ = lock.detach();
-    }
+    lock.release().await;
     result.map(Some)
 }
 
@@ -145,7 +147,11 @@ pub async fn run(pool: PgPool, schedules: Schedules, shutdown: watch::Receiver<b
     for (job, schedule) in schedules.0 {
         tasks.spawn(run_on_schedule(pool.clone(), job, schedule, shutdown.clone()));
     }
-    while tasks.join_next().await.is_some() {}
+    while let Some(ended) = tasks.join_next().await {
+        if let Err(e) = ended {
+            tracing::error!(error = %e, "a job's schedule stopped");
+        }
+    }
 }
 
 async fn run_on_schedule(pool: PgPool, job: Job, schedule: cron::Schedule, mut shutdown: watch::Receiver<bool>) {

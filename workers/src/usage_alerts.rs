@@ -1,13 +1,14 @@
 //! Alerts evaluated from the usage read model (`usage_rollups`, `keys`),
 //! each against its organization's `alert_settings`:
 //! - approaching rate limit: a key used at least N% of its per-minute limit
-//!   in one minute (at most one alert per key and hour);
+//!   in one minute (at most one alert per key in any hour);
 //! - error rate: failed / total over the last M minutes, with at least K
-//!   requests (at most one per key and hour);
+//!   requests (at most one per key in any hour);
 //! - unusual activity: the last hour's requests at least F times the key's
-//!   hourly average over the 7 days before, and at least R (one per key and hour);
+//!   hourly average over the 7 days before, and at least R (at most one per
+//!   key in any hour);
 //! - unused keys: active keys not used for D days, one digest per
-//!   organization and week.
+//!   organization at most every 7 days.
 
 use std::collections::BTreeMap;
 
@@ -34,12 +35,7 @@ pub async fn run_once(pool: &PgPool, now: DateTime<Utc>) -> Result<Report, JobEr
 }
 
 async fn raise(pool: &PgPool, alert: NewAlert, now: DateTime<Utc>) -> Result<Report, JobError> {
-    let mut conn = pool.acquire().await?;
-    let raised = alerts::raise(&mut conn, &alert, now).await?;
-    Ok(Report {
-        alerts: usize::from(raised),
-        events: 0,
-    })
+    Ok(Report::raised(alerts::raise_alone(pool, &alert, now).await?))
 }
 
 fn usage_link(label: &KeyLabel) -> String {
@@ -86,7 +82,8 @@ async fn approaching_limit(pool: &PgPool, orgs: &mut Orgs, now: DateTime<Utc>) -
         let email = approaching_email(&minute, limit, threshold);
         let period = hour_period(minute.bucket);
         let key_id = minute.label.id.clone();
-        let alert = NewAlert::to_org(AlertKind::ApproachingRateLimit, org, Some(&key_id), period, email);
+        let alert = NewAlert::to_org(AlertKind::ApproachingRateLimit, org, Some(&key_id), period, email)
+            .at_most_every(Duration::hours(1));
         report += raise(pool, alert, now).await?;
     }
     Ok(report)
@@ -170,7 +167,8 @@ async fn error_rate(pool: &PgPool, orgs: &mut Orgs, now: DateTime<Utc>) -> Resul
         }
         let email = error_rate_email(&window, threshold, settings.error_rate_window_minutes);
         let key_id = window.label.id.clone();
-        let alert = NewAlert::to_org(AlertKind::ErrorRate, org, Some(&key_id), hour_period(now), email);
+        let alert = NewAlert::to_org(AlertKind::ErrorRate, org, Some(&key_id), hour_period(now), email)
+            .at_most_every(Duration::hours(1));
         report += raise(pool, alert, now).await?;
     }
     Ok(report)
@@ -264,7 +262,8 @@ async fn unusual_activity(pool: &PgPool, orgs: &mut Orgs, now: DateTime<Utc>) ->
         }
         let email = unusual_email(&key, hours, factor, settings.unusual_activity_min_requests);
         let key_id = key.label.id.clone();
-        let alert = NewAlert::to_org(AlertKind::UnusualActivity, org, Some(&key_id), hour_period(now), email);
+        let alert = NewAlert::to_org(AlertKind::UnusualActivity, org, Some(&key_id), hour_period(now), email)
+            .at_most_every(Duration::hours(1));
         report += raise(pool, alert, now).await?;
     }
     Ok(report)
@@ -343,7 +342,8 @@ pub async fn unused_keys(pool: &PgPool, now: DateTime<Utc>) -> Result<Report, Jo
             continue;
         };
         let email = unused_email(&keys, org.alert_settings().unused_days, now);
-        let alert = NewAlert::to_org(AlertKind::UnusedKeys, org, None, week_period(now), email);
+        let alert = NewAlert::to_org(AlertKind::UnusedKeys, org, None, week_period(now), email)
+            .at_most_every(Duration::days(7));
         report += raise(pool, alert, now).await?;
     }
     Ok(report)
