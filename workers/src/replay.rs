@@ -6,7 +6,7 @@
 //! write their events and their read-model rows in one transaction). It
 //! only applies events to tables: it appends nothing and sends nothing.
 
-use keyledger_events::log::{self, LogPosition};
+use keyledger_events::log::{self, LogPosition, StoredEvent};
 use keyledger_events::read_model::{self, ProjectionError};
 use sqlx::{PgConnection, PgPool};
 
@@ -66,21 +66,27 @@ async fn rebuild_into_schema(tx: &mut PgConnection) -> Result<usize, ReplayError
         let events = log::read_visible_after(&mut *tx, after, BATCH).await?;
         let Some(last) = events.last() else { break };
         after = last.log_position();
-        for event in &events {
-            read_model::apply(&mut *tx, event)
-                .await
-                .map_err(|source| match source {
-                    ProjectionError::Database(e) => ReplayError::Database(e),
-                    source => ReplayError::Event {
-                        position: event.position,
-                        source,
-                    },
-                })?;
-        }
+        apply_all(tx, &events).await?;
         applied += events.len();
     }
     sqlx::query("set local search_path to public").execute(&mut *tx).await?;
     Ok(applied)
+}
+
+/// Applies `events` in order to the read models `search_path` resolves to.
+async fn apply_all(db: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ReplayError> {
+    for event in events {
+        read_model::apply(&mut *db, event)
+            .await
+            .map_err(|source| match source {
+                ProjectionError::Database(e) => ReplayError::Database(e),
+                source => ReplayError::Event {
+                    position: event.position,
+                    source,
+                },
+            })?;
+    }
+    Ok(())
 }
 
 async fn begin_snapshot(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
@@ -155,15 +161,7 @@ async fn rebuild_and_swap(pool: &PgPool) -> Result<usize, ReplayError> {
         .execute(&mut *tx)
         .await?;
     let late = log::read_since_transaction(&mut *tx, horizon).await?;
-    for event in &late {
-        read_model::apply(&mut tx, event).await.map_err(|source| match source {
-            ProjectionError::Database(e) => ReplayError::Database(e),
-            source => ReplayError::Event {
-                position: event.position,
-                source,
-            },
-        })?;
-    }
+    apply_all(&mut tx, &late).await?;
     sqlx::query("set local search_path to public").execute(&mut *tx).await?;
     for table in READ_MODELS {
         sqlx::query(&format!("drop table public.{table}"))

@@ -1431,7 +1431,7 @@ fn a_reminder_changes_nothing_in_the_key() {
 fn regenerating_moves_the_rotation_date_so_no_reminder_is_owed() {
     let created = created_days_ago(100, "secret");
     let regenerated = then_one(ApiKey::decide(
-        given(&[created.clone()]).as_ref(),
+        given(std::slice::from_ref(&created)).as_ref(),
         regenerate(0),
         now() - days(1),
     ));
