@@ -522,6 +522,48 @@ async fn alerts_wait_while_smtp_is_down_and_are_each_sent_once_when_it_is_back()
 }
 
 #[actix_web::test]
+async fn an_alert_that_cannot_be_delivered_is_marked_failed_after_its_last_attempt() {
+    let app = alerting_app().await;
+    create_key(&app, "Old mobile app", json!({})).await;
+    let later = Utc::now() + days(31);
+    assert_eq!(job(&app, Job::UnusedKeys, later).await.alerts, 1);
+    let down = MailServer::reserve();
+    let mut mailer = mailer(&app, &down);
+    mailer.max_attempts = 3;
+    let mut at = later;
+    for attempt in 1..=3 {
+        let delivery = mailer.run_once(at).await.unwrap();
+        let expected = if attempt < 3 {
+            Delivery {
+                sent: 0,
+                retrying: 1,
+                failed: 0,
+            }
+        } else {
+            Delivery {
+                sent: 0,
+                retrying: 0,
+                failed: 1,
+            }
+        };
+        assert_eq!(delivery, expected, "attempt {attempt}");
+        at += chrono::Duration::hours(2);
+    }
+    let (status, attempts, error): (String, i32, Option<String>) =
+        sqlx::query_as("select status, attempts, last_error from alerts")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), attempts), ("failed", 3));
+    assert!(error.is_some_and(|e| !e.is_empty()), "the last error is on record");
+    assert_eq!(
+        mailer.run_once(at + days(1)).await.unwrap(),
+        Delivery::default(),
+        "given up"
+    );
+}
+
+#[actix_web::test]
 async fn each_address_gets_its_own_email_and_one_refused_address_does_not_silence_the_others() {
     let app = spawn_app().await;
     let bouncing = format!("{}@acme.test", crate::smtp::BOUNCING);
