@@ -40,8 +40,9 @@ pub enum ApiError {
     RateLimited { retry_after: u64 },
     #[error("too many failed attempts")]
     TooManyFailedAttempts { retry_after: u64 },
-    #[error("{0} is not implemented yet")]
-    NotImplemented(&'static str),
+    /// A path no endpoint answers (as opposed to an id nobody owns).
+    #[error("no such endpoint")]
+    NoSuchEndpoint,
     #[error("a dependency is unavailable")]
     Unavailable,
     #[error("internal error: {0:#}")]
@@ -75,7 +76,7 @@ impl ApiError {
             ApiError::Validation(_) => "validation_error",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::TooManyFailedAttempts { .. } => "too_many_failed_attempts",
-            ApiError::NotImplemented(_) => "not_implemented",
+            ApiError::NoSuchEndpoint => "not_found",
             ApiError::Unavailable => "unavailable",
             ApiError::Internal(_) => "internal_error",
         }
@@ -113,7 +114,9 @@ impl ApiError {
             ApiError::TooManyFailedAttempts { retry_after } => format!(
                 "Too many invalid API keys came from your address. Retry in {retry_after} s with a valid key."
             ),
-            ApiError::NotImplemented(what) => format!("{what} is not available in this version yet."),
+            ApiError::NoSuchEndpoint => {
+                "There is no such endpoint; every endpoint is described at GET /openapi.json.".into()
+            }
             ApiError::Unavailable => "A dependency is unavailable; retry shortly.".into(),
             ApiError::Internal(_) => "Something went wrong on our side; retry, and report the request id if it persists.".into(),
         }
@@ -133,7 +136,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } | ApiError::TooManyFailedAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::NoSuchEndpoint => StatusCode::NOT_FOUND,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -203,5 +206,5 @@ impl From<sqlx::Error> for ApiError {
 
 /// Unknown paths answer in the same format.
 pub async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound)
+    Err(ApiError::NoSuchEndpoint)
 }

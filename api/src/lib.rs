@@ -11,6 +11,7 @@ pub mod key_cache;
 pub mod keys;
 pub mod metrics;
 pub mod middleware;
+pub mod openapi;
 pub mod org;
 pub mod rate_limit;
 pub mod routes;
@@ -141,6 +142,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/healthz", web::get().to(health::healthz))
     .route("/metrics", web::get().to(metrics::metrics))
     .route("/readyz", web::get().to(health::readyz))
+    .route("/openapi.json", web::get().to(openapi::openapi))
     .default_service(web::to(error::not_found));
 }
 

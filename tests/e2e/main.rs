@@ -11,6 +11,7 @@ mod isolation;
 mod kafka;
 mod keys;
 mod nginx;
+mod openapi;
 mod projection;
 mod smtp;
 mod validation;
