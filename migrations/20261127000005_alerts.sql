@@ -15,9 +15,10 @@ create table alerts (
     key_id text,
     recipients text[] not null,
     -- Recipients who have their email, and those the mail server refused
-    -- for good: a retry mails only the rest.
+    -- for good (with its answer in refusals): a retry mails only the rest.
     delivered_to text[] not null default '{}',
     refused text[] not null default '{}',
+    refusals text[] not null default '{}',
     -- The email as rendered when the alert was raised; it never holds a secret.
     subject text not null,
     body_text text not null,

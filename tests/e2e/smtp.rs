@@ -66,11 +66,17 @@ struct Capture {
 /// Addresses starting with this are refused for good (550), as a mail
 /// server refuses a mailbox that does not exist.
 pub const BOUNCING: &str = "bounce";
+/// Addresses starting with this are put off (451), as a greylisting server does.
+pub const DEFERRED: &str = "later";
 
 impl Handler for Capture {
     fn rcpt(&mut self, to: &str) -> Response {
-        if to.trim_start_matches('<').starts_with(BOUNCING) {
+        let address = to.trim_start_matches('<');
+        if address.starts_with(BOUNCING) {
             return response::NO_MAILBOX;
+        }
+        if address.starts_with(DEFERRED) {
+            return response::INTERNAL_ERROR;
         }
         response::OK
     }

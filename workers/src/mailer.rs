@@ -77,13 +77,19 @@ impl Transport {
     async fn deliver(&self, message: Message, file_stem: &str) -> Result<(), Failure> {
         match self {
             Transport::Smtp(smtp) => smtp.send(message).await.map(drop).map_err(|e| Failure {
-                permanent: e.is_permanent(),
+                kind: if e.is_permanent() {
+                    FailureKind::Refused
+                } else if e.is_transient() {
+                    FailureKind::Deferred
+                } else {
+                    FailureKind::Unreachable
+                },
                 reason: e.to_string(),
             }),
             Transport::Files(dir) => write_eml(dir, file_stem, &message.formatted())
                 .await
                 .map_err(|e| Failure {
-                    permanent: false,
+                    kind: FailureKind::Unreachable,
                     reason: format!("writing to {}: {e}", dir.display()),
                 }),
         }
@@ -99,8 +105,19 @@ async fn write_eml(dir: &Path, stem: &str, bytes: &[u8]) -> std::io::Result<()> 
 }
 
 struct Failure {
-    permanent: bool,
+    kind: FailureKind,
     reason: String,
+}
+
+enum FailureKind {
+    /// The server refused this recipient for good (5xx): never retried.
+    Refused,
+    /// The server put this recipient off (4xx, e.g. greylisting): the
+    /// others are still tried now, this one at the next attempt.
+    Deferred,
+    /// No server, no answer in time, or the folder is not writable: nothing
+    /// more is tried until the next attempt.
+    Unreachable,
 }
 
 /// What one step did.
@@ -113,6 +130,34 @@ pub struct Delivery {
     pub failed: usize,
 }
 
+/// `now` as a step was given it, moved on by the time the step has taken:
+/// leases and retry times stay true however long a batch of sends lasts.
+struct Clock {
+    start: DateTime<Utc>,
+    started: std::time::Instant,
+}
+
+impl Clock {
+    fn starting_at(start: DateTime<Utc>) -> Clock {
+        Clock {
+            start,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.start + chrono::Duration::from_std(self.started.elapsed()).unwrap_or_default()
+    }
+}
+
+/// Where an alert's delivery stands, as recorded in its row.
+struct Progress {
+    delivered: Vec<String>,
+    refused: Vec<String>,
+    /// "address: the server's answer", one per refused address.
+    refusals: Vec<String>,
+}
+
 #[derive(sqlx::FromRow)]
 struct Claimed {
     id: uuid::Uuid,
@@ -120,6 +165,7 @@ struct Claimed {
     recipients: Vec<String>,
     delivered_to: Vec<String>,
     refused: Vec<String>,
+    refusals: Vec<String>,
     subject: String,
     body_text: String,
     body_html: String,
@@ -154,10 +200,13 @@ impl Mailer {
     /// One step: sends the alerts due at `now`, claiming them one at a time
     /// (at most a batch).
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<Delivery, MailerError> {
+        let clock = Clock::starting_at(now);
         let mut delivery = Delivery::default();
         for _ in 0..BATCH {
-            let Some(alert) = self.claim(now).await? else { break };
-            self.attempt(alert, now, &mut delivery).await?;
+            let Some(alert) = self.claim(clock.now()).await? else {
+                break;
+            };
+            self.attempt(alert, &clock, &mut delivery).await?;
         }
         Ok(delivery)
     }
@@ -169,7 +218,7 @@ impl Mailer {
             "update alerts set attempts = attempts + 1, next_attempt_at = $2
              where id = (select id from alerts where status = 'pending' and next_attempt_at <= $1
                          order by next_attempt_at limit 1 for update skip locked)
-             returning id, kind, recipients, delivered_to, refused, subject, body_text, body_html, attempts, created_at",
+             returning id, kind, recipients, delivered_to, refused, refusals, subject, body_text, body_html, attempts, created_at",
         )
         .bind(now)
         .bind(now + LEASE)
@@ -178,60 +227,72 @@ impl Mailer {
     }
 
     /// Sends the alert to each recipient it has not reached yet, one email
-    /// each, recording every delivery at once: a retry never mails anyone
-    /// twice, and an address the server refuses does not silence the others.
-    async fn attempt(&self, alert: Claimed, now: DateTime<Utc>, delivery: &mut Delivery) -> Result<(), sqlx::Error> {
-        let mut delivered = alert.delivered_to.clone();
-        let mut refused = alert.refused.clone();
-        let mut errors = Vec::new();
-        let mut transient = None;
+    /// each, recording every outcome at once (which also renews the lease):
+    /// a retry never mails anyone twice, and an address the server refuses
+    /// or puts off does not hold back the others.
+    async fn attempt(&self, alert: Claimed, clock: &Clock, delivery: &mut Delivery) -> Result<(), sqlx::Error> {
+        let mut progress = Progress {
+            delivered: alert.delivered_to.clone(),
+            refused: alert.refused.clone(),
+            refusals: alert.refusals.clone(),
+        };
+        let mut deferred = None;
         for (n, recipient) in alert.recipients.iter().enumerate() {
-            if delivered.contains(recipient) || refused.contains(recipient) {
+            if progress.delivered.contains(recipient) || progress.refused.contains(recipient) {
                 continue;
             }
             match self.send(&alert, n, recipient).await {
-                Ok(()) => delivered.push(recipient.clone()),
+                Ok(()) => progress.delivered.push(recipient.clone()),
                 Err(Failure {
-                    permanent: true,
+                    kind: FailureKind::Refused,
                     reason,
                 }) => {
-                    refused.push(recipient.clone());
-                    errors.push(format!("{recipient}: {reason}"));
+                    progress.refused.push(recipient.clone());
+                    progress.refusals.push(format!("{recipient}: {reason}"));
                 }
                 Err(Failure {
-                    permanent: false,
+                    kind: FailureKind::Deferred,
+                    reason,
+                }) => deferred = Some(format!("{recipient}: {reason}")),
+                Err(Failure {
+                    kind: FailureKind::Unreachable,
                     reason,
                 }) => {
-                    transient = Some(reason);
+                    deferred = Some(reason);
                     break;
                 }
             }
-            if !self.record(&alert, &delivered, &refused).await? {
+            if !self.record(&alert, &progress, clock.now()).await? {
                 return Ok(());
             }
         }
-        let (status, retry_at, error) = match transient {
-            Some(reason) if alert.attempts < self.max_attempts => {
+        let now = clock.now();
+        let reached_all = alert
+            .recipients
+            .iter()
+            .all(|r| progress.delivered.contains(r) || progress.refused.contains(r));
+        let (status, next_attempt_at, error) = match deferred {
+            Some(reason) if !reached_all && alert.attempts < self.max_attempts => {
                 let retry_at = now + self.backoff(alert.attempts);
-                tracing::warn!(alert = %alert.id, attempts = alert.attempts, error = %reason, %retry_at, "alert not delivered; will retry");
+                tracing::warn!(alert = %alert.id, attempts = alert.attempts, error = %reason, %retry_at, "alert not delivered to everyone; will retry");
                 delivery.retrying += 1;
                 ("pending", retry_at, Some(reason))
             }
-            Some(reason) => {
-                tracing::error!(alert = %alert.id, attempts = alert.attempts, error = %reason, "alert not delivered; giving up");
+            Some(reason) if !reached_all => {
+                tracing::error!(alert = %alert.id, attempts = alert.attempts, error = %reason, "alert not delivered to everyone; giving up");
                 delivery.failed += 1;
                 ("failed", now, Some(reason))
             }
-            None if delivered.is_empty() => {
-                let reason = errors.join("; ");
+            _ if progress.delivered.is_empty() => {
+                let reason = progress.refusals.join("; ");
                 tracing::error!(alert = %alert.id, error = %reason, "every recipient was refused");
                 delivery.failed += 1;
                 ("failed", now, Some(reason))
             }
-            None => {
-                tracing::info!(alert = %alert.id, kind = %alert.kind, recipients = delivered.len(), "alert sent");
+            _ => {
+                tracing::info!(alert = %alert.id, kind = %alert.kind, recipients = progress.delivered.len(), "alert sent");
                 delivery.sent += 1;
-                ("sent", now, (!errors.is_empty()).then(|| errors.join("; ")))
+                ("sent", now, None)
             }
         };
         sqlx::query(
@@ -242,24 +303,27 @@ impl Mailer {
         .bind(alert.id)
         .bind(alert.attempts)
         .bind(status)
-        .bind(retry_at)
+        .bind(next_attempt_at)
         .bind(error)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Records who has the email (and who refused it) while this worker's
-    /// claim holds; false if it lapsed and another worker took the alert over.
-    async fn record(&self, alert: &Claimed, delivered: &[String], refused: &[String]) -> Result<bool, sqlx::Error> {
+    /// Records who has the email and who refused it, and renews the lease,
+    /// while this worker's claim holds; false if it lapsed and another
+    /// worker took the alert over.
+    async fn record(&self, alert: &Claimed, progress: &Progress, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
         let updated = sqlx::query(
-            "update alerts set delivered_to = $3, refused = $4
+            "update alerts set delivered_to = $3, refused = $4, refusals = $5, next_attempt_at = $6
              where id = $1 and status = 'pending' and attempts = $2",
         )
         .bind(alert.id)
         .bind(alert.attempts)
-        .bind(delivered)
-        .bind(refused)
+        .bind(&progress.delivered)
+        .bind(&progress.refused)
+        .bind(&progress.refusals)
+        .bind(now + LEASE)
         .execute(&self.pool)
         .await?;
         if updated.rows_affected() == 0 {
@@ -272,7 +336,7 @@ impl Mailer {
     /// other worker can take the alert over while this one may still send.
     async fn send(&self, alert: &Claimed, n: usize, recipient: &str) -> Result<(), Failure> {
         let message = self.message(alert, n, recipient).map_err(|reason| Failure {
-            permanent: true,
+            kind: FailureKind::Refused,
             reason,
         })?;
         let stem = format!(
@@ -285,7 +349,7 @@ impl Mailer {
             .await
             .unwrap_or_else(|_| {
                 Err(Failure {
-                    permanent: false,
+                    kind: FailureKind::Unreachable,
                     reason: format!("no answer within {} s", SEND_TIMEOUT.as_secs()),
                 })
             })
