@@ -9,9 +9,8 @@ create table alerts (
     -- period finds this row and adds nothing, whichever worker finds it.
     dedupe_key text not null unique,
     kind text not null,
-    -- The key the alert is about, or the organization for a digest.
-    about text not null,
     org_id text not null,
+    -- The key the alert is about; null for an organization-wide digest.
     key_id text,
     recipients text[] not null,
     -- Recipients who have their email, and those the mail server refused
@@ -36,8 +35,9 @@ create table alerts (
 
 -- The mailer's queue: pending alerts in the order they become due.
 create index alerts_pending on alerts (next_attempt_at) where status = 'pending';
--- "At most once an hour (a week) per key": the latest alert of a kind about a subject.
-create index alerts_recent on alerts (kind, about, created_at);
+-- "At most once an hour (a week) per key": the latest alert of a kind about
+-- a key (or, for a digest, an organization).
+create index alerts_recent on alerts (kind, (coalesce(key_id, org_id)), created_at);
 
 -- The alert jobs read the last minutes and hours of every key's usage.
 create index usage_rollups_recent on usage_rollups (granularity, bucket);

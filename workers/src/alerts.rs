@@ -37,8 +37,6 @@ impl AlertKind {
 /// An alert about to be raised.
 pub struct NewAlert {
     pub kind: AlertKind,
-    /// The key (or, for a digest, the organization) the alert is about.
-    pub about: String,
     /// The period the alert covers, e.g. the hour `2026-11-26T10`; one alert
     /// per kind, subject and period.
     pub period: String,
@@ -57,7 +55,6 @@ impl NewAlert {
     pub fn to_org(kind: AlertKind, org: &OrgRow, key_id: Option<&str>, period: String, email: Email) -> NewAlert {
         NewAlert {
             kind,
-            about: key_id.unwrap_or(&org.id).to_owned(),
             period,
             org_id: org.id.clone(),
             key_id: key_id.map(str::to_owned),
@@ -76,8 +73,13 @@ impl NewAlert {
         }
     }
 
+    /// The key (or, for a digest, the organization) the alert is about.
+    pub fn about(&self) -> &str {
+        self.key_id.as_deref().unwrap_or(&self.org_id)
+    }
+
     pub fn dedupe_key(&self) -> String {
-        format!("{}:{}:{}", self.kind.as_str(), self.about, self.period)
+        format!("{}:{}:{}", self.kind.as_str(), self.about(), self.period)
     }
 }
 
@@ -100,19 +102,18 @@ pub fn week_period(at: DateTime<Utc>) -> String {
 /// `unaddressed`, which the mailer skips.
 pub async fn raise(db: &mut PgConnection, alert: &NewAlert, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
-        "insert into alerts (id, dedupe_key, kind, about, org_id, key_id, recipients, subject, body_text, body_html,
+        "insert into alerts (id, dedupe_key, kind, org_id, key_id, recipients, subject, body_text, body_html,
                              status, next_attempt_at, created_at)
-         select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-                case when cardinality($7::text[]) = 0 then 'unaddressed' else 'pending' end, $11, $11
-         where $12::bigint is null or not exists (
-             select 1 from alerts where kind = $3 and about = $4
-               and created_at > $11 - make_interval(secs => $12::double precision) and created_at <= $11)
+         select $1, $2, $3, $4, $5, $6, $7, $8, $9,
+                case when cardinality($6::text[]) = 0 then 'unaddressed' else 'pending' end, $10, $10
+         where $11::bigint is null or not exists (
+             select 1 from alerts where kind = $3 and coalesce(key_id, org_id) = coalesce($5, $4)
+               and created_at > $10 - make_interval(secs => $11::double precision) and created_at <= $10)
          on conflict (dedupe_key) do nothing",
     )
     .bind(uuid::Uuid::now_v7())
     .bind(alert.dedupe_key())
     .bind(alert.kind.as_str())
-    .bind(&alert.about)
     .bind(&alert.org_id)
     .bind(&alert.key_id)
     .bind(&alert.recipients)

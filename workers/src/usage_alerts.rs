@@ -18,6 +18,7 @@ use sqlx::PgPool;
 use crate::alert_email::{compose, count, percent, Block, Email, KeyLabel};
 use crate::alerts::{self, hour_period, week_period, AlertKind, NewAlert};
 use crate::scheduler::{JobError, Orgs, Report};
+use keyledger_events::read_model::OrgRow;
 
 /// How many past minutes each run looks at for a busy minute (runs are a
 /// minute apart; the margin covers a late usage flush or a missed run).
@@ -36,6 +37,20 @@ pub async fn run_once(pool: &PgPool, now: DateTime<Utc>) -> Result<Report, JobEr
 
 async fn raise(pool: &PgPool, alert: NewAlert, now: DateTime<Utc>) -> Result<Report, JobError> {
     Ok(Report::raised(alerts::raise_alone(pool, &alert, now).await?))
+}
+
+/// A usage alert about one key, raised at most once per key in any hour.
+async fn raise_hourly(
+    pool: &PgPool,
+    kind: AlertKind,
+    org: &OrgRow,
+    key: &KeyLabel,
+    period: String,
+    email: Email,
+    now: DateTime<Utc>,
+) -> Result<Report, JobError> {
+    let alert = NewAlert::to_org(kind, org, Some(&key.id), period, email).at_most_every(Duration::hours(1));
+    raise(pool, alert, now).await
 }
 
 fn usage_link(label: &KeyLabel) -> String {
@@ -81,10 +96,16 @@ async fn approaching_limit(pool: &PgPool, orgs: &mut Orgs, now: DateTime<Utc>) -
         }
         let email = approaching_email(&minute, limit, threshold);
         let period = hour_period(minute.bucket);
-        let key_id = minute.label.id.clone();
-        let alert = NewAlert::to_org(AlertKind::ApproachingRateLimit, org, Some(&key_id), period, email)
-            .at_most_every(Duration::hours(1));
-        report += raise(pool, alert, now).await?;
+        report += raise_hourly(
+            pool,
+            AlertKind::ApproachingRateLimit,
+            org,
+            &minute.label,
+            period,
+            email,
+            now,
+        )
+        .await?;
     }
     Ok(report)
 }
@@ -166,10 +187,16 @@ async fn error_rate(pool: &PgPool, orgs: &mut Orgs, now: DateTime<Utc>) -> Resul
             continue;
         }
         let email = error_rate_email(&window, threshold, settings.error_rate_window_minutes);
-        let key_id = window.label.id.clone();
-        let alert = NewAlert::to_org(AlertKind::ErrorRate, org, Some(&key_id), hour_period(now), email)
-            .at_most_every(Duration::hours(1));
-        report += raise(pool, alert, now).await?;
+        report += raise_hourly(
+            pool,
+            AlertKind::ErrorRate,
+            org,
+            &window.label,
+            hour_period(now),
+            email,
+            now,
+        )
+        .await?;
     }
     Ok(report)
 }
@@ -261,10 +288,16 @@ async fn unusual_activity(pool: &PgPool, orgs: &mut Orgs, now: DateTime<Utc>) ->
             continue;
         }
         let email = unusual_email(&key, hours, factor, settings.unusual_activity_min_requests);
-        let key_id = key.label.id.clone();
-        let alert = NewAlert::to_org(AlertKind::UnusualActivity, org, Some(&key_id), hour_period(now), email)
-            .at_most_every(Duration::hours(1));
-        report += raise(pool, alert, now).await?;
+        report += raise_hourly(
+            pool,
+            AlertKind::UnusualActivity,
+            org,
+            &key.label,
+            hour_period(now),
+            email,
+            now,
+        )
+        .await?;
     }
     Ok(report)
 }
