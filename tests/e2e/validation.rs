@@ -159,3 +159,77 @@ async fn missing_or_bad_credentials_are_refused_before_anything_happens() {
     anywhere.expect_error(400, "bad_request");
     assert_eq!(app.event_count().await, before);
 }
+
+#[actix_web::test]
+async fn names_that_spoof_and_expiries_rfc_3339_cannot_write_are_refused_on_create_and_edit() {
+    let app = spawn_app().await;
+    let key = app.create_key(json!({"name": "plain", "type": "secret"})).await;
+    let path = format!("/v1/keys/{}", key["id"].as_str().unwrap());
+    let before = app.event_count().await;
+    let refused = [
+        // Trojan Source: displayed as "adminexe.txt", stored as something else.
+        (json!({"name": "admin\u{202E}txt.exe"}), "name", "bidirectional"),
+        (json!({"name": "\u{2066}billing\u{2069}"}), "name", "bidirectional"),
+        (json!({"name": "key\u{200F}"}), "name", "bidirectional"),
+        (json!({"name": "\u{061C}x"}), "name", "bidirectional"),
+        (json!({"name": "\u{200B}"}), "name", "visible"),
+        (json!({"name": "\u{200B}\u{200D}\u{FEFF}\u{2060}"}), "name", "visible"),
+        // Later than the last second RFC 3339 can write (it would print as +10000-…).
+        (
+            json!({"expires_at": "9999-12-31T23:59:59-01:00"}),
+            "expires_at",
+            "9999-12-31T23:59:59Z",
+        ),
+        (
+            json!({"expires_at": "9999-12-31T23:59:59.5Z"}),
+            "expires_at",
+            "9999-12-31T23:59:59Z",
+        ),
+    ];
+    for (change, field, says) in refused {
+        let mut create = json!({"name": "x", "type": "secret"});
+        for (name, value) in change.as_object().unwrap() {
+            create[name] = value.clone();
+        }
+        for answer in [
+            app.post("/v1/keys", create).await,
+            app.patch(&path, change.clone()).await,
+        ] {
+            answer.expect_error(422, "validation_error");
+            let problems = answer.body["error"]["details"][field].to_string();
+            assert!(problems.contains(says), "{change} → {:#}", answer.body);
+        }
+    }
+    assert_eq!(app.event_count().await, before, "nothing was appended");
+    let latest = app
+        .create_key(json!({"name": "forever", "type": "secret", "expires_at": "9999-12-31T23:59:59Z"}))
+        .await;
+    assert_eq!(latest["expires_at"], "9999-12-31T23:59:59Z");
+}
+
+#[actix_web::test]
+async fn keys_in_query_strings_are_found_after_percent_decoding() {
+    let app = spawn_app().await;
+    let secret = app.admin_key.clone();
+    let (prefix, body) = secret.split_at(8);
+    let encoded_prefix = prefix.replace('_', "%5F");
+    for query in [
+        format!("q={encoded_prefix}{body}"),
+        format!("q=%73%6B%5F%6C%69%76%65%5F{body}"),
+        format!("q={}{body}", prefix.replace('_', "%255F")),
+        "%6bey=anything".to_owned(),
+        "API%5FKEY=anything".to_owned(),
+        "access%5ftoken=anything".to_owned(),
+        format!("{encoded_prefix}{body}"),
+        format!("note=see+{encoded_prefix}{body}"),
+    ] {
+        let answer = app.get(&format!("/v1/keys?{query}")).await;
+        answer.expect_error(400, "bad_request");
+        assert!(
+            answer.body["error"]["message"].as_str().unwrap().contains("query"),
+            "{query}"
+        );
+    }
+    app.get("/v1/keys?limit=5&status=active").await.expect(200);
+    app.get("/v1/keys?cursor=key_01JD0000000000000000000000").await.expect(200);
+}

@@ -333,9 +333,16 @@ fn parse_scopes(raw: &[String], key_type: Option<KeyType>, details: &mut Validat
     scopes
 }
 
+/// The latest expiry a key may have: later instants have five-digit years,
+/// which RFC 3339 cannot write.
+pub const LATEST_EXPIRY: &str = "9999-12-31T23:59:59Z";
+
 fn check_expiry(expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>, details: &mut ValidationDetails) {
-    if expires_at.is_some_and(|at| at <= now) {
-        details.add("expires_at", "must be in the future");
+    let latest = DateTime::parse_from_rfc3339(LATEST_EXPIRY).expect("a valid instant");
+    match expires_at {
+        Some(at) if at <= now => details.add("expires_at", "must be in the future"),
+        Some(at) if at > latest => details.add("expires_at", format!("must be at most {LATEST_EXPIRY}")),
+        _ => {}
     }
 }
 

@@ -428,6 +428,48 @@ fn create_refuses_an_expiry_that_is_not_in_the_future() {
     }
 }
 
+/// Instants after 9999-12-31T23:59:59Z print with five-digit years.
+fn beyond_rfc_3339() -> [DateTime<Utc>; 2] {
+    let latest = Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap();
+    [latest + Duration::milliseconds(500), latest + days(1)]
+}
+
+#[test]
+fn create_refuses_an_expiry_rfc_3339_cannot_write() {
+    for at in beyond_rfc_3339() {
+        let input = CreateKey {
+            expires_at: Some(at),
+            ..create_input("secret")
+        };
+        then_invalid(when(&given(&[]), create(input)), &["expires_at"]);
+    }
+    let latest = Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap();
+    let input = CreateKey {
+        expires_at: Some(latest),
+        ..create_input("secret")
+    };
+    assert!(
+        when(&given(&[]), create(input)).is_ok(),
+        "the last second of 9999 is fine"
+    );
+}
+
+#[test]
+fn update_refuses_an_expiry_rfc_3339_cannot_write() {
+    for at in beyond_rfc_3339() {
+        then_invalid(
+            when(
+                &given(&[secret_created()]),
+                update(UpdateKey {
+                    expires_at: Some(Some(at)),
+                    ..UpdateKey::default()
+                }),
+            ),
+            &["expires_at"],
+        );
+    }
+}
+
 #[test]
 fn create_refuses_bad_names() {
     for bad in [
