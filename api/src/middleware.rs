@@ -50,11 +50,52 @@ fn request_id_of(req: &ServiceRequest) -> String {
 const KEY_PARAMETERS: [&str; 5] = ["key", "api_key", "apikey", "access_token", "token"];
 const KEY_PREFIXES: [&str; 3] = ["pk_live_", "sk_live_", "sk_test_"];
 
+/// `%XX` escapes and `+` (a space in forms) decoded, as a query parser
+/// would; a malformed escape is kept as it is.
+fn form_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        match (bytes[i], escaped) {
+            (_, Some(byte)) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            (b'+', None) => {
+                decoded.push(b' ');
+                i += 1;
+            }
+            (byte, None) => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+/// Whether a query string names a credential parameter or holds something
+/// key-shaped — as sent, and after each of up to three rounds of
+/// percent-decoding (`sk%5Flive_…`, `%6bey=…`, and their double encodings).
 fn query_carries_key(query: &str) -> bool {
     query.split('&').any(|pair| {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        KEY_PARAMETERS.contains(&name.to_ascii_lowercase().as_str())
-            || KEY_PREFIXES.iter().any(|p| value.contains(p) || name.contains(p))
+        let (mut name, mut value) = pair
+            .split_once('=')
+            .map_or((pair.to_owned(), String::new()), |(n, v)| (n.to_owned(), v.to_owned()));
+        for _ in 0..4 {
+            if KEY_PARAMETERS.contains(&name.to_ascii_lowercase().as_str())
+                || KEY_PREFIXES.iter().any(|p| value.contains(p) || name.contains(p))
+            {
+                return true;
+            }
+            (name, value) = (form_decode(&name), form_decode(&value));
+        }
+        false
     })
 }
 
@@ -116,5 +157,11 @@ mod tests {
         assert!(query_carries_key("Token=1"));
         assert!(!query_carries_key("limit=5&cursor=key_01ABC"));
         assert!(!query_carries_key(""));
+        assert!(query_carries_key("q=sk%5Flive_abc"));
+        assert!(query_carries_key("q=sk%255Flive_abc"));
+        assert!(query_carries_key("%6bey=1"));
+        assert!(query_carries_key("%256bey=1"));
+        assert!(query_carries_key("x=1&api%5Fkey=2"));
+        assert!(!query_carries_key("q=100%25&r=%zz"));
     }
 }
