@@ -69,6 +69,18 @@ impl KeyCache {
 
     /// The key whose secret hashes to `hash`, from memory when possible.
     pub async fn lookup(&self, pool: &PgPool, hash: &KeyHash) -> Result<Option<Arc<CachedKey>>, sqlx::Error> {
+        self.lookup_with(pool, hash, || async {}).await
+    }
+
+    /// [`KeyCache::lookup`], running `after_read` between a miss's database
+    /// read and its insert — where a racing eviction must win (tests put one
+    /// there).
+    pub async fn lookup_with<F: std::future::Future<Output = ()>>(
+        &self,
+        pool: &PgPool,
+        hash: &KeyHash,
+        after_read: impl FnOnce() -> F,
+    ) -> Result<Option<Arc<CachedKey>>, sqlx::Error> {
         if let Some(slot) = self.slots.read().expect("cache lock").get(&hash.0) {
             if slot.expires > Instant::now() {
                 self.hits.fetch_add(1, Ordering::Relaxed);
@@ -96,6 +108,7 @@ impl KeyCache {
             }
             None => Entry::Unknown,
         };
+        after_read().await;
         self.insert(
             hash.0,
             Slot {
@@ -129,22 +142,23 @@ impl KeyCache {
         slots.insert(hash, slot);
     }
 
-    /// Forgets every entry of the key or organization a notification names.
+    /// Forgets every entry of the key or organization a notification names,
+    /// and (like [`KeyCache::clear`]) bumps the generation, so no lookup that
+    /// read the database before the change caches what it read.
     pub fn evict_stream(&self, stream_id: &str) {
         let Some((kind, id)) = stream_id.split_once('-') else {
             return;
         };
-        self.slots
-            .write()
-            .expect("cache lock")
-            .retain(|_, slot| match &slot.entry {
-                Entry::Known(key) => match kind {
-                    "key" => key.row.id != id,
-                    "org" => key.row.org_id != id,
-                    _ => true,
-                },
-                Entry::Unknown => true,
-            });
+        let mut slots = self.slots.write().expect("cache lock");
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        slots.retain(|_, slot| match &slot.entry {
+            Entry::Known(key) => match kind {
+                "key" => key.row.id != id,
+                "org" => key.row.org_id != id,
+                _ => true,
+            },
+            Entry::Unknown => true,
+        });
     }
 
     pub fn clear(&self) {

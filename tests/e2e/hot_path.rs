@@ -44,8 +44,11 @@ fn header_u64(answer: &Answer, name: &str) -> u64 {
 
 #[actix_web::test]
 async fn a_cache_hit_verification_makes_no_database_query() {
-    let app = spawn_app().await;
+    let mut app = spawn_app().await;
     let key = app.create_key(json!({"name": "hot", "type": "secret"})).await;
+    // No notification may arrive while the test counts (a late one for the
+    // key's creation would evict it, or keep a racing read from caching it).
+    app.stop_background().await;
     let cache = &app.state.cache;
     assert_eq!(app.verify(json!({"key": key["key"]})).await["code"], "VALID");
     let lookups = cache.database_lookups.load(Ordering::Relaxed);
@@ -342,4 +345,32 @@ async fn forward_auth_maps_routes_to_scopes_for_nginx_traefik_and_envoy() {
     call(&app.address, Method::GET, "/v1/auth", Some(secret), None, &[])
         .await
         .expect_error(400, "bad_request");
+}
+
+#[actix_web::test]
+async fn a_lookup_that_read_the_key_before_a_deactivation_does_not_cache_it() {
+    let mut app = spawn_app().await;
+    let key = app.create_key(json!({"name": "raced", "type": "secret"})).await;
+    let (id, secret) = (key["id"].as_str().unwrap().to_owned(), key["key"].as_str().unwrap());
+    // Notifications are applied by hand below, exactly where the race puts them.
+    app.stop_background().await;
+    let (plain, _) = keyledger_events::domain::PlainKey::parse(secret).unwrap();
+    let hash = app.hash_key.hash(&plain);
+    let cache = app.state.cache.clone();
+    // A verification misses the cache and reads the key (active) from the
+    // database; before it stores what it read, the key is deactivated and
+    // the notification evicts it.
+    let raced = cache
+        .lookup_with(&app.pool, &hash, || async {
+            app.post(&format!("/v1/keys/{id}/deactivate"), json!({}))
+                .await
+                .expect(200);
+            cache.evict_stream(&format!("key-{id}"));
+        })
+        .await
+        .unwrap()
+        .expect("the key exists");
+    assert_eq!(raced.row.status, "active", "the racing lookup read the old state");
+    // The next verification must not be answered from what the race read.
+    assert_eq!(app.verify(json!({"key": secret})).await["code"], "INACTIVE");
 }

@@ -231,5 +231,7 @@ async fn keys_in_query_strings_are_found_after_percent_decoding() {
         );
     }
     app.get("/v1/keys?limit=5&status=active").await.expect(200);
-    app.get("/v1/keys?cursor=key_01JD0000000000000000000000").await.expect(200);
+    app.get("/v1/keys?cursor=key_01JD0000000000000000000000")
+        .await
+        .expect(200);
 }
