@@ -1,48 +1,157 @@
 //! `GET /v1/auth`: forward authentication for reverse proxies. The key comes
-//! from `Authorization`; the original request from `X-Original-Method` /
-//! `X-Original-URI` (nginx `auth_request`), `X-Forwarded-Method` /
-//! `X-Forwarded-Uri` (Traefik ForwardAuth), or — for Envoy's ext_authz HTTP
-//! service, which forwards the original method and path below a prefix —
-//! from the request itself at `/v1/auth/<original path>`.
+//! from `Authorization`; the original request in exactly one way, chosen by
+//! configuration (`KEYLEDGER_FORWARD_AUTH`), because a proxy forwards the
+//! client's own headers along with its own and only the configured ones are
+//! the proxy's word:
+//!
+//! - `nginx` (`auth_request`): `X-Original-Method` / `X-Original-URI`;
+//! - `traefik` (ForwardAuth): `X-Forwarded-Method` / `X-Forwarded-Uri`;
+//! - `envoy` (ext_authz HTTP service, `path_prefix: /v1/auth`): the check
+//!   request's own method and its path after `/v1/auth`.
+//!
+//! A request that also carries another style's original-request headers, or
+//! reaches `/v1/auth/<path>` outside the envoy style (or `/v1/auth` itself in
+//! it), is a 400 naming the configured style: the proxy is not the one
+//! configured, or a client is trying to choose what gets checked. The
+//! original path must be plain ([`routes::plain_path`]).
 //!
 //! 204 with the key's id, organization and environment and the rate-limit
 //! headers when the key may make that request; otherwise the API's 401,
 //! 403 or 429 (with `X-Keyledger-Error` naming the code, for proxies that
 //! pass headers but not bodies).
 
+use std::fmt;
+use std::str::FromStr;
+
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::{access, auth, error::ApiError, routes, AppState};
 
-fn original(req: &HttpRequest, tail: Option<&str>) -> Result<(String, String), ApiError> {
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let method = header("x-original-method").or_else(|| header("x-forwarded-method"));
-    let uri = header("x-original-uri").or_else(|| header("x-forwarded-uri"));
-    let (method, uri) = match (method, uri, tail) {
-        (Some(method), Some(uri), _) => (method, uri),
-        (_, None, Some(tail)) => (req.method().to_string(), format!("/{tail}")),
-        // Guessing the method would fail open (GET needs the weakest scopes).
-        _ => {
-            return Err(ApiError::BadRequest(
-                "Forward-auth needs the original request: send X-Original-Method and X-Original-URI, \
-                 or X-Forwarded-Method and X-Forwarded-Uri."
-                    .into(),
-            ))
-        }
-    };
-    if !routes::is_canonical(&uri) {
-        return Err(ApiError::BadRequest(
-            "The original path has dot segments, empty segments or encoded separators; it could reach \
-             another route than it names. Send the normalized path."
-                .into(),
-        ));
-    }
-    Ok((method, uri))
+/// How the proxy in front tells keyledger what the original request was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardAuthStyle {
+    #[default]
+    Nginx,
+    Traefik,
+    Envoy,
 }
 
-async fn authorize(state: &AppState, req: &HttpRequest, tail: Option<&str>) -> Result<HttpResponse, ApiError> {
-    let (method, uri) = original(req, tail)?;
-    let needed = state.routes.required_scope(&method, &uri);
+/// Every header some style uses to carry the original request.
+const ORIGINAL_REQUEST_HEADERS: [&str; 4] = [
+    "X-Original-Method",
+    "X-Original-URI",
+    "X-Forwarded-Method",
+    "X-Forwarded-Uri",
+];
+
+impl ForwardAuthStyle {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardAuthStyle::Nginx => "nginx",
+            ForwardAuthStyle::Traefik => "traefik",
+            ForwardAuthStyle::Envoy => "envoy",
+        }
+    }
+
+    /// The (method, URI) headers of this style; envoy has none.
+    fn headers(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            ForwardAuthStyle::Nginx => Some(("X-Original-Method", "X-Original-URI")),
+            ForwardAuthStyle::Traefik => Some(("X-Forwarded-Method", "X-Forwarded-Uri")),
+            ForwardAuthStyle::Envoy => None,
+        }
+    }
+
+    /// Where this style reads the original request, in words.
+    fn describe(self) -> String {
+        match self.headers() {
+            Some((method, uri)) => format!("the original request comes to /v1/auth in {method} and {uri}"),
+            None => "the original request is the check request itself: its method, and its path after /v1/auth".into(),
+        }
+    }
+
+    fn refuse(self, problem: impl fmt::Display) -> ApiError {
+        ApiError::BadRequest(format!(
+            "{problem}. This keyledger is configured for {self} forward-auth (KEYLEDGER_FORWARD_AUTH={self}): {}.",
+            self.describe()
+        ))
+    }
+}
+
+impl fmt::Display for ForwardAuthStyle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ForwardAuthStyle {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "nginx" => Ok(ForwardAuthStyle::Nginx),
+            "traefik" => Ok(ForwardAuthStyle::Traefik),
+            "envoy" => Ok(ForwardAuthStyle::Envoy),
+            _ => Err(format!(
+                "unknown forward-auth style '{text}': use nginx, traefik or envoy"
+            )),
+        }
+    }
+}
+
+/// The one value of a header the style relies on; absent, repeated or not
+/// visible ASCII is refused.
+fn single_header<'a>(req: &'a HttpRequest, style: ForwardAuthStyle, name: &str) -> Result<&'a str, ApiError> {
+    let mut values = req.headers().get_all(name);
+    match (values.next(), values.next()) {
+        (Some(value), None) => value
+            .to_str()
+            .map_err(|_| style.refuse(format_args!("{name} is not visible ASCII"))),
+        (None, _) => Err(style.refuse(format_args!("{name} is missing"))),
+        (Some(_), Some(_)) => Err(style.refuse(format_args!("{name} is sent more than once"))),
+    }
+}
+
+/// The original method and plain path, read the configured way.
+fn original(req: &HttpRequest, style: ForwardAuthStyle, below_auth: bool) -> Result<(String, String), ApiError> {
+    let own = style.headers().map_or([""; 2], |(method, uri)| [method, uri]);
+    let foreign: Vec<&str> = ORIGINAL_REQUEST_HEADERS
+        .into_iter()
+        .filter(|name| !own.contains(name) && req.headers().contains_key(*name))
+        .collect();
+    if !foreign.is_empty() {
+        return Err(style.refuse(format_args!(
+            "The request carries {}, which {style} does not send: the client or another proxy added it, and it \
+             is refused rather than trusted",
+            foreign.join(" and ")
+        )));
+    }
+    let (method, target) = match (style.headers(), below_auth) {
+        (Some((method, uri)), false) => (single_header(req, style, method)?, single_header(req, style, uri)?),
+        (None, true) => {
+            let path = req.uri().path();
+            (req.method().as_str(), path.strip_prefix("/v1/auth").unwrap_or(path))
+        }
+        (Some(_), true) => return Err(style.refuse("The original path after /v1/auth is read only in envoy style")),
+        (None, false) => return Err(style.refuse("No original path follows /v1/auth")),
+    };
+    // Guessing the method would fail open (GET needs the weakest scopes).
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
+        return Err(style.refuse(format_args!("The original method '{method}' is not an HTTP method")));
+    }
+    let path = routes::plain_path(target).map_err(|problem| {
+        ApiError::BadRequest(format!(
+            "The original path is not plain: {problem}. keyledger checks only normalized paths (no dot or empty \
+             segments, no ';' parameters, %-escapes only of letters, digits, '-', '.', '_' and '~', ASCII only); \
+             anything else could reach another route upstream than the one it is checked as."
+        ))
+    })?;
+    Ok((method.to_owned(), path))
+}
+
+async fn authorize(state: &AppState, req: &HttpRequest, below_auth: bool) -> Result<HttpResponse, ApiError> {
+    let (method, path) = original(req, state.settings.forward_auth, below_auth)?;
+    let needed = state.routes.required_scope(&method, &path);
     let text = auth::bearer_key(req)?;
     let client = access::client_address(req, &state.settings.trusted_proxies);
     let checked = access::check(state, req, text, client, Some(state.environment), &[needed])
@@ -56,15 +165,12 @@ async fn authorize(state: &AppState, req: &HttpRequest, tail: Option<&str>) -> R
         .finish())
 }
 
+/// `/v1/auth`: nginx and traefik styles.
 pub async fn auth(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req, None).await
+    authorize(&state, &req, false).await
 }
 
-/// Envoy ext_authz: `/v1/auth/<original path>` with the original method.
-pub async fn auth_path(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    tail: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req, Some(&tail)).await
+/// `/v1/auth/<original path>`: envoy style, with the original method.
+pub async fn auth_path(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req, true).await
 }

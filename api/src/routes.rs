@@ -22,15 +22,77 @@ GET,HEAD  /api/consumers    read:consumers
 *         /api/analytics    read:analytics
 ";
 
-/// Whether a request path reads the same to every server: no dot segments,
-/// no empty segments, no encoded dots, slashes or backslashes. Anything else
-/// could match one prefix here and reach another route upstream.
-pub fn is_canonical(uri: &str) -> bool {
-    let path = uri.split(['?', '#']).next().unwrap_or("");
-    let lower = path.to_ascii_lowercase();
-    path.starts_with('/')
-        && !["%2e", "%2f", "%5c", "\\", "//"].iter().any(|bad| lower.contains(bad))
-        && !path.split('/').any(|segment| segment == "." || segment == "..")
+/// The path of an original request target (`/api/x?query`), if it is
+/// plain: a small grammar, not a list of known tricks.
+///
+/// ```text
+/// path     = "/" | 1*( "/" segment ) [ "/" ]       ; a trailing slash is allowed
+/// segment  = 1*( char / escape ), not "." or ".." once escapes are decoded
+/// char     = ALPHA / DIGIT / "-" / "." / "_" / "~"   ; unreserved
+///          / "!" / "$" / "&" / "'" / "(" / ")" / "*" / "+" / "," / "=" / ":" / "@"
+/// escape   = "%" HEXDIG HEXDIG, of an unreserved character only
+/// ```
+///
+/// So no dot or empty segments, no `;` parameters (`..;` is `..` to
+/// Tomcat), no escapes of separators, `%`, NUL or bytes above ASCII
+/// (`%252e`, `%2f`, `%00`, overlong `%c0%ae`), no backslashes, nothing
+/// non-ASCII: anything the upstream could read as another path than the one
+/// checked here. The query string (after the first `?`) is not part of the
+/// path and never changes the match. The answer is the path with its
+/// escapes decoded (`/api/%65xperiences` is `/api/experiences`, as RFC 3986
+/// says), which is what the route table matches.
+pub fn plain_path(target: &str) -> Result<String, &'static str> {
+    let path = target.split_once('?').map_or(target, |(path, _query)| path);
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err("it does not start with /");
+    };
+    let mut plain = String::with_capacity(path.len());
+    if rest.is_empty() {
+        return Ok("/".into());
+    }
+    let segments: Vec<&str> = rest.split('/').collect();
+    for (index, segment) in segments.iter().enumerate() {
+        plain.push('/');
+        if segment.is_empty() {
+            if index + 1 == segments.len() {
+                continue; // the trailing slash of "/api/experiences/"
+            }
+            return Err("it has an empty segment (//)");
+        }
+        let start = plain.len();
+        let bytes = segment.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let byte = match bytes[i] {
+                b'%' => {
+                    let decoded = bytes
+                        .get(i + 1..i + 3)
+                        .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok())
+                        .ok_or("it has a % that is not followed by two hex digits")?;
+                    if !is_unreserved(decoded) {
+                        return Err("it has a %-escape of something other than a letter, digit, -, ., _ or ~");
+                    }
+                    i += 2;
+                    decoded
+                }
+                b';' => return Err("it has a ; parameter"),
+                b'\\' => return Err("it has a backslash"),
+                byte if !byte.is_ascii() => return Err("it has a character outside ASCII"),
+                byte if is_unreserved(byte) || b"!$&'()*+,=:@".contains(&byte) => byte,
+                _ => return Err("it has a character that must not appear unescaped in a path"),
+            };
+            plain.push(char::from(byte));
+            i += 1;
+        }
+        if matches!(&plain[start..], "." | "..") {
+            return Err("it has a dot segment (. or ..)");
+        }
+    }
+    Ok(plain)
+}
+
+fn is_unreserved(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,8 +127,11 @@ impl RouteTable {
             let [methods, prefix, scope] = fields[..] else {
                 return Err(format!("line {}: expected 'METHODS PREFIX SCOPE'", number + 1));
             };
-            if !prefix.starts_with('/') {
-                return Err(format!("line {}: the path prefix must start with /", number + 1));
+            if plain_path(prefix).ok().as_deref() != Some(prefix) {
+                return Err(format!(
+                    "line {}: the path prefix must be a plain path starting with / (no escapes, dot or empty segments)",
+                    number + 1
+                ));
             }
             let scope = scope
                 .parse::<Scope>()
@@ -89,9 +154,9 @@ impl RouteTable {
         RouteTable::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    /// The scope a request needs (`admin` when no route matches).
-    pub fn required_scope(&self, method: &str, uri: &str) -> Scope {
-        let path = uri.split(['?', '#']).next().unwrap_or("");
+    /// The scope a request to `path` (a [`plain_path`]) needs (`admin` when
+    /// no route matches).
+    pub fn required_scope(&self, method: &str, path: &str) -> Scope {
         self.routes
             .iter()
             .find(|r| {
@@ -114,7 +179,7 @@ mod tests {
         let table = RouteTable::default();
         assert_eq!(table.required_scope("GET", "/api/experiences"), Scope::ReadExperiences);
         assert_eq!(
-            table.required_scope("HEAD", "/api/experiences/7?x=1"),
+            table.required_scope("HEAD", "/api/experiences/7"),
             Scope::ReadExperiences
         );
         assert_eq!(
@@ -135,18 +200,55 @@ mod tests {
     }
 
     #[test]
-    fn ambiguous_paths_are_recognised() {
-        assert!(is_canonical("/api/experiences/1?x=../y"));
-        for path in [
-            "/api/experiences/../consumers/1",
-            "/api/experiences/./1",
-            "/api//consumers",
-            "/api/experiences/%2e%2e/consumers",
-            "/api/experiences%2Fconsumers",
-            "/api\\x",
-            "api/x",
+    fn only_plain_paths_are_accepted() {
+        for (target, plain) in [
+            ("/", "/"),
+            ("/api/experiences", "/api/experiences"),
+            ("/api/experiences/", "/api/experiences/"),
+            ("/api/experiences/1?x=../y", "/api/experiences/1"),
+            ("/api/experiences?/../consumers", "/api/experiences"),
+            ("/api/experiences?%00;\\", "/api/experiences"),
+            ("/api/%65xperiences/%7Euser", "/api/experiences/~user"),
+            ("/api/a.b/..c/c../v1.2-x_y~z", "/api/a.b/..c/c../v1.2-x_y~z"),
+            ("/api/!$&'()*+,=:@", "/api/!$&'()*+,=:@"),
         ] {
-            assert!(!is_canonical(path), "{path}");
+            assert_eq!(plain_path(target).as_deref(), Ok(plain), "{target}");
+        }
+        for target in [
+            "/api/experiences/../consumers/1",
+            "/api/experiences/..",
+            "/api/experiences/./1",
+            "/api/experiences/%2e%2e/consumers",
+            "/api/experiences/%2E/consumers",
+            "/api/experiences/.%2e/consumers",
+            "/api/experiences/..;/consumers/1",
+            "/api/experiences;jsessionid=ABC/1",
+            "/api/experiences/1;jsessionid=ABC",
+            "/api/experiences/%252e%252e/consumers",
+            "/api/experiences/%2fconsumers",
+            "/api/experiences%2Fconsumers",
+            "/api/experiences/%5cconsumers",
+            "/api/experiences/%00",
+            "/api/experiences%00.json",
+            "/api/experiences/%c0%ae%c0%ae/consumers",
+            "/api/experiences/%e2%80%ae",
+            "/api/experiences/%",
+            "/api/experiences/%2",
+            "/api/experiences/%zz",
+            "/api//consumers",
+            "//api/consumers",
+            "/api\\x",
+            "/api/experiences/\u{e9}",
+            "/api/experiences/\u{202e}",
+            "/api/exp eriences",
+            "/api/experiences#/../consumers",
+            "/api/<script>",
+            "api/x",
+            "",
+            "*",
+            "http://example.com/api/experiences",
+        ] {
+            assert!(plain_path(target).is_err(), "{target} was accepted");
         }
     }
 
@@ -159,6 +261,8 @@ mod tests {
             .unwrap_err()
             .contains("line 2"));
         assert!(RouteTable::parse("GET /x").is_err());
+        assert!(RouteTable::parse("GET /a/../b admin").is_err());
+        assert!(RouteTable::parse("GET /a%2Fb admin").is_err());
         let custom = RouteTable::parse("POST /hooks  read:analytics  # webhooks\n").unwrap();
         assert_eq!(custom.required_scope("POST", "/hooks/1"), Scope::ReadAnalytics);
         assert_eq!(custom.required_scope("GET", "/hooks/1"), Scope::Admin);
