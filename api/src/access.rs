@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use actix_web::{HttpMessage, HttpRequest};
 use chrono::Utc;
-use keyledger_events::domain::{scope::grants, Environment, PlainKey, Scope};
+use keyledger_events::domain::{scope::grants, Environment, IpRange, PlainKey, Scope};
 
 use crate::key_cache::CachedKey;
 use crate::rate_limit::Decision;
@@ -55,18 +55,48 @@ impl Checked {
 }
 
 /// The address a request comes from. When the peer is a trusted reverse
-/// proxy, the address it reports (`X-Real-IP`, else the last
-/// `X-Forwarded-For` entry); otherwise the peer itself.
-pub fn client_address(req: &HttpRequest, trusted_proxies: &[IpAddr]) -> Option<IpAddr> {
-    let peer = req.peer_addr()?.ip();
-    if !trusted_proxies.contains(&peer) {
+/// proxy, the address it reports: `X-Real-IP`, else the right-most
+/// `X-Forwarded-For` entry that is not itself a trusted proxy. Otherwise —
+/// and with no proxy trusted, the default — the peer itself: headers anyone
+/// can send name nobody.
+pub fn client_address(req: &HttpRequest, trusted_proxies: &[IpRange]) -> Option<IpAddr> {
+    let peer = req.peer_addr()?.ip().to_canonical();
+    let trusted = |ip: IpAddr| trusted_proxies.iter().any(|range| range.contains(ip));
+    if !trusted(peer) {
         return Some(peer);
     }
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    header("x-real-ip")
-        .or_else(|| header("x-forwarded-for").and_then(|v| v.rsplit(',').next()))
-        .and_then(|v| v.trim().parse().ok())
-        .or(Some(peer))
+    let parse = |text: &str| text.trim().parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
+    if let Some(real) = header("x-real-ip").and_then(parse) {
+        return Some(real);
+    }
+    let forwarded: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for entry in forwarded.into_iter().rev() {
+        match parse(entry) {
+            Some(ip) if trusted(ip) => continue,
+            Some(ip) => return Some(ip),
+            None => break,
+        }
+    }
+    Some(peer)
+}
+
+/// Whom the guessing guard counts an address against: an IPv4 address, or
+/// an IPv6 address's /64 (one subscriber's network: counting single IPv6
+/// addresses would let a client rotate through 2^64 of them).
+pub fn guard_subject(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let network = std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64));
+            format!("{network}/64")
+        }
+    }
 }
 
 fn unix_now() -> u64 {
@@ -74,9 +104,10 @@ fn unix_now() -> u64 {
 }
 
 /// Checks `text` as a key that needs `scopes` in `environment` (if given).
-/// `client`: count an unknown key against this address, and refuse at once
-/// an address that sent too many (`None` for `/v1/verify`, whose caller is
-/// the platform's own server). Records usage for known keys.
+/// `client`: count an unknown key against this address (its
+/// [`guard_subject`]), and refuse at once an address that sent too many
+/// (`None` for a `/v1/verify` without `ip`, whose caller is the platform's
+/// own server). Records usage for known keys.
 pub async fn check(
     state: &AppState,
     req: &HttpRequest,
@@ -86,7 +117,7 @@ pub async fn check(
     scopes: &[Scope],
 ) -> Result<Option<Checked>, ApiError> {
     let now = unix_now();
-    let guard = client.map(|ip| ip.to_string());
+    let guard = client.map(guard_subject);
     if let Some(address) = &guard {
         let limit = state.settings.failed_attempts_per_minute;
         if state.failures.used(address, now) >= limit {

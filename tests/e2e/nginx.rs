@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use awc::http::Method;
 use serde_json::json;
 
-use crate::support::{call, spawn_app, Answer};
+use crate::support::{call, spawn_app_with, Answer, TestApp};
 
 struct Nginx {
     child: Child,
@@ -19,7 +19,10 @@ struct Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SIGTERM: the master stops its workers (SIGKILL would orphan them).
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -71,10 +74,34 @@ async fn through(nginx: &Nginx, method: Method, path: &str, key: Option<&str>) -
     call(&nginx.address, method, path, key, None, &[]).await
 }
 
+/// keyledger as the template expects it: its internal listener behind
+/// nginx, and nginx (on loopback) trusted to name the client.
+async fn app_behind_nginx() -> TestApp {
+    let settings = keyledger_api::ApiSettings {
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        ..keyledger_api::ApiSettings::default()
+    };
+    spawn_app_with(settings, true).await
+}
+
+/// A GET through nginx from a chosen loopback address (all of 127/8 is local).
+async fn from(nginx: &Nginx, client: [u8; 4], key: &str, headers: &[(&str, &str)]) -> u16 {
+    let connector = awc::Connector::new().local_address(std::net::IpAddr::from(client));
+    let mut request = awc::Client::builder()
+        .connector(connector)
+        .finish()
+        .get(format!("{}/api/experiences/1", nginx.address))
+        .insert_header(("Authorization", format!("Bearer {key}")));
+    for &header in headers {
+        request = request.insert_header(header);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
 #[actix_web::test]
 async fn nginx_auth_request_lets_valid_keys_through_and_refuses_the_rest() {
-    let app = spawn_app().await;
-    let nginx = nginx(&app.address).await;
+    let app = app_behind_nginx().await;
+    let nginx = nginx(&app.internal).await;
     let reader = app
         .create_key(json!({"name": "reader", "type": "secret", "scopes": ["read:experiences"]}))
         .await;
@@ -125,4 +152,29 @@ async fn nginx_auth_request_lets_valid_keys_through_and_refuses_the_rest() {
         assert!(accepted <= 100, "more than the plan allows got through");
     }
     assert_eq!(accepted, 100);
+}
+
+#[actix_web::test]
+async fn the_guessing_guard_counts_the_client_nginx_names_not_nginx_itself() {
+    let app = app_behind_nginx().await;
+    let nginx = nginx(&app.internal).await;
+    let key = app
+        .create_key(json!({"name": "reader", "type": "secret", "scopes": ["read:experiences"]}))
+        .await;
+    let secret = key["key"].as_str().unwrap();
+    let (guesser, honest) = ([127, 0, 0, 2], [127, 0, 0, 3]);
+    for i in 0..20 {
+        let guess = keyledger_events::domain::PlainKey::encode(keyledger_events::domain::KeyType::Secret, &[i; 32]);
+        // A header the client sends cannot move the blame: nginx replaces it.
+        let spoofed = [("X-Real-IP", "198.51.100.1"), ("X-Forwarded-For", "198.51.100.2")];
+        assert_eq!(from(&nginx, guesser, guess.expose(), &spoofed).await, 401);
+    }
+    assert_eq!(from(&nginx, guesser, secret, &[]).await, 429, "the guesser is stopped");
+    assert_eq!(from(&nginx, honest, secret, &[]).await, 200, "everyone else is not");
+    let spoofing = [("X-Real-IP", "127.0.0.3")];
+    assert_eq!(
+        from(&nginx, guesser, secret, &spoofing).await,
+        429,
+        "nor by naming another"
+    );
 }

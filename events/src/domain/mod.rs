@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod ids;
+pub mod ip;
 pub mod key;
 pub mod key_material;
 pub mod name;
@@ -13,6 +14,7 @@ pub mod scope;
 
 pub use error::{DomainError, ValidationDetails};
 pub use ids::{KeyId, OrgId};
+pub use ip::IpRange;
 pub use key::{ApiKey, KeyCommand, KeyEvent, KeyStatus};
 pub use key_material::{Environment, HashKey, KeyHash, KeyType, PlainKey};
 pub use name::Name;
