@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
-use keyledger_api::AppState;
+use keyledger_api::{AppState, Surface};
 use keyledger_events::domain::{
     key::{self, CreateKey, SecretSource},
     org::{self, CreateOrg},
@@ -124,7 +124,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let environment = settings.environment()?;
-    let pool = db::connect(&settings.database_url).await?;
+    let pool = db::connect(settings.database_url.expose()).await?;
     match cli.command {
         Command::Migrate => {
             println!("migrations applied");
@@ -327,33 +327,53 @@ async fn serve(settings: &Settings, state: AppState, with_api: bool, with_worker
             }
         }
     }
-    let server = if with_api {
-        let listener = std::net::TcpListener::bind(&settings.listen)
-            .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        let address = listener.local_addr()?;
+    let mut servers = Vec::new();
+    if with_api {
+        // Both addresses are bound before anything is served: a typo fails at once.
+        let internal = settings.internal_listen.as_deref().filter(|a| !a.trim().is_empty());
+        let mut listeners = vec![(
+            bind(&settings.listen)?,
+            if internal.is_some() {
+                Surface::Public
+            } else {
+                Surface::All
+            },
+        )];
+        if let Some(address) = internal {
+            listeners.push((bind(address)?, Surface::Internal));
+        }
         tasks.spawn(state.clone().run_background(stopped.clone()));
-        let server = keyledger_api::server(listener, state)?;
-        let handle = server.handle();
-        tasks.spawn(async move {
-            if let Err(e) = server.await {
-                tracing::error!(error = %e, "HTTP server failed");
+        for (listener, surface) in listeners {
+            let address = listener.local_addr()?;
+            let server = keyledger_api::server_of(listener, state.clone(), surface)?;
+            servers.push(server.handle());
+            tasks.spawn(async move {
+                if let Err(e) = server.await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            });
+            match surface {
+                Surface::Internal => {
+                    tracing::info!(%address, "keyledger internal API listening (/v1/verify, /v1/auth, /metrics)")
+                }
+                _ => tracing::info!(%address, "keyledger API listening"),
             }
-        });
-        tracing::info!(%address, "keyledger API listening");
-        Some(handle)
-    } else {
-        None
-    };
+        }
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     // Requests in flight finish first; then the background work stops (and
     // flushes the last usage counts).
-    if let Some(handle) = server {
+    for handle in servers {
         handle.stop(true).await;
     }
     let _ = stop.send(true);
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+fn bind(address: &str) -> anyhow::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(address).with_context(|| format!("cannot listen on {address}"))
 }
 
 async fn shutdown_signal() {

@@ -1,5 +1,8 @@
 //! keyledger-api: the actix-web application — management commands, key
-//! verification, health checks — and the error format of `API.md`.
+//! verification, health checks — and the error format of `API.md`. The
+//! endpoints form two surfaces ([`Surface`]): the public one, for the
+//! platform's customers, and the internal one, for the platform's own
+//! servers and proxies; a deployment serves them on one listener or two.
 
 pub mod access;
 pub mod auth;
@@ -22,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
-use keyledger_events::domain::{Environment, HashKey};
+use keyledger_events::domain::{Environment, HashKey, IpRange};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -38,8 +41,11 @@ pub struct ApiSettings {
     pub failed_attempts_per_minute: u32,
     /// How often usage counts are appended as `key.used` events.
     pub usage_flush: Duration,
-    /// Reverse proxies whose `X-Real-IP` / `X-Forwarded-For` name the client.
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Reverse proxies whose `X-Real-IP` / `X-Forwarded-For` name the client
+    /// (none by default: anyone can send those headers).
+    pub trusted_proxies: Vec<IpRange>,
+    /// Where `/v1/auth` reads the original request.
+    pub forward_auth: forward_auth::ForwardAuthStyle,
 }
 
 impl Default for ApiSettings {
@@ -49,7 +55,8 @@ impl Default for ApiSettings {
             cache_capacity: 100_000,
             failed_attempts_per_minute: 20,
             usage_flush: Duration::from_secs(5),
-            trusted_proxies: vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()],
+            trusted_proxies: vec![],
+            forward_auth: forward_auth::ForwardAuthStyle::default(),
         }
     }
 }
@@ -119,10 +126,31 @@ impl AppState {
 /// Largest request body accepted (API.md: 64 KiB).
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Everything (one listener: the default).
+    All,
+    /// What the platform's customers call: the management API, health
+    /// checks, the OpenAPI document.
+    Public,
+    /// What the platform's own servers and proxies call: `/v1/verify`,
+    /// `/v1/auth` and `/metrics` (plus health checks, for probes).
+    Internal,
+}
+
 /// Registers every route; used by the server and by in-process tests.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/v1")
+    configure_surface(cfg, Surface::All);
+}
+
+/// Registers the routes of one surface; any other path answers 404 like an
+/// unknown one.
+pub fn configure_surface(cfg: &mut web::ServiceConfig, surface: Surface) {
+    let (public, internal) = (surface != Surface::Internal, surface != Surface::Public);
+    let mut v1 = web::scope("/v1");
+    if public {
+        v1 = v1
             .route("/keys", web::post().to(keys::create))
             .route("/keys", web::get().to(keys::list))
             .route("/keys/{id}", web::get().to(keys::get))
@@ -134,26 +162,42 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/keys/{id}/usage", web::get().to(keys::usage))
             .route("/keys/{id}/events", web::get().to(keys::events))
             .route("/org", web::get().to(org::get))
-            .route("/org", web::patch().to(org::update))
+            .route("/org", web::patch().to(org::update));
+    }
+    if internal {
+        v1 = v1
             .route("/verify", web::post().to(verify::verify))
             .route("/auth", web::route().to(forward_auth::auth))
-            .route("/auth/{tail:.*}", web::route().to(forward_auth::auth_path)),
-    )
-    .route("/healthz", web::get().to(health::healthz))
-    .route("/metrics", web::get().to(metrics::metrics))
-    .route("/readyz", web::get().to(health::readyz))
-    .route("/openapi.json", web::get().to(openapi::openapi))
-    .default_service(web::to(error::not_found));
+            .route("/auth/{tail:.*}", web::route().to(forward_auth::auth_path));
+        cfg.route("/metrics", web::get().to(metrics::metrics));
+    }
+    if public {
+        cfg.route("/openapi.json", web::get().to(openapi::openapi));
+    }
+    cfg.service(v1)
+        .route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .default_service(web::to(error::not_found));
 }
 
-/// The HTTP server on an already-bound listener (port 0 in tests).
+/// The HTTP server on an already-bound listener (port 0 in tests), serving
+/// every endpoint.
 pub fn server(listener: std::net::TcpListener, state: AppState) -> std::io::Result<actix_web::dev::Server> {
+    server_of(listener, state, Surface::All)
+}
+
+/// The HTTP server of one surface on an already-bound listener.
+pub fn server_of(
+    listener: std::net::TcpListener,
+    state: AppState,
+    surface: Surface,
+) -> std::io::Result<actix_web::dev::Server> {
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .wrap(actix_web::middleware::from_fn(middleware::request_context))
-            .configure(configure)
+            .configure(|cfg| configure_surface(cfg, surface))
     })
     .listen(listener)?
     .shutdown_timeout(10)

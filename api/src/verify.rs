@@ -1,6 +1,10 @@
 //! `POST /v1/verify`: is this key valid for these scopes and this
 //! environment? Every well-formed request gets 200 with a `code`; the key in
-//! the body is the credential, so no management scope is needed.
+//! the body is the credential, so no management scope is needed. An optional
+//! `ip` names the end client whose request the platform is checking: its
+//! unknown keys count against that address's guessing guard.
+
+use std::net::IpAddr;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use keyledger_events::domain::{Environment, Scope, ValidationDetails};
@@ -19,6 +23,7 @@ pub async fn verify(
     let key = fields.string("key");
     let scopes = fields.string_list("scopes").unwrap_or_default();
     let environment = fields.optional_string("environment");
+    let ip = fields.optional_string("ip");
     fields.finish()?;
     let mut details = ValidationDetails::default();
     let needed: Vec<Scope> = scopes
@@ -35,12 +40,20 @@ pub async fn verify(
             None
         })
     });
+    let client = ip.and_then(|text| {
+        text.trim()
+            .parse::<IpAddr>()
+            .map(|ip| ip.to_canonical())
+            .map_err(|_| details.add("ip", "must be an IPv4 or IPv6 address, e.g. 203.0.113.7 or 2001:db8::7"))
+            .ok()
+    });
     if !details.is_empty() {
         return Err(ApiError::Validation(details));
     }
-    // The caller is the platform's server, not the key's holder: no
-    // per-address guessing guard here.
-    let checked = access::check(&state, &req, &key.unwrap_or_default(), None, environment, &needed).await?;
+    // With `ip`, the end client's unknown keys count against its address
+    // (and a guarded address is refused); without it, the caller is the
+    // platform's own server, which the guard must never lock out.
+    let checked = access::check(&state, &req, &key.unwrap_or_default(), client, environment, &needed).await?;
     let Some(checked) = checked else {
         return Ok(HttpResponse::Ok().json(json!({"valid": false, "code": "NOT_FOUND"})));
     };

@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::sync::LazyLock;
 
 use awc::http::{header::HeaderMap, Method, StatusCode};
-use keyledger_api::AppState;
+use keyledger_api::{AppState, Surface};
 use keyledger_events::domain::{Environment, HashKey};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -32,6 +32,9 @@ pub fn fresh_database_url() -> String {
 
 pub struct TestApp {
     pub address: String,
+    /// Where `/v1/verify`, `/v1/auth` and `/metrics` are served: `address`,
+    /// unless the app was spawned with an internal listener.
+    pub internal: String,
     pub state: AppState,
     pub pool: PgPool,
     pub hash_key: HashKey,
@@ -44,6 +47,12 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(keyledger_api::ApiSettings::default(), false).await
+}
+
+/// [`spawn_app`] with these settings (`usage_flush` is the tests' own),
+/// and with `internal_listener`, the internal endpoints on a second port.
+pub async fn spawn_app_with(settings: keyledger_api::ApiSettings, internal_listener: bool) -> TestApp {
     let database_url = fresh_database_url();
     let pool = keyledger::db::connect(&database_url).await.expect("database");
     let mut bytes = [0u8; 32];
@@ -54,7 +63,7 @@ pub async fn spawn_app() -> TestApp {
     let address = format!("http://{}", listener.local_addr().unwrap());
     let settings = keyledger_api::ApiSettings {
         usage_flush: std::time::Duration::from_millis(500),
-        ..keyledger_api::ApiSettings::default()
+        ..settings
     };
     let state = AppState::new(pool.clone(), hash_key.clone(), Environment::Live, settings);
     let (stop, stopped) = watch::channel(false);
@@ -64,8 +73,16 @@ pub async fn spawn_app() -> TestApp {
         let pool = PgPool::connect(&url).await.expect("background pool");
         AppState { pool, ..background }.run_background(background_stop).await;
     });
-    let server = keyledger_api::server(listener, state.clone()).unwrap();
-    actix_web::rt::spawn(server);
+    let internal = if internal_listener {
+        let second = TcpListener::bind("127.0.0.1:0").unwrap();
+        let internal = format!("http://{}", second.local_addr().unwrap());
+        actix_web::rt::spawn(keyledger_api::server_of(second, state.clone(), Surface::Internal).unwrap());
+        actix_web::rt::spawn(keyledger_api::server_of(listener, state.clone(), Surface::Public).unwrap());
+        internal
+    } else {
+        actix_web::rt::spawn(keyledger_api::server(listener, state.clone()).unwrap());
+        address.clone()
+    };
     let url = database_url.clone();
     let projector = WORKERS.spawn(async move {
         let pool = PgPool::connect(&url).await.expect("projector pool");
@@ -76,6 +93,7 @@ pub async fn spawn_app() -> TestApp {
         .expect("org");
     TestApp {
         address,
+        internal,
         state,
         pool,
         hash_key,
@@ -229,7 +247,7 @@ impl TestApp {
     }
 
     pub async fn verify(&self, body: Value) -> Value {
-        call(&self.address, Method::POST, "/v1/verify", None, Some(body), &[])
+        call(&self.internal, Method::POST, "/v1/verify", None, Some(body), &[])
             .await
             .expect(200)
             .clone()

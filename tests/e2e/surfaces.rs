@@ -1,0 +1,183 @@
+//! Who may call what: the internal listener (`/v1/verify`, `/v1/auth`,
+//! `/metrics` off the public one), the guessing guard of `/v1/verify` for a
+//! named end client, and IPv6 clients counted by their /64.
+
+use awc::http::Method;
+use keyledger_events::domain::{KeyType, PlainKey};
+use serde_json::json;
+
+use crate::support::{call, spawn_app, spawn_app_with, Answer};
+
+fn guess(i: u8) -> String {
+    PlainKey::encode(KeyType::Secret, &[i; 32]).expose().to_owned()
+}
+
+#[track_caller]
+fn unknown_endpoint(answer: &Answer) {
+    answer.expect_error(404, "not_found");
+    assert!(
+        answer.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("There is no such endpoint"),
+        "{:#}",
+        answer.body
+    );
+}
+
+#[actix_web::test]
+async fn the_internal_endpoints_are_served_only_on_the_internal_listener() {
+    let app = spawn_app_with(keyledger_api::ApiSettings::default(), true).await;
+    assert_ne!(app.address, app.internal);
+    let key = app.create_key(json!({"name": "k", "type": "secret"})).await;
+    let secret = key["key"].as_str().unwrap();
+    let original = [("X-Original-Method", "GET"), ("X-Original-URI", "/api/experiences")];
+
+    // The public listener: the management API, and nothing internal.
+    let public = &app.address;
+    let verify = call(
+        public,
+        Method::POST,
+        "/v1/verify",
+        None,
+        Some(json!({"key": secret})),
+        &[],
+    )
+    .await;
+    unknown_endpoint(&verify);
+    unknown_endpoint(&call(public, Method::GET, "/v1/auth", Some(secret), None, &original).await);
+    unknown_endpoint(&call(public, Method::GET, "/v1/auth/api/experiences", Some(secret), None, &[]).await);
+    unknown_endpoint(&call(public, Method::GET, "/metrics", None, None, &[]).await);
+    app.get("/v1/keys").await.expect(200);
+    call(public, Method::GET, "/openapi.json", None, None, &[])
+        .await
+        .expect(200);
+    call(public, Method::GET, "/healthz", None, None, &[]).await.expect(200);
+
+    // The internal listener: verification, forward-auth, metrics, health.
+    let internal = &app.internal;
+    let verdict = call(
+        internal,
+        Method::POST,
+        "/v1/verify",
+        None,
+        Some(json!({"key": secret})),
+        &[],
+    )
+    .await;
+    assert_eq!(verdict.expect(200)["code"], "VALID");
+    let allowed = call(internal, Method::GET, "/v1/auth", Some(secret), None, &original).await;
+    assert_eq!(allowed.status.as_u16(), 204, "{:?}", allowed.body);
+    let metrics = call(internal, Method::GET, "/metrics", None, None, &[]).await;
+    assert!(metrics
+        .expect(200)
+        .as_str()
+        .unwrap()
+        .contains("keyledger_key_cache_hits_total"));
+    call(internal, Method::GET, "/readyz", None, None, &[])
+        .await
+        .expect(200);
+    unknown_endpoint(&call(internal, Method::GET, "/v1/keys", Some(&app.admin_key), None, &[]).await);
+    unknown_endpoint(&call(internal, Method::GET, "/v1/org", Some(&app.admin_key), None, &[]).await);
+}
+
+#[actix_web::test]
+async fn verify_guards_the_end_client_it_names_and_never_the_platform_itself() {
+    let app = spawn_app().await;
+    let key = app.create_key(json!({"name": "k", "type": "secret"})).await;
+    let secret = key["key"].as_str().unwrap();
+    let verify = |body: serde_json::Value| {
+        let address = app.internal.clone();
+        async move { call(&address, Method::POST, "/v1/verify", None, Some(body), &[]).await }
+    };
+
+    // Malformed addresses are refused with details.
+    for ip in [json!("203.0.113"), json!("example.com"), json!("10.0.0.0/8"), json!(7)] {
+        let answer = verify(json!({"key": secret, "ip": ip})).await;
+        answer.expect_error(422, "validation_error");
+        assert!(
+            answer.body["error"]["details"]["ip"].is_array(),
+            "{ip}: {:#}",
+            answer.body
+        );
+    }
+
+    // The platform's own server (no ip) is never locked out.
+    for i in 0..25 {
+        assert_eq!(app.verify(json!({"key": guess(i)})).await["code"], "NOT_FOUND");
+    }
+    assert_eq!(app.verify(json!({"key": secret})).await["code"], "VALID");
+
+    // An end client's unknown keys count against its address.
+    for i in 0..20 {
+        let answer = verify(json!({"key": guess(i), "ip": "203.0.113.9"})).await;
+        assert_eq!(answer.expect(200)["code"], "NOT_FOUND");
+    }
+    let guarded = verify(json!({"key": secret, "ip": "203.0.113.9"})).await;
+    guarded.expect_error(429, "too_many_failed_attempts");
+    assert!(guarded.header("retry-after").is_some());
+    // …and nobody else's.
+    let other = verify(json!({"key": secret, "ip": "198.51.100.7"})).await;
+    assert_eq!(other.expect(200)["code"], "VALID");
+    assert_eq!(app.verify(json!({"key": secret})).await["code"], "VALID");
+    // The same address written as IPv4-mapped IPv6 is the same client.
+    verify(json!({"key": secret, "ip": "::ffff:203.0.113.9"}))
+        .await
+        .expect_error(429, "too_many_failed_attempts");
+
+    // IPv6 clients are counted by their /64: rotating addresses within it
+    // does not reset the count; the next /64 is someone else.
+    for i in 0..20u8 {
+        let ip = format!("2001:db8:7:1:{:x}::{i}", u16::from(i) * 977);
+        let answer = verify(json!({"key": guess(100 + i), "ip": ip})).await;
+        assert_eq!(answer.expect(200)["code"], "NOT_FOUND");
+    }
+    verify(json!({"key": secret, "ip": "2001:db8:7:1:ffff:ffff:ffff:ffff"}))
+        .await
+        .expect_error(429, "too_many_failed_attempts");
+    let neighbour = verify(json!({"key": secret, "ip": "2001:db8:7:2::1"})).await;
+    assert_eq!(neighbour.expect(200)["code"], "VALID");
+}
+
+#[actix_web::test]
+async fn ipv6_clients_behind_a_trusted_proxy_are_counted_by_their_64() {
+    let settings = keyledger_api::ApiSettings {
+        trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()],
+        ..keyledger_api::ApiSettings::default()
+    };
+    let app = spawn_app_with(settings, false).await;
+    let key = app.create_key(json!({"name": "k", "type": "secret"})).await;
+    let secret = key["key"].as_str().unwrap();
+    let auth = |key: String, client: String| {
+        let address = app.address.clone();
+        async move {
+            let headers = [
+                ("X-Original-Method", "GET"),
+                ("X-Original-URI", "/api/experiences"),
+                ("X-Real-IP", client.as_str()),
+            ];
+            call(&address, Method::GET, "/v1/auth", Some(&key), None, &headers).await
+        }
+    };
+    for i in 0..20u8 {
+        auth(guess(i), format!("2001:db8:aa:bb:{i:x}::{:x}", u16::from(i) * 3_001))
+            .await
+            .expect_error(401, "invalid_api_key");
+    }
+    auth(secret.into(), "2001:db8:aa:bb:1234::1".into())
+        .await
+        .expect_error(429, "too_many_failed_attempts");
+    let elsewhere = auth(secret.into(), "2001:db8:aa:bc::1".into()).await;
+    assert_eq!(elsewhere.status.as_u16(), 204);
+    // The management API uses the same guard.
+    let management = call(
+        &app.address,
+        Method::GET,
+        "/v1/keys",
+        Some(&app.admin_key),
+        None,
+        &[("X-Real-IP", "2001:db8:aa:bb:ffff::9")],
+    )
+    .await;
+    management.expect_error(429, "too_many_failed_attempts");
+}
