@@ -16,14 +16,16 @@ const HASH_KEY_FILE: &str = "hash_key";
 
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
-    /// PostgreSQL connection string (the database is created if missing).
+    /// PostgreSQL connection string (the database is created if missing); it
+    /// may hold a password, so its value is never printed.
     #[arg(
         long,
         env = "DATABASE_URL",
         global = true,
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/keyledger"
     )]
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     /// Address the HTTP API listens on.
     #[arg(
         long = "listen",
@@ -32,6 +34,21 @@ pub struct Settings {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: String,
+    /// A second address, for the platform's own servers and proxies: when set,
+    /// /v1/verify, /v1/auth and /metrics are served there only (the public
+    /// listener answers them 404). Unset: everything on the public listener.
+    #[arg(long = "internal-listen", env = "KEYLEDGER_INTERNAL_LISTEN", global = true)]
+    pub internal_listen: Option<String>,
+    /// Where /v1/auth reads the original request: nginx (X-Original-Method,
+    /// X-Original-URI), traefik (X-Forwarded-Method, X-Forwarded-Uri) or envoy
+    /// (the check request's method and its path after /v1/auth).
+    #[arg(
+        long = "forward-auth",
+        env = "KEYLEDGER_FORWARD_AUTH",
+        global = true,
+        default_value = "nginx"
+    )]
+    pub forward_auth: keyledger_api::forward_auth::ForwardAuthStyle,
     /// Folder for local state: the dev hash key, emails written as files.
     #[arg(long, env = "KEYLEDGER_DATA_DIR", global = true, default_value = "./.keyledger")]
     pub data_dir: PathBuf,
@@ -55,15 +72,10 @@ pub struct Settings {
         default_value_t = 20
     )]
     pub failed_attempts_per_minute: u32,
-    /// Reverse proxies (comma-separated IPs) whose X-Real-IP / X-Forwarded-For name the client.
-    #[arg(
-        long,
-        env = "KEYLEDGER_TRUSTED_PROXIES",
-        global = true,
-        value_delimiter = ',',
-        default_value = "127.0.0.1,::1"
-    )]
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Reverse proxies (comma-separated addresses or CIDR ranges) whose
+    /// X-Real-IP / X-Forwarded-For name the client; none by default.
+    #[arg(long, env = "KEYLEDGER_TRUSTED_PROXIES", global = true, value_delimiter = ',')]
+    pub trusted_proxies: Vec<TrustedProxy>,
     /// The environment (live or test) that `/v1/auth` requires.
     #[arg(long, env = "KEYLEDGER_ENVIRONMENT", global = true, default_value = "live")]
     pub environment: String,
@@ -102,7 +114,8 @@ impl Settings {
             cache_ttl: std::time::Duration::from_secs(self.cache_ttl_seconds.max(1)),
             failed_attempts_per_minute: self.failed_attempts_per_minute.max(1),
             usage_flush: std::time::Duration::from_secs(self.usage_flush_seconds.max(1)),
-            trusted_proxies: self.trusted_proxies.clone(),
+            trusted_proxies: self.trusted_proxies.iter().filter_map(|p| p.0).collect(),
+            forward_auth: self.forward_auth,
             ..keyledger_api::ApiSettings::default()
         }
     }
@@ -174,6 +187,47 @@ impl Settings {
             ),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
+    }
+}
+
+/// One entry of `KEYLEDGER_TRUSTED_PROXIES`; an empty one (the variable
+/// set to "") stands for no proxy.
+#[derive(Debug, Clone, Copy)]
+pub struct TrustedProxy(Option<keyledger_events::domain::IpRange>);
+
+impl std::str::FromStr for TrustedProxy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "" => Ok(TrustedProxy(None)),
+            range => range.parse().map(|r| TrustedProxy(Some(r))),
+        }
+    }
+}
+
+/// The PostgreSQL URL, which may hold a password: it prints redacted.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL itself, to connect with.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(DatabaseUrl(text.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({})", crate::db::redact(&self.0))
     }
 }
 

@@ -1,7 +1,8 @@
 //! Per-request context: the request id (echoed or generated, on every
 //! answer and in every error body), refusal of keys in query strings, and
-//! the access log — which records method, path, status and timing, never a
-//! query string or a header (either could carry a key).
+//! the access log — which records method, path (with key-shaped segments
+//! cut to their prefix), status and timing, never a query string or a
+//! header (either could carry a key).
 
 use std::time::Instant;
 
@@ -36,12 +37,14 @@ pub fn current_request_id() -> String {
     REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
 }
 
-/// A caller's id is echoed if it is short, visible ASCII; otherwise ours.
+/// A caller's id is echoed if it is short, visible ASCII and not
+/// key-shaped (it is logged); otherwise ours.
 fn request_id_of(req: &ServiceRequest) -> String {
     req.headers()
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|id| key_prefix_in(id).is_none())
         .map(str::to_owned)
         .unwrap_or_else(|| format!("req_{}", uuid::Uuid::now_v7().simple()))
 }
@@ -79,21 +82,46 @@ fn form_decode(text: &str) -> String {
     String::from_utf8_lossy(&decoded).into_owned()
 }
 
+/// The key prefix `text` holds, as sent or once percent-decoded (up to
+/// three rounds).
+fn key_prefix_in(text: &str) -> Option<&'static str> {
+    let mut text = text.to_owned();
+    for _ in 0..4 {
+        if let Some(prefix) = KEY_PREFIXES.into_iter().find(|p| text.contains(p)) {
+            return Some(prefix);
+        }
+        text = form_decode(&text);
+    }
+    None
+}
+
+/// The path as the access log writes it: a key-shaped segment (a key sent
+/// where an id belongs, `/v1/keys/sk_live_…`) is cut to its prefix.
+fn loggable_path(path: &str) -> String {
+    path.split('/')
+        .map(|segment| match key_prefix_in(segment) {
+            Some(prefix) => format!("{prefix}…"),
+            None => segment.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// Whether a query string names a credential parameter or holds something
 /// key-shaped — as sent, and after each of up to three rounds of
 /// percent-decoding (`sk%5Flive_…`, `%6bey=…`, and their double encodings).
 fn query_carries_key(query: &str) -> bool {
     query.split('&').any(|pair| {
-        let (mut name, mut value) = pair
-            .split_once('=')
-            .map_or((pair.to_owned(), String::new()), |(n, v)| (n.to_owned(), v.to_owned()));
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key_prefix_in(name).is_some() || key_prefix_in(value).is_some() {
+            return true;
+        }
+        let mut name = name.to_owned();
         for _ in 0..4 {
-            if KEY_PARAMETERS.contains(&name.to_ascii_lowercase().as_str())
-                || KEY_PREFIXES.iter().any(|p| value.contains(p) || name.contains(p))
-            {
+            if KEY_PARAMETERS.contains(&name.to_ascii_lowercase().as_str()) {
                 return true;
             }
-            (name, value) = (form_decode(&name), form_decode(&value));
+            name = form_decode(&name);
         }
         false
     })
@@ -106,7 +134,7 @@ pub async fn request_context(
     let started = Instant::now();
     let request_id = request_id_of(&req);
     let method = req.method().clone();
-    let path = req.path().to_owned();
+    let path = loggable_path(req.path());
     let result = REQUEST_ID
         .scope(request_id.clone(), async move {
             if query_carries_key(req.query_string()) {
@@ -147,7 +175,19 @@ pub async fn request_context(
 
 #[cfg(test)]
 mod tests {
-    use super::query_carries_key;
+    use super::{loggable_path, query_carries_key};
+
+    #[test]
+    fn key_shaped_path_segments_are_cut_to_their_prefix_in_the_log() {
+        let key = "sk_live_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG123456";
+        assert_eq!(loggable_path(&format!("/v1/keys/{key}")), "/v1/keys/sk_live_…");
+        assert_eq!(
+            loggable_path(&format!("/v1/keys/{}/usage", key.replace('_', "%5F"))),
+            "/v1/keys/sk_live_…/usage"
+        );
+        assert_eq!(loggable_path("/v1/auth/api/x-pk_live_abc;y"), "/v1/auth/api/pk_live_…");
+        assert_eq!(loggable_path("/v1/keys/key_01ABC/usage"), "/v1/keys/key_01ABC/usage");
+    }
 
     #[test]
     fn keys_in_query_strings_are_recognised() {
