@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Checks compose.yaml without a Docker engine: it parses, the services it
 depends on exist, images are pinned, every keyledger service runs a real
-subcommand, and every environment variable set on a keyledger service is one
+subcommand, every environment variable set on a keyledger service is one
 the binary reads (as listed by its own --help, plus the two it reads
-directly)."""
+directly), and no service publishes its internal listener's port."""
 import re
 import subprocess
 import sys
@@ -39,9 +39,18 @@ for name, service in services.items():
     command = service.get("command", [])
     if not command or command[0] not in subcommands:
         problems.append(f"{name}: command {command} is not a keyledger subcommand ({sorted(subcommands)})")
-    for var in service.get("environment", {}) or {}:
+    environment = service.get("environment", {}) or {}
+    for var in environment:
         if var not in read:
             problems.append(f"{name}: sets {var}, which keyledger does not read ({sorted(read)})")
+    # The internal listener (/v1/verify, /v1/auth, /metrics) must not be published.
+    internal = str(environment.get("KEYLEDGER_INTERNAL_LISTEN", ""))
+    if internal:
+        port = internal.rsplit(":", 1)[-1]
+        for mapping in service.get("ports", []) or []:
+            published = str(mapping.get("target", "") if isinstance(mapping, dict) else mapping)
+            if published.split("/")[0].rsplit(":", 1)[-1] == port:
+                problems.append(f"{name}: publishes {mapping}, the internal listener's port {port}")
 
 if problems:
     print("compose.yaml:\n  " + "\n  ".join(problems))
