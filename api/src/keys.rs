@@ -57,20 +57,19 @@ async fn rotation_days(state: &AppState, caller: &Admin) -> Result<u32, ApiError
 }
 
 /// Runs a command on one of the caller's keys; another organization's key is
-/// not found, exactly like an unknown id.
+/// not found, exactly like an unknown id. This process's cache forgets the
+/// key before the answer (other processes, on the change notification), so
+/// a verification sent here after the answer sees the change.
 async fn execute(state: &AppState, caller: &Admin, id: KeyId, command: KeyCommand) -> Result<(), ApiError> {
     let own = org_id(caller)?;
-    handler::execute::<ApiKey>(
-        &state.pool,
-        &key::stream_id(id),
-        command,
-        &meta(caller),
-        |current| match current {
-            Some(k) if k.org_id != own => Err(DomainError::NotFound),
-            _ => Ok(()),
-        },
-    )
-    .await?;
+    let stream = key::stream_id(id);
+    let result = handler::execute::<ApiKey>(&state.pool, &stream, command, &meta(caller), |current| match current {
+        Some(k) if k.org_id != own => Err(DomainError::NotFound),
+        _ => Ok(()),
+    })
+    .await;
+    state.cache.evict_stream(&stream);
+    result?;
     Ok(())
 }
 

@@ -98,6 +98,31 @@ async fn a_change_to_a_cached_key_is_seen_at_once() {
 }
 
 #[actix_web::test]
+async fn a_change_made_through_this_server_is_seen_by_its_next_verification() {
+    let mut app = spawn_app().await;
+    let key = app.create_key(json!({"name": "cached", "type": "secret"})).await;
+    let (id, secret) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
+    // No notification listener: the answer itself must leave nothing stale.
+    app.stop_background().await;
+    assert_eq!(app.verify(json!({"key": secret})).await["code"], "VALID");
+    assert_eq!(app.verify(json!({"key": secret})).await["code"], "VALID");
+    app.post(&format!("/v1/keys/{id}/deactivate"), json!({}))
+        .await
+        .expect(200);
+    assert_eq!(app.verify(json!({"key": secret})).await["code"], "INACTIVE");
+    app.patch(&format!("/v1/keys/{id}"), json!({"scopes": ["read:analytics"]}))
+        .await
+        .expect(200);
+    app.post(&format!("/v1/keys/{id}/activate"), json!({}))
+        .await
+        .expect(200);
+    let verdict = app.verify(json!({"key": secret, "scopes": ["admin"]})).await;
+    assert_eq!(verdict["code"], "INSUFFICIENT_SCOPE");
+    app.delete(&format!("/v1/keys/{id}")).await.expect(204);
+    assert_eq!(app.verify(json!({"key": secret})).await["code"], "NOT_FOUND");
+}
+
+#[actix_web::test]
 async fn a_free_plan_key_gets_exactly_100_requests_a_minute_then_429_and_an_upgrade_applies_within_a_second() {
     let app = spawn_app().await;
     let key = app
