@@ -56,6 +56,11 @@ async fn authenticate_admin(req: HttpRequest) -> Result<Admin, ApiError> {
     let checked = access::check(state, &req, text, client, Some(Environment::Live), &[Scope::Admin])
         .await?
         .ok_or(ApiError::InvalidApiKey)?;
+    // The key may have come from the cache while the lookup found the
+    // database down.
+    if state.database.is_down() {
+        return Err(ApiError::Unavailable);
+    }
     Ok(Admin {
         key: checked.into_result()?.row.clone(),
     })

@@ -44,10 +44,17 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether `e` says the server cannot be reached or is going away (as
+/// opposed to [`is_unavailable`]'s pool timeouts, which a busy pool causes too).
+pub fn is_unreachable(e: &sqlx::Error) -> bool {
+    !matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) && is_unavailable(e)
+}
+
 /// The shared "database down since" state of one process.
 #[derive(Default)]
 pub struct DatabaseHealth {
     down_since: Mutex<Option<(Instant, DateTime<Utc>)>>,
+    went_down: Notify,
     recovered: Notify,
 }
 
@@ -67,6 +74,7 @@ impl DatabaseHealth {
         let mut down = self.down_since.lock().expect("health lock");
         if down.is_none() {
             *down = Some((Instant::now(), Utc::now()));
+            self.went_down.notify_waiters();
             tracing::warn!("PostgreSQL is unreachable: requests that need it answer 503 until it is back");
         }
     }
@@ -83,11 +91,19 @@ impl DatabaseHealth {
         }
     }
 
-    /// Marks the database down when `e` says it is unavailable.
+    /// Marks the database down when `e` says it cannot be reached. A pool
+    /// timeout does not: every connection may just be busy (the request
+    /// still answers 503); the probe decides.
     pub fn observe(&self, e: &sqlx::Error) {
-        if is_unavailable(e) {
+        if is_unreachable(e) {
             self.mark_down();
         }
+    }
+
+    /// Resolves the next time an outage begins: a read waiting for a
+    /// connection can give up at once (a write must not: it may commit).
+    pub async fn outage(&self) {
+        self.went_down.notified().await
     }
 
     /// Resolves the next time the database comes back after an outage.
@@ -101,20 +117,30 @@ impl DatabaseHealth {
     pub async fn run_probe(&self, pool: PgPool, mut shutdown: watch::Receiver<bool>) {
         let options = pool.connect_options().as_ref().clone();
         let mut conn: Option<PgConnection> = None;
+        let mut timeouts = 0u32;
         while !*shutdown.borrow() {
             match tokio::time::timeout(PROBE_TIMEOUT, probe(&mut conn, &options)).await {
-                Ok(Ok(())) => self.mark_up(),
+                Ok(Ok(())) => {
+                    timeouts = 0;
+                    self.mark_up();
+                }
                 Ok(Err(e)) if is_unavailable(&e) => {
                     conn = None;
+                    timeouts = 0;
                     self.mark_down();
                 }
                 Ok(Err(e)) => {
                     conn = None;
                     tracing::warn!(error = %e, "database probe failed");
                 }
+                // No answer at all: a frozen server, or a very busy machine.
+                // Twice in a row counts as an outage.
                 Err(_) => {
                     conn = None;
-                    self.mark_down();
+                    timeouts += 1;
+                    if timeouts >= 2 {
+                        self.mark_down();
+                    }
                 }
             }
             tokio::select! {

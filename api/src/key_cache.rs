@@ -121,10 +121,17 @@ impl KeyCache {
             self.epoch.load(Ordering::SeqCst),
         );
         let now = Utc::now();
-        let found = match read_model::key_for_verification(pool, hash, now).await {
+        // A read: when the probe finds the database down meanwhile, give up
+        // waiting for a connection and answer as in an outage.
+        let query = read_model::key_for_verification(pool, hash, now);
+        let result = tokio::select! {
+            result = query => result,
+            _ = self.database.outage() => return self.outage_answer(cached),
+        };
+        let found = match result {
             Ok(found) => found,
             Err(e) if is_unavailable(&e) => {
-                self.database.mark_down();
+                self.database.observe(&e);
                 return self.outage_answer(cached);
             }
             Err(e) => return Err(e.into()),

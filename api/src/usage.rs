@@ -113,7 +113,7 @@ impl UsageAccumulator {
                     }
                     Err(HandlerError::Database(e)) if is_unavailable(&e) => {
                         tracing::warn!(error = %e, "usage flush: the database is unavailable; keeping the counts");
-                        database.mark_down();
+                        database.observe(&e);
                         unavailable = true;
                     }
                     Err(e) => tracing::warn!(key_id = %key_id, error = %e, "usage flush failed; keeping the counts"),

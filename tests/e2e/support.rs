@@ -44,31 +44,52 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
-    let database_url = fresh_database_url();
-    let pool = keyledger::db::connect(&database_url).await.expect("database");
-    let mut bytes = [0u8; 32];
-    bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    let hash_key = HashKey::from_bytes(bytes);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = format!("http://{}", listener.local_addr().unwrap());
     let settings = keyledger_api::ApiSettings {
         usage_flush: std::time::Duration::from_millis(500),
         ..keyledger_api::ApiSettings::default()
     };
+    spawn_app_with(fresh_database_url(), settings, None).await
+}
+
+/// A pool like the binary's (short acquire timeout) for the background work.
+async fn background_pool(url: &str) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(keyledger::db::ACQUIRE_TIMEOUT)
+        .connect(url)
+        .await
+        .expect("background pool")
+}
+
+/// [`spawn_app`] on a chosen database (e.g. on a private cluster) with
+/// chosen settings, and the hash key of another app on the same database
+/// (a second API process of one deployment) or a new one.
+pub async fn spawn_app_with(
+    database_url: String,
+    settings: keyledger_api::ApiSettings,
+    hash_key: Option<HashKey>,
+) -> TestApp {
+    let pool = keyledger::db::connect(&database_url).await.expect("database");
+    let hash_key = hash_key.unwrap_or_else(|| {
+        let mut bytes = [0u8; 32];
+        bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        HashKey::from_bytes(bytes)
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
     let state = AppState::new(pool.clone(), hash_key.clone(), Environment::Live, settings);
     let (stop, stopped) = watch::channel(false);
     let (background, url) = (state.clone(), database_url.clone());
     let background_stop = stopped.clone();
     let background = WORKERS.spawn(async move {
-        let pool = PgPool::connect(&url).await.expect("background pool");
+        let pool = background_pool(&url).await;
         AppState { pool, ..background }.run_background(background_stop).await;
     });
     let server = keyledger_api::server(listener, state.clone()).unwrap();
     actix_web::rt::spawn(server);
     let url = database_url.clone();
     let projector = WORKERS.spawn(async move {
-        let pool = PgPool::connect(&url).await.expect("projector pool");
+        let pool = background_pool(&url).await;
         keyledger_workers::Projector::read_models(pool).run(stopped).await;
     });
     let created = keyledger::cli::create_org(&pool, hash_key.clone(), "Acme".into(), "free".into(), None, vec![])
