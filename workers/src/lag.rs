@@ -78,7 +78,7 @@ impl KafkaLag {
                      select e.tx_id, e.position, e.occurred_at from events e
                      left join kafka_projection k using (stream_id)
                      where (e.tx_id, e.position) > ($1, $2) and e.version > coalesce(k.version, 0))
-             select count(*), min(occurred_at), min(position),
+             select count(*), min(pending.occurred_at), min(pending.position),
                     count(*) filter (where (pending.tx_id, pending.position) <= (relay.tx_id, relay.position))
              from pending, relay",
         )
@@ -185,7 +185,7 @@ impl LagMonitor {
             let lag = match source.sample(pool).await {
                 Ok(lag) => lag,
                 Err(e) => {
-                    tracing::debug!(error = %e, source = source.name(), "projection lag: cannot sample");
+                    tracing::warn!(error = %e, source = source.name(), "projection lag: cannot sample");
                     continue;
                 }
             };
