@@ -9,13 +9,17 @@
 //! [`PROBE_INTERVAL`]: the first success clears the state and wakes whoever
 //! waits for the database to return (the usage flush).
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::error::ApiError;
 use tokio::sync::{watch, Notify};
+
+/// When the current outage began, if one is going on.
+type DownSince = Option<(Instant, DateTime<Utc>)>;
 
 /// How often the probe checks the database.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
@@ -51,37 +55,52 @@ pub fn is_unreachable(e: &sqlx::Error) -> bool {
 }
 
 /// The shared "database down since" state of one process.
-#[derive(Default)]
 pub struct DatabaseHealth {
-    down_since: Mutex<Option<(Instant, DateTime<Utc>)>>,
-    went_down: Notify,
+    down_since: watch::Sender<DownSince>,
     recovered: Notify,
+}
+
+impl Default for DatabaseHealth {
+    fn default() -> Self {
+        DatabaseHealth {
+            down_since: watch::Sender::new(None),
+            recovered: Notify::new(),
+        }
+    }
 }
 
 impl DatabaseHealth {
     pub fn is_down(&self) -> bool {
-        self.down_since.lock().expect("health lock").is_some()
+        self.down_since.borrow().is_some()
     }
 
     /// When the current outage began (`None`: the database is up).
     pub fn down_since(&self) -> Option<(Instant, DateTime<Utc>)> {
-        *self.down_since.lock().expect("health lock")
+        *self.down_since.borrow()
     }
 
     /// Records that the database is unreachable (the first report of an
     /// outage sets its start).
     pub fn mark_down(&self) {
-        let mut down = self.down_since.lock().expect("health lock");
-        if down.is_none() {
+        let began = self.down_since.send_if_modified(|down| {
+            if down.is_some() {
+                return false;
+            }
             *down = Some((Instant::now(), Utc::now()));
-            self.went_down.notify_waiters();
+            true
+        });
+        if began {
             tracing::warn!("PostgreSQL is unreachable: requests that need it answer 503 until it is back");
         }
     }
 
     /// Records that the database answers again.
     pub fn mark_up(&self) {
-        let was = self.down_since.lock().expect("health lock").take();
+        let mut was = None;
+        self.down_since.send_if_modified(|down| {
+            was = down.take();
+            was.is_some()
+        });
         if let Some((since, _)) = was {
             tracing::info!(
                 outage_seconds = since.elapsed().as_secs_f64(),
@@ -100,10 +119,25 @@ impl DatabaseHealth {
         }
     }
 
-    /// Resolves the next time an outage begins: a read waiting for a
-    /// connection can give up at once (a write must not: it may commit).
+    /// Resolves as soon as the database is known to be down (at once if it
+    /// is): a read, or a command still waiting for its connection, can give
+    /// up then. (A command that has begun writing must not: it may commit.)
     pub async fn outage(&self) {
-        self.went_down.notified().await
+        let mut down = self.down_since.subscribe();
+        let _ = down.wait_for(|since| since.is_some()).await;
+    }
+
+    /// `work` answered 503 at once while the database is known to be down,
+    /// and as soon as it is found down while waiting.
+    pub async fn read<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, ApiError> {
+        tokio::select! {
+            biased;
+            _ = self.outage() => Err(ApiError::Unavailable),
+            result = work => Ok(result?),
+        }
     }
 
     /// Resolves the next time the database comes back after an outage.

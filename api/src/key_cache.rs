@@ -125,8 +125,9 @@ impl KeyCache {
         // waiting for a connection and answer as in an outage.
         let query = read_model::key_for_verification(pool, hash, now);
         let result = tokio::select! {
-            result = query => result,
+            biased;
             _ = self.database.outage() => return self.outage_answer(cached),
+            result = query => result,
         };
         let found = match result {
             Ok(found) => found,

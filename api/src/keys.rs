@@ -54,7 +54,9 @@ fn org_id(caller: &Admin) -> Result<OrgId, ApiError> {
 }
 
 async fn rotation_days(state: &AppState, caller: &Admin) -> Result<u32, ApiError> {
-    let org = read_model::org_by_id(&state.pool, caller.org_id())
+    let org = state
+        .database
+        .read(read_model::org_by_id(&state.pool, caller.org_id()))
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(org.rotation_days.max(0) as u32)
@@ -102,7 +104,9 @@ async fn run(
 ) -> Result<Done, ApiError> {
     let own = org_id(caller)?;
     let meta = meta(caller);
-    let mut tx = state.pool.begin().await?;
+    // Waiting for a connection ends at once when the database is found down;
+    // once the transaction has begun, the command runs to its end.
+    let mut tx = state.database.read(state.pool.begin()).await?;
     if let Some(request) = idempotent {
         match idempotency::claim(&mut tx, request, meta.occurred_at).await? {
             Claim::Fresh => {}
@@ -249,7 +253,10 @@ pub async fn list(state: web::Data<AppState>, caller: Admin, query: Query) -> Re
     let page_size = filter.limit as usize;
     filter.limit += 1;
     let now = Utc::now();
-    let mut rows = read_model::list_keys(&state.pool, caller.org_id(), &filter, now).await?;
+    let mut rows = state
+        .database
+        .read(read_model::list_keys(&state.pool, caller.org_id(), &filter, now))
+        .await?;
     let next_cursor = (rows.len() > page_size).then(|| rows[page_size - 1].id.clone());
     rows.truncate(page_size);
     let data: Vec<Value> = rows.iter().map(|r| r.to_json(now)).collect();
@@ -258,7 +265,9 @@ pub async fn list(state: web::Data<AppState>, caller: Admin, query: Query) -> Re
 
 pub async fn get(state: web::Data<AppState>, caller: Admin, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = key_id(&path)?;
-    let row = read_model::key_by_id(&state.pool, caller.org_id(), &id.to_string())
+    let row = state
+        .database
+        .read(read_model::key_by_id(&state.pool, caller.org_id(), &id.to_string()))
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(HttpResponse::Ok().json(row.to_json(Utc::now())))
@@ -387,10 +396,15 @@ pub async fn usage(
     if !details.is_empty() {
         return Err(ApiError::Validation(details));
     }
-    let key = read_model::key_by_id(&state.pool, caller.org_id(), &id.to_string())
+    let key = state
+        .database
+        .read(read_model::key_by_id(&state.pool, caller.org_id(), &id.to_string()))
         .await?
         .ok_or(ApiError::NotFound)?;
-    let series = read_model::usage_series(&state.pool, &key.id, granularity, from, to).await?;
+    let series = state
+        .database
+        .read(read_model::usage_series(&state.pool, &key.id, granularity, from, to))
+        .await?;
     let total = |pick: fn(&read_model::UsagePoint) -> i64| series.iter().map(pick).sum::<i64>();
     let (requests, successful, failed, limited) = (
         total(|p| p.requests),
@@ -449,17 +463,27 @@ pub async fn events(
     if !details.is_empty() {
         return Err(ApiError::Validation(details));
     }
-    let owned: Option<String> = sqlx::query_scalar("select org_id from keys where id = $1")
-        .bind(id.to_string())
-        .fetch_optional(&state.pool)
+    let owned: Option<String> = state
+        .database
+        .read(
+            sqlx::query_scalar("select org_id from keys where id = $1")
+                .bind(id.to_string())
+                .fetch_optional(&state.pool),
+        )
         .await?;
     if owned.as_deref() != Some(caller.org_id()) {
         return Err(ApiError::NotFound);
     }
     // Usage records are statistics (see /usage), not the audit trail.
-    let events =
-        keyledger_events::log::read_stream_without(&state.pool, &key::stream_id(id), None, handler::USAGE_EVENT)
-            .await?;
+    let events = state
+        .database
+        .read(keyledger_events::log::read_stream_without(
+            &state.pool,
+            &key::stream_id(id),
+            None,
+            handler::USAGE_EVENT,
+        ))
+        .await?;
     let page: Vec<&StoredEvent> = events
         .iter()
         .filter(|e| e.version > after_version)
