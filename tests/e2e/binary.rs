@@ -232,6 +232,16 @@ async fn dev_mode_creates_the_database_and_a_hash_key_and_serves_the_api() {
     let refused = run(keyledger(&url, &dir).args(["org", "set-plan", org_id, "enterprise"]));
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("rate limit"));
+    // `dev` runs the workers too: their projection lag is on the API's /metrics.
+    let metrics = call(&dev.address, Method::GET, "/metrics", None, None, &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut text = metrics.body.as_str().unwrap_or_default().to_owned();
+    while !text.contains("keyledger_projection_lag_events{projector=\"read_models\"}") {
+        assert!(Instant::now() < deadline, "no projection lag in /metrics: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let metrics = call(&dev.address, Method::GET, "/metrics", None, None, &[]).await;
+        text = metrics.body.as_str().unwrap_or_default().to_owned();
+    }
     dev.stop();
 }
 
