@@ -161,12 +161,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .parse()
                 .map_err(|_| anyhow::anyhow!("'{org_id}' is not an organization id"))?;
             let command = OrgCommand::ChangePlan { plan, rate_limit };
-            handler::execute::<Org>(&pool, &org::stream_id(id), command, &cli_meta(), |_| Ok(()))
+            let changed = handler::execute::<Org>(&pool, &org::stream_id(id), command, &cli_meta(), |_| Ok(()))
                 .await
                 .map_err(explain)?;
-            let org = read_model::org_by_id(&pool, &id.to_string())
-                .await?
-                .context("organization vanished")?;
+            // What the command decided, not a read after its commit.
+            let org = changed.state.context("no such organization")?;
+            let org = read_model::OrgRow::from_aggregate(&org, changed.version);
             println!("{}", serde_json::to_string_pretty(&org.to_json())?);
         }
         Command::Audit { key_id, at } => return audit(&pool, &key_id, at.as_deref()).await,
