@@ -1,6 +1,7 @@
 //! The subcommands of `keyledger` (API.md, "CLI").
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
@@ -14,7 +15,7 @@ use keyledger_events::domain::{
 use keyledger_events::handler::{self, HandlerError};
 use keyledger_events::log::{self, EventMeta};
 use keyledger_events::read_model::{self, KeyRow};
-use keyledger_workers::{replay, scheduler, KafkaProjector, Projector, Relay};
+use keyledger_workers::{lag::LagMonitor, replay, scheduler, KafkaProjector, Projector, Relay};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -94,13 +95,17 @@ pub fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    // A task still blocked in a client library (a broker that vanished) must
+    // not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    code
 }
 
 fn init_logging() {
@@ -156,12 +161,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .parse()
                 .map_err(|_| anyhow::anyhow!("'{org_id}' is not an organization id"))?;
             let command = OrgCommand::ChangePlan { plan, rate_limit };
-            handler::execute::<Org>(&pool, &org::stream_id(id), command, &cli_meta(), |_| Ok(()))
+            let changed = handler::execute::<Org>(&pool, &org::stream_id(id), command, &cli_meta(), |_| Ok(()))
                 .await
                 .map_err(explain)?;
-            let org = read_model::org_by_id(&pool, &id.to_string())
-                .await?
-                .context("organization vanished")?;
+            // What the command decided, not a read after its commit.
+            let org = changed.state.context("no such organization")?;
+            let org = read_model::OrgRow::from_aggregate(&org, changed.version);
             println!("{}", serde_json::to_string_pretty(&org.to_json())?);
         }
         Command::Audit { key_id, at } => return audit(&pool, &key_id, at.as_deref()).await,
@@ -214,8 +219,11 @@ fn explain(e: HandlerError) -> anyhow::Error {
     }
 }
 
-/// Creates an organization and its first admin key; returns the JSON that
-/// `org create` prints (the key's secret appears here and nowhere else).
+/// Creates an organization and its first admin key in one transaction;
+/// returns the JSON that `org create` prints (the key's secret appears here
+/// and nowhere else), built from what that transaction decided — nothing is
+/// read back after the commit, so a committed organization is never
+/// reported as a failure (nor exists without its admin key).
 pub async fn create_org(
     pool: &PgPool,
     hash_key: keyledger_events::domain::HashKey,
@@ -233,16 +241,20 @@ pub async fn create_org(
         alert_emails,
     });
     let meta = cli_meta();
-    handler::execute::<Org>(pool, &org::stream_id(org_id), command, &meta, |_| Ok(()))
-        .await
-        .map_err(explain)?;
-    let org = read_model::org_by_id(pool, &org_id.to_string())
-        .await?
-        .context("organization vanished")?;
     let mut random = [0u8; 32];
     getrandom::getrandom(&mut random).map_err(|e| anyhow::anyhow!("OS random source: {e}"))?;
     let secret = SecretSource { random, hash_key };
     let key_id = KeyId::new();
+    let mut tx = pool.begin().await?;
+    let org_stream = org::stream_id(org_id);
+    let org = handler::decide_on::<Org>(&mut tx, &org_stream, command, &meta, |_| Ok(()))
+        .await
+        .map_err(explain)?
+        .append(&mut tx)
+        .await
+        .map_err(explain)?;
+    let org_version = org.version;
+    let org = org.state.context("the organization was not created")?;
     let command = KeyCommand::Create(Box::new(CreateKey {
         key_id,
         org_id,
@@ -250,18 +262,21 @@ pub async fn create_org(
         key_type: KeyType::Secret.as_str().into(),
         scopes: None,
         expires_at: None,
-        rotation_days: org.rotation_days.max(0) as u32,
+        rotation_days: org.rotation_days,
         secret: secret.clone(),
     }));
-    handler::execute::<ApiKey>(pool, &key::stream_id(key_id), command, &meta, |_| Ok(()))
+    let key = handler::decide_on::<ApiKey>(&mut tx, &key::stream_id(key_id), command, &meta, |_| Ok(()))
+        .await
+        .map_err(explain)?
+        .append(&mut tx)
         .await
         .map_err(explain)?;
-    let row = read_model::key_by_id(pool, &org.id, &key_id.to_string())
-        .await?
-        .context("key vanished")?;
-    let mut key = row.to_json(Utc::now());
-    key["key"] = json!(secret.issue(KeyType::Secret).0.expose());
-    Ok(json!({"org": org.to_json(), "key": key}))
+    let key_version = key.version;
+    let key = key.state.context("the key was not created")?;
+    tx.commit().await?;
+    let mut object = KeyRow::from_aggregate(&key, key_version).to_json(Utc::now());
+    object["key"] = json!(secret.issue(KeyType::Secret).0.expose());
+    Ok(json!({"org": read_model::OrgRow::from_aggregate(&org, org_version).to_json(), "key": object}))
 }
 
 async fn audit(pool: &PgPool, key_id: &str, at: Option<&str>) -> anyhow::Result<ExitCode> {
@@ -303,29 +318,43 @@ async fn audit(pool: &PgPool, key_id: &str, at: Option<&str>) -> anyhow::Result<
     }
 }
 
-/// Runs the API and/or the workers until Ctrl-C or SIGTERM.
-async fn serve(settings: &Settings, state: AppState, with_api: bool, with_workers: bool) -> anyhow::Result<()> {
+/// How long the background work gets to stop after the listeners have.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(7);
+
+/// Runs the API and/or the workers until Ctrl-C or SIGTERM. `work` serves
+/// `/healthz`, `/readyz` and `/metrics` on its own listener
+/// (`KEYLEDGER_WORK_LISTEN`, else `--listen`); `dev` serves them, the
+/// workers' projection lag included, on the API's.
+async fn serve(settings: &Settings, mut state: AppState, with_api: bool, with_workers: bool) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    let mut metrics: Vec<keyledger_api::ops::MetricsSource> = Vec::new();
     if with_workers {
         // Both are checked before anything starts: a typo fails at once.
         let schedules = settings.schedules()?;
         let mailer = settings.mailer(state.pool.clone())?;
         tasks.spawn(scheduler::run(state.pool.clone(), schedules, stopped.clone()));
         tasks.spawn(mailer.run(stopped.clone()));
+        let lag = Arc::new(match &state.kafka {
+            Some(_) => LagMonitor::kafka(),
+            None => LagMonitor::embedded(),
+        });
         match &state.kafka {
             Some(kafka) => {
                 kafka.ensure_topics().await.context("creating the Kafka topics")?;
                 let relay = Relay::new(state.pool.clone(), kafka).context("Kafka producer")?;
                 let consumer = KafkaProjector::new(state.pool.clone(), kafka).context("Kafka consumer")?;
                 tasks.spawn(relay.run(stopped.clone()));
-                tasks.spawn(consumer.run(stopped.clone()));
+                tasks.spawn(consumer.run(stopped.clone(), Some(lag.clone())));
                 tracing::info!(brokers = %kafka.brokers, topic = %kafka.topic, "workers in Kafka mode");
             }
             None => {
                 tasks.spawn(Projector::read_models(state.pool.clone()).run(stopped.clone()));
             }
         }
+        let (sampler, pool, stopped) = (lag.clone(), state.pool.clone(), stopped.clone());
+        tasks.spawn(async move { sampler.run(pool, stopped).await });
+        metrics.push(Arc::new(move |out: &mut String| lag.render(out)));
     }
     let mut servers = Vec::new();
     if with_api {
@@ -342,6 +371,7 @@ async fn serve(settings: &Settings, state: AppState, with_api: bool, with_worker
         if let Some(address) = internal {
             listeners.push((bind(address)?, Surface::Internal));
         }
+        state.extra_metrics = metrics;
         tasks.spawn(state.clone().run_background(stopped.clone()));
         for (listener, surface) in listeners {
             let address = listener.local_addr()?;
@@ -359,16 +389,49 @@ async fn serve(settings: &Settings, state: AppState, with_api: bool, with_worker
                 _ => tracing::info!(%address, "keyledger API listening"),
             }
         }
+    } else {
+        let wanted = settings.work_listen.as_deref().unwrap_or(&settings.listen);
+        let listener = std::net::TcpListener::bind(wanted).with_context(|| {
+            format!("cannot listen on {wanted} (set KEYLEDGER_WORK_LISTEN to another address for `work`)")
+        })?;
+        let address = listener.local_addr()?;
+        let (database, pool, probe_stopped) = (state.database.clone(), state.pool.clone(), stopped.clone());
+        tasks.spawn(async move { database.run_probe(pool, probe_stopped).await });
+        let ops = keyledger_api::ops::OpsState {
+            pool: state.pool.clone(),
+            kafka: state.kafka.clone(),
+            database: state.database.clone(),
+            metrics,
+        };
+        let server = keyledger_api::ops::server(listener, ops)?;
+        servers.push(server.handle());
+        tasks.spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "operations listener failed");
+            }
+        });
+        tracing::info!(%address, "keyledger work listening (/healthz, /readyz, /metrics)");
     }
     shutdown_signal().await;
     tracing::info!("shutting down");
     // Requests in flight finish first; then the background work stops (and
-    // flushes the last usage counts).
-    for handle in servers {
-        handle.stop(true).await;
+    // flushes the last usage counts) — within SHUTDOWN_GRACE, whatever the
+    // broker or the mail server do.
+    for server in servers {
+        server.stop(true).await;
     }
     let _ = stop.send(true);
-    while tasks.join_next().await.is_some() {}
+    let deadline = tokio::time::sleep(SHUTDOWN_GRACE);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => if joined.is_none() { break },
+            _ = &mut deadline => {
+                tracing::warn!(left = tasks.len(), "background work did not stop in time; exiting without it");
+                break;
+            }
+        }
+    }
     Ok(())
 }
 

@@ -6,6 +6,12 @@ use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Postgres;
 
+/// How long a request waits for a pooled connection before it answers
+/// `503 unavailable` (every connection busy). When the database is down the
+/// API does not wait that long: the probe finds it within a quarter second
+/// and waiting requests give up then (`db_health`).
+pub const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
     let exists = Postgres::database_exists(url)
         .await
@@ -21,7 +27,7 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
     }
     let pool = PgPoolOptions::new()
         .max_connections(20)
-        .acquire_timeout(std::time::Duration::from_secs(5))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect(url)
         .await
         .with_context(|| format!("connecting to {}", redact(url)))?;

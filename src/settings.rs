@@ -106,6 +106,14 @@ pub struct Settings {
     /// Cron expression of the unused-keys digest.
     #[arg(long, env = "KEYLEDGER_SCHEDULE_UNUSED_KEYS", global = true)]
     pub schedule_unused_keys: Option<String>,
+    /// Seconds cached keys keep their answers while PostgreSQL is unreachable
+    /// (0: verification fails closed at once).
+    #[arg(long, env = "KEYLEDGER_OUTAGE_GRACE_SECONDS", global = true, default_value_t = 60)]
+    pub outage_grace_seconds: u64,
+    /// Address of `keyledger work`'s listener (/healthz, /readyz, /metrics);
+    /// default: the --listen address. `dev` serves them on the API's.
+    #[arg(long, env = "KEYLEDGER_WORK_LISTEN", global = true)]
+    pub work_listen: Option<String>,
 }
 
 impl Settings {
@@ -116,6 +124,7 @@ impl Settings {
             usage_flush: std::time::Duration::from_secs(self.usage_flush_seconds.max(1)),
             trusted_proxies: self.trusted_proxies.iter().filter_map(|p| p.0).collect(),
             forward_auth: self.forward_auth,
+            outage_grace: std::time::Duration::from_secs(self.outage_grace_seconds),
             ..keyledger_api::ApiSettings::default()
         }
     }

@@ -63,6 +63,11 @@ impl Fields {
         }
     }
 
+    /// The fields not taken yet (all of them before the first `take`).
+    pub fn as_map(&self) -> &Map<String, Value> {
+        &self.map
+    }
+
     fn problem<T>(&mut self, field: &str, problem: &str) -> Option<T> {
         self.details.add(field, problem);
         None

@@ -9,6 +9,9 @@ use serde_json::json;
 
 use crate::middleware::current_request_id;
 
+/// Seconds a client is asked to wait after `503 unavailable`.
+pub const UNAVAILABLE_RETRY_AFTER: &str = "2";
+
 /// Carries the error code on every error answer (see the nginx example).
 pub const ERROR_CODE_HEADER: &str = "x-keyledger-error";
 
@@ -43,6 +46,9 @@ pub enum ApiError {
     /// A path no endpoint answers (as opposed to an id nobody owns).
     #[error("no such endpoint")]
     NoSuchEndpoint,
+    /// An earlier request with the same `Idempotency-Key` is still running.
+    #[error("idempotent request in progress")]
+    InProgress,
     #[error("a dependency is unavailable")]
     Unavailable,
     #[error("internal error: {0:#}")]
@@ -77,6 +83,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::TooManyFailedAttempts { .. } => "too_many_failed_attempts",
             ApiError::NoSuchEndpoint => "not_found",
+            ApiError::InProgress => "conflict",
             ApiError::Unavailable => "unavailable",
             ApiError::Internal(_) => "internal_error",
         }
@@ -117,7 +124,12 @@ impl ApiError {
             ApiError::NoSuchEndpoint => {
                 "There is no such endpoint; every endpoint is described at GET /openapi.json.".into()
             }
-            ApiError::Unavailable => "A dependency is unavailable; retry shortly.".into(),
+            ApiError::InProgress => "A request with this Idempotency-Key is still being processed; retry shortly \
+                 with the same key and body to get its outcome."
+                .into(),
+            ApiError::Unavailable => "A dependency is unavailable; retry shortly (with the same Idempotency-Key, if you \
+                 sent one)."
+                .into(),
             ApiError::Internal(_) => "Something went wrong on our side; retry, and report the request id if it persists.".into(),
         }
     }
@@ -132,7 +144,7 @@ impl ResponseError for ApiError {
             }
             ApiError::InsufficientScope(_) | ApiError::EnvironmentMismatch { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::InProgress => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } | ApiError::TooManyFailedAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -157,7 +169,10 @@ impl ResponseError for ApiError {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"keyledger\""));
             }
             ApiError::Unavailable => {
-                response.insert_header((header::RETRY_AFTER, "5"));
+                response.insert_header((header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER));
+            }
+            ApiError::InProgress => {
+                response.insert_header((header::RETRY_AFTER, "1"));
             }
             ApiError::RateLimited { retry_after } | ApiError::TooManyFailedAttempts { retry_after } => {
                 response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
@@ -190,17 +205,21 @@ impl From<HandlerError> for ApiError {
             HandlerError::Concurrency => ApiError::Conflict(
                 "The key was changed by another request at the same time; read it again and retry.".into(),
             ),
+            HandlerError::Database(e) => e.into(),
             other => ApiError::internal(other),
         }
     }
 }
 
+/// A database that cannot be reached is `503 unavailable` (the client
+/// retries); any other database error is an internal one.
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => ApiError::Unavailable,
-            other => ApiError::internal(other),
+        if crate::db_health::is_unavailable(&e) {
+            tracing::warn!(request_id = %current_request_id(), error = %e, "database unavailable");
+            return ApiError::Unavailable;
         }
+        ApiError::internal(e)
     }
 }
 

@@ -1,25 +1,52 @@
-//! `/healthz` (the process answers) and `/readyz` (its dependencies do).
+//! `/healthz` (the process answers) and `/readyz` (its dependencies do),
+//! for the API and for `keyledger work`'s listener alike.
 
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
+use keyledger_events::bus::KafkaSettings;
 use serde_json::json;
+use sqlx::PgPool;
 
+use crate::db_health::DatabaseHealth;
+use crate::error::UNAVAILABLE_RETRY_AFTER;
 use crate::{error::ApiError, AppState};
+
+/// How long `/readyz` waits for a dependency.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// 200 when PostgreSQL (and Kafka, when configured) answer; 503 otherwise,
-/// with each dependency's state in `checks`.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let ping = sqlx::query_scalar::<_, i32>("select 1").fetch_one(&state.pool);
-    let postgres = matches!(tokio::time::timeout(Duration::from_secs(2), ping).await, Ok(Ok(_)));
-    let mut checks = json!({"postgres": if postgres { "ok" } else { "unreachable" }});
+    readiness(&state.pool, state.kafka.as_ref(), &state.database).await
+}
+
+/// 200 when PostgreSQL (and Kafka, when configured) answer; 503 otherwise,
+/// with each dependency's state in `checks`. A database known to be down
+/// is reported at once, with the time the outage began.
+pub async fn readiness(pool: &PgPool, kafka: Option<&KafkaSettings>, database: &DatabaseHealth) -> HttpResponse {
+    let mut checks = json!({});
+    let mut message = "A dependency is unreachable; retry shortly.".to_owned();
+    let postgres = match database.down_since() {
+        Some((_, since)) => {
+            message = format!(
+                "PostgreSQL has been unreachable since {}; retry shortly.",
+                keyledger_events::read_model::rfc3339(since)
+            );
+            checks["postgres_down_since"] = json!(keyledger_events::read_model::rfc3339(since));
+            false
+        }
+        None => {
+            let ping = sqlx::query_scalar::<_, i32>("select 1").fetch_one(pool);
+            matches!(tokio::time::timeout(CHECK_TIMEOUT, ping).await, Ok(Ok(_)))
+        }
+    };
+    checks["postgres"] = json!(if postgres { "ok" } else { "unreachable" });
     let mut ready = postgres;
-    if let Some(kafka) = &state.kafka {
-        let reachable = kafka.reachable(Duration::from_secs(2)).await;
+    if let Some(kafka) = kafka {
+        let reachable = kafka.reachable(2 * CHECK_TIMEOUT).await;
         checks["kafka"] = json!(if reachable { "ok" } else { "unreachable" });
         ready &= reachable;
     }
@@ -30,15 +57,18 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         .as_object()
         .into_iter()
         .flatten()
-        .filter(|(_, state)| *state != "ok")
+        .filter(|(name, state)| *state == "unreachable" && !name.ends_with("_since"))
         .map(|(name, state)| (name.clone(), json!([state])))
         .collect();
     HttpResponse::ServiceUnavailable()
-        .insert_header((actix_web::http::header::RETRY_AFTER, "5"))
-        .json(json!({"error": {
-            "code": ApiError::Unavailable.code(),
-            "message": "A dependency is unreachable; retry shortly.",
-            "request_id": crate::middleware::current_request_id(),
-            "details": details,
-        }}))
+        .insert_header((actix_web::http::header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER))
+        .json(json!({
+            "error": {
+                "code": ApiError::Unavailable.code(),
+                "message": message,
+                "request_id": crate::middleware::current_request_id(),
+                "details": details,
+            },
+            "checks": checks,
+        }))
 }

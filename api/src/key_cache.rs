@@ -5,7 +5,16 @@
 //! listens and evicts the keys (or the organization's keys) concerned, so a
 //! revocation is seen everywhere within milliseconds. Entries also expire
 //! after a short TTL, so a lost notification cannot keep a revoked key
-//! alive; and if the listening connection drops, the whole cache is cleared.
+//! alive. When the listening connection drops, and again when it is back,
+//! every entry becomes unconfirmed: it is read again from the database
+//! before it is trusted (notifications may have been missed meanwhile).
+//!
+//! Database outages: an entry that was fresh when the outage began keeps
+//! its answer — valid, inactive, or expired by the clock — for the outage
+//! grace (`KEYLEDGER_OUTAGE_GRACE_SECONDS`), even past its TTL, while the
+//! database cannot confirm it; a key the cache cannot answer fails closed
+//! (`503 unavailable`). A regenerated-away secret never outlives its own
+//! grace period. Grace 0 fails closed at once.
 //!
 //! Unknown keys are cached too (negatively), so a flood of well-formed but
 //! unknown keys costs one query per key per TTL; malformed keys never reach
@@ -24,6 +33,9 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use crate::db_health::{is_unavailable, DatabaseHealth};
+use crate::error::ApiError;
+
 /// A key as verification needs it.
 #[derive(Debug, Clone)]
 pub struct CachedKey {
@@ -40,7 +52,15 @@ enum Entry {
 
 struct Slot {
     entry: Entry,
+    /// End of the TTL (or sooner: a regenerated-away secret's grace end).
     expires: Instant,
+    /// When the database last confirmed this entry.
+    confirmed: Instant,
+    /// The listener epoch it was confirmed in; an older one must be read
+    /// again before it is trusted.
+    epoch: u64,
+    /// A regenerated-away secret stops working then, whatever else happens.
+    hard_expiry: Option<DateTime<Utc>>,
 }
 
 pub struct KeyCache {
@@ -50,77 +70,130 @@ pub struct KeyCache {
     /// Bumped by every eviction: a lookup that raced one does not cache
     /// what it read (it may predate the change).
     generation: AtomicU64,
+    /// Bumped when the notification listener drops and when it is back:
+    /// entries of an older epoch are unconfirmed.
+    epoch: AtomicU64,
+    /// How long into a database outage entries keep their answers.
+    outage_grace: Duration,
+    database: Arc<DatabaseHealth>,
     /// Lookups that went to the database (a metric, and what tests assert).
     pub database_lookups: AtomicU64,
     pub hits: AtomicU64,
+    /// Answers given from an entry the database could not confirm (outage).
+    pub outage_answers: AtomicU64,
 }
 
 impl KeyCache {
-    pub fn new(ttl: Duration, capacity: usize) -> KeyCache {
+    pub fn new(ttl: Duration, capacity: usize, outage_grace: Duration, database: Arc<DatabaseHealth>) -> KeyCache {
         KeyCache {
             slots: RwLock::default(),
             ttl,
             capacity,
             generation: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            outage_grace,
+            database,
             database_lookups: AtomicU64::new(0),
             hits: AtomicU64::new(0),
+            outage_answers: AtomicU64::new(0),
         }
     }
 
     /// The key whose secret hashes to `hash`, from memory when possible.
-    pub async fn lookup(&self, pool: &PgPool, hash: &KeyHash) -> Result<Option<Arc<CachedKey>>, sqlx::Error> {
+    /// `503 unavailable` when only the database could answer and it cannot.
+    pub async fn lookup(&self, pool: &PgPool, hash: &KeyHash) -> Result<Option<Arc<CachedKey>>, ApiError> {
         self.lookup_with(pool, hash, || async {}).await
     }
 
     /// [`KeyCache::lookup`], running `after_read` between a miss's database
     /// read and its insert — where a racing eviction must win (tests put one
     /// there).
+    #[doc(hidden)]
     pub async fn lookup_with<F: std::future::Future<Output = ()>>(
         &self,
         pool: &PgPool,
         hash: &KeyHash,
         after_read: impl FnOnce() -> F,
-    ) -> Result<Option<Arc<CachedKey>>, sqlx::Error> {
-        if let Some(slot) = self.slots.read().expect("cache lock").get(&hash.0) {
-            if slot.expires > Instant::now() {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(match &slot.entry {
-                    Entry::Known(key) => Some(key.clone()),
-                    Entry::Unknown => None,
-                });
-            }
+    ) -> Result<Option<Arc<CachedKey>>, ApiError> {
+        let cached = self.slots.read().expect("cache lock").get(&hash.0).map(|slot| Cached {
+            entry: slot.entry.clone(),
+            fresh: slot.expires > Instant::now() && slot.epoch == self.epoch.load(Ordering::SeqCst),
+            confirmed: slot.confirmed,
+            hard_expiry: slot.hard_expiry,
+        });
+        if let Some(cached) = cached.as_ref().filter(|c| c.fresh) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(cached.entry.answer());
+        }
+        if self.database.is_down() {
+            return self.outage_answer(cached);
         }
         self.database_lookups.fetch_add(1, Ordering::Relaxed);
-        let generation = self.generation.load(Ordering::SeqCst);
-        let now = Utc::now();
-        let found = read_model::key_for_verification(pool, hash, now).await?;
-        let mut expires = Instant::now() + self.ttl;
-        let entry = match found {
-            Some((row, limit, grace_until)) => {
-                // A regenerated-away secret must not outlive its grace period.
-                if let Some(until) = grace_until {
-                    expires = expires.min(Instant::now() + until_instant(until, now));
-                }
-                Entry::Known(Arc::new(CachedKey {
-                    row,
-                    limit_per_minute: limit.max(0) as u32,
-                }))
-            }
-            None => Entry::Unknown,
-        };
-        after_read().await;
-        self.insert(
-            hash.0,
-            Slot {
-                entry: entry.clone(),
-                expires,
-            },
-            generation,
+        let (generation, epoch) = (
+            self.generation.load(Ordering::SeqCst),
+            self.epoch.load(Ordering::SeqCst),
         );
-        Ok(match entry {
-            Entry::Known(key) => Some(key),
-            Entry::Unknown => None,
-        })
+        let now = Utc::now();
+        // A read: when the probe finds the database down meanwhile, give up
+        // waiting for a connection and answer as in an outage.
+        let query = read_model::key_for_verification(pool, hash, now);
+        let result = tokio::select! {
+            biased;
+            _ = self.database.outage() => return self.outage_answer(cached),
+            result = query => result,
+        };
+        let found = match result {
+            Ok(found) => found,
+            Err(e) if is_unavailable(&e) => {
+                self.database.observe(&e);
+                return self.outage_answer(cached);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let confirmed = Instant::now();
+        let mut slot = Slot {
+            entry: Entry::Unknown,
+            expires: confirmed + self.ttl,
+            confirmed,
+            epoch,
+            hard_expiry: None,
+        };
+        if let Some((row, limit, grace_until)) = found {
+            // A regenerated-away secret must not outlive its grace period.
+            if let Some(until) = grace_until {
+                slot.expires = slot.expires.min(confirmed + until_instant(until, now));
+                slot.hard_expiry = Some(until);
+            }
+            slot.entry = Entry::Known(Arc::new(CachedKey {
+                row,
+                limit_per_minute: limit.max(0) as u32,
+            }));
+        }
+        let answer = slot.entry.answer();
+        after_read().await;
+        self.insert(hash.0, slot, generation);
+        Ok(answer)
+    }
+
+    /// The answer while the database cannot confirm anything: what an entry
+    /// said when the outage began, within the grace; otherwise fail closed.
+    fn outage_answer(&self, cached: Option<Cached>) -> Result<Option<Arc<CachedKey>>, ApiError> {
+        let Some(cached) = cached else {
+            return Err(ApiError::Unavailable);
+        };
+        let Some((outage_began, _)) = self.database.down_since() else {
+            return Err(ApiError::Unavailable);
+        };
+        // Fresh when the outage began (confirmed at most a TTL before it)…
+        let fresh_then = cached.confirmed + self.ttl > outage_began;
+        // …and the outage is younger than the grace.
+        let within_grace = outage_began.elapsed() < self.outage_grace;
+        let secret_alive = !matches!(cached.hard_expiry, Some(until) if Utc::now() >= until);
+        if fresh_then && within_grace && secret_alive {
+            self.outage_answers.fetch_add(1, Ordering::Relaxed);
+            return Ok(cached.entry.answer());
+        }
+        Err(ApiError::Unavailable)
     }
 
     fn insert(&self, hash: [u8; 32], slot: Slot, generation: u64) {
@@ -161,6 +234,15 @@ impl KeyCache {
         });
     }
 
+    /// Every entry must be confirmed by the database again before it is
+    /// trusted; until then each keeps its answer for a database outage.
+    fn unconfirm_all(&self) {
+        let _slots = self.slots.write().expect("cache lock");
+        // Lookups that read before this must not store what they read.
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
     pub fn clear(&self) {
         let mut slots = self.slots.write().expect("cache lock");
         self.generation.fetch_add(1, Ordering::SeqCst);
@@ -175,9 +257,10 @@ impl KeyCache {
         self.len() == 0
     }
 
-    /// Applies notifications until `shutdown`; reconnects (clearing the
-    /// cache, since notifications may have been missed) when the connection
-    /// drops.
+    /// Applies notifications until `shutdown`; reconnects when the
+    /// connection drops. Notifications may have been missed while it was
+    /// down, so every entry is read again before it is trusted — but kept
+    /// meanwhile, for answers during a database outage.
     pub async fn listen(self: Arc<Self>, pool: PgPool, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() {
             let mut listener = match PgListener::connect_with(&pool).await {
@@ -196,7 +279,7 @@ impl KeyCache {
                 }
             };
             // Anything cached before listening may have missed a change.
-            self.clear();
+            self.unconfirm_all();
             loop {
                 tokio::select! {
                     changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return },
@@ -209,13 +292,30 @@ impl KeyCache {
                             }
                         }
                         Ok(None) | Err(_) => {
-                            tracing::warn!("key cache: notification connection lost; clearing the cache");
-                            self.clear();
+                            tracing::warn!("key cache: notification connection lost; cached keys are confirmed again before use");
+                            self.unconfirm_all();
                             break;
                         }
                     },
                 }
             }
+        }
+    }
+}
+
+/// A slot as a lookup saw it.
+struct Cached {
+    entry: Entry,
+    fresh: bool,
+    confirmed: Instant,
+    hard_expiry: Option<DateTime<Utc>>,
+}
+
+impl Entry {
+    fn answer(&self) -> Option<Arc<CachedKey>> {
+        match self {
+            Entry::Known(key) => Some(key.clone()),
+            Entry::Unknown => None,
         }
     }
 }

@@ -1,6 +1,9 @@
 //! The key management endpoints (`/v1/keys…`). Each command goes through the
-//! shared handler (load → decide → append → project) and answers with the
-//! key as the read model now has it.
+//! shared handler (load → decide → append → project) in one transaction and
+//! answers with the key as that transaction left it — never with a read
+//! after the commit, which could fail and turn a committed command (and a
+//! secret shown once) into an error. Create and regenerate accept an
+//! `Idempotency-Key` (see `idempotency`).
 
 use std::collections::HashMap;
 
@@ -15,6 +18,7 @@ use keyledger_events::log::{EventMeta, StoredEvent};
 use keyledger_events::read_model::{self, KeyFilter, KeyRow};
 use serde_json::{json, Value};
 
+use crate::idempotency::{self, Claim, IdempotencyKey, Idempotent};
 use crate::{auth::Admin, body, error::ApiError, middleware::current_request_id, AppState};
 
 type Query = web::Query<HashMap<String, String>>;
@@ -50,7 +54,9 @@ fn org_id(caller: &Admin) -> Result<OrgId, ApiError> {
 }
 
 async fn rotation_days(state: &AppState, caller: &Admin) -> Result<u32, ApiError> {
-    let org = read_model::org_by_id(&state.pool, caller.org_id())
+    let org = state
+        .database
+        .read(read_model::org_by_id(&state.pool, caller.org_id()))
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(org.rotation_days.max(0) as u32)
@@ -73,12 +79,69 @@ async fn execute(state: &AppState, caller: &Admin, id: KeyId, command: KeyComman
     Ok(())
 }
 
-/// [`execute`], answering with the key as the read model now has it.
-async fn run(state: &AppState, caller: &Admin, id: KeyId, command: KeyCommand) -> Result<KeyRow, ApiError> {
-    execute(state, caller, id, command).await?;
-    read_model::key_by_id(&state.pool, caller.org_id(), &id.to_string())
-        .await?
-        .ok_or(ApiError::NotFound)
+/// How a command ended for its caller.
+enum Done {
+    /// The command ran: the key as its transaction left it.
+    Ran(Box<KeyRow>),
+    /// A retry with the same `Idempotency-Key` and body: the first answer.
+    Replayed(idempotency::Recorded),
+}
+
+/// Runs a command on one of the caller's keys in one transaction — claim of
+/// the `Idempotency-Key` (if any), decide, append, project, record — and
+/// answers with the key built from what that transaction decided. Once the
+/// commit succeeds nothing is read again, so nothing can turn a committed
+/// command into an error. `status` is what a success answers (recorded for
+/// replays).
+async fn run(
+    state: &AppState,
+    caller: &Admin,
+    id: KeyId,
+    command: KeyCommand,
+    status: u16,
+    idempotent: Option<&Idempotent>,
+) -> Result<Done, ApiError> {
+    let own = org_id(caller)?;
+    let meta = meta(caller);
+    // Waiting for a connection ends at once when the database is found down;
+    // once the transaction has begun, the command runs to its end.
+    let mut tx = state.database.read(state.pool.begin()).await?;
+    if let Some(request) = idempotent {
+        match idempotency::claim(&mut tx, request, meta.occurred_at).await? {
+            Claim::Fresh => {}
+            Claim::Replay(recorded) => return Ok(Done::Replayed(recorded)),
+            Claim::Mismatch => return Err(idempotency::mismatch()),
+        }
+    }
+    let created = matches!(command, KeyCommand::Create(_));
+    let decided = handler::decide_on::<ApiKey>(&mut tx, &key::stream_id(id), command, &meta, |current| match current {
+        Some(k) if k.org_id != own => Err(DomainError::NotFound),
+        _ => Ok(()),
+    })
+    .await?;
+    let outcome = decided.append(&mut tx).await?;
+    let key = outcome.state.filter(|k| !k.deleted).ok_or(ApiError::NotFound)?;
+    let mut row = KeyRow::from_aggregate(&key, outcome.version);
+    // Usage is the read model's alone; a new key has none.
+    if !created {
+        row.last_used_at = read_model::last_used_at(&mut *tx, &row.id).await?;
+    }
+    if let Some(request) = idempotent {
+        idempotency::record(&mut tx, request, status, &row.to_json(meta.occurred_at)).await?;
+    }
+    tx.commit().await?;
+    // This process's cache forgets the key before the answer (see `execute`).
+    state.cache.evict_stream(&key::stream_id(id));
+    Ok(Done::Ran(Box::new(row)))
+}
+
+/// The caller's `Idempotency-Key` for this operation, if it sent one.
+fn idempotent(req: &HttpRequest, caller: &Admin, fields: &body::Fields) -> Result<Option<Idempotent>, ApiError> {
+    let Some(key) = IdempotencyKey::from_request(req)? else {
+        return Ok(None);
+    };
+    let operation = format!("{} {}", req.method(), req.path());
+    Ok(Some(Idempotent::new(caller.org_id(), operation, key, fields.as_map())))
 }
 
 /// An answer that shows a secret: never cached anywhere.
@@ -91,6 +154,34 @@ fn with_secret(status: actix_web::http::StatusCode, row: &KeyRow, secret: &Plain
         .json(object)
 }
 
+/// The first answer again, for a retry with the same `Idempotency-Key`.
+fn replayed(recorded: &idempotency::Recorded) -> HttpResponse {
+    let status = actix_web::http::StatusCode::from_u16(recorded.status).unwrap_or(actix_web::http::StatusCode::OK);
+    let mut response = HttpResponse::build(status);
+    response
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header(("idempotent-replayed", "true"));
+    if status == actix_web::http::StatusCode::CREATED {
+        if let Some(id) = recorded.body["id"].as_str() {
+            response.insert_header((header::LOCATION, format!("/v1/keys/{id}")));
+        }
+    }
+    response.json(recorded.replay_body())
+}
+
+/// A command that answers with the key (no secret).
+async fn key_answer(
+    state: &AppState,
+    caller: &Admin,
+    id: KeyId,
+    command: KeyCommand,
+) -> Result<HttpResponse, ApiError> {
+    match run(state, caller, id, command, 200, None).await? {
+        Done::Ran(row) => Ok(HttpResponse::Ok().json(row.to_json(Utc::now()))),
+        Done::Replayed(recorded) => Ok(replayed(&recorded)),
+    }
+}
+
 pub async fn create(
     state: web::Data<AppState>,
     caller: Admin,
@@ -98,6 +189,7 @@ pub async fn create(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let mut fields = body::read_object(&req, payload).await?;
+    let idempotent = idempotent(&req, &caller, &fields)?;
     let name = fields.string("name");
     let key_type = fields.string("type");
     let scopes = fields.string_list("scopes");
@@ -116,7 +208,10 @@ pub async fn create(
         rotation_days: rotation_days(&state, &caller).await?,
         secret: secret.clone(),
     }));
-    let row = run(&state, &caller, id, command).await?;
+    let row = match run(&state, &caller, id, command, 201, idempotent.as_ref()).await? {
+        Done::Ran(row) => *row,
+        Done::Replayed(recorded) => return Ok(replayed(&recorded)),
+    };
     let key_type = KeyType::parse(&key_type).expect("validated by the command");
     let (plain, _) = secret.issue(key_type);
     let mut response = with_secret(actix_web::http::StatusCode::CREATED, &row, &plain);
@@ -159,7 +254,10 @@ pub async fn list(state: web::Data<AppState>, caller: Admin, query: Query) -> Re
     let page_size = filter.limit as usize;
     filter.limit += 1;
     let now = Utc::now();
-    let mut rows = read_model::list_keys(&state.pool, caller.org_id(), &filter, now).await?;
+    let mut rows = state
+        .database
+        .read(read_model::list_keys(&state.pool, caller.org_id(), &filter, now))
+        .await?;
     let next_cursor = (rows.len() > page_size).then(|| rows[page_size - 1].id.clone());
     rows.truncate(page_size);
     let data: Vec<Value> = rows.iter().map(|r| r.to_json(now)).collect();
@@ -168,7 +266,9 @@ pub async fn list(state: web::Data<AppState>, caller: Admin, query: Query) -> Re
 
 pub async fn get(state: web::Data<AppState>, caller: Admin, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = key_id(&path)?;
-    let row = read_model::key_by_id(&state.pool, caller.org_id(), &id.to_string())
+    let row = state
+        .database
+        .read(read_model::key_by_id(&state.pool, caller.org_id(), &id.to_string()))
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(HttpResponse::Ok().json(row.to_json(Utc::now())))
@@ -189,8 +289,7 @@ pub async fn update(
         expires_at: fields.nullable_time("expires_at"),
     };
     fields.finish()?;
-    let row = run(&state, &caller, id, KeyCommand::Update(update)).await?;
-    Ok(HttpResponse::Ok().json(row.to_json(Utc::now())))
+    key_answer(&state, &caller, id, KeyCommand::Update(update)).await
 }
 
 pub async fn regenerate(
@@ -202,6 +301,7 @@ pub async fn regenerate(
 ) -> Result<HttpResponse, ApiError> {
     let id = key_id(&path)?;
     let mut fields = body::read_object(&req, payload).await?;
+    let idempotent = idempotent(&req, &caller, &fields)?;
     let grace = fields.integer("expire_old_in_seconds").unwrap_or(0);
     fields.finish()?;
     let secret = random_secret(&state)?;
@@ -210,9 +310,12 @@ pub async fn regenerate(
         rotation_days: rotation_days(&state, &caller).await?,
         secret: secret.clone(),
     }));
-    let row = run(&state, &caller, id, command).await?;
-    let key_type =
-        KeyType::parse(&row.key_type).ok_or_else(|| ApiError::internal(std::io::Error::other("bad key type")))?;
+    let row = match run(&state, &caller, id, command, 200, idempotent.as_ref()).await? {
+        Done::Ran(row) => *row,
+        Done::Replayed(recorded) => return Ok(replayed(&recorded)),
+    };
+    // The type of a key never changes; the row was built from the aggregate.
+    let key_type = KeyType::parse(&row.key_type).expect("an aggregate's own type");
     let (plain, _) = secret.issue(key_type);
     Ok(with_secret(actix_web::http::StatusCode::OK, &row, &plain))
 }
@@ -222,8 +325,7 @@ pub async fn deactivate(
     caller: Admin,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let row = run(&state, &caller, key_id(&path)?, KeyCommand::Deactivate).await?;
-    Ok(HttpResponse::Ok().json(row.to_json(Utc::now())))
+    key_answer(&state, &caller, key_id(&path)?, KeyCommand::Deactivate).await
 }
 
 pub async fn activate(
@@ -231,8 +333,7 @@ pub async fn activate(
     caller: Admin,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let row = run(&state, &caller, key_id(&path)?, KeyCommand::Activate).await?;
-    Ok(HttpResponse::Ok().json(row.to_json(Utc::now())))
+    key_answer(&state, &caller, key_id(&path)?, KeyCommand::Activate).await
 }
 
 pub async fn delete(
@@ -296,10 +397,15 @@ pub async fn usage(
     if !details.is_empty() {
         return Err(ApiError::Validation(details));
     }
-    let key = read_model::key_by_id(&state.pool, caller.org_id(), &id.to_string())
+    let key = state
+        .database
+        .read(read_model::key_by_id(&state.pool, caller.org_id(), &id.to_string()))
         .await?
         .ok_or(ApiError::NotFound)?;
-    let series = read_model::usage_series(&state.pool, &key.id, granularity, from, to).await?;
+    let series = state
+        .database
+        .read(read_model::usage_series(&state.pool, &key.id, granularity, from, to))
+        .await?;
     let total = |pick: fn(&read_model::UsagePoint) -> i64| series.iter().map(pick).sum::<i64>();
     let (requests, successful, failed, limited) = (
         total(|p| p.requests),
@@ -358,17 +464,27 @@ pub async fn events(
     if !details.is_empty() {
         return Err(ApiError::Validation(details));
     }
-    let owned: Option<String> = sqlx::query_scalar("select org_id from keys where id = $1")
-        .bind(id.to_string())
-        .fetch_optional(&state.pool)
+    let owned: Option<String> = state
+        .database
+        .read(
+            sqlx::query_scalar("select org_id from keys where id = $1")
+                .bind(id.to_string())
+                .fetch_optional(&state.pool),
+        )
         .await?;
     if owned.as_deref() != Some(caller.org_id()) {
         return Err(ApiError::NotFound);
     }
     // Usage records are statistics (see /usage), not the audit trail.
-    let events =
-        keyledger_events::log::read_stream_without(&state.pool, &key::stream_id(id), None, handler::USAGE_EVENT)
-            .await?;
+    let events = state
+        .database
+        .read(keyledger_events::log::read_stream_without(
+            &state.pool,
+            &key::stream_id(id),
+            None,
+            handler::USAGE_EVENT,
+        ))
+        .await?;
     let page: Vec<&StoredEvent> = events
         .iter()
         .filter(|e| e.version > after_version)

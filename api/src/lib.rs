@@ -7,14 +7,17 @@
 pub mod access;
 pub mod auth;
 pub mod body;
+pub mod db_health;
 pub mod error;
 pub mod forward_auth;
 pub mod health;
+pub mod idempotency;
 pub mod key_cache;
 pub mod keys;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
+pub mod ops;
 pub mod org;
 pub mod rate_limit;
 pub mod routes;
@@ -46,6 +49,9 @@ pub struct ApiSettings {
     pub trusted_proxies: Vec<IpRange>,
     /// Where `/v1/auth` reads the original request.
     pub forward_auth: forward_auth::ForwardAuthStyle,
+    /// How long into a database outage cached keys keep their answers
+    /// (zero: fail closed at once).
+    pub outage_grace: Duration,
 }
 
 impl Default for ApiSettings {
@@ -57,6 +63,7 @@ impl Default for ApiSettings {
             usage_flush: Duration::from_secs(5),
             trusted_proxies: vec![],
             forward_auth: forward_auth::ForwardAuthStyle::default(),
+            outage_grace: Duration::from_secs(60),
         }
     }
 }
@@ -78,26 +85,38 @@ pub struct AppState {
     /// Invalid keys per client address.
     pub failures: Arc<rate_limit::RateLimiter>,
     pub usage: Arc<usage::UsageAccumulator>,
+    /// Whether PostgreSQL is known to be down (and since when).
+    pub database: Arc<db_health::DatabaseHealth>,
+    /// Metrics rendered by other parts of the process (`dev`: the workers').
+    pub extra_metrics: Vec<ops::MetricsSource>,
 }
 
 impl AppState {
     pub fn new(pool: PgPool, hash_key: HashKey, environment: Environment, settings: ApiSettings) -> AppState {
+        let database = Arc::new(db_health::DatabaseHealth::default());
         AppState {
             pool,
             hash_key,
             environment,
             kafka: None,
             routes: Arc::default(),
-            cache: Arc::new(key_cache::KeyCache::new(settings.cache_ttl, settings.cache_capacity)),
+            cache: Arc::new(key_cache::KeyCache::new(
+                settings.cache_ttl,
+                settings.cache_capacity,
+                settings.outage_grace,
+                database.clone(),
+            )),
             limiter: Arc::new(rate_limit::RateLimiter::new(settings.cache_capacity)),
             failures: Arc::new(rate_limit::RateLimiter::new(settings.cache_capacity)),
             usage: Arc::default(),
+            database,
+            extra_metrics: Vec::new(),
             settings,
         }
     }
 
-    /// The API's background work until `shutdown`: cache invalidation,
-    /// usage flushes (and a last one), limiter sweeps.
+    /// The API's background work until `shutdown`: the database probe,
+    /// cache invalidation, usage flushes (and a last one), limiter sweeps.
     pub async fn run_background(self, shutdown: watch::Receiver<bool>) {
         let sweeper = {
             let (limiter, failures, mut shutdown) = (self.limiter.clone(), self.failures.clone(), shutdown.clone());
@@ -115,9 +134,14 @@ impl AppState {
             }
         };
         tokio::join!(
+            self.database.run_probe(self.pool.clone(), shutdown.clone()),
             self.cache.clone().listen(self.pool.clone(), shutdown.clone()),
-            self.usage
-                .run(self.pool.clone(), self.settings.usage_flush, shutdown.clone()),
+            self.usage.run(
+                self.pool.clone(),
+                &self.database,
+                self.settings.usage_flush,
+                shutdown.clone()
+            ),
             sweeper,
         );
     }

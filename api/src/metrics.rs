@@ -28,6 +28,18 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             cache.len() as u64,
         ),
         (
+            "keyledger_key_cache_outage_answers_total",
+            "counter",
+            "Verifications answered from the cache while the database could not confirm them (outage grace).",
+            cache.outage_answers.load(Ordering::Relaxed),
+        ),
+        (
+            "keyledger_database_down",
+            "gauge",
+            "1 while PostgreSQL is known to be unreachable.",
+            u64::from(state.database.is_down()),
+        ),
+        (
             "keyledger_rate_limiter_subjects",
             "gauge",
             "Keys tracked by the rate limiter.",
@@ -37,6 +49,9 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let mut text = String::new();
     for (name, kind, help, value) in lines {
         text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+    }
+    for source in &state.extra_metrics {
+        source(&mut text);
     }
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text)
 }

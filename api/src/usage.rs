@@ -1,7 +1,10 @@
 //! Usage accounting: every request made with a known key is counted in
 //! memory, per key and minute, and appended as `key.used` events every
 //! flush interval and on shutdown. Counting costs no database access on the
-//! request path; a failed flush keeps its counts for the next one.
+//! request path; a failed flush keeps its counts for the next one. While
+//! the database is down nothing is attempted (counts accumulate, requests
+//! answered from the cache included) and everything is flushed as soon as
+//! it is back.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,6 +16,8 @@ use keyledger_events::handler::{self, HandlerError};
 use keyledger_events::log::EventMeta;
 use sqlx::PgPool;
 use tokio::sync::watch;
+
+use crate::db_health::{is_unavailable, DatabaseHealth};
 
 /// How a request with a known key ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,8 +88,13 @@ impl UsageAccumulator {
     }
 
     /// Appends one `key.used` event per key and minute counted since the last
-    /// flush; returns how many were appended.
-    pub async fn flush(&self, pool: &PgPool) -> usize {
+    /// flush; returns how many were appended. The database being down (or
+    /// found down on the way) keeps the rest for the next flush at once,
+    /// rather than waiting for a connection once per key.
+    pub async fn flush(&self, pool: &PgPool, database: &DatabaseHealth) -> usize {
+        if database.is_down() {
+            return 0;
+        }
         let drained: Vec<(String, DateTime<Utc>, Counts)> = self
             .pending
             .lock()
@@ -93,31 +103,48 @@ impl UsageAccumulator {
             .flat_map(|(key_id, minutes)| minutes.into_iter().map(move |(m, c)| (key_id.clone(), m, c)))
             .collect();
         let mut appended = 0;
+        let mut unavailable = false;
         for (key_id, minute, counts) in drained {
-            match append(pool, &key_id, minute, counts).await {
-                Ok(()) => appended += 1,
-                Err(e) => {
-                    tracing::warn!(key_id = %key_id, error = %e, "usage flush failed; keeping the counts");
-                    self.pending
-                        .lock()
-                        .expect("usage lock")
-                        .entry(key_id)
-                        .or_default()
-                        .entry(minute)
-                        .or_default()
-                        .merge(counts);
+            if !unavailable {
+                match append(pool, &key_id, minute, counts).await {
+                    Ok(()) => {
+                        appended += 1;
+                        continue;
+                    }
+                    Err(HandlerError::Database(e)) if is_unavailable(&e) => {
+                        tracing::warn!(error = %e, "usage flush: the database is unavailable; keeping the counts");
+                        database.observe(&e);
+                        unavailable = true;
+                    }
+                    Err(e) => tracing::warn!(key_id = %key_id, error = %e, "usage flush failed; keeping the counts"),
                 }
             }
+            self.pending
+                .lock()
+                .expect("usage lock")
+                .entry(key_id)
+                .or_default()
+                .entry(minute)
+                .or_default()
+                .merge(counts);
         }
         appended
     }
 
-    /// Flushes every `interval` until `shutdown`, then once more.
-    pub async fn run(&self, pool: PgPool, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+    /// Flushes every `interval`, and as soon as the database is back after
+    /// an outage, until `shutdown`; then once more.
+    pub async fn run(
+        &self,
+        pool: PgPool,
+        database: &DatabaseHealth,
+        interval: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         loop {
             tokio::select! {
                 changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break },
-                _ = tokio::time::sleep(interval) => { self.flush(&pool).await; }
+                _ = tokio::time::sleep(interval) => { self.flush(&pool, database).await; }
+                _ = database.recovered() => { self.flush(&pool, database).await; }
             }
         }
         // At shutdown a pooled connection may belong to an HTTP worker's
@@ -125,7 +152,7 @@ impl UsageAccumulator {
         // counts, and the next attempt gets a fresh connection.
         let mut flushed = 0;
         for _ in 0..5 {
-            flushed += self.flush(&pool).await;
+            flushed += self.flush(&pool, database).await;
             if self.is_empty() {
                 break;
             }

@@ -66,6 +66,10 @@ impl KafkaSettings {
 
     /// A consumer of the group; offsets are stored by the application only
     /// after the database transaction that applied a message commits.
+    ///
+    /// The session timeout is Kafka's smallest default (6 s): a worker
+    /// killed without leaving the group holds its partitions that long
+    /// before the others (or its restarted self) take them over.
     pub fn consumer(&self) -> Result<StreamConsumer, KafkaError> {
         self.base()
             .set("group.id", &self.group_id)
@@ -73,7 +77,7 @@ impl KafkaSettings {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
+            .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000")
             .create()
     }

@@ -57,16 +57,26 @@ pub async fn load<A: Aggregate>(
     stream_id: &str,
     until: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<Loaded<A>, HandlerError> {
+    let mut conn = pool.acquire().await?;
+    load_on(&mut conn, stream_id, until).await
+}
+
+/// [`load`] on a connection the caller holds (possibly inside its transaction).
+pub async fn load_on<A: Aggregate>(
+    conn: &mut PgConnection,
+    stream_id: &str,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<Loaded<A>, HandlerError> {
     // The version is read first and the events up to it after, so a command
     // that commits in between cannot slip under the expected version: the
     // state decided on is exactly the state at that version.
     let version = match until {
-        None => Some(log::stream_version(pool, stream_id).await?),
+        None => Some(log::stream_version(&mut *conn, stream_id).await?),
         Some(_) => None,
     };
     // Usage records change no state and are by far the most numerous
     // events of a busy key: they are not read, but they count for the version.
-    let mut events = log::read_stream_without(pool, stream_id, until, USAGE_EVENT).await?;
+    let mut events = log::read_stream_without(&mut *conn, stream_id, until, USAGE_EVENT).await?;
     if let Some(version) = version {
         events.retain(|e| e.version <= version);
     }
@@ -81,10 +91,14 @@ pub async fn load<A: Aggregate>(
     })
 }
 
-/// What a handled command left behind.
+/// What a handled command left behind: what the transaction decided, from
+/// which an answer is built without reading anything back.
 pub struct Outcome<A> {
     /// The state after the command (`None` only if the aggregate never existed).
     pub state: Option<A>,
+    /// The stream's version after the command (usage records included, as
+    /// in the read models' `version` columns).
+    pub version: i64,
     /// The events appended; empty when the command changed nothing.
     pub events: Vec<StoredEvent>,
 }
@@ -111,6 +125,7 @@ impl<A: Aggregate> Decided<A> {
         if self.events.is_empty() {
             return Ok(Outcome {
                 state: self.state,
+                version: self.version,
                 events: vec![],
             });
         }
@@ -120,7 +135,12 @@ impl<A: Aggregate> Decided<A> {
             read_model::apply(&mut *tx, event).await?;
         }
         let state = self.events.iter().fold(self.state, A::evolve);
-        Ok(Outcome { state, events: stored })
+        let version = stored.last().map_or(self.version, |e| e.version);
+        Ok(Outcome {
+            state,
+            version,
+            events: stored,
+        })
     }
 }
 
@@ -134,7 +154,21 @@ pub async fn decide<A: Aggregate>(
     meta: &EventMeta,
     guard: impl FnOnce(Option<&A>) -> Result<(), DomainError>,
 ) -> Result<Decided<A>, HandlerError> {
-    let Loaded { state, version } = load::<A>(pool, stream_id, None).await?;
+    let mut conn = pool.acquire().await?;
+    decide_on(&mut conn, stream_id, command, meta, guard).await
+}
+
+/// [`decide`] on a connection the caller holds — inside its transaction, so
+/// that what else the transaction writes (an idempotency record) and the
+/// events commit together, and the command needs no second connection.
+pub async fn decide_on<A: Aggregate>(
+    conn: &mut PgConnection,
+    stream_id: &str,
+    command: A::Command,
+    meta: &EventMeta,
+    guard: impl FnOnce(Option<&A>) -> Result<(), DomainError>,
+) -> Result<Decided<A>, HandlerError> {
+    let Loaded { state, version } = load_on::<A>(conn, stream_id, None).await?;
     guard(state.as_ref())?;
     // PostgreSQL keeps microseconds: the events' times and the read models'
     // columns must say the same instant.
@@ -164,6 +198,7 @@ pub async fn execute<A: Aggregate>(
     if decided.is_empty() {
         return Ok(Outcome {
             state: decided.state,
+            version: decided.version,
             events: vec![],
         });
     }

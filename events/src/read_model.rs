@@ -307,6 +307,16 @@ pub fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
+/// When the key was last used, as its usage records say (only the read
+/// model has it: commands do not read usage).
+pub async fn last_used_at<'c>(db: impl PgExecutor<'c>, key_id: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let found: Option<Option<DateTime<Utc>>> = sqlx::query_scalar("select last_used_at from keys where id = $1")
+        .bind(key_id)
+        .fetch_optional(db)
+        .await?;
+    Ok(found.flatten())
+}
+
 pub async fn key_by_id<'c>(db: impl PgExecutor<'c>, org_id: &str, key_id: &str) -> Result<Option<KeyRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "select {KEY_COLUMNS} from keys where id = $1 and org_id = $2 and deleted_at is null"
@@ -420,6 +430,21 @@ pub struct OrgRow {
 }
 
 impl OrgRow {
+    /// The row the projection holds for this aggregate state at `version`.
+    pub fn from_aggregate(org: &crate::domain::Org, version: i64) -> OrgRow {
+        OrgRow {
+            id: org.id.to_string(),
+            name: org.name.as_str().to_owned(),
+            plan: org.plan.as_str().to_owned(),
+            rate_limit_per_minute: org.rate_limit_per_minute as i32,
+            alert_emails: org.alert_emails.iter().map(|a| a.as_str().to_owned()).collect(),
+            rotation_days: org.rotation_days as i32,
+            alert_settings: serde_json::to_value(org.alert_settings).expect("settings serialize"),
+            created_at: org.created_at,
+            version,
+        }
+    }
+
     /// The org object of API.md.
     pub fn to_json(&self) -> Value {
         json!({

@@ -99,17 +99,33 @@ impl Server {
     }
 
     /// Stops with SIGTERM (a graceful shutdown) and returns the log.
-    pub(crate) fn stop(mut self) -> String {
+    pub(crate) fn stop(self) -> String {
+        self.stop_within(Duration::from_secs(15))
+    }
+
+    /// Stops with SIGTERM, asserting the process exits within `limit`;
+    /// returns the log.
+    pub(crate) fn stop_within(mut self, limit: Duration) -> String {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + limit;
         while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "did not exit within {limit:?} of SIGTERM: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         std::fs::read_to_string(&self.log).unwrap()
+    }
+
+    /// `kill -9`: no shutdown at all.
+    pub(crate) fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -216,6 +232,16 @@ async fn dev_mode_creates_the_database_and_a_hash_key_and_serves_the_api() {
     let refused = run(keyledger(&url, &dir).args(["org", "set-plan", org_id, "enterprise"]));
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("rate limit"));
+    // `dev` runs the workers too: their projection lag is on the API's /metrics.
+    let metrics = call(&dev.address, Method::GET, "/metrics", None, None, &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut text = metrics.body.as_str().unwrap_or_default().to_owned();
+    while !text.contains("keyledger_projection_lag_events{projector=\"read_models\"}") {
+        assert!(Instant::now() < deadline, "no projection lag in /metrics: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let metrics = call(&dev.address, Method::GET, "/metrics", None, None, &[]).await;
+        text = metrics.body.as_str().unwrap_or_default().to_owned();
+    }
     dev.stop();
 }
 

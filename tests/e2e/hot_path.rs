@@ -18,7 +18,7 @@ async fn auth(app: &TestApp, key: Option<&str>, method: &str, uri: &str, extra: 
     call(&app.address, Method::GET, "/v1/auth", key, None, &headers).await
 }
 
-async fn set_plan(app: &TestApp, plan: &str, rate_limit: Option<u32>) {
+pub(crate) async fn set_plan(app: &TestApp, plan: &str, rate_limit: Option<u32>) {
     let id: OrgId = app.org_id.parse().unwrap();
     let meta = EventMeta {
         actor: "cli".into(),

@@ -372,26 +372,35 @@ mod binary_mode {
     struct Stack {
         url: String,
         dir: std::path::PathBuf,
+        brokers: String,
         serve: Server,
         work: Server,
         admin: String,
         pool: sqlx::PgPool,
     }
 
+    /// `keyledger <sub>` in Kafka mode. Usage is flushed only at shutdown,
+    /// so the log holds still while a test counts.
+    fn kafka_mode(url: &str, dir: &std::path::Path, brokers: &str, sub: &str) -> std::process::Command {
+        let mut command = keyledger(url, dir);
+        command
+            .arg(sub)
+            .env("KAFKA_BROKERS", brokers)
+            .env("KEYLEDGER_HASH_KEY", HASH_KEY)
+            .env("KEYLEDGER_USAGE_FLUSH_SECONDS", "3600");
+        command
+    }
+
+    async fn start_work(url: &str, dir: &std::path::Path, brokers: &str, log: &str) -> Server {
+        let mut work = kafka_mode(url, dir, brokers, "work");
+        Server::start_worker(&mut work, dir.join(log), "workers in Kafka mode").await
+    }
+
     async fn stack(broker: &Broker) -> Stack {
         let (url, dir) = (fresh_database_url(), temp_dir());
-        // Usage is flushed only at shutdown, so the log holds still while a test counts.
-        let kafka_mode = |command: &mut std::process::Command| {
-            command
-                .env("KAFKA_BROKERS", broker.address())
-                .env("KEYLEDGER_HASH_KEY", HASH_KEY)
-                .env("KEYLEDGER_USAGE_FLUSH_SECONDS", "3600");
-        };
-        let mut work = keyledger(&url, &dir);
-        kafka_mode(work.arg("work"));
-        let work = Server::start_worker(&mut work, dir.join("work.log"), "workers in Kafka mode").await;
-        let mut serve = keyledger(&url, &dir);
-        kafka_mode(serve.arg("serve"));
+        let brokers = broker.address();
+        let work = start_work(&url, &dir, &brokers, "work.log").await;
+        let mut serve = kafka_mode(&url, &dir, &brokers, "serve");
         let serve = Server::start(&mut serve, dir.join("serve.log")).await;
         let created = create_org(
             &url,
@@ -404,6 +413,7 @@ mod binary_mode {
         Stack {
             url,
             dir,
+            brokers,
             serve,
             work,
             admin,
@@ -489,6 +499,87 @@ mod binary_mode {
                 String::from_utf8_lossy(&check.stdout)
             );
         }
+    }
+
+    /// `work`'s own listener: health, readiness, and the projection lag.
+    async fn work_metrics(stack: &Stack) -> String {
+        let metrics = call(&stack.work.address, Method::GET, "/metrics", None, None, &[]).await;
+        metrics.expect(200).as_str().unwrap_or_default().to_owned()
+    }
+
+    #[actix_web::test]
+    async fn a_worker_killed_and_restarted_at_once_projects_new_events_within_seconds() {
+        let broker = Broker::start().await;
+        let mut stack = stack(&broker).await;
+        stack.commands(2, 10).await;
+        stack.caught_up(60).await;
+        for round in 1..=3 {
+            stack.work.kill9();
+            stack.work = start_work(&stack.url, &stack.dir, &stack.brokers, &format!("work-{round}.log")).await;
+            stack.commands(2, 10).await;
+            let started = Instant::now();
+            // A stale member of the group delays the new one by its session
+            // (6 s) plus a rebalance; a stuck group is rejoined after 15 s.
+            stack.caught_up(40).await;
+            eprintln!("round {round}: caught up {:?} after the restart", started.elapsed());
+        }
+        // The stall would be visible: the lag metrics, on work's listener.
+        call(&stack.work.address, Method::GET, "/healthz", None, None, &[])
+            .await
+            .expect(200);
+        let ready = call(&stack.work.address, Method::GET, "/readyz", None, None, &[]).await;
+        assert_eq!(ready.expect(200)["checks"], json!({"postgres": "ok", "kafka": "ok"}));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = work_metrics(&stack).await;
+            if text.contains("keyledger_projection_lag_events{projector=\"kafka\"} 0\n")
+                && text.contains("keyledger_projection_lag_seconds{projector=\"kafka\"} 0\n")
+                && text.contains("keyledger_relay_lag_events 0\n")
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lag metrics never showed the catch-up: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        stack.work.stop();
+        stack.serve.stop();
+    }
+
+    #[actix_web::test]
+    async fn work_reports_lag_while_the_broker_is_gone_and_exits_within_ten_seconds_of_sigterm() {
+        let mut broker = Broker::start().await;
+        let stack = stack(&broker).await;
+        stack.commands(2, 10).await;
+        stack.caught_up(60).await;
+        broker.kill();
+        // Commands still succeed; their events wait for the broker.
+        stack.commands(2, 10).await;
+        let ready = call(&stack.work.address, Method::GET, "/readyz", None, None, &[]).await;
+        ready.expect_error(503, "unavailable");
+        assert_eq!(ready.body["error"]["details"]["kafka"], json!(["unreachable"]));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = work_metrics(&stack).await;
+            let lagging = text
+                .lines()
+                .find_map(|l| l.strip_prefix("keyledger_projection_lag_events{projector=\"kafka\"} "))
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(0);
+            if lagging >= 10 && !text.contains("keyledger_relay_lag_events 0\n") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the lag never showed the waiting events: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let log = stack.work.stop_within(Duration::from_secs(10));
+        assert!(log.contains("shutting down"), "{log}");
+        stack.serve.stop();
     }
 
     #[actix_web::test]

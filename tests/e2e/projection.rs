@@ -84,3 +84,55 @@ async fn rebuilding_from_the_log_reproduces_the_read_models_and_reruns_change_no
     assert_eq!(drain(&projector).await, events);
     assert_eq!(snapshot(&app).await, live);
 }
+
+#[actix_web::test]
+async fn a_projector_that_stops_shows_growing_lag_and_a_stall_then_zero_once_it_catches_up() {
+    use keyledger_workers::lag::{LagMonitor, READ_MODELS};
+    let mut app = spawn_app().await;
+    app.stop_background().await;
+    let monitor = LagMonitor::embedded();
+    crate::support::settle(&app.pool).await;
+    drain(&Projector::read_models(app.pool.clone())).await;
+    monitor.sample(&app.pool).await;
+    assert_eq!(monitor.lag(READ_MODELS).unwrap().events, 0);
+
+    // The projector is stopped: events wait for it.
+    app.create_key(json!({"name": "waiting", "type": "secret"})).await;
+    monitor.sample(&app.pool).await;
+    let lag = monitor.lag(READ_MODELS).unwrap();
+    assert_eq!(lag.events, 1);
+    assert!(lag.oldest.is_some());
+    app.create_key(json!({"name": "waiting too", "type": "secret"})).await;
+    monitor.sample(&app.pool).await;
+    assert_eq!(monitor.lag(READ_MODELS).unwrap().events, 2);
+    assert!(
+        monitor.stalled_for(READ_MODELS).is_some(),
+        "no progress while lag grows"
+    );
+    let mut text = String::new();
+    monitor.render(&mut text);
+    assert!(
+        text.contains("keyledger_projection_lag_events{projector=\"read_models\"} 2\n"),
+        "{text}"
+    );
+    let age: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("keyledger_projection_lag_seconds{projector=\"read_models\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(age >= 0.0);
+
+    // It catches up.
+    crate::support::settle(&app.pool).await;
+    drain(&Projector::read_models(app.pool.clone())).await;
+    monitor.sample(&app.pool).await;
+    assert_eq!(monitor.lag(READ_MODELS).unwrap().events, 0);
+    assert!(monitor.stalled_for(READ_MODELS).is_none());
+    let mut text = String::new();
+    monitor.render(&mut text);
+    assert!(
+        text.contains("keyledger_projection_lag_seconds{projector=\"read_models\"} 0\n"),
+        "{text}"
+    );
+}

@@ -53,24 +53,54 @@ pub async fn spawn_app() -> TestApp {
 /// [`spawn_app`] with these settings (`usage_flush` is the tests' own),
 /// and with `internal_listener`, the internal endpoints on a second port.
 pub async fn spawn_app_with(settings: keyledger_api::ApiSettings, internal_listener: bool) -> TestApp {
-    let database_url = fresh_database_url();
-    let pool = keyledger::db::connect(&database_url).await.expect("database");
-    let mut bytes = [0u8; 32];
-    bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    let hash_key = HashKey::from_bytes(bytes);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = format!("http://{}", listener.local_addr().unwrap());
     let settings = keyledger_api::ApiSettings {
         usage_flush: std::time::Duration::from_millis(500),
         ..settings
     };
+    spawn(fresh_database_url(), settings, None, internal_listener).await
+}
+
+/// A pool like the binary's (short acquire timeout) for the background work.
+async fn background_pool(url: &str) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(keyledger::db::ACQUIRE_TIMEOUT)
+        .connect(url)
+        .await
+        .expect("background pool")
+}
+
+/// [`spawn_app`] on a chosen database (e.g. on a private cluster) with
+/// chosen settings, and the hash key of another app on the same database
+/// (a second API process of one deployment) or a new one.
+pub async fn spawn_app_on(
+    database_url: String,
+    settings: keyledger_api::ApiSettings,
+    hash_key: Option<HashKey>,
+) -> TestApp {
+    spawn(database_url, settings, hash_key, false).await
+}
+
+async fn spawn(
+    database_url: String,
+    settings: keyledger_api::ApiSettings,
+    hash_key: Option<HashKey>,
+    internal_listener: bool,
+) -> TestApp {
+    let pool = keyledger::db::connect(&database_url).await.expect("database");
+    let hash_key = hash_key.unwrap_or_else(|| {
+        let mut bytes = [0u8; 32];
+        bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        HashKey::from_bytes(bytes)
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
     let state = AppState::new(pool.clone(), hash_key.clone(), Environment::Live, settings);
     let (stop, stopped) = watch::channel(false);
     let (background, url) = (state.clone(), database_url.clone());
     let background_stop = stopped.clone();
     let background = WORKERS.spawn(async move {
-        let pool = PgPool::connect(&url).await.expect("background pool");
+        let pool = background_pool(&url).await;
         AppState { pool, ..background }.run_background(background_stop).await;
     });
     let internal = if internal_listener {
@@ -85,7 +115,7 @@ pub async fn spawn_app_with(settings: keyledger_api::ApiSettings, internal_liste
     };
     let url = database_url.clone();
     let projector = WORKERS.spawn(async move {
-        let pool = PgPool::connect(&url).await.expect("projector pool");
+        let pool = background_pool(&url).await;
         keyledger_workers::Projector::read_models(pool).run(stopped).await;
     });
     let created = keyledger::cli::create_org(&pool, hash_key.clone(), "Acme".into(), "free".into(), None, vec![])

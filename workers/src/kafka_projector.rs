@@ -11,8 +11,20 @@
 //! topic with headers naming its origin; its offset is stored and the
 //! partition keeps flowing. A database outage is not the message's fault: it
 //! is retried until the database is back, and nothing is dead-lettered.
+//!
+//! A group stuck with nobody consuming: when a worker is killed and
+//! restarted at once, the new member joins while the dead one still leads
+//! the group (its session has not expired). A broker can then complete the
+//! rebalance with the new member's empty proposal — the group looks formed,
+//! heartbeats succeed, and no partition is assigned to anyone (Tansu 0.6
+//! does this when the dead leader's session expires between the new
+//! member's JoinGroup and SyncGroup). The run loop watches for it: holding no
+//! partition for [`STUCK_AFTER`] while published events wait and nothing is
+//! applied, it leaves the group and joins as a new member, which is then
+//! the only one and takes every partition.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use keyledger_events::bus::{self, KafkaSettings};
 use keyledger_events::log::StoredEvent;
@@ -23,6 +35,8 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
 use tokio::sync::watch;
+
+use crate::lag::{LagMonitor, KAFKA};
 
 /// Attempts at a message before it is dead-lettered.
 pub const ATTEMPTS: u32 = 3;
@@ -53,11 +67,20 @@ enum Failure {
     Database(sqlx::Error),
 }
 
+/// Holding no partition this long, while published events wait and none is
+/// applied, means the group is stuck (longer than a normal rebalance after
+/// a dead member's session expires).
+pub const STUCK_AFTER: Duration = Duration::from_secs(15);
+/// How often the run loop looks at its assignment while no message comes.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// How long leaving the group (and the final offset commit) may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
 pub struct KafkaProjector {
     pool: PgPool,
-    consumer: StreamConsumer,
+    consumer: Arc<StreamConsumer>,
     dead_letters: FutureProducer,
-    dlq_topic: String,
+    settings: KafkaSettings,
 }
 
 impl KafkaProjector {
@@ -67,9 +90,9 @@ impl KafkaProjector {
         consumer.subscribe(&[&settings.topic])?;
         Ok(KafkaProjector {
             pool,
-            consumer,
+            consumer: Arc::new(consumer),
             dead_letters: settings.producer()?,
-            dlq_topic: settings.dlq_topic.clone(),
+            settings: settings.clone(),
         })
     }
 
@@ -107,9 +130,15 @@ impl KafkaProjector {
     /// acknowledge.
     pub async fn step(&self) -> Result<Outcome, ConsumeError> {
         let message = self.recv().await?;
+        self.process(&message).await
+    }
+
+    /// Handles a received message (retrying through database outages),
+    /// then acknowledges it.
+    async fn process(&self, message: &BorrowedMessage<'_>) -> Result<Outcome, ConsumeError> {
         let mut backoff = Duration::from_millis(200);
         let outcome = loop {
-            match self.handle(&message).await {
+            match self.handle(message).await {
                 Ok(outcome) => break outcome,
                 Err(e) => {
                     tracing::error!(error = %e, "projection failed; retrying the same message");
@@ -118,7 +147,7 @@ impl KafkaProjector {
                 }
             }
         };
-        self.acknowledge(&message)?;
+        self.acknowledge(message)?;
         Ok(outcome)
     }
 
@@ -129,26 +158,62 @@ impl KafkaProjector {
 
     /// Commits the stored offsets now (on shutdown).
     pub fn commit(&self) -> Result<(), KafkaError> {
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
-            other => other,
-        }
+        commit(&self.consumer)
     }
 
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        loop {
+    /// Consumes until `shutdown`. `lag` (the process's lag monitor) lets the
+    /// loop recognise a stuck group and rejoin it. Stopping takes at most a
+    /// few seconds whatever the broker does: the final commit and the
+    /// group leave are bounded.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, lag: Option<Arc<LagMonitor>>) {
+        let mut unassigned_since: Option<Instant> = None;
+        'consume: while !*shutdown.borrow() {
             tokio::select! {
-                changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break },
-                result = self.step() => if let Err(e) = result {
-                    tracing::warn!(error = %e, "consumer error");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break 'consume },
+                received = self.recv() => match received {
+                    Ok(message) => tokio::select! {
+                        changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break 'consume },
+                        result = self.process(&message) => if let Err(e) = result {
+                            tracing::warn!(error = %e, "consumer error");
+                        },
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
                 },
+                _ = tokio::time::sleep(WATCH_EVERY) => {}
+            }
+            if self.assigned_partitions() > 0 {
+                unassigned_since = None;
+                continue;
+            }
+            let since = *unassigned_since.get_or_insert_with(Instant::now);
+            let stuck = lag.as_ref().is_some_and(|lag| {
+                lag.lag(KAFKA).is_some_and(|l| l.published > 0)
+                    && lag.stalled_for(KAFKA).is_some_and(|d| d >= STUCK_AFTER)
+            });
+            if since.elapsed() >= STUCK_AFTER && stuck {
+                tracing::warn!(
+                    unassigned_seconds = since.elapsed().as_secs(),
+                    "kafka projector: no partition assigned while published events wait; rejoining the group as a new member"
+                );
+                if let Err(e) = self.rejoin().await {
+                    tracing::error!(error = %e, "kafka projector: cannot rejoin the group");
+                }
+                unassigned_since = None;
             }
         }
-        if let Err(e) = self.commit() {
-            tracing::warn!(error = %e, "final offset commit failed");
-        }
+        close(self.consumer, true).await;
         tracing::info!("kafka projector: stopped");
+    }
+
+    /// Leaves the group (bounded) and joins again as a new member.
+    async fn rejoin(&mut self) -> Result<(), KafkaError> {
+        let fresh = Arc::new(self.settings.consumer()?);
+        let old = std::mem::replace(&mut self.consumer, fresh);
+        close(old, true).await;
+        self.consumer.subscribe(&[&self.settings.topic])
     }
 
     async fn apply(&self, message: &BorrowedMessage<'_>) -> Result<Outcome, Failure> {
@@ -209,7 +274,7 @@ impl KafkaProjector {
                 key: "dlq_error",
                 value: Some(problem),
             });
-        let mut record = FutureRecord::<[u8], [u8]>::to(&self.dlq_topic).headers(headers);
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.settings.dlq_topic).headers(headers);
         if let Some(key) = message.key() {
             record = record.key(key);
         }
@@ -222,5 +287,30 @@ impl KafkaProjector {
             .map_err(|(e, _)| ConsumeError::Kafka(e))?;
         tracing::error!(partition = message.partition(), offset = message.offset(), %problem, "message dead-lettered");
         Ok(())
+    }
+}
+
+fn commit(consumer: &StreamConsumer) -> Result<(), KafkaError> {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
+        other => other,
+    }
+}
+
+/// Commits the stored offsets (when `commit`) and leaves the group, on a
+/// blocking thread and for at most [`CLOSE_TIMEOUT`]: with the broker gone
+/// either can block for minutes, and stopping must not wait for it.
+async fn close(consumer: Arc<StreamConsumer>, commit_first: bool) {
+    let closing = tokio::task::spawn_blocking(move || {
+        if commit_first {
+            if let Err(e) = commit(&consumer) {
+                tracing::warn!(error = %e, "final offset commit failed");
+            }
+        }
+        // The last reference: dropping it leaves the group.
+        drop(consumer);
+    });
+    if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+        tracing::warn!("kafka projector: the broker did not answer in time; leaving without it");
     }
 }

@@ -1,12 +1,13 @@
 //! keyledger-workers: the background side of keyledger — the projector that
 //! tails the PostgreSQL log (embedded mode), the outbox relay and the Kafka
-//! consumer (Kafka mode), `replay`, and the scheduled jobs (expiry, rotation,
-//! usage alerts) with the mailer that emails their alerts.
+//! consumer (Kafka mode), their lag, `replay`, and the scheduled jobs
+//! (expiry, rotation, usage alerts) with the mailer that emails their alerts.
 
 pub mod alert_email;
 pub mod alerts;
 pub mod expiry;
 pub mod kafka_projector;
+pub mod lag;
 pub mod mailer;
 pub mod projector;
 pub mod relay;

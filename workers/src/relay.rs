@@ -135,7 +135,14 @@ impl Relay {
                     tracing::warn!("relay: lost the leader lock's connection");
                     break;
                 }
-                match self.run_once().await {
+                // A batch the broker does not acknowledge can wait for minutes:
+                // shutdown does not. Nothing is marked then; the next relay
+                // publishes the batch again (consumers skip duplicates).
+                let published = tokio::select! {
+                    published = self.run_once() => published,
+                    changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break } else { continue },
+                };
+                match published {
                     Ok(n) if n > 0 => {
                         failures = 0;
                         continue;
@@ -157,10 +164,11 @@ impl Relay {
         tracing::info!("relay: stopped");
     }
 
+    /// Waits (at most 2 s) for what the producer still holds.
     async fn producer_flush(&self) -> Result<(), KafkaError> {
         use rdkafka::producer::Producer;
         let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || producer.flush(Timeout::After(Duration::from_secs(5))))
+        tokio::task::spawn_blocking(move || producer.flush(Timeout::After(Duration::from_secs(2))))
             .await
             .unwrap_or(Ok(()))
     }
