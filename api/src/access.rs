@@ -13,7 +13,7 @@ use keyledger_events::domain::{scope::grants, Environment, IpRange, PlainKey, Sc
 use crate::key_cache::CachedKey;
 use crate::rate_limit::Decision;
 use crate::usage::Outcome;
-use crate::{error::ApiError, AppState};
+use crate::{error::ApiError, AppState, Surface};
 
 /// Why a known key was refused; API codes derive from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +86,32 @@ pub fn client_address(req: &HttpRequest, trusted_proxies: &[IpRange]) -> Option<
     Some(peer)
 }
 
+/// Whether a request comes from the platform itself: it arrived on the
+/// internal listener, or its peer is a trusted proxy.
+pub fn from_the_platform(req: &HttpRequest, trusted_proxies: &[IpRange]) -> bool {
+    let internal = req.app_data::<Surface>() == Some(&Surface::Internal);
+    internal
+        || req
+            .peer_addr()
+            .is_some_and(|peer| trusted_proxies.iter().any(|range| range.contains(peer.ip())))
+}
+
+/// Whose unknown keys a request counts, and in which guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Nobody: the platform's own server calling `/v1/verify` (without an
+    /// `ip` it may give), which a guard must never lock out.
+    Nobody,
+    /// The address the request comes from ([`client_address`]): the
+    /// management API and `/v1/auth`.
+    Caller(IpAddr),
+    /// The end client a `/v1/verify` names in `ip`. Counted in a guard of
+    /// its own: the address is the platform's word, not a connection's, so
+    /// it locks that address out of `/v1/verify` only — never out of the
+    /// management API or `/v1/auth`.
+    EndClient(IpAddr),
+}
+
 /// Whom the guessing guard counts an address against: an IPv4 address, or
 /// an IPv6 address's /64 (one subscriber's network: counting single IPv6
 /// addresses would let a client rotate through 2^64 of them).
@@ -104,24 +130,27 @@ fn unix_now() -> u64 {
 }
 
 /// Checks `text` as a key that needs `scopes` in `environment` (if given).
-/// `client`: count an unknown key against this address (its
-/// [`guard_subject`]), and refuse at once an address that sent too many
-/// (`None` for a `/v1/verify` without `ip`, whose caller is the platform's
-/// own server). Records usage for known keys.
+/// `guard`: whom an unknown key counts against (an address's
+/// [`guard_subject`], in that guard's own counts); an address that sent too
+/// many is refused at once. Records usage for known keys.
 pub async fn check(
     state: &AppState,
     req: &HttpRequest,
     text: &str,
-    client: Option<IpAddr>,
+    guard: Guard,
     environment: Option<Environment>,
     scopes: &[Scope],
 ) -> Result<Option<Checked>, ApiError> {
     let now = unix_now();
-    let guard = client.map(guard_subject);
-    if let Some(address) = &guard {
-        let limit = state.settings.failed_attempts_per_minute;
-        if state.failures.used(address, now) >= limit {
-            let retry_after = state.failures.check(address, limit, now).retry_after;
+    let guard = match guard {
+        Guard::Nobody => None,
+        Guard::Caller(ip) => Some((&state.failures, guard_subject(ip))),
+        Guard::EndClient(ip) => Some((&state.end_client_failures, guard_subject(ip))),
+    };
+    let limit = state.settings.failed_attempts_per_minute;
+    if let Some((failures, address)) = &guard {
+        if failures.used(address, now) >= limit {
+            let retry_after = failures.check(address, limit, now).retry_after;
             return Err(ApiError::TooManyFailedAttempts { retry_after });
         }
     }
@@ -134,10 +163,8 @@ pub async fn check(
         Err(_) => None,
     };
     let Some(key) = key else {
-        if let Some(address) = &guard {
-            state
-                .failures
-                .check(address, state.settings.failed_attempts_per_minute, now);
+        if let Some((failures, address)) = &guard {
+            failures.check(address, limit, now);
         }
         return Ok(None);
     };

@@ -83,7 +83,7 @@ async fn the_internal_endpoints_are_served_only_on_the_internal_listener() {
 
 #[actix_web::test]
 async fn verify_guards_the_end_client_it_names_and_never_the_platform_itself() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(keyledger_api::ApiSettings::default(), true).await;
     let key = app.create_key(json!({"name": "k", "type": "secret"})).await;
     let secret = key["key"].as_str().unwrap();
     let verify = |body: serde_json::Value| {
@@ -180,4 +180,76 @@ async fn ipv6_clients_behind_a_trusted_proxy_are_counted_by_their_64() {
     )
     .await;
     management.expect_error(429, "too_many_failed_attempts");
+}
+
+/// 20 unknown keys "from" `ip` through `/v1/verify` at `base`.
+async fn verify_guesses_naming(base: &str, ip: &str) {
+    for _ in 0..20 {
+        let body = json!({"key": "sk_live_x", "ip": ip});
+        let answer = call(base, Method::POST, "/v1/verify", None, Some(body), &[]).await;
+        assert_eq!(answer.expect(200)["code"], "NOT_FOUND");
+    }
+}
+
+#[actix_web::test]
+async fn on_one_listener_a_verify_caller_cannot_lock_out_the_address_it_names() {
+    let app = spawn_app().await;
+    let key = app.create_key(json!({"name": "k", "type": "secret"})).await;
+    let secret = key["key"].as_str().unwrap();
+    // Anyone can call /v1/verify here: its `ip` is not their word to give.
+    verify_guesses_naming(&app.address, "127.0.0.1").await;
+    app.get("/v1/keys").await.expect(200);
+    let original = [("X-Original-Method", "GET"), ("X-Original-URI", "/api/experiences")];
+    let auth = call(&app.address, Method::GET, "/v1/auth", Some(secret), None, &original).await;
+    assert_eq!(auth.status.as_u16(), 204, "{:?}", auth.body);
+    let verdict = app.verify(json!({"key": secret, "ip": "127.0.0.1"})).await;
+    assert_eq!(verdict["code"], "VALID");
+    // It is still checked.
+    let bad = call(
+        &app.address,
+        Method::POST,
+        "/v1/verify",
+        None,
+        Some(json!({"key": secret, "ip": "localhost"})),
+        &[],
+    )
+    .await;
+    bad.expect_error(422, "validation_error");
+}
+
+#[actix_web::test]
+async fn a_trusted_caller_on_one_listener_may_name_the_end_client() {
+    let settings = keyledger_api::ApiSettings {
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        ..keyledger_api::ApiSettings::default()
+    };
+    let app = spawn_app_with(settings, false).await;
+    let key = app.create_key(json!({"name": "k", "type": "secret"})).await;
+    let secret = key["key"].as_str().unwrap();
+    verify_guesses_naming(&app.address, "203.0.113.9").await;
+    let body = json!({"key": secret, "ip": "203.0.113.9"});
+    call(&app.address, Method::POST, "/v1/verify", None, Some(body), &[])
+        .await
+        .expect_error(429, "too_many_failed_attempts");
+}
+
+#[actix_web::test]
+async fn the_end_clients_verify_names_are_guarded_apart_from_the_management_api() {
+    let app = spawn_app_with(keyledger_api::ApiSettings::default(), true).await;
+    let key = app.create_key(json!({"name": "k", "type": "secret"})).await;
+    let secret = key["key"].as_str().unwrap();
+    // On the internal listener the platform names its end client, and that
+    // client is stopped…
+    verify_guesses_naming(&app.internal, "127.0.0.1").await;
+    let body = json!({"key": secret, "ip": "127.0.0.1"});
+    call(&app.internal, Method::POST, "/v1/verify", None, Some(body), &[])
+        .await
+        .expect_error(429, "too_many_failed_attempts");
+    // …but an address named by the platform is not locked out of what it
+    // calls itself: the management API, forward-auth, verify without ip.
+    app.get("/v1/keys").await.expect(200);
+    let original = [("X-Original-Method", "GET"), ("X-Original-URI", "/api/experiences")];
+    let auth = call(&app.internal, Method::GET, "/v1/auth", Some(secret), None, &original).await;
+    assert_eq!(auth.status.as_u16(), 204, "{:?}", auth.body);
+    assert_eq!(app.verify(json!({"key": secret})).await["code"], "VALID");
 }
