@@ -16,20 +16,43 @@ fn guess(i: u8) -> String {
 #[actix_web::test]
 async fn help_and_errors_never_print_the_database_password() {
     let dir = temp_dir();
-    let url = "postgres://keyledger:hunter2@127.0.0.1:1/keyledger?sslmode=disable&password=hunter3";
-    for args in [&["--help"][..], &["serve", "--help"], &["migrate", "--help"]] {
-        let output = run(keyledger(url, &dir).args(args));
-        assert!(output.status.success());
-        let help = String::from_utf8_lossy(&output.stdout);
-        assert!(help.contains("DATABASE_URL"), "{help}");
-        assert!(!help.contains("hunter"), "{args:?} printed the password: {help}");
+    // Nothing listens on port 1: every command fails, naming the server (or
+    // the parameter at fault), never a password.
+    for (url, names) in [
+        (
+            "postgres://keyledger:hunter2@127.0.0.1:1/keyledger?sslmode=disable&password=hunter3",
+            "127.0.0.1:1",
+        ),
+        // A parameter the driver does not know (it would log its value).
+        (
+            "postgres://keyledger@127.0.0.1:1/keyledger?sslpassword=hunter9",
+            "sslpassword",
+        ),
+        // A password with a '?' in it (it should have been escaped).
+        ("postgres://keyledger:hunter?8@127.0.0.1:1/keyledger", "DATABASE_URL"),
+        // A libpq keyword/value string, which is not a URL.
+        (
+            "host=127.0.0.1 port=1 user=keyledger password=hunter7 dbname=keyledger",
+            "DATABASE_URL",
+        ),
+    ] {
+        for args in [&["--help"][..], &["serve", "--help"], &["migrate", "--help"]] {
+            let output = run(keyledger(url, &dir).args(args));
+            assert!(output.status.success());
+            let help = String::from_utf8_lossy(&output.stdout);
+            assert!(help.contains("DATABASE_URL"), "{help}");
+            assert!(!help.contains("hunter"), "{args:?} printed the password: {help}");
+        }
+        let output = run(keyledger(url, &dir).arg("migrate"));
+        assert!(!output.status.success());
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(printed.contains(names), "{url}: {printed}");
+        assert!(!printed.contains("hunter"), "a password was printed: {printed}");
     }
-    // Nothing listens on port 1: the error names the server, not the password.
-    let output = run(keyledger(url, &dir).arg("migrate"));
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
-    assert!(!stderr.contains("hunter"), "the error printed a password: {stderr}");
 }
 
 #[actix_web::test]
