@@ -3,7 +3,7 @@
 //! against key guessing, parsing, the key cache, the rate limiter, then the
 //! key's status, environment and scope — and usage accounting of the result.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use actix_web::{HttpMessage, HttpRequest};
@@ -13,7 +13,7 @@ use keyledger_events::domain::{scope::grants, Environment, IpRange, PlainKey, Sc
 use crate::key_cache::CachedKey;
 use crate::rate_limit::Decision;
 use crate::usage::Outcome;
-use crate::{error::ApiError, AppState, Surface};
+use crate::{error::ApiError, ApiSettings, AppState, Surface};
 
 /// Why a known key was refused; API codes derive from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,35 +55,90 @@ impl Checked {
 }
 
 /// The address a request comes from. When the peer is a trusted reverse
-/// proxy, the address it reports: `X-Real-IP`, else the right-most
-/// `X-Forwarded-For` entry that is not itself a trusted proxy. Otherwise —
-/// and with no proxy trusted, the default — the peer itself: headers anyone
-/// can send name nobody.
-pub fn client_address(req: &HttpRequest, trusted_proxies: &[IpRange]) -> Option<IpAddr> {
-    let peer = req.peer_addr()?.ip().to_canonical();
-    let trusted = |ip: IpAddr| trusted_proxies.iter().any(|range| range.contains(ip));
+/// proxy, the client it names in the header its forward-auth style sets:
+/// nginx's `X-Real-IP`, else (nginx without it, traefik, envoy) the
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy —
+/// Traefik and Envoy pass a client's own `X-Real-IP` through untouched, so
+/// it names nobody there. An entry may carry a port (`203.0.113.7:4711`,
+/// `[2001:db8::7]:443`); anything else is a 400: blaming the proxy would
+/// lock out everyone behind it, and counting the text apart would let a
+/// client escape the guard by choosing it. Otherwise — and with no proxy
+/// trusted, the default — the peer itself: headers anyone can send name
+/// nobody.
+pub fn client_address(req: &HttpRequest, settings: &ApiSettings) -> Result<Option<IpAddr>, ApiError> {
+    let Some(peer) = req.peer_addr().map(|a| a.ip().to_canonical()) else {
+        return Ok(None);
+    };
+    let trusted = |ip: IpAddr| settings.trusted_proxies.iter().any(|range| range.contains(ip));
     if !trusted(peer) {
-        return Some(peer);
+        return Ok(Some(peer));
     }
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let parse = |text: &str| text.trim().parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
-    if let Some(real) = header("x-real-ip").and_then(parse) {
-        return Some(real);
-    }
-    let forwarded: Vec<&str> = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect();
-    for entry in forwarded.into_iter().rev() {
-        match parse(entry) {
-            Some(ip) if trusted(ip) => continue,
-            Some(ip) => return Some(ip),
-            None => break,
+    let unreadable = |header: &str| {
+        tracing::warn!(
+            %peer,
+            header,
+            "the trusted proxy {peer} sent a {header} that is not an address (ip, ip:port or [ipv6]:port): \
+             the request is refused"
+        );
+        ApiError::BadRequest(format!(
+            "The proxy in front of keyledger sent a {header} header that is not an IP address (ip, ip:port or \
+             [ipv6]:port), so keyledger cannot tell which client to hold responsible for invalid keys. The proxy's \
+             configuration needs fixing."
+        ))
+    };
+    if settings.forward_auth.reads_x_real_ip() {
+        let mut values = req.headers().get_all("x-real-ip");
+        match (values.next(), values.next()) {
+            (None, _) => {}
+            (Some(value), None) => {
+                return value
+                    .to_str()
+                    .ok()
+                    .and_then(forwarded_address)
+                    .map(Some)
+                    .ok_or_else(|| unreadable("X-Real-IP"))
+            }
+            (Some(_), Some(_)) => return Err(unreadable("X-Real-IP")),
         }
     }
-    Some(peer)
+    let mut entries = Vec::new();
+    for value in req.headers().get_all("x-forwarded-for") {
+        entries.extend(value.to_str().map_err(|_| unreadable("X-Forwarded-For"))?.split(','));
+    }
+    // From the right: each trusted proxy names the one before it. When all
+    // are trusted, the left-most is the client.
+    let mut client = peer;
+    for entry in entries.into_iter().rev() {
+        client = forwarded_address(entry).ok_or_else(|| unreadable("X-Forwarded-For"))?;
+        if !trusted(client) {
+            break;
+        }
+    }
+    Ok(Some(client))
+}
+
+/// One address as a proxy writes it: `203.0.113.7`, `203.0.113.7:4711`,
+/// `2001:db8::7`, `[2001:db8::7]` or `[2001:db8::7]:443`.
+fn forwarded_address(text: &str) -> Option<IpAddr> {
+    let text = text.trim();
+    let is_port =
+        |port: &str| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok();
+    let address = if let Ok(ip) = text.parse::<IpAddr>() {
+        ip
+    } else if let Some(rest) = text.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(is_port)) {
+            return None;
+        }
+        IpAddr::V6(v6.parse::<Ipv6Addr>().ok()?)
+    } else {
+        let (v4, port) = text.split_once(':')?;
+        if !is_port(port) {
+            return None;
+        }
+        IpAddr::V4(v4.parse::<Ipv4Addr>().ok()?)
+    };
+    Some(address.to_canonical())
 }
 
 /// Whether a request comes from the platform itself: it arrived on the

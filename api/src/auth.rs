@@ -47,8 +47,7 @@ impl Admin {
 async fn authenticate_admin(req: HttpRequest) -> Result<Admin, ApiError> {
     let state = state(&req)?;
     let text = bearer_key(&req)?;
-    let guard = access::client_address(&req, &state.settings.trusted_proxies)
-        .map_or(access::Guard::Nobody, access::Guard::Caller);
+    let guard = access::client_address(&req, &state.settings)?.map_or(access::Guard::Nobody, access::Guard::Caller);
     let checked = access::check(state, &req, text, guard, Some(Environment::Live), &[Scope::Admin])
         .await?
         .ok_or(ApiError::InvalidApiKey)?;

@@ -62,6 +62,13 @@ impl ForwardAuthStyle {
         }
     }
 
+    /// Whether this proxy sets `X-Real-IP` to the client (nginx, as the
+    /// template does); Traefik and Envoy append the client to
+    /// `X-Forwarded-For` and pass a client's `X-Real-IP` through.
+    pub fn reads_x_real_ip(self) -> bool {
+        self == ForwardAuthStyle::Nginx
+    }
+
     /// Where this style reads the original request, in words.
     fn describe(self) -> String {
         match self.headers() {
@@ -153,8 +160,7 @@ async fn authorize(state: &AppState, req: &HttpRequest, below_auth: bool) -> Res
     let (method, path) = original(req, state.settings.forward_auth, below_auth)?;
     let needed = state.routes.required_scope(&method, &path);
     let text = auth::bearer_key(req)?;
-    let guard = access::client_address(req, &state.settings.trusted_proxies)
-        .map_or(access::Guard::Nobody, access::Guard::Caller);
+    let guard = access::client_address(req, &state.settings)?.map_or(access::Guard::Nobody, access::Guard::Caller);
     let checked = access::check(state, req, text, guard, Some(state.environment), &[needed])
         .await?
         .ok_or(ApiError::InvalidApiKey)?;
