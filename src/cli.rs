@@ -345,6 +345,14 @@ async fn serve(settings: &Settings, state: AppState, with_api: bool, with_worker
         )];
         if let Some(address) = internal {
             listeners.push((bind(address)?, Surface::Internal));
+            if state.settings.trusted_proxies.is_empty() {
+                tracing::warn!(
+                    "KEYLEDGER_INTERNAL_LISTEN is set but KEYLEDGER_TRUSTED_PROXIES is empty: a proxy calling \
+                     /v1/auth there is taken for the client, so every client behind it shares one guessing guard \
+                     and one client's invalid keys lock out all of them. Set KEYLEDGER_TRUSTED_PROXIES to your \
+                     proxy's address"
+                );
+            }
         }
         tasks.spawn(state.clone().run_background(stopped.clone()));
         for (listener, surface) in listeners {

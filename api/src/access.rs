@@ -4,6 +4,7 @@
 //! key's status, environment and scope — and usage accounting of the result.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix_web::{HttpMessage, HttpRequest};
@@ -71,6 +72,7 @@ pub fn client_address(req: &HttpRequest, settings: &ApiSettings) -> Result<Optio
     };
     let trusted = |ip: IpAddr| settings.trusted_proxies.iter().any(|range| range.contains(ip));
     if !trusted(peer) {
+        warn_of_untrusted_forwarding(req, peer);
         return Ok(Some(peer));
     }
     let unreadable = |header: &str| {
@@ -139,6 +141,27 @@ fn forwarded_address(text: &str) -> Option<IpAddr> {
         IpAddr::V4(v4.parse::<Ipv4Addr>().ok()?)
     };
     Some(address.to_canonical())
+}
+
+/// Once per process: a request carrying `X-Real-IP` / `X-Forwarded-For`
+/// from a peer that is not a trusted proxy. Either a client sent them (and
+/// they are rightly ignored), or a proxy nobody listed is in front — and
+/// then every client behind it counts as the proxy, so one client's invalid
+/// keys lock out all of them.
+fn warn_of_untrusted_forwarding(req: &HttpRequest, peer: IpAddr) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let forwarded = ["x-real-ip", "x-forwarded-for"]
+        .into_iter()
+        .any(|name| req.headers().contains_key(name));
+    if forwarded && !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            %peer,
+            "a request from {peer} carries X-Real-IP or X-Forwarded-For, but {peer} is not in \
+             KEYLEDGER_TRUSTED_PROXIES: the headers are ignored and the guessing guard counts {peer} itself. If \
+             {peer} is your reverse proxy, every client behind it shares one guard (one client's invalid keys \
+             lock out all of them): add it to KEYLEDGER_TRUSTED_PROXIES (logged once)"
+        );
+    }
 }
 
 /// Whether a request comes from the platform itself: it arrived on the

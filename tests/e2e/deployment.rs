@@ -170,7 +170,21 @@ async fn serve_reads_the_forward_auth_style_the_internal_listener_and_trusts_no_
     call(&internal, Method::GET, "/v1/auth", Some(&reader), None, &headers)
         .await
         .expect_error(429, "too_many_failed_attempts");
-    server.stop();
+    // The operator is told, once: a proxy nobody trusts shares one guard
+    // among all its clients.
+    let log = server.stop();
+    let warnings: Vec<&str> = log.lines().filter(|line| line.contains("WARN")).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("KEYLEDGER_INTERNAL_LISTEN") && w.contains("KEYLEDGER_TRUSTED_PROXIES")),
+        "no start-up warning: {log}"
+    );
+    let forwarded: Vec<&&str> = warnings
+        .iter()
+        .filter(|w| w.contains("X-Real-IP") && w.contains("127.0.0.1") && w.contains("KEYLEDGER_TRUSTED_PROXIES"))
+        .collect();
+    assert_eq!(forwarded.len(), 1, "21 requests carried X-Real-IP: {log}");
 
     // Trusted (as a CIDR range), the proxy's X-Real-IP names the client.
     let mut command = keyledger(&url, &dir);
@@ -218,7 +232,8 @@ async fn serve_reads_the_forward_auth_style_the_internal_listener_and_trusts_no_
     )
     .await;
     assert_eq!(honest.status.as_u16(), 204, "{:?}", honest.body);
-    server.stop();
+    let log = server.stop();
+    assert!(!log.contains("WARN"), "a trusted proxy is no cause for warnings: {log}");
 }
 
 #[actix_web::test]
