@@ -192,15 +192,31 @@ pub enum Guard {
 
 /// Whom the guessing guard counts an address against: an IPv4 address, or
 /// an IPv6 address's /64 (one subscriber's network: counting single IPv6
-/// addresses would let a client rotate through 2^64 of them).
+/// addresses would let a client rotate through 2^64 of them). An IPv4
+/// client written as IPv6 — mapped (`::ffff:a.b.c.d`), translated
+/// (`::ffff:0:a.b.c.d`) or through NAT64's well-known prefix
+/// (`64:ff9b::a.b.c.d`) — is that IPv4 client.
 pub fn guard_subject(ip: IpAddr) -> String {
-    match ip.to_canonical() {
+    match embedded_ipv4(ip) {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => {
             let network = std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64));
             format!("{network}/64")
         }
     }
+}
+
+fn embedded_ipv4(ip: IpAddr) -> IpAddr {
+    const NAT64: u128 = 0x0064_ff9b_u128 << 96;
+    const TRANSLATED: u128 = 0xffff_0000_u128 << 32;
+    let ip = ip.to_canonical();
+    if let IpAddr::V6(v6) = ip {
+        let bits = u128::from(v6);
+        if bits >> 32 == NAT64 >> 32 || bits >> 32 == TRANSLATED >> 32 {
+            return IpAddr::V4(Ipv4Addr::from(bits as u32));
+        }
+    }
+    ip
 }
 
 fn unix_now() -> u64 {
@@ -292,5 +308,25 @@ fn verdict(
     match needed.iter().find(|&&s| !grants(&held, s)) {
         Some(&missing) => Err(Refusal::InsufficientScope(missing)),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guard_subject;
+
+    #[test]
+    fn an_ipv4_client_is_one_subject_however_its_address_is_written() {
+        for written in [
+            "203.0.113.9",
+            "::ffff:203.0.113.9",
+            "64:ff9b::203.0.113.9",
+            "::ffff:0:203.0.113.9",
+        ] {
+            assert_eq!(guard_subject(written.parse().unwrap()), "203.0.113.9", "{written}");
+        }
+        assert_eq!(guard_subject("2001:db8:1:2:3::4".parse().unwrap()), "2001:db8:1:2::/64");
+        // Only the well-known prefix of 64:ff9b::/96 embeds an IPv4 address.
+        assert_eq!(guard_subject("64:ff9b:1::cb00:7109".parse().unwrap()), "64:ff9b:1::/64");
     }
 }
