@@ -136,8 +136,18 @@ fn original(req: &HttpRequest, style: ForwardAuthStyle, below_auth: bool) -> Res
     let (method, target) = match (style.headers(), below_auth) {
         (Some((method, uri)), false) => (single_header(req, style, method)?, single_header(req, style, uri)?),
         (None, true) => {
-            let path = req.uri().path();
-            (req.method().as_str(), path.strip_prefix("/v1/auth").unwrap_or(path))
+            // The router matches the decoded path, so `/v1/%61uth/x` lands
+            // here too: only the literal prefix is cut, anything else is
+            // refused rather than checked whole.
+            let path = req
+                .uri()
+                .path()
+                .strip_prefix("/v1/auth")
+                .filter(|rest| rest.starts_with('/'))
+                .ok_or_else(|| {
+                    style.refuse("The check request's path must start with /v1/auth/ as written (no %-escapes)")
+                })?;
+            (req.method().as_str(), path)
         }
         (Some(_), true) => return Err(style.refuse("The original path after /v1/auth is read only in envoy style")),
         (None, false) => return Err(style.refuse("No original path follows /v1/auth")),

@@ -1,5 +1,6 @@
 //! Per-request context: the request id (echoed or generated, on every
-//! answer and in every error body), refusal of keys in query strings, and
+//! answer and in every error body), refusal of keys in query strings (but
+//! for the original request's query under `/v1/auth/`), and
 //! the access log — which records method, path (with key-shaped segments
 //! cut to their prefix), status and timing, never a query string or a
 //! header (either could carry a key).
@@ -48,6 +49,9 @@ fn request_id_of(req: &ServiceRequest) -> String {
         .map(str::to_owned)
         .unwrap_or_else(|| format!("req_{}", uuid::Uuid::now_v7().simple()))
 }
+
+/// Where envoy-style forward-auth checks carry the original path and query.
+const ENVOY_AUTH_PREFIX: &str = "/v1/auth/";
 
 /// Query parameters that would carry a credential.
 const KEY_PARAMETERS: [&str; 5] = ["key", "api_key", "apikey", "access_token", "token"];
@@ -137,7 +141,10 @@ pub async fn request_context(
     let path = loggable_path(req.path());
     let result = REQUEST_ID
         .scope(request_id.clone(), async move {
-            if query_carries_key(req.query_string()) {
+            // Under /v1/auth/ (envoy style) the query is the original
+            // request's, for the upstream: neither logged nor matched here.
+            let original_query = req.path().starts_with(ENVOY_AUTH_PREFIX);
+            if !original_query && query_carries_key(req.query_string()) {
                 let refusal = ApiError::BadRequest(
                     "API keys are not accepted in query strings (they end up in logs and browser history): \
                      send 'Authorization: Bearer <key>' instead."
