@@ -296,3 +296,29 @@ async fn envoy_style_leaves_the_original_query_alone_and_needs_a_literal_prefix(
         );
     }
 }
+
+#[actix_web::test]
+async fn methods_are_case_sensitive() {
+    let app = app_in(ForwardAuthStyle::Nginx).await;
+    let secret = reader(&app).await;
+    // "get" is not GET (RFC 9110: methods are case-sensitive): it needs the
+    // write scope, like any method the table does not name.
+    auth(&app, Some(&secret), &nginx("get", "/api/experiences"))
+        .await
+        .expect_error(403, "insufficient_scope");
+    let ok = auth(&app, Some(&secret), &nginx("GET", "/api/experiences")).await;
+    assert_eq!(ok.status.as_u16(), 204);
+    let envoy = app_in(ForwardAuthStyle::Envoy).await;
+    let secret = reader(&envoy).await;
+    let lower = Method::from_bytes(b"get").unwrap();
+    call(
+        &envoy.address,
+        lower,
+        "/v1/auth/api/experiences",
+        Some(&secret),
+        None,
+        &[],
+    )
+    .await
+    .expect_error(403, "insufficient_scope");
+}
