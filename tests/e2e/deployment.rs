@@ -42,6 +42,8 @@ async fn help_and_errors_never_print_the_database_password() {
             let help = String::from_utf8_lossy(&output.stdout);
             assert!(help.contains("DATABASE_URL"), "{help}");
             assert!(!help.contains("hunter"), "{args:?} printed the password: {help}");
+            // The help stands on its own: no document outside the binary.
+            assert!(!help.contains("API.md"), "{args:?}: {help}");
         }
         let output = run(keyledger(url, &dir).arg("migrate"));
         assert!(!output.status.success());
