@@ -6,7 +6,7 @@ use awc::http::Method;
 use keyledger_events::domain::{KeyType, PlainKey};
 use serde_json::json;
 
-use crate::binary::{create_org, free_port, keyledger, run, temp_dir, Server, HASH_KEY};
+use crate::binary::{create_org, keyledger, run, temp_dir, Server, HASH_KEY};
 use crate::support::{call, fresh_database_url};
 
 fn guess(i: u8) -> String {
@@ -104,15 +104,17 @@ async fn the_access_log_cuts_a_key_in_a_path_to_its_prefix() {
 #[actix_web::test]
 async fn serve_reads_the_forward_auth_style_the_internal_listener_and_trusts_no_proxy_by_default() {
     let (url, dir) = (fresh_database_url(), temp_dir());
-    let internal = format!("127.0.0.1:{}", free_port());
     let mut command = keyledger(&url, &dir);
     command
         .arg("serve")
         .env("KEYLEDGER_HASH_KEY", HASH_KEY)
         .env("KEYLEDGER_FORWARD_AUTH", "traefik")
-        .env("KEYLEDGER_INTERNAL_LISTEN", &internal);
-    let server = Server::start(&mut command, dir.join("serve.log")).await;
-    let internal = format!("http://{internal}");
+        .env("KEYLEDGER_INTERNAL_LISTEN", "127.0.0.1:0");
+    let mut server = Server::start(&mut command, dir.join("serve.log")).await;
+    let internal = format!(
+        "http://{}",
+        server.logged_address("keyledger internal API listening").await
+    );
     let created = create_org(&url, &dir, "Deployed", &[]);
     let admin = created["key"]["key"].as_str().unwrap();
     let reader = call(
