@@ -102,10 +102,10 @@ fn guard_for(state: &AppState, req: &HttpRequest, end_client: Option<IpAddr>) ->
             .unwrap_or_default();
         tracing::warn!(
             %peer,
-            "/v1/verify was called with an ip on the public listener by {peer}, which is not in \
-             KEYLEDGER_TRUSTED_PROXIES: the guessing guard ignores that ip (anyone can call /v1/verify here). \
-             Serve /v1/verify on KEYLEDGER_INTERNAL_LISTEN, or list the platform's servers in \
-             KEYLEDGER_TRUSTED_PROXIES (logged once)"
+            "/v1/verify was called with an ip by {peer}, on the only listener (anyone can call /v1/verify \
+             there) and not from KEYLEDGER_TRUSTED_PROXIES: the guessing guard ignores that ip. Serve /v1/verify \
+             on KEYLEDGER_INTERNAL_LISTEN, or list the platform's servers in KEYLEDGER_TRUSTED_PROXIES (logged \
+             once)"
         );
     }
     Guard::Nobody
