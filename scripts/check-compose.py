@@ -3,12 +3,67 @@
 depends on exist, images are pinned, every keyledger service runs a real
 subcommand, every environment variable set on a keyledger service is one
 the binary reads (as listed by its own --help, plus the two it reads
-directly), and no service publishes its internal listener's port."""
+directly), and no service publishes its internal listener's port (alone or
+in a range, in the short or the long syntax).
+
+    check-compose.py [BINARY]      check compose.yaml
+    check-compose.py --self-test   check the port matching against a table"""
 import re
 import subprocess
 import sys
 
-import yaml
+
+def port_range(text):
+    """The ports `9090` or `9000-9100` name (none for anything else)."""
+    first, _, last = str(text).strip().partition("-")
+    try:
+        low = int(first)
+        high = int(last) if last else low
+    except ValueError:
+        return range(0)
+    return range(low, high + 1)
+
+
+def container_ports(mapping):
+    """The container ports one `ports:` entry publishes: the long syntax's
+    `target`, or the last part of `[IP:][HOST:]CONTAINER[/PROTOCOL]`."""
+    if isinstance(mapping, dict):
+        return port_range(mapping.get("target", ""))
+    return port_range(str(mapping).split("/")[0].rsplit(":", 1)[-1])
+
+
+def publishes(mapping, port):
+    return int(port) in container_ports(mapping)
+
+
+SELF_TEST = [
+    ("9090", True),
+    (9090, True),
+    ("9090:9090", True),
+    ("9090:9090/tcp", True),
+    ("127.0.0.1:19090:9090", True),
+    ("[::1]:9090:9090", True),
+    ("9000-9100", True),
+    ("9000-9100:9000-9100", True),
+    ("127.0.0.1:9000-9100:9000-9100/udp", True),
+    ({"target": 9090, "published": "8000"}, True),
+    ({"target": "9000-9100", "published": "9000-9100"}, True),
+    ("8080:8080", False),
+    ("9090:8080", False),
+    ("9091-9099:9091-9099", False),
+    ({"target": 8080, "published": 9090}, False),
+]
+
+if sys.argv[1:] == ["--self-test"]:
+    wrong = [(m, expected) for m, expected in SELF_TEST if publishes(m, 9090) != expected]
+    for mapping, expected in wrong:
+        print(f"ports entry {mapping!r}: publishes 9090 should be {expected}")
+    if wrong:
+        sys.exit(1)
+    print(f"check-compose.py: {len(SELF_TEST)} port mappings matched as expected")
+    sys.exit(0)
+
+import yaml  # noqa: E402  (the self-test needs no YAML parser)
 
 binary = sys.argv[1] if len(sys.argv) > 1 else "target/debug/keyledger"
 with open("compose.yaml") as f:
@@ -47,10 +102,12 @@ for name, service in services.items():
     internal = str(environment.get("KEYLEDGER_INTERNAL_LISTEN", ""))
     if internal:
         port = internal.rsplit(":", 1)[-1]
+        if not port.isdigit():
+            problems.append(f"{name}: KEYLEDGER_INTERNAL_LISTEN {internal!r} has no port")
+            continue
         for mapping in service.get("ports", []) or []:
-            published = str(mapping.get("target", "") if isinstance(mapping, dict) else mapping)
-            if published.split("/")[0].rsplit(":", 1)[-1] == port:
-                problems.append(f"{name}: publishes {mapping}, the internal listener's port {port}")
+            if publishes(mapping, port):
+                problems.append(f"{name}: publishes {mapping}, which includes the internal listener's port {port}")
 
 if problems:
     print("compose.yaml:\n  " + "\n  ".join(problems))

@@ -110,7 +110,11 @@ pub fn main() -> ExitCode {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"))
+        // The driver logs the value of a connect parameter it does not know;
+        // `db::for_driver` removes those first, and this keeps any it missed
+        // out of the log whatever RUST_LOG says.
+        .add_directive("sqlx_postgres::options=error".parse().expect("a valid directive"));
     // Colours only for a terminal: log files and collectors get plain text.
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
@@ -370,6 +374,14 @@ async fn serve(settings: &Settings, mut state: AppState, with_api: bool, with_wo
         )];
         if let Some(address) = internal {
             listeners.push((bind(address)?, Surface::Internal));
+            if state.settings.trusted_proxies.is_empty() {
+                tracing::warn!(
+                    "KEYLEDGER_INTERNAL_LISTEN is set but KEYLEDGER_TRUSTED_PROXIES is empty: a proxy calling \
+                     /v1/auth there is taken for the client, so every client behind it shares one guessing guard \
+                     and one client's invalid keys lock out all of them. Set KEYLEDGER_TRUSTED_PROXIES to your \
+                     proxy's address"
+                );
+            }
         }
         state.extra_metrics = metrics;
         tasks.spawn(state.clone().run_background(stopped.clone()));

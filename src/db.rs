@@ -1,10 +1,14 @@
 //! Connecting to PostgreSQL: create the database when it is missing, then
-//! apply the migrations (every command does both).
+//! apply the migrations (every command does both). `DATABASE_URL` may hold
+//! passwords, so it is parsed here before the driver sees it — the driver
+//! logs the value of any parameter it does not know — and printed only
+//! through [`redact`].
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Postgres;
+use url::Url;
 
 /// How long a request waits for a pooled connection before it answers
 /// `503 unavailable` (every connection busy). When the database is down the
@@ -13,6 +17,7 @@ use sqlx::Postgres;
 pub const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
+    let url = &for_driver(url)?;
     let exists = Postgres::database_exists(url)
         .await
         .with_context(|| format!("cannot reach PostgreSQL at {}", redact(url)))?;
@@ -38,68 +43,157 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
-/// The URL without its passwords, for messages: the one in the user
-/// information (`postgres://user:***@host/db`) and any query parameter whose
-/// name says password (`?password=***`, `&sslpassword=***`, escaped or not).
-pub fn redact(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let mut redacted = match (base.find("://"), base.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => match base[scheme + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &base[..scheme + 3], &base[at..]),
-            None => base.to_owned(),
-        },
-        _ => base.to_owned(),
-    };
-    if let Some(query) = query {
-        let pairs: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((name, _)) if percent_decoded(name).to_ascii_lowercase().contains("password") => {
-                    format!("{name}=***")
-                }
-                _ => pair.to_owned(),
-            })
-            .collect();
-        redacted.push('?');
-        redacted.push_str(&pairs.join("&"));
-    }
-    redacted
+/// The query parameters the PostgreSQL driver (sqlx 0.8) reads; it ignores
+/// any other, logging its value.
+const DRIVER_PARAMETERS: [&str; 18] = [
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// Parameters whose values are printed in messages; any other prints as `***`.
+const SHOWN_PARAMETERS: [&str; 11] = [
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+];
+
+fn driver_reads(name: &str) -> bool {
+    DRIVER_PARAMETERS.contains(&name) || (name.starts_with("options[") && name.ends_with(']'))
 }
 
-fn percent_decoded(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
-        match escaped {
-            Some(byte) => {
-                decoded.push(byte);
-                i += 3;
-            }
-            None => {
-                decoded.push(bytes[i]);
-                i += 1;
-            }
+/// A parameter name that might carry a secret.
+fn secret_like(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "pwd", "secret", "token", "key", "cred", "auth"]
+        .iter()
+        .any(|word| name.contains(word))
+}
+
+/// A parameter name as messages may show it (a name could be anything).
+fn printable_name(name: &str) -> String {
+    let plain =
+        !name.is_empty() && name.len() <= 40 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-[]".contains(&b));
+    if plain {
+        format!("'{name}'")
+    } else {
+        "with an unusual name".into()
+    }
+}
+
+/// The URL the driver gets: a `postgres://` URL whose every query parameter
+/// is one the driver reads. A keyword/value string (`host=… password=…`)
+/// is refused, and so is a parameter the driver does not read whose name
+/// says it may hold a secret (`sslpassword`): ignoring it would fail later
+/// and less clearly. Other unknown parameters are dropped with a warning
+/// naming only the parameter. No message here contains a value.
+pub fn for_driver(text: &str) -> anyhow::Result<String> {
+    let mut url = match Url::parse(text) {
+        Ok(url) => url,
+        Err(e) => bail!(
+            "DATABASE_URL is not a valid URL ({e}); it is not shown, as it may hold a password. Write it as \
+             postgres://user:password@host:port/database, percent-encoding special characters in the password \
+             ('?' is %3F, '@' is %40, '/' is %2F); keyword=value strings (host=… user=…) are not supported"
+        ),
+    };
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        bail!(
+            "DATABASE_URL must start with postgres:// or postgresql:// (it starts with {}:)",
+            url.scheme()
+        );
+    }
+    let Some(query) = url.query().map(str::to_owned) else {
+        return Ok(url.into());
+    };
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let name = url::form_urlencoded::parse(pair.as_bytes())
+            .next()
+            .map(|(name, _)| name.into_owned())
+            .unwrap_or_default();
+        if driver_reads(&name) {
+            kept.push(pair);
+        } else if secret_like(&name) {
+            bail!(
+                "DATABASE_URL has the connect parameter {}, which keyledger's PostgreSQL driver does not support; \
+                 it may hold a secret, so keyledger stops rather than ignore it. Remove it (a password goes in \
+                 the URL's user information or in ?password=)",
+                printable_name(&name)
+            );
+        } else {
+            tracing::warn!(
+                "ignoring the DATABASE_URL connect parameter {}: keyledger's PostgreSQL driver does not support it",
+                printable_name(&name)
+            );
         }
     }
-    String::from_utf8_lossy(&decoded).into_owned()
+    url.set_query(Some(&kept.join("&")).filter(|q| !q.is_empty()).map(String::as_str));
+    Ok(url.into())
+}
+
+/// The URL for messages: the password in the user information and every
+/// query parameter's value but a few harmless ones (`sslmode`, `host`, …)
+/// replaced by `***`. Anything that does not parse as a URL prints as a
+/// fixed placeholder — a keyword/value string, or a password with an
+/// unescaped `?` or `/`, would otherwise print whole.
+pub fn redact(text: &str) -> String {
+    let Ok(mut url) = Url::parse(text) else {
+        return "<DATABASE_URL, not a URL: not shown>".into();
+    };
+    if url.password().is_some() && url.set_password(Some("***")).is_err() {
+        return "<DATABASE_URL: not shown>".into();
+    }
+    let query = url.query().map(|query| {
+        query
+            .split('&')
+            .map(|pair| {
+                let name = url::form_urlencoded::parse(pair.as_bytes())
+                    .next()
+                    .map(|(name, _)| name.into_owned())
+                    .unwrap_or_default();
+                match pair.split_once('=') {
+                    Some((raw, _)) if !SHOWN_PARAMETERS.contains(&name.as_str()) => format!("{raw}=***"),
+                    _ => pair.to_owned(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    url.set_query(query.as_deref());
+    url.into()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{for_driver, redact};
 
     #[test]
     fn passwords_never_print() {
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("postgres://u@h:5432/db"), "postgres://u@h:5432/db");
         assert_eq!(
             redact("postgres://u@h/db?password=secret"),
             "postgres://u@h/db?password=***"
@@ -109,8 +203,40 @@ mod tests {
             "postgres://u:***@h/db?sslmode=require&password=***&PassWord=***&sslpassword=***&pass%77ord=***"
         );
         assert_eq!(
-            redact("postgres:///db?host=/run/pg&password=s"),
-            "postgres:///db?host=/run/pg&password=***"
+            redact("postgres:///db?host=/run/pg&password=s&application_name=x"),
+            "postgres:///db?host=/run/pg&password=***&application_name=***"
         );
+        // Not URLs (or not the URL the writer meant): nothing of them prints.
+        for text in [
+            "postgres://u:pa?ss@h/db",
+            "postgres://u:pa/ss@h/db",
+            "host=h port=5432 user=u password=pass dbname=db",
+            "",
+        ] {
+            assert!(!redact(text).contains("pa"), "{text} → {}", redact(text));
+        }
+    }
+
+    #[test]
+    fn the_driver_gets_only_parameters_it_reads() {
+        assert_eq!(
+            for_driver("postgres://u:p%3Fq@h/db?sslmode=require&connect_timeout=10&options[search_path]=x").unwrap(),
+            "postgres://u:p%3Fq@h/db?sslmode=require&options[search_path]=x"
+        );
+        assert_eq!(
+            for_driver("postgresql://h/db?target_session_attrs=any").unwrap(),
+            "postgresql://h/db"
+        );
+        for (text, says) in [
+            ("postgres://h/db?sslpassword=hunter9", "'sslpassword'"),
+            ("postgres://h/db?sslmode=require&my%20token=hunter9", "unusual name"),
+            ("postgres://u:hunter?9@h/db", "not a valid URL"),
+            ("host=h password=hunter9", "not a valid URL"),
+            ("mysql://u:hunter9@h/db", "postgres://"),
+        ] {
+            let error = format!("{:#}", for_driver(text).unwrap_err());
+            assert!(error.contains(says), "{text}: {error}");
+            assert!(!error.contains("hunter"), "{text}: {error}");
+        }
     }
 }

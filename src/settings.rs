@@ -55,7 +55,9 @@ pub struct Settings {
     /// Kafka brokers (host:port,…); unset: embedded mode, no Kafka.
     #[arg(long, env = "KAFKA_BROKERS", global = true)]
     pub kafka_brokers: Option<String>,
-    /// Forward-auth route table (method, path prefix → scope); default: API.md's.
+    /// Forward-auth route table: a file of 'METHODS PREFIX SCOPE' lines; default:
+    /// GET,HEAD on /api/experiences and /api/consumers need read:…, other methods
+    /// write:…, /api/analytics read:analytics, anything else admin.
     #[arg(long, env = "KEYLEDGER_ROUTES", global = true)]
     pub routes: Option<PathBuf>,
     /// Seconds between appends of usage counts (`key.used` events).

@@ -3,7 +3,8 @@
 //! against key guessing, parsing, the key cache, the rate limiter, then the
 //! key's status, environment and scope — and usage accounting of the result.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix_web::{HttpMessage, HttpRequest};
@@ -13,7 +14,7 @@ use keyledger_events::domain::{scope::grants, Environment, IpRange, PlainKey, Sc
 use crate::key_cache::CachedKey;
 use crate::rate_limit::Decision;
 use crate::usage::Outcome;
-use crate::{error::ApiError, AppState};
+use crate::{error::ApiError, ApiSettings, AppState, Surface};
 
 /// Why a known key was refused; API codes derive from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,42 +56,148 @@ impl Checked {
 }
 
 /// The address a request comes from. When the peer is a trusted reverse
-/// proxy, the address it reports: `X-Real-IP`, else the right-most
-/// `X-Forwarded-For` entry that is not itself a trusted proxy. Otherwise —
-/// and with no proxy trusted, the default — the peer itself: headers anyone
-/// can send name nobody.
-pub fn client_address(req: &HttpRequest, trusted_proxies: &[IpRange]) -> Option<IpAddr> {
-    let peer = req.peer_addr()?.ip().to_canonical();
-    let trusted = |ip: IpAddr| trusted_proxies.iter().any(|range| range.contains(ip));
+/// proxy, the client it names in the header its forward-auth style sets:
+/// nginx's `X-Real-IP`, else (nginx without it, traefik, envoy) the
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy —
+/// Traefik and Envoy pass a client's own `X-Real-IP` through untouched, so
+/// it names nobody there. An entry may carry a port (`203.0.113.7:4711`,
+/// `[2001:db8::7]:443`); anything else is a 400: blaming the proxy would
+/// lock out everyone behind it, and counting the text apart would let a
+/// client escape the guard by choosing it. Otherwise — and with no proxy
+/// trusted, the default — the peer itself: headers anyone can send name
+/// nobody.
+pub fn client_address(req: &HttpRequest, settings: &ApiSettings) -> Result<Option<IpAddr>, ApiError> {
+    let Some(peer) = req.peer_addr().map(|a| a.ip().to_canonical()) else {
+        return Ok(None);
+    };
+    let trusted = |ip: IpAddr| settings.trusted_proxies.iter().any(|range| range.contains(ip));
     if !trusted(peer) {
-        return Some(peer);
+        warn_of_untrusted_forwarding(req, peer);
+        return Ok(Some(peer));
     }
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let parse = |text: &str| text.trim().parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
-    if let Some(real) = header("x-real-ip").and_then(parse) {
-        return Some(real);
-    }
-    let forwarded: Vec<&str> = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect();
-    for entry in forwarded.into_iter().rev() {
-        match parse(entry) {
-            Some(ip) if trusted(ip) => continue,
-            Some(ip) => return Some(ip),
-            None => break,
+    let unreadable = |header: &str| {
+        tracing::warn!(
+            %peer,
+            header,
+            "the trusted proxy {peer} sent a {header} that is not an address (ip, ip:port or [ipv6]:port): \
+             the request is refused"
+        );
+        ApiError::BadRequest(format!(
+            "The proxy in front of keyledger sent a {header} header that is not an IP address (ip, ip:port or \
+             [ipv6]:port), so keyledger cannot tell which client to hold responsible for invalid keys. The proxy's \
+             configuration needs fixing."
+        ))
+    };
+    if settings.forward_auth.reads_x_real_ip() {
+        let mut values = req.headers().get_all("x-real-ip");
+        match (values.next(), values.next()) {
+            (None, _) => {}
+            (Some(value), None) => {
+                return value
+                    .to_str()
+                    .ok()
+                    .and_then(forwarded_address)
+                    .map(Some)
+                    .ok_or_else(|| unreadable("X-Real-IP"))
+            }
+            (Some(_), Some(_)) => return Err(unreadable("X-Real-IP")),
         }
     }
-    Some(peer)
+    let mut entries = Vec::new();
+    for value in req.headers().get_all("x-forwarded-for") {
+        entries.extend(value.to_str().map_err(|_| unreadable("X-Forwarded-For"))?.split(','));
+    }
+    // From the right: each trusted proxy names the one before it. When all
+    // are trusted, the left-most is the client.
+    let mut client = peer;
+    for entry in entries.into_iter().rev() {
+        client = forwarded_address(entry).ok_or_else(|| unreadable("X-Forwarded-For"))?;
+        if !trusted(client) {
+            break;
+        }
+    }
+    Ok(Some(client))
+}
+
+/// One address as a proxy writes it: `203.0.113.7`, `203.0.113.7:4711`,
+/// `2001:db8::7`, `[2001:db8::7]` or `[2001:db8::7]:443`.
+fn forwarded_address(text: &str) -> Option<IpAddr> {
+    let text = text.trim();
+    let is_port =
+        |port: &str| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok();
+    let address = if let Ok(ip) = text.parse::<IpAddr>() {
+        ip
+    } else if let Some(rest) = text.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(is_port)) {
+            return None;
+        }
+        IpAddr::V6(v6.parse::<Ipv6Addr>().ok()?)
+    } else {
+        let (v4, port) = text.split_once(':')?;
+        if !is_port(port) {
+            return None;
+        }
+        IpAddr::V4(v4.parse::<Ipv4Addr>().ok()?)
+    };
+    Some(address.to_canonical())
+}
+
+/// Once per process: a request carrying `X-Real-IP` / `X-Forwarded-For`
+/// from a peer that is not a trusted proxy. Either a client sent them (and
+/// they are rightly ignored), or a proxy nobody listed is in front — and
+/// then every client behind it counts as the proxy, so one client's invalid
+/// keys lock out all of them.
+fn warn_of_untrusted_forwarding(req: &HttpRequest, peer: IpAddr) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let forwarded = ["x-real-ip", "x-forwarded-for"]
+        .into_iter()
+        .any(|name| req.headers().contains_key(name));
+    if forwarded && !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            %peer,
+            "a request from {peer} carries X-Real-IP or X-Forwarded-For, but {peer} is not in \
+             KEYLEDGER_TRUSTED_PROXIES: the headers are ignored and the guessing guard counts {peer} itself. If \
+             {peer} is your reverse proxy, every client behind it shares one guard (one client's invalid keys \
+             lock out all of them): add it to KEYLEDGER_TRUSTED_PROXIES (logged once)"
+        );
+    }
+}
+
+/// Whether a request comes from the platform itself: it arrived on the
+/// internal listener, or its peer is a trusted proxy.
+pub fn from_the_platform(req: &HttpRequest, trusted_proxies: &[IpRange]) -> bool {
+    let internal = req.app_data::<Surface>() == Some(&Surface::Internal);
+    internal
+        || req
+            .peer_addr()
+            .is_some_and(|peer| trusted_proxies.iter().any(|range| range.contains(peer.ip())))
+}
+
+/// Whose unknown keys a request counts, and in which guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Nobody: the platform's own server calling `/v1/verify` (without an
+    /// `ip` it may give), which a guard must never lock out.
+    Nobody,
+    /// The address the request comes from ([`client_address`]): the
+    /// management API and `/v1/auth`.
+    Caller(IpAddr),
+    /// The end client a `/v1/verify` names in `ip`. Counted in a guard of
+    /// its own: the address is the platform's word, not a connection's, so
+    /// it locks that address out of `/v1/verify` only — never out of the
+    /// management API or `/v1/auth`.
+    EndClient(IpAddr),
 }
 
 /// Whom the guessing guard counts an address against: an IPv4 address, or
 /// an IPv6 address's /64 (one subscriber's network: counting single IPv6
-/// addresses would let a client rotate through 2^64 of them).
+/// addresses would let a client rotate through 2^64 of them). An IPv4
+/// client written as IPv6 — mapped (`::ffff:a.b.c.d`), translated
+/// (`::ffff:0:a.b.c.d`) or through NAT64's well-known prefix
+/// (`64:ff9b::a.b.c.d`) — is that IPv4 client.
 pub fn guard_subject(ip: IpAddr) -> String {
-    match ip.to_canonical() {
+    match embedded_ipv4(ip) {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => {
             let network = std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64));
@@ -99,29 +206,45 @@ pub fn guard_subject(ip: IpAddr) -> String {
     }
 }
 
+fn embedded_ipv4(ip: IpAddr) -> IpAddr {
+    const NAT64: u128 = 0x0064_ff9b_u128 << 96;
+    const TRANSLATED: u128 = 0xffff_0000_u128 << 32;
+    let ip = ip.to_canonical();
+    if let IpAddr::V6(v6) = ip {
+        let bits = u128::from(v6);
+        if bits >> 32 == NAT64 >> 32 || bits >> 32 == TRANSLATED >> 32 {
+            return IpAddr::V4(Ipv4Addr::from(bits as u32));
+        }
+    }
+    ip
+}
+
 fn unix_now() -> u64 {
     Utc::now().timestamp().max(0) as u64
 }
 
 /// Checks `text` as a key that needs `scopes` in `environment` (if given).
-/// `client`: count an unknown key against this address (its
-/// [`guard_subject`]), and refuse at once an address that sent too many
-/// (`None` for a `/v1/verify` without `ip`, whose caller is the platform's
-/// own server). Records usage for known keys.
+/// `guard`: whom an unknown key counts against (an address's
+/// [`guard_subject`], in that guard's own counts); an address that sent too
+/// many is refused at once. Records usage for known keys.
 pub async fn check(
     state: &AppState,
     req: &HttpRequest,
     text: &str,
-    client: Option<IpAddr>,
+    guard: Guard,
     environment: Option<Environment>,
     scopes: &[Scope],
 ) -> Result<Option<Checked>, ApiError> {
     let now = unix_now();
-    let guard = client.map(guard_subject);
-    if let Some(address) = &guard {
-        let limit = state.settings.failed_attempts_per_minute;
-        if state.failures.used(address, now) >= limit {
-            let retry_after = state.failures.check(address, limit, now).retry_after;
+    let guard = match guard {
+        Guard::Nobody => None,
+        Guard::Caller(ip) => Some((&state.failures, guard_subject(ip))),
+        Guard::EndClient(ip) => Some((&state.end_client_failures, guard_subject(ip))),
+    };
+    let limit = state.settings.failed_attempts_per_minute;
+    if let Some((failures, address)) = &guard {
+        if failures.used(address, now) >= limit {
+            let retry_after = failures.check(address, limit, now).retry_after;
             return Err(ApiError::TooManyFailedAttempts { retry_after });
         }
     }
@@ -134,10 +257,8 @@ pub async fn check(
         Err(_) => None,
     };
     let Some(key) = key else {
-        if let Some(address) = &guard {
-            state
-                .failures
-                .check(address, state.settings.failed_attempts_per_minute, now);
+        if let Some((failures, address)) = &guard {
+            failures.check(address, limit, now);
         }
         return Ok(None);
     };
@@ -187,5 +308,25 @@ fn verdict(
     match needed.iter().find(|&&s| !grants(&held, s)) {
         Some(&missing) => Err(Refusal::InsufficientScope(missing)),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guard_subject;
+
+    #[test]
+    fn an_ipv4_client_is_one_subject_however_its_address_is_written() {
+        for written in [
+            "203.0.113.9",
+            "::ffff:203.0.113.9",
+            "64:ff9b::203.0.113.9",
+            "::ffff:0:203.0.113.9",
+        ] {
+            assert_eq!(guard_subject(written.parse().unwrap()), "203.0.113.9", "{written}");
+        }
+        assert_eq!(guard_subject("2001:db8:1:2:3::4".parse().unwrap()), "2001:db8:1:2::/64");
+        // Only the well-known prefix of 64:ff9b::/96 embeds an IPv4 address.
+        assert_eq!(guard_subject("64:ff9b:1::cb00:7109".parse().unwrap()), "64:ff9b:1::/64");
     }
 }

@@ -52,8 +52,8 @@ async fn authenticate_admin(req: HttpRequest) -> Result<Admin, ApiError> {
         return Err(ApiError::Unavailable);
     }
     let text = bearer_key(&req)?;
-    let client = access::client_address(&req, &state.settings.trusted_proxies);
-    let checked = access::check(state, &req, text, client, Some(Environment::Live), &[Scope::Admin])
+    let guard = access::client_address(&req, &state.settings)?.map_or(access::Guard::Nobody, access::Guard::Caller);
+    let checked = access::check(state, &req, text, guard, Some(Environment::Live), &[Scope::Admin])
         .await?
         .ok_or(ApiError::InvalidApiKey)?;
     // The key may have come from the cache while the lookup found the

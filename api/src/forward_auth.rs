@@ -62,6 +62,13 @@ impl ForwardAuthStyle {
         }
     }
 
+    /// Whether this proxy sets `X-Real-IP` to the client (nginx, as the
+    /// template does); Traefik and Envoy append the client to
+    /// `X-Forwarded-For` and pass a client's `X-Real-IP` through.
+    pub fn reads_x_real_ip(self) -> bool {
+        self == ForwardAuthStyle::Nginx
+    }
+
     /// Where this style reads the original request, in words.
     fn describe(self) -> String {
         match self.headers() {
@@ -129,8 +136,18 @@ fn original(req: &HttpRequest, style: ForwardAuthStyle, below_auth: bool) -> Res
     let (method, target) = match (style.headers(), below_auth) {
         (Some((method, uri)), false) => (single_header(req, style, method)?, single_header(req, style, uri)?),
         (None, true) => {
-            let path = req.uri().path();
-            (req.method().as_str(), path.strip_prefix("/v1/auth").unwrap_or(path))
+            // The router matches the decoded path, so `/v1/%61uth/x` lands
+            // here too: only the literal prefix is cut, anything else is
+            // refused rather than checked whole.
+            let path = req
+                .uri()
+                .path()
+                .strip_prefix("/v1/auth")
+                .filter(|rest| rest.starts_with('/'))
+                .ok_or_else(|| {
+                    style.refuse("The check request's path must start with /v1/auth/ as written (no %-escapes)")
+                })?;
+            (req.method().as_str(), path)
         }
         (Some(_), true) => return Err(style.refuse("The original path after /v1/auth is read only in envoy style")),
         (None, false) => return Err(style.refuse("No original path follows /v1/auth")),
@@ -153,8 +170,8 @@ async fn authorize(state: &AppState, req: &HttpRequest, below_auth: bool) -> Res
     let (method, path) = original(req, state.settings.forward_auth, below_auth)?;
     let needed = state.routes.required_scope(&method, &path);
     let text = auth::bearer_key(req)?;
-    let client = access::client_address(req, &state.settings.trusted_proxies);
-    let checked = access::check(state, req, text, client, Some(state.environment), &[needed])
+    let guard = access::client_address(req, &state.settings)?.map_or(access::Guard::Nobody, access::Guard::Caller);
+    let checked = access::check(state, req, text, guard, Some(state.environment), &[needed])
         .await?
         .ok_or(ApiError::InvalidApiKey)?;
     let key = checked.into_result()?;

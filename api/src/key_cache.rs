@@ -107,7 +107,8 @@ impl KeyCache {
 
     /// [`KeyCache::lookup`], running `after_read` between a miss's database
     /// read and its insert — where a racing eviction must win (tests put one
-    /// there).
+    /// there). A test hook, hidden from the documentation: callers use
+    /// [`KeyCache::lookup`].
     #[doc(hidden)]
     pub async fn lookup_with<F: std::future::Future<Output = ()>>(
         &self,

@@ -82,8 +82,10 @@ pub struct AppState {
     pub cache: Arc<key_cache::KeyCache>,
     /// Per-key plan limits.
     pub limiter: Arc<rate_limit::RateLimiter>,
-    /// Invalid keys per client address.
+    /// Invalid keys per client address (management API, `/v1/auth`).
     pub failures: Arc<rate_limit::RateLimiter>,
+    /// Invalid keys per end client named in `/v1/verify`'s `ip`.
+    pub end_client_failures: Arc<rate_limit::RateLimiter>,
     pub usage: Arc<usage::UsageAccumulator>,
     /// Whether PostgreSQL is known to be down (and since when).
     pub database: Arc<db_health::DatabaseHealth>,
@@ -108,6 +110,7 @@ impl AppState {
             )),
             limiter: Arc::new(rate_limit::RateLimiter::new(settings.cache_capacity)),
             failures: Arc::new(rate_limit::RateLimiter::new(settings.cache_capacity)),
+            end_client_failures: Arc::new(rate_limit::RateLimiter::new(settings.cache_capacity)),
             usage: Arc::default(),
             database,
             extra_metrics: Vec::new(),
@@ -119,15 +122,21 @@ impl AppState {
     /// cache invalidation, usage flushes (and a last one), limiter sweeps.
     pub async fn run_background(self, shutdown: watch::Receiver<bool>) {
         let sweeper = {
-            let (limiter, failures, mut shutdown) = (self.limiter.clone(), self.failures.clone(), shutdown.clone());
+            let limiters = [
+                self.limiter.clone(),
+                self.failures.clone(),
+                self.end_client_failures.clone(),
+            ];
+            let mut shutdown = shutdown.clone();
             async move {
                 loop {
                     tokio::select! {
                         changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break },
                         _ = tokio::time::sleep(Duration::from_secs(30)) => {
                             let now = chrono::Utc::now().timestamp().max(0) as u64;
-                            limiter.sweep(now);
-                            failures.sweep(now);
+                            for limiter in &limiters {
+                                limiter.sweep(now);
+                            }
                         }
                     }
                 }
@@ -220,6 +229,7 @@ pub fn server_of(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(surface)
             .wrap(actix_web::middleware::from_fn(middleware::request_context))
             .configure(|cfg| configure_surface(cfg, surface))
     })

@@ -1,5 +1,6 @@
 //! Per-request context: the request id (echoed or generated, on every
-//! answer and in every error body), refusal of keys in query strings, and
+//! answer and in every error body), refusal of keys in query strings (but
+//! for the original request's query under `/v1/auth/`), and
 //! the access log — which records method, path (with key-shaped segments
 //! cut to their prefix), status and timing, never a query string or a
 //! header (either could carry a key).
@@ -38,16 +39,19 @@ pub fn current_request_id() -> String {
 }
 
 /// A caller's id is echoed if it is short, visible ASCII and not
-/// key-shaped (it is logged); otherwise ours.
+/// secret-shaped (it is logged); otherwise ours.
 fn request_id_of(req: &ServiceRequest) -> String {
     req.headers()
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
-        .filter(|id| key_prefix_in(id).is_none())
+        .filter(|id| !secret_shaped(id))
         .map(str::to_owned)
         .unwrap_or_else(|| format!("req_{}", uuid::Uuid::now_v7().simple()))
 }
+
+/// Where envoy-style forward-auth checks carry the original path and query.
+const ENVOY_AUTH_PREFIX: &str = "/v1/auth/";
 
 /// Query parameters that would carry a credential.
 const KEY_PARAMETERS: [&str; 5] = ["key", "api_key", "apikey", "access_token", "token"];
@@ -82,48 +86,69 @@ fn form_decode(text: &str) -> String {
     String::from_utf8_lossy(&decoded).into_owned()
 }
 
-/// The key prefix `text` holds, as sent or once percent-decoded (up to
-/// three rounds).
-fn key_prefix_in(text: &str) -> Option<&'static str> {
-    let mut text = text.to_owned();
-    for _ in 0..4 {
-        if let Some(prefix) = KEY_PREFIXES.into_iter().find(|p| text.contains(p)) {
-            return Some(prefix);
+/// `text` as sent, then after each round of percent-decoding until nothing
+/// changes (a round that changes something shortens the text, so this ends).
+fn decodings(text: &str) -> Vec<String> {
+    let mut rounds = vec![text.to_owned()];
+    loop {
+        let decoded = form_decode(rounds.last().expect("one at least"));
+        if &decoded == rounds.last().expect("one at least") {
+            return rounds;
         }
-        text = form_decode(&text);
+        rounds.push(decoded);
     }
-    None
 }
 
-/// The path as the access log writes it: a key-shaped segment (a key sent
-/// where an id belongs, `/v1/keys/sk_live_…`) is cut to its prefix.
+/// The key prefix `text` holds, in any letter case, as sent or after any
+/// number of rounds of percent-decoding (`sk%2525255Flive_…`, `SK_LIVE_…`).
+fn key_prefix_in(text: &str) -> Option<&'static str> {
+    decodings(text).iter().find_map(|round| {
+        let round = round.to_ascii_lowercase();
+        KEY_PREFIXES.into_iter().find(|p| round.contains(p))
+    })
+}
+
+/// Key bodies are 49 characters of base62; nothing else keyledger serves
+/// (ids, request ids) has a run of letters and digits this long.
+const SECRET_RUN: usize = 40;
+
+/// Whether `text`, as sent or decoded, holds a key prefix or a run of
+/// [`SECRET_RUN`] letters and digits (a key's body without its prefix).
+fn secret_shaped(text: &str) -> bool {
+    key_prefix_in(text).is_some()
+        || decodings(text).iter().any(|round| {
+            round
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|run| run.len() >= SECRET_RUN)
+        })
+}
+
+/// The path as the access log writes it: a segment holding a key prefix (a
+/// key sent where an id belongs, `/v1/keys/sk_live_…`) is cut to its
+/// prefix, and one holding a long run of letters and digits (a key's body
+/// alone) is replaced.
 fn loggable_path(path: &str) -> String {
     path.split('/')
         .map(|segment| match key_prefix_in(segment) {
             Some(prefix) => format!("{prefix}…"),
+            None if secret_shaped(segment) => "[redacted]".to_owned(),
             None => segment.to_owned(),
         })
         .collect::<Vec<_>>()
         .join("/")
 }
 
-/// Whether a query string names a credential parameter or holds something
-/// key-shaped — as sent, and after each of up to three rounds of
-/// percent-decoding (`sk%5Flive_…`, `%6bey=…`, and their double encodings).
+/// Whether a query string names a credential parameter or holds a key
+/// prefix — as sent, and after every round of percent-decoding
+/// (`sk%5Flive_…`, `%6bey=…`, and their repeated encodings).
 fn query_carries_key(query: &str) -> bool {
     query.split('&').any(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if key_prefix_in(name).is_some() || key_prefix_in(value).is_some() {
-            return true;
-        }
-        let mut name = name.to_owned();
-        for _ in 0..4 {
-            if KEY_PARAMETERS.contains(&name.to_ascii_lowercase().as_str()) {
-                return true;
-            }
-            name = form_decode(&name);
-        }
-        false
+        key_prefix_in(name).is_some()
+            || key_prefix_in(value).is_some()
+            || decodings(name)
+                .iter()
+                .any(|round| KEY_PARAMETERS.contains(&round.to_ascii_lowercase().as_str()))
     })
 }
 
@@ -137,7 +162,10 @@ pub async fn request_context(
     let path = loggable_path(req.path());
     let result = REQUEST_ID
         .scope(request_id.clone(), async move {
-            if query_carries_key(req.query_string()) {
+            // Under /v1/auth/ (envoy style) the query is the original
+            // request's, for the upstream: neither logged nor matched here.
+            let original_query = req.path().starts_with(ENVOY_AUTH_PREFIX);
+            if !original_query && query_carries_key(req.query_string()) {
                 let refusal = ApiError::BadRequest(
                     "API keys are not accepted in query strings (they end up in logs and browser history): \
                      send 'Authorization: Bearer <key>' instead."
@@ -187,6 +215,33 @@ mod tests {
         );
         assert_eq!(loggable_path("/v1/auth/api/x-pk_live_abc;y"), "/v1/auth/api/pk_live_…");
         assert_eq!(loggable_path("/v1/keys/key_01ABC/usage"), "/v1/keys/key_01ABC/usage");
+        // Any number of encodings, any letter case, or the body alone.
+        let body = &key[8..];
+        assert_eq!(
+            loggable_path(&format!("/v1/keys/sk%2525255Flive_{body}")),
+            "/v1/keys/sk_live_…"
+        );
+        assert_eq!(loggable_path(&format!("/v1/keys/SK_LIVE_{body}")), "/v1/keys/sk_live_…");
+        assert_eq!(
+            loggable_path(&format!("/v1/keys/Sk%5FTeSt_{body}")),
+            "/v1/keys/sk_test_…"
+        );
+        assert_eq!(
+            loggable_path(&format!("/v1/keys/{body}/usage")),
+            "/v1/keys/[redacted]/usage"
+        );
+        assert_eq!(
+            loggable_path(&format!("/v1/keys/x-{}", body.replace('a', "%61"))),
+            "/v1/keys/[redacted]"
+        );
+        // Ids, request ids and ordinary words stay readable.
+        for path in [
+            "/v1/keys/key_01JD5ZQ3M9X7W2V4T8R6P0N1K3/events",
+            "/v1/keys/req_0193a5b6c7d8e9f00112233445566778",
+            "/api/experiences/0123456789abcdefghijklmnopqrstuvwxyzABC",
+        ] {
+            assert_eq!(loggable_path(path), path);
+        }
     }
 
     #[test]
@@ -203,5 +258,7 @@ mod tests {
         assert!(query_carries_key("%256bey=1"));
         assert!(query_carries_key("x=1&api%5Fkey=2"));
         assert!(!query_carries_key("q=100%25&r=%zz"));
+        assert!(query_carries_key("q=sk%2525255Flive_abc"));
+        assert!(query_carries_key("%2525256bey=1"));
     }
 }

@@ -97,7 +97,8 @@ fn is_unreserved(byte: u8) -> bool {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Route {
-    /// Upper-case methods; empty means any.
+    /// Methods, upper-cased when the table is read (a request's method
+    /// must match exactly); empty means any.
     methods: Vec<String>,
     prefix: String,
     scope: Scope,
@@ -160,7 +161,8 @@ impl RouteTable {
         self.routes
             .iter()
             .find(|r| {
-                let method_ok = r.methods.is_empty() || r.methods.iter().any(|m| m.eq_ignore_ascii_case(method));
+                // Methods are case-sensitive (RFC 9110): "get" is not GET.
+                let method_ok = r.methods.is_empty() || r.methods.iter().any(|m| m == method);
                 let below = path == r.prefix
                     || path.strip_prefix(&r.prefix).is_some_and(|rest| rest.starts_with('/'))
                     || r.prefix.is_empty();
@@ -186,7 +188,7 @@ mod tests {
             table.required_scope("POST", "/api/experiences/7"),
             Scope::WriteExperiences
         );
-        assert_eq!(table.required_scope("get", "/api/consumers"), Scope::ReadConsumers);
+        assert_eq!(table.required_scope("get", "/api/consumers"), Scope::WriteConsumers);
         assert_eq!(
             table.required_scope("DELETE", "/api/consumers/1"),
             Scope::WriteConsumers

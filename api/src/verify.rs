@@ -2,16 +2,20 @@
 //! environment? Every well-formed request gets 200 with a `code`; the key in
 //! the body is the credential, so no management scope is needed. An optional
 //! `ip` names the end client whose request the platform is checking: its
-//! unknown keys count against that address's guessing guard.
+//! unknown keys count against that address's guessing guard — when the
+//! platform says so, i.e. on the internal listener or from a trusted proxy.
+//! On a single listener anyone can call `/v1/verify`, and naming an address
+//! there must not lock it out.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use keyledger_events::domain::{Environment, Scope, ValidationDetails};
 use keyledger_events::read_model::rfc3339;
 use serde_json::json;
 
-use crate::access::{self, Refusal};
+use crate::access::{self, Guard, Refusal};
 use crate::{body, error::ApiError, AppState};
 
 pub async fn verify(
@@ -40,7 +44,7 @@ pub async fn verify(
             None
         })
     });
-    let client = ip.and_then(|text| {
+    let end_client = ip.and_then(|text| {
         text.trim()
             .parse::<IpAddr>()
             .map(|ip| ip.to_canonical())
@@ -50,10 +54,8 @@ pub async fn verify(
     if !details.is_empty() {
         return Err(ApiError::Validation(details));
     }
-    // With `ip`, the end client's unknown keys count against its address
-    // (and a guarded address is refused); without it, the caller is the
-    // platform's own server, which the guard must never lock out.
-    let checked = access::check(&state, &req, &key.unwrap_or_default(), client, environment, &needed).await?;
+    let guard = guard_for(&state, &req, end_client);
+    let checked = access::check(&state, &req, &key.unwrap_or_default(), guard, environment, &needed).await?;
     let Some(checked) = checked else {
         return Ok(HttpResponse::Ok().json(json!({"valid": false, "code": "NOT_FOUND"})));
     };
@@ -77,4 +79,34 @@ pub async fn verify(
         "expires_at": row.expires_at.map(rfc3339),
         "ratelimit": {"limit": decision.limit, "remaining": decision.remaining, "reset": decision.reset},
     })))
+}
+
+/// Whom the guessing guard holds responsible for this request's unknown
+/// keys. Without `ip`, nobody: the caller is the platform's own server,
+/// which the guard must never lock out. With `ip`, that end client — if the
+/// platform said so (the internal listener, or a trusted proxy as the
+/// peer); from anyone else the `ip` is still validated (and is the address
+/// a key's own rules would check) but the guard ignores it.
+fn guard_for(state: &AppState, req: &HttpRequest, end_client: Option<IpAddr>) -> Guard {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let Some(ip) = end_client else {
+        return Guard::Nobody;
+    };
+    if access::from_the_platform(req, &state.settings.trusted_proxies) {
+        return Guard::EndClient(ip);
+    }
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        let peer = req
+            .peer_addr()
+            .map(|a| a.ip().to_canonical().to_string())
+            .unwrap_or_default();
+        tracing::warn!(
+            %peer,
+            "/v1/verify was called with an ip by {peer}, on the only listener (anyone can call /v1/verify \
+             there) and not from KEYLEDGER_TRUSTED_PROXIES: the guessing guard ignores that ip. Serve /v1/verify \
+             on KEYLEDGER_INTERNAL_LISTEN, or list the platform's servers in KEYLEDGER_TRUSTED_PROXIES (logged \
+             once)"
+        );
+    }
+    Guard::Nobody
 }

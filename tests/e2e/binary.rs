@@ -33,14 +33,6 @@ pub(crate) fn keyledger(database_url: &str, data_dir: &Path) -> Command {
     command
 }
 
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A long-running `keyledger` process whose output goes to a file.
 pub(crate) struct Server {
     child: Child,
@@ -49,38 +41,45 @@ pub(crate) struct Server {
 }
 
 impl Server {
+    /// Listens on port 0: the process binds a free port itself and logs it
+    /// (choosing one here and passing it on would race other tests for it).
     fn spawn(command: &mut Command, log: PathBuf) -> Server {
-        let port = free_port();
         let file = std::fs::File::create(&log).unwrap();
         let child = command
-            .env("KEYLEDGER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("KEYLEDGER_LISTEN", "127.0.0.1:0")
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
             .unwrap();
         Server {
             child,
-            address: format!("http://127.0.0.1:{port}"),
+            address: String::new(),
             log,
         }
     }
 
     /// A process without HTTP (`work`), ready once its log says `ready`.
     pub(crate) async fn start_worker(command: &mut Command, log: PathBuf, ready: &str) -> Server {
-        let server = Server::spawn(command, log);
+        let mut server = Server::spawn(command, log);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let text = std::fs::read_to_string(&server.log).unwrap_or_default();
             if text.contains(ready) {
+                // `work` serves /healthz, /readyz and /metrics on the address it logs.
+                server.address = format!("http://{}", server.logged_address("listening").await);
                 return server;
             }
+            assert!(server.child.try_wait().unwrap().is_none(), "worker exited: {text}");
             assert!(Instant::now() < deadline, "worker not ready: {text}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
+    /// A process serving HTTP, once it answers `/healthz` on the address it
+    /// logged.
     pub(crate) async fn start(command: &mut Command, log: PathBuf) -> Server {
-        let server = Server::spawn(command, log);
+        let mut server = Server::spawn(command, log);
+        server.address = format!("http://{}", server.logged_address("keyledger API listening").await);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let client = awc::Client::default();
@@ -95,6 +94,25 @@ impl Server {
                 std::fs::read_to_string(&server.log).unwrap()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The address the process logged on its line saying `what`
+    /// (`… address=<address>`), once it has.
+    pub(crate) async fn logged_address(&mut self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let logged = text
+                .lines()
+                .filter(|line| line.contains(what))
+                .find_map(|line| line.split_once(" address=").map(|(_, rest)| rest));
+            if let Some(rest) = logged {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+            assert!(self.child.try_wait().unwrap().is_none(), "the process exited: {text}");
+            assert!(Instant::now() < deadline, "no '{what}' address in the log: {text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -6,7 +6,7 @@ use awc::http::Method;
 use keyledger_events::domain::{KeyType, PlainKey};
 use serde_json::json;
 
-use crate::binary::{create_org, free_port, keyledger, run, temp_dir, Server, HASH_KEY};
+use crate::binary::{create_org, keyledger, run, temp_dir, Server, HASH_KEY};
 use crate::support::{call, fresh_database_url};
 
 fn guess(i: u8) -> String {
@@ -16,20 +16,45 @@ fn guess(i: u8) -> String {
 #[actix_web::test]
 async fn help_and_errors_never_print_the_database_password() {
     let dir = temp_dir();
-    let url = "postgres://keyledger:hunter2@127.0.0.1:1/keyledger?sslmode=disable&password=hunter3";
-    for args in [&["--help"][..], &["serve", "--help"], &["migrate", "--help"]] {
-        let output = run(keyledger(url, &dir).args(args));
-        assert!(output.status.success());
-        let help = String::from_utf8_lossy(&output.stdout);
-        assert!(help.contains("DATABASE_URL"), "{help}");
-        assert!(!help.contains("hunter"), "{args:?} printed the password: {help}");
+    // Nothing listens on port 1: every command fails, naming the server (or
+    // the parameter at fault), never a password.
+    for (url, names) in [
+        (
+            "postgres://keyledger:hunter2@127.0.0.1:1/keyledger?sslmode=disable&password=hunter3",
+            "127.0.0.1:1",
+        ),
+        // A parameter the driver does not know (it would log its value).
+        (
+            "postgres://keyledger@127.0.0.1:1/keyledger?sslpassword=hunter9",
+            "sslpassword",
+        ),
+        // A password with a '?' in it (it should have been escaped).
+        ("postgres://keyledger:hunter?8@127.0.0.1:1/keyledger", "DATABASE_URL"),
+        // A libpq keyword/value string, which is not a URL.
+        (
+            "host=127.0.0.1 port=1 user=keyledger password=hunter7 dbname=keyledger",
+            "DATABASE_URL",
+        ),
+    ] {
+        for args in [&["--help"][..], &["serve", "--help"], &["migrate", "--help"]] {
+            let output = run(keyledger(url, &dir).args(args));
+            assert!(output.status.success());
+            let help = String::from_utf8_lossy(&output.stdout);
+            assert!(help.contains("DATABASE_URL"), "{help}");
+            assert!(!help.contains("hunter"), "{args:?} printed the password: {help}");
+            // The help stands on its own: no document outside the binary.
+            assert!(!help.contains("API.md"), "{args:?}: {help}");
+        }
+        let output = run(keyledger(url, &dir).arg("migrate"));
+        assert!(!output.status.success());
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(printed.contains(names), "{url}: {printed}");
+        assert!(!printed.contains("hunter"), "a password was printed: {printed}");
     }
-    // Nothing listens on port 1: the error names the server, not the password.
-    let output = run(keyledger(url, &dir).arg("migrate"));
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
-    assert!(!stderr.contains("hunter"), "the error printed a password: {stderr}");
 }
 
 #[actix_web::test]
@@ -43,10 +68,16 @@ async fn the_access_log_cuts_a_key_in_a_path_to_its_prefix() {
     let server = Server::start(&mut command, dir.join("serve.log")).await;
     let created = create_org(&url, &dir, "Logged", &[]);
     let admin = created["key"]["key"].as_str().unwrap();
-    // A key sent where an id belongs, plain and percent-encoded.
+    // A key sent where an id belongs, plain and percent-encoded (up to four
+    // times), its prefix in capitals, or its body alone.
+    let body = &admin[8..];
     for path in [
         format!("/v1/keys/{admin}"),
         format!("/v1/keys/{}/usage", admin.replace('_', "%5F")),
+        format!("/v1/keys/sk%2525255Flive_{body}"),
+        format!("/v1/keys/SK_LIVE_{body}"),
+        format!("/v1/keys/{body}"),
+        format!("/v1/keys/{body}/usage"),
     ] {
         call(&server.address, Method::GET, &path, Some(admin), None, &[])
             .await
@@ -66,21 +97,24 @@ async fn the_access_log_cuts_a_key_in_a_path_to_its_prefix() {
     let log = server.stop();
     assert!(log.contains("path=/v1/keys/sk_live_…"), "{log}");
     assert!(log.contains("path=/v1/keys/sk_live_…/usage"), "{log}");
-    assert!(!log.contains(&admin[8..51]), "the key is in the log: {log}");
+    assert!(!log.contains(&body[..20]), "the key is in the log: {log}");
+    assert!(!log.contains(&body[body.len() - 20..]), "the key is in the log: {log}");
 }
 
 #[actix_web::test]
 async fn serve_reads_the_forward_auth_style_the_internal_listener_and_trusts_no_proxy_by_default() {
     let (url, dir) = (fresh_database_url(), temp_dir());
-    let internal = format!("127.0.0.1:{}", free_port());
     let mut command = keyledger(&url, &dir);
     command
         .arg("serve")
         .env("KEYLEDGER_HASH_KEY", HASH_KEY)
         .env("KEYLEDGER_FORWARD_AUTH", "traefik")
-        .env("KEYLEDGER_INTERNAL_LISTEN", &internal);
-    let server = Server::start(&mut command, dir.join("serve.log")).await;
-    let internal = format!("http://{internal}");
+        .env("KEYLEDGER_INTERNAL_LISTEN", "127.0.0.1:0");
+    let mut server = Server::start(&mut command, dir.join("serve.log")).await;
+    let internal = format!(
+        "http://{}",
+        server.logged_address("keyledger internal API listening").await
+    );
     let created = create_org(&url, &dir, "Deployed", &[]);
     let admin = created["key"]["key"].as_str().unwrap();
     let reader = call(
@@ -147,7 +181,21 @@ async fn serve_reads_the_forward_auth_style_the_internal_listener_and_trusts_no_
     call(&internal, Method::GET, "/v1/auth", Some(&reader), None, &headers)
         .await
         .expect_error(429, "too_many_failed_attempts");
-    server.stop();
+    // The operator is told, once: a proxy nobody trusts shares one guard
+    // among all its clients.
+    let log = server.stop();
+    let warnings: Vec<&str> = log.lines().filter(|line| line.contains("WARN")).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("KEYLEDGER_INTERNAL_LISTEN") && w.contains("KEYLEDGER_TRUSTED_PROXIES")),
+        "no start-up warning: {log}"
+    );
+    let forwarded: Vec<&&str> = warnings
+        .iter()
+        .filter(|w| w.contains("X-Real-IP") && w.contains("127.0.0.1") && w.contains("KEYLEDGER_TRUSTED_PROXIES"))
+        .collect();
+    assert_eq!(forwarded.len(), 1, "21 requests carried X-Real-IP: {log}");
 
     // Trusted (as a CIDR range), the proxy's X-Real-IP names the client.
     let mut command = keyledger(&url, &dir);
@@ -195,7 +243,8 @@ async fn serve_reads_the_forward_auth_style_the_internal_listener_and_trusts_no_
     )
     .await;
     assert_eq!(honest.status.as_u16(), 204, "{:?}", honest.body);
-    server.stop();
+    let log = server.stop();
+    assert!(!log.contains("WARN"), "a trusted proxy is no cause for warnings: {log}");
 }
 
 #[actix_web::test]

@@ -265,3 +265,60 @@ async fn only_plain_original_paths_are_checked() {
         assert_eq!(answer.status.as_u16(), status, "{method} {uri}: {:#}", answer.body);
     }
 }
+
+#[actix_web::test]
+async fn envoy_style_leaves_the_original_query_alone_and_needs_a_literal_prefix() {
+    let app = app_in(ForwardAuthStyle::Envoy).await;
+    let secret = reader(&app).await;
+    // The query belongs to the original request (keyledger neither logs nor
+    // matches it): a parameter named like a credential is the upstream's.
+    for path in [
+        "/v1/auth/api/experiences?token=page2",
+        "/v1/auth/api/experiences/7?api_key=public-widget&q=sk_live_",
+    ] {
+        let answer = call(&app.address, Method::GET, path, Some(&secret), None, &[]).await;
+        assert_eq!(answer.status.as_u16(), 204, "{path}: {:?}", answer.body);
+    }
+    // Outside /v1/auth/ the rule stands.
+    app.get("/v1/keys?token=page2").await.expect_error(400, "bad_request");
+    // An escaped prefix is not /v1/auth: never checked as a path of its own.
+    for path in [
+        "/v1/%61uth/api/experiences",
+        "/v1/auth%2Fapi/experiences",
+        "/%761/auth/api/experiences",
+    ] {
+        let answer = call(&app.address, Method::GET, path, Some(&secret), None, &[]).await;
+        assert!(
+            matches!(answer.status.as_u16(), 400 | 404),
+            "{path}: {} {:?}",
+            answer.status,
+            answer.body
+        );
+    }
+}
+
+#[actix_web::test]
+async fn methods_are_case_sensitive() {
+    let app = app_in(ForwardAuthStyle::Nginx).await;
+    let secret = reader(&app).await;
+    // "get" is not GET (RFC 9110: methods are case-sensitive): it needs the
+    // write scope, like any method the table does not name.
+    auth(&app, Some(&secret), &nginx("get", "/api/experiences"))
+        .await
+        .expect_error(403, "insufficient_scope");
+    let ok = auth(&app, Some(&secret), &nginx("GET", "/api/experiences")).await;
+    assert_eq!(ok.status.as_u16(), 204);
+    let envoy = app_in(ForwardAuthStyle::Envoy).await;
+    let secret = reader(&envoy).await;
+    let lower = Method::from_bytes(b"get").unwrap();
+    call(
+        &envoy.address,
+        lower,
+        "/v1/auth/api/experiences",
+        Some(&secret),
+        None,
+        &[],
+    )
+    .await
+    .expect_error(403, "insufficient_scope");
+}

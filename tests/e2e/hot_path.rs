@@ -34,6 +34,16 @@ pub(crate) async fn set_plan(app: &TestApp, plan: &str, rate_limit: Option<u32>)
         .unwrap();
 }
 
+/// An app whose cache entries outlive any test: what a test sees of the
+/// cache is then its doing, never a TTL running out on a slow machine.
+async fn app_with_a_long_cache_ttl() -> TestApp {
+    let settings = keyledger_api::ApiSettings {
+        cache_ttl: Duration::from_secs(3600),
+        ..keyledger_api::ApiSettings::default()
+    };
+    spawn_app_with(settings, false).await
+}
+
 fn header_u64(answer: &Answer, name: &str) -> u64 {
     answer
         .header(name)
@@ -44,7 +54,7 @@ fn header_u64(answer: &Answer, name: &str) -> u64 {
 
 #[actix_web::test]
 async fn a_cache_hit_verification_makes_no_database_query() {
-    let mut app = spawn_app().await;
+    let mut app = app_with_a_long_cache_ttl().await;
     let key = app.create_key(json!({"name": "hot", "type": "secret"})).await;
     // No notification may arrive while the test counts (a late one for the
     // key's creation would evict it, or keep a racing read from caching it).
@@ -99,7 +109,7 @@ async fn a_change_to_a_cached_key_is_seen_at_once() {
 
 #[actix_web::test]
 async fn a_change_made_through_this_server_is_seen_by_its_next_verification() {
-    let mut app = spawn_app().await;
+    let mut app = app_with_a_long_cache_ttl().await;
     let key = app.create_key(json!({"name": "cached", "type": "secret"})).await;
     let (id, secret) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
     // No notification listener: the answer itself must leave nothing stale.
@@ -301,7 +311,7 @@ async fn one_address_guessing_keys_is_stopped_without_blocking_anyone_else() {
 
 #[actix_web::test]
 async fn a_lookup_that_read_the_key_before_a_deactivation_does_not_cache_it() {
-    let mut app = spawn_app().await;
+    let mut app = app_with_a_long_cache_ttl().await;
     let key = app.create_key(json!({"name": "raced", "type": "secret"})).await;
     let (id, secret) = (key["id"].as_str().unwrap().to_owned(), key["key"].as_str().unwrap());
     // Notifications are applied by hand below, exactly where the race puts them.

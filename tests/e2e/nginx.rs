@@ -178,3 +178,53 @@ async fn the_guessing_guard_counts_the_client_nginx_names_not_nginx_itself() {
         "nor by naming another"
     );
 }
+
+#[actix_web::test]
+async fn a_client_cannot_override_the_method_or_path_the_upstream_acts_on() {
+    let app = app_behind_nginx().await;
+    let nginx = nginx(&app.internal).await;
+    let reader = app
+        .create_key(json!({"name": "reader", "type": "secret", "scopes": ["read:experiences"]}))
+        .await;
+    let secret = reader["key"].as_str().unwrap();
+    // keyledger checked a GET of /api/experiences/1: headers that make some
+    // frameworks act on another method or path never reach the upstream.
+    let overrides = [
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-HTTP-Method", "DELETE"),
+        ("X-Method-Override", "DELETE"),
+        ("X-Original-URL", "/api/consumers/1"),
+        ("X-Rewrite-URL", "/api/consumers/1"),
+    ];
+    let answer = call(
+        &nginx.address,
+        Method::GET,
+        "/api/experiences/1",
+        Some(secret),
+        None,
+        &overrides,
+    )
+    .await;
+    assert_eq!(answer.status.as_u16(), 200, "{:?}", answer.body);
+    let body = answer.body.as_str().unwrap();
+    assert!(
+        body.contains("overrides=[]"),
+        "an override header reached the upstream: {body}"
+    );
+    // Traefik's original-request headers sent by a client do not reach the
+    // check either (keyledger would refuse them as another style's).
+    let traefik = [
+        ("X-Forwarded-Method", "DELETE"),
+        ("X-Forwarded-Uri", "/api/consumers/1"),
+    ];
+    let answer = call(
+        &nginx.address,
+        Method::GET,
+        "/api/experiences/1",
+        Some(secret),
+        None,
+        &traefik,
+    )
+    .await;
+    assert_eq!(answer.status.as_u16(), 200, "{:?}", answer.body);
+}

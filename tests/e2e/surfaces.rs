@@ -3,6 +3,7 @@
 //! named end client, and IPv6 clients counted by their /64.
 
 use awc::http::Method;
+use keyledger_api::forward_auth::ForwardAuthStyle;
 use keyledger_events::domain::{KeyType, PlainKey};
 use serde_json::json;
 
@@ -83,7 +84,7 @@ async fn the_internal_endpoints_are_served_only_on_the_internal_listener() {
 
 #[actix_web::test]
 async fn verify_guards_the_end_client_it_names_and_never_the_platform_itself() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(keyledger_api::ApiSettings::default(), true).await;
     let key = app.create_key(json!({"name": "k", "type": "secret"})).await;
     let secret = key["key"].as_str().unwrap();
     let verify = |body: serde_json::Value| {
@@ -180,4 +181,181 @@ async fn ipv6_clients_behind_a_trusted_proxy_are_counted_by_their_64() {
     )
     .await;
     management.expect_error(429, "too_many_failed_attempts");
+}
+
+/// 20 unknown keys "from" `ip` through `/v1/verify` at `base`.
+async fn verify_guesses_naming(base: &str, ip: &str) {
+    for _ in 0..20 {
+        let body = json!({"key": "sk_live_x", "ip": ip});
+        let answer = call(base, Method::POST, "/v1/verify", None, Some(body), &[]).await;
+        assert_eq!(answer.expect(200)["code"], "NOT_FOUND");
+    }
+}
+
+#[actix_web::test]
+async fn on_one_listener_a_verify_caller_cannot_lock_out_the_address_it_names() {
+    let app = spawn_app().await;
+    let key = app.create_key(json!({"name": "k", "type": "secret"})).await;
+    let secret = key["key"].as_str().unwrap();
+    // Anyone can call /v1/verify here: its `ip` is not their word to give.
+    verify_guesses_naming(&app.address, "127.0.0.1").await;
+    app.get("/v1/keys").await.expect(200);
+    let original = [("X-Original-Method", "GET"), ("X-Original-URI", "/api/experiences")];
+    let auth = call(&app.address, Method::GET, "/v1/auth", Some(secret), None, &original).await;
+    assert_eq!(auth.status.as_u16(), 204, "{:?}", auth.body);
+    let verdict = app.verify(json!({"key": secret, "ip": "127.0.0.1"})).await;
+    assert_eq!(verdict["code"], "VALID");
+    // It is still checked.
+    let bad = call(
+        &app.address,
+        Method::POST,
+        "/v1/verify",
+        None,
+        Some(json!({"key": secret, "ip": "localhost"})),
+        &[],
+    )
+    .await;
+    bad.expect_error(422, "validation_error");
+}
+
+#[actix_web::test]
+async fn a_trusted_caller_on_one_listener_may_name_the_end_client() {
+    let settings = keyledger_api::ApiSettings {
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        ..keyledger_api::ApiSettings::default()
+    };
+    let app = spawn_app_with(settings, false).await;
+    let key = app.create_key(json!({"name": "k", "type": "secret"})).await;
+    let secret = key["key"].as_str().unwrap();
+    verify_guesses_naming(&app.address, "203.0.113.9").await;
+    let body = json!({"key": secret, "ip": "203.0.113.9"});
+    call(&app.address, Method::POST, "/v1/verify", None, Some(body), &[])
+        .await
+        .expect_error(429, "too_many_failed_attempts");
+}
+
+#[actix_web::test]
+async fn the_end_clients_verify_names_are_guarded_apart_from_the_management_api() {
+    let app = spawn_app_with(keyledger_api::ApiSettings::default(), true).await;
+    let key = app.create_key(json!({"name": "k", "type": "secret"})).await;
+    let secret = key["key"].as_str().unwrap();
+    // On the internal listener the platform names its end client, and that
+    // client is stopped…
+    verify_guesses_naming(&app.internal, "127.0.0.1").await;
+    let body = json!({"key": secret, "ip": "127.0.0.1"});
+    call(&app.internal, Method::POST, "/v1/verify", None, Some(body), &[])
+        .await
+        .expect_error(429, "too_many_failed_attempts");
+    // …but an address named by the platform is not locked out of what it
+    // calls itself: the management API, forward-auth, verify without ip.
+    app.get("/v1/keys").await.expect(200);
+    let original = [("X-Original-Method", "GET"), ("X-Original-URI", "/api/experiences")];
+    let auth = call(&app.internal, Method::GET, "/v1/auth", Some(secret), None, &original).await;
+    assert_eq!(auth.status.as_u16(), 204, "{:?}", auth.body);
+    assert_eq!(app.verify(json!({"key": secret})).await["code"], "VALID");
+}
+
+/// keyledger behind a trusted proxy (the test client, on loopback) of `style`.
+async fn app_behind(style: ForwardAuthStyle) -> crate::support::TestApp {
+    let settings = keyledger_api::ApiSettings {
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        forward_auth: style,
+        ..keyledger_api::ApiSettings::default()
+    };
+    spawn_app_with(settings, false).await
+}
+
+/// A forward-auth check of `GET /api/experiences` in `style`, with `extra` headers.
+async fn check(app: &crate::support::TestApp, style: ForwardAuthStyle, key: &str, extra: &[(&str, &str)]) -> Answer {
+    let (path, mut headers) = match style {
+        ForwardAuthStyle::Nginx => (
+            "/v1/auth",
+            vec![("X-Original-Method", "GET"), ("X-Original-URI", "/api/experiences")],
+        ),
+        ForwardAuthStyle::Traefik => (
+            "/v1/auth",
+            vec![("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/api/experiences")],
+        ),
+        ForwardAuthStyle::Envoy => ("/v1/auth/api/experiences", vec![]),
+    };
+    headers.extend_from_slice(extra);
+    call(&app.address, Method::GET, path, Some(key), None, &headers).await
+}
+
+#[actix_web::test]
+async fn traefik_and_envoy_name_the_client_in_x_forwarded_for_only() {
+    for style in [ForwardAuthStyle::Traefik, ForwardAuthStyle::Envoy] {
+        let app = app_behind(style).await;
+        let key = app.create_key(json!({"name": "k", "type": "secret"})).await;
+        let secret = key["key"].as_str().unwrap();
+        // These proxies pass a client's X-Real-IP through untouched: a new
+        // one each time must not make the guesser someone new.
+        for i in 0..20 {
+            let real_ip = format!("198.51.100.{i}");
+            let headers = [("X-Real-IP", real_ip.as_str()), ("X-Forwarded-For", "203.0.113.9")];
+            check(&app, style, &guess(i), &headers)
+                .await
+                .expect_error(401, "invalid_api_key");
+        }
+        let headers = [("X-Real-IP", "198.51.100.200"), ("X-Forwarded-For", "203.0.113.9")];
+        check(&app, style, secret, &headers)
+            .await
+            .expect_error(429, "too_many_failed_attempts");
+        let other = check(&app, style, secret, &[("X-Forwarded-For", "203.0.113.10")]).await;
+        assert_eq!(other.status.as_u16(), 204, "{style}: {:?}", other.body);
+    }
+}
+
+#[actix_web::test]
+async fn a_forwarded_address_with_a_port_is_the_client_and_garbage_blames_nobody() {
+    let style = ForwardAuthStyle::Nginx;
+    let app = app_behind(style).await;
+    let key = app.create_key(json!({"name": "k", "type": "secret"})).await;
+    let secret = key["key"].as_str().unwrap();
+    // ip:port and [v6]:port name the client (whatever the port).
+    for i in 0..20u8 {
+        let real_ip = format!("203.0.113.9:{}", 40_000 + u16::from(i));
+        check(&app, style, &guess(i), &[("X-Real-IP", real_ip.as_str())])
+            .await
+            .expect_error(401, "invalid_api_key");
+    }
+    check(&app, style, secret, &[("X-Real-IP", "203.0.113.9")])
+        .await
+        .expect_error(429, "too_many_failed_attempts");
+    for i in 0..20u8 {
+        let forwarded = format!("[2001:db8:5::{i}]:443");
+        check(&app, style, &guess(i), &[("X-Forwarded-For", forwarded.as_str())])
+            .await
+            .expect_error(401, "invalid_api_key");
+    }
+    check(&app, style, secret, &[("X-Forwarded-For", "2001:db8:5::77")])
+        .await
+        .expect_error(429, "too_many_failed_attempts");
+    // Something else is refused, and not blamed on the proxy: the proxy's
+    // own requests (and everyone behind it) still get through.
+    for bad in [
+        "unknown",
+        "_hidden",
+        "203.0.113",
+        "203.0.113.9:http",
+        "[2001:db8::1]:x",
+        "",
+    ] {
+        for _ in 0..2 {
+            let answer = check(&app, style, &guess(1), &[("X-Real-IP", bad)]).await;
+            assert_eq!(answer.code(), "bad_request", "{bad:?}: {:#}", answer.body);
+            assert!(
+                answer.body["error"]["message"].as_str().unwrap().contains("X-Real-IP"),
+                "{:#}",
+                answer.body
+            );
+        }
+    }
+    for _ in 0..20 {
+        check(&app, style, &guess(2), &[("X-Forwarded-For", "203.0.113.20, unknown")])
+            .await
+            .expect_error(400, "bad_request");
+    }
+    let proxy_itself = check(&app, style, secret, &[]).await;
+    assert_eq!(proxy_itself.status.as_u16(), 204, "{:?}", proxy_itself.body);
 }

@@ -174,6 +174,14 @@ async fn names_that_spoof_and_expiries_rfc_3339_cannot_write_are_refused_on_crea
         (json!({"name": "\u{061C}x"}), "name", "bidirectional"),
         (json!({"name": "\u{200B}"}), "name", "visible"),
         (json!({"name": "\u{200B}\u{200D}\u{FEFF}\u{2060}"}), "name", "visible"),
+        (json!({"name": "\u{1BCA0}"}), "name", "visible"),
+        (json!({"name": "\u{FFF9}"}), "name", "visible"),
+        (json!({"name": "\u{0301}\u{0301}"}), "name", "visible"),
+        (
+            json!({"name": "billing\u{E0069}\u{E0067}\u{E006E}"}),
+            "name",
+            "tag characters",
+        ),
         // Later than the last second RFC 3339 can write (it would print as +10000-…).
         (
             json!({"expires_at": "9999-12-31T23:59:59-01:00"}),

@@ -1,10 +1,11 @@
 //! Display names of keys and organizations: 1–100 characters, not blank, no
 //! control characters (they would corrupt key lists, logs and emails), no
-//! bidirectional controls and not only invisible characters (either lets a
-//! name display as something it is not — "Trojan Source" spoofing in lists
-//! and emails).
+//! bidirectional controls, no tag characters, and not only invisible
+//! characters (each lets a name display as something it is not — "Trojan
+//! Source" spoofing, hidden text — in lists and emails).
 
 use serde::{Deserialize, Serialize};
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 pub const MAX_NAME_CHARS: usize = 100;
 
@@ -19,32 +20,40 @@ pub fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
 }
 
-/// Characters that take no visible space: zero-width spaces and joiners,
-/// word joiner and invisible operators, the byte-order mark, soft hyphen,
-/// fillers, variation selectors and tags — and white space.
+/// Characters that take no visible space: format characters (General
+/// Category Cf: zero-width spaces and joiners, word joiner, invisible
+/// operators, the byte-order mark, soft hyphen, interlinear annotation
+/// anchors, shorthand format controls, tags…), combining and enclosing
+/// marks on nothing (Mn, Me: variation selectors among them), white space,
+/// and the fillers that are letters or symbols to Unicode but draw nothing
+/// (Hangul fillers, the blank Braille pattern).
 pub fn is_invisible(c: char) -> bool {
     c.is_whitespace()
         || matches!(
-            c,
-            '\u{00AD}'
-                | '\u{034F}'
-                | '\u{115F}'
-                | '\u{1160}'
-                | '\u{17B4}'
-                | '\u{17B5}'
-                | '\u{180B}'..='\u{180F}'
-                | '\u{200B}'..='\u{200D}'
-                | '\u{2060}'..='\u{2064}'
-                | '\u{206A}'..='\u{206F}'
-                | '\u{2800}'
-                | '\u{3164}'
-                | '\u{FE00}'..='\u{FE0F}'
-                | '\u{FEFF}'
-                | '\u{FFA0}'
-                | '\u{1D173}'..='\u{1D17A}'
-                | '\u{E0000}'..='\u{E007F}'
-                | '\u{E0100}'..='\u{E01EF}'
+            c.general_category(),
+            GeneralCategory::Format | GeneralCategory::NonspacingMark | GeneralCategory::EnclosingMark
         )
+        || matches!(c, '\u{115F}' | '\u{1160}' | '\u{2800}' | '\u{3164}' | '\u{FFA0}')
+}
+
+/// Tag characters (U+E0000–U+E007F) spell ASCII that no one sees ("ASCII
+/// smuggling"); they are refused anywhere, but in the three flag emoji
+/// built from them (England, Scotland, Wales).
+fn is_tag(c: char) -> bool {
+    ('\u{E0000}'..='\u{E007F}').contains(&c)
+}
+
+const TAG_FLAGS: [&str; 3] = [
+    "\u{1F3F4}\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}\u{E007F}",
+    "\u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}",
+    "\u{1F3F4}\u{E0067}\u{E0062}\u{E0077}\u{E006C}\u{E0073}\u{E007F}",
+];
+
+fn has_stray_tags(text: &str) -> bool {
+    let text = TAG_FLAGS
+        .iter()
+        .fold(text.to_owned(), |text, flag| text.replace(flag, ""));
+    text.chars().any(is_tag)
 }
 
 impl Name {
@@ -70,6 +79,9 @@ impl Name {
                  in another order than it is written",
                 c as u32
             ));
+        }
+        if has_stray_tags(text) {
+            return Err("must not contain tag characters (U+E0000–U+E007F): they hide text no one sees".into());
         }
         if text.chars().all(is_invisible) {
             return Err("must contain a visible character (it has only invisible or zero-width characters)".into());
@@ -119,7 +131,31 @@ mod tests {
             let error = Name::parse(invisible).unwrap_err();
             assert!(error.contains("visible"), "{invisible:?}: {error}");
         }
-        // Joiners inside visible text are legitimate (emoji sequences, scripts).
+        // Any format character, combining mark or enclosing mark alone.
+        for invisible in [
+            "\u{1BCA0}",
+            "\u{FFF9}\u{FFFA}\u{FFFB}",
+            "\u{0301}\u{0301}",
+            " \u{0300}\u{036F} ",
+            "\u{20DD}",
+            "\u{110BD}",
+            "\u{13430}",
+            "\u{1D173}",
+        ] {
+            let error = Name::parse(invisible).unwrap_err();
+            assert!(error.contains("visible"), "{invisible:?}: {error}");
+        }
+        // Tag characters hide ASCII text anywhere, even beside visible text.
+        for tagged in ["admin\u{E0069}\u{E0067}\u{E006E}", "\u{E0001}x", "x\u{E007F}"] {
+            let error = Name::parse(tagged).unwrap_err();
+            assert!(error.contains("tag characters"), "{tagged:?}: {error}");
+        }
+        // …except in the three flag emoji made of them (England, Scotland, Wales).
+        assert!(Name::parse("\u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F} team").is_ok());
+        assert!(Name::parse("\u{1F3F4}\u{E0061}\u{E0064}\u{E006D}\u{E0069}\u{E006E}\u{E007F}").is_err());
+        // Joiners and marks inside visible text are legitimate (emoji
+        // sequences, accents, scripts).
+        assert!(Name::parse("e\u{0301}te\u{0301}").is_ok());
         assert!(Name::parse("👩\u{200D}💻 team").is_ok());
         assert!(Name::parse("مفتاح الدفع").is_ok());
         assert!(Name::parse("ключ").is_ok());
