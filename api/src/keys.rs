@@ -1,86 +1,20 @@
-//! The key management endpoints (`/v1/keys…`). Each command goes through the
-//! shared handler (load → decide → append → project) and answers with the
-//! key as the read model now has it.
+//! The key management endpoints (`/v1/keys…`): JSON in, JSON out. The
+//! operations themselves (commands and queries, shared with the portal) are
+//! in `manage.rs`; this module parses requests and renders answers.
 
 use std::collections::HashMap;
 
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use keyledger_events::domain::{
-    key::{self, CreateKey, RegenerateKey, SecretSource, UpdateKey},
-    ApiKey, DomainError, KeyCommand, KeyId, KeyStatus, KeyType, OrgId, PlainKey,
-};
-use keyledger_events::handler;
-use keyledger_events::log::{EventMeta, StoredEvent};
+use keyledger_events::domain::{key::UpdateKey, KeyId, KeyStatus, KeyType, PlainKey};
+use keyledger_events::log::StoredEvent;
 use keyledger_events::read_model::{self, KeyFilter, KeyRow};
 use serde_json::{json, Value};
 
-use crate::{auth::Admin, body, error::ApiError, middleware::current_request_id, AppState};
+use crate::manage::{self, key_id, Granularity, NewKey};
+use crate::{auth::Admin, body, error::ApiError, AppState};
 
 type Query = web::Query<HashMap<String, String>>;
-
-/// 256 bits from the operating system's CSPRNG.
-fn random_secret(state: &AppState) -> Result<SecretSource, ApiError> {
-    let mut random = [0u8; 32];
-    getrandom::getrandom(&mut random).map_err(|e| ApiError::internal(std::io::Error::other(e.to_string())))?;
-    Ok(SecretSource {
-        random,
-        hash_key: state.hash_key.clone(),
-    })
-}
-
-fn meta(caller: &Admin) -> EventMeta {
-    EventMeta {
-        actor: caller.actor(),
-        request_id: Some(current_request_id()),
-        occurred_at: Utc::now(),
-    }
-}
-
-/// A key id from the path; a malformed one is simply not found.
-fn key_id(path: &str) -> Result<KeyId, ApiError> {
-    path.parse().map_err(|_| ApiError::NotFound)
-}
-
-fn org_id(caller: &Admin) -> Result<OrgId, ApiError> {
-    caller
-        .org_id()
-        .parse()
-        .map_err(|_| ApiError::internal(std::io::Error::other("stored org id is malformed")))
-}
-
-async fn rotation_days(state: &AppState, caller: &Admin) -> Result<u32, ApiError> {
-    let org = read_model::org_by_id(&state.pool, caller.org_id())
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    Ok(org.rotation_days.max(0) as u32)
-}
-
-/// Runs a command on one of the caller's keys; another organization's key is
-/// not found, exactly like an unknown id.
-async fn execute(state: &AppState, caller: &Admin, id: KeyId, command: KeyCommand) -> Result<(), ApiError> {
-    let own = org_id(caller)?;
-    handler::execute::<ApiKey>(
-        &state.pool,
-        &key::stream_id(id),
-        command,
-        &meta(caller),
-        |current| match current {
-            Some(k) if k.org_id != own => Err(DomainError::NotFound),
-            _ => Ok(()),
-        },
-    )
-    .await?;
-    Ok(())
-}
-
-/// [`execute`], answering with the key as the read model now has it.
-async fn run(state: &AppState, caller: &Admin, id: KeyId, command: KeyCommand) -> Result<KeyRow, ApiError> {
-    execute(state, caller, id, command).await?;
-    read_model::key_by_id(&state.pool, caller.org_id(), &id.to_string())
-        .await?
-        .ok_or(ApiError::NotFound)
-}
 
 /// An answer that shows a secret: never cached anywhere.
 fn with_secret(status: actix_web::http::StatusCode, row: &KeyRow, secret: &PlainKey) -> HttpResponse {
@@ -104,22 +38,13 @@ pub async fn create(
     let scopes = fields.string_list("scopes");
     let expires_at = fields.nullable_time("expires_at").flatten();
     fields.finish()?;
-    let (name, key_type) = (name.unwrap_or_default(), key_type.unwrap_or_default());
-    let secret = random_secret(&state)?;
-    let id = KeyId::new();
-    let command = KeyCommand::Create(Box::new(CreateKey {
-        key_id: id,
-        org_id: org_id(&caller)?,
-        name,
-        key_type: key_type.clone(),
+    let new = NewKey {
+        name: name.unwrap_or_default(),
+        key_type: key_type.unwrap_or_default(),
         scopes,
         expires_at,
-        rotation_days: rotation_days(&state, &caller).await?,
-        secret: secret.clone(),
-    }));
-    let row = run(&state, &caller, id, command).await?;
-    let key_type = KeyType::parse(&key_type).expect("validated by the command");
-    let (plain, _) = secret.issue(key_type);
+    };
+    let (row, plain) = manage::create_key(&state, &caller.caller()?, new).await?;
     let mut response = with_secret(actix_web::http::StatusCode::CREATED, &row, &plain);
     if let Ok(location) = header::HeaderValue::from_str(&format!("/v1/keys/{}", row.id)) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -157,21 +82,14 @@ pub async fn list(state: web::Data<AppState>, caller: Admin, query: Query) -> Re
     if !details.is_empty() {
         return Err(ApiError::Validation(details));
     }
-    let page_size = filter.limit as usize;
-    filter.limit += 1;
     let now = Utc::now();
-    let mut rows = read_model::list_keys(&state.pool, caller.org_id(), &filter, now).await?;
-    let next_cursor = (rows.len() > page_size).then(|| rows[page_size - 1].id.clone());
-    rows.truncate(page_size);
+    let (rows, next_cursor) = manage::list_keys(&state, &caller.caller()?, filter, now).await?;
     let data: Vec<Value> = rows.iter().map(|r| r.to_json(now)).collect();
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data, "next_cursor": next_cursor})))
 }
 
 pub async fn get(state: web::Data<AppState>, caller: Admin, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let id = key_id(&path)?;
-    let row = read_model::key_by_id(&state.pool, caller.org_id(), &id.to_string())
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let row = manage::get_key(&state, &caller.caller()?, key_id(&path)?).await?;
     Ok(HttpResponse::Ok().json(row.to_json(Utc::now())))
 }
 
@@ -190,7 +108,7 @@ pub async fn update(
         expires_at: fields.nullable_time("expires_at"),
     };
     fields.finish()?;
-    let row = run(&state, &caller, id, KeyCommand::Update(update)).await?;
+    let row = manage::update_key(&state, &caller.caller()?, id, update).await?;
     Ok(HttpResponse::Ok().json(row.to_json(Utc::now())))
 }
 
@@ -205,16 +123,7 @@ pub async fn regenerate(
     let mut fields = body::read_object(&req, payload).await?;
     let grace = fields.integer("expire_old_in_seconds").unwrap_or(0);
     fields.finish()?;
-    let secret = random_secret(&state)?;
-    let command = KeyCommand::Regenerate(Box::new(RegenerateKey {
-        expire_old_in_seconds: grace,
-        rotation_days: rotation_days(&state, &caller).await?,
-        secret: secret.clone(),
-    }));
-    let row = run(&state, &caller, id, command).await?;
-    let key_type =
-        KeyType::parse(&row.key_type).ok_or_else(|| ApiError::internal(std::io::Error::other("bad key type")))?;
-    let (plain, _) = secret.issue(key_type);
+    let (row, plain) = manage::regenerate_key(&state, &caller.caller()?, id, grace).await?;
     Ok(with_secret(actix_web::http::StatusCode::OK, &row, &plain))
 }
 
@@ -223,7 +132,7 @@ pub async fn deactivate(
     caller: Admin,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let row = run(&state, &caller, key_id(&path)?, KeyCommand::Deactivate).await?;
+    let row = manage::deactivate_key(&state, &caller.caller()?, key_id(&path)?).await?;
     Ok(HttpResponse::Ok().json(row.to_json(Utc::now())))
 }
 
@@ -232,7 +141,7 @@ pub async fn activate(
     caller: Admin,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let row = run(&state, &caller, key_id(&path)?, KeyCommand::Activate).await?;
+    let row = manage::activate_key(&state, &caller.caller()?, key_id(&path)?).await?;
     Ok(HttpResponse::Ok().json(row.to_json(Utc::now())))
 }
 
@@ -241,7 +150,7 @@ pub async fn delete(
     caller: Admin,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    execute(&state, &caller, key_id(&path)?, KeyCommand::Delete).await?;
+    manage::delete_key(&state, &caller.caller()?, key_id(&path)?).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -259,7 +168,7 @@ pub async fn usage(
     let id = key_id(&path)?;
     let now = Utc::now();
     let mut details = keyledger_events::domain::ValidationDetails::default();
-    let (mut from, mut to, mut granularity) = (now - chrono::Duration::hours(24), now, "hour");
+    let (mut from, mut to, mut granularity) = (now - chrono::Duration::hours(24), now, Granularity::Hour);
     let time = |value: &str| DateTime::parse_from_rfc3339(value).map(|t| t.with_timezone(&Utc));
     for (name, value) in query.iter() {
         match name.as_str() {
@@ -271,11 +180,9 @@ pub async fn usage(
                 Ok(t) => to = t,
                 Err(_) => details.add("to", "must be an RFC 3339 timestamp"),
             },
-            "granularity" => match value.as_str() {
-                "minute" => granularity = "minute",
-                "hour" => granularity = "hour",
-                "day" => granularity = "day",
-                _ => details.add("granularity", "must be minute, hour or day"),
+            "granularity" => match Granularity::parse(value) {
+                Some(g) => granularity = g,
+                None => details.add("granularity", "must be minute, hour or day"),
             },
             other => details.add(other, "unknown parameter"),
         }
@@ -283,12 +190,7 @@ pub async fn usage(
     if from >= to {
         details.add("from", "must be before to");
     }
-    let bucket_seconds = match granularity {
-        "minute" => 60,
-        "hour" => 3_600,
-        _ => 86_400,
-    };
-    if (to - from).num_seconds() / bucket_seconds > MAX_SERIES_POINTS {
+    if (to - from).num_seconds() / granularity.seconds() > MAX_SERIES_POINTS {
         details.add(
             "granularity",
             format!("at most {MAX_SERIES_POINTS} points: use a coarser granularity"),
@@ -297,32 +199,21 @@ pub async fn usage(
     if !details.is_empty() {
         return Err(ApiError::Validation(details));
     }
-    let key = read_model::key_by_id(&state.pool, caller.org_id(), &id.to_string())
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let series = read_model::usage_series(&state.pool, &key.id, granularity, from, to).await?;
-    let total = |pick: fn(&read_model::UsagePoint) -> i64| series.iter().map(pick).sum::<i64>();
-    let (requests, successful, failed, limited) = (
-        total(|p| p.requests),
-        total(|p| p.successful),
-        total(|p| p.failed),
-        total(|p| p.rate_limited),
-    );
-    let rate = |part: i64| (requests > 0).then(|| part as f64 / requests as f64);
+    let usage = manage::key_usage(&state, &caller.caller()?, id, from, to, granularity).await?;
     Ok(HttpResponse::Ok().json(json!({
         "object": "usage",
-        "key_id": key.id,
+        "key_id": usage.key.id,
         "from": read_model::rfc3339(from),
         "to": read_model::rfc3339(to),
-        "granularity": granularity,
-        "total_requests": requests,
-        "successful": successful,
-        "failed": failed,
-        "rate_limited": limited,
-        "success_rate": rate(successful),
-        "error_rate": rate(failed),
-        "last_used_at": key.last_used_at.map(read_model::rfc3339),
-        "series": series.iter().map(|p| json!({
+        "granularity": granularity.as_str(),
+        "total_requests": usage.total_requests,
+        "successful": usage.successful,
+        "failed": usage.failed,
+        "rate_limited": usage.rate_limited,
+        "success_rate": usage.success_rate,
+        "error_rate": usage.error_rate,
+        "last_used_at": usage.key.last_used_at.map(read_model::rfc3339),
+        "series": usage.series.iter().map(|p| json!({
             "start": read_model::rfc3339(p.start),
             "requests": p.requests,
             "successful": p.successful,
@@ -359,23 +250,8 @@ pub async fn events(
     if !details.is_empty() {
         return Err(ApiError::Validation(details));
     }
-    let owned: Option<String> = sqlx::query_scalar("select org_id from keys where id = $1")
-        .bind(id.to_string())
-        .fetch_optional(&state.pool)
-        .await?;
-    if owned.as_deref() != Some(caller.org_id()) {
-        return Err(ApiError::NotFound);
-    }
-    // Usage records are statistics (see /usage), not the audit trail.
-    let events =
-        keyledger_events::log::read_stream_without(&state.pool, &key::stream_id(id), None, handler::USAGE_EVENT)
-            .await?;
-    let page: Vec<&StoredEvent> = events
-        .iter()
-        .filter(|e| e.version > after_version)
-        .take(limit as usize + 1)
-        .collect();
-    let next_cursor = (page.len() > limit as usize).then(|| page[limit as usize - 1].version.to_string());
-    let data: Vec<Value> = page.iter().take(limit as usize).map(|e| e.public_json()).collect();
+    let (page, next_cursor) =
+        manage::key_audit_trail(&state, &caller.caller()?, id, after_version, limit as usize).await?;
+    let data: Vec<Value> = page.iter().map(StoredEvent::public_json).collect();
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data, "next_cursor": next_cursor})))
 }

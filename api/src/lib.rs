@@ -9,6 +9,7 @@ pub mod forward_auth;
 pub mod health;
 pub mod key_cache;
 pub mod keys;
+pub mod manage;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
