@@ -1,5 +1,6 @@
 //! keyledger-api: the actix-web application — management commands, key
-//! verification, health checks — and the error format of `API.md`.
+//! verification, health checks, the customer portal — and the error format
+//! of `API.md`.
 
 pub mod access;
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod org;
+pub mod portal;
 pub mod rate_limit;
 pub mod routes;
 pub mod usage;
@@ -41,6 +43,10 @@ pub struct ApiSettings {
     pub usage_flush: Duration,
     /// Reverse proxies whose `X-Real-IP` / `X-Forwarded-For` name the client.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The base of every link keyledger sends (no trailing slash).
+    pub public_url: String,
+    /// How long a portal sign-in link works after it is minted.
+    pub portal_link_lifetime: Duration,
 }
 
 impl Default for ApiSettings {
@@ -51,6 +57,8 @@ impl Default for ApiSettings {
             failed_attempts_per_minute: 20,
             usage_flush: Duration::from_secs(5),
             trusted_proxies: vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()],
+            public_url: "http://127.0.0.1:8080".into(),
+            portal_link_lifetime: Duration::from_secs(300),
         }
     }
 }
@@ -72,6 +80,8 @@ pub struct AppState {
     /// Invalid keys per client address.
     pub failures: Arc<rate_limit::RateLimiter>,
     pub usage: Arc<usage::UsageAccumulator>,
+    /// The time of portal sign-in links and sessions (tests move it).
+    pub portal_clock: portal::Clock,
 }
 
 impl AppState {
@@ -86,6 +96,7 @@ impl AppState {
             limiter: Arc::new(rate_limit::RateLimiter::new(settings.cache_capacity)),
             failures: Arc::new(rate_limit::RateLimiter::new(settings.cache_capacity)),
             usage: Arc::default(),
+            portal_clock: portal::Clock::default(),
             settings,
         }
     }
@@ -136,6 +147,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/keys/{id}/events", web::get().to(keys::events))
             .route("/org", web::get().to(org::get))
             .route("/org", web::patch().to(org::update))
+            .route("/portal/sessions", web::post().to(portal::sign_in::mint))
             .route("/verify", web::post().to(verify::verify))
             .route("/auth", web::route().to(forward_auth::auth))
             .route("/auth/{tail:.*}", web::route().to(forward_auth::auth_path)),
@@ -144,6 +156,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/metrics", web::get().to(metrics::metrics))
     .route("/readyz", web::get().to(health::readyz))
     .route("/openapi.json", web::get().to(openapi::openapi))
+    .configure(portal::configure)
     .default_service(web::to(error::not_found));
 }
 

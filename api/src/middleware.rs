@@ -58,6 +58,15 @@ fn query_carries_key(query: &str) -> bool {
     })
 }
 
+/// The path as the access log records it: a portal sign-in link's token
+/// (which would sign someone in) is left out.
+fn loggable_path(path: &str) -> String {
+    match path.strip_prefix("/portal/session/") {
+        Some(_) => "/portal/session/[token]".to_owned(),
+        None => path.to_owned(),
+    }
+}
+
 pub async fn request_context(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -65,7 +74,7 @@ pub async fn request_context(
     let started = Instant::now();
     let request_id = request_id_of(&req);
     let method = req.method().clone();
-    let path = req.path().to_owned();
+    let path = loggable_path(req.path());
     let result = REQUEST_ID
         .scope(request_id.clone(), async move {
             if query_carries_key(req.query_string()) {
@@ -116,5 +125,14 @@ mod tests {
         assert!(query_carries_key("Token=1"));
         assert!(!query_carries_key("limit=5&cursor=key_01ABC"));
         assert!(!query_carries_key(""));
+    }
+
+    #[test]
+    fn sign_in_tokens_stay_out_of_the_access_log() {
+        assert_eq!(
+            super::loggable_path("/portal/session/abc123"),
+            "/portal/session/[token]"
+        );
+        assert_eq!(super::loggable_path("/portal/keys"), "/portal/keys");
     }
 }

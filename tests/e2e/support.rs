@@ -54,6 +54,7 @@ pub async fn spawn_app() -> TestApp {
     let address = format!("http://{}", listener.local_addr().unwrap());
     let settings = keyledger_api::ApiSettings {
         usage_flush: std::time::Duration::from_millis(500),
+        public_url: address.clone(),
         ..keyledger_api::ApiSettings::default()
     };
     let state = AppState::new(pool.clone(), hash_key.clone(), Environment::Live, settings);
