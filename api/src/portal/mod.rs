@@ -77,8 +77,9 @@ async fn not_found() -> Result<HttpResponse, PortalError> {
 }
 
 /// Headers of every portal answer: the CSP, no framing, no sniffing, no
-/// referrer (paths name keys), and no caching of pages (they are per
-/// session; the one-time key display above all).
+/// referrer to other sites (paths name keys; `no-referrer` would also turn
+/// the `Origin` of our own forms into `null`), and no caching of pages
+/// (they are per session; the one-time key display above all).
 async fn security_headers(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -92,7 +93,7 @@ async fn security_headers(
     set(headers, header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY);
     set(headers, header::X_FRAME_OPTIONS, "DENY");
     set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set(headers, header::REFERRER_POLICY, "no-referrer");
+    set(headers, header::REFERRER_POLICY, "same-origin");
     set(headers, header::CROSS_ORIGIN_OPENER_POLICY, "same-origin");
     if !is_asset {
         set(headers, header::CACHE_CONTROL, "no-store");
