@@ -12,6 +12,7 @@ mod kafka;
 mod keys;
 mod nginx;
 mod openapi;
+mod portal;
 mod projection;
 mod smtp;
 mod validation;

@@ -8,8 +8,8 @@ use keyledger_events::read_model::UsagePoint;
 
 use crate::manage::Granularity;
 
-const WIDTH: f64 = 720.0;
-const HEIGHT: f64 = 220.0;
+const WIDTH: f64 = 1000.0;
+const HEIGHT: f64 = 240.0;
 const LEFT: f64 = 48.0;
 const RIGHT: f64 = 8.0;
 const TOP: f64 = 12.0;
@@ -55,8 +55,10 @@ pub fn usage_chart(series: &[UsagePoint], granularity: Granularity, period_label
         granularity.as_str(),
         granularity.as_str(),
     );
-    for step in 0..=4 {
-        let value = top * step / 4;
+    // Gridlines at round values: `top` (1, 2 or 5 × 10ⁿ) divides evenly.
+    let ticks = [5, 4, 2, 1].into_iter().find(|n| top % n == 0).unwrap_or(1);
+    for step in 0..=ticks {
+        let value = top * step / ticks;
         let at = y(value);
         let _ = write!(
             svg,
@@ -94,7 +96,7 @@ pub fn usage_chart(series: &[UsagePoint], granularity: Granularity, period_label
             );
         }
         svg.push_str("</g>");
-        if i.is_multiple_of(label_every) {
+        if i.is_multiple_of(label_every) && x + bar / 2.0 + 30.0 < WIDTH {
             let _ = write!(
                 svg,
                 r#"<text class="axis" x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
