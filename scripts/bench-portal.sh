@@ -10,8 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-50}
 
-cargo build --release --locked --bin keyledger 2>/dev/null
-BIN=target/release/keyledger
+# BIN=target/debug/keyledger measures a debug build instead (slower).
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --locked --bin keyledger 2>/dev/null
+  BIN=target/release/keyledger
+fi
 work=$(mktemp -d)
 db="keyledger_portal_bench_$$"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
