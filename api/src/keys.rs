@@ -123,8 +123,12 @@ pub async fn regenerate(
     let mut fields = body::read_object(&req, payload).await?;
     let grace = fields.integer("expire_old_in_seconds").unwrap_or(0);
     fields.finish()?;
-    let (row, plain) = manage::regenerate_key(&state, &caller.caller()?, id, grace).await?;
-    Ok(with_secret(actix_web::http::StatusCode::OK, &row, &plain))
+    let regenerated = manage::regenerate_key(&state, &caller.caller()?, id, grace).await?;
+    Ok(with_secret(
+        actix_web::http::StatusCode::OK,
+        &regenerated.key,
+        &regenerated.secret,
+    ))
 }
 
 pub async fn deactivate(

@@ -76,20 +76,26 @@ async fn rotation_days(state: &AppState, caller: &Caller) -> Result<u32, ApiErro
 
 /// Runs a command on one of the caller's keys; another organization's key is
 /// not found, exactly like an unknown id.
-async fn execute(state: &AppState, caller: &Caller, id: KeyId, command: KeyCommand) -> Result<(), ApiError> {
+async fn execute(
+    state: &AppState,
+    caller: &Caller,
+    id: KeyId,
+    command: KeyCommand,
+) -> Result<Vec<StoredEvent>, ApiError> {
     let own = caller.org_id;
-    handler::execute::<ApiKey>(
-        &state.pool,
-        &key::stream_id(id),
-        command,
-        &caller.meta(),
-        |current| match current {
-            Some(k) if k.org_id != own => Err(DomainError::NotFound),
-            _ => Ok(()),
-        },
-    )
-    .await?;
-    Ok(())
+    let outcome =
+        handler::execute::<ApiKey>(
+            &state.pool,
+            &key::stream_id(id),
+            command,
+            &caller.meta(),
+            |current| match current {
+                Some(k) if k.org_id != own => Err(DomainError::NotFound),
+                _ => Ok(()),
+            },
+        )
+        .await?;
+    Ok(outcome.events)
 }
 
 /// [`execute`], answering with the key as the read model now has it.
@@ -121,12 +127,26 @@ pub async fn create_key(state: &AppState, caller: &Caller, new: NewKey) -> Resul
         secret: secret.clone(),
     }));
     let row = run(state, caller, id, command).await?;
-    let key_type = KeyType::parse(&new.key_type).expect("validated by the command");
-    Ok((row, secret.issue(key_type).0))
+    Ok((row.clone(), issued(&row, secret)?))
+}
+
+/// The secret `source` makes for the key `row` (of the type it was created with).
+fn issued(row: &KeyRow, source: SecretSource) -> Result<PlainKey, ApiError> {
+    let key_type =
+        KeyType::parse(&row.key_type).ok_or_else(|| ApiError::internal(std::io::Error::other("bad key type")))?;
+    Ok(source.issue(key_type).0)
 }
 
 pub async fn update_key(state: &AppState, caller: &Caller, id: KeyId, update: UpdateKey) -> Result<KeyRow, ApiError> {
     run(state, caller, id, KeyCommand::Update(update)).await
+}
+
+/// A regenerated key: its new secret (shown once) and until when the
+/// previous one works (`None`: it stopped at once).
+pub struct Regenerated {
+    pub key: KeyRow,
+    pub secret: PlainKey,
+    pub previous_valid_until: Option<DateTime<Utc>>,
 }
 
 /// A new secret for the key; the old one stops at once, or after
@@ -136,17 +156,26 @@ pub async fn regenerate_key(
     caller: &Caller,
     id: KeyId,
     grace_seconds: i64,
-) -> Result<(KeyRow, PlainKey), ApiError> {
+) -> Result<Regenerated, ApiError> {
     let secret = random_secret(state)?;
     let command = KeyCommand::Regenerate(Box::new(RegenerateKey {
         expire_old_in_seconds: grace_seconds,
         rotation_days: rotation_days(state, caller).await?,
         secret: secret.clone(),
     }));
-    let row = run(state, caller, id, command).await?;
-    let key_type =
-        KeyType::parse(&row.key_type).ok_or_else(|| ApiError::internal(std::io::Error::other("bad key type")))?;
-    Ok((row, secret.issue(key_type).0))
+    let events = execute(state, caller, id, command).await?;
+    let previous_valid_until = events
+        .iter()
+        .find(|e| e.event_type == "key.regenerated")
+        .and_then(|e| e.data.get("previous_valid_until"))
+        .and_then(|at| serde_json::from_value(at.clone()).ok())
+        .flatten();
+    let key = get_key(state, caller, id).await?;
+    Ok(Regenerated {
+        secret: issued(&key, secret)?,
+        key,
+        previous_valid_until,
+    })
 }
 
 pub async fn deactivate_key(state: &AppState, caller: &Caller, id: KeyId) -> Result<KeyRow, ApiError> {
@@ -158,7 +187,8 @@ pub async fn activate_key(state: &AppState, caller: &Caller, id: KeyId) -> Resul
 }
 
 pub async fn delete_key(state: &AppState, caller: &Caller, id: KeyId) -> Result<(), ApiError> {
-    execute(state, caller, id, KeyCommand::Delete).await
+    execute(state, caller, id, KeyCommand::Delete).await?;
+    Ok(())
 }
 
 pub async fn get_key(state: &AppState, caller: &Caller, id: KeyId) -> Result<KeyRow, ApiError> {
@@ -271,13 +301,7 @@ pub async fn key_audit_trail(
     after_version: i64,
     limit: usize,
 ) -> Result<(Vec<StoredEvent>, Option<String>), ApiError> {
-    let owned: Option<String> = sqlx::query_scalar("select org_id from keys where id = $1")
-        .bind(id.to_string())
-        .fetch_optional(&state.pool)
-        .await?;
-    if owned.as_deref() != Some(caller.org_id()) {
-        return Err(ApiError::NotFound);
-    }
+    ensure_own_key(state, caller, id).await?;
     // Usage records are statistics (see the usage query), not the audit trail.
     let events =
         keyledger_events::log::read_stream_without(&state.pool, &key::stream_id(id), None, handler::USAGE_EVENT)
@@ -290,6 +314,37 @@ pub async fn key_audit_trail(
     let next_cursor = (page.len() > limit).then(|| page[limit - 1].version.to_string());
     page.truncate(limit);
     Ok((page, next_cursor))
+}
+
+/// The newest `limit` events of the key's audit trail, newest first.
+pub async fn recent_key_events(
+    state: &AppState,
+    caller: &Caller,
+    id: KeyId,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, ApiError> {
+    ensure_own_key(state, caller, id).await?;
+    Ok(
+        keyledger_events::log::read_stream_newest_without(
+            &state.pool,
+            &key::stream_id(id),
+            handler::USAGE_EVENT,
+            limit,
+        )
+        .await?,
+    )
+}
+
+/// Not found unless the key (deleted or not) is the caller's.
+async fn ensure_own_key(state: &AppState, caller: &Caller, id: KeyId) -> Result<(), ApiError> {
+    let owned: Option<String> = sqlx::query_scalar("select org_id from keys where id = $1")
+        .bind(id.to_string())
+        .fetch_optional(&state.pool)
+        .await?;
+    if owned.as_deref() != Some(caller.org_id()) {
+        return Err(ApiError::NotFound);
+    }
+    Ok(())
 }
 
 pub async fn org(state: &AppState, caller: &Caller) -> Result<OrgRow, ApiError> {

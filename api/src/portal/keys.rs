@@ -3,11 +3,13 @@
 //! Each change is the JSON API's operation (`manage.rs`); a refused one
 //! shows the command's own reasons beside the fields.
 
+use std::collections::HashMap;
+
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use keyledger_events::domain::{key::UpdateKey, KeyStatus, KeyType};
 use keyledger_events::log::StoredEvent;
-use keyledger_events::read_model::{KeyFilter, KeyRow};
+use keyledger_events::read_model::{self, KeyFilter, KeyRow};
 use serde_json::Value;
 
 use super::views::{
@@ -321,21 +323,21 @@ pub async fn regenerate(
         };
         return Ok(html(StatusCode::UNPROCESSABLE_ENTITY, &refused));
     };
-    let (row, secret) = manage::regenerate_key(&state, &session.caller()?, manage::key_id(&id)?, seconds).await?;
-    let grace_note = if seconds == 0 {
-        "The previous secret stopped working.".to_owned()
-    } else {
-        let until = Stamp::new(Utc::now() + Duration::seconds(seconds));
-        format!(
+    let regenerated = manage::regenerate_key(&state, &session.caller()?, manage::key_id(&id)?, seconds).await?;
+    // The time the command recorded, not the time of this page.
+    let grace_note = match regenerated.previous_valid_until {
+        None => "The previous secret stopped working.".to_owned(),
+        Some(until) => format!(
             "The previous secret keeps working for {grace_label}, until {}.",
-            until.date_time
-        )
+            Stamp::new(until).date_time
+        ),
     };
+    let row = regenerated.key;
     let shown = Shown {
         title: format!("New secret for {}", row.name),
         key_name: row.name.clone(),
         key_id: row.id.clone(),
-        secret: secret.expose().to_owned(),
+        secret: regenerated.secret.expose().to_owned(),
         grace_note: Some(grace_note),
     };
     page(&keys_page(&state, &session, None, None, Some(shown)).await?)
@@ -417,7 +419,7 @@ const PERIODS: [(&str, &str, i64, Granularity); 3] = [
 ];
 
 /// The newest audit events the key page lists.
-const AUDIT_ROWS: usize = 50;
+const AUDIT_ROWS: i64 = 50;
 
 pub async fn detail(
     state: web::Data<AppState>,
@@ -435,8 +437,19 @@ pub async fn detail(
     let now = Utc::now();
     let from = now - Duration::hours(hours);
     let usage = manage::key_usage(&state, &caller, id, from, now, granularity).await?;
-    let (events, _) = manage::key_audit_trail(&state, &caller, id, 0, 10_000).await?;
-    let audit = events.iter().rev().take(AUDIT_ROWS).map(audit_row).collect();
+    let events = manage::recent_key_events(&state, &caller, id, AUDIT_ROWS).await?;
+    let mut acting_keys: Vec<String> = events
+        .iter()
+        .filter(|e| e.actor.starts_with("key_"))
+        .map(|e| e.actor.clone())
+        .collect();
+    acting_keys.sort();
+    acting_keys.dedup();
+    let key_names: HashMap<String, String> = read_model::key_names(&state.pool, caller.org_id(), &acting_keys)
+        .await?
+        .into_iter()
+        .collect();
+    let audit = events.iter().map(|e| audit_row(e, &key_names)).collect();
     let key = KeyView::new(&usage.key, now);
     let stats = vec![
         Stat {
@@ -480,7 +493,7 @@ pub async fn detail(
             .collect(),
         period_label,
         stats,
-        chart: chart::usage_chart(&usage.series, granularity, period_label),
+        chart: chart::usage_charts(&usage.series, granularity, period_label),
         audit,
         notice: notice(&query),
         return_to: format!("/portal/keys/{id}"),
@@ -488,14 +501,18 @@ pub async fn detail(
     })
 }
 
-/// Who caused an event, in words.
-fn actor_label(actor: &str) -> String {
+/// Who caused an event, in words; `key_names` names the organization's own
+/// keys (another organization's key id is never looked up).
+fn actor_label(actor: &str, key_names: &HashMap<String, String>) -> String {
     match actor {
         "portal" => "Portal user".into(),
         "cli" => "Operator (command line)".into(),
         a if a.starts_with("portal:") => format!("{} (portal)", &a["portal:".len()..]),
         a if a.starts_with("system:") => format!("keyledger ({})", &a["system:".len()..]),
-        a if a.starts_with("key_") => format!("API key {a}"),
+        a if a.starts_with("key_") => match key_names.get(a) {
+            Some(name) => format!("API key “{name}”"),
+            None => format!("API key {a}"),
+        },
         a => a.to_owned(),
     }
 }
@@ -513,7 +530,7 @@ fn scopes_text(value: &Value) -> String {
 }
 
 /// One audit event in words: what happened and the details that matter.
-fn audit_row(event: &StoredEvent) -> AuditRow {
+fn audit_row(event: &StoredEvent, key_names: &HashMap<String, String>) -> AuditRow {
     let data = &event.data;
     let (what, detail) = match event.event_type.as_str() {
         "key.created" => (
@@ -558,6 +575,6 @@ fn audit_row(event: &StoredEvent) -> AuditRow {
         what: what.to_owned(),
         detail,
         when: Stamp::new(event.occurred_at),
-        who: actor_label(&event.actor),
+        who: actor_label(&event.actor, key_names),
     }
 }
