@@ -1,22 +1,34 @@
 // keyledger portal: small enhancements over pages that work without
-// JavaScript — action menus, dialogs, copying a new key, filters that apply
-// on change, and permissions that follow the key type. No inline handlers:
-// the Content-Security-Policy allows scripts from this file only.
+// JavaScript — action menus, dialogs, the one-time key display and copying
+// it, the error summary, and permissions that follow the key type. No inline
+// handlers: the Content-Security-Policy allows scripts from this file only.
 (function () {
   "use strict";
 
   // ---- Action menus (WAI-ARIA menu button) --------------------------------
+  // A menu's items live in a <template> and enter the page only while it is
+  // open: one "Delete" (etc.) on the page at a time, for people and tests.
+  function parts(wrap) {
+    return {
+      button: wrap.querySelector("[data-menu-button]"),
+      menu: wrap.querySelector('[role="menu"]'),
+      items: wrap.querySelector("template[data-menu-items]"),
+    };
+  }
+
   function items(menu) {
     return Array.prototype.slice.call(menu.querySelectorAll('[role="menuitem"]'));
   }
 
-  function closeMenu(wrap, restoreFocus) {
-    var button = wrap.querySelector("[data-menu-button]");
-    var menu = wrap.querySelector('[role="menu"]');
-    if (!menu || menu.hidden) return;
-    menu.hidden = true;
-    button.setAttribute("aria-expanded", "false");
-    if (restoreFocus) button.focus();
+  // Closing with `focusButton` puts focus on the button first, so it never
+  // falls to the page when the focused item leaves it.
+  function closeMenu(wrap, focusButton) {
+    var p = parts(wrap);
+    if (p.menu.hidden) return;
+    if (focusButton) p.button.focus();
+    p.menu.hidden = true;
+    p.menu.textContent = "";
+    p.button.setAttribute("aria-expanded", "false");
   }
 
   function closeAllMenus(except) {
@@ -26,32 +38,32 @@
   }
 
   function openMenu(wrap, focusLast) {
-    var button = wrap.querySelector("[data-menu-button]");
-    var menu = wrap.querySelector('[role="menu"]');
+    var p = parts(wrap);
     closeAllMenus(wrap);
-    menu.hidden = false;
-    button.setAttribute("aria-expanded", "true");
-    var list = items(menu);
+    p.menu.textContent = "";
+    p.menu.appendChild(document.importNode(p.items.content, true));
+    p.menu.hidden = false;
+    p.button.setAttribute("aria-expanded", "true");
+    var list = items(p.menu);
     if (list.length) list[focusLast ? list.length - 1 : 0].focus();
   }
 
   document.querySelectorAll("[data-menu]").forEach(function (wrap) {
-    var button = wrap.querySelector("[data-menu-button]");
-    var menu = wrap.querySelector('[role="menu"]');
+    var p = parts(wrap);
     // With JavaScript the button opens the menu instead of the actions page.
-    button.addEventListener("click", function (event) {
+    p.button.addEventListener("click", function (event) {
       event.preventDefault();
-      if (menu.hidden) openMenu(wrap, false);
+      if (p.menu.hidden) openMenu(wrap, false);
       else closeMenu(wrap, true);
     });
-    button.addEventListener("keydown", function (event) {
+    p.button.addEventListener("keydown", function (event) {
       if (event.key === "ArrowDown" || event.key === "ArrowUp") {
         event.preventDefault();
         openMenu(wrap, event.key === "ArrowUp");
       }
     });
-    menu.addEventListener("keydown", function (event) {
-      var list = items(menu);
+    p.menu.addEventListener("keydown", function (event) {
+      var list = items(p.menu);
       var index = list.indexOf(document.activeElement);
       if (event.key === "ArrowDown") {
         event.preventDefault();
@@ -69,7 +81,9 @@
         event.preventDefault();
         closeMenu(wrap, true);
       } else if (event.key === "Tab") {
-        closeMenu(wrap, false);
+        // Not prevented: from the button, Tab (or Shift+Tab) goes on to the
+        // next (or previous) control of the page.
+        closeMenu(wrap, true);
       } else if ((event.key === " " || event.key === "Enter") && document.activeElement.tagName === "A") {
         event.preventDefault();
         document.activeElement.click();
@@ -77,66 +91,92 @@
     });
   });
 
+  // ---- Dialogs: regenerate and delete ---------------------------------------
+  // Made from their <template> when opened, removed when closed.
+  function openDialog(trigger) {
+    var template = document.getElementById(trigger.getAttribute("data-dialog"));
+    if (!template || !template.content) return false;
+    var dialog = document.importNode(template.content, true).querySelector("dialog");
+    if (!dialog || typeof dialog.showModal !== "function") return false; // follow the link instead
+    var wrap = trigger.closest("[data-menu]");
+    var returnTo = wrap ? parts(wrap).button : trigger;
+    if (wrap) closeMenu(wrap, true);
+    var form = dialog.querySelector("[data-dialog-form]");
+    form.setAttribute("action", trigger.getAttribute("data-action"));
+    var name = trigger.getAttribute("data-key-name");
+    form.setAttribute("data-expected-name", name);
+    dialog.querySelectorAll("[data-key-name]").forEach(function (el) {
+      el.textContent = name; // text, never markup
+    });
+    dialog.addEventListener("close", function () {
+      dialog.remove();
+      returnTo.focus();
+    });
+    document.body.appendChild(dialog);
+    dialog.showModal();
+    var first = dialog.querySelector("input:not([type=hidden])");
+    if (first) first.focus();
+    return true;
+  }
+
   document.addEventListener("click", function (event) {
+    var trigger = event.target.closest("[data-dialog]");
+    if (trigger && openDialog(trigger)) {
+      event.preventDefault();
+      return;
+    }
     if (!event.target.closest("[data-menu]")) closeAllMenus(null);
   });
 
-  // ---- Dialogs: regenerate and delete ---------------------------------------
-  document.querySelectorAll("[data-dialog]").forEach(function (trigger) {
-    trigger.addEventListener("click", function (event) {
-      var dialog = document.getElementById(trigger.getAttribute("data-dialog"));
-      if (!dialog || typeof dialog.showModal !== "function") return; // follow the link instead
-      event.preventDefault();
-      var wrap = trigger.closest("[data-menu]");
-      if (wrap) closeMenu(wrap, false);
-      var form = dialog.querySelector("[data-dialog-form]");
-      form.setAttribute("action", trigger.getAttribute("data-action"));
-      form.reset();
-      var name = trigger.getAttribute("data-key-name");
-      form.setAttribute("data-expected-name", name);
-      dialog.querySelectorAll("[data-key-name]").forEach(function (el) {
-        el.textContent = name; // text, never markup
-      });
-      var error = dialog.querySelector("[data-confirm-error]");
-      if (error) error.hidden = true;
-      dialog.returnFocusTo = wrap ? wrap.querySelector("[data-menu-button]") : trigger;
-      dialog.showModal();
-      var first = dialog.querySelector("select, input:not([type=hidden])");
-      if (first) first.focus();
-    });
-  });
-
-  document.querySelectorAll("dialog").forEach(function (dialog) {
-    dialog.addEventListener("close", function () {
-      if (dialog.returnFocusTo) dialog.returnFocusTo.focus();
-    });
-  });
-
   // Delete: the typed name must match before the form goes.
-  document.querySelectorAll("[data-confirm-name]").forEach(function (form) {
-    form.addEventListener("submit", function (event) {
-      if (event.submitter && event.submitter.getAttribute("formmethod") === "dialog") return;
-      var input = form.querySelector('input[name="confirm_name"]');
-      var error = form.querySelector("[data-confirm-error]");
-      if (input.value !== form.getAttribute("data-expected-name")) {
-        event.preventDefault();
-        error.hidden = false;
-        input.setAttribute("aria-invalid", "true");
-        input.focus();
-      }
-    });
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form.hasAttribute("data-confirm-name")) return;
+    if (event.submitter && event.submitter.getAttribute("formmethod") === "dialog") return;
+    var input = form.querySelector('input[name="confirm_name"]');
+    var error = form.querySelector("[data-confirm-error]");
+    if (input.value !== form.getAttribute("data-expected-name")) {
+      event.preventDefault();
+      error.hidden = false;
+      input.setAttribute("aria-invalid", "true");
+      input.setAttribute("aria-describedby", input.getAttribute("aria-describedby") + " " + error.id);
+      input.focus();
+    }
   });
 
   // ---- The one-time key display -------------------------------------------
   document.querySelectorAll("dialog[data-modal-on-load]").forEach(function (dialog) {
+    // A reload of this page is a plain visit of the list: it never sends the
+    // form (and makes a key) again.
+    var pageUrl = dialog.getAttribute("data-page-url");
+    if (pageUrl && window.history.replaceState) window.history.replaceState(null, "", pageUrl);
     if (typeof dialog.showModal !== "function") return;
-    dialog.close();
-    dialog.showModal();
     var field = dialog.querySelector("input.secret");
-    if (field) {
-      field.focus();
-      field.select();
+    var reminder = dialog.querySelector("[data-secret-reminder]");
+    function show() {
+      if (!dialog.open) dialog.showModal();
+      if (field) {
+        field.focus();
+        field.select();
+      }
     }
+    // Escape must not lose the key: it stays until Done (a link) is chosen.
+    function remind() {
+      if (reminder) reminder.hidden = false;
+      show();
+    }
+    dialog.addEventListener("cancel", function (event) {
+      event.preventDefault();
+      remind();
+    });
+    // Browsers may close a modal dialog without a cancelable event (Escape
+    // pressed twice): open it again. (The close() just below also fires
+    // "close", once the dialog is open again: nothing to do then.)
+    dialog.addEventListener("close", function () {
+      if (!dialog.open) remind();
+    });
+    dialog.close();
+    show();
   });
 
   document.querySelectorAll("[data-copy]").forEach(function (button) {
@@ -158,12 +198,9 @@
     });
   });
 
-  // ---- Filters apply on change; the Apply button stays for keyboards -----
-  document.querySelectorAll("select[data-autosubmit]").forEach(function (select) {
-    select.addEventListener("change", function () {
-      select.form.submit();
-    });
-  });
+  // ---- A refused form: its summary of what to fix takes the focus ----------
+  var summary = document.querySelector("[data-error-summary]");
+  if (summary && !document.querySelector("dialog[data-modal-on-load]")) summary.focus();
 
   // ---- Public keys offer only their permissions ----------------------------
   var typeSelect = document.querySelector("[data-key-type]");

@@ -179,6 +179,29 @@ class Portal:
         status, body = self.server.api("GET", "/v1/keys?limit=100", self.admin)
         return next(k["id"] for k in body["data"] if k["name"] == name)
 
+    def wait_for_usage(self, key_id, total):
+        """Waits until the key's usage counts `total` requests (usage is
+        flushed every second): Playwright polls the API from a page of this
+        origin that has no CSP of the portal's (`/healthz`)."""
+        probe = self.context.new_page()
+        probe.goto(self.server.base + "/healthz")
+        # The predicate is synchronous (a promise would count as true): each
+        # poll reads the last answer and asks again once it came.
+        probe.wait_for_function(
+            """([path, key, total]) => {
+                const seen = window.usageSeen || (window.usageSeen = {asking: false, total: null});
+                if (!seen.asking) {
+                    seen.asking = true;
+                    fetch(path, {headers: {Authorization: `Bearer ${key}`}})
+                        .then((answer) => answer.ok ? answer.json() : {})
+                        .then((body) => { seen.total = body.total_requests; })
+                        .finally(() => { seen.asking = false; });
+                }
+                return seen.total === total;
+            }""",
+            arg=[f"/v1/keys/{key_id}/usage", self.admin, total], polling=100, timeout=15000)
+        probe.close()
+
     def close(self):
         assert not self.csp_errors, self.csp_errors
         self.context.close()

@@ -24,7 +24,13 @@ def test_a_minted_link_signs_in_with_a_strict_http_only_cookie_and_a_strict_csp(
     csp = answer.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
     assert answer.headers["cache-control"] == "no-store"
+    assert "connect-src" not in csp and "data:" not in csp, "no source the pages do not use"
     assert "alice@acme.example" in page.content()
+    # Assets are named by their content and kept for a year.
+    href = page.locator('link[rel="stylesheet"]').get_attribute("href")
+    assert re.fullmatch(r"/portal/assets/portal\.[0-9a-f]{12}\.css", href), href
+    asset = portal.context.request.get(server.base + href)
+    assert asset.ok and asset.headers["cache-control"] == "public, max-age=31536000, immutable"
 
 
 def test_create_a_secret_key_with_two_permissions_and_an_expiration_then_verify_it(server, portal):
@@ -90,21 +96,27 @@ def test_regenerate_with_a_one_hour_grace_keeps_both_secrets_working(server, por
     portal.goto("/portal/keys")
     portal.action("Rotating", "Regenerate")
     dialog = page.get_by_role("dialog")
-    dialog.get_by_label("Grace period").select_option("1 hour")
+    for label in ["None", "1 hour", "24 hours", "7 days"]:
+        expect(dialog.get_by_label(label, exact=True)).to_have_count(1)
+    expect(dialog.get_by_label("None", exact=True)).to_be_checked()
+    dialog.get_by_label("1 hour", exact=True).check()
     dialog.get_by_role("button", name="Regenerate").click()
     new = page.get_by_label("Your new API key").input_value()
     assert KEY_PATTERN.match(new) and new != old
     expect(page.get_by_text("keeps working for 1 hour")).to_be_visible()
+    # The time said is the one the event recorded.
+    key_id = portal.key_id("Rotating")
+    events = server.api("GET", f"/v1/keys/{key_id}/events", portal.admin)[1]["data"]
+    until = datetime.datetime.fromisoformat(events[-1]["data"]["previous_valid_until"].replace("Z", "+00:00"))
+    expect(page.get_by_text(until.strftime("until %-d %b %Y, %H:%M UTC"))).to_be_visible()
     assert server.verify(new) == "VALID"
     assert server.verify(old) == "VALID"
     # Without a grace period the old secret stops at once. (First the two
     # verifications' usage is flushed: a usage append racing a command on the
     # same key answers 409, in the portal as over the API.)
-    key_id = portal.key_id("Rotating")
-    for _ in range(100):
-        if server.api("GET", f"/v1/keys/{key_id}/usage", portal.admin)[1]["total_requests"] == 2:
-            break
-        page.wait_for_timeout(100)
+    # TODO: drop this wait once the command handler retries a conflict caused
+    # only by usage events (the usage-flush 409, to be fixed centrally).
+    portal.wait_for_usage(key_id, 2)
     portal.goto("/portal/keys")
     portal.action("Rotating", "Regenerate")
     page.get_by_role("dialog").get_by_role("button", name="Regenerate").click()
@@ -157,12 +169,10 @@ def test_usage_on_the_key_page_follows_verifications(server, portal):
     for _ in range(3):
         assert server.verify(secret, ["read:experiences"]) == "VALID"
     assert server.verify(secret, ["write:experiences"]) == "INSUFFICIENT_SCOPE"
-    # Usage is flushed every second (KEYLEDGER_USAGE_FLUSH_SECONDS=1): reload until it shows.
-    for _ in range(100):
-        portal.goto(f"/portal/keys/{key_id}")
-        if stat("Total requests").inner_text() == "4":
-            break
-        page.wait_for_timeout(100)
+    # Usage is flushed every second (KEYLEDGER_USAGE_FLUSH_SECONDS=1): once
+    # the key's page counts it, reload and read it.
+    portal.wait_for_usage(key_id, 4)
+    portal.goto(f"/portal/keys/{key_id}")
     expect(stat("Total requests")).to_have_text("4")
     expect(stat("Success rate")).to_have_text("75%")
     expect(stat("Error rate")).to_have_text("25%")
@@ -184,6 +194,9 @@ def test_settings_are_saved_and_read_back_over_the_api(server, portal):
     page.get_by_label("Error rate (%)").fill("25")
     page.get_by_role("button", name="Save").click()
     expect(page.get_by_text("Settings saved.")).to_be_visible()
+    # The addresses are listed, with no confirmation state keyledger does not have.
+    expect(page.get_by_role("listitem").filter(has_text="security@acme.example")).to_have_count(1)
+    expect(page.get_by_text("Confirmed")).to_have_count(0)
     status, org = server.api("GET", "/v1/org", portal.admin)
     assert org["alert_emails"] == ["ops@acme.example", "security@acme.example"]
     assert org["rotation_days"] == 30 and org["alert_settings"]["error_rate_percent"] == 25
@@ -200,10 +213,22 @@ def test_another_organization_sees_none_of_the_first_ones_keys(server, browser, 
     other = Portal(server, browser, name="Globex")
     try:
         page = other.page
+        csrf = page.locator('input[name="csrf"]').first.input_value()
         expect(page.get_by_role("link", name="Admin key")).to_have_count(1)  # its own, from org create
         assert "Acme secret" not in page.content()
         assert other.goto(f"/portal/keys/{acme_key}").status == 404
         assert other.goto(f"/portal/keys/{acme_key}/edit").status == 404
+        # Forms posted to the first organization's key from the second one's
+        # session, with its valid CSRF token: not found, and nothing changes.
+        before = server.api("GET", f"/v1/keys/{acme_key}", portal.admin)[1]
+        for action, fields in [("deactivate", {}), ("regenerate", {"grace": "none"}),
+                               ("delete", {"confirm_name": "Acme secret"}),
+                               ("edit", {"name": "Taken", "scopes": "admin"})]:
+            answer = other.context.request.post(f"{server.base}/portal/keys/{acme_key}/{action}",
+                                                form={"csrf": csrf, **fields})
+            assert answer.status == 404, (action, answer.status)
+        after = server.api("GET", f"/v1/keys/{acme_key}", portal.admin)[1]
+        assert after == before
     finally:
         other.close()
 
@@ -220,6 +245,12 @@ def test_a_forged_form_post_without_the_csrf_token_changes_nothing(server, porta
                               headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
                               form={"csrf": portal.page.locator('input[name="csrf"]').first.input_value()})
     assert other_site.status == 403
+    # A forwarded host makes no other site this one.
+    forwarded = request.post(f"{server.base}/portal/keys/{key_id}/deactivate",
+                             headers={"Origin": "https://evil.example", "X-Forwarded-Host": "evil.example",
+                                      "X-Forwarded-Proto": "https"},
+                             form={"csrf": portal.page.locator('input[name="csrf"]').first.input_value()})
+    assert forwarded.status == 403
     assert server.verify(secret) == "VALID"
     status, key = server.api("GET", f"/v1/keys/{key_id}", portal.admin)
     assert key["status"] == "active"
@@ -239,7 +270,7 @@ def test_used_and_unknown_sign_in_links_are_refused(server, browser):
     assert second.context.cookies() == []
     assert second.goto(url[:-4] + "0000").status == 410
     # org create's own link works once too.
-    assert second.goto(created["portal_url"].replace("http://127.0.0.1:8080", server.base)).status == 200
+    assert second.goto(created["portal_url"]).status == 200
     assert second.url.endswith("/portal/keys")
     context.close()
     second.context.close()
@@ -253,7 +284,8 @@ def test_an_expired_sign_in_link_is_refused(browser):
         page = browser.new_page()
         answer = page.goto(short.mint(created["key"]["key"]))
         assert answer.status == 410
-        expect(page.get_by_text("Sign-in links work once, within 5 minutes")).to_be_visible()
+        # The page says the lifetime this server gives its links.
+        expect(page.get_by_text("Sign-in links work once and expire 0 seconds after they are made")).to_be_visible()
         page.goto(short.base + "/portal/keys")
         assert page.url.endswith("/portal/sign-in")
         page.context.close()
@@ -269,10 +301,17 @@ def test_without_a_session_every_page_says_how_to_sign_in_and_sign_out_ends_it(s
         expect(page.get_by_role("heading", level=1)).to_have_text("Sign in to manage your API keys")
     assert page.request.post(server.base + "/portal/keys", form={"name": "x"}).url.endswith("/portal/sign-in")
     page.context.close()
+    old_cookie = next(c for c in portal.context.cookies() if c["name"] == "keyledger_portal")
     portal.page.get_by_role("button", name="Sign out").click()
     expect(portal.page.get_by_role("heading", level=1)).to_have_text("You are signed out")
     portal.goto("/portal/keys")
     assert portal.page.url.endswith("/portal/sign-in")
+    # The old cookie, sent again, opens nothing: the session ended on the server.
+    replay = browser.new_context()
+    replay.add_cookies([old_cookie])
+    answer = replay.request.get(server.base + "/portal/keys", max_redirects=0)
+    assert answer.status == 303 and answer.headers["location"] == "/portal/sign-in"
+    replay.close()
 
 
 def test_a_key_named_like_a_script_is_shown_as_text(server, portal):
@@ -297,9 +336,12 @@ def test_filters_pages_and_empty_states(server, portal):
     admin_key = portal.key_id("Admin key")
     # With every key deleted, the page says what to do.
     # (a usage flush of the key's own request may race the delete: 409, retried)
+    # TODO: drop the retry once the command handler retries a conflict caused
+    # only by usage events (the usage-flush 409, to be fixed centrally).
     assert any(server.api("DELETE", f"/v1/keys/{admin_key}", portal.admin)[0] == 204 for _ in range(5))
     portal.goto("/portal/keys")
-    expect(page.get_by_text("No API keys yet")).to_be_visible()
+    expect(page.get_by_role("heading", name="No keys yet")).to_be_visible()
+    expect(page.get_by_role("heading", name="API keys")).to_have_count(1)
     expect(page.get_by_role("button", name="Create your first API key")).to_be_visible()
     portal.admin = portal.create_key("Manager")  # secret keys default to admin
     for i in range(21):
@@ -307,10 +349,15 @@ def test_filters_pages_and_empty_states(server, portal):
         assert status == 201
     server.api("POST", "/v1/keys", portal.admin, {"name": "Widget", "type": "public"})
     portal.goto("/portal/keys")
+    # Choosing a filter changes nothing until Apply (no change of context on input).
     page.get_by_label("Type", exact=True).select_option("public")
+    expect(page.get_by_role("link", name="Bulk 20")).to_have_count(1)
+    assert page.url == server.base + "/portal/keys"
+    page.get_by_role("button", name="Apply filters").click()
     expect(page.get_by_role("link", name="Widget", exact=True)).to_be_visible()
-    expect(page.get_by_role("link", name="Bulk 00")).to_have_count(0)
+    expect(page.get_by_role("link", name="Bulk 20")).to_have_count(0)
     page.get_by_label("Status", exact=True).select_option("inactive")
+    page.get_by_role("button", name="Apply filters").click()
     expect(page.get_by_text("No keys match these filters")).to_be_visible()
     portal.goto("/portal/keys?type=test")
     expect(page.get_by_role("row")).to_have_count(21)  # header + 20
@@ -377,11 +424,118 @@ def test_no_serious_accessibility_violation_on_any_page(server, portal):
     assert problems == {}
 
 
+def every_page(portal, key_id):
+    return ["/portal/keys", "/portal/keys/new", f"/portal/keys/{key_id}", f"/portal/keys/{key_id}?period=7d",
+            f"/portal/keys/{key_id}?period=30d", f"/portal/keys/{key_id}/edit", f"/portal/keys/{key_id}/actions",
+            f"/portal/keys/{key_id}/regenerate", f"/portal/keys/{key_id}/delete", "/portal/settings",
+            "/portal/alerts", "/portal/keys?status=expired"]
+
+
 def test_the_portal_fits_a_phone(server, portal):
-    portal.create_key("Phone key", scopes=["read:experiences"])
+    portal.create_key("Phone key with a rather long name for a small screen", scopes=["read:experiences"])
+    key_id = portal.key_id("Phone key with a rather long name for a small screen")
     page = portal.page
-    page.set_viewport_size({"width": 390, "height": 844})
-    for path in ["/portal/keys", f"/portal/keys/{portal.key_id('Phone key')}", "/portal/settings"]:
+    page.set_viewport_size({"width": 375, "height": 812})
+    for path in every_page(portal, key_id) + ["/portal/sign-in"]:
         portal.goto(path)
         overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
         assert overflow <= 0, f"{path} scrolls sideways by {overflow}px"
+
+
+def test_reloading_after_a_new_secret_makes_no_other_key(server, portal):
+    portal.create_key("Once")
+    page = portal.page
+    page.reload()
+    assert page.url == server.base + "/portal/keys"
+    expect(page.get_by_label("Your new API key")).to_have_count(0)
+    status, body = server.api("GET", "/v1/keys?limit=100", portal.admin)
+    assert sorted(k["name"] for k in body["data"]) == ["Admin key", "Once"]
+    # Regenerating too: a reload shows the list and regenerates nothing.
+    portal.action("Once", "Regenerate")
+    page.get_by_role("dialog").get_by_role("button", name="Regenerate").click()
+    secret = page.get_by_label("Your new API key").input_value()
+    page.reload()
+    expect(page.get_by_label("Your new API key")).to_have_count(0)
+    assert server.verify(secret) == "VALID"
+
+
+def test_escape_does_not_lose_the_new_key(server, portal):
+    secret = portal.create_key("Kept")
+    page = portal.page
+    for _ in range(3):
+        page.keyboard.press("Escape")
+        expect(page.get_by_label("Your new API key")).to_be_visible()
+    expect(page.get_by_text("Have you copied the key?")).to_be_visible()
+    expect(page.get_by_label("Your new API key")).to_have_value(secret)
+    page.get_by_role("link", name="Done").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Kept")
+
+
+def test_each_name_of_api_md_labels_exactly_one_field(server, portal):
+    page = portal.page
+    portal.goto("/portal/keys/new")
+    for label in ["Name", "Type", "Permissions", "Expiration"]:
+        expect(page.get_by_label(label, exact=True)).to_have_count(1)
+        expect(page.get_by_label(label)).to_have_count(1)
+    secret = portal.create_key("Exact")
+    expect(page.get_by_label("Your new API key", exact=True)).to_have_value(secret)
+    portal.goto(f"/portal/keys/{portal.key_id('Exact')}/edit")
+    for label in ["Name", "Permissions", "Expiration"]:
+        expect(page.get_by_label(label, exact=True)).to_have_count(1)
+    portal.goto("/portal/keys")
+    portal.action("Exact", "Delete")
+    expect(page.get_by_label("Type")).to_have_count(1)  # the filter; the dialog asks for the key name
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_label("Key name", exact=True).fill("Exact")
+    dialog.get_by_role("button", name="Delete").click()
+    expect(page.get_by_text("Key deleted")).to_be_visible()
+
+
+def test_an_open_menu_is_the_only_place_of_its_items(server, portal):
+    portal.create_key("First")
+    portal.create_key("Second")
+    page = portal.page
+    portal.goto("/portal/keys")
+    button = page.get_by_role("button", name="Actions for First")
+    button.click()
+    menu = page.get_by_role("menu")
+    expect(menu).to_have_count(1)
+    expect(menu).to_have_attribute("aria-labelledby", button.get_attribute("id"))
+    for item in ["Edit", "Regenerate", "Deactivate", "Delete"]:
+        expect(page.get_by_role("menuitem", name=item, exact=True)).to_have_count(1)
+        expect(page.get_by_text(item, exact=True)).to_have_count(1)
+    page.get_by_text("Deactivate", exact=True).click()
+    expect(portal.row("First")).to_contain_text("Inactive")
+    page.get_by_role("button", name="Actions for First").click()
+    expect(page.get_by_text("Activate", exact=True)).to_have_count(1)
+    expect(page.get_by_text("Deactivate", exact=True)).to_have_count(0)
+    # Tab closes the menu and goes on to the control after its button.
+    expect(page.get_by_role("menuitem", name="Edit")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("menu")).to_have_count(0)
+    expect(page.get_by_role("link", name="Admin key", exact=True)).to_be_focused()
+
+
+def test_a_refused_form_puts_the_focus_on_what_to_fix(server, portal):
+    page = portal.page
+    portal.goto("/portal/keys/new")
+    page.get_by_role("button", name="Create", exact=True).click()
+    summary = page.get_by_role("alert")
+    expect(summary).to_contain_text("The key was not created")
+    expect(summary).to_be_focused()
+
+
+def test_a_form_too_large_is_refused_as_the_senders_problem(server, portal):
+    csrf = portal.page.locator('input[name="csrf"]').first.input_value()
+    answer = portal.context.request.post(server.base + "/portal/keys",
+                                         form={"csrf": csrf, "type": "secret", "name": "x" * 70_000})
+    assert answer.status == 413
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "too large" in answer.text() and "on our side" not in answer.text()
+
+
+def test_the_audit_trail_names_the_organizations_own_keys(server, portal):
+    status, created = server.api("POST", "/v1/keys", portal.admin, {"name": "Made over the API", "type": "secret"})
+    assert status == 201
+    portal.goto(f"/portal/keys/{created['id']}")
+    expect(portal.page.get_by_role("table").filter(has_text="Created")).to_contain_text("API key “Admin key”")

@@ -12,8 +12,17 @@ use crate::support::{call, fresh_database_url, spawn_app, TestApp};
 
 /// Follows a sign-in link; its status and the session cookie it set.
 async fn follow(url: &str) -> (StatusCode, Option<String>) {
+    follow_with(url, None).await
+}
+
+/// Follows a sign-in link from a browser that holds `cookie`.
+async fn follow_with(url: &str, cookie: Option<&str>) -> (StatusCode, Option<String>) {
     let client = awc::Client::builder().disable_redirects().finish();
-    let response = client.get(url).send().await.expect("request sent");
+    let mut request = client.get(url);
+    if let Some(cookie) = cookie {
+        request = request.insert_header((header::COOKIE, cookie));
+    }
+    let response = request.send().await.expect("request sent");
     let cookie = response
         .headers()
         .get(header::SET_COOKIE)
@@ -169,4 +178,57 @@ async fn the_cli_prints_sign_in_links_on_the_public_base() {
     let output = run(&mut command);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("no organization"));
+}
+
+async fn sessions(app: &TestApp) -> i64 {
+    sqlx::query_scalar("select count(*) from portal_sessions")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn a_new_sign_in_ends_the_session_the_browser_had() {
+    let app = spawn_app().await;
+    let (_, first) = follow(&mint(&app, json!({})).await).await;
+    let first = first.expect("a session cookie");
+    assert_eq!(page(&app, "/portal/keys", &first).await.0, StatusCode::OK);
+
+    // The same browser follows another link: its cookie comes along.
+    let (status, second) = follow_with(&mint(&app, json!({})).await, Some(&first)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let second = second.expect("a new session cookie");
+    assert_ne!(first, second);
+    assert_eq!(
+        page(&app, "/portal/keys", &first).await,
+        (StatusCode::SEE_OTHER, Some("/portal/sign-in".into())),
+        "the previous session ended"
+    );
+    assert_eq!(page(&app, "/portal/keys", &second).await.0, StatusCode::OK);
+    assert_eq!(sessions(&app).await, 1);
+
+    // A refused link ends nothing.
+    let (status, _) = follow_with(
+        &format!("{}/portal/session/{}", app.address, "0".repeat(64)),
+        Some(&second),
+    )
+    .await;
+    assert_eq!(status, StatusCode::GONE);
+    assert_eq!(page(&app, "/portal/keys", &second).await.0, StatusCode::OK);
+}
+
+#[actix_web::test]
+async fn one_link_followed_many_times_at_once_starts_one_session() {
+    let app = spawn_app().await;
+    let url = mint(&app, json!({})).await;
+    let answers = futures_util::future::join_all((0..8).map(|_| follow(&url))).await;
+    let started: Vec<_> = answers
+        .iter()
+        .filter(|(status, cookie)| *status == StatusCode::SEE_OTHER && cookie.is_some())
+        .collect();
+    let refused = answers.iter().filter(|(status, _)| *status == StatusCode::GONE).count();
+    assert_eq!((started.len(), refused), (1, 7), "{answers:?}");
+    assert_eq!(sessions(&app).await, 1);
+    let cookie = started[0].1.as_deref().unwrap();
+    assert_eq!(page(&app, "/portal/keys", cookie).await.0, StatusCode::OK);
 }

@@ -41,23 +41,24 @@ impl Form {
     }
 }
 
-/// Whether the request's `Origin` (when sent) is this site: the public base
-/// URL, or the host the request was addressed to.
+/// Whether the request's `Origin` (when sent) is this site: the origin of
+/// the configured public base URL. (Never the request's own `Host` or
+/// `X-Forwarded-Host`: whoever sends the request chooses those.)
 fn same_origin(req: &HttpRequest, public_url: &str) -> bool {
     let Some(origin) = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
-    let public = public_url.trim_end_matches('/');
-    let public_origin = match public
-        .find("://")
-        .and_then(|s| public[s + 3..].find('/').map(|p| s + 3 + p))
-    {
-        Some(path_start) => &public[..path_start],
-        None => public,
-    };
-    let info = req.connection_info();
-    origin.eq_ignore_ascii_case(public_origin)
-        || origin.eq_ignore_ascii_case(&format!("{}://{}", info.scheme(), info.host()))
+    origin.eq_ignore_ascii_case(origin_of(public_url))
+}
+
+/// `scheme://host[:port]` of a base URL (`https://keys.example.com/base` →
+/// `https://keys.example.com`).
+fn origin_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(path) => &url[..after_scheme + path],
+        None => url,
+    }
 }
 
 /// Reads a form posted by `session`: refused (changing nothing) unless it
@@ -113,6 +114,13 @@ mod tests {
         assert_eq!(form.text("name"), "<script> x");
         assert_eq!(form.all("scopes"), ["read:experiences", "admin"]);
         assert_eq!(form.get("missing"), None);
+    }
+
+    #[test]
+    fn the_origin_is_the_public_base_urls() {
+        assert_eq!(origin_of("https://keys.example.com"), "https://keys.example.com");
+        assert_eq!(origin_of("https://keys.example.com/base/"), "https://keys.example.com");
+        assert_eq!(origin_of("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
     }
 
     #[test]

@@ -37,9 +37,9 @@ pub use session::{Clock, Session};
 
 /// The policy every portal answer carries: scripts, styles and images only
 /// from this origin (no inline script, no inline style), forms only to it,
-/// never inside a frame.
+/// never inside a frame; nothing else (the pages fetch nothing).
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-     img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+     img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// Registers the portal's routes under `/portal`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -138,9 +138,12 @@ impl ResponseError for PortalError {
                 .insert_header((header::LOCATION, "/portal/sign-in"))
                 .finish();
         }
-        if let PortalError::Api(e @ ApiError::Internal(_)) = self {
-            // Logged with its cause chain, like every internal error.
-            let _ = e.error_response();
+        if let PortalError::Api(ApiError::Internal(cause)) = self {
+            tracing::error!(
+                request_id = %crate::middleware::current_request_id(),
+                error = %crate::error::error_chain(cause.as_ref()),
+                "portal request failed"
+            );
         }
         let (title, message) = match self {
             PortalError::Forged => (
@@ -161,9 +164,17 @@ impl ResponseError for PortalError {
                 "Temporarily unavailable",
                 "A service keyledger depends on is not answering. Try again in a few seconds.",
             ),
-            _ => (
+            PortalError::Api(ApiError::PayloadTooLarge) => (
+                "That form is too large",
+                "A form can hold at most 64 KiB. Go back, shorten what you entered and try again.",
+            ),
+            PortalError::SignIn | PortalError::Api(ApiError::Internal(_)) => (
                 "Something went wrong",
                 "Something went wrong on our side. Try again; if it persists, tell your platform's support.",
+            ),
+            PortalError::Api(_) => (
+                "That request could not be accepted",
+                "The form could not be read as sent. Go back, reload the page and try again.",
             ),
         };
         let page = views::MessagePage {
@@ -188,9 +199,24 @@ pub fn html(status: StatusCode, page: &impl Template) -> HttpResponse {
         Ok(body) => HttpResponse::build(status)
             .content_type("text/html; charset=utf-8")
             .body(body),
-        Err(e) => ApiError::internal(e).error_response(),
+        Err(e) => {
+            tracing::error!(
+                request_id = %crate::middleware::current_request_id(),
+                error = %e,
+                "a portal page could not be rendered"
+            );
+            HttpResponse::InternalServerError()
+                .content_type("text/html; charset=utf-8")
+                .body(RENDER_FAILED)
+        }
     }
 }
+
+/// The page of last resort, when a page's template fails to render.
+const RENDER_FAILED: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+    <title>Something went wrong · keyledger</title></head><body><main><h1>Something went wrong</h1>\
+    <p>This page could not be shown. Try again; if it persists, tell your platform's support.</p>\
+    </main></body></html>";
 
 /// A rendered page (200).
 pub fn page(page: &impl Template) -> Result<HttpResponse, PortalError> {

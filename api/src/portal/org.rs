@@ -2,9 +2,8 @@
 //! recipients, thresholds, rotation days) and the alerts raised for it.
 
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
-use chrono::{DateTime, Utc};
-use keyledger_events::domain::org::{AlertSettings, ChangeSettings};
-use keyledger_events::read_model::OrgRow;
+use keyledger_events::domain::org::{AlertSettings, ChangeSettings, MAX_ROTATION_DAYS};
+use keyledger_events::read_model::{self, AlertRow, OrgRow};
 use serde_json::{Map, Value};
 
 use super::views::{
@@ -13,82 +12,75 @@ use super::views::{
 use super::{form, html, page, see_other, PortalError, Session};
 use crate::{error::ApiError, manage, AppState};
 
-/// The alert thresholds the settings page offers: (field, label, help, min, max).
-const THRESHOLDS: [(&str, &str, &str, u32, u32); 7] = [
+/// The words the settings page puts beside each alert threshold:
+/// (setting, label, help). The limits are the domain's
+/// ([`AlertSettings::RANGES`]); every setting there has its words here.
+const THRESHOLD_WORDS: [(&str, &str, &str); 7] = [
     (
         "approaching_limit_percent",
         "Approaching rate limit (%)",
         "Warn when a key uses this share of its per-minute limit within one minute.",
-        1,
-        100,
     ),
     (
         "error_rate_percent",
         "Error rate (%)",
         "Warn when this share of a key's requests fail…",
-        1,
-        100,
     ),
     (
         "error_rate_window_minutes",
         "Error rate window (minutes)",
         "…over this many minutes…",
-        1,
-        1_440,
     ),
     (
         "error_rate_min_requests",
         "Error rate minimum requests",
         "…once the key made at least this many requests in the window.",
-        1,
-        1_000_000,
     ),
     (
         "unusual_activity_factor",
         "Unusual activity (× hourly average)",
         "Warn when a key's last hour is this many times its hourly average of the week before…",
-        2,
-        1_000,
     ),
     (
         "unusual_activity_min_requests",
         "Unusual activity minimum requests",
         "…and at least this many requests.",
-        1,
-        1_000_000_000,
     ),
     (
         "unused_days",
         "Unused keys (days)",
         "List active keys not used for this many days in a weekly digest.",
-        1,
-        365,
     ),
 ];
 
-fn setting_value(settings: &AlertSettings, name: &str) -> u32 {
-    match name {
-        "approaching_limit_percent" => settings.approaching_limit_percent,
-        "error_rate_percent" => settings.error_rate_percent,
-        "error_rate_window_minutes" => settings.error_rate_window_minutes,
-        "error_rate_min_requests" => settings.error_rate_min_requests,
-        "unusual_activity_factor" => settings.unusual_activity_factor,
-        "unusual_activity_min_requests" => settings.unusual_activity_min_requests,
-        _ => settings.unused_days,
-    }
+/// The alert thresholds' fields, in the domain's order, with `value` of each.
+fn thresholds(value: impl Fn(&str) -> String) -> Vec<Threshold> {
+    AlertSettings::RANGES
+        .iter()
+        .map(|&(name, min, max)| {
+            let (_, label, help) = THRESHOLD_WORDS
+                .iter()
+                .find(|(n, ..)| *n == name)
+                .copied()
+                .unwrap_or((name, name, ""));
+            Threshold {
+                name,
+                label,
+                help,
+                value: value(name),
+                min,
+                max,
+            }
+        })
+        .collect()
 }
 
-/// The organization's alert recipients and whether each confirmed its
-/// address. Every address of today's organization receives alerts, so each
-/// counts as confirmed (with no date).
+/// The organization's alert recipients as the settings page lists them.
+/// (Where confirmation state will be shown once addresses are confirmed.)
 fn recipients(org: &OrgRow) -> Vec<RecipientView> {
     org.alert_emails
         .iter()
-        .map(|email| RecipientView {
-            email: email.clone(),
-            confirmed: true,
-            confirmed_at: None::<DateTime<Utc>>.map(Stamp::new),
-        })
+        .map(|email| RecipientView { email: email.clone() })
         .collect()
 }
 
@@ -104,28 +96,13 @@ fn settings_page(
     let value = |name: &str, saved: String| typed.map_or(saved, |f| f.text(name));
     SettingsPage {
         layout: Layout::new(session, Section::Settings),
-        plan: {
-            let mut plan = org.plan.clone();
-            if let Some(first) = plan.get(..1) {
-                plan.replace_range(..1, &first.to_uppercase());
-            }
-            plan
-        },
+        plan: views::capitalised(&org.plan),
         rate_limit: views::grouped(i64::from(org.rate_limit_per_minute)),
         recipients: recipients(org),
         recipients_text: value("alert_emails", org.alert_emails.join("\n")),
         rotation_days: value("rotation_days", org.rotation_days.to_string()),
-        thresholds: THRESHOLDS
-            .iter()
-            .map(|&(name, label, help, min, max)| Threshold {
-                name,
-                label,
-                help,
-                value: value(name, setting_value(&settings, name).to_string()),
-                min,
-                max,
-            })
-            .collect(),
+        max_rotation_days: MAX_ROTATION_DAYS,
+        thresholds: thresholds(|name| value(name, settings.get(name).unwrap_or_default().to_string())),
         errors,
         saved,
     }
@@ -167,7 +144,7 @@ pub async fn save_settings(
         .collect();
     let rotation_days = whole("rotation_days", &mut errors);
     let mut thresholds = Map::new();
-    for (name, ..) in THRESHOLDS {
+    for (name, ..) in AlertSettings::RANGES {
         if let Some(n) = whole(name, &mut errors) {
             thresholds.insert(name.to_owned(), Value::from(n));
         }
@@ -181,7 +158,7 @@ pub async fn save_settings(
         match manage::change_settings(&state, &caller, change).await {
             Ok(_) => return Ok(see_other("/portal/settings?saved=1")),
             Err(ApiError::Validation(details)) => {
-                let renames: Vec<(String, &str)> = THRESHOLDS
+                let renames: Vec<(String, &str)> = AlertSettings::RANGES
                     .iter()
                     .map(|(name, ..)| (format!("alert_settings.{name}"), *name))
                     .collect();
@@ -209,26 +186,9 @@ fn kind_label(kind: &str) -> String {
         "unused_keys" => "Unused keys".into(),
         "rotation_due" => "Rotation due".into(),
         "key_expiring" => "Key expiring".into(),
-        other => {
-            let mut text = other.replace('_', " ");
-            if let Some(first) = text.get(..1) {
-                text.replace_range(..1, &first.to_uppercase());
-            }
-            text
-        }
+        other => views::capitalised(&other.replace('_', " ")),
     }
 }
-
-type AlertRow = (
-    uuid::Uuid,
-    String,
-    Option<String>,
-    Option<String>,
-    String,
-    String,
-    Vec<String>,
-    DateTime<Utc>,
-);
 
 /// The alerts raised for the organization, newest first, 50 a page.
 pub async fn alerts(
@@ -240,53 +200,55 @@ pub async fn alerts(
         .iter()
         .find(|(name, _)| name == "before")
         .and_then(|(_, v)| v.parse::<uuid::Uuid>().ok());
-    let rows: Vec<AlertRow> = sqlx::query_as(
-        "select a.id, a.kind, a.key_id, k.name, a.subject, a.status, a.delivered_to, a.created_at
-         from alerts a left join keys k on k.id = a.key_id
-         where a.org_id = $1 and ($2::uuid is null or a.id < $2)
-         order by a.id desc limit $3",
-    )
-    .bind(&session.org_id)
-    .bind(before)
-    .bind(ALERTS_PAGE + 1)
-    .fetch_all(&state.pool)
-    .await?;
+    let rows = read_model::alerts_of_org(&state.pool, &session.org_id, before, ALERTS_PAGE + 1).await?;
     let next_page = (rows.len() as i64 > ALERTS_PAGE)
-        .then(|| format!("/portal/alerts?before={}", rows[ALERTS_PAGE as usize - 1].0));
-    let alerts = rows
-        .into_iter()
-        .take(ALERTS_PAGE as usize)
-        .map(
-            |(_, kind, key_id, key_name, subject, status, delivered_to, created_at)| {
-                let (state, state_label) = match status.as_str() {
-                    "sent" => ("active", "Sent"),
-                    "pending" => ("pending", "Sending"),
-                    "failed" => ("expired", "Failed"),
-                    _ => ("inactive", "No recipients"),
-                };
-                AlertView {
-                    kind: kind_label(&kind),
-                    subject,
-                    key: key_id.map(|id| {
-                        let name = key_name.unwrap_or_else(|| id.clone());
-                        (id, name)
-                    }),
-                    when: Stamp::new(created_at),
-                    state,
-                    state_label,
-                    recipients: if delivered_to.is_empty() {
-                        String::new()
-                    } else {
-                        format!("to {}", delivered_to.join(", "))
-                    },
-                }
-            },
-        )
-        .collect();
+        .then(|| format!("/portal/alerts?before={}", rows[ALERTS_PAGE as usize - 1].id));
+    let alerts = rows.into_iter().take(ALERTS_PAGE as usize).map(alert_view).collect();
     page(&AlertsPage {
         layout: Layout::new(&session, Section::Alerts),
         alerts,
         next_page,
         first_page: before.map(|_| "/portal/alerts".to_owned()),
     })
+}
+
+fn alert_view(alert: AlertRow) -> AlertView {
+    let (state, state_label) = match alert.status.as_str() {
+        "sent" => ("active", "Sent"),
+        "pending" => ("pending", "Sending"),
+        "failed" => ("expired", "Failed"),
+        _ => ("inactive", "No recipients"),
+    };
+    AlertView {
+        kind: kind_label(&alert.kind),
+        subject: alert.subject,
+        key: alert.key_id.map(|id| {
+            let name = alert.key_name.unwrap_or_else(|| id.clone());
+            (id, name)
+        }),
+        when: Stamp::new(alert.created_at),
+        state,
+        state_label,
+        recipients: if alert.delivered_to.is_empty() {
+            String::new()
+        } else {
+            format!("to {}", alert.delivered_to.join(", "))
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_alert_setting_has_its_words_and_the_domains_limits() {
+        let fields = thresholds(|_| String::new());
+        assert_eq!(fields.len(), AlertSettings::RANGES.len());
+        for (field, (name, min, max)) in fields.iter().zip(AlertSettings::RANGES) {
+            assert_eq!((field.name, field.min, field.max), (name, min, max));
+            assert_ne!(field.label, name, "{name} has a label");
+            assert!(!field.help.is_empty(), "{name} has help text");
+        }
+    }
 }

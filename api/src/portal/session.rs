@@ -104,9 +104,16 @@ pub async fn mint_link(
     })
 }
 
-/// Follows a sign-in link: marks it used and starts a session, in one
-/// transaction. `None` when the link is unknown, used or expired.
-pub async fn start_session(pool: &PgPool, link_token: &str, now: DateTime<Utc>) -> Result<Option<String>, ApiError> {
+/// Follows a sign-in link: marks it used, ends the browser's `previous`
+/// session (if it sent one) and starts a new session, in one transaction.
+/// `None` when the link is unknown, used or expired (then nothing changes).
+/// Of several requests racing with one link, one claims it.
+pub async fn start_session(
+    pool: &PgPool,
+    link_token: &str,
+    previous: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, ApiError> {
     let mut tx = pool.begin().await?;
     let claimed: Option<(String, Option<String>)> = sqlx::query_as(
         "update portal_links set used_at = $2
@@ -120,6 +127,12 @@ pub async fn start_session(pool: &PgPool, link_token: &str, now: DateTime<Utc>) 
     let Some((org_id, user)) = claimed else {
         return Ok(None);
     };
+    if let Some(previous) = previous {
+        sqlx::query("delete from portal_sessions where token_hash = $1")
+            .bind(&token_hash(previous)[..])
+            .execute(&mut *tx)
+            .await?;
+    }
     let token = new_token()?;
     sqlx::query(
         "insert into portal_sessions (token_hash, org_id, user_email, created_at, expires_at) values ($1, $2, $3, $4, $5)",

@@ -44,8 +44,32 @@ pub async fn home() -> HttpResponse {
     super::see_other("/portal/keys")
 }
 
+/// A link lifetime in words: "5 minutes", "1 hour", "90 seconds".
+fn lifetime_text(lifetime: std::time::Duration) -> String {
+    let seconds = lifetime.as_secs();
+    let (n, unit) = match seconds {
+        s if s > 0 && s % 3600 == 0 => (s / 3600, "hour"),
+        s if s > 0 && s % 60 == 0 => (s / 60, "minute"),
+        s => (s, "second"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+fn sign_in_view(state: &AppState, signed_out: bool, refused: bool, retry_signed_in: bool) -> views::SignInPage {
+    views::SignInPage {
+        signed_out,
+        refused,
+        retry_signed_in,
+        link_lifetime: lifetime_text(state.settings.portal_link_lifetime),
+    }
+}
+
 /// Where visitors without a session land: how to get a sign-in link.
-pub async fn sign_in_page(req: HttpRequest, query: web::Query<Vec<(String, String)>>) -> HttpResponse {
+pub async fn sign_in_page(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<Vec<(String, String)>>,
+) -> HttpResponse {
     let signed_out = query.iter().any(|(name, _)| name == "signed_out");
     // A link followed from another site: the session cookie (SameSite=Strict)
     // was not sent with the redirect that brought the browser here. One
@@ -56,31 +80,27 @@ pub async fn sign_in_page(req: HttpRequest, query: web::Query<Vec<(String, Strin
         .is_some_and(|v| v.as_bytes() == b"cross-site");
     html(
         StatusCode::OK,
-        &views::SignInPage {
-            signed_out,
-            refused: false,
-            retry_signed_in: cross_site && !signed_out,
-        },
+        &sign_in_view(&state, signed_out, false, cross_site && !signed_out),
     )
 }
 
 /// `/portal/session/<token>`: a valid link starts a session and lands on the
 /// key list; an unknown, used or expired one is refused with a page saying so.
-pub async fn follow_link(state: web::Data<AppState>, token: web::Path<String>) -> Result<HttpResponse, PortalError> {
+/// The session this browser had (when its cookie came along) ends: one
+/// browser, one session.
+pub async fn follow_link(
+    state: web::Data<AppState>,
+    token: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, PortalError> {
+    let previous = session::cookie_token(&req);
     let started = if token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()) {
-        session::start_session(&state.pool, &token, state.portal_clock.now()).await?
+        session::start_session(&state.pool, &token, previous.as_deref(), state.portal_clock.now()).await?
     } else {
         None
     };
     let Some(session_token) = started else {
-        return Ok(html(
-            StatusCode::GONE,
-            &views::SignInPage {
-                signed_out: false,
-                refused: true,
-                retry_signed_in: false,
-            },
-        ));
+        return Ok(html(StatusCode::GONE, &sign_in_view(&state, false, true, false)));
     };
     let secure = state.settings.public_url.starts_with("https://");
     Ok(HttpResponse::SeeOther()
@@ -103,4 +123,19 @@ pub async fn sign_out(
         .insert_header((header::LOCATION, "/portal/sign-in?signed_out=1"))
         .insert_header((header::SET_COOKIE, session::cookie(None, secure)))
         .finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn link_lifetimes_read_as_words() {
+        assert_eq!(lifetime_text(Duration::from_secs(300)), "5 minutes");
+        assert_eq!(lifetime_text(Duration::from_secs(3600)), "1 hour");
+        assert_eq!(lifetime_text(Duration::from_secs(60)), "1 minute");
+        assert_eq!(lifetime_text(Duration::from_secs(90)), "90 seconds");
+        assert_eq!(lifetime_text(Duration::from_secs(0)), "0 seconds");
+    }
 }

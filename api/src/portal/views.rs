@@ -72,21 +72,7 @@ impl Stamp {
     }
 }
 
-/// 12,345
-pub fn grouped(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if n < 0 {
-        out.insert(0, '-');
-    }
-    out
-}
+pub use keyledger_events::figures::{capitalised, grouped};
 
 /// 66.7% (a whole number without decimals); "—" without requests.
 pub fn percent(rate: Option<f64>) -> String {
@@ -202,13 +188,7 @@ impl Errors {
     pub fn of(&self, field: &str) -> String {
         self.0
             .get(field)
-            .map(|p| {
-                let mut text = p.join("; ");
-                if let Some(first) = text.get(..1) {
-                    text.replace_range(..1, &first.to_uppercase());
-                }
-                text
-            })
+            .map(|p| capitalised(&p.join("; ")))
             .unwrap_or_default()
     }
 }
@@ -364,11 +344,9 @@ pub struct KeyPage {
     pub return_to: String,
 }
 
-/// An alert recipient and whether it confirmed its address.
+/// An alert recipient, as the settings page lists it.
 pub struct RecipientView {
     pub email: String,
-    pub confirmed: bool,
-    pub confirmed_at: Option<Stamp>,
 }
 
 /// One alert threshold field.
@@ -390,6 +368,8 @@ pub struct SettingsPage {
     pub recipients: Vec<RecipientView>,
     pub recipients_text: String,
     pub rotation_days: String,
+    /// The longest rotation policy the organization may set.
+    pub max_rotation_days: i64,
     pub thresholds: Vec<Threshold>,
     pub errors: Errors,
     pub saved: bool,
@@ -423,6 +403,8 @@ pub struct SignInPage {
     pub refused: bool,
     /// Reload once: the session cookie did not come with a cross-site redirect.
     pub retry_signed_in: bool,
+    /// How long a sign-in link works, in words ("5 minutes").
+    pub link_lifetime: String,
 }
 
 #[derive(Template)]
@@ -449,16 +431,201 @@ mod tests {
         assert_eq!(percent(Some(1.0)), "100%");
     }
 
-    #[test]
-    fn user_text_is_escaped_in_every_page() {
-        let page = MessagePage {
-            title: "t",
-            message: "m",
-            request_id: "<script>alert(1)</script>".into(),
-            signed_in: false,
+    const HOSTILE: &str = "<script>alert(1)</script>";
+
+    fn layout() -> Layout {
+        Layout {
+            org_name: HOSTILE.into(),
+            user: Some(HOSTILE.into()),
+            csrf: "c".into(),
+            section: Section::Keys,
+        }
+    }
+
+    fn key() -> KeyView {
+        let row = KeyRow {
+            id: "key_1".into(),
+            org_id: "org_1".into(),
+            name: HOSTILE.into(),
+            key_type: "secret".into(),
+            environment: "live".into(),
+            scopes: vec!["admin".into()],
+            status: "active".into(),
+            prefix: "sk_live_".into(),
+            last_four: "abcd".into(),
+            created_at: Utc::now(),
+            last_used_at: Some(Utc::now()),
+            expires_at: None,
+            rotation_due_at: None,
+            version: 1,
         };
-        let html = page.render().unwrap();
-        assert!(!html.contains("<script>alert(1)"));
-        assert!(html.contains("&#60;script&#62;") || html.contains("&lt;script&gt;"));
+        KeyView::new(&row, Utc::now())
+    }
+
+    fn form() -> KeyForm {
+        KeyForm {
+            name: HOSTILE.into(),
+            key_type: "secret".into(),
+            scopes: vec![],
+            expires_on: HOSTILE.into(),
+        }
+    }
+
+    fn errors() -> Errors {
+        let mut errors = Errors::default();
+        errors.add("name", HOSTILE);
+        errors
+    }
+
+    /// Every page that shows text a user typed (key names, typed fields,
+    /// addresses, the organization's name, alert subjects), rendered with
+    /// markup in that text: the markup is shown as text, never as markup.
+    #[test]
+    fn user_text_is_escaped_in_every_page_that_shows_it() {
+        let pages: Vec<(&str, String)> = vec![
+            (
+                "keys",
+                KeysPage {
+                    layout: layout(),
+                    keys: vec![key()],
+                    status_filter: String::new(),
+                    type_filter: String::new(),
+                    filtered: false,
+                    next_page: None,
+                    first_page: None,
+                    notice: None,
+                    shown: Some(Shown {
+                        title: HOSTILE.into(),
+                        key_name: HOSTILE.into(),
+                        key_id: "key_1".into(),
+                        secret: "sk_live_x".into(),
+                        grace_note: Some(HOSTILE.into()),
+                    }),
+                    return_to: "/portal/keys".into(),
+                }
+                .render()
+                .unwrap(),
+            ),
+            (
+                "new",
+                NewKeyPage {
+                    layout: layout(),
+                    form: form(),
+                    scopes: scope_options(&[]),
+                    errors: errors(),
+                    today: "2026-11-28".into(),
+                }
+                .render()
+                .unwrap(),
+            ),
+            (
+                "edit",
+                EditKeyPage {
+                    layout: layout(),
+                    key: key(),
+                    form: form(),
+                    scopes: scope_options(&[]),
+                    errors: errors(),
+                    today: "2026-11-28".into(),
+                }
+                .render()
+                .unwrap(),
+            ),
+            (
+                "key",
+                KeyPage {
+                    layout: layout(),
+                    key: key(),
+                    periods: vec![],
+                    period_label: "24 hours",
+                    stats: vec![],
+                    chart: String::new(),
+                    audit: vec![AuditRow {
+                        what: "Edited".into(),
+                        detail: HOSTILE.into(),
+                        when: Stamp::new(Utc::now()),
+                        who: HOSTILE.into(),
+                    }],
+                    notice: None,
+                    return_to: "/portal/keys/key_1".into(),
+                }
+                .render()
+                .unwrap(),
+            ),
+            (
+                "actions",
+                ActionsPage {
+                    layout: layout(),
+                    key: key(),
+                    return_to: "/portal/keys".into(),
+                }
+                .render()
+                .unwrap(),
+            ),
+            (
+                "regenerate",
+                RegeneratePage {
+                    layout: layout(),
+                    key: key(),
+                    error: HOSTILE.into(),
+                }
+                .render()
+                .unwrap(),
+            ),
+            (
+                "delete",
+                DeletePage {
+                    layout: layout(),
+                    key: key(),
+                    typed: HOSTILE.into(),
+                    error: HOSTILE.into(),
+                }
+                .render()
+                .unwrap(),
+            ),
+            (
+                "settings",
+                SettingsPage {
+                    layout: layout(),
+                    plan: "Pro".into(),
+                    rate_limit: "10,000".into(),
+                    recipients: vec![RecipientView { email: HOSTILE.into() }],
+                    recipients_text: HOSTILE.into(),
+                    rotation_days: HOSTILE.into(),
+                    max_rotation_days: 3650,
+                    thresholds: vec![],
+                    errors: errors(),
+                    saved: false,
+                }
+                .render()
+                .unwrap(),
+            ),
+            (
+                "alerts",
+                AlertsPage {
+                    layout: layout(),
+                    alerts: vec![AlertView {
+                        kind: "Key expiring".into(),
+                        subject: HOSTILE.into(),
+                        key: Some(("key_1".into(), HOSTILE.into())),
+                        when: Stamp::new(Utc::now()),
+                        state: "active",
+                        state_label: "Sent",
+                        recipients: HOSTILE.into(),
+                    }],
+                    next_page: None,
+                    first_page: None,
+                }
+                .render()
+                .unwrap(),
+            ),
+        ];
+        for (name, html) in pages {
+            assert!(!html.contains(HOSTILE), "{name}: markup from user text");
+            assert!(
+                html.contains("&#60;script&#62;alert(1)&#60;/script&#62;"),
+                "{name}: shown as text"
+            );
+        }
     }
 }
