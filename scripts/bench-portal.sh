@@ -12,7 +12,7 @@ N=${N:-50}
 
 # BIN=target/debug/keyledger measures a debug build instead (slower).
 if [ -z "${BIN:-}" ]; then
-  cargo build --release --locked --bin keyledger 2>/dev/null
+  cargo build --release --locked --bin keyledger
   BIN=target/release/keyledger
 fi
 work=$(mktemp -d)

@@ -292,17 +292,21 @@ pub async fn actions(
     })
 }
 
+fn regenerate_page(session: &Session, row: &KeyRow, error: &str) -> RegeneratePage {
+    RegeneratePage {
+        layout: Layout::new(session, Section::Keys),
+        key: KeyView::new(row, Utc::now()),
+        error: error.to_owned(),
+    }
+}
+
 pub async fn regenerate_form(
     state: web::Data<AppState>,
     session: Session,
     id: web::Path<String>,
 ) -> Result<HttpResponse, PortalError> {
     let row = own_key(&state, &session, &id).await?;
-    page(&RegeneratePage {
-        layout: Layout::new(&session, Section::Keys),
-        key: KeyView::new(&row, Utc::now()),
-        error: String::new(),
-    })
+    page(&regenerate_page(&session, &row, ""))
 }
 
 pub async fn regenerate(
@@ -316,11 +320,11 @@ pub async fn regenerate(
     let grace = posted.get("grace").unwrap_or("none");
     let Some(&(_, grace_label, seconds)) = views::GRACE_PERIODS.iter().find(|(value, ..)| *value == grace) else {
         let row = own_key(&state, &session, &id).await?;
-        let refused = RegeneratePage {
-            layout: Layout::new(&session, Section::Keys),
-            key: KeyView::new(&row, Utc::now()),
-            error: "Choose a grace period: none, 1 hour, 24 hours or 7 days.".into(),
-        };
+        let refused = regenerate_page(
+            &session,
+            &row,
+            "Choose a grace period: none, 1 hour, 24 hours or 7 days.",
+        );
         return Ok(html(StatusCode::UNPROCESSABLE_ENTITY, &refused));
     };
     let regenerated = manage::regenerate_key(&state, &session.caller()?, manage::key_id(&id)?, seconds).await?;
@@ -350,12 +354,7 @@ pub async fn deactivate(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, PortalError> {
-    let posted = form::read(&req, payload, &state, &session).await?;
-    manage::deactivate_key(&state, &session.caller()?, manage::key_id(&id)?).await?;
-    Ok(see_other(&with_done(
-        &form::return_path(&posted, "/portal/keys"),
-        "deactivated",
-    )))
+    switch(&state, &session, &id, &req, payload, false).await
 }
 
 pub async fn activate(
@@ -365,12 +364,37 @@ pub async fn activate(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, PortalError> {
-    let posted = form::read(&req, payload, &state, &session).await?;
-    manage::activate_key(&state, &session.caller()?, manage::key_id(&id)?).await?;
-    Ok(see_other(&with_done(
-        &form::return_path(&posted, "/portal/keys"),
-        "activated",
-    )))
+    switch(&state, &session, &id, &req, payload, true).await
+}
+
+/// Activates or deactivates the key, then goes back where the form came from.
+async fn switch(
+    state: &AppState,
+    session: &Session,
+    id: &str,
+    req: &HttpRequest,
+    payload: web::Payload,
+    on: bool,
+) -> Result<HttpResponse, PortalError> {
+    let posted = form::read(req, payload, state, session).await?;
+    let (caller, id) = (session.caller()?, manage::key_id(id)?);
+    let done = if on {
+        manage::activate_key(state, &caller, id).await?;
+        "activated"
+    } else {
+        manage::deactivate_key(state, &caller, id).await?;
+        "deactivated"
+    };
+    Ok(see_other(&with_done(&form::return_path(&posted, "/portal/keys"), done)))
+}
+
+fn delete_page(session: &Session, row: &KeyRow, typed: String, error: &str) -> DeletePage {
+    DeletePage {
+        layout: Layout::new(session, Section::Keys),
+        key: KeyView::new(row, Utc::now()),
+        typed,
+        error: error.to_owned(),
+    }
 }
 
 pub async fn delete_form(
@@ -379,12 +403,7 @@ pub async fn delete_form(
     id: web::Path<String>,
 ) -> Result<HttpResponse, PortalError> {
     let row = own_key(&state, &session, &id).await?;
-    page(&DeletePage {
-        layout: Layout::new(&session, Section::Keys),
-        key: KeyView::new(&row, Utc::now()),
-        typed: String::new(),
-        error: String::new(),
-    })
+    page(&delete_page(&session, &row, String::new(), ""))
 }
 
 /// Deletes the key once its name was typed exactly.
@@ -399,12 +418,12 @@ pub async fn delete(
     let row = own_key(&state, &session, &id).await?;
     let typed = posted.text("confirm_name");
     if typed != row.name {
-        let refused = DeletePage {
-            layout: Layout::new(&session, Section::Keys),
-            key: KeyView::new(&row, Utc::now()),
+        let refused = delete_page(
+            &session,
+            &row,
             typed,
-            error: "The name typed does not match: type the key's name exactly as shown to delete it.".into(),
-        };
+            "The name typed does not match: type the key's name exactly as shown to delete it.",
+        );
         return Ok(html(StatusCode::UNPROCESSABLE_ENTITY, &refused));
     }
     manage::delete_key(&state, &session.caller()?, manage::key_id(&id)?).await?;
