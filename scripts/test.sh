@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: makes sure PostgreSQL runs and the
-# Tansu broker is installed, then builds the workspace once and runs every
-# test (unit, store, end-to-end, Kafka).
+# Tansu broker, nginx, Chromium, Playwright and axe-core are installed, then
+# builds the workspace once and runs every test (unit, store, end-to-end,
+# Kafka), then the portal's browser tests against the built binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +34,28 @@ ensure_nginx() {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
 }
 
+# The portal's browser tests: Debian's Chromium driven by Playwright (PyPI;
+# its own browser download is not used), pytest, and axe-core from npm in a
+# git-ignored folder beside the tests.
+ensure_browser_tools() {
+  if [ ! -x /usr/bin/chromium ]; then
+    echo "installing chromium"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+  if ! python3 -c 'import playwright, pytest, xdist' 2>/dev/null; then
+    echo "installing playwright, pytest and pytest-xdist"
+    python3 -m pip install --quiet playwright pytest pytest-xdist
+  fi
+  if [ ! -f tests/browser/node_modules/axe-core/axe.min.js ]; then
+    echo "installing axe-core"
+    npm install --prefix tests/browser --no-save --no-package-lock --no-audit --no-fund --silent axe-core@4.14.1
+  fi
+}
+
 ensure_postgres
 ensure_tansu
 ensure_nginx
+ensure_browser_tools
 cargo test --workspace --locked "$@"
+cargo build --locked --bin keyledger
+python3 -m pytest tests/browser -q -n 2 -p no:cacheprovider

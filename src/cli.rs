@@ -55,6 +55,9 @@ pub enum Command {
     /// Manage organizations.
     #[command(subcommand)]
     Org(OrgCli),
+    /// The customer portal.
+    #[command(subcommand)]
+    Portal(PortalCli),
     /// A key's history, or its state as of a moment, rebuilt from events alone.
     Audit {
         key_id: String,
@@ -85,6 +88,17 @@ pub enum OrgCli {
         plan: String,
         #[arg(long)]
         rate_limit: Option<u32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PortalCli {
+    /// Print a sign-in link to an organization's portal (single use, valid 5 minutes).
+    Link {
+        org_id: String,
+        /// The person it is for, recorded as the actor `portal:<user>` of their changes.
+        #[arg(long)]
+        user: Option<String>,
     },
 }
 
@@ -141,7 +155,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dev | Command::Serve | Command::Work => {
             let with_api = !matches!(cli.command, Command::Work);
             let with_workers = !matches!(cli.command, Command::Serve);
-            let mut state = AppState::new(pool, hash_key.expect("checked above"), environment, settings.api());
+            let mut state = AppState::new(pool, hash_key.expect("checked above"), environment, settings.api()?);
             state.kafka = settings.kafka();
             state.routes = std::sync::Arc::new(settings.route_table()?);
             serve(&settings, state, with_api, with_workers).await?;
@@ -153,7 +167,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             alert_emails,
         }) => {
             let hash_key = settings.local_hash_key(false)?;
-            let created = create_org(&pool, hash_key, name, plan, rate_limit, alert_emails).await?;
+            let mut created = create_org(&pool, hash_key, name, plan, rate_limit, alert_emails).await?;
+            let org_id = created["org"]["id"].as_str().unwrap_or_default().to_owned();
+            let link = portal_link(&settings, &pool, &org_id, None).await?;
+            created["portal_url"] = json!(link.url);
             println!("{}", serde_json::to_string_pretty(&created)?);
         }
         Command::Org(OrgCli::SetPlan {
@@ -172,6 +189,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let org = changed.state.context("no such organization")?;
             let org = read_model::OrgRow::from_aggregate(&org, changed.version);
             println!("{}", serde_json::to_string_pretty(&org.to_json())?);
+        }
+        Command::Portal(PortalCli::Link { org_id, user }) => {
+            let link = portal_link(&settings, &pool, &org_id, user.as_deref()).await?;
+            println!("{}", link.url);
+            eprintln!(
+                "single use, valid until {} (then run this again)",
+                read_model::rfc3339(link.expires_at)
+            );
         }
         Command::Audit { key_id, at } => return audit(&pool, &key_id, at.as_deref()).await,
         Command::Replay { check: false } => {
@@ -205,6 +230,36 @@ fn cli_meta() -> EventMeta {
         request_id: None,
         occurred_at: Utc::now(),
     }
+}
+
+/// A sign-in link to an organization's portal, for `user` if given.
+async fn portal_link(
+    settings: &Settings,
+    pool: &PgPool,
+    org_id: &str,
+    user: Option<&str>,
+) -> anyhow::Result<keyledger_api::portal::session::SignInLink> {
+    let id: OrgId = org_id
+        .parse()
+        .map_err(|_| anyhow::anyhow!("'{org_id}' is not an organization id"))?;
+    if read_model::org_by_id(pool, &id.to_string()).await?.is_none() {
+        bail!("no organization {org_id}");
+    }
+    let user = user
+        .map(keyledger_events::domain::org::EmailAddress::parse)
+        .transpose()
+        .map_err(|problem| anyhow::anyhow!("--user: {problem}"))?;
+    let api = settings.api()?;
+    keyledger_api::portal::session::mint_link(
+        pool,
+        &api.public_url,
+        &id.to_string(),
+        user.as_ref(),
+        Utc::now(),
+        api.portal_link_lifetime,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("minting the sign-in link: {e}"))
 }
 
 /// A command's refusal in words for the terminal.

@@ -42,6 +42,11 @@ impl Admin {
     pub fn actor(&self) -> String {
         self.key.id.clone()
     }
+
+    /// This caller for the shared operations: its organization, acting as its key.
+    pub fn caller(&self) -> Result<crate::manage::Caller, ApiError> {
+        crate::manage::Caller::new(self.org_id(), self.actor())
+    }
 }
 
 async fn authenticate_admin(req: HttpRequest) -> Result<Admin, ApiError> {

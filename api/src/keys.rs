@@ -1,139 +1,21 @@
-//! The key management endpoints (`/v1/keys…`). Each command goes through the
-//! shared handler (load → decide → append → project) in one transaction and
-//! answers with the key as that transaction left it — never with a read
-//! after the commit, which could fail and turn a committed command (and a
-//! secret shown once) into an error. Create and regenerate accept an
-//! `Idempotency-Key` (see `idempotency`).
+//! The key management endpoints (`/v1/keys…`): JSON in, JSON out. The
+//! operations themselves (commands and queries, shared with the portal) are
+//! in `manage.rs`; this module parses requests and renders answers.
 
 use std::collections::HashMap;
 
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use keyledger_events::domain::{
-    key::{self, CreateKey, RegenerateKey, SecretSource, UpdateKey},
-    ApiKey, DomainError, KeyCommand, KeyId, KeyStatus, KeyType, OrgId, PlainKey,
-};
-use keyledger_events::handler;
-use keyledger_events::log::{EventMeta, StoredEvent};
+use keyledger_events::domain::{key::UpdateKey, KeyId, KeyStatus, KeyType, PlainKey};
+use keyledger_events::log::StoredEvent;
 use keyledger_events::read_model::{self, KeyFilter, KeyRow};
 use serde_json::{json, Value};
 
-use crate::idempotency::{self, Claim, IdempotencyKey, Idempotent};
-use crate::{auth::Admin, body, error::ApiError, middleware::current_request_id, AppState};
+use crate::idempotency::{self, IdempotencyKey, Idempotent};
+use crate::manage::{self, key_id, Done, Granularity, NewKey};
+use crate::{auth::Admin, body, error::ApiError, AppState};
 
 type Query = web::Query<HashMap<String, String>>;
-
-/// 256 bits from the operating system's CSPRNG.
-fn random_secret(state: &AppState) -> Result<SecretSource, ApiError> {
-    let mut random = [0u8; 32];
-    getrandom::getrandom(&mut random).map_err(|e| ApiError::internal(std::io::Error::other(e.to_string())))?;
-    Ok(SecretSource {
-        random,
-        hash_key: state.hash_key.clone(),
-    })
-}
-
-fn meta(caller: &Admin) -> EventMeta {
-    EventMeta {
-        actor: caller.actor(),
-        request_id: Some(current_request_id()),
-        occurred_at: Utc::now(),
-    }
-}
-
-/// A key id from the path; a malformed one is simply not found.
-fn key_id(path: &str) -> Result<KeyId, ApiError> {
-    path.parse().map_err(|_| ApiError::NotFound)
-}
-
-fn org_id(caller: &Admin) -> Result<OrgId, ApiError> {
-    caller
-        .org_id()
-        .parse()
-        .map_err(|_| ApiError::internal(std::io::Error::other("stored org id is malformed")))
-}
-
-async fn rotation_days(state: &AppState, caller: &Admin) -> Result<u32, ApiError> {
-    let org = state
-        .database
-        .read(read_model::org_by_id(&state.pool, caller.org_id()))
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    Ok(org.rotation_days.max(0) as u32)
-}
-
-/// Runs a command on one of the caller's keys; another organization's key is
-/// not found, exactly like an unknown id. This process's cache forgets the
-/// key before the answer (other processes, on the change notification), so
-/// a verification sent here after the answer sees the change.
-async fn execute(state: &AppState, caller: &Admin, id: KeyId, command: KeyCommand) -> Result<(), ApiError> {
-    let own = org_id(caller)?;
-    let stream = key::stream_id(id);
-    let result = handler::execute::<ApiKey>(&state.pool, &stream, command, &meta(caller), |current| match current {
-        Some(k) if k.org_id != own => Err(DomainError::NotFound),
-        _ => Ok(()),
-    })
-    .await;
-    state.cache.evict_stream(&stream);
-    result?;
-    Ok(())
-}
-
-/// How a command ended for its caller.
-enum Done {
-    /// The command ran: the key as its transaction left it.
-    Ran(Box<KeyRow>),
-    /// A retry with the same `Idempotency-Key` and body: the first answer.
-    Replayed(idempotency::Recorded),
-}
-
-/// Runs a command on one of the caller's keys in one transaction — claim of
-/// the `Idempotency-Key` (if any), decide, append, project, record — and
-/// answers with the key built from what that transaction decided. Once the
-/// commit succeeds nothing is read again, so nothing can turn a committed
-/// command into an error. `status` is what a success answers (recorded for
-/// replays).
-async fn run(
-    state: &AppState,
-    caller: &Admin,
-    id: KeyId,
-    command: KeyCommand,
-    status: u16,
-    idempotent: Option<&Idempotent>,
-) -> Result<Done, ApiError> {
-    let own = org_id(caller)?;
-    let meta = meta(caller);
-    // Waiting for a connection ends at once when the database is found down;
-    // once the transaction has begun, the command runs to its end.
-    let mut tx = state.database.read(state.pool.begin()).await?;
-    if let Some(request) = idempotent {
-        match idempotency::claim(&mut tx, request, meta.occurred_at).await? {
-            Claim::Fresh => {}
-            Claim::Replay(recorded) => return Ok(Done::Replayed(recorded)),
-            Claim::Mismatch => return Err(idempotency::mismatch()),
-        }
-    }
-    let created = matches!(command, KeyCommand::Create(_));
-    let decided = handler::decide_on::<ApiKey>(&mut tx, &key::stream_id(id), command, &meta, |current| match current {
-        Some(k) if k.org_id != own => Err(DomainError::NotFound),
-        _ => Ok(()),
-    })
-    .await?;
-    let outcome = decided.append(&mut tx).await?;
-    let key = outcome.state.filter(|k| !k.deleted).ok_or(ApiError::NotFound)?;
-    let mut row = KeyRow::from_aggregate(&key, outcome.version);
-    // Usage is the read model's alone; a new key has none.
-    if !created {
-        row.last_used_at = read_model::last_used_at(&mut *tx, &row.id).await?;
-    }
-    if let Some(request) = idempotent {
-        idempotency::record(&mut tx, request, status, &row.to_json(meta.occurred_at)).await?;
-    }
-    tx.commit().await?;
-    // This process's cache forgets the key before the answer (see `execute`).
-    state.cache.evict_stream(&key::stream_id(id));
-    Ok(Done::Ran(Box::new(row)))
-}
 
 /// The caller's `Idempotency-Key` for this operation, if it sent one.
 fn idempotent(req: &HttpRequest, caller: &Admin, fields: &body::Fields) -> Result<Option<Idempotent>, ApiError> {
@@ -142,16 +24,6 @@ fn idempotent(req: &HttpRequest, caller: &Admin, fields: &body::Fields) -> Resul
     };
     let operation = format!("{} {}", req.method(), req.path());
     Ok(Some(Idempotent::new(caller.org_id(), operation, key, fields.as_map())))
-}
-
-/// An answer that shows a secret: never cached anywhere.
-fn with_secret(status: actix_web::http::StatusCode, row: &KeyRow, secret: &PlainKey) -> HttpResponse {
-    let mut object = row.to_json(Utc::now());
-    object["key"] = json!(secret.expose());
-    HttpResponse::build(status)
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header((header::PRAGMA, "no-cache"))
-        .json(object)
 }
 
 /// The first answer again, for a retry with the same `Idempotency-Key`.
@@ -169,17 +41,14 @@ fn replayed(recorded: &idempotency::Recorded) -> HttpResponse {
     response.json(recorded.replay_body())
 }
 
-/// A command that answers with the key (no secret).
-async fn key_answer(
-    state: &AppState,
-    caller: &Admin,
-    id: KeyId,
-    command: KeyCommand,
-) -> Result<HttpResponse, ApiError> {
-    match run(state, caller, id, command, 200, None).await? {
-        Done::Ran(row) => Ok(HttpResponse::Ok().json(row.to_json(Utc::now()))),
-        Done::Replayed(recorded) => Ok(replayed(&recorded)),
-    }
+/// An answer that shows a secret: never cached anywhere.
+fn with_secret(status: actix_web::http::StatusCode, row: &KeyRow, secret: &PlainKey) -> HttpResponse {
+    let mut object = row.to_json(Utc::now());
+    object["key"] = json!(secret.expose());
+    HttpResponse::build(status)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::PRAGMA, "no-cache"))
+        .json(object)
 }
 
 pub async fn create(
@@ -195,25 +64,16 @@ pub async fn create(
     let scopes = fields.string_list("scopes");
     let expires_at = fields.nullable_time("expires_at").flatten();
     fields.finish()?;
-    let (name, key_type) = (name.unwrap_or_default(), key_type.unwrap_or_default());
-    let secret = random_secret(&state)?;
-    let id = KeyId::new();
-    let command = KeyCommand::Create(Box::new(CreateKey {
-        key_id: id,
-        org_id: org_id(&caller)?,
-        name,
-        key_type: key_type.clone(),
+    let new = NewKey {
+        name: name.unwrap_or_default(),
+        key_type: key_type.unwrap_or_default(),
         scopes,
         expires_at,
-        rotation_days: rotation_days(&state, &caller).await?,
-        secret: secret.clone(),
-    }));
-    let row = match run(&state, &caller, id, command, 201, idempotent.as_ref()).await? {
-        Done::Ran(row) => *row,
+    };
+    let (row, plain) = match manage::create_key(&state, &caller.caller()?, new, idempotent.as_ref()).await? {
+        Done::Ran(created) => created,
         Done::Replayed(recorded) => return Ok(replayed(&recorded)),
     };
-    let key_type = KeyType::parse(&key_type).expect("validated by the command");
-    let (plain, _) = secret.issue(key_type);
     let mut response = with_secret(actix_web::http::StatusCode::CREATED, &row, &plain);
     if let Ok(location) = header::HeaderValue::from_str(&format!("/v1/keys/{}", row.id)) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -251,26 +111,14 @@ pub async fn list(state: web::Data<AppState>, caller: Admin, query: Query) -> Re
     if !details.is_empty() {
         return Err(ApiError::Validation(details));
     }
-    let page_size = filter.limit as usize;
-    filter.limit += 1;
     let now = Utc::now();
-    let mut rows = state
-        .database
-        .read(read_model::list_keys(&state.pool, caller.org_id(), &filter, now))
-        .await?;
-    let next_cursor = (rows.len() > page_size).then(|| rows[page_size - 1].id.clone());
-    rows.truncate(page_size);
+    let (rows, next_cursor) = manage::list_keys(&state, &caller.caller()?, filter, now).await?;
     let data: Vec<Value> = rows.iter().map(|r| r.to_json(now)).collect();
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data, "next_cursor": next_cursor})))
 }
 
 pub async fn get(state: web::Data<AppState>, caller: Admin, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let id = key_id(&path)?;
-    let row = state
-        .database
-        .read(read_model::key_by_id(&state.pool, caller.org_id(), &id.to_string()))
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let row = manage::get_key(&state, &caller.caller()?, key_id(&path)?).await?;
     Ok(HttpResponse::Ok().json(row.to_json(Utc::now())))
 }
 
@@ -289,7 +137,8 @@ pub async fn update(
         expires_at: fields.nullable_time("expires_at"),
     };
     fields.finish()?;
-    key_answer(&state, &caller, id, KeyCommand::Update(update)).await
+    let row = manage::update_key(&state, &caller.caller()?, id, update).await?;
+    Ok(HttpResponse::Ok().json(row.to_json(Utc::now())))
 }
 
 pub async fn regenerate(
@@ -304,20 +153,15 @@ pub async fn regenerate(
     let idempotent = idempotent(&req, &caller, &fields)?;
     let grace = fields.integer("expire_old_in_seconds").unwrap_or(0);
     fields.finish()?;
-    let secret = random_secret(&state)?;
-    let command = KeyCommand::Regenerate(Box::new(RegenerateKey {
-        expire_old_in_seconds: grace,
-        rotation_days: rotation_days(&state, &caller).await?,
-        secret: secret.clone(),
-    }));
-    let row = match run(&state, &caller, id, command, 200, idempotent.as_ref()).await? {
-        Done::Ran(row) => *row,
+    let regenerated = match manage::regenerate_key(&state, &caller.caller()?, id, grace, idempotent.as_ref()).await? {
+        Done::Ran(regenerated) => regenerated,
         Done::Replayed(recorded) => return Ok(replayed(&recorded)),
     };
-    // The type of a key never changes; the row was built from the aggregate.
-    let key_type = KeyType::parse(&row.key_type).expect("an aggregate's own type");
-    let (plain, _) = secret.issue(key_type);
-    Ok(with_secret(actix_web::http::StatusCode::OK, &row, &plain))
+    Ok(with_secret(
+        actix_web::http::StatusCode::OK,
+        &regenerated.key,
+        &regenerated.secret,
+    ))
 }
 
 pub async fn deactivate(
@@ -325,7 +169,8 @@ pub async fn deactivate(
     caller: Admin,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    key_answer(&state, &caller, key_id(&path)?, KeyCommand::Deactivate).await
+    let row = manage::deactivate_key(&state, &caller.caller()?, key_id(&path)?).await?;
+    Ok(HttpResponse::Ok().json(row.to_json(Utc::now())))
 }
 
 pub async fn activate(
@@ -333,7 +178,8 @@ pub async fn activate(
     caller: Admin,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    key_answer(&state, &caller, key_id(&path)?, KeyCommand::Activate).await
+    let row = manage::activate_key(&state, &caller.caller()?, key_id(&path)?).await?;
+    Ok(HttpResponse::Ok().json(row.to_json(Utc::now())))
 }
 
 pub async fn delete(
@@ -341,7 +187,7 @@ pub async fn delete(
     caller: Admin,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    execute(&state, &caller, key_id(&path)?, KeyCommand::Delete).await?;
+    manage::delete_key(&state, &caller.caller()?, key_id(&path)?).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -359,7 +205,7 @@ pub async fn usage(
     let id = key_id(&path)?;
     let now = Utc::now();
     let mut details = keyledger_events::domain::ValidationDetails::default();
-    let (mut from, mut to, mut granularity) = (now - chrono::Duration::hours(24), now, "hour");
+    let (mut from, mut to, mut granularity) = (now - chrono::Duration::hours(24), now, Granularity::Hour);
     let time = |value: &str| DateTime::parse_from_rfc3339(value).map(|t| t.with_timezone(&Utc));
     for (name, value) in query.iter() {
         match name.as_str() {
@@ -371,11 +217,9 @@ pub async fn usage(
                 Ok(t) => to = t,
                 Err(_) => details.add("to", "must be an RFC 3339 timestamp"),
             },
-            "granularity" => match value.as_str() {
-                "minute" => granularity = "minute",
-                "hour" => granularity = "hour",
-                "day" => granularity = "day",
-                _ => details.add("granularity", "must be minute, hour or day"),
+            "granularity" => match Granularity::parse(value) {
+                Some(g) => granularity = g,
+                None => details.add("granularity", "must be minute, hour or day"),
             },
             other => details.add(other, "unknown parameter"),
         }
@@ -383,12 +227,7 @@ pub async fn usage(
     if from >= to {
         details.add("from", "must be before to");
     }
-    let bucket_seconds = match granularity {
-        "minute" => 60,
-        "hour" => 3_600,
-        _ => 86_400,
-    };
-    if (to - from).num_seconds() / bucket_seconds > MAX_SERIES_POINTS {
+    if (to - from).num_seconds() / granularity.seconds() > MAX_SERIES_POINTS {
         details.add(
             "granularity",
             format!("at most {MAX_SERIES_POINTS} points: use a coarser granularity"),
@@ -397,37 +236,21 @@ pub async fn usage(
     if !details.is_empty() {
         return Err(ApiError::Validation(details));
     }
-    let key = state
-        .database
-        .read(read_model::key_by_id(&state.pool, caller.org_id(), &id.to_string()))
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let series = state
-        .database
-        .read(read_model::usage_series(&state.pool, &key.id, granularity, from, to))
-        .await?;
-    let total = |pick: fn(&read_model::UsagePoint) -> i64| series.iter().map(pick).sum::<i64>();
-    let (requests, successful, failed, limited) = (
-        total(|p| p.requests),
-        total(|p| p.successful),
-        total(|p| p.failed),
-        total(|p| p.rate_limited),
-    );
-    let rate = |part: i64| (requests > 0).then(|| part as f64 / requests as f64);
+    let usage = manage::key_usage(&state, &caller.caller()?, id, from, to, granularity).await?;
     Ok(HttpResponse::Ok().json(json!({
         "object": "usage",
-        "key_id": key.id,
+        "key_id": usage.key.id,
         "from": read_model::rfc3339(from),
         "to": read_model::rfc3339(to),
-        "granularity": granularity,
-        "total_requests": requests,
-        "successful": successful,
-        "failed": failed,
-        "rate_limited": limited,
-        "success_rate": rate(successful),
-        "error_rate": rate(failed),
-        "last_used_at": key.last_used_at.map(read_model::rfc3339),
-        "series": series.iter().map(|p| json!({
+        "granularity": granularity.as_str(),
+        "total_requests": usage.total_requests,
+        "successful": usage.successful,
+        "failed": usage.failed,
+        "rate_limited": usage.rate_limited,
+        "success_rate": usage.success_rate,
+        "error_rate": usage.error_rate,
+        "last_used_at": usage.key.last_used_at.map(read_model::rfc3339),
+        "series": usage.series.iter().map(|p| json!({
             "start": read_model::rfc3339(p.start),
             "requests": p.requests,
             "successful": p.successful,
@@ -464,33 +287,8 @@ pub async fn events(
     if !details.is_empty() {
         return Err(ApiError::Validation(details));
     }
-    let owned: Option<String> = state
-        .database
-        .read(
-            sqlx::query_scalar("select org_id from keys where id = $1")
-                .bind(id.to_string())
-                .fetch_optional(&state.pool),
-        )
-        .await?;
-    if owned.as_deref() != Some(caller.org_id()) {
-        return Err(ApiError::NotFound);
-    }
-    // Usage records are statistics (see /usage), not the audit trail.
-    let events = state
-        .database
-        .read(keyledger_events::log::read_stream_without(
-            &state.pool,
-            &key::stream_id(id),
-            None,
-            handler::USAGE_EVENT,
-        ))
-        .await?;
-    let page: Vec<&StoredEvent> = events
-        .iter()
-        .filter(|e| e.version > after_version)
-        .take(limit as usize + 1)
-        .collect();
-    let next_cursor = (page.len() > limit as usize).then(|| page[limit as usize - 1].version.to_string());
-    let data: Vec<Value> = page.iter().take(limit as usize).map(|e| e.public_json()).collect();
+    let (page, next_cursor) =
+        manage::key_audit_trail(&state, &caller.caller()?, id, after_version, limit as usize).await?;
+    let data: Vec<Value> = page.iter().map(StoredEvent::public_json).collect();
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data, "next_cursor": next_cursor})))
 }

@@ -1,8 +1,9 @@
 //! keyledger-api: the actix-web application — management commands, key
-//! verification, health checks — and the error format of `API.md`. The
-//! endpoints form two surfaces ([`Surface`]): the public one, for the
-//! platform's customers, and the internal one, for the platform's own
-//! servers and proxies; a deployment serves them on one listener or two.
+//! verification, health checks, the customer portal — and the error format
+//! of `API.md`. The endpoints form two surfaces ([`Surface`]): the public
+//! one, for the platform's customers, and the internal one, for the
+//! platform's own servers and proxies; a deployment serves them on one
+//! listener or two.
 
 pub mod access;
 pub mod auth;
@@ -14,11 +15,13 @@ pub mod health;
 pub mod idempotency;
 pub mod key_cache;
 pub mod keys;
+pub mod manage;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod ops;
 pub mod org;
+pub mod portal;
 pub mod rate_limit;
 pub mod routes;
 pub mod usage;
@@ -52,6 +55,10 @@ pub struct ApiSettings {
     /// How long into a database outage cached keys keep their answers
     /// (zero: fail closed at once).
     pub outage_grace: Duration,
+    /// The base of every link keyledger sends (no trailing slash).
+    pub public_url: String,
+    /// How long a portal sign-in link works after it is minted.
+    pub portal_link_lifetime: Duration,
 }
 
 impl Default for ApiSettings {
@@ -64,6 +71,8 @@ impl Default for ApiSettings {
             trusted_proxies: vec![],
             forward_auth: forward_auth::ForwardAuthStyle::default(),
             outage_grace: Duration::from_secs(60),
+            public_url: "http://127.0.0.1:8080".into(),
+            portal_link_lifetime: Duration::from_secs(300),
         }
     }
 }
@@ -91,6 +100,8 @@ pub struct AppState {
     pub database: Arc<db_health::DatabaseHealth>,
     /// Metrics rendered by other parts of the process (`dev`: the workers').
     pub extra_metrics: Vec<ops::MetricsSource>,
+    /// The time of portal sign-in links and sessions (tests move it).
+    pub portal_clock: portal::Clock,
 }
 
 impl AppState {
@@ -114,6 +125,7 @@ impl AppState {
             usage: Arc::default(),
             database,
             extra_metrics: Vec::new(),
+            portal_clock: portal::Clock::default(),
             settings,
         }
     }
@@ -195,7 +207,8 @@ pub fn configure_surface(cfg: &mut web::ServiceConfig, surface: Surface) {
             .route("/keys/{id}/usage", web::get().to(keys::usage))
             .route("/keys/{id}/events", web::get().to(keys::events))
             .route("/org", web::get().to(org::get))
-            .route("/org", web::patch().to(org::update));
+            .route("/org", web::patch().to(org::update))
+            .route("/portal/sessions", web::post().to(portal::sign_in::mint));
     }
     if internal {
         v1 = v1
@@ -205,7 +218,8 @@ pub fn configure_surface(cfg: &mut web::ServiceConfig, surface: Surface) {
         cfg.route("/metrics", web::get().to(metrics::metrics));
     }
     if public {
-        cfg.route("/openapi.json", web::get().to(openapi::openapi));
+        cfg.route("/openapi.json", web::get().to(openapi::openapi))
+            .configure(portal::configure);
     }
     cfg.service(v1)
         .route("/healthz", web::get().to(health::healthz))

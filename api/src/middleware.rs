@@ -123,11 +123,15 @@ fn secret_shaped(text: &str) -> bool {
         })
 }
 
-/// The path as the access log writes it: a segment holding a key prefix (a
-/// key sent where an id belongs, `/v1/keys/sk_live_…`) is cut to its
+/// The path as the access log writes it: a portal sign-in link's token
+/// (which would sign someone in) is left out; a segment holding a key prefix
+/// (a key sent where an id belongs, `/v1/keys/sk_live_…`) is cut to its
 /// prefix, and one holding a long run of letters and digits (a key's body
 /// alone) is replaced.
 fn loggable_path(path: &str) -> String {
+    if path.starts_with("/portal/session/") {
+        return "/portal/session/[token]".to_owned();
+    }
     path.split('/')
         .map(|segment| match key_prefix_in(segment) {
             Some(prefix) => format!("{prefix}…"),
@@ -260,5 +264,14 @@ mod tests {
         assert!(!query_carries_key("q=100%25&r=%zz"));
         assert!(query_carries_key("q=sk%2525255Flive_abc"));
         assert!(query_carries_key("%2525256bey=1"));
+    }
+
+    #[test]
+    fn sign_in_tokens_stay_out_of_the_access_log() {
+        assert_eq!(
+            super::loggable_path("/portal/session/abc123"),
+            "/portal/session/[token]"
+        );
+        assert_eq!(super::loggable_path("/portal/keys"), "/portal/keys");
     }
 }

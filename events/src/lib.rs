@@ -8,6 +8,7 @@
 
 pub mod bus;
 pub mod domain;
+pub mod figures;
 pub mod handler;
 pub mod log;
 pub mod read_model;

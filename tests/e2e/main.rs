@@ -16,6 +16,7 @@ mod keys;
 mod nginx;
 mod openapi;
 mod outage;
+mod portal;
 mod private_pg;
 mod projection;
 mod smtp;

@@ -95,6 +95,15 @@ async fn spawn(
     });
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
+    // Links point at this server unless the test chose another base.
+    let settings = if settings.public_url == keyledger_api::ApiSettings::default().public_url {
+        keyledger_api::ApiSettings {
+            public_url: address.clone(),
+            ..settings
+        }
+    } else {
+        settings
+    };
     let state = AppState::new(pool.clone(), hash_key.clone(), Environment::Live, settings);
     let (stop, stopped) = watch::channel(false);
     let (background, url) = (state.clone(), database_url.clone());

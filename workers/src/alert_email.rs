@@ -94,21 +94,9 @@ fn escape(text: &str) -> String {
     out
 }
 
-/// A whole number with thousands separators (`12,345`), as figures read in emails.
-pub fn count(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if n < 0 {
-        out.insert(0, '-');
-    }
-    out
-}
+/// A whole number with thousands separators (`12,345`), as figures read in
+/// emails (the same as on the portal's pages).
+pub use keyledger_events::figures::grouped as count;
 
 /// How long until `until`, as an email says it: whole days rounded up
 /// ("3 days"), or hours when less than a day is left.

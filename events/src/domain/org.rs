@@ -75,7 +75,9 @@ impl Default for AlertSettings {
 }
 
 impl AlertSettings {
-    const RANGES: [(&'static str, u32, u32); 7] = [
+    /// Every setting's name and its allowed range (inclusive): the one
+    /// statement of the limits, which `patched` enforces and forms show.
+    pub const RANGES: [(&'static str, u32, u32); 7] = [
         ("approaching_limit_percent", 1, 100),
         ("error_rate_percent", 1, 100),
         ("error_rate_window_minutes", 1, 1_440),
@@ -84,6 +86,12 @@ impl AlertSettings {
         ("unusual_activity_min_requests", 1, 1_000_000_000),
         ("unused_days", 1, 365),
     ];
+
+    /// The value of the setting `name` (one of [`Self::RANGES`]).
+    pub fn get(&self, name: &str) -> Option<u32> {
+        let mut copy = *self;
+        copy.field(name).map(|v| *v)
+    }
 
     fn field(&mut self, name: &str) -> Option<&mut u32> {
         Some(match name {

@@ -113,6 +113,26 @@ pub async fn read_stream_without<'c>(
     .await
 }
 
+/// The newest `limit` events of one stream, newest first, without the
+/// events of one type (by the stream's unique `(stream_id, version)` index).
+pub async fn read_stream_newest_without<'c>(
+    db: impl PgExecutor<'c>,
+    stream_id: &str,
+    skipped_type: &str,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from events
+         where stream_id = $1 and type <> $2
+         order by version desc limit $3"
+    ))
+    .bind(stream_id)
+    .bind(skipped_type)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
 /// The stream's newest version (0 when it has no event).
 pub async fn stream_version<'c>(db: impl PgExecutor<'c>, stream_id: &str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("select coalesce(max(version), 0) from events where stream_id = $1")

@@ -1,0 +1,477 @@
+//! The management operations on one organization's keys and settings, shared
+//! by the JSON API (`keys.rs`, `org.rs`) and the customer portal. Each is the
+//! same command (load → decide → append → project) or the same query
+//! whichever surface a customer uses, so every rule is written once; the
+//! surfaces only parse their input and render the answer.
+
+use chrono::{DateTime, Utc};
+use keyledger_events::domain::{
+    key::{self, CreateKey, RegenerateKey, SecretSource, UpdateKey},
+    org::{self, ChangeSettings},
+    ApiKey, DomainError, KeyCommand, KeyId, KeyType, Org, OrgCommand, OrgId, PlainKey,
+};
+use keyledger_events::handler;
+use keyledger_events::log::{EventMeta, StoredEvent};
+use keyledger_events::read_model::{self, KeyFilter, KeyRow, OrgRow, UsagePoint};
+
+use crate::idempotency::{self, Claim, Idempotent};
+use crate::{error::ApiError, middleware::current_request_id, AppState};
+
+/// Who runs an operation: an organization, and the actor its events record
+/// (an admin key's id, or `portal:<user>`).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    org_id: OrgId,
+    org: String,
+    actor: String,
+}
+
+impl Caller {
+    /// `org_id` as stored in a read model or a session.
+    pub fn new(org_id: &str, actor: String) -> Result<Caller, ApiError> {
+        let parsed = org_id
+            .parse()
+            .map_err(|_| ApiError::internal(std::io::Error::other("stored org id is malformed")))?;
+        Ok(Caller {
+            org_id: parsed,
+            org: org_id.to_owned(),
+            actor,
+        })
+    }
+
+    pub fn org_id(&self) -> &str {
+        &self.org
+    }
+
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    fn meta(&self) -> EventMeta {
+        EventMeta {
+            actor: self.actor.clone(),
+            request_id: Some(current_request_id()),
+            occurred_at: Utc::now(),
+        }
+    }
+}
+
+/// A key id from a path; a malformed one is simply not found.
+pub fn key_id(text: &str) -> Result<KeyId, ApiError> {
+    text.parse().map_err(|_| ApiError::NotFound)
+}
+
+/// 256 bits from the operating system's CSPRNG.
+fn random_secret(state: &AppState) -> Result<SecretSource, ApiError> {
+    let mut random = [0u8; 32];
+    getrandom::getrandom(&mut random).map_err(|e| ApiError::internal(std::io::Error::other(e.to_string())))?;
+    Ok(SecretSource {
+        random,
+        hash_key: state.hash_key.clone(),
+    })
+}
+
+async fn rotation_days(state: &AppState, caller: &Caller) -> Result<u32, ApiError> {
+    Ok(org(state, caller).await?.rotation_days.max(0) as u32)
+}
+
+/// The guard every key command runs behind: another organization's key is
+/// not found, exactly like an unknown id.
+fn own_key(caller: &Caller) -> impl FnOnce(Option<&ApiKey>) -> Result<(), DomainError> {
+    let own = caller.org_id;
+    move |current| match current {
+        Some(k) if k.org_id != own => Err(DomainError::NotFound),
+        _ => Ok(()),
+    }
+}
+
+/// Runs a command on one of the caller's keys in a transaction of its own.
+/// This process's cache forgets the key before the answer (other processes,
+/// on the change notification), so a verification sent here after the
+/// answer sees the change.
+async fn execute(
+    state: &AppState,
+    caller: &Caller,
+    id: KeyId,
+    command: KeyCommand,
+) -> Result<Vec<StoredEvent>, ApiError> {
+    let stream = key::stream_id(id);
+    let result = handler::execute::<ApiKey>(&state.pool, &stream, command, &caller.meta(), own_key(caller)).await;
+    state.cache.evict_stream(&stream);
+    Ok(result?.events)
+}
+
+/// How a command ended for its caller.
+pub enum Done<T> {
+    /// The command ran: what its transaction decided.
+    Ran(T),
+    /// A retry with the same `Idempotency-Key` and body: the first answer.
+    Replayed(idempotency::Recorded),
+}
+
+/// A command's result: the key as its transaction left it, and the events
+/// it appended.
+struct Ran {
+    row: KeyRow,
+    events: Vec<StoredEvent>,
+}
+
+/// Runs a command on one of the caller's keys in one transaction — claim of
+/// the `Idempotency-Key` (if any), decide, append, project, record — and
+/// answers with the key built from what that transaction decided. Once the
+/// commit succeeds nothing is read again, so nothing can turn a committed
+/// command (and a secret shown once) into an error. `status` is what a
+/// success answers (recorded for replays).
+async fn run(
+    state: &AppState,
+    caller: &Caller,
+    id: KeyId,
+    command: KeyCommand,
+    status: u16,
+    idempotent: Option<&Idempotent>,
+) -> Result<Done<Ran>, ApiError> {
+    let meta = caller.meta();
+    // Waiting for a connection ends at once when the database is found down;
+    // once the transaction has begun, the command runs to its end.
+    let mut tx = state.database.read(state.pool.begin()).await?;
+    if let Some(request) = idempotent {
+        match idempotency::claim(&mut tx, request, meta.occurred_at).await? {
+            Claim::Fresh => {}
+            Claim::Replay(recorded) => return Ok(Done::Replayed(recorded)),
+            Claim::Mismatch => return Err(idempotency::mismatch()),
+        }
+    }
+    let created = matches!(command, KeyCommand::Create(_));
+    let stream = key::stream_id(id);
+    let decided = handler::decide_on::<ApiKey>(&mut tx, &stream, command, &meta, own_key(caller)).await?;
+    let outcome = decided.append(&mut tx).await?;
+    let key = outcome.state.filter(|k| !k.deleted).ok_or(ApiError::NotFound)?;
+    let mut row = KeyRow::from_aggregate(&key, outcome.version);
+    // Usage is the read model's alone; a new key has none.
+    if !created {
+        row.last_used_at = read_model::last_used_at(&mut *tx, &row.id).await?;
+    }
+    if let Some(request) = idempotent {
+        idempotency::record(&mut tx, request, status, &row.to_json(meta.occurred_at)).await?;
+    }
+    tx.commit().await?;
+    state.cache.evict_stream(&stream);
+    Ok(Done::Ran(Ran {
+        row,
+        events: outcome.events,
+    }))
+}
+
+/// [`run`] for a command without an `Idempotency-Key`: the key it left.
+async fn run_once(state: &AppState, caller: &Caller, id: KeyId, command: KeyCommand) -> Result<KeyRow, ApiError> {
+    match run(state, caller, id, command, 200, None).await? {
+        Done::Ran(ran) => Ok(ran.row),
+        // Only a request with an Idempotency-Key can be a replay.
+        Done::Replayed(_) => Err(ApiError::internal(std::io::Error::other(
+            "replay without an Idempotency-Key",
+        ))),
+    }
+}
+
+/// A key to create, as the user gave it (the command validates every field).
+pub struct NewKey {
+    pub name: String,
+    pub key_type: String,
+    pub scopes: Option<Vec<String>>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Creates a key; answers it with its secret, which exists nowhere else (or,
+/// for a retry with the same `Idempotency-Key`, the first answer without it).
+pub async fn create_key(
+    state: &AppState,
+    caller: &Caller,
+    new: NewKey,
+    idempotent: Option<&Idempotent>,
+) -> Result<Done<(KeyRow, PlainKey)>, ApiError> {
+    let secret = random_secret(state)?;
+    let id = KeyId::new();
+    let command = KeyCommand::Create(Box::new(CreateKey {
+        key_id: id,
+        org_id: caller.org_id,
+        name: new.name,
+        key_type: new.key_type.clone(),
+        scopes: new.scopes,
+        expires_at: new.expires_at,
+        rotation_days: rotation_days(state, caller).await?,
+        secret: secret.clone(),
+    }));
+    Ok(match run(state, caller, id, command, 201, idempotent).await? {
+        Done::Ran(ran) => {
+            let secret = issued(&ran.row, secret)?;
+            Done::Ran((ran.row, secret))
+        }
+        Done::Replayed(recorded) => Done::Replayed(recorded),
+    })
+}
+
+/// The secret `source` makes for the key `row` (of the type it was created with).
+fn issued(row: &KeyRow, source: SecretSource) -> Result<PlainKey, ApiError> {
+    let key_type =
+        KeyType::parse(&row.key_type).ok_or_else(|| ApiError::internal(std::io::Error::other("bad key type")))?;
+    Ok(source.issue(key_type).0)
+}
+
+pub async fn update_key(state: &AppState, caller: &Caller, id: KeyId, update: UpdateKey) -> Result<KeyRow, ApiError> {
+    run_once(state, caller, id, KeyCommand::Update(update)).await
+}
+
+/// A regenerated key: its new secret (shown once) and until when the
+/// previous one works (`None`: it stopped at once).
+pub struct Regenerated {
+    pub key: KeyRow,
+    pub secret: PlainKey,
+    pub previous_valid_until: Option<DateTime<Utc>>,
+}
+
+/// A new secret for the key; the old one stops at once, or after
+/// `grace_seconds`.
+pub async fn regenerate_key(
+    state: &AppState,
+    caller: &Caller,
+    id: KeyId,
+    grace_seconds: i64,
+    idempotent: Option<&Idempotent>,
+) -> Result<Done<Regenerated>, ApiError> {
+    let secret = random_secret(state)?;
+    let command = KeyCommand::Regenerate(Box::new(RegenerateKey {
+        expire_old_in_seconds: grace_seconds,
+        rotation_days: rotation_days(state, caller).await?,
+        secret: secret.clone(),
+    }));
+    let ran = match run(state, caller, id, command, 200, idempotent).await? {
+        Done::Ran(ran) => ran,
+        Done::Replayed(recorded) => return Ok(Done::Replayed(recorded)),
+    };
+    let previous_valid_until = ran
+        .events
+        .iter()
+        .find(|e| e.event_type == "key.regenerated")
+        .and_then(|e| e.data.get("previous_valid_until"))
+        .and_then(|at| serde_json::from_value(at.clone()).ok())
+        .flatten();
+    Ok(Done::Ran(Regenerated {
+        secret: issued(&ran.row, secret)?,
+        key: ran.row,
+        previous_valid_until,
+    }))
+}
+
+pub async fn deactivate_key(state: &AppState, caller: &Caller, id: KeyId) -> Result<KeyRow, ApiError> {
+    run_once(state, caller, id, KeyCommand::Deactivate).await
+}
+
+pub async fn activate_key(state: &AppState, caller: &Caller, id: KeyId) -> Result<KeyRow, ApiError> {
+    run_once(state, caller, id, KeyCommand::Activate).await
+}
+
+pub async fn delete_key(state: &AppState, caller: &Caller, id: KeyId) -> Result<(), ApiError> {
+    execute(state, caller, id, KeyCommand::Delete).await?;
+    Ok(())
+}
+
+pub async fn get_key(state: &AppState, caller: &Caller, id: KeyId) -> Result<KeyRow, ApiError> {
+    state
+        .database
+        .read(read_model::key_by_id(&state.pool, caller.org_id(), &id.to_string()))
+        .await?
+        .ok_or(ApiError::NotFound)
+}
+
+/// One page of the caller's keys, newest first (`filter.limit` per page),
+/// and the cursor of the next page.
+pub async fn list_keys(
+    state: &AppState,
+    caller: &Caller,
+    mut filter: KeyFilter,
+    now: DateTime<Utc>,
+) -> Result<(Vec<KeyRow>, Option<String>), ApiError> {
+    let page_size = filter.limit.max(1) as usize;
+    filter.limit = page_size as i64 + 1;
+    let mut rows = state
+        .database
+        .read(read_model::list_keys(&state.pool, caller.org_id(), &filter, now))
+        .await?;
+    let next_cursor = (rows.len() > page_size).then(|| rows[page_size - 1].id.clone());
+    rows.truncate(page_size);
+    Ok((rows, next_cursor))
+}
+
+/// Bucket size of a usage series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Granularity {
+    pub fn parse(text: &str) -> Option<Granularity> {
+        match text {
+            "minute" => Some(Granularity::Minute),
+            "hour" => Some(Granularity::Hour),
+            "day" => Some(Granularity::Day),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Granularity::Minute => "minute",
+            Granularity::Hour => "hour",
+            Granularity::Day => "day",
+        }
+    }
+
+    pub fn seconds(self) -> i64 {
+        match self {
+            Granularity::Minute => 60,
+            Granularity::Hour => 3_600,
+            Granularity::Day => 86_400,
+        }
+    }
+}
+
+/// A key's usage over a period: totals, rates (`None` without requests) and
+/// the zero-filled series.
+#[derive(Debug, Clone)]
+pub struct Usage {
+    pub key: KeyRow,
+    pub total_requests: i64,
+    pub successful: i64,
+    pub failed: i64,
+    pub rate_limited: i64,
+    pub success_rate: Option<f64>,
+    pub error_rate: Option<f64>,
+    pub series: Vec<UsagePoint>,
+}
+
+pub async fn key_usage(
+    state: &AppState,
+    caller: &Caller,
+    id: KeyId,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    granularity: Granularity,
+) -> Result<Usage, ApiError> {
+    let key = get_key(state, caller, id).await?;
+    let series = state
+        .database
+        .read(read_model::usage_series(
+            &state.pool,
+            &key.id,
+            granularity.as_str(),
+            from,
+            to,
+        ))
+        .await?;
+    let total = |pick: fn(&UsagePoint) -> i64| series.iter().map(pick).sum::<i64>();
+    let (requests, successful, failed, rate_limited) = (
+        total(|p| p.requests),
+        total(|p| p.successful),
+        total(|p| p.failed),
+        total(|p| p.rate_limited),
+    );
+    let rate = |part: i64| (requests > 0).then(|| part as f64 / requests as f64);
+    Ok(Usage {
+        total_requests: requests,
+        successful,
+        failed,
+        rate_limited,
+        success_rate: rate(successful),
+        error_rate: rate(failed),
+        series,
+        key,
+    })
+}
+
+/// The key's audit trail, oldest first, after `after_version`: at most
+/// `limit` events and the cursor of the next page. Deleted keys keep theirs.
+pub async fn key_audit_trail(
+    state: &AppState,
+    caller: &Caller,
+    id: KeyId,
+    after_version: i64,
+    limit: usize,
+) -> Result<(Vec<StoredEvent>, Option<String>), ApiError> {
+    ensure_own_key(state, caller, id).await?;
+    // Usage records are statistics (see the usage query), not the audit trail.
+    let events = state
+        .database
+        .read(keyledger_events::log::read_stream_without(
+            &state.pool,
+            &key::stream_id(id),
+            None,
+            handler::USAGE_EVENT,
+        ))
+        .await?;
+    let mut page: Vec<StoredEvent> = events
+        .into_iter()
+        .filter(|e| e.version > after_version)
+        .take(limit + 1)
+        .collect();
+    let next_cursor = (page.len() > limit).then(|| page[limit - 1].version.to_string());
+    page.truncate(limit);
+    Ok((page, next_cursor))
+}
+
+/// The newest `limit` events of the key's audit trail, newest first.
+pub async fn recent_key_events(
+    state: &AppState,
+    caller: &Caller,
+    id: KeyId,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, ApiError> {
+    ensure_own_key(state, caller, id).await?;
+    Ok(
+        keyledger_events::log::read_stream_newest_without(
+            &state.pool,
+            &key::stream_id(id),
+            handler::USAGE_EVENT,
+            limit,
+        )
+        .await?,
+    )
+}
+
+/// Not found unless the key (deleted or not) is the caller's.
+async fn ensure_own_key(state: &AppState, caller: &Caller, id: KeyId) -> Result<(), ApiError> {
+    let owned: Option<String> = state
+        .database
+        .read(
+            sqlx::query_scalar("select org_id from keys where id = $1")
+                .bind(id.to_string())
+                .fetch_optional(&state.pool),
+        )
+        .await?;
+    if owned.as_deref() != Some(caller.org_id()) {
+        return Err(ApiError::NotFound);
+    }
+    Ok(())
+}
+
+pub async fn org(state: &AppState, caller: &Caller) -> Result<OrgRow, ApiError> {
+    state
+        .database
+        .read(read_model::org_by_id(&state.pool, caller.org_id()))
+        .await?
+        .ok_or(ApiError::NotFound)
+}
+
+/// Changes where alerts go, the rotation policy and the alert thresholds.
+pub async fn change_settings(state: &AppState, caller: &Caller, change: ChangeSettings) -> Result<OrgRow, ApiError> {
+    handler::execute::<Org>(
+        &state.pool,
+        &org::stream_id(caller.org_id),
+        OrgCommand::ChangeSettings(change),
+        &caller.meta(),
+        |_| Ok(()),
+    )
+    .await?;
+    org(state, caller).await
+}
