@@ -132,7 +132,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dev | Command::Serve | Command::Work => {
             let with_api = !matches!(cli.command, Command::Work);
             let with_workers = !matches!(cli.command, Command::Serve);
-            let mut state = AppState::new(pool, hash_key.expect("checked above"), environment, settings.api());
+            let mut state = AppState::new(pool, hash_key.expect("checked above"), environment, settings.api()?);
             state.kafka = settings.kafka();
             state.routes = std::sync::Arc::new(settings.route_table()?);
             serve(&settings, state, with_api, with_workers).await?;

@@ -64,6 +64,20 @@ pub struct Settings {
         default_value = "127.0.0.1,::1"
     )]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The base of every link keyledger sends or prints (alert recipients'
+    /// confirmation links), as users reach this deployment; default:
+    /// http://<listen address>.
+    #[arg(long, env = "KEYLEDGER_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+    /// Keys (not deleted) one organization may have; one more answers 403 quota_exceeded.
+    #[arg(
+        long,
+        env = "KEYLEDGER_MAX_KEYS_PER_ORG",
+        global = true,
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_keys_per_org: u64,
     /// The environment (live or test) that `/v1/auth` requires.
     #[arg(long, env = "KEYLEDGER_ENVIRONMENT", global = true, default_value = "live")]
     pub environment: String,
@@ -97,14 +111,34 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn api(&self) -> keyledger_api::ApiSettings {
-        keyledger_api::ApiSettings {
+    pub fn api(&self) -> anyhow::Result<keyledger_api::ApiSettings> {
+        Ok(keyledger_api::ApiSettings {
             cache_ttl: std::time::Duration::from_secs(self.cache_ttl_seconds.max(1)),
             failed_attempts_per_minute: self.failed_attempts_per_minute.max(1),
             usage_flush: std::time::Duration::from_secs(self.usage_flush_seconds.max(1)),
             trusted_proxies: self.trusted_proxies.clone(),
+            public_url: self.public_url()?,
+            max_keys_per_org: self.max_keys_per_org,
             ..keyledger_api::ApiSettings::default()
+        })
+    }
+
+    /// `KEYLEDGER_PUBLIC_URL` without a trailing slash, or the listen address.
+    pub fn public_url(&self) -> anyhow::Result<String> {
+        let Some(url) = self.public_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
+            return Ok(format!("http://{}", self.listen));
+        };
+        let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+        let plain = rest.is_some_and(|r| {
+            !r.is_empty() && !r.starts_with('/') && !r.contains(['?', '#', '@']) && !r.contains(char::is_whitespace)
+        });
+        if !plain || !url.is_ascii() {
+            bail!(
+                "KEYLEDGER_PUBLIC_URL is '{url}': give the address users reach this deployment at, \
+                 e.g. https://keys.example.com (http or https, no query, no credentials)"
+            );
         }
+        Ok(url.trim_end_matches('/').to_owned())
     }
 
     pub fn route_table(&self) -> anyhow::Result<keyledger_api::routes::RouteTable> {

@@ -1,6 +1,7 @@
 //! The key management endpoints (`/v1/keys…`). Each command goes through the
 //! shared handler (load → decide → append → project) and answers with the
-//! key as the read model now has it.
+//! key as the read model now has it. Creation also holds the organization
+//! to its key quota.
 
 use std::collections::HashMap;
 
@@ -117,7 +118,15 @@ pub async fn create(
         rotation_days: rotation_days(&state, &caller).await?,
         secret: secret.clone(),
     }));
-    let row = run(&state, &caller, id, command).await?;
+    let decided =
+        handler::decide::<ApiKey>(&state.pool, &key::stream_id(id), command, &meta(&caller), |_| Ok(())).await?;
+    let mut tx = state.pool.begin().await?;
+    hold_key_quota(&mut tx, caller.org_id(), state.settings.max_keys_per_org).await?;
+    decided.append(&mut tx).await?;
+    tx.commit().await?;
+    let row = read_model::key_by_id(&state.pool, caller.org_id(), &id.to_string())
+        .await?
+        .ok_or(ApiError::NotFound)?;
     let key_type = KeyType::parse(&key_type).expect("validated by the command");
     let (plain, _) = secret.issue(key_type);
     let mut response = with_secret(actix_web::http::StatusCode::CREATED, &row, &plain);
@@ -125,6 +134,34 @@ pub async fn create(
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
+}
+
+/// Advisory-lock namespace of the per-organization key quota (the two-key
+/// form: apart from every single-key lock).
+const KEY_QUOTA_LOCK: i32 = 0x6b6c_7100;
+
+/// Refuses a new key when the organization already has `max` keys that are
+/// not deleted. Creations in one organization take a transaction lock
+/// first, so concurrent ones are counted one after the other (each sees the
+/// keys committed before it) and the quota is never passed, across any
+/// number of API processes; the lock ends with the transaction.
+async fn hold_key_quota(tx: &mut sqlx::PgConnection, org_id: &str, max: u64) -> Result<(), ApiError> {
+    sqlx::query("select pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(KEY_QUOTA_LOCK)
+        .bind(org_id)
+        .execute(&mut *tx)
+        .await?;
+    let keys: i64 = sqlx::query_scalar("select count(*) from keys where org_id = $1 and deleted_at is null")
+        .bind(org_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if keys as u64 >= max {
+        return Err(ApiError::QuotaExceeded(format!(
+            "This organization is at its quota of {max} keys (quota: keys per organization, \
+             KEYLEDGER_MAX_KEYS_PER_ORG). Delete keys it no longer uses, or ask the operator to raise the quota."
+        )));
+    }
+    Ok(())
 }
 
 pub async fn list(state: web::Data<AppState>, caller: Admin, query: Query) -> Result<HttpResponse, ApiError> {

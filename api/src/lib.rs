@@ -14,6 +14,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod org;
 pub mod rate_limit;
+pub mod recipients;
 pub mod routes;
 pub mod usage;
 pub mod verify;
@@ -40,6 +41,10 @@ pub struct ApiSettings {
     pub usage_flush: Duration,
     /// Reverse proxies whose `X-Real-IP` / `X-Forwarded-For` name the client.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The base of every link keyledger sends (no trailing slash).
+    pub public_url: String,
+    /// Keys (not deleted) one organization may have.
+    pub max_keys_per_org: u64,
 }
 
 impl Default for ApiSettings {
@@ -50,6 +55,8 @@ impl Default for ApiSettings {
             failed_attempts_per_minute: 20,
             usage_flush: Duration::from_secs(5),
             trusted_proxies: vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()],
+            public_url: "http://127.0.0.1:8080".into(),
+            max_keys_per_org: 10_000,
         }
     }
 }
@@ -135,6 +142,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/keys/{id}/events", web::get().to(keys::events))
             .route("/org", web::get().to(org::get))
             .route("/org", web::patch().to(org::update))
+            .route("/alert-recipients/confirm", web::get().to(recipients::confirm))
             .route("/verify", web::post().to(verify::verify))
             .route("/auth", web::route().to(forward_auth::auth))
             .route("/auth/{tail:.*}", web::route().to(forward_auth::auth_path)),

@@ -50,6 +50,26 @@ fn request_id_of(req: &ServiceRequest) -> String {
 const KEY_PARAMETERS: [&str; 5] = ["key", "api_key", "apikey", "access_token", "token"];
 const KEY_PREFIXES: [&str; 3] = ["pk_live_", "sk_live_", "sk_test_"];
 
+/// The one link that carries `token=` by design (API.md): an alert
+/// recipient's confirmation token, which is not an API key (see
+/// `recipients.rs`). Only that parameter of only that path is let through;
+/// its value is still checked for key prefixes like any other.
+const CONFIRMATION_PATH: &str = "/v1/alert-recipients/confirm";
+
+fn query_to_check<'q>(path: &str, query: &'q str) -> std::borrow::Cow<'q, str> {
+    if path != CONFIRMATION_PATH {
+        return query.into();
+    }
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.strip_prefix("token=") {
+            Some(value) => format!("confirmation_token={value}"),
+            None => pair.to_owned(),
+        })
+        .collect();
+    pairs.join("&").into()
+}
+
 fn query_carries_key(query: &str) -> bool {
     query.split('&').any(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -68,7 +88,7 @@ pub async fn request_context(
     let path = req.path().to_owned();
     let result = REQUEST_ID
         .scope(request_id.clone(), async move {
-            if query_carries_key(req.query_string()) {
+            if query_carries_key(&query_to_check(req.path(), req.query_string())) {
                 let refusal = ApiError::BadRequest(
                     "API keys are not accepted in query strings (they end up in logs and browser history): \
                      send 'Authorization: Bearer <key>' instead."
@@ -116,5 +136,21 @@ mod tests {
         assert!(query_carries_key("Token=1"));
         assert!(!query_carries_key("limit=5&cursor=key_01ABC"));
         assert!(!query_carries_key(""));
+    }
+
+    #[test]
+    fn only_the_confirmation_link_may_carry_a_token() {
+        use super::{query_to_check, CONFIRMATION_PATH};
+        let link = "token=org_01ABC.1764320400000000.6f7073.00ff";
+        assert!(!query_carries_key(&query_to_check(CONFIRMATION_PATH, link)));
+        assert!(query_carries_key(&query_to_check("/v1/keys", link)));
+        assert!(query_carries_key(&query_to_check(
+            CONFIRMATION_PATH,
+            &format!("{link}&api_key=x")
+        )));
+        assert!(query_carries_key(&query_to_check(
+            CONFIRMATION_PATH,
+            "token=sk_live_abc"
+        )));
     }
 }

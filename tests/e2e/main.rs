@@ -13,6 +13,7 @@ mod keys;
 mod nginx;
 mod openapi;
 mod projection;
+mod recipients;
 mod smtp;
 mod validation;
 mod verify;

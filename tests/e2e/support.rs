@@ -44,6 +44,12 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with_alert_emails(&[]).await
+}
+
+/// [`spawn_app`] whose organization was created by the operator with these
+/// alert addresses (`org create --alert-email`, so they count as confirmed).
+pub async fn spawn_app_with_alert_emails(alert_emails: &[&str]) -> TestApp {
     let database_url = fresh_database_url();
     let pool = keyledger::db::connect(&database_url).await.expect("database");
     let mut bytes = [0u8; 32];
@@ -54,6 +60,7 @@ pub async fn spawn_app() -> TestApp {
     let address = format!("http://{}", listener.local_addr().unwrap());
     let settings = keyledger_api::ApiSettings {
         usage_flush: std::time::Duration::from_millis(500),
+        public_url: address.clone(),
         ..keyledger_api::ApiSettings::default()
     };
     let state = AppState::new(pool.clone(), hash_key.clone(), Environment::Live, settings);
@@ -71,9 +78,17 @@ pub async fn spawn_app() -> TestApp {
         let pool = PgPool::connect(&url).await.expect("projector pool");
         keyledger_workers::Projector::read_models(pool).run(stopped).await;
     });
-    let created = keyledger::cli::create_org(&pool, hash_key.clone(), "Acme".into(), "free".into(), None, vec![])
-        .await
-        .expect("org");
+    let alert_emails = alert_emails.iter().map(|e| e.to_string()).collect();
+    let created = keyledger::cli::create_org(
+        &pool,
+        hash_key.clone(),
+        "Acme".into(),
+        "free".into(),
+        None,
+        alert_emails,
+    )
+    .await
+    .expect("org");
     TestApp {
         address,
         state,

@@ -14,11 +14,19 @@
 //! recipient gets an email of their own, and each delivery is recorded as it
 //! happens: a retry mails only those not reached yet, and an address the
 //! server refuses for good is given up on without holding back the others.
+//! An address removed from the organization's alert recipients (or no
+//! longer confirmed) before its email went out is withdrawn: never mailed.
+//!
+//! User-typed text in headers (key names in a `Subject`) reaches a mail
+//! program literally: lettre RFC 2047-encodes words that are not ASCII, and
+//! a subject holding `=?` (which a mail program would decode as an encoded
+//! word) is encoded whole here.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use email_encoding::headers::{rfc2047, writer::EmailWriter};
 use lettre::message::{header, Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use sqlx::PgPool;
@@ -156,16 +164,26 @@ struct Progress {
     refused: Vec<String>,
     /// "address: the server's answer", one per refused address.
     refusals: Vec<String>,
+    /// No longer a recipient of the organization: never mailed.
+    withdrawn: Vec<String>,
+}
+
+impl Progress {
+    fn settled(&self, recipient: &String) -> bool {
+        self.delivered.contains(recipient) || self.refused.contains(recipient) || self.withdrawn.contains(recipient)
+    }
 }
 
 #[derive(sqlx::FromRow)]
 struct Claimed {
     id: uuid::Uuid,
     kind: String,
+    org_id: String,
     recipients: Vec<String>,
     delivered_to: Vec<String>,
     refused: Vec<String>,
     refusals: Vec<String>,
+    withdrawn: Vec<String>,
     subject: String,
     body_text: String,
     body_html: String,
@@ -218,7 +236,8 @@ impl Mailer {
             "update alerts set attempts = attempts + 1, next_attempt_at = $2
              where id = (select id from alerts where status = 'pending' and next_attempt_at <= $1
                          order by next_attempt_at limit 1 for update skip locked)
-             returning id, kind, recipients, delivered_to, refused, refusals, subject, body_text, body_html, attempts, created_at",
+             returning id, kind, org_id, recipients, delivered_to, refused, refusals, withdrawn, subject, body_text,
+                       body_html, attempts, created_at",
         )
         .bind(now)
         .bind(now + LEASE)
@@ -226,19 +245,29 @@ impl Mailer {
         .await
     }
 
-    /// Sends the alert to each recipient it has not reached yet, one email
-    /// each, recording every outcome at once (which also renews the lease):
-    /// a retry never mails anyone twice, and an address the server refuses
-    /// or puts off does not hold back the others.
+    /// Sends the alert to each recipient it has not reached yet who is
+    /// still one of the organization's, one email each, recording every
+    /// outcome at once (which also renews the lease): a retry never mails
+    /// anyone twice, and an address the server refuses or puts off does not
+    /// hold back the others.
     async fn attempt(&self, alert: Claimed, clock: &Clock, delivery: &mut Delivery) -> Result<(), sqlx::Error> {
         let mut progress = Progress {
             delivered: alert.delivered_to.clone(),
             refused: alert.refused.clone(),
             refusals: alert.refusals.clone(),
+            withdrawn: alert.withdrawn.clone(),
         };
+        let allowed = crate::recipients::allowed(&self.pool, &alert.org_id, &alert.kind).await?;
         let mut deferred = None;
         for (n, recipient) in alert.recipients.iter().enumerate() {
-            if progress.delivered.contains(recipient) || progress.refused.contains(recipient) {
+            if progress.settled(recipient) {
+                continue;
+            }
+            if !allowed.contains(recipient) {
+                progress.withdrawn.push(recipient.clone());
+                if !self.record(&alert, &progress, clock.now()).await? {
+                    return Ok(());
+                }
                 continue;
             }
             match self.send(&alert, n, recipient).await {
@@ -267,10 +296,7 @@ impl Mailer {
             }
         }
         let now = clock.now();
-        let reached_all = alert
-            .recipients
-            .iter()
-            .all(|r| progress.delivered.contains(r) || progress.refused.contains(r));
+        let reached_all = alert.recipients.iter().all(|r| progress.settled(r));
         let (status, next_attempt_at, error) = match deferred {
             Some(reason) if !reached_all && alert.attempts < self.max_attempts => {
                 let retry_at = now + self.backoff(alert.attempts);
@@ -282,6 +308,14 @@ impl Mailer {
                 tracing::error!(alert = %alert.id, attempts = alert.attempts, error = %reason, "alert not delivered to everyone; giving up");
                 delivery.failed += 1;
                 ("failed", now, Some(reason))
+            }
+            _ if progress.delivered.is_empty() && progress.refused.is_empty() => {
+                tracing::info!(alert = %alert.id, kind = %alert.kind, "alert withdrawn: none of its recipients receives alerts any more");
+                (
+                    "unaddressed",
+                    now,
+                    Some("no recipient left: every address was removed or is not confirmed".into()),
+                )
             }
             _ if progress.delivered.is_empty() => {
                 let reason = progress.refusals.join("; ");
@@ -315,7 +349,7 @@ impl Mailer {
     /// worker took the alert over.
     async fn record(&self, alert: &Claimed, progress: &Progress, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
         let updated = sqlx::query(
-            "update alerts set delivered_to = $3, refused = $4, refusals = $5, next_attempt_at = $6
+            "update alerts set delivered_to = $3, refused = $4, refusals = $5, withdrawn = $6, next_attempt_at = $7
              where id = $1 and status = 'pending' and attempts = $2",
         )
         .bind(alert.id)
@@ -323,6 +357,7 @@ impl Mailer {
         .bind(&progress.delivered)
         .bind(&progress.refused)
         .bind(&progress.refusals)
+        .bind(&progress.withdrawn)
         .bind(now + LEASE)
         .execute(&self.pool)
         .await?;
@@ -369,7 +404,7 @@ impl Mailer {
         Message::builder()
             .from(self.from.clone())
             .to(to)
-            .subject(alert.subject.clone())
+            .header(Subject(alert.subject.clone()))
             .message_id(Some(format!("<{}.{n}@keyledger>", alert.id)))
             .header(AlertKindHeader(alert.kind.clone()))
             .multipart(MultiPart::alternative_plain_html(
@@ -407,6 +442,35 @@ impl Mailer {
                 return;
             }
         }
+    }
+}
+
+/// `Subject`, shown literally by mail programs: encoded whole (RFC 2047)
+/// when it holds `=?`, which they would otherwise decode.
+#[derive(Clone)]
+struct Subject(String);
+
+impl header::Header for Subject {
+    fn name() -> header::HeaderName {
+        header::HeaderName::new_from_ascii_str("Subject")
+    }
+
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Subject(s.to_owned()))
+    }
+
+    fn display(&self) -> header::HeaderValue {
+        if !self.0.contains("=?") {
+            // lettre encodes what is not ASCII and folds long lines.
+            return header::HeaderValue::new(Self::name(), self.0.clone());
+        }
+        let mut encoded = String::new();
+        {
+            let mut writer = EmailWriter::new(&mut encoded, "Subject: ".len(), 0, false);
+            rfc2047::encode(&self.0, &mut writer).expect("writing to a String");
+        }
+        // Only base64 encoded words, folded: nothing left to inject.
+        header::HeaderValue::dangerous_new_pre_encoded(Self::name(), self.0.clone(), encoded)
     }
 }
 

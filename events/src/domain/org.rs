@@ -1,45 +1,34 @@
 //! The `Org` aggregate: one stream (`org-<id>`) per organization. It owns
 //! the plan (and so the per-key rate limit), the rotation policy and where
 //! alerts go.
+//!
+//! Alert recipients (API.md, "Alert recipients"): addresses the operator
+//! gives when creating the organization count as confirmed; an address set
+//! with `ChangeSettings` gets one confirmation request (an email with a link,
+//! sent by the mailer) and receives alerts only once `ConfirmRecipient`
+//! records that its link was followed. A link works once, for 7 days, and
+//! only while the address is listed; removing an address forgets its
+//! confirmation. Adding an address back while its last link still works
+//! requests nothing new, so a list edited back and forth mails nobody twice.
 
-use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use super::email::EmailAddress;
 use super::{plan::Plan, Aggregate, DomainError, DomainEvent, Name, OrgId, ValidationDetails};
 
 /// Longest rotation policy, in days (0 turns rotation off).
 pub const MAX_ROTATION_DAYS: i64 = 3_650;
 pub const DEFAULT_ROTATION_DAYS: u32 = 90;
-pub const MAX_ALERT_EMAILS: usize = 20;
-
-/// An address alerts can be sent to: one `@`, a dotted domain, no spaces or
-/// control characters, at most 254 characters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct EmailAddress(String);
-
-impl EmailAddress {
-    pub fn parse(text: &str) -> Result<EmailAddress, String> {
-        let bad = || format!("'{text}' is not an email address");
-        if text.len() > 254 || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(bad());
-        }
-        let (local, domain) = text.split_once('@').ok_or_else(bad)?;
-        let domain_ok = domain.contains('.')
-            && !domain.starts_with('.')
-            && !domain.ends_with('.')
-            && !domain.contains("..")
-            && !domain.contains('@');
-        if local.is_empty() || !domain_ok {
-            return Err(bad());
-        }
-        Ok(EmailAddress(text.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+/// The quota of alert recipients per organization (API.md).
+pub const MAX_ALERT_RECIPIENTS: usize = 10;
+/// How long a confirmation link works.
+pub const CONFIRMATION_VALID_DAYS: i64 = 7;
+/// Confirmation emails one organization may cause in any 24 hours: a
+/// cap on what an admin key can make keyledger send to strangers.
+pub const MAX_CONFIRMATIONS_PER_DAY: usize = 20;
 
 /// Thresholds of the alert emails; each field is bounded (see `RANGES`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,10 +115,23 @@ pub struct Org {
     pub name: Name,
     pub plan: Plan,
     pub rate_limit_per_minute: u32,
+    /// Every alert address, confirmed or not, in the order given.
     pub alert_emails: Vec<EmailAddress>,
+    /// When each listed address was confirmed; absent: not yet.
+    pub confirmed: BTreeMap<EmailAddress, DateTime<Utc>>,
+    /// When the confirmation link of each address that has one unused was
+    /// requested (kept after the address is removed, pruned after 7 days).
+    pub confirmation_requests: BTreeMap<EmailAddress, DateTime<Utc>>,
     pub rotation_days: u32,
     pub alert_settings: AlertSettings,
     pub created_at: DateTime<Utc>,
+}
+
+impl Org {
+    /// The addresses alerts go to: those listed and confirmed.
+    pub fn confirmed_alert_emails(&self) -> impl Iterator<Item = &EmailAddress> {
+        self.alert_emails.iter().filter(|e| self.confirmed.contains_key(*e))
+    }
 }
 
 pub struct CreateOrg {
@@ -150,8 +152,17 @@ pub struct ChangeSettings {
 
 pub enum OrgCommand {
     Create(CreateOrg),
-    ChangePlan { plan: String, rate_limit: Option<u32> },
+    ChangePlan {
+        plan: String,
+        rate_limit: Option<u32>,
+    },
     ChangeSettings(ChangeSettings),
+    /// A confirmation link was followed (its token checked by the caller:
+    /// see `confirmation`).
+    ConfirmRecipient {
+        email: EmailAddress,
+        requested_at: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,6 +194,22 @@ pub struct OrgSettingsChanged {
     pub alert_settings: Option<AlertSettings>,
 }
 
+/// An address was sent (by the mailer, from the alerts outbox) a link to
+/// confirm it wants the organization's alerts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertRecipientConfirmationRequested {
+    pub email: EmailAddress,
+    /// Part of the link's token: only the newest request's link works.
+    pub requested_at: DateTime<Utc>,
+}
+
+/// The address followed its link: alerts go to it from now on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertRecipientConfirmed {
+    pub email: EmailAddress,
+    pub confirmed_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum OrgEvent {
@@ -192,6 +219,10 @@ pub enum OrgEvent {
     PlanChanged(OrgPlanChanged),
     #[serde(rename = "org.settings_changed")]
     SettingsChanged(OrgSettingsChanged),
+    #[serde(rename = "org.alert_recipient_confirmation_requested")]
+    AlertRecipientConfirmationRequested(AlertRecipientConfirmationRequested),
+    #[serde(rename = "org.alert_recipient_confirmed")]
+    AlertRecipientConfirmed(AlertRecipientConfirmed),
 }
 
 impl DomainEvent for OrgEvent {
@@ -200,6 +231,8 @@ impl DomainEvent for OrgEvent {
             OrgEvent::Created(_) => "org.created",
             OrgEvent::PlanChanged(_) => "org.plan_changed",
             OrgEvent::SettingsChanged(_) => "org.settings_changed",
+            OrgEvent::AlertRecipientConfirmationRequested(_) => "org.alert_recipient_confirmation_requested",
+            OrgEvent::AlertRecipientConfirmed(_) => "org.alert_recipient_confirmed",
         }
     }
 }
@@ -223,10 +256,8 @@ fn parse_plan(plan: &str, rate_limit: Option<u32>, details: &mut ValidationDetai
         .ok()
 }
 
+/// The distinct addresses of `raw`, in order; each bad one is noted.
 fn parse_emails(raw: &[String], details: &mut ValidationDetails) -> Vec<EmailAddress> {
-    if raw.len() > MAX_ALERT_EMAILS {
-        details.add("alert_emails", format!("at most {MAX_ALERT_EMAILS} addresses"));
-    }
     let mut emails: Vec<EmailAddress> = Vec::with_capacity(raw.len());
     for parsed in raw
         .iter()
@@ -237,6 +268,88 @@ fn parse_emails(raw: &[String], details: &mut ValidationDetails) -> Vec<EmailAdd
         }
     }
     emails
+}
+
+/// Refuses a list over the recipients quota (after validation: a list
+/// with bad addresses gets its details first).
+fn within_quota(emails: &[EmailAddress]) -> Result<(), DomainError> {
+    if emails.len() > MAX_ALERT_RECIPIENTS {
+        return Err(DomainError::QuotaExceeded(format!(
+            "An organization has at most {MAX_ALERT_RECIPIENTS} alert recipients (quota: alert recipients); \
+             this list has {}. Remove some addresses, or use a mailing list address.",
+            emails.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The confirmation requests a new alert list causes: one for each
+/// address neither confirmed nor holding a link that still works.
+fn confirmation_requests(org: &Org, emails: &[EmailAddress], now: DateTime<Utc>) -> Result<Vec<OrgEvent>, DomainError> {
+    let valid = Duration::days(CONFIRMATION_VALID_DAYS);
+    let new: Vec<OrgEvent> = emails
+        .iter()
+        .filter(|e| !org.confirmed.contains_key(*e))
+        .filter(|e| match org.confirmation_requests.get(*e) {
+            Some(at) => now >= *at + valid,
+            None => true,
+        })
+        .map(|e| {
+            OrgEvent::AlertRecipientConfirmationRequested(AlertRecipientConfirmationRequested {
+                email: e.clone(),
+                requested_at: now,
+            })
+        })
+        .collect();
+    let last_day = org
+        .confirmation_requests
+        .values()
+        .filter(|at| **at > now - Duration::days(1))
+        .count();
+    if !new.is_empty() && last_day + new.len() > MAX_CONFIRMATIONS_PER_DAY {
+        return Err(DomainError::QuotaExceeded(format!(
+            "An organization may cause at most {MAX_CONFIRMATIONS_PER_DAY} confirmation emails a day \
+             (quota: alert recipient confirmations); {last_day} went out in the last 24 hours. \
+             Add these addresses tomorrow."
+        )));
+    }
+    Ok(new)
+}
+
+fn confirm_recipient(
+    org: &Org,
+    email: EmailAddress,
+    requested_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Vec<OrgEvent>, DomainError> {
+    if !org.alert_emails.contains(&email) {
+        return Err(DomainError::Conflict(format!(
+            "{email} is no longer an alert recipient of {}: this link does not apply any more.",
+            org.name.as_str()
+        )));
+    }
+    if org.confirmed.contains_key(&email) {
+        return Err(DomainError::Conflict(format!(
+            "{email} is already confirmed: it receives the alerts of {}. Nothing more to do.",
+            org.name.as_str()
+        )));
+    }
+    if org.confirmation_requests.get(&email) != Some(&requested_at) {
+        return Err(DomainError::Conflict(
+            "This link was replaced by a newer one: use the link of the most recent confirmation email.".into(),
+        ));
+    }
+    if now >= requested_at + Duration::days(CONFIRMATION_VALID_DAYS) {
+        return Err(DomainError::Conflict(format!(
+            "This link has expired (links work for {CONFIRMATION_VALID_DAYS} days). Ask an administrator of {} \
+             to save the alert addresses again: a new link will be sent.",
+            org.name.as_str()
+        )));
+    }
+    Ok(vec![OrgEvent::AlertRecipientConfirmed(AlertRecipientConfirmed {
+        email,
+        confirmed_at: now,
+    })])
 }
 
 impl Aggregate for Org {
@@ -254,6 +367,7 @@ impl Aggregate for Org {
                 let plan = parse_plan(&c.plan, c.rate_limit, &mut details);
                 let alert_emails = parse_emails(&c.alert_emails, &mut details);
                 details.into_result()?;
+                within_quota(&alert_emails)?;
                 let (plan, rate_limit_per_minute) = plan.expect("validated");
                 Ok(vec![OrgEvent::Created(OrgCreated {
                     org_id: c.org_id,
@@ -295,16 +409,28 @@ impl Aggregate for Org {
                     .as_ref()
                     .map(|patch| org.alert_settings.patched(patch, &mut details));
                 details.into_result()?;
+                let requests = match &emails {
+                    Some(emails) => {
+                        within_quota(emails)?;
+                        confirmation_requests(org, emails, now)?
+                    }
+                    None => vec![],
+                };
                 let change = OrgSettingsChanged {
                     alert_emails: emails.filter(|e| *e != org.alert_emails),
                     rotation_days: rotation_days.filter(|d| *d != org.rotation_days),
                     alert_settings: settings.filter(|s| *s != org.alert_settings),
                 };
-                Ok(if change == OrgSettingsChanged::default() {
-                    vec![]
-                } else {
-                    vec![OrgEvent::SettingsChanged(change)]
-                })
+                let mut events = vec![];
+                if change != OrgSettingsChanged::default() {
+                    events.push(OrgEvent::SettingsChanged(change));
+                }
+                events.extend(requests);
+                Ok(events)
+            }
+            OrgCommand::ConfirmRecipient { email, requested_at } => {
+                let org = state.ok_or(DomainError::NotFound)?;
+                confirm_recipient(org, email, requested_at, now)
             }
         }
     }
@@ -317,6 +443,9 @@ impl Aggregate for Org {
                 plan: e.plan,
                 rate_limit_per_minute: e.rate_limit_per_minute,
                 alert_emails: e.alert_emails.clone(),
+                // The operator's addresses: confirmed as they are given.
+                confirmed: e.alert_emails.iter().map(|a| (a.clone(), e.created_at)).collect(),
+                confirmation_requests: BTreeMap::new(),
                 rotation_days: e.rotation_days,
                 alert_settings: e.alert_settings,
                 created_at: e.created_at,
@@ -326,11 +455,28 @@ impl Aggregate for Org {
                 rate_limit_per_minute: e.rate_limit_per_minute,
                 ..org
             }),
-            OrgEvent::SettingsChanged(e) => state.map(|org| Org {
-                alert_emails: e.alert_emails.clone().unwrap_or(org.alert_emails),
-                rotation_days: e.rotation_days.unwrap_or(org.rotation_days),
-                alert_settings: e.alert_settings.unwrap_or(org.alert_settings),
-                ..org
+            OrgEvent::SettingsChanged(e) => state.map(|mut org| {
+                if let Some(emails) = &e.alert_emails {
+                    // A removed address's confirmation goes with it.
+                    org.confirmed.retain(|address, _| emails.contains(address));
+                    org.alert_emails = emails.clone();
+                }
+                Org {
+                    rotation_days: e.rotation_days.unwrap_or(org.rotation_days),
+                    alert_settings: e.alert_settings.unwrap_or(org.alert_settings),
+                    ..org
+                }
+            }),
+            OrgEvent::AlertRecipientConfirmationRequested(e) => state.map(|mut org| {
+                let expired = e.requested_at - Duration::days(CONFIRMATION_VALID_DAYS);
+                org.confirmation_requests.retain(|_, at| *at > expired);
+                org.confirmation_requests.insert(e.email.clone(), e.requested_at);
+                org
+            }),
+            OrgEvent::AlertRecipientConfirmed(e) => state.map(|mut org| {
+                org.confirmation_requests.remove(&e.email);
+                org.confirmed.insert(e.email.clone(), e.confirmed_at);
+                org
             }),
         }
     }

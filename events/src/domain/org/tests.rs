@@ -5,6 +5,7 @@
 use super::*;
 use chrono::TimeZone;
 use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 
 // ---------------------------------------------------------------- fixtures
 
@@ -143,6 +144,22 @@ fn then_invalid(result: Result<Vec<OrgEvent>, DomainError>, fields: &[&str]) -> 
             details
         }
         other => panic!("expected a validation error on {fields:?}, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn then_over_quota(result: Result<Vec<OrgEvent>, DomainError>, quota: &str) {
+    match result {
+        Err(DomainError::QuotaExceeded(message)) => assert!(message.contains(quota), "{message}"),
+        other => panic!("expected the {quota} quota, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn then_conflict(result: Result<Vec<OrgEvent>, DomainError>, saying: &str) {
+    match result {
+        Err(DomainError::Conflict(message)) => assert!(message.contains(saying), "{message}"),
+        other => panic!("expected a conflict saying {saying:?}, got {other:?}"),
     }
 }
 
@@ -313,14 +330,14 @@ fn create_refuses_bad_emails() {
 }
 
 #[test]
-fn create_refuses_more_than_twenty_alert_emails() {
+fn create_with_more_than_ten_alert_recipients_is_over_the_quota() {
     let input = CreateOrg {
-        alert_emails: (0..21).map(|i| format!("ops{i}@acme.example")).collect(),
+        alert_emails: (0..11).map(|i| format!("ops{i}@acme.example")).collect(),
         ..create_input("free", None)
     };
-    then_invalid(when(&given(&[]), create(input)), &["alert_emails"]);
+    then_over_quota(when(&given(&[]), create(input)), "alert recipients");
     let input = CreateOrg {
-        alert_emails: (0..20).map(|i| format!("ops{i}@acme.example")).collect(),
+        alert_emails: (0..10).map(|i| format!("ops{i}@acme.example")).collect(),
         ..create_input("free", None)
     };
     assert!(when(&given(&[]), create(input)).is_ok());
@@ -360,6 +377,9 @@ fn evolve_of_created_builds_the_org() {
             plan: Plan::Free,
             rate_limit_per_minute: 100,
             alert_emails: vec![email("ops@acme.example")],
+            // The operator's addresses count as confirmed.
+            confirmed: BTreeMap::from([(email("ops@acme.example"), now() - chrono::Duration::days(1))]),
+            confirmation_requests: BTreeMap::new(),
             rotation_days: 90,
             alert_settings: AlertSettings::default(),
             created_at: now() - chrono::Duration::days(1),
@@ -468,17 +488,20 @@ fn evolve_applies_a_plan_change() {
 // --------------------------------------------------------- change settings
 
 #[test]
-fn change_settings_records_new_alert_emails() {
-    let changed = then_settings_changed(when(
-        &given(&[free_org_created()]),
-        emails(&["security@acme.example", "ops@acme.example"]),
-    ));
-    assert_eq!(
-        changed,
-        OrgSettingsChanged {
-            alert_emails: Some(vec![email("security@acme.example"), email("ops@acme.example")]),
-            ..OrgSettingsChanged::default()
-        }
+fn change_settings_records_new_alert_emails_and_asks_the_new_ones_to_confirm() {
+    then_events(
+        when(
+            &given(&[free_org_created()]),
+            emails(&["security@acme.example", "ops@acme.example"]),
+        ),
+        vec![
+            OrgEvent::SettingsChanged(OrgSettingsChanged {
+                alert_emails: Some(vec![email("security@acme.example"), email("ops@acme.example")]),
+                ..OrgSettingsChanged::default()
+            }),
+            // ops@ was given by the operator: already confirmed.
+            requested("security@acme.example", now()),
+        ],
     );
     // Emptying the list is a change too.
     then_events(
@@ -500,9 +523,26 @@ fn change_settings_refuses_bad_emails() {
         &["alert_emails"],
     );
     assert_eq!(details.0["alert_emails"].len(), 2);
-    let too_many: Vec<String> = (0..21).map(|i| format!("ops{i}@acme.example")).collect();
-    let refs: Vec<&str> = too_many.iter().map(String::as_str).collect();
-    then_invalid(when(&given(&[free_org_created()]), emails(&refs)), &["alert_emails"]);
+    for bad in ["\"Evil\"<x@y.z>", "a,c@d.com", "x@y.z>", "x@y.z\r\nBcc: a@b.c"] {
+        then_invalid(when(&given(&[free_org_created()]), emails(&[bad])), &["alert_emails"]);
+    }
+}
+
+#[test]
+fn more_than_ten_alert_recipients_are_over_the_quota_after_validation() {
+    let eleven: Vec<String> = (0..11).map(|i| format!("ops{i}@acme.example")).collect();
+    let refs: Vec<&str> = eleven.iter().map(String::as_str).collect();
+    then_over_quota(when(&given(&[free_org_created()]), emails(&refs)), "alert recipients");
+    // Bad addresses are reported first; the same address twice is one recipient.
+    let mut with_bad = refs.clone();
+    with_bad.push("nope");
+    then_invalid(
+        when(&given(&[free_org_created()]), emails(&with_bad)),
+        &["alert_emails"],
+    );
+    let mut repeated = refs[..10].to_vec();
+    repeated.push(refs[0]);
+    assert!(when(&given(&[free_org_created()]), emails(&repeated)).is_ok());
 }
 
 #[test]
@@ -752,6 +792,8 @@ fn evolve_applies_a_settings_change_field_by_field() {
         given(&[free_org_created(), rotation_only.clone(), everything]),
         Some(Org {
             alert_emails: vec![email("a@b.example")],
+            // ops@ was removed, and its confirmation with it.
+            confirmed: BTreeMap::new(),
             rotation_days: 365,
             alert_settings: settings,
             ..before.clone()
@@ -787,10 +829,21 @@ fn every_event_round_trips_through_json_with_its_type_tag() {
             ..OrgSettingsChanged::default()
         }),
         OrgEvent::SettingsChanged(OrgSettingsChanged::default()),
+        requested("a@b.example", now()),
+        confirmed("a@b.example", now()),
     ];
     let mut seen: Vec<&str> = events.iter().map(|e| e.event_type()).collect();
     seen.dedup();
-    assert_eq!(seen, ["org.created", "org.plan_changed", "org.settings_changed"]);
+    assert_eq!(
+        seen,
+        [
+            "org.created",
+            "org.plan_changed",
+            "org.settings_changed",
+            "org.alert_recipient_confirmation_requested",
+            "org.alert_recipient_confirmed"
+        ]
+    );
     for event in events {
         let value = serde_json::to_value(&event).unwrap();
         assert_eq!(value["type"], event.event_type(), "{value}");
@@ -818,4 +871,155 @@ fn a_settings_change_omits_unchanged_fields() {
 #[test]
 fn stream_ids_name_the_org() {
     assert_eq!(stream_id(org_id()), format!("org-{}", org_id()));
+}
+
+// ------------------------------------------------------- alert recipients
+
+fn requested(address: &str, at: DateTime<Utc>) -> OrgEvent {
+    OrgEvent::AlertRecipientConfirmationRequested(AlertRecipientConfirmationRequested {
+        email: email(address),
+        requested_at: at,
+    })
+}
+
+fn confirmed(address: &str, at: DateTime<Utc>) -> OrgEvent {
+    OrgEvent::AlertRecipientConfirmed(AlertRecipientConfirmed {
+        email: email(address),
+        confirmed_at: at,
+    })
+}
+
+fn confirm(address: &str, requested_at: DateTime<Utc>) -> OrgCommand {
+    OrgCommand::ConfirmRecipient {
+        email: email(address),
+        requested_at,
+    }
+}
+
+fn listed(addresses: &[&str]) -> OrgEvent {
+    OrgEvent::SettingsChanged(OrgSettingsChanged {
+        alert_emails: Some(addresses.iter().map(|a| email(a)).collect()),
+        ..OrgSettingsChanged::default()
+    })
+}
+
+const NEW: &str = "new@acme.example";
+
+/// The org with `NEW` added over the API a day ago (its link sent then).
+fn with_new_address() -> Vec<OrgEvent> {
+    let asked = now() - chrono::Duration::days(1);
+    vec![
+        free_org_created(),
+        listed(&["ops@acme.example", NEW]),
+        requested(NEW, asked),
+    ]
+}
+
+#[test]
+fn a_listed_address_with_a_working_link_is_not_mailed_again() {
+    let history = with_new_address();
+    then_nothing(when(&given(&history), emails(&["ops@acme.example", NEW])));
+    // Removed and added back while its link works: the same link still does.
+    let mut removed = history.clone();
+    removed.push(listed(&["ops@acme.example"]));
+    then_events(
+        when(&given(&removed), emails(&["ops@acme.example", NEW])),
+        vec![listed(&["ops@acme.example", NEW])],
+    );
+    // After 7 days the link has expired: saving the list sends a new one.
+    let state = given(&history);
+    let a_week_later = now() + chrono::Duration::days(6) + chrono::Duration::seconds(1);
+    assert_eq!(
+        Org::decide(state.as_ref(), emails(&["ops@acme.example", NEW]), a_week_later),
+        Ok(vec![requested(NEW, a_week_later)])
+    );
+}
+
+#[test]
+fn an_address_set_before_confirmations_existed_is_asked_when_the_list_is_saved() {
+    let legacy = [free_org_created(), listed(&["ops@acme.example", NEW])];
+    then_events(
+        when(&given(&legacy), emails(&["ops@acme.example", NEW])),
+        vec![requested(NEW, now())],
+    );
+    then_nothing(when(&given(&legacy), rotation(90)));
+}
+
+#[test]
+fn the_newest_link_confirms_once_within_seven_days() {
+    let history = with_new_address();
+    let asked = now() - chrono::Duration::days(1);
+    let state = given(&history);
+    assert_eq!(state.as_ref().unwrap().confirmed_alert_emails().count(), 1);
+    then_events(when(&state, confirm(NEW, asked)), vec![confirmed(NEW, now())]);
+
+    let mut done = history.clone();
+    done.push(confirmed(NEW, now()));
+    let state = given(&done);
+    let org = state.as_ref().unwrap();
+    assert_eq!(
+        org.confirmed_alert_emails().collect::<Vec<_>>(),
+        [&email("ops@acme.example"), &email(NEW)]
+    );
+    assert!(org.confirmation_requests.is_empty(), "the link is used up");
+    then_conflict(when(&state, confirm(NEW, asked)), "already confirmed");
+    // Saving the list again asks nothing of a confirmed address.
+    then_nothing(when(&state, emails(&["ops@acme.example", NEW])));
+
+    // An older link, or one past its 7 days, does not work.
+    then_conflict(
+        when(&given(&history), confirm(NEW, asked - chrono::Duration::seconds(1))),
+        "replaced",
+    );
+    let expired = Org::decide(
+        given(&history).as_ref(),
+        confirm(NEW, asked),
+        asked + chrono::Duration::days(7),
+    );
+    then_conflict(expired, "expired");
+}
+
+#[test]
+fn a_removed_address_loses_its_confirmation_and_its_link() {
+    let mut history = with_new_address();
+    let asked = now() - chrono::Duration::days(1);
+    history.push(confirmed(NEW, now() - chrono::Duration::hours(1)));
+    history.push(listed(&["ops@acme.example"]));
+    let state = given(&history);
+    assert!(!state.as_ref().unwrap().confirmed.contains_key(&email(NEW)));
+    then_conflict(when(&state, confirm(NEW, asked)), "no longer an alert recipient");
+    // Added back, it must confirm again: a new link (the old one was used).
+    then_events(
+        when(&state, emails(&["ops@acme.example", NEW])),
+        vec![listed(&["ops@acme.example", NEW]), requested(NEW, now())],
+    );
+    // The operator's address too.
+    let state = given(&[free_org_created(), listed(&[])]);
+    then_events(
+        when(&state, emails(&["ops@acme.example"])),
+        vec![listed(&["ops@acme.example"]), requested("ops@acme.example", now())],
+    );
+}
+
+#[test]
+fn at_most_twenty_confirmation_emails_a_day() {
+    let mut history = vec![free_org_created()];
+    let mut state = given(&history);
+    for batch in 0..2 {
+        let addresses: Vec<String> = (0..10).map(|i| format!("a{batch}-{i}@acme.example")).collect();
+        let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
+        let events = when(&state, emails(&refs)).unwrap();
+        assert_eq!(events.len(), 11, "the list and ten requests");
+        history.extend(events);
+        state = given(&history);
+    }
+    then_over_quota(when(&state, emails(&["one-more@acme.example"])), "confirmation");
+    // A day later the organization may ask again.
+    let tomorrow = now() + chrono::Duration::days(1);
+    assert_eq!(
+        Org::decide(state.as_ref(), emails(&["one-more@acme.example"]), tomorrow)
+            .unwrap()
+            .len(),
+        2
+    );
 }

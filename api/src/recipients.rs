@@ -1,0 +1,93 @@
+//! `GET /v1/alert-recipients/confirm?token=…`: the link in an alert
+//! recipient's confirmation email. A person's browser follows it, so it
+//! answers a small HTML page, needs no API key (the token is the proof,
+//! see `keyledger_events::domain::confirmation`) and appends
+//! `org.alert_recipient_confirmed` with actor `alert-recipient`. A forged
+//! or damaged token answers 400; one that no longer applies (used, expired,
+//! replaced, address removed) 410, saying why.
+
+use std::collections::HashMap;
+
+use actix_web::{http::header, http::StatusCode, web, HttpRequest, HttpResponse, ResponseError};
+use chrono::Utc;
+use keyledger_events::domain::{confirmation::Confirmation, org, DomainError, Org, OrgCommand};
+use keyledger_events::handler::{self, HandlerError};
+use keyledger_events::log::EventMeta;
+use keyledger_workers::alert_email::escape;
+
+use crate::{error::ApiError, middleware::current_request_id, AppState};
+
+/// The path of confirmation links.
+pub const CONFIRM_PATH: &str = "/v1/alert-recipients/confirm";
+
+pub async fn confirm(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let query = web::Query::<HashMap<String, String>>::from_query(req.query_string()).ok();
+    let token = query.as_ref().and_then(|q| q.get("token"));
+    let Some(confirmation) = token.and_then(|t| Confirmation::verify(t, &state.hash_key)) else {
+        return invalid();
+    };
+    let meta = EventMeta {
+        actor: "alert-recipient".into(),
+        request_id: Some(current_request_id()),
+        occurred_at: Utc::now(),
+    };
+    let command = OrgCommand::ConfirmRecipient {
+        email: confirmation.email.clone(),
+        requested_at: confirmation.requested_at,
+    };
+    let stream = org::stream_id(confirmation.org_id);
+    match handler::execute::<Org>(&state.pool, &stream, command, &meta, |_| Ok(())).await {
+        Ok(outcome) => {
+            let name = outcome.state.as_ref().map_or("", |org| org.name.as_str());
+            page(
+                StatusCode::OK,
+                "Address confirmed",
+                &format!(
+                    "{} is confirmed: it now receives the API key alerts of {name}.",
+                    confirmation.email
+                ),
+            )
+        }
+        Err(HandlerError::Domain(DomainError::Conflict(why))) => {
+            page(StatusCode::GONE, "This link no longer works", &why)
+        }
+        Err(HandlerError::Domain(DomainError::NotFound)) => invalid(),
+        Err(HandlerError::Concurrency) => page(
+            StatusCode::CONFLICT,
+            "Please try again",
+            "The organization's settings changed at the same moment; open the link again.",
+        ),
+        Err(other) => ApiError::from(other).error_response(),
+    }
+}
+
+fn invalid() -> HttpResponse {
+    page(
+        StatusCode::BAD_REQUEST,
+        "This link is not valid",
+        "This confirmation link is not valid: open the link exactly as the email has it (some mail \
+         programs break long links; copy the whole link into the address bar).",
+    )
+}
+
+/// A page that loads nothing, is never cached and never passes its address
+/// (which holds the token) on as a referrer.
+fn page(status: StatusCode, title: &str, message: &str) -> HttpResponse {
+    let html = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width\"><title>{title} · keyledger</title></head>\n\
+         <body><h1>{title}</h1>\n<p>{}</p></body></html>\n",
+        escape(message),
+        title = escape(title)
+    );
+    HttpResponse::build(status)
+        .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::REFERRER_POLICY, "no-referrer"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        ))
+        .body(html)
+}

@@ -1,0 +1,586 @@
+//! Alert recipients (API.md, "Alert recipients"): an address set over the API
+//! is mailed one confirmation link and gets no alert until it follows it;
+//! operator-given addresses count as confirmed; a removed address gets
+//! nothing more; at most 10 recipients and a key quota per organization;
+//! strict addresses; user text in headers shown literally by mail programs.
+
+use std::time::Duration;
+
+use awc::http::Method;
+use chrono::Utc;
+use keyledger_workers::scheduler::Job;
+use serde_json::{json, Value};
+
+use crate::alerts::{alert_rows, create_key, days, deliver, job, mailer, OPS, SECURITY};
+use crate::binary::{create_org, keyledger, run, temp_dir, Server, HASH_KEY};
+use crate::smtp::{Mail, MailServer};
+use crate::support::{call, fresh_database_url, spawn_app, spawn_app_with_alert_emails, Answer, TestApp};
+
+const CONFIRM_PATH: &str = "/v1/alert-recipients/confirm?token=";
+
+/// The confirmation link in an email's plain-text part.
+fn link_in(text: &str) -> String {
+    text.split_whitespace()
+        .find(|word| word.contains(CONFIRM_PATH))
+        .unwrap_or_else(|| panic!("no confirmation link in {text}"))
+        .to_owned()
+}
+
+/// The confirmation link mailed to `email`, as the outbox holds it.
+async fn link_for(app: &TestApp, email: &str) -> String {
+    let text: String = sqlx::query_scalar(
+        "select body_text from alerts where kind = 'recipient_confirmation' and $1 = any(recipients)
+         order by created_at desc limit 1",
+    )
+    .bind(email)
+    .fetch_one(&app.pool)
+    .await
+    .expect("a confirmation email for the address");
+    link_in(&text)
+}
+
+/// Follows a link of this app the way a browser does (no API key).
+async fn follow(app: &TestApp, link: &str) -> Answer {
+    assert!(
+        link.starts_with(&app.address),
+        "{link} is not a link to {}",
+        app.address
+    );
+    call(&app.address, Method::GET, &link[app.address.len()..], None, None, &[]).await
+}
+
+fn page(answer: &Answer) -> &str {
+    answer
+        .body
+        .as_str()
+        .unwrap_or_else(|| panic!("not a page: {:#}", answer.body))
+}
+
+async fn recipients(app: &TestApp) -> Value {
+    app.get("/v1/org").await.expect(200)["alert_recipients"].clone()
+}
+
+#[actix_web::test]
+async fn an_address_set_over_the_api_gets_one_confirmation_link_and_no_alert_until_it_follows_it() {
+    let app = spawn_app().await;
+    let org = app.patch("/v1/org", json!({"alert_emails": [OPS]})).await;
+    assert_eq!(
+        org.expect(200)["alert_recipients"],
+        json!([{"email": OPS, "confirmed_at": null}])
+    );
+    // Saving the same list again sends nothing new.
+    app.patch("/v1/org", json!({"alert_emails": [OPS], "rotation_days": 60}))
+        .await
+        .expect(200);
+    create_key(&app, "Old mobile app", json!({})).await;
+    let later = Utc::now() + days(31);
+    assert_eq!(job(&app, Job::UnusedKeys, later).await.alerts, 1);
+
+    let smtp = MailServer::start_new();
+    mailer(&app, &smtp).run_once(later).await.unwrap();
+    let inbox = smtp.wait_for(1, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(smtp.inbox().len(), 1, "only the confirmation: {:#?}", smtp.inbox());
+    let mail = &inbox[0];
+    assert_eq!(mail.alert_kind, "recipient_confirmation");
+    assert_eq!(
+        (mail.envelope_to.as_slice(), mail.to.as_str()),
+        ([OPS.to_owned()].as_slice(), OPS)
+    );
+    assert!(mail.subject.contains("Confirm"), "{}", mail.subject);
+    assert!(
+        mail.text.contains("Acme") && mail.text.contains("7 days"),
+        "{}",
+        mail.text
+    );
+    let link = link_in(&mail.text);
+    assert!(mail.html.contains(&link.replace('&', "&amp;")), "{}", mail.html);
+    assert!(!mail.raw.contains(&app.admin_key[8..]));
+    // The alert raised before the address confirmed is on record, for nobody.
+    assert!(alert_rows(&app)
+        .await
+        .contains(&("unused_keys".into(), "unaddressed".into())));
+
+    let confirmed = follow(&app, &link).await;
+    assert_eq!(confirmed.status.as_u16(), 200, "{:#}", confirmed.body);
+    assert!(confirmed.header("content-type").unwrap().starts_with("text/html"));
+    assert_eq!(confirmed.header("referrer-policy"), Some("no-referrer"));
+    assert!(page(&confirmed).contains("confirmed") && page(&confirmed).contains(OPS));
+    let now_recipients = recipients(&app).await;
+    assert_eq!(now_recipients[0]["email"], OPS);
+    assert!(now_recipients[0]["confirmed_at"].is_string(), "{now_recipients:#}");
+    let confirmation: Value =
+        sqlx::query_scalar("select data from events where stream_id = $1 and type = 'org.alert_recipient_confirmed'")
+            .bind(format!("org-{}", app.org_id))
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(confirmation["email"], OPS);
+
+    // Single use.
+    let again = follow(&app, &link).await;
+    assert!(again.status.is_client_error(), "{:?}", again.status);
+    assert!(page(&again).contains("already"), "{}", page(&again));
+
+    // From now on the address gets the alerts.
+    let next_week = later + days(7);
+    assert_eq!(job(&app, Job::UnusedKeys, next_week).await.alerts, 1);
+    let (_, inbox) = deliver(&app, &smtp, next_week).await;
+    assert_eq!(inbox.len(), 2);
+    assert_eq!(
+        (inbox[1].alert_kind.as_str(), inbox[1].to.as_str()),
+        ("unused_keys", OPS)
+    );
+
+    // The recipients are a read model of the log: a rebuild agrees, and keeps them.
+    let differences = keyledger_workers::replay::check(&app.pool).await.unwrap();
+    assert!(differences.is_empty(), "{differences:#?}");
+    keyledger_workers::replay::rebuild(&app.pool).await.unwrap();
+    assert_eq!(recipients(&app).await, now_recipients);
+}
+
+#[actix_web::test]
+async fn links_that_are_forged_used_or_for_a_removed_address_are_refused_and_change_nothing() {
+    let app = spawn_app().await;
+    app.patch("/v1/org", json!({"alert_emails": [OPS, SECURITY]}))
+        .await
+        .expect(200);
+    let (ops_link, security_link) = (link_for(&app, OPS).await, link_for(&app, SECURITY).await);
+    let before = app.event_count().await;
+    let token = &ops_link[ops_link.find("token=").unwrap() + 6..];
+    let mut forged = token.to_owned();
+    let last = forged.pop().unwrap();
+    forged.push(if last == '0' { '1' } else { '0' });
+    for query in [
+        format!("token={forged}"),
+        // The address is part of what is signed: another one does not pass.
+        format!("token={}", token.replace(&hex(OPS), &hex("attacker@evil.test"))),
+        "token=".into(),
+        "token=%00%ff".into(),
+        "".into(),
+    ] {
+        let refused = call(
+            &app.address,
+            Method::GET,
+            &format!("/v1/alert-recipients/confirm?{query}"),
+            None,
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(refused.status.as_u16(), 400, "{query}: {:#}", refused.body);
+        assert!(page(&refused).contains("not valid"), "{}", page(&refused));
+    }
+    // A removed address cannot confirm itself back in.
+    app.patch("/v1/org", json!({"alert_emails": [OPS]})).await.expect(200);
+    assert_eq!(app.event_count().await, before + 1);
+    let removed = follow(&app, &security_link).await;
+    assert_eq!(removed.status.as_u16(), 410, "{:#}", removed.body);
+    assert!(page(&removed).contains("no longer"), "{}", page(&removed));
+    assert_eq!(app.event_count().await, before + 1);
+    assert_eq!(recipients(&app).await, json!([{"email": OPS, "confirmed_at": null}]));
+    // A key in the query string is still refused on that path.
+    let with_key = call(
+        &app.address,
+        Method::GET,
+        &format!("/v1/alert-recipients/confirm?token={token}&api_key=x"),
+        None,
+        None,
+        &[],
+    )
+    .await;
+    with_key.expect_error(400, "bad_request");
+    follow(&app, &ops_link).await.expect(200);
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[actix_web::test]
+async fn a_removed_address_gets_nothing_more_not_even_an_alert_raised_before() {
+    let app = spawn_app_with_alert_emails(&[OPS, SECURITY]).await;
+    let given = recipients(&app).await;
+    assert_eq!(given.as_array().unwrap().len(), 2, "{given:#}");
+    assert!(
+        given.as_array().unwrap().iter().all(|r| r["confirmed_at"].is_string()),
+        "operator-given addresses count as confirmed: {given:#}"
+    );
+    create_key(&app, "Old mobile app", json!({})).await;
+    let later = Utc::now() + days(31);
+    assert_eq!(job(&app, Job::UnusedKeys, later).await.alerts, 1);
+    app.patch("/v1/org", json!({"alert_emails": [SECURITY]}))
+        .await
+        .expect(200);
+
+    let smtp = MailServer::start_new();
+    let (delivery, inbox) = deliver(&app, &smtp, later).await;
+    assert_eq!(delivery.sent, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let to: Vec<String> = smtp.inbox().iter().map(|m| m.to.clone()).collect();
+    assert_eq!(to, [SECURITY], "{inbox:#?}");
+    let withdrawn: Vec<String> = sqlx::query_scalar("select withdrawn from alerts where kind = 'unused_keys'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(withdrawn, [OPS]);
+
+    // Added back, it is a new address: unconfirmed, mailed a link, no alerts.
+    app.patch("/v1/org", json!({"alert_emails": [SECURITY, OPS]}))
+        .await
+        .expect(200);
+    assert_eq!(recipients(&app).await[1], json!({"email": OPS, "confirmed_at": null}));
+    let next_week = later + days(7);
+    assert_eq!(job(&app, Job::UnusedKeys, next_week).await.alerts, 1);
+    let (_, inbox) = deliver(&app, &smtp, next_week).await;
+    let mut got: Vec<(String, String)> = inbox[1..]
+        .iter()
+        .map(|m| (m.to.clone(), m.alert_kind.clone()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (OPS.into(), "recipient_confirmation".into()),
+            (SECURITY.into(), "unused_keys".into())
+        ]
+    );
+}
+
+#[actix_web::test]
+async fn at_most_ten_alert_recipients_per_organization() {
+    let app = spawn_app().await;
+    let before = app.event_count().await;
+    let eleven: Vec<String> = (0..11).map(|i| format!("ops{i}@acme.test")).collect();
+    let refused = app.patch("/v1/org", json!({"alert_emails": eleven})).await;
+    refused.expect_error(403, "quota_exceeded");
+    let message = refused.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("alert recipients") && message.contains("10"),
+        "{message}"
+    );
+    assert_eq!(app.event_count().await, before);
+    let ten = &eleven[..10];
+    let org = app.patch("/v1/org", json!({"alert_emails": ten})).await;
+    assert_eq!(org.expect(200)["alert_recipients"].as_array().unwrap().len(), 10);
+    // The same address twice is one recipient.
+    let mut repeated = ten.to_vec();
+    repeated.push(ten[0].clone());
+    app.patch("/v1/org", json!({"alert_emails": repeated}))
+        .await
+        .expect(200);
+    // The operator's command has the same cap.
+    let (url, dir) = (fresh_database_url(), temp_dir());
+    let mut command = keyledger(&url, &dir);
+    command
+        .env("KEYLEDGER_HASH_KEY", HASH_KEY)
+        .args(["org", "create", "--name", "Big"]);
+    for address in &eleven {
+        command.args(["--alert-email", address]);
+    }
+    let output = run(&mut command);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("alert recipients"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[actix_web::test]
+async fn an_organization_at_its_key_quota_gets_403_and_concurrent_creates_never_pass_it() {
+    let (url, dir) = (fresh_database_url(), temp_dir());
+    let created = create_org(&url, &dir, "Quota", &["--plan", "pro"]);
+    let admin = created["key"]["key"].as_str().unwrap().to_owned();
+    let mut serve = keyledger(&url, &dir);
+    serve
+        .arg("serve")
+        .env("KEYLEDGER_HASH_KEY", HASH_KEY)
+        .env("KEYLEDGER_MAX_KEYS_PER_ORG", "6");
+    let serve = Server::start(&mut serve, dir.join("serve.log")).await;
+    let create = |name: String| {
+        let (address, admin) = (serve.address.clone(), admin.clone());
+        async move {
+            call(
+                &address,
+                Method::POST,
+                "/v1/keys",
+                Some(&admin),
+                Some(json!({"name": name, "type": "secret"})),
+                &[],
+            )
+            .await
+        }
+    };
+    // The admin key and 3 more: 4 of 6. Then 10 at once: exactly 2 pass.
+    let mut ids = vec![];
+    for n in 0..3 {
+        ids.push(
+            create(format!("key {n}")).await.expect(201)["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let answers = futures_util::future::join_all((0..10).map(|n| create(format!("racer {n}")))).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status.as_u16()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 2, "{statuses:?}");
+    for refused in answers.iter().filter(|a| a.status.as_u16() != 201) {
+        refused.expect_error(403, "quota_exceeded");
+        let message = refused.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("6 keys"), "{message}");
+    }
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let created: i64 = sqlx::query_scalar("select count(*) from events where type = 'key.created'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(created, 6, "refusals append nothing");
+    // Deleted keys do not count.
+    let deleted = call(
+        &serve.address,
+        Method::DELETE,
+        &format!("/v1/keys/{}", ids[0]),
+        Some(&admin),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(deleted.status.as_u16(), 204);
+    create("after a delete".into()).await.expect(201);
+    create("one too many".into()).await.expect_error(403, "quota_exceeded");
+    serve.stop();
+}
+
+#[actix_web::test]
+async fn alert_addresses_must_be_plain_addresses() {
+    let app = spawn_app().await;
+    let before = app.event_count().await;
+    for bad in [
+        "\"Evil\"<x@y.z>",
+        "Evil <x@y.z>",
+        "<x@y.z>",
+        "a,c@d.com",
+        "x@y.z>",
+        "x@y.z\r\nBcc: a@b.c",
+        "x@y.z\nBcc: a@b.c",
+        "\"quoted\"@y.z",
+        "x y@z.com",
+        "x..y@z.com",
+        ".x@z.com",
+        "x.@z.com",
+        "x@-z.com",
+        "x@z-.com",
+        "x@z_z.com",
+        "x@[127.0.0.1]",
+        "x@localhost",
+        "x@z.com.",
+        "x(comment)@z.com",
+        "x@z.com;y@z.com",
+        "caf\u{e9}@z.com",
+        "x@z.c\u{f6}m",
+        &format!("{}@z.com", "a".repeat(65)),
+        &format!("x@{}.com", "a".repeat(64)),
+    ] {
+        let answer = app.patch("/v1/org", json!({"alert_emails": [bad]})).await;
+        answer.expect_error(422, "validation_error");
+        let problems = &answer.body["error"]["details"]["alert_emails"];
+        assert!(problems.is_array(), "{bad:?} → {:#}", answer.body);
+    }
+    assert_eq!(app.event_count().await, before);
+    let good = [
+        "first.last+tag@mail.example.com",
+        "o'brien@example.ie",
+        "x_y-z@a-b.example",
+    ];
+    app.patch("/v1/org", json!({"alert_emails": good})).await.expect(200);
+
+    let (url, dir) = (fresh_database_url(), temp_dir());
+    for bad in ["\"Evil\"<x@y.z>", "a,c@d.com"] {
+        let mut command = keyledger(&url, &dir);
+        command
+            .env("KEYLEDGER_HASH_KEY", HASH_KEY)
+            .args(["org", "create", "--name", "Evil", "--alert-email", bad]);
+        let output = run(&mut command);
+        assert!(!output.status.success(), "{bad} accepted");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("alert_emails"),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[actix_web::test]
+async fn user_text_in_an_email_subject_is_shown_literally_by_mail_programs() {
+    let app = spawn_app_with_alert_emails(&[OPS]).await;
+    let names = [
+        "=?utf-8?B?SGFja2Vk?= backend",
+        "=?utf-8?Q?Urgent=3A_wire_money?=",
+        "Caf\u{e9} \u{2615} =?iso-8859-1?q?x?=",
+    ];
+    let expires_at = (Utc::now() + days(3)).to_rfc3339();
+    for name in names {
+        create_key(&app, name, json!({"expires_at": expires_at})).await;
+    }
+    let now = Utc::now();
+    assert_eq!(job(&app, Job::Expiry, now).await.alerts, 3);
+    let smtp = MailServer::start_new();
+    let (_, inbox) = deliver(&app, &smtp, now).await;
+    assert_eq!(inbox.len(), 3);
+    for name in names {
+        let mail: &Mail = inbox
+            .iter()
+            .find(|m| m.text.contains(name))
+            .unwrap_or_else(|| panic!("{name}: {inbox:#?}"));
+        assert!(
+            mail.subject.contains(&format!("\"{name}\"")),
+            "the subject as a mail program shows it: {}",
+            mail.subject
+        );
+    }
+}
+
+/// One organization's history as the code before alert recipients wrote
+/// it: its events, and its `orgs` row as they left it.
+async fn old_org(pool: &sqlx::PgPool, addresses: &[&str], changes: &[&[&str]]) -> String {
+    use keyledger_events::domain::org::{CreateOrg, OrgSettingsChanged};
+    use keyledger_events::domain::{Aggregate, EmailAddress, Org, OrgCommand, OrgEvent, OrgId};
+    use keyledger_events::log::{self, EventMeta, NewEvent};
+    let id = OrgId::new();
+    let created_at = chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+    let mut events = Org::decide(
+        None,
+        OrgCommand::Create(CreateOrg {
+            org_id: id,
+            name: "Old".into(),
+            plan: "free".into(),
+            rate_limit: None,
+            alert_emails: addresses.iter().map(|a| a.to_string()).collect(),
+        }),
+        created_at,
+    )
+    .unwrap();
+    for list in changes {
+        events.push(OrgEvent::SettingsChanged(OrgSettingsChanged {
+            alert_emails: Some(list.iter().map(|a| EmailAddress::parse(a).unwrap()).collect()),
+            ..OrgSettingsChanged::default()
+        }));
+    }
+    let meta = EventMeta {
+        actor: "cli".into(),
+        request_id: None,
+        occurred_at: created_at,
+    };
+    let encoded: Vec<NewEvent> = events.iter().map(NewEvent::from_domain).collect();
+    let mut tx = pool.begin().await.unwrap();
+    log::append(&mut tx, &format!("org-{id}"), 0, &encoded, &meta)
+        .await
+        .unwrap();
+    let last = changes.last().copied().unwrap_or(addresses);
+    sqlx::query(
+        "insert into orgs (id, name, plan, rate_limit_per_minute, alert_emails, rotation_days, alert_settings,
+                           created_at, version)
+         values ($1, 'Old', 'free', 100, $2, 90, $3, $4, $5)",
+    )
+    .bind(id.to_string())
+    .bind(last)
+    .bind(serde_json::to_value(keyledger_events::domain::org::AlertSettings::default()).unwrap())
+    .bind(created_at)
+    .bind(events.len() as i64)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    id.to_string()
+}
+
+#[actix_web::test]
+async fn an_upgraded_database_has_the_recipients_its_log_says() {
+    use sqlx::migrate::{MigrateDatabase, Migrator};
+    let url = fresh_database_url();
+    sqlx::Postgres::create_database(&url).await.unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let before: Vec<_> = keyledger_events::MIGRATOR
+        .migrations
+        .iter()
+        .filter(|m| m.version < 20261128090201)
+        .cloned()
+        .collect();
+    Migrator {
+        migrations: before.into(),
+        ..Migrator::DEFAULT
+    }
+    .run(&pool)
+    .await
+    .unwrap();
+    let kept = old_org(&pool, &["ops@a.test", "sec@a.test"], &[&["sec@a.test", "new@a.test"]]).await;
+    let untouched = old_org(&pool, &["ops@b.test"], &[]).await;
+    let re_added = old_org(&pool, &["ops@c.test"], &[&[], &["ops@c.test"]]).await;
+    let none = old_org(&pool, &[], &[]).await;
+
+    keyledger_events::MIGRATOR.run(&pool).await.unwrap();
+    let rows: Vec<(String, String, i32, bool)> = sqlx::query_as(
+        "select org_id, email, position, confirmed_at is not null from alert_recipients order by org_id, position",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let of = |org: &str| -> Vec<(String, i32, bool)> {
+        rows.iter()
+            .filter(|r| r.0 == org)
+            .map(|r| (r.1.clone(), r.2, r.3))
+            .collect()
+    };
+    assert_eq!(
+        of(&kept),
+        [("sec@a.test".into(), 1, true), ("new@a.test".into(), 2, false)]
+    );
+    assert_eq!(of(&untouched), [("ops@b.test".into(), 1, true)]);
+    assert_eq!(of(&re_added), [("ops@c.test".into(), 1, false)]);
+    assert!(of(&none).is_empty());
+    // Exactly what replaying the log builds.
+    let differences = keyledger_workers::replay::check(&pool).await.unwrap();
+    assert!(differences.is_empty(), "{differences:#?}");
+}
+
+#[actix_web::test]
+async fn a_link_older_than_seven_days_has_expired() {
+    use keyledger_events::domain::confirmation::Confirmation;
+    use keyledger_events::domain::org::{self, ChangeSettings};
+    use keyledger_events::domain::{EmailAddress, Org, OrgCommand};
+    use keyledger_events::handler;
+    use keyledger_events::log::EventMeta;
+    let app = spawn_app().await;
+    // The address was set 7 days and a minute ago (the events' clock set back).
+    let asked = Utc::now() - days(7) - chrono::Duration::minutes(1);
+    let meta = EventMeta {
+        actor: "test".into(),
+        request_id: None,
+        occurred_at: asked,
+    };
+    let command = OrgCommand::ChangeSettings(ChangeSettings {
+        alert_emails: Some(vec![OPS.into()]),
+        ..ChangeSettings::default()
+    });
+    let org_id = app.org_id.parse().unwrap();
+    let outcome = handler::execute::<Org>(&app.pool, &org::stream_id(org_id), command, &meta, |_| Ok(()))
+        .await
+        .unwrap();
+    let requested_at = *outcome.state.unwrap().confirmation_requests.values().next().unwrap();
+    let token = Confirmation {
+        org_id,
+        email: EmailAddress::parse(OPS).unwrap(),
+        requested_at,
+    }
+    .token(&app.hash_key);
+    let before = app.event_count().await;
+    let expired = follow(&app, &format!("{}{CONFIRM_PATH}{token}", app.address)).await;
+    assert_eq!(expired.status.as_u16(), 410, "{:#}", expired.body);
+    assert!(page(&expired).contains("expired"), "{}", page(&expired));
+    assert_eq!(app.event_count().await, before);
+    // Saving the list again sends a new link, which works.
+    app.patch("/v1/org", json!({"alert_emails": [OPS]})).await.expect(200);
+    follow(&app, &link_for(&app, OPS).await).await.expect(200);
+    assert!(recipients(&app).await[0]["confirmed_at"].is_string());
+}
