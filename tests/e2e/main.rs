@@ -6,6 +6,7 @@ mod support;
 mod alerts;
 mod binary;
 mod broker;
+mod fuzz;
 mod hot_path;
 mod isolation;
 mod kafka;

@@ -50,6 +50,11 @@ pub async fn spawn_app() -> TestApp {
 /// [`spawn_app`] whose organization was created by the operator with these
 /// alert addresses (`org create --alert-email`, so they count as confirmed).
 pub async fn spawn_app_with_alert_emails(alert_emails: &[&str]) -> TestApp {
+    spawn_app_with(alert_emails, |_| {}).await
+}
+
+/// [`spawn_app_with_alert_emails`] with the API's settings adjusted.
+pub async fn spawn_app_with(alert_emails: &[&str], configure: impl FnOnce(&mut keyledger_api::ApiSettings)) -> TestApp {
     let database_url = fresh_database_url();
     let pool = keyledger::db::connect(&database_url).await.expect("database");
     let mut bytes = [0u8; 32];
@@ -63,6 +68,8 @@ pub async fn spawn_app_with_alert_emails(alert_emails: &[&str]) -> TestApp {
         public_url: address.clone(),
         ..keyledger_api::ApiSettings::default()
     };
+    let mut settings = settings;
+    configure(&mut settings);
     let state = AppState::new(pool.clone(), hash_key.clone(), Environment::Live, settings);
     let (stop, stopped) = watch::channel(false);
     let (background, url) = (state.clone(), database_url.clone());
