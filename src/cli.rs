@@ -340,6 +340,13 @@ async fn serve(settings: &Settings, state: AppState, with_api: bool, with_worker
             }
         });
         tracing::info!(%address, "keyledger API listening");
+        if settings.public_url.is_none() && address.ip().is_unspecified() {
+            tracing::warn!(
+                public_url = %format!("http://{}", settings.listen),
+                "KEYLEDGER_PUBLIC_URL is not set: links in emails point at the listen address; \
+                 set it to the address users reach this deployment at"
+            );
+        }
         Some(handle)
     } else {
         None
