@@ -132,7 +132,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dev | Command::Serve | Command::Work => {
             let with_api = !matches!(cli.command, Command::Work);
             let with_workers = !matches!(cli.command, Command::Serve);
-            let mut state = AppState::new(pool, hash_key.expect("checked above"), environment, settings.api()?);
+            // Checked before anything starts, whichever process writes links.
+            settings.public_url()?;
+            let mut state = AppState::new(pool, hash_key.expect("checked above"), environment, settings.api());
             state.kafka = settings.kafka();
             state.routes = std::sync::Arc::new(settings.route_table()?);
             serve(&settings, state, with_api, with_workers).await?;
@@ -310,7 +312,19 @@ async fn serve(settings: &Settings, state: AppState, with_api: bool, with_worker
     if with_workers {
         // Both are checked before anything starts: a typo fails at once.
         let schedules = settings.schedules()?;
-        let mailer = settings.mailer(state.pool.clone())?;
+        let mailer = settings.mailer(state.pool.clone(), state.hash_key.clone())?;
+        let listen_reachable = with_api
+            && settings
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| !a.ip().is_unspecified());
+        if settings.public_url.is_none() && !listen_reachable {
+            tracing::warn!(
+                public_url = %format!("http://{}", settings.listen),
+                "KEYLEDGER_PUBLIC_URL is not set: links in confirmation emails point at the listen address; \
+                 set it to the address users reach the API at"
+            );
+        }
         tasks.spawn(scheduler::run(state.pool.clone(), schedules, stopped.clone()));
         tasks.spawn(mailer.run(stopped.clone()));
         match &state.kafka {
@@ -340,13 +354,6 @@ async fn serve(settings: &Settings, state: AppState, with_api: bool, with_worker
             }
         });
         tracing::info!(%address, "keyledger API listening");
-        if settings.public_url.is_none() && address.ip().is_unspecified() {
-            tracing::warn!(
-                public_url = %format!("http://{}", settings.listen),
-                "KEYLEDGER_PUBLIC_URL is not set: links in emails point at the listen address; \
-                 set it to the address users reach this deployment at"
-            );
-        }
         Some(handle)
     } else {
         None

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Args;
 use keyledger_events::domain::{Environment, HashKey};
-use keyledger_workers::mailer::{Mailer, Transport};
+use keyledger_workers::mailer::{Links, Mailer, Transport};
 use keyledger_workers::scheduler::{Job, Schedules};
 
 pub const HASH_KEY_VAR: &str = "KEYLEDGER_HASH_KEY";
@@ -65,8 +65,8 @@ pub struct Settings {
     )]
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// The base of every link keyledger sends or prints (alert recipients'
-    /// confirmation links), as users reach this deployment; default:
-    /// http://<listen address>.
+    /// confirmation links, which `work` and `dev` write), as users reach
+    /// this deployment; default: http://<listen address>.
     #[arg(long, env = "KEYLEDGER_PUBLIC_URL", global = true)]
     pub public_url: Option<String>,
     /// Keys (not deleted) one organization may have; one more answers 403 quota_exceeded.
@@ -111,16 +111,15 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn api(&self) -> anyhow::Result<keyledger_api::ApiSettings> {
-        Ok(keyledger_api::ApiSettings {
+    pub fn api(&self) -> keyledger_api::ApiSettings {
+        keyledger_api::ApiSettings {
             cache_ttl: std::time::Duration::from_secs(self.cache_ttl_seconds.max(1)),
             failed_attempts_per_minute: self.failed_attempts_per_minute.max(1),
             usage_flush: std::time::Duration::from_secs(self.usage_flush_seconds.max(1)),
             trusted_proxies: self.trusted_proxies.clone(),
-            public_url: self.public_url()?,
             max_keys_per_org: self.max_keys_per_org,
             ..keyledger_api::ApiSettings::default()
-        })
+        }
     }
 
     /// `KEYLEDGER_PUBLIC_URL` without a trailing slash, or the listen address.
@@ -166,11 +165,16 @@ impl Settings {
         .map_err(anyhow::Error::msg)
     }
 
-    /// The mailer: SMTP when `SMTP_URL` is set, else `.eml` files.
-    pub fn mailer(&self, pool: sqlx::PgPool) -> anyhow::Result<Mailer> {
+    /// The mailer: SMTP when `SMTP_URL` is set, else `.eml` files; its
+    /// confirmation links made with `hash_key` on `KEYLEDGER_PUBLIC_URL`.
+    pub fn mailer(&self, pool: sqlx::PgPool, hash_key: HashKey) -> anyhow::Result<Mailer> {
         let url = self.smtp_url.as_ref().map(|u| u.0.as_str());
         let transport = Transport::new(url, &self.data_dir)?;
-        let mut mailer = Mailer::new(pool, transport, &self.mail_from)?;
+        let links = Links {
+            hash_key,
+            public_url: self.public_url()?,
+        };
+        let mut mailer = Mailer::new(pool, transport, &self.mail_from, links)?;
         mailer.first_backoff = std::time::Duration::from_secs(self.mail_retry_seconds.max(1));
         Ok(mailer)
     }

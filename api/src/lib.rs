@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
-use keyledger_events::domain::{Environment, HashKey};
+use keyledger_events::domain::{confirmation::CONFIRM_PATH, Environment, HashKey};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -41,8 +41,6 @@ pub struct ApiSettings {
     pub usage_flush: Duration,
     /// Reverse proxies whose `X-Real-IP` / `X-Forwarded-For` name the client.
     pub trusted_proxies: Vec<std::net::IpAddr>,
-    /// The base of every link keyledger sends (no trailing slash).
-    pub public_url: String,
     /// Keys (not deleted) one organization may have.
     pub max_keys_per_org: u64,
 }
@@ -55,7 +53,6 @@ impl Default for ApiSettings {
             failed_attempts_per_minute: 20,
             usage_flush: Duration::from_secs(5),
             trusted_proxies: vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()],
-            public_url: "http://127.0.0.1:8080".into(),
             max_keys_per_org: 10_000,
         }
     }
@@ -128,6 +125,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// Registers every route; used by the server and by in-process tests.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // Before the `/v1` scope, which would otherwise take the path.
+    cfg.route(CONFIRM_PATH, web::get().to(recipients::confirm));
     cfg.service(
         web::scope("/v1")
             .route("/keys", web::post().to(keys::create))
@@ -142,7 +141,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/keys/{id}/events", web::get().to(keys::events))
             .route("/org", web::get().to(org::get))
             .route("/org", web::patch().to(org::update))
-            .route("/alert-recipients/confirm", web::get().to(recipients::confirm))
             .route("/verify", web::post().to(verify::verify))
             .route("/auth", web::route().to(forward_auth::auth))
             .route("/auth/{tail:.*}", web::route().to(forward_auth::auth_path)),

@@ -13,6 +13,8 @@ use actix_web::{
     Error, HttpMessage, ResponseError,
 };
 
+use keyledger_events::domain::confirmation::CONFIRM_PATH;
+
 use crate::error::ApiError;
 use crate::rate_limit::Decision;
 
@@ -50,30 +52,19 @@ fn request_id_of(req: &ServiceRequest) -> String {
 const KEY_PARAMETERS: [&str; 5] = ["key", "api_key", "apikey", "access_token", "token"];
 const KEY_PREFIXES: [&str; 3] = ["pk_live_", "sk_live_", "sk_test_"];
 
-/// The one link that carries `token=` by design (API.md): an alert
-/// recipient's confirmation token, which is not an API key (see
-/// `recipients.rs`). Only that parameter of only that path is let through;
-/// its value is still checked for key prefixes like any other.
-const CONFIRMATION_PATH: &str = "/v1/alert-recipients/confirm";
-
-fn query_to_check<'q>(path: &str, query: &'q str) -> std::borrow::Cow<'q, str> {
-    if path != CONFIRMATION_PATH {
-        return query.into();
-    }
-    let pairs: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.strip_prefix("token=") {
-            Some(value) => format!("confirmation_token={value}"),
-            None => pair.to_owned(),
-        })
-        .collect();
-    pairs.join("&").into()
+/// The parameter named like a credential that a path takes by design, if
+/// any: only the confirmation link's `token` (API.md), which is not an API
+/// key (see `recipients.rs`).
+fn allowed_parameter(path: &str) -> Option<&'static str> {
+    (path == CONFIRM_PATH).then_some("token")
 }
 
-fn query_carries_key(query: &str) -> bool {
+/// Whether `query` names a credential parameter (other than `allowed`) or
+/// holds anything key-shaped — the allowed parameter's value included.
+fn query_carries_key(query: &str, allowed: Option<&str>) -> bool {
     query.split('&').any(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        KEY_PARAMETERS.contains(&name.to_ascii_lowercase().as_str())
+        (KEY_PARAMETERS.contains(&name.to_ascii_lowercase().as_str()) && allowed != Some(name))
             || KEY_PREFIXES.iter().any(|p| value.contains(p) || name.contains(p))
     })
 }
@@ -88,7 +79,7 @@ pub async fn request_context(
     let path = req.path().to_owned();
     let result = REQUEST_ID
         .scope(request_id.clone(), async move {
-            if query_carries_key(&query_to_check(req.path(), req.query_string())) {
+            if query_carries_key(req.query_string(), allowed_parameter(req.path())) {
                 let refusal = ApiError::BadRequest(
                     "API keys are not accepted in query strings (they end up in logs and browser history): \
                      send 'Authorization: Bearer <key>' instead."
@@ -126,31 +117,28 @@ pub async fn request_context(
 
 #[cfg(test)]
 mod tests {
-    use super::query_carries_key;
+    use super::{allowed_parameter, query_carries_key};
+    use keyledger_events::domain::confirmation::CONFIRM_PATH;
 
     #[test]
     fn keys_in_query_strings_are_recognised() {
-        assert!(query_carries_key("api_key=abc"));
-        assert!(query_carries_key("limit=5&key=x"));
-        assert!(query_carries_key("q=sk_live_abc"));
-        assert!(query_carries_key("Token=1"));
-        assert!(!query_carries_key("limit=5&cursor=key_01ABC"));
-        assert!(!query_carries_key(""));
+        assert!(query_carries_key("api_key=abc", None));
+        assert!(query_carries_key("limit=5&key=x", None));
+        assert!(query_carries_key("q=sk_live_abc", None));
+        assert!(query_carries_key("Token=1", None));
+        assert!(!query_carries_key("limit=5&cursor=key_01ABC", None));
+        assert!(!query_carries_key("", None));
     }
 
     #[test]
     fn only_the_confirmation_link_may_carry_a_token() {
-        use super::{query_to_check, CONFIRMATION_PATH};
         let link = "token=org_01ABC.1764320400000000.6f7073.00ff";
-        assert!(!query_carries_key(&query_to_check(CONFIRMATION_PATH, link)));
-        assert!(query_carries_key(&query_to_check("/v1/keys", link)));
-        assert!(query_carries_key(&query_to_check(
-            CONFIRMATION_PATH,
-            &format!("{link}&api_key=x")
-        )));
-        assert!(query_carries_key(&query_to_check(
-            CONFIRMATION_PATH,
-            "token=sk_live_abc"
-        )));
+        let check = |path: &str, query: &str| query_carries_key(query, allowed_parameter(path));
+        assert!(!check(CONFIRM_PATH, link));
+        assert!(check("/v1/keys", link));
+        assert!(check("/v1/org", link));
+        assert!(check(CONFIRM_PATH, &format!("{link}&api_key=x")));
+        assert!(check(CONFIRM_PATH, &format!("{link}&Token=x")));
+        assert!(check(CONFIRM_PATH, "token=sk_live_abc"));
     }
 }

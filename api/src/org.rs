@@ -1,22 +1,20 @@
 //! The caller's organization (`/v1/org`): read it, change its alert
-//! settings. Setting `alert_emails` raises one confirmation email per
-//! address that needs one (see `recipients.rs`), in the same transaction
-//! as the events: both are stored, or neither.
+//! settings. Setting `alert_emails` queues one confirmation email per
+//! address that needs one (`keyledger_events::alert_outbox`), in the same
+//! transaction as the events: both are stored, or neither.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
+use keyledger_events::alert_outbox;
 use keyledger_events::domain::{
-    confirmation::Confirmation,
-    org::{self, AlertRecipientConfirmationRequested, ChangeSettings, CONFIRMATION_VALID_DAYS},
+    org::{self, ChangeSettings},
     Org, OrgCommand, OrgEvent, OrgId,
 };
 use keyledger_events::handler;
 use keyledger_events::log::EventMeta;
 use keyledger_events::read_model;
-use keyledger_workers::{alerts, recipients::confirmation_alert};
 
 use crate::{auth::Admin, body, error::ApiError, middleware::current_request_id, AppState};
-
 pub async fn get(state: web::Data<AppState>, caller: Admin) -> Result<HttpResponse, ApiError> {
     let org = read_model::org_by_id(&state.pool, caller.org_id())
         .await?
@@ -57,44 +55,14 @@ pub async fn update(
     if !decided.is_empty() {
         let mut tx = state.pool.begin().await?;
         let outcome = decided.append(&mut tx).await?;
-        let name = outcome.state.as_ref().map_or("", |org| org.name.as_str());
         for stored in &outcome.events {
             if let OrgEvent::AlertRecipientConfirmationRequested(request) =
                 stored.decode().map_err(ApiError::internal)?
             {
-                let alert = confirmation_email(&state, id, name, &request);
-                alerts::raise(&mut tx, &alert, request.requested_at).await?;
+                alert_outbox::request_confirmation(&mut tx, id, &request.email, request.requested_at).await?;
             }
         }
         tx.commit().await?;
     }
     get(state, caller).await
-}
-
-/// The email asking `request.email` to confirm, with its link.
-fn confirmation_email(
-    state: &AppState,
-    org_id: OrgId,
-    org_name: &str,
-    request: &AlertRecipientConfirmationRequested,
-) -> alerts::NewAlert {
-    let token = Confirmation {
-        org_id,
-        email: request.email.clone(),
-        requested_at: request.requested_at,
-    }
-    .token(&state.hash_key);
-    let link = format!(
-        "{}{}?token={token}",
-        state.settings.public_url,
-        crate::recipients::CONFIRM_PATH
-    );
-    confirmation_alert(
-        &org_id.to_string(),
-        org_name,
-        request.email.as_str(),
-        request.requested_at,
-        &link,
-        CONFIRMATION_VALID_DAYS,
-    )
 }

@@ -3,8 +3,11 @@
 //! answers a small HTML page, needs no API key (the token is the proof,
 //! see `keyledger_events::domain::confirmation`) and appends
 //! `org.alert_recipient_confirmed` with actor `alert-recipient`. A forged
-//! or damaged token answers 400; one that no longer applies (used, expired,
+//! or damaged token answers 400; one that no longer applies (expired,
 //! replaced, address removed) 410, saying why.
+//!
+//! Known limitation: API.md makes the link a `GET`, so a mail scanner that
+//! fetches every link of an incoming email confirms the address for its user.
 
 use std::collections::HashMap;
 
@@ -13,12 +16,8 @@ use chrono::Utc;
 use keyledger_events::domain::{confirmation::Confirmation, org, DomainError, Org, OrgCommand};
 use keyledger_events::handler::{self, HandlerError};
 use keyledger_events::log::EventMeta;
-use keyledger_workers::alert_email::escape;
 
 use crate::{error::ApiError, middleware::current_request_id, AppState};
-
-/// The path of confirmation links.
-pub const CONFIRM_PATH: &str = "/v1/alert-recipients/confirm";
 
 pub async fn confirm(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let query = web::Query::<HashMap<String, String>>::from_query(req.query_string()).ok();
@@ -90,4 +89,31 @@ fn page(status: StatusCode, title: &str, message: &str) -> HttpResponse {
             "default-src 'none'; frame-ancestors 'none'",
         ))
         .body(html)
+}
+
+/// `text` safe in HTML text (organization names are tenant-typed).
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tenant_text_is_escaped_in_pages() {
+        assert_eq!(
+            super::escape("<script>alert('x')</script> & \"co\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;co&quot;"
+        );
+    }
 }

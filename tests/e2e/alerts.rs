@@ -9,7 +9,7 @@ use keyledger_events::domain::key::{self, CreateKey, SecretSource};
 use keyledger_events::domain::{ApiKey, KeyCommand, KeyId, OrgId};
 use keyledger_events::handler;
 use keyledger_events::log::EventMeta;
-use keyledger_workers::mailer::{Delivery, Mailer, Transport};
+use keyledger_workers::mailer::{Delivery, Links, Mailer, Transport};
 use keyledger_workers::scheduler::{run_job, Job, Report};
 use serde_json::{json, Value};
 
@@ -33,7 +33,12 @@ async fn alerting_app() -> TestApp {
 
 pub(crate) fn mailer(app: &TestApp, smtp: &MailServer) -> Mailer {
     let transport = Transport::new(Some(&smtp.url()), std::path::Path::new(".")).unwrap();
-    Mailer::new(app.pool.clone(), transport, "keyledger <alerts@keyledger.test>").unwrap()
+    // Confirmation links point at the test's server.
+    let links = Links {
+        hash_key: app.hash_key.clone(),
+        public_url: app.address.clone(),
+    };
+    Mailer::new(app.pool.clone(), transport, "keyledger <alerts@keyledger.test>", links).unwrap()
 }
 
 pub(crate) async fn job(app: &TestApp, job: Job, now: DateTime<Utc>) -> Report {

@@ -11,32 +11,45 @@ use chrono::Utc;
 use keyledger_workers::scheduler::Job;
 use serde_json::{json, Value};
 
+use keyledger_events::domain::confirmation::CONFIRM_PATH;
+use keyledger_workers::mailer::Delivery;
+use sqlx::PgPool;
+
 use crate::alerts::{alert_rows, create_key, days, deliver, job, mailer, OPS, SECURITY};
 use crate::binary::{create_org, keyledger, run, temp_dir, Server, HASH_KEY};
 use crate::smtp::{Mail, MailServer};
 use crate::support::{call, fresh_database_url, spawn_app, spawn_app_with_alert_emails, Answer, TestApp};
 
-const CONFIRM_PATH: &str = "/v1/alert-recipients/confirm?token=";
-
 /// The confirmation link in an email's plain-text part.
 fn link_in(text: &str) -> String {
     text.split_whitespace()
-        .find(|word| word.contains(CONFIRM_PATH))
+        .find(|word| word.contains(&format!("{CONFIRM_PATH}?token=")))
         .unwrap_or_else(|| panic!("no confirmation link in {text}"))
         .to_owned()
 }
 
-/// The confirmation link mailed to `email`, as the outbox holds it.
+/// Runs the mailer once, now: what it did, and the inbox after it (whole:
+/// the SMTP server stores each email before it answers the mailer).
+async fn mail_now(app: &TestApp, smtp: &MailServer) -> (Delivery, Vec<Mail>) {
+    let delivery = mailer(app, smtp).run_once(Utc::now()).await.unwrap();
+    (delivery, smtp.inbox())
+}
+
+/// The confirmation emails in `inbox` to `email`, oldest first.
+fn confirmations_to<'m>(inbox: &'m [Mail], email: &str) -> Vec<&'m Mail> {
+    inbox
+        .iter()
+        .filter(|m| m.alert_kind == "recipient_confirmation" && m.to == email)
+        .collect()
+}
+
+/// The one confirmation link the mailer sends `email` now.
 async fn link_for(app: &TestApp, email: &str) -> String {
-    let text: String = sqlx::query_scalar(
-        "select body_text from alerts where kind = 'recipient_confirmation' and $1 = any(recipients)
-         order by created_at desc limit 1",
-    )
-    .bind(email)
-    .fetch_one(&app.pool)
-    .await
-    .expect("a confirmation email for the address");
-    link_in(&text)
+    let smtp = MailServer::start_new();
+    let (_, inbox) = mail_now(app, &smtp).await;
+    let mails = confirmations_to(&inbox, email);
+    assert_eq!(mails.len(), 1, "{inbox:#?}");
+    link_in(&mails[0].text)
 }
 
 /// Follows a link of this app the way a browser does (no API key).
@@ -145,7 +158,10 @@ async fn links_that_are_forged_used_or_for_a_removed_address_are_refused_and_cha
     app.patch("/v1/org", json!({"alert_emails": [OPS, SECURITY]}))
         .await
         .expect(200);
-    let (ops_link, security_link) = (link_for(&app, OPS).await, link_for(&app, SECURITY).await);
+    let smtp = MailServer::start_new();
+    let (_, inbox) = mail_now(&app, &smtp).await;
+    let ops_link = link_in(&confirmations_to(&inbox, OPS)[0].text);
+    let security_link = link_in(&confirmations_to(&inbox, SECURITY)[0].text);
     let before = app.event_count().await;
     let token = &ops_link[ops_link.find("token=").unwrap() + 6..];
     let mut forged = token.to_owned();
@@ -162,7 +178,7 @@ async fn links_that_are_forged_used_or_for_a_removed_address_are_refused_and_cha
         let refused = call(
             &app.address,
             Method::GET,
-            &format!("/v1/alert-recipients/confirm?{query}"),
+            &format!("{CONFIRM_PATH}?{query}"),
             None,
             None,
             &[],
@@ -183,7 +199,7 @@ async fn links_that_are_forged_used_or_for_a_removed_address_are_refused_and_cha
     let with_key = call(
         &app.address,
         Method::GET,
-        &format!("/v1/alert-recipients/confirm?token={token}&api_key=x"),
+        &format!("{CONFIRM_PATH}?token={token}&api_key=x"),
         None,
         None,
         &[],
@@ -568,14 +584,25 @@ async fn a_link_older_than_seven_days_has_expired() {
         .await
         .unwrap();
     let requested_at = *outcome.state.unwrap().confirmation_requests.values().next().unwrap();
-    let token = Confirmation {
-        org_id,
-        email: EmailAddress::parse(OPS).unwrap(),
-        requested_at,
-    }
-    .token(&app.hash_key);
+    // Queued then, as PATCH /v1/org would have: the mailer builds the link
+    // from the row.
+    let email = EmailAddress::parse(OPS).unwrap();
+    let mut conn = app.pool.acquire().await.unwrap();
+    keyledger_events::alert_outbox::request_confirmation(&mut conn, org_id, &email, requested_at)
+        .await
+        .unwrap();
+    let link = link_for(&app, OPS).await;
+    assert_eq!(
+        link,
+        Confirmation {
+            org_id,
+            email,
+            requested_at,
+        }
+        .link(&app.hash_key, &app.address)
+    );
     let before = app.event_count().await;
-    let expired = follow(&app, &format!("{}{CONFIRM_PATH}{token}", app.address)).await;
+    let expired = follow(&app, &link).await;
     assert_eq!(expired.status.as_u16(), 410, "{:#}", expired.body);
     assert!(page(&expired).contains("expired"), "{}", page(&expired));
     assert_eq!(app.event_count().await, before);
@@ -583,4 +610,155 @@ async fn a_link_older_than_seven_days_has_expired() {
     app.patch("/v1/org", json!({"alert_emails": [OPS]})).await.expect(200);
     follow(&app, &link_for(&app, OPS).await).await.expect(200);
     assert!(recipients(&app).await[0]["confirmed_at"].is_string());
+}
+
+/// The `.eml` files of confirmation emails in `dir/mail`, once there are `n`.
+async fn confirmation_files(dir: &std::path::Path, n: usize) -> Vec<Mail> {
+    let mail_dir = dir.join("mail");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mails: Vec<Mail> = std::fs::read_dir(&mail_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .filter(|p| p.to_string_lossy().contains("recipient_confirmation"))
+            .map(|p| Mail::parse(&std::fs::read(p).unwrap(), vec![]))
+            .collect();
+        if mails.len() >= n {
+            return mails;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} confirmation emails in {}",
+            mails.len(),
+            mail_dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every row of every table of the database, as text.
+async fn dump(pool: &PgPool) -> String {
+    let tables: Vec<String> = sqlx::query_scalar("select tablename::text from pg_tables where schemaname = 'public'")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    let mut dump = String::new();
+    for table in &tables {
+        let rows: Vec<String> = sqlx::query_scalar(&format!("select t::text from \"{table}\" t"))
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        dump.push_str(&rows.join("\n"));
+        dump.push('\n');
+    }
+    dump
+}
+
+#[actix_web::test]
+async fn no_confirmation_token_is_stored_logged_or_in_an_event_and_work_builds_the_link() {
+    let (url, dir) = (fresh_database_url(), temp_dir());
+    let created = create_org(&url, &dir, "Tokens", &[]);
+    let admin = created["key"]["key"].as_str().unwrap().to_owned();
+    let mut serve = keyledger(&url, &dir);
+    serve
+        .arg("serve")
+        .env("KEYLEDGER_HASH_KEY", HASH_KEY)
+        .env("RUST_LOG", "trace");
+    let serve = Server::start(&mut serve, dir.join("serve.log")).await;
+    let mut work = keyledger(&url, &dir);
+    work.arg("work")
+        .env("KEYLEDGER_HASH_KEY", HASH_KEY)
+        .env("KEYLEDGER_PUBLIC_URL", "https://keys.example.test/")
+        .env("RUST_LOG", "trace");
+    let work = Server::start_worker(&mut work, dir.join("work.log"), "mailer started").await;
+    call(
+        &serve.address,
+        Method::PATCH,
+        "/v1/org",
+        Some(&admin),
+        Some(json!({"alert_emails": [OPS, SECURITY]})),
+        &[],
+    )
+    .await
+    .expect(200);
+    let mails = confirmation_files(&dir, 2).await;
+    let mut tokens = vec![];
+    for mail in &mails {
+        let link = link_in(&mail.text);
+        let base = format!("https://keys.example.test{CONFIRM_PATH}?token=");
+        assert!(link.starts_with(&base), "{link}");
+        tokens.push(link[base.len()..].to_owned());
+    }
+    // One is followed (on the API's own address).
+    let followed = call(
+        &serve.address,
+        Method::GET,
+        &format!("{CONFIRM_PATH}?token={}", tokens[0]),
+        None,
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(followed.status.as_u16(), 200, "{:#}", followed.body);
+    let logs = serve.stop() + &work.stop();
+    assert!(logs.contains("mailer started") && logs.contains("request"), "{logs}");
+
+    let pool = PgPool::connect(&url).await.unwrap();
+    let dump = dump(&pool).await;
+    assert!(
+        dump.contains("org.alert_recipient_confirmation_requested") && dump.contains("org.alert_recipient_confirmed"),
+        "the dump covers the event log"
+    );
+    assert!(dump.contains("recipient_confirmation"), "the dump covers the outbox");
+    for token in &tokens {
+        let mac = token.rsplit('.').next().unwrap();
+        assert_eq!(mac.len(), 64, "{token}");
+        for (place, text) in [("a table", &dump), ("the logs", &logs)] {
+            assert!(!text.contains(mac), "a confirmation token in {place}");
+        }
+    }
+}
+
+#[actix_web::test]
+async fn dev_mode_writes_confirmation_links_on_the_public_url() {
+    let (url, dir) = (fresh_database_url(), temp_dir());
+    let created = create_org(&url, &dir, "Solo", &[]);
+    let admin = created["key"]["key"].as_str().unwrap().to_owned();
+    let mut dev = keyledger(&url, &dir);
+    dev.arg("dev")
+        .env("KEYLEDGER_HASH_KEY", HASH_KEY)
+        .env("KEYLEDGER_PUBLIC_URL", "https://keys.example.test");
+    let dev = Server::start(&mut dev, dir.join("dev.log")).await;
+    call(
+        &dev.address,
+        Method::PATCH,
+        "/v1/org",
+        Some(&admin),
+        Some(json!({"alert_emails": [OPS]})),
+        &[],
+    )
+    .await
+    .expect(200);
+    let mails = confirmation_files(&dir, 1).await;
+    assert_eq!(mails[0].to, OPS);
+    let link = link_in(&mails[0].text);
+    assert!(
+        link.starts_with(&format!("https://keys.example.test{CONFIRM_PATH}?token=")),
+        "{link}"
+    );
+    let token = &link[link.find("token=").unwrap()..];
+    let followed = call(
+        &dev.address,
+        Method::GET,
+        &format!("{CONFIRM_PATH}?{token}"),
+        None,
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(followed.status.as_u16(), 200, "{:#}", followed.body);
+    dev.stop();
 }

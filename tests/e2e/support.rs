@@ -63,12 +63,10 @@ pub async fn spawn_app_with(alert_emails: &[&str], configure: impl FnOnce(&mut k
     let hash_key = HashKey::from_bytes(bytes);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
-    let settings = keyledger_api::ApiSettings {
+    let mut settings = keyledger_api::ApiSettings {
         usage_flush: std::time::Duration::from_millis(500),
-        public_url: address.clone(),
         ..keyledger_api::ApiSettings::default()
     };
-    let mut settings = settings;
     configure(&mut settings);
     let state = AppState::new(pool.clone(), hash_key.clone(), Environment::Live, settings);
     let (stop, stopped) = watch::channel(false);

@@ -19,9 +19,6 @@ pub enum AlertKind {
     UnusedKeys,
     RotationDue,
     KeyExpiring,
-    /// Not an alert: the link an alert address must follow before it gets
-    /// any (sent through the same outbox and mailer).
-    RecipientConfirmation,
 }
 
 impl AlertKind {
@@ -33,7 +30,6 @@ impl AlertKind {
             AlertKind::UnusedKeys => "unused_keys",
             AlertKind::RotationDue => "rotation_due",
             AlertKind::KeyExpiring => "key_expiring",
-            AlertKind::RecipientConfirmation => "recipient_confirmation",
         }
     }
 }

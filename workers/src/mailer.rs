@@ -15,7 +15,14 @@
 //! happens: a retry mails only those not reached yet, and an address the
 //! server refuses for good is given up on without holding back the others.
 //! An address removed from the organization's alert recipients (or no
-//! longer confirmed) before its email went out is withdrawn: never mailed.
+//! longer confirmed) before its email went out is withdrawn: never mailed;
+//! so is one that is not a plain address (`EmailAddress::parse`).
+//!
+//! A confirmation request (`keyledger_events::alert_outbox`) is queued
+//! without its email: the mailer writes it when it sends it, with the link
+//! built from the row (organization, address, time of the request), the
+//! hash key and `KEYLEDGER_PUBLIC_URL` ([`Links`]). The token exists only in
+//! memory and in the email itself.
 //!
 //! User-typed text in headers (key names in a `Subject`) reaches a mail
 //! program literally: lettre RFC 2047-encodes words that are not ASCII, and
@@ -27,10 +34,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use email_encoding::headers::{rfc2047, writer::EmailWriter};
+use keyledger_events::alert_outbox::CONFIRMATION_KIND;
+use keyledger_events::domain::{confirmation::Confirmation, EmailAddress, HashKey, OrgId};
 use lettre::message::{header, Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use sqlx::PgPool;
 use tokio::sync::watch;
+
+use crate::alert_email::Email;
 
 /// Alerts one step sends at most.
 const BATCH: usize = 20;
@@ -191,11 +202,21 @@ struct Claimed {
     created_at: DateTime<Utc>,
 }
 
+/// What confirmation links are made of: the hash key (their MAC key is
+/// derived from it) and the address users reach the deployment at
+/// (`KEYLEDGER_PUBLIC_URL`, no trailing slash).
+#[derive(Clone)]
+pub struct Links {
+    pub hash_key: HashKey,
+    pub public_url: String,
+}
+
 #[derive(Clone)]
 pub struct Mailer {
     pool: PgPool,
     transport: Transport,
     from: Mailbox,
+    links: Links,
     /// The wait after the first failed attempt; it doubles with each one.
     pub first_backoff: Duration,
     /// Attempts before an alert is given up on.
@@ -203,12 +224,13 @@ pub struct Mailer {
 }
 
 impl Mailer {
-    pub fn new(pool: PgPool, transport: Transport, from: &str) -> Result<Mailer, MailerError> {
+    pub fn new(pool: PgPool, transport: Transport, from: &str, links: Links) -> Result<Mailer, MailerError> {
         let from = from.parse().map_err(|_| MailerError::From(from.to_owned()))?;
         Ok(Mailer {
             pool,
             transport,
             from,
+            links,
             first_backoff: Duration::from_secs(30),
             // With 30 s doubling up to an hour: about a day of outage.
             max_attempts: 30,
@@ -263,14 +285,16 @@ impl Mailer {
             if progress.settled(recipient) {
                 continue;
             }
-            if !allowed.contains(recipient) {
+            let address = EmailAddress::parse(recipient).ok().filter(|a| a.as_str() == recipient);
+            let (Some(address), true) = (address, allowed.contains(recipient)) else {
                 progress.withdrawn.push(recipient.clone());
                 if !self.record(&alert, &progress, clock.now()).await? {
                     return Ok(());
                 }
                 continue;
-            }
-            match self.send(&alert, n, recipient).await {
+            };
+            let content = self.content(&alert, &address).await?;
+            match self.send(&alert, &content, n, &address).await {
                 Ok(()) => progress.delivered.push(recipient.clone()),
                 Err(Failure {
                     kind: FailureKind::Refused,
@@ -367,10 +391,38 @@ impl Mailer {
         Ok(updated.rows_affected() == 1)
     }
 
+    /// What `recipient` is sent: the email rendered into the row, or for a
+    /// confirmation request the email with its link, written now.
+    async fn content(&self, alert: &Claimed, recipient: &EmailAddress) -> Result<Email, sqlx::Error> {
+        if alert.kind != CONFIRMATION_KIND {
+            return Ok(Email {
+                subject: alert.subject.clone(),
+                text: alert.body_text.clone(),
+                html: alert.body_html.clone(),
+            });
+        }
+        let name: Option<String> = sqlx::query_scalar("select name from orgs where id = $1")
+            .bind(&alert.org_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let org_id: OrgId = alert
+            .org_id
+            .parse()
+            .map_err(|_| sqlx::Error::Decode(format!("alert {}: malformed org id", alert.id).into()))?;
+        let link = Confirmation {
+            org_id,
+            email: recipient.clone(),
+            requested_at: alert.created_at,
+        }
+        .link(&self.links.hash_key, &self.links.public_url);
+        let name = name.unwrap_or_else(|| alert.org_id.clone());
+        Ok(crate::recipients::confirmation_email(&name, recipient, &link))
+    }
+
     /// One email to one recipient, bounded well inside the lease so no
     /// other worker can take the alert over while this one may still send.
-    async fn send(&self, alert: &Claimed, n: usize, recipient: &str) -> Result<(), Failure> {
-        let message = self.message(alert, n, recipient).map_err(|reason| Failure {
+    async fn send(&self, alert: &Claimed, content: &Email, n: usize, recipient: &EmailAddress) -> Result<(), Failure> {
+        let message = self.message(alert, content, n, recipient).map_err(|reason| Failure {
             kind: FailureKind::Refused,
             reason,
         })?;
@@ -397,19 +449,20 @@ impl Mailer {
         chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1))
     }
 
-    fn message(&self, alert: &Claimed, n: usize, recipient: &str) -> Result<Message, String> {
+    fn message(&self, alert: &Claimed, content: &Email, n: usize, recipient: &EmailAddress) -> Result<Message, String> {
         let to: Mailbox = recipient
+            .as_str()
             .parse()
             .map_err(|e| format!("'{recipient}' is not an address: {e}"))?;
         Message::builder()
             .from(self.from.clone())
             .to(to)
-            .header(Subject(alert.subject.clone()))
+            .header(Subject(content.subject.clone()))
             .message_id(Some(format!("<{}.{n}@keyledger>", alert.id)))
             .header(AlertKindHeader(alert.kind.clone()))
             .multipart(MultiPart::alternative_plain_html(
-                alert.body_text.clone(),
-                alert.body_html.clone(),
+                content.text.clone(),
+                content.html.clone(),
             ))
             .map_err(|e| e.to_string())
     }

@@ -8,6 +8,10 @@
 //!
 //! Token: `<org id>.<requested at, µs since 1970>.<address in hex>.<MAC in hex>`.
 //! Hex keeps it free of `_`, so no token can look like an API key.
+//!
+//! Nothing stores a token or a link: the mailer builds the link from the
+//! outbox row (organization, address, time of the request) when it sends
+//! the email, and the API checks the token it is handed.
 
 use chrono::{DateTime, Utc};
 
@@ -15,6 +19,10 @@ use super::{EmailAddress, HashKey, OrgId};
 
 /// Domain separation of the MAC key (blake3 `derive_key` context).
 const CONTEXT: &str = "keyledger 2026-11-28 alert recipient confirmation link v1";
+
+/// The path of confirmation links (API.md); the token is its one query
+/// parameter, `token`.
+pub const CONFIRM_PATH: &str = "/v1/alert-recipients/confirm";
 
 /// What a confirmation link asks: "confirm `email` for `org_id`, as
 /// requested at `requested_at`".
@@ -44,6 +52,12 @@ impl Confirmation {
         let signed = self.signed_part();
         let mac = Self::mac(key, &signed);
         format!("{signed}.{}", mac.to_hex())
+    }
+
+    /// The link of this confirmation on the deployment reached at
+    /// `public_url` (no trailing slash).
+    pub fn link(&self, key: &HashKey, public_url: &str) -> String {
+        format!("{public_url}{CONFIRM_PATH}?token={}", self.token(key))
     }
 
     /// The confirmation a token asks for, if this deployment made it.
@@ -91,6 +105,10 @@ mod tests {
         // Only the org id's own `org_` has an underscore: never a key prefix.
         let rest = token.strip_prefix("org_").unwrap();
         assert!(rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '.'), "{token}");
+        assert_eq!(
+            confirmation().link(&key, "https://keys.example.com"),
+            format!("https://keys.example.com/v1/alert-recipients/confirm?token={token}")
+        );
     }
 
     #[test]
