@@ -325,6 +325,9 @@ async fn serve(settings: &Settings, state: AppState, with_api: bool, with_worker
                  set it to the address users reach the API at"
             );
         }
+        if let Err(e) = keyledger_workers::recipients::warn_unusable(&state.pool).await {
+            tracing::warn!(error = %e, "could not look for unusable alert addresses");
+        }
         tasks.spawn(scheduler::run(state.pool.clone(), schedules, stopped.clone()));
         tasks.spawn(mailer.run(stopped.clone()));
         match &state.kafka {

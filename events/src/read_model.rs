@@ -16,7 +16,7 @@ use sqlx::{PgConnection, PgExecutor};
 use crate::domain::{
     key::KeyEvent,
     org::{AlertSettings, OrgEvent},
-    KeyHash, KeyStatus,
+    EmailAddress, KeyHash, KeyStatus, ListedAddress,
 };
 use crate::log::{DecodeError, StoredEvent};
 
@@ -199,14 +199,16 @@ async fn apply_org(
         .execute(&mut *db)
         .await?;
         if inserted.rows_affected() == 1 {
-            // The operator's addresses count as confirmed.
+            // The operator's addresses count as confirmed (but one an older
+            // version took that is not an address any more, never).
             sqlx::query(
                 "insert into alert_recipients (org_id, email, position, confirmed_at)
-                 select $1, e.email, e.position, $3
-                 from unnest($2::text[]) with ordinality as e(email, position)",
+                 select $1, e.email, e.position, case when e.usable then $4 end
+                 from unnest($2::text[], $3::bool[]) with ordinality as e(email, usable, position)",
             )
             .bind(id)
             .bind(e.alert_emails.iter().map(|a| a.as_str()).collect::<Vec<_>>())
+            .bind(e.alert_emails.iter().map(|a| a.valid().is_some()).collect::<Vec<_>>())
             .bind(e.created_at)
             .execute(&mut *db)
             .await?;
@@ -466,7 +468,7 @@ pub async fn list_keys<'c>(
 /// An alert address of an organization and when it confirmed (if it did).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct RecipientRow {
-    pub email: String,
+    pub email: ListedAddress,
     pub confirmed_at: Option<DateTime<Utc>>,
 }
 
@@ -510,11 +512,11 @@ impl OrgRow {
     }
 
     /// The addresses alerts go to: the confirmed ones.
-    pub fn confirmed_alert_emails(&self) -> Vec<String> {
+    pub fn confirmed_alert_emails(&self) -> Vec<EmailAddress> {
         self.alert_recipients
             .iter()
             .filter(|r| r.confirmed_at.is_some())
-            .map(|r| r.email.clone())
+            .filter_map(|r| r.email.valid().cloned())
             .collect()
     }
 

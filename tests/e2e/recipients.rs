@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use awc::http::Method;
 use chrono::Utc;
-use keyledger_workers::scheduler::Job;
+use keyledger_workers::scheduler::{run_job, Job};
 use serde_json::{json, Value};
 
 use keyledger_events::domain::confirmation::CONFIRM_PATH;
-use keyledger_workers::mailer::Delivery;
+use keyledger_events::domain::{Org, OrgCommand, OrgId};
+use keyledger_events::log::EventMeta;
+use keyledger_workers::mailer::{Delivery, Links, Mailer, Transport};
 use sqlx::PgPool;
 
 use crate::alerts::{alert_rows, create_key, days, deliver, job, mailer, OPS, SECURITY};
@@ -50,6 +52,14 @@ async fn link_for(app: &TestApp, email: &str) -> String {
     let mails = confirmations_to(&inbox, email);
     assert_eq!(mails.len(), 1, "{inbox:#?}");
     link_in(&mails[0].text)
+}
+
+fn meta_at(at: chrono::DateTime<Utc>) -> EventMeta {
+    EventMeta {
+        actor: "test".into(),
+        request_id: None,
+        occurred_at: at,
+    }
 }
 
 /// Follows a link of this app the way a browser does (no API key).
@@ -457,12 +467,13 @@ async fn user_text_in_an_email_subject_is_shown_literally_by_mail_programs() {
     }
 }
 
-/// One organization's history as the code before alert recipients wrote
-/// it: its events, and its `orgs` row as they left it.
-async fn old_org(pool: &sqlx::PgPool, addresses: &[&str], changes: &[&[&str]]) -> String {
+/// One organization's history as a version before alert recipients wrote
+/// it — its events, addresses as typed (they were checked less strictly
+/// then), and its `orgs` row as it left it.
+async fn old_org(pool: &PgPool, addresses: &[&str], changes: &[&[&str]]) -> String {
     use keyledger_events::domain::org::{CreateOrg, OrgSettingsChanged};
-    use keyledger_events::domain::{Aggregate, EmailAddress, Org, OrgCommand, OrgEvent, OrgId};
-    use keyledger_events::log::{self, EventMeta, NewEvent};
+    use keyledger_events::domain::{Aggregate, OrgEvent};
+    use keyledger_events::log::{self, NewEvent};
     let id = OrgId::new();
     let created_at = chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap();
     let mut events = Org::decide(
@@ -472,25 +483,26 @@ async fn old_org(pool: &sqlx::PgPool, addresses: &[&str], changes: &[&[&str]]) -
             name: "Old".into(),
             plan: "free".into(),
             rate_limit: None,
-            alert_emails: addresses.iter().map(|a| a.to_string()).collect(),
+            alert_emails: vec![],
         }),
         created_at,
     )
     .unwrap();
-    for list in changes {
-        events.push(OrgEvent::SettingsChanged(OrgSettingsChanged {
-            alert_emails: Some(list.iter().map(|a| EmailAddress::parse(a).unwrap()).collect()),
+    events.extend(changes.iter().map(|_| {
+        OrgEvent::SettingsChanged(OrgSettingsChanged {
+            alert_emails: Some(vec![]),
             ..OrgSettingsChanged::default()
-        }));
+        })
+    }));
+    let mut encoded: Vec<NewEvent> = events.iter().map(NewEvent::from_domain).collect();
+    for (event, list) in encoded
+        .iter_mut()
+        .zip(std::iter::once(addresses).chain(changes.iter().copied()))
+    {
+        event.data["alert_emails"] = json!(list);
     }
-    let meta = EventMeta {
-        actor: "cli".into(),
-        request_id: None,
-        occurred_at: created_at,
-    };
-    let encoded: Vec<NewEvent> = events.iter().map(NewEvent::from_domain).collect();
     let mut tx = pool.begin().await.unwrap();
-    log::append(&mut tx, &format!("org-{id}"), 0, &encoded, &meta)
+    log::append(&mut tx, &format!("org-{id}"), 0, &encoded, &meta_at(created_at))
         .await
         .unwrap();
     let last = changes.last().copied().unwrap_or(addresses);
@@ -511,12 +523,14 @@ async fn old_org(pool: &sqlx::PgPool, addresses: &[&str], changes: &[&[&str]]) -
     id.to_string()
 }
 
+const EVIL: &str = "\"Evil\"<x@y.z>";
+
 #[actix_web::test]
-async fn an_upgraded_database_has_the_recipients_its_log_says() {
+async fn an_upgraded_database_has_the_recipients_its_log_says_and_work_asks_the_unconfirmed_ones() {
     use sqlx::migrate::{MigrateDatabase, Migrator};
     let url = fresh_database_url();
     sqlx::Postgres::create_database(&url).await.unwrap();
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let pool = PgPool::connect(&url).await.unwrap();
     let before: Vec<_> = keyledger_events::MIGRATOR
         .migrations
         .iter()
@@ -534,6 +548,14 @@ async fn an_upgraded_database_has_the_recipients_its_log_says() {
     let untouched = old_org(&pool, &["ops@b.test"], &[]).await;
     let re_added = old_org(&pool, &["ops@c.test"], &[&[], &["ops@c.test"]]).await;
     let none = old_org(&pool, &[], &[]).await;
+    // Addresses the strict rules refuse, or spell differently.
+    let loose = old_org(&pool, &[EVIL, "Ops@D.Test", "a,c@d.test"], &[]).await;
+    let spelled = old_org(
+        &pool,
+        &["x@E.test"],
+        &[&["x@e.test", "X@E.TEST", "x@E.TEST", "y@E.test"]],
+    )
+    .await;
 
     keyledger_events::MIGRATOR.run(&pool).await.unwrap();
     let rows: Vec<(String, String, i32, bool)> = sqlx::query_as(
@@ -555,9 +577,122 @@ async fn an_upgraded_database_has_the_recipients_its_log_says() {
     assert_eq!(of(&untouched), [("ops@b.test".into(), 1, true)]);
     assert_eq!(of(&re_added), [("ops@c.test".into(), 1, false)]);
     assert!(of(&none).is_empty());
+    assert_eq!(
+        of(&loose),
+        [
+            (EVIL.into(), 1, false),
+            ("Ops@d.test".into(), 2, true),
+            ("a,c@d.test".into(), 3, false)
+        ]
+    );
+    assert_eq!(
+        of(&spelled),
+        [
+            ("x@e.test".into(), 1, true),
+            ("X@e.test".into(), 2, false),
+            ("y@e.test".into(), 3, false)
+        ]
+    );
+    let listed: Vec<String> = sqlx::query_scalar("select alert_emails from orgs where id = $1")
+        .bind(&spelled)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(listed, ["x@e.test", "X@e.test", "y@e.test"]);
     // Exactly what replaying the log builds.
     let differences = keyledger_workers::replay::check(&pool).await.unwrap();
     assert!(differences.is_empty(), "{differences:#?}");
+    assert_eq!(
+        keyledger_workers::recipients::unusable(&pool).await.unwrap(),
+        [(loose.clone(), vec![EVIL.to_owned(), "a,c@d.test".to_owned()])].into()
+    );
+
+    // `work` asks the addresses set over the API then, once; never the unusable ones.
+    let now = Utc::now();
+    let report = run_job(&pool, Job::RecipientConfirmations, now).await.unwrap().unwrap();
+    assert_eq!((report.events, report.alerts), (4, 4));
+    let mut asked: Vec<(String, String, String)> = sqlx::query_as(
+        "select stream_id, data ->> 'email', actor from events
+         where type = 'org.alert_recipient_confirmation_requested' order by position",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    asked.sort();
+    let actor = "system:recipient_confirmations".to_owned();
+    let mut expected = vec![
+        (format!("org-{kept}"), "new@a.test".to_owned(), actor.clone()),
+        (format!("org-{re_added}"), "ops@c.test".to_owned(), actor.clone()),
+        (format!("org-{spelled}"), "X@e.test".to_owned(), actor.clone()),
+        (format!("org-{spelled}"), "y@e.test".to_owned(), actor.clone()),
+    ];
+    expected.sort();
+    assert_eq!(asked, expected);
+    let again = run_job(&pool, Job::RecipientConfirmations, now + days(8))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.events, again.alerts), (0, 0), "asked once");
+
+    // The mailer sends those four links, and never mails an address that
+    // does not parse, even one marked confirmed and named by an alert.
+    sqlx::query("update alert_recipients set confirmed_at = now() where email = $1")
+        .bind(EVIL)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let org_row = keyledger_events::read_model::org_by_id(&pool, &loose)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut alert = keyledger_workers::alerts::NewAlert::to_org(
+        keyledger_workers::alerts::AlertKind::UnusedKeys,
+        &org_row,
+        None,
+        "2026-W48".into(),
+        keyledger_workers::alert_email::compose("Unused keys", &[]),
+    );
+    assert_eq!(alert.recipients, ["Ops@d.test"]);
+    alert.recipients.insert(0, EVIL.into());
+    keyledger_workers::alerts::raise_alone(&pool, &alert, now)
+        .await
+        .unwrap();
+    let smtp = MailServer::start_new();
+    let links = Links {
+        hash_key: keyledger_events::domain::HashKey::from_hex(HASH_KEY).unwrap(),
+        public_url: "https://keys.example.test".into(),
+    };
+    let transport = Transport::new(Some(&smtp.url()), std::path::Path::new(".")).unwrap();
+    let mailer = Mailer::new(pool.clone(), transport, "keyledger <alerts@keyledger.test>", links).unwrap();
+    let delivery = mailer.run_once(now).await.unwrap();
+    assert_eq!(
+        delivery,
+        Delivery {
+            sent: 5,
+            ..Delivery::default()
+        }
+    );
+    let mut to: Vec<(String, String)> = smtp
+        .inbox()
+        .iter()
+        .map(|m| (m.alert_kind.clone(), m.to.clone()))
+        .collect();
+    to.sort();
+    assert_eq!(
+        to,
+        [
+            ("recipient_confirmation".into(), "X@e.test".into()),
+            ("recipient_confirmation".into(), "new@a.test".into()),
+            ("recipient_confirmation".into(), "ops@c.test".into()),
+            ("recipient_confirmation".into(), "y@e.test".into()),
+            ("unused_keys".into(), "Ops@d.test".into()),
+        ]
+    );
+    let withdrawn: Vec<String> = sqlx::query_scalar("select withdrawn from alerts where kind = 'unused_keys'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(withdrawn, [EVIL]);
 }
 
 #[actix_web::test]

@@ -58,7 +58,11 @@ impl NewAlert {
             period,
             org_id: org.id.clone(),
             key_id: key_id.map(str::to_owned),
-            recipients: org.confirmed_alert_emails(),
+            recipients: org
+                .confirmed_alert_emails()
+                .iter()
+                .map(|e| e.as_str().to_owned())
+                .collect(),
             email,
             quiet: None,
         }

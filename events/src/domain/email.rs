@@ -3,10 +3,17 @@
 //! header, so anything a mail system could read as more than one plain
 //! mailbox is refused: display names, quotes, angle brackets, commas,
 //! comments, whitespace and line breaks, IP literals, non-ASCII text.
+//!
+//! Read back from the log, an address goes through `parse` again (and so
+//! gets its canonical spelling, domain in lower case). Versions before
+//! strict addresses stored some that `parse` now refuses (`"Evil"<x@y.z>`,
+//! `a,c@d.com`); an organization's list keeps such an address as a
+//! [`ListedAddress::Unusable`]: shown as it was typed, never confirmed,
+//! never mailed, until an admin saves a list without it.
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The longest address SMTP carries (RFC 5321: a 256-octet path, less `<>`).
 pub const MAX_ADDRESS_LEN: usize = 254;
@@ -17,7 +24,7 @@ const MAX_LABEL_LEN: usize = 63;
 /// `local@domain`: the local part a dot-atom (RFC 5322 `atext` words joined
 /// by single dots), the domain two or more DNS labels (letters, digits,
 /// inner hyphens), stored in lower case.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct EmailAddress(String);
 
@@ -92,6 +99,103 @@ impl fmt::Display for EmailAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// Validated like [`EmailAddress::parse`], and in its canonical spelling.
+impl<'de> Deserialize<'de> for EmailAddress {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        EmailAddress::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An address in an organization's list of alert addresses, as the log
+/// recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ListedAddress {
+    Valid(EmailAddress),
+    /// Stored by a version before strict addresses and refused by
+    /// [`EmailAddress::parse`] today, kept as it was typed: it can never be
+    /// confirmed or mailed.
+    Unusable(String),
+}
+
+impl ListedAddress {
+    /// The address as listed: the canonical spelling, or the text as typed.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ListedAddress::Valid(address) => address.as_str(),
+            ListedAddress::Unusable(text) => text,
+        }
+    }
+
+    /// The address, if it is one alerts may go to.
+    pub fn valid(&self) -> Option<&EmailAddress> {
+        match self {
+            ListedAddress::Valid(address) => Some(address),
+            ListedAddress::Unusable(_) => None,
+        }
+    }
+
+    /// `text` as read back from the log.
+    pub fn read(text: &str) -> ListedAddress {
+        EmailAddress::parse(text).map_or_else(|_| ListedAddress::Unusable(text.to_owned()), ListedAddress::Valid)
+    }
+
+    /// `raw` as read back from the log, in order, each address once (two
+    /// spellings an older version kept apart may now be the same address).
+    pub fn read_list(raw: &[String]) -> Vec<ListedAddress> {
+        let mut list: Vec<ListedAddress> = Vec::with_capacity(raw.len());
+        for address in raw.iter().map(|text| ListedAddress::read(text)) {
+            if !list.contains(&address) {
+                list.push(address);
+            }
+        }
+        list
+    }
+}
+
+impl From<EmailAddress> for ListedAddress {
+    fn from(address: EmailAddress) -> Self {
+        ListedAddress::Valid(address)
+    }
+}
+
+impl PartialEq<EmailAddress> for ListedAddress {
+    fn eq(&self, other: &EmailAddress) -> bool {
+        self.valid() == Some(other)
+    }
+}
+
+impl fmt::Display for ListedAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ListedAddress {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ListedAddress {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(ListedAddress::read(&String::deserialize(deserializer)?))
+    }
+}
+
+/// `#[serde(deserialize_with)]` for a list of alert addresses in an event:
+/// [`ListedAddress::read_list`].
+pub fn deserialize_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<ListedAddress>, D::Error> {
+    Ok(ListedAddress::read_list(&Vec::<String>::deserialize(deserializer)?))
+}
+
+/// [`deserialize_list`] for an optional list.
+pub fn deserialize_optional_list<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<ListedAddress>>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(deserializer)?.map(|raw| ListedAddress::read_list(&raw)))
 }
 
 #[cfg(test)]
@@ -175,5 +279,41 @@ mod tests {
         let too_long = format!("x@{}.com", vec!["a".repeat(60); 5].join("."));
         assert!(too_long.len() > 254);
         assert!(EmailAddress::parse(&too_long).is_err());
+    }
+
+    #[test]
+    fn an_address_read_back_is_parsed_again() {
+        let read: EmailAddress = serde_json::from_str("\"Ops@Acme.Example\"").unwrap();
+        assert_eq!(read.as_str(), "Ops@acme.example");
+        for bad in ["\"\\\"Evil\\\"<x@y.z>\"", "\"a,c@d.com\"", "\"\"", "42"] {
+            assert!(serde_json::from_str::<EmailAddress>(bad).is_err(), "{bad}");
+        }
+        assert_eq!(serde_json::to_string(&read).unwrap(), "\"Ops@acme.example\"");
+    }
+
+    #[test]
+    fn a_list_from_an_older_version_keeps_what_no_longer_parses_as_unusable() {
+        let old = r#"["Ops@Acme.Example", "\"Evil\"<x@y.z>", "ops@acme.example", "Ops@acme.example", "a,c@d.com"]"#;
+        #[derive(serde::Deserialize)]
+        struct Event {
+            #[serde(deserialize_with = "deserialize_list")]
+            list: Vec<ListedAddress>,
+        }
+        let event: Event = serde_json::from_str(&format!("{{\"list\": {old}}}")).unwrap();
+        let ops = EmailAddress::parse("Ops@acme.example").unwrap();
+        assert_eq!(
+            event.list,
+            [
+                ListedAddress::Valid(ops.clone()),
+                ListedAddress::Unusable("\"Evil\"<x@y.z>".into()),
+                ListedAddress::Valid(EmailAddress::parse("ops@acme.example").unwrap()),
+                ListedAddress::Unusable("a,c@d.com".into()),
+            ]
+        );
+        assert!(event.list[0] == ops && event.list[1].valid().is_none());
+        assert_eq!(
+            serde_json::to_value(&event.list).unwrap(),
+            serde_json::json!(["Ops@acme.example", "\"Evil\"<x@y.z>", "ops@acme.example", "a,c@d.com"])
+        );
     }
 }

@@ -13,7 +13,7 @@ pub mod org;
 pub mod plan;
 pub mod scope;
 
-pub use email::EmailAddress;
+pub use email::{EmailAddress, ListedAddress};
 pub use error::{DomainError, ValidationDetails};
 pub use ids::{KeyId, OrgId};
 pub use key::{ApiKey, KeyCommand, KeyEvent, KeyStatus};

@@ -10,13 +10,19 @@
 //! only while the address is listed; removing an address forgets its
 //! confirmation. Adding an address back while its last link still works
 //! requests nothing new, so a list edited back and forth mails nobody twice.
+//!
+//! Addresses set over the API before confirmations existed were never asked:
+//! `RequestConfirmations` (made by `keyledger work`) asks them, within the
+//! same daily cap. An address an older version stored that no longer parses
+//! stays listed as [`ListedAddress::Unusable`] and is never asked.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use super::email::EmailAddress;
+use super::email::{deserialize_list, deserialize_optional_list};
+pub use super::email::{EmailAddress, ListedAddress};
 use super::{plan::Plan, Aggregate, DomainError, DomainEvent, Name, OrgId, ValidationDetails};
 
 /// Longest rotation policy, in days (0 turns rotation off).
@@ -116,7 +122,7 @@ pub struct Org {
     pub plan: Plan,
     pub rate_limit_per_minute: u32,
     /// Every alert address, confirmed or not, in the order given.
-    pub alert_emails: Vec<EmailAddress>,
+    pub alert_emails: Vec<ListedAddress>,
     /// When each listed address was confirmed; absent: not yet.
     pub confirmed: BTreeMap<EmailAddress, DateTime<Utc>>,
     /// When the confirmation link of each address that has one unused was
@@ -130,7 +136,15 @@ pub struct Org {
 impl Org {
     /// The addresses alerts go to: those listed and confirmed.
     pub fn confirmed_alert_emails(&self) -> impl Iterator<Item = &EmailAddress> {
-        self.alert_emails.iter().filter(|e| self.confirmed.contains_key(*e))
+        self.alert_emails
+            .iter()
+            .filter_map(ListedAddress::valid)
+            .filter(|e| self.confirmed.contains_key(*e))
+    }
+
+    /// Whether `email` is one of the listed addresses.
+    pub fn lists(&self, email: &EmailAddress) -> bool {
+        self.alert_emails.iter().any(|listed| listed == email)
     }
 }
 
@@ -163,6 +177,13 @@ pub enum OrgCommand {
         email: EmailAddress,
         requested_at: DateTime<Utc>,
     },
+    /// Ask those of `emails` that are listed, unconfirmed and hold no link
+    /// that still works to confirm — as many as the daily cap leaves room
+    /// for; the others are left for a later request. The system's command
+    /// for addresses set before confirmations existed.
+    RequestConfirmations {
+        emails: Vec<EmailAddress>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,7 +192,8 @@ pub struct OrgCreated {
     pub name: Name,
     pub plan: Plan,
     pub rate_limit_per_minute: u32,
-    pub alert_emails: Vec<EmailAddress>,
+    #[serde(deserialize_with = "deserialize_list")]
+    pub alert_emails: Vec<ListedAddress>,
     pub rotation_days: u32,
     pub alert_settings: AlertSettings,
     pub created_at: DateTime<Utc>,
@@ -186,8 +208,12 @@ pub struct OrgPlanChanged {
 /// Only the settings that changed are present.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrgSettingsChanged {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alert_emails: Option<Vec<EmailAddress>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "deserialize_optional_list"
+    )]
+    pub alert_emails: Option<Vec<ListedAddress>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_days: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,11 +309,11 @@ fn within_quota(emails: &[EmailAddress]) -> Result<(), DomainError> {
     Ok(())
 }
 
-/// The confirmation requests a new alert list causes: one for each
-/// address neither confirmed nor holding a link that still works.
-fn confirmation_requests(org: &Org, emails: &[EmailAddress], now: DateTime<Utc>) -> Result<Vec<OrgEvent>, DomainError> {
+/// A request for each of `emails` neither confirmed nor holding a link
+/// that still works.
+fn pending_requests(org: &Org, emails: &[EmailAddress], now: DateTime<Utc>) -> Vec<OrgEvent> {
     let valid = Duration::days(CONFIRMATION_VALID_DAYS);
-    let new: Vec<OrgEvent> = emails
+    emails
         .iter()
         .filter(|e| !org.confirmed.contains_key(*e))
         .filter(|e| match org.confirmation_requests.get(*e) {
@@ -300,12 +326,22 @@ fn confirmation_requests(org: &Org, emails: &[EmailAddress], now: DateTime<Utc>)
                 requested_at: now,
             })
         })
-        .collect();
-    let last_day = org
-        .confirmation_requests
+        .collect()
+}
+
+/// Confirmation requests made in the 24 hours before `now`.
+fn requests_last_day(org: &Org, now: DateTime<Utc>) -> usize {
+    org.confirmation_requests
         .values()
         .filter(|at| **at > now - Duration::days(1))
-        .count();
+        .count()
+}
+
+/// The confirmation requests a new alert list causes, or the daily cap's
+/// refusal.
+fn confirmation_requests(org: &Org, emails: &[EmailAddress], now: DateTime<Utc>) -> Result<Vec<OrgEvent>, DomainError> {
+    let new = pending_requests(org, emails, now);
+    let last_day = requests_last_day(org, now);
     if !new.is_empty() && last_day + new.len() > MAX_CONFIRMATIONS_PER_DAY {
         return Err(DomainError::QuotaExceeded(format!(
             "An organization may cause at most {MAX_CONFIRMATIONS_PER_DAY} confirmation emails a day \
@@ -322,7 +358,7 @@ fn confirm_recipient(
     requested_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<Vec<OrgEvent>, DomainError> {
-    if !org.alert_emails.contains(&email) {
+    if !org.lists(&email) {
         return Err(DomainError::Conflict(format!(
             "{email} is no longer an alert recipient of {}: this link does not apply any more.",
             org.name.as_str()
@@ -374,7 +410,7 @@ impl Aggregate for Org {
                     name: name.expect("validated"),
                     plan,
                     rate_limit_per_minute,
-                    alert_emails,
+                    alert_emails: alert_emails.into_iter().map(ListedAddress::from).collect(),
                     rotation_days: DEFAULT_ROTATION_DAYS,
                     alert_settings: AlertSettings::default(),
                     created_at: now,
@@ -417,7 +453,9 @@ impl Aggregate for Org {
                     None => vec![],
                 };
                 let change = OrgSettingsChanged {
-                    alert_emails: emails.filter(|e| *e != org.alert_emails),
+                    alert_emails: emails
+                        .map(|e| e.into_iter().map(ListedAddress::from).collect::<Vec<_>>())
+                        .filter(|e| *e != org.alert_emails),
                     rotation_days: rotation_days.filter(|d| *d != org.rotation_days),
                     alert_settings: settings.filter(|s| *s != org.alert_settings),
                 };
@@ -432,6 +470,15 @@ impl Aggregate for Org {
                 let org = state.ok_or(DomainError::NotFound)?;
                 confirm_recipient(org, email, requested_at, now)
             }
+            OrgCommand::RequestConfirmations { mut emails } => {
+                let org = state.ok_or(DomainError::NotFound)?;
+                emails.retain(|e| org.lists(e));
+                emails.sort();
+                emails.dedup();
+                let mut requests = pending_requests(org, &emails, now);
+                requests.truncate(MAX_CONFIRMATIONS_PER_DAY.saturating_sub(requests_last_day(org, now)));
+                Ok(requests)
+            }
         }
     }
 
@@ -444,7 +491,12 @@ impl Aggregate for Org {
                 rate_limit_per_minute: e.rate_limit_per_minute,
                 alert_emails: e.alert_emails.clone(),
                 // The operator's addresses: confirmed as they are given.
-                confirmed: e.alert_emails.iter().map(|a| (a.clone(), e.created_at)).collect(),
+                confirmed: e
+                    .alert_emails
+                    .iter()
+                    .filter_map(ListedAddress::valid)
+                    .map(|a| (a.clone(), e.created_at))
+                    .collect(),
                 confirmation_requests: BTreeMap::new(),
                 rotation_days: e.rotation_days,
                 alert_settings: e.alert_settings,
@@ -458,7 +510,8 @@ impl Aggregate for Org {
             OrgEvent::SettingsChanged(e) => state.map(|mut org| {
                 if let Some(emails) = &e.alert_emails {
                     // A removed address's confirmation goes with it.
-                    org.confirmed.retain(|address, _| emails.contains(address));
+                    org.confirmed
+                        .retain(|address, _| emails.iter().any(|listed| listed == address));
                     org.alert_emails = emails.clone();
                 }
                 Org {

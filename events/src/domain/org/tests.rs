@@ -21,6 +21,10 @@ fn name(text: &str) -> Name {
     Name::parse(text).unwrap()
 }
 
+fn address(text: &str) -> ListedAddress {
+    ListedAddress::Valid(email(text))
+}
+
 fn email(text: &str) -> EmailAddress {
     EmailAddress::parse(text).unwrap()
 }
@@ -183,7 +187,7 @@ fn create_sets_the_plan_limit_and_the_default_policies() {
                 name: name("Acme"),
                 plan,
                 rate_limit_per_minute: limit,
-                alert_emails: vec![email("ops@acme.example")],
+                alert_emails: vec![address("ops@acme.example")],
                 rotation_days: 90,
                 alert_settings: AlertSettings::default(),
                 created_at: now(),
@@ -202,7 +206,7 @@ fn create_an_enterprise_org_with_its_custom_limit() {
                 name: name("Acme"),
                 plan: Plan::Enterprise,
                 rate_limit_per_minute: limit,
-                alert_emails: vec![email("ops@acme.example")],
+                alert_emails: vec![address("ops@acme.example")],
                 rotation_days: DEFAULT_ROTATION_DAYS,
                 alert_settings: AlertSettings::default(),
                 created_at: now(),
@@ -376,7 +380,7 @@ fn evolve_of_created_builds_the_org() {
             name: name("Acme"),
             plan: Plan::Free,
             rate_limit_per_minute: 100,
-            alert_emails: vec![email("ops@acme.example")],
+            alert_emails: vec![address("ops@acme.example")],
             // The operator's addresses count as confirmed.
             confirmed: BTreeMap::from([(email("ops@acme.example"), now() - chrono::Duration::days(1))]),
             confirmation_requests: BTreeMap::new(),
@@ -496,7 +500,7 @@ fn change_settings_records_new_alert_emails_and_asks_the_new_ones_to_confirm() {
         ),
         vec![
             OrgEvent::SettingsChanged(OrgSettingsChanged {
-                alert_emails: Some(vec![email("security@acme.example"), email("ops@acme.example")]),
+                alert_emails: Some(vec![address("security@acme.example"), address("ops@acme.example")]),
                 ..OrgSettingsChanged::default()
             }),
             // ops@ was given by the operator: already confirmed.
@@ -784,14 +788,14 @@ fn evolve_applies_a_settings_change_field_by_field() {
         ..AlertSettings::default()
     };
     let everything = OrgEvent::SettingsChanged(OrgSettingsChanged {
-        alert_emails: Some(vec![email("a@b.example")]),
+        alert_emails: Some(vec![address("a@b.example")]),
         rotation_days: Some(365),
         alert_settings: Some(settings),
     });
     assert_eq!(
         given(&[free_org_created(), rotation_only.clone(), everything]),
         Some(Org {
-            alert_emails: vec![email("a@b.example")],
+            alert_emails: vec![address("a@b.example")],
             // ops@ was removed, and its confirmation with it.
             confirmed: BTreeMap::new(),
             rotation_days: 365,
@@ -817,7 +821,7 @@ fn every_event_round_trips_through_json_with_its_type_tag() {
             rate_limit_per_minute: 1_000,
         }),
         OrgEvent::SettingsChanged(OrgSettingsChanged {
-            alert_emails: Some(vec![email("a@b.example")]),
+            alert_emails: Some(vec![address("a@b.example")]),
             rotation_days: Some(0),
             alert_settings: Some(AlertSettings {
                 unusual_activity_factor: 3,
@@ -898,7 +902,7 @@ fn confirm(address: &str, requested_at: DateTime<Utc>) -> OrgCommand {
 
 fn listed(addresses: &[&str]) -> OrgEvent {
     OrgEvent::SettingsChanged(OrgSettingsChanged {
-        alert_emails: Some(addresses.iter().map(|a| email(a)).collect()),
+        alert_emails: Some(addresses.iter().map(|a| address(a)).collect()),
         ..OrgSettingsChanged::default()
     })
 }
@@ -1022,4 +1026,83 @@ fn at_most_twenty_confirmation_emails_a_day() {
             .len(),
         2
     );
+}
+
+#[test]
+fn the_system_asks_addresses_set_before_confirmations_existed_within_the_daily_cap() {
+    // Listed before confirmations existed: never asked.
+    let old: Vec<String> = (0..5).map(|i| format!("old{i}@acme.example")).collect();
+    let old_refs: Vec<&str> = old.iter().map(String::as_str).collect();
+    let mut history = vec![free_org_created(), listed(&old_refs)];
+    let ask = |emails: &[&str]| OrgCommand::RequestConfirmations {
+        emails: emails.iter().map(|e| email(e)).collect(),
+    };
+    // Not listed, or asked twice in the command: asked once, if at all.
+    let mut command = old_refs.clone();
+    command.extend(["old0@acme.example", "gone@acme.example"]);
+    then_events(
+        when(&given(&history), ask(&command)),
+        old_refs.iter().map(|e| requested(e, now())).collect(),
+    );
+    // 17 other requests today leave room for 3; the others wait.
+    let busy: Vec<String> = (0..17).map(|i| format!("busy{i}@acme.example")).collect();
+    let mut list = old_refs.clone();
+    list.extend(busy.iter().map(String::as_str));
+    history.push(listed(&list));
+    history.extend(busy.iter().map(|e| requested(e, now() - chrono::Duration::hours(1))));
+    let asked = when(&given(&history), ask(&old_refs)).unwrap();
+    assert_eq!(
+        asked,
+        old_refs[..3].iter().map(|e| requested(e, now())).collect::<Vec<_>>()
+    );
+    // Confirmed ones and ones holding a working link are not asked.
+    history.extend(asked);
+    history.push(confirmed("old3@acme.example", now()));
+    let tomorrow = now() + chrono::Duration::days(1) + chrono::Duration::seconds(1);
+    assert_eq!(
+        Org::decide(given(&history).as_ref(), ask(&old_refs), tomorrow),
+        Ok(vec![requested("old4@acme.example", tomorrow)])
+    );
+}
+
+#[test]
+fn an_address_an_older_version_took_is_listed_but_never_confirmed() {
+    // An org created (and changed) before strict addresses, as stored then.
+    let created = json!({
+        "type": "org.created",
+        "data": {
+            "org_id": org_id(), "name": "Acme", "plan": "free", "rate_limit_per_minute": 100,
+            "alert_emails": ["\"Evil\"<x@y.z>", "Ops@Acme.Example", "Ops@acme.example"],
+            "rotation_days": 90, "alert_settings": AlertSettings::default(),
+            "created_at": now() - chrono::Duration::days(30)
+        }
+    });
+    let created: OrgEvent = serde_json::from_value(created).unwrap();
+    let evil = ListedAddress::Unusable("\"Evil\"<x@y.z>".into());
+    let OrgEvent::Created(ref data) = created else {
+        panic!("{created:?}")
+    };
+    assert_eq!(data.alert_emails, [evil.clone(), address("Ops@acme.example")]);
+    let state = given(std::slice::from_ref(&created));
+    let org = state.as_ref().unwrap();
+    assert_eq!(
+        org.confirmed_alert_emails().collect::<Vec<_>>(),
+        [&email("Ops@acme.example")]
+    );
+    // It cannot be saved again; a list without it is a change.
+    then_invalid(
+        when(&state, emails(&["\"Evil\"<x@y.z>", "Ops@acme.example"])),
+        &["alert_emails"],
+    );
+    then_events(
+        when(&state, emails(&["Ops@acme.example"])),
+        vec![listed(&["Ops@acme.example"])],
+    );
+    // The system never asks it (it is not an address it could ask).
+    then_nothing(when(
+        &state,
+        OrgCommand::RequestConfirmations {
+            emails: vec![email("Ops@acme.example")],
+        },
+    ));
 }
