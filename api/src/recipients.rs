@@ -4,7 +4,8 @@
 //! see `keyledger_events::domain::confirmation`) and appends
 //! `org.alert_recipient_confirmed` with actor `alert-recipient`. A forged
 //! or damaged token answers 400; one that no longer applies (expired,
-//! replaced, address removed) 410, saying why.
+//! replaced, address removed) 410, saying why; a link followed again, or
+//! for an address confirmed meanwhile, 200 saying it already is.
 //!
 //! Known limitation: API.md makes the link a `GET`, so a mail scanner that
 //! fetches every link of an incoming email confirms the address for its user.
@@ -14,7 +15,7 @@ use std::collections::HashMap;
 use actix_web::{http::header, http::StatusCode, web, HttpRequest, HttpResponse, ResponseError};
 use chrono::Utc;
 use keyledger_events::domain::{confirmation::Confirmation, org, DomainError, Org, OrgCommand};
-use keyledger_events::handler::{self, HandlerError};
+use keyledger_events::handler::{self, HandlerError, Outcome};
 use keyledger_events::log::EventMeta;
 
 use crate::{error::ApiError, middleware::current_request_id, AppState};
@@ -25,27 +26,25 @@ pub async fn confirm(state: web::Data<AppState>, req: HttpRequest) -> HttpRespon
     let Some(confirmation) = token.and_then(|t| Confirmation::verify(t, &state.hash_key)) else {
         return invalid();
     };
-    let meta = EventMeta {
-        actor: "alert-recipient".into(),
-        request_id: Some(current_request_id()),
-        occurred_at: Utc::now(),
-    };
-    let command = OrgCommand::ConfirmRecipient {
-        email: confirmation.email.clone(),
-        requested_at: confirmation.requested_at,
-    };
-    let stream = org::stream_id(confirmation.org_id);
-    match handler::execute::<Org>(&state.pool, &stream, command, &meta, |_| Ok(())).await {
+    let email = &confirmation.email;
+    match append_confirmation(&state, &confirmation).await {
         Ok(outcome) => {
             let name = outcome.state.as_ref().map_or("", |org| org.name.as_str());
-            page(
-                StatusCode::OK,
-                "Address confirmed",
-                &format!(
-                    "{} is confirmed: it now receives the API key alerts of {name}.",
-                    confirmation.email
-                ),
-            )
+            if outcome.events.is_empty() {
+                page(
+                    StatusCode::OK,
+                    "Address already confirmed",
+                    &format!(
+                        "{email} was already confirmed: it receives the API key alerts of {name}. Nothing more to do."
+                    ),
+                )
+            } else {
+                page(
+                    StatusCode::OK,
+                    "Address confirmed",
+                    &format!("{email} is confirmed: it now receives the API key alerts of {name}."),
+                )
+            }
         }
         Err(HandlerError::Domain(DomainError::Conflict(why))) => {
             page(StatusCode::GONE, "This link no longer works", &why)
@@ -54,9 +53,31 @@ pub async fn confirm(state: web::Data<AppState>, req: HttpRequest) -> HttpRespon
         Err(HandlerError::Concurrency) => page(
             StatusCode::CONFLICT,
             "Please try again",
-            "The organization's settings changed at the same moment; open the link again.",
+            "The organization's settings kept changing at the same moment; open the link again.",
         ),
         Err(other) => ApiError::from(other).error_response(),
+    }
+}
+
+/// Confirms; a concurrent change of the organization is retried once (a
+/// person clicked a link: there is nobody to tell to retry but them).
+async fn append_confirmation(state: &AppState, confirmation: &Confirmation) -> Result<Outcome<Org>, HandlerError> {
+    let stream = org::stream_id(confirmation.org_id);
+    let mut retried = false;
+    loop {
+        let meta = EventMeta {
+            actor: "alert-recipient".into(),
+            request_id: Some(current_request_id()),
+            occurred_at: Utc::now(),
+        };
+        let command = OrgCommand::ConfirmRecipient {
+            email: confirmation.email.clone(),
+            requested_at: confirmation.requested_at,
+        };
+        match handler::execute::<Org>(&state.pool, &stream, command, &meta, |_| Ok(())).await {
+            Err(HandlerError::Concurrency) if !retried => retried = true,
+            result => return result,
+        }
     }
 }
 

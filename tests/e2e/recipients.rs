@@ -54,12 +54,50 @@ async fn link_for(app: &TestApp, email: &str) -> String {
     link_in(&mails[0].text)
 }
 
+/// Waits until `n` backends of this database wait for a lock of `kind`
+/// (`pg_stat_activity.wait_event` of a `Lock` wait: `advisory`, or
+/// `transactionid` for a row another transaction is writing).
+async fn wait_for_waiters(pool: &PgPool, kind: &str, n: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and wait_event_type = 'Lock' and wait_event = $1",
+        )
+        .bind(kind)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{waiting} backends wait for a {kind} lock, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn meta_at(at: chrono::DateTime<Utc>) -> EventMeta {
     EventMeta {
         actor: "test".into(),
         request_id: None,
         occurred_at: at,
     }
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+/// Confirmation emails queued so far (sent or not).
+async fn queued_confirmations(app: &TestApp) -> i64 {
+    count(
+        &app.pool,
+        "select count(*) from alerts where kind = 'recipient_confirmation'",
+    )
+    .await
 }
 
 /// Follows a link of this app the way a browser does (no API key).
@@ -140,10 +178,12 @@ async fn an_address_set_over_the_api_gets_one_confirmation_link_and_no_alert_unt
             .unwrap();
     assert_eq!(confirmation["email"], OPS);
 
-    // Single use.
+    // Followed again: it already is; nothing is appended.
+    let before = app.event_count().await;
     let again = follow(&app, &link).await;
-    assert!(again.status.is_client_error(), "{:?}", again.status);
-    assert!(page(&again).contains("already"), "{}", page(&again));
+    assert_eq!(again.status.as_u16(), 200, "{:#}", again.body);
+    assert!(page(&again).contains("already confirmed"), "{}", page(&again));
+    assert_eq!(app.event_count().await, before);
 
     // From now on the address gets the alerts.
     let next_week = later + days(7);
@@ -310,6 +350,80 @@ async fn at_most_ten_alert_recipients_per_organization() {
         String::from_utf8_lossy(&output.stderr).contains("alert recipients"),
         "{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[actix_web::test]
+async fn a_link_followed_while_the_organization_changes_is_retried_and_confirms() {
+    use keyledger_events::domain::org::{self, ChangeSettings};
+    use keyledger_events::handler;
+    let app = spawn_app().await;
+    app.patch("/v1/org", json!({"alert_emails": [OPS]})).await.expect(200);
+    let link = link_for(&app, OPS).await;
+    // Another writer has appended to the organization and not committed yet.
+    let org_id: OrgId = app.org_id.parse().unwrap();
+    let command = OrgCommand::ChangeSettings(ChangeSettings {
+        rotation_days: Some(30),
+        ..ChangeSettings::default()
+    });
+    let decided = handler::decide::<Org>(
+        &app.pool,
+        &org::stream_id(org_id),
+        command,
+        &meta_at(Utc::now()),
+        |_| Ok(()),
+    )
+    .await
+    .unwrap();
+    let mut other = app.pool.begin().await.unwrap();
+    decided.append(&mut other).await.unwrap();
+    let (address, path) = (app.address.clone(), link[app.address.len()..].to_owned());
+    let followed = actix_web::rt::spawn(async move { call(&address, Method::GET, &path, None, None, &[]).await });
+    // The confirmation waits on the other writer's version of the stream,
+    // then loses to it, and is retried once on the new state.
+    wait_for_waiters(&app.pool, "transactionid", 1).await;
+    other.commit().await.unwrap();
+    let answer = followed.await.unwrap();
+    assert_eq!(answer.status.as_u16(), 200, "{:#}", answer.body);
+    assert!(page(&answer).contains("is confirmed"), "{}", page(&answer));
+    assert!(recipients(&app).await[0]["confirmed_at"].is_string());
+}
+
+#[actix_web::test]
+async fn at_most_twenty_confirmation_emails_a_day_over_the_api() {
+    let app = spawn_app().await;
+    for batch in 0..2 {
+        let ten: Vec<String> = (0..10).map(|i| format!("a{batch}-{i}@acme.test")).collect();
+        app.patch("/v1/org", json!({"alert_emails": ten})).await.expect(200);
+    }
+    assert_eq!(queued_confirmations(&app).await, 20);
+    let before = app.event_count().await;
+    let refused = app
+        .patch("/v1/org", json!({"alert_emails": ["one-more@acme.test"]}))
+        .await;
+    refused.expect_error(403, "quota_exceeded");
+    let message = refused.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("confirmation") && message.contains("20"), "{message}");
+    assert_eq!(app.event_count().await, before, "nothing appended");
+    assert_eq!(queued_confirmations(&app).await, 20, "nothing queued");
+    // A link followed gives no place back. (The first ten addresses were
+    // replaced by the next ten: only those are mailed.)
+    let smtp = MailServer::start_new();
+    let (delivery, inbox) = mail_now(&app, &smtp).await;
+    assert_eq!(delivery.sent, 10);
+    let first = "a1-0@acme.test";
+    follow(&app, &link_in(&confirmations_to(&inbox, first)[0].text))
+        .await
+        .expect(200);
+    let again = app
+        .patch("/v1/org", json!({"alert_emails": [first, "one-more@acme.test"]}))
+        .await;
+    again.expect_error(403, "quota_exceeded");
+    assert_eq!(queued_confirmations(&app).await, 20);
+    assert_eq!(
+        recipients(&app).await.as_array().unwrap().len(),
+        10,
+        "the list is unchanged"
     );
 }
 

@@ -10,6 +10,7 @@
 //! only while the address is listed; removing an address forgets its
 //! confirmation. Adding an address back while its last link still works
 //! requests nothing new, so a list edited back and forth mails nobody twice.
+//! At most 20 requests in any 24 hours, however the list is edited.
 //!
 //! Addresses set over the API before confirmations existed were never asked:
 //! `RequestConfirmations` (made by `keyledger work`) asks them, within the
@@ -128,6 +129,9 @@ pub struct Org {
     /// When the confirmation link of each address that has one unused was
     /// requested (kept after the address is removed, pruned after 7 days).
     pub confirmation_requests: BTreeMap<EmailAddress, DateTime<Utc>>,
+    /// When each confirmation request of the last 24 hours was made (used
+    /// links included): what the daily cap counts.
+    pub recent_requests: Vec<DateTime<Utc>>,
     pub rotation_days: u32,
     pub alert_settings: AlertSettings,
     pub created_at: DateTime<Utc>,
@@ -331,8 +335,8 @@ fn pending_requests(org: &Org, emails: &[EmailAddress], now: DateTime<Utc>) -> V
 
 /// Confirmation requests made in the 24 hours before `now`.
 fn requests_last_day(org: &Org, now: DateTime<Utc>) -> usize {
-    org.confirmation_requests
-        .values()
+    org.recent_requests
+        .iter()
         .filter(|at| **at > now - Duration::days(1))
         .count()
 }
@@ -365,12 +369,12 @@ fn confirm_recipient(
         )));
     }
     if org.confirmed.contains_key(&email) {
-        return Err(DomainError::Conflict(format!(
-            "{email} is already confirmed: it receives the alerts of {}. Nothing more to do.",
-            org.name.as_str()
-        )));
+        // Followed twice (or after a newer link): nothing left to do.
+        return Ok(vec![]);
     }
-    if org.confirmation_requests.get(&email) != Some(&requested_at) {
+    // The token carries microseconds, as the log does.
+    let newest = org.confirmation_requests.get(&email).map(DateTime::timestamp_micros);
+    if newest != Some(requested_at.timestamp_micros()) {
         return Err(DomainError::Conflict(
             "This link was replaced by a newer one: use the link of the most recent confirmation email.".into(),
         ));
@@ -498,6 +502,7 @@ impl Aggregate for Org {
                     .map(|a| (a.clone(), e.created_at))
                     .collect(),
                 confirmation_requests: BTreeMap::new(),
+                recent_requests: vec![],
                 rotation_days: e.rotation_days,
                 alert_settings: e.alert_settings,
                 created_at: e.created_at,
@@ -524,6 +529,9 @@ impl Aggregate for Org {
                 let expired = e.requested_at - Duration::days(CONFIRMATION_VALID_DAYS);
                 org.confirmation_requests.retain(|_, at| *at > expired);
                 org.confirmation_requests.insert(e.email.clone(), e.requested_at);
+                org.recent_requests
+                    .retain(|at| *at > e.requested_at - Duration::days(1));
+                org.recent_requests.push(e.requested_at);
                 org
             }),
             OrgEvent::AlertRecipientConfirmed(e) => state.map(|mut org| {

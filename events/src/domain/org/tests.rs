@@ -384,6 +384,7 @@ fn evolve_of_created_builds_the_org() {
             // The operator's addresses count as confirmed.
             confirmed: BTreeMap::from([(email("ops@acme.example"), now() - chrono::Duration::days(1))]),
             confirmation_requests: BTreeMap::new(),
+            recent_requests: vec![],
             rotation_days: 90,
             alert_settings: AlertSettings::default(),
             created_at: now() - chrono::Duration::days(1),
@@ -966,7 +967,8 @@ fn the_newest_link_confirms_once_within_seven_days() {
         [&email("ops@acme.example"), &email(NEW)]
     );
     assert!(org.confirmation_requests.is_empty(), "the link is used up");
-    then_conflict(when(&state, confirm(NEW, asked)), "already confirmed");
+    // Followed again: nothing to do (the page says it already is).
+    then_nothing(when(&state, confirm(NEW, asked)));
     // Saving the list again asks nothing of a confirmed address.
     then_nothing(when(&state, emails(&["ops@acme.example", NEW])));
 
@@ -1026,6 +1028,49 @@ fn at_most_twenty_confirmation_emails_a_day() {
             .len(),
         2
     );
+}
+
+#[test]
+fn the_link_matches_its_request_to_the_microsecond() {
+    // A request time with nanoseconds (the log keeps microseconds, and so
+    // does the token).
+    let asked = now() - chrono::Duration::days(1) + chrono::Duration::nanoseconds(123_456_789);
+    let history = [
+        free_org_created(),
+        listed(&["ops@acme.example", NEW]),
+        requested(NEW, asked),
+    ];
+    let in_the_token = chrono::DateTime::from_timestamp_micros(asked.timestamp_micros()).unwrap();
+    then_events(
+        when(&given(&history), confirm(NEW, in_the_token)),
+        vec![confirmed(NEW, now())],
+    );
+    then_conflict(
+        when(
+            &given(&history),
+            confirm(NEW, in_the_token - chrono::Duration::microseconds(1)),
+        ),
+        "replaced",
+    );
+}
+
+#[test]
+fn a_confirmed_link_does_not_give_back_its_place_in_the_daily_cap() {
+    // 20 requests today; one is confirmed (say, the admin's own address)
+    // and removed; a list of nine of the others and a stranger is still
+    // over the cap: a used link keeps its place.
+    let addresses: Vec<String> = (0..20).map(|i| format!("a{i}@acme.example")).collect();
+    let mut history = vec![free_org_created()];
+    for chunk in addresses.chunks(10) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        history.extend(when(&given(&history), emails(&refs)).unwrap());
+    }
+    history.push(confirmed("a0@acme.example", now()));
+    let refs: Vec<&str> = addresses[11..20].iter().map(String::as_str).collect();
+    history.push(listed(&refs));
+    let mut with_stranger = refs.clone();
+    with_stranger.push("stranger@elsewhere.example");
+    then_over_quota(when(&given(&history), emails(&with_stranger)), "confirmation");
 }
 
 #[test]
