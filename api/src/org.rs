@@ -10,7 +10,7 @@ use keyledger_events::domain::{
     org::{self, ChangeSettings},
     Org, OrgCommand, OrgEvent, OrgId,
 };
-use keyledger_events::handler;
+use keyledger_events::handler::{self, HandlerError};
 use keyledger_events::log::EventMeta;
 use keyledger_events::read_model;
 
@@ -54,7 +54,7 @@ pub async fn update(
     .await?;
     if !decided.is_empty() {
         let mut tx = state.pool.begin().await?;
-        let outcome = decided.append(&mut tx).await?;
+        let outcome = decided.append(&mut tx).await.map_err(org_error)?;
         for stored in &outcome.events {
             if let OrgEvent::AlertRecipientConfirmationRequested(request) =
                 stored.decode().map_err(ApiError::internal)?
@@ -65,4 +65,17 @@ pub async fn update(
         tx.commit().await?;
     }
     get(state, caller).await
+}
+
+/// A command's failure, with a concurrent change named as the
+/// organization's (the shared mapping speaks of keys).
+fn org_error(e: HandlerError) -> ApiError {
+    match e {
+        HandlerError::Concurrency => ApiError::Conflict(
+            "The organization's settings were changed by another request at the same time; read them \
+             again (GET /v1/org) and retry."
+                .into(),
+        ),
+        other => other.into(),
+    }
 }

@@ -354,6 +354,55 @@ async fn at_most_ten_alert_recipients_per_organization() {
 }
 
 #[actix_web::test]
+async fn a_concurrent_change_of_the_organization_is_a_conflict_named_after_it() {
+    use keyledger_events::domain::org::{self, ChangeSettings};
+    use keyledger_events::handler;
+    let app = spawn_app().await;
+    let org_id: OrgId = app.org_id.parse().unwrap();
+    // Another writer has appended to the organization and not committed yet.
+    let command = OrgCommand::ChangeSettings(ChangeSettings {
+        rotation_days: Some(30),
+        ..ChangeSettings::default()
+    });
+    let decided = handler::decide::<Org>(
+        &app.pool,
+        &org::stream_id(org_id),
+        command,
+        &meta_at(Utc::now()),
+        |_| Ok(()),
+    )
+    .await
+    .unwrap();
+    let mut other = app.pool.begin().await.unwrap();
+    decided.append(&mut other).await.unwrap();
+    let before = app.event_count().await;
+    let (address, admin) = (app.address.clone(), app.admin_key.clone());
+    let patch = actix_web::rt::spawn(async move {
+        call(
+            &address,
+            Method::PATCH,
+            "/v1/org",
+            Some(&admin),
+            Some(json!({"rotation_days": 60})),
+            &[],
+        )
+        .await
+    });
+    // The PATCH waits on the other writer's version of the stream.
+    wait_for_waiters(&app.pool, "transactionid", 1).await;
+    other.commit().await.unwrap();
+    let answer = patch.await.unwrap();
+    answer.expect_error(409, "conflict");
+    let message = answer.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("organization") && !message.contains("key"),
+        "{message}"
+    );
+    assert_eq!(app.event_count().await, before + 1, "only the other writer's event");
+    assert_eq!(app.get("/v1/org").await.expect(200)["rotation_days"], 30);
+}
+
+#[actix_web::test]
 async fn a_link_followed_while_the_organization_changes_is_retried_and_confirms() {
     use keyledger_events::domain::org::{self, ChangeSettings};
     use keyledger_events::handler;

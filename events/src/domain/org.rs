@@ -224,8 +224,10 @@ pub struct OrgSettingsChanged {
     pub alert_settings: Option<AlertSettings>,
 }
 
-/// An address was sent (by the mailer, from the alerts outbox) a link to
-/// confirm it wants the organization's alerts.
+/// An address is asked to confirm it wants the organization's alerts.
+/// Appended when the address is set (or by `keyledger work` for one set
+/// before confirmations existed), in the same transaction as the alerts
+/// outbox row from which the mailer later sends the link.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertRecipientConfirmationRequested {
     pub email: EmailAddress,
