@@ -137,8 +137,9 @@ pub async fn create(
 }
 
 /// Advisory-lock namespace of the per-organization key quota (the two-key
-/// form: apart from every single-key lock).
-const KEY_QUOTA_LOCK: i32 = 0x6b6c_7100;
+/// form: apart from every single-key lock): `(KEY_QUOTA_LOCK,
+/// hashtext(org_id))`.
+pub const KEY_QUOTA_LOCK: i32 = 0x6b6c_7100;
 
 /// Refuses a new key when the organization already has `max` keys that are
 /// not deleted. Creations in one organization take a transaction lock
