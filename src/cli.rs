@@ -391,7 +391,22 @@ async fn serve(settings: &Settings, mut state: AppState, with_api: bool, with_wo
     if with_workers {
         // Both are checked before anything starts: a typo fails at once.
         let schedules = settings.schedules()?;
-        let mailer = settings.mailer(state.pool.clone())?;
+        let mailer = settings.mailer(state.pool.clone(), state.hash_key.clone())?;
+        let listen_reachable = with_api
+            && settings
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| !a.ip().is_unspecified());
+        if settings.public_url.is_none() && !listen_reachable {
+            tracing::warn!(
+                public_url = %format!("http://{}", settings.listen),
+                "KEYLEDGER_PUBLIC_URL is not set: links in confirmation emails point at the listen address; \
+                 set it to the address users reach the API at"
+            );
+        }
+        if let Err(e) = keyledger_workers::recipients::warn_unusable(&state.pool).await {
+            tracing::warn!(error = %e, "could not look for unusable alert addresses");
+        }
         tasks.spawn(scheduler::run(state.pool.clone(), schedules, stopped.clone()));
         tasks.spawn(mailer.run(stopped.clone()));
         let lag = Arc::new(match &state.kafka {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Args;
 use keyledger_events::domain::{Environment, HashKey};
-use keyledger_workers::mailer::{Mailer, Transport};
+use keyledger_workers::mailer::{Links, Mailer, Transport};
 use keyledger_workers::scheduler::{Job, Schedules};
 
 pub const HASH_KEY_VAR: &str = "KEYLEDGER_HASH_KEY";
@@ -78,14 +78,23 @@ pub struct Settings {
     /// X-Real-IP / X-Forwarded-For name the client; none by default.
     #[arg(long, env = "KEYLEDGER_TRUSTED_PROXIES", global = true, value_delimiter = ',')]
     pub trusted_proxies: Vec<TrustedProxy>,
-    /// The base of every link keyledger sends or prints (alert recipients'
-    /// confirmation links), as users reach this deployment; default:
-    /// http://<listen address>.
+    /// The base of every link keyledger sends or prints (portal sign-in links;
+    /// alert recipients' confirmation links, which `work` and `dev` write), as
+    /// users reach this deployment; default: http://<listen address>.
     #[arg(long, env = "KEYLEDGER_PUBLIC_URL", global = true)]
     pub public_url: Option<String>,
     /// Seconds a portal sign-in link works after it is minted (single use).
     #[arg(long, env = "KEYLEDGER_PORTAL_LINK_SECONDS", global = true, default_value_t = 300)]
     pub portal_link_seconds: u64,
+    /// Keys (not deleted) one organization may have; one more answers 403 quota_exceeded.
+    #[arg(
+        long,
+        env = "KEYLEDGER_MAX_KEYS_PER_ORG",
+        global = true,
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_keys_per_org: u64,
     /// The environment (live or test) that `/v1/auth` requires.
     #[arg(long, env = "KEYLEDGER_ENVIRONMENT", global = true, default_value = "live")]
     pub environment: String,
@@ -137,6 +146,7 @@ impl Settings {
             outage_grace: std::time::Duration::from_secs(self.outage_grace_seconds),
             public_url: self.public_url()?,
             portal_link_lifetime: std::time::Duration::from_secs(self.portal_link_seconds),
+            max_keys_per_org: self.max_keys_per_org,
             ..keyledger_api::ApiSettings::default()
         })
     }
@@ -184,11 +194,16 @@ impl Settings {
         .map_err(anyhow::Error::msg)
     }
 
-    /// The mailer: SMTP when `SMTP_URL` is set, else `.eml` files.
-    pub fn mailer(&self, pool: sqlx::PgPool) -> anyhow::Result<Mailer> {
+    /// The mailer: SMTP when `SMTP_URL` is set, else `.eml` files; its
+    /// confirmation links made with `hash_key` on `KEYLEDGER_PUBLIC_URL`.
+    pub fn mailer(&self, pool: sqlx::PgPool, hash_key: HashKey) -> anyhow::Result<Mailer> {
         let url = self.smtp_url.as_ref().map(|u| u.0.as_str());
         let transport = Transport::new(url, &self.data_dir)?;
-        let mut mailer = Mailer::new(pool, transport, &self.mail_from)?;
+        let links = Links {
+            hash_key,
+            public_url: self.public_url()?,
+        };
+        let mut mailer = Mailer::new(pool, transport, &self.mail_from, links)?;
         mailer.first_backoff = std::time::Duration::from_secs(self.mail_retry_seconds.max(1));
         Ok(mailer)
     }

@@ -39,6 +39,9 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("validation failed")]
     Validation(ValidationDetails),
+    /// The organization is at a quota; the message names it.
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error("rate limited")]
     RateLimited { retry_after: u64 },
     #[error("too many failed attempts")]
@@ -80,6 +83,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::Validation(_) => "validation_error",
+            ApiError::QuotaExceeded(_) => "quota_exceeded",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::TooManyFailedAttempts { .. } => "too_many_failed_attempts",
             ApiError::NoSuchEndpoint => "not_found",
@@ -91,7 +95,7 @@ impl ApiError {
 
     fn message(&self) -> String {
         match self {
-            ApiError::BadRequest(m) | ApiError::Conflict(m) => m.clone(),
+            ApiError::BadRequest(m) | ApiError::Conflict(m) | ApiError::QuotaExceeded(m) => m.clone(),
             ApiError::MissingApiKey => {
                 "No API key: send it in the header 'Authorization: Bearer <key>'.".into()
             }
@@ -142,7 +146,9 @@ impl ResponseError for ApiError {
             ApiError::MissingApiKey | ApiError::InvalidApiKey | ApiError::KeyExpired | ApiError::KeyInactive => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::InsufficientScope(_) | ApiError::EnvironmentMismatch { .. } => StatusCode::FORBIDDEN,
+            ApiError::InsufficientScope(_) | ApiError::EnvironmentMismatch { .. } | ApiError::QuotaExceeded(_) => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) | ApiError::InProgress => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -202,6 +208,7 @@ impl From<HandlerError> for ApiError {
             HandlerError::Domain(DomainError::Validation(details)) => ApiError::Validation(details),
             HandlerError::Domain(DomainError::NotFound) => ApiError::NotFound,
             HandlerError::Domain(DomainError::Conflict(message)) => ApiError::Conflict(message),
+            HandlerError::Domain(DomainError::QuotaExceeded(message)) => ApiError::QuotaExceeded(message),
             HandlerError::Concurrency => ApiError::Conflict(
                 "The key was changed by another request at the same time; read it again and retry.".into(),
             ),

@@ -15,6 +15,8 @@ use crate::idempotency::{self, IdempotencyKey, Idempotent};
 use crate::manage::{self, key_id, Done, Granularity, NewKey};
 use crate::{auth::Admin, body, error::ApiError, AppState};
 
+pub use crate::manage::KEY_QUOTA_LOCK;
+
 type Query = web::Query<HashMap<String, String>>;
 
 /// The caller's `Idempotency-Key` for this operation, if it sent one.

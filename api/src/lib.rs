@@ -23,6 +23,7 @@ pub mod ops;
 pub mod org;
 pub mod portal;
 pub mod rate_limit;
+pub mod recipients;
 pub mod routes;
 pub mod usage;
 pub mod verify;
@@ -31,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
-use keyledger_events::domain::{Environment, HashKey, IpRange};
+use keyledger_events::domain::{confirmation::CONFIRM_PATH, Environment, HashKey, IpRange};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -59,6 +60,8 @@ pub struct ApiSettings {
     pub public_url: String,
     /// How long a portal sign-in link works after it is minted.
     pub portal_link_lifetime: Duration,
+    /// Keys (not deleted) one organization may have.
+    pub max_keys_per_org: u64,
 }
 
 impl Default for ApiSettings {
@@ -73,6 +76,7 @@ impl Default for ApiSettings {
             outage_grace: Duration::from_secs(60),
             public_url: "http://127.0.0.1:8080".into(),
             portal_link_lifetime: Duration::from_secs(300),
+            max_keys_per_org: 10_000,
         }
     }
 }
@@ -195,6 +199,8 @@ pub fn configure_surface(cfg: &mut web::ServiceConfig, surface: Surface) {
     let (public, internal) = (surface != Surface::Internal, surface != Surface::Public);
     let mut v1 = web::scope("/v1");
     if public {
+        // Before the `/v1` scope, which would otherwise take the path.
+        cfg.route(CONFIRM_PATH, web::get().to(recipients::confirm));
         v1 = v1
             .route("/keys", web::post().to(keys::create))
             .route("/keys", web::get().to(keys::list))

@@ -5,12 +5,13 @@
 //! surfaces only parse their input and render the answer.
 
 use chrono::{DateTime, Utc};
+use keyledger_events::alert_outbox;
 use keyledger_events::domain::{
     key::{self, CreateKey, RegenerateKey, SecretSource, UpdateKey},
     org::{self, ChangeSettings},
-    ApiKey, DomainError, KeyCommand, KeyId, KeyType, Org, OrgCommand, OrgId, PlainKey,
+    ApiKey, DomainError, KeyCommand, KeyId, KeyType, Org, OrgCommand, OrgEvent, OrgId, PlainKey,
 };
-use keyledger_events::handler;
+use keyledger_events::handler::{self, HandlerError};
 use keyledger_events::log::{EventMeta, StoredEvent};
 use keyledger_events::read_model::{self, KeyFilter, KeyRow, OrgRow, UsagePoint};
 
@@ -142,6 +143,9 @@ async fn run(
         }
     }
     let created = matches!(command, KeyCommand::Create(_));
+    if created {
+        hold_key_quota(&mut tx, caller.org_id(), state.settings.max_keys_per_org).await?;
+    }
     let stream = key::stream_id(id);
     let decided = handler::decide_on::<ApiKey>(&mut tx, &stream, command, &meta, own_key(caller)).await?;
     let outcome = decided.append(&mut tx).await?;
@@ -160,6 +164,35 @@ async fn run(
         row,
         events: outcome.events,
     }))
+}
+
+/// Advisory-lock namespace of the per-organization key quota (the two-key
+/// form: apart from every single-key lock): `(KEY_QUOTA_LOCK,
+/// hashtext(org_id))`.
+pub const KEY_QUOTA_LOCK: i32 = 0x6b6c_7100;
+
+/// Refuses a new key when the organization already has `max` keys that are
+/// not deleted. Creations in one organization take a transaction lock
+/// first, so concurrent ones are counted one after the other (each sees the
+/// keys committed before it) and the quota is never passed, across any
+/// number of API processes; the lock ends with the transaction.
+async fn hold_key_quota(tx: &mut sqlx::PgConnection, org_id: &str, max: u64) -> Result<(), ApiError> {
+    sqlx::query("select pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(KEY_QUOTA_LOCK)
+        .bind(org_id)
+        .execute(&mut *tx)
+        .await?;
+    let keys: i64 = sqlx::query_scalar("select count(*) from keys where org_id = $1 and deleted_at is null")
+        .bind(org_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if keys as u64 >= max {
+        return Err(ApiError::QuotaExceeded(format!(
+            "This organization is at its quota of {max} keys (quota: keys per organization, \
+             KEYLEDGER_MAX_KEYS_PER_ORG). Delete keys it no longer uses, or ask the operator to raise the quota."
+        )));
+    }
+    Ok(())
 }
 
 /// [`run`] for a command without an `Idempotency-Key`: the key it left.
@@ -464,8 +497,11 @@ pub async fn org(state: &AppState, caller: &Caller) -> Result<OrgRow, ApiError> 
 }
 
 /// Changes where alerts go, the rotation policy and the alert thresholds.
+/// Setting `alert_emails` queues one confirmation email per address that
+/// needs one (`keyledger_events::alert_outbox`), in the same transaction as
+/// the events: both are stored, or neither.
 pub async fn change_settings(state: &AppState, caller: &Caller, change: ChangeSettings) -> Result<OrgRow, ApiError> {
-    handler::execute::<Org>(
+    let decided = handler::decide::<Org>(
         &state.pool,
         &org::stream_id(caller.org_id),
         OrgCommand::ChangeSettings(change),
@@ -473,5 +509,31 @@ pub async fn change_settings(state: &AppState, caller: &Caller, change: ChangeSe
         |_| Ok(()),
     )
     .await?;
+    if !decided.is_empty() {
+        let mut tx = state.database.read(state.pool.begin()).await?;
+        let outcome = decided.append(&mut tx).await.map_err(org_error)?;
+        for stored in &outcome.events {
+            if let OrgEvent::AlertRecipientConfirmationRequested(request) =
+                stored.decode().map_err(ApiError::internal)?
+            {
+                alert_outbox::request_confirmation(&mut tx, caller.org_id, &request.email, request.requested_at)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+    }
     org(state, caller).await
+}
+
+/// A command's failure, with a concurrent change named as the
+/// organization's (the shared mapping speaks of keys).
+fn org_error(e: HandlerError) -> ApiError {
+    match e {
+        HandlerError::Concurrency => ApiError::Conflict(
+            "The organization's settings were changed by another request at the same time; read them \
+             again (GET /v1/org) and retry."
+                .into(),
+        ),
+        other => other.into(),
+    }
 }

@@ -15,6 +15,8 @@ use actix_web::{
     Error, HttpMessage, ResponseError,
 };
 
+use keyledger_events::domain::confirmation::CONFIRM_PATH;
+
 use crate::error::ApiError;
 use crate::rate_limit::Decision;
 
@@ -142,17 +144,26 @@ fn loggable_path(path: &str) -> String {
         .join("/")
 }
 
-/// Whether a query string names a credential parameter or holds a key
-/// prefix — as sent, and after every round of percent-decoding
-/// (`sk%5Flive_…`, `%6bey=…`, and their repeated encodings).
-fn query_carries_key(query: &str) -> bool {
+/// The parameter named like a credential that a path takes by design, if
+/// any: only the confirmation link's `token`, which is not an API key (see
+/// `recipients.rs`).
+fn allowed_parameter(path: &str) -> Option<&'static str> {
+    (path == CONFIRM_PATH).then_some("token")
+}
+
+/// Whether a query string names a credential parameter (other than
+/// `allowed`, spelled exactly) or holds a key prefix — as sent, and after
+/// every round of percent-decoding (`sk%5Flive_…`, `%6bey=…`, and their
+/// repeated encodings). The allowed parameter's value is checked too.
+fn query_carries_key(query: &str, allowed: Option<&str>) -> bool {
     query.split('&').any(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         key_prefix_in(name).is_some()
             || key_prefix_in(value).is_some()
-            || decodings(name)
-                .iter()
-                .any(|round| KEY_PARAMETERS.contains(&round.to_ascii_lowercase().as_str()))
+            || (allowed != Some(name)
+                && decodings(name)
+                    .iter()
+                    .any(|round| KEY_PARAMETERS.contains(&round.to_ascii_lowercase().as_str())))
     })
 }
 
@@ -169,7 +180,7 @@ pub async fn request_context(
             // Under /v1/auth/ (envoy style) the query is the original
             // request's, for the upstream: neither logged nor matched here.
             let original_query = req.path().starts_with(ENVOY_AUTH_PREFIX);
-            if !original_query && query_carries_key(req.query_string()) {
+            if !original_query && query_carries_key(req.query_string(), allowed_parameter(req.path())) {
                 let refusal = ApiError::BadRequest(
                     "API keys are not accepted in query strings (they end up in logs and browser history): \
                      send 'Authorization: Bearer <key>' instead."
@@ -207,7 +218,8 @@ pub async fn request_context(
 
 #[cfg(test)]
 mod tests {
-    use super::{loggable_path, query_carries_key};
+    use super::{allowed_parameter, loggable_path, query_carries_key};
+    use keyledger_events::domain::confirmation::CONFIRM_PATH;
 
     #[test]
     fn key_shaped_path_segments_are_cut_to_their_prefix_in_the_log() {
@@ -250,20 +262,20 @@ mod tests {
 
     #[test]
     fn keys_in_query_strings_are_recognised() {
-        assert!(query_carries_key("api_key=abc"));
-        assert!(query_carries_key("limit=5&key=x"));
-        assert!(query_carries_key("q=sk_live_abc"));
-        assert!(query_carries_key("Token=1"));
-        assert!(!query_carries_key("limit=5&cursor=key_01ABC"));
-        assert!(!query_carries_key(""));
-        assert!(query_carries_key("q=sk%5Flive_abc"));
-        assert!(query_carries_key("q=sk%255Flive_abc"));
-        assert!(query_carries_key("%6bey=1"));
-        assert!(query_carries_key("%256bey=1"));
-        assert!(query_carries_key("x=1&api%5Fkey=2"));
-        assert!(!query_carries_key("q=100%25&r=%zz"));
-        assert!(query_carries_key("q=sk%2525255Flive_abc"));
-        assert!(query_carries_key("%2525256bey=1"));
+        assert!(query_carries_key("api_key=abc", None));
+        assert!(query_carries_key("limit=5&key=x", None));
+        assert!(query_carries_key("q=sk_live_abc", None));
+        assert!(query_carries_key("Token=1", None));
+        assert!(!query_carries_key("limit=5&cursor=key_01ABC", None));
+        assert!(!query_carries_key("", None));
+        assert!(query_carries_key("q=sk%5Flive_abc", None));
+        assert!(query_carries_key("q=sk%255Flive_abc", None));
+        assert!(query_carries_key("%6bey=1", None));
+        assert!(query_carries_key("%256bey=1", None));
+        assert!(query_carries_key("x=1&api%5Fkey=2", None));
+        assert!(!query_carries_key("q=100%25&r=%zz", None));
+        assert!(query_carries_key("q=sk%2525255Flive_abc", None));
+        assert!(query_carries_key("%2525256bey=1", None));
     }
 
     #[test]
@@ -273,5 +285,18 @@ mod tests {
             "/portal/session/[token]"
         );
         assert_eq!(super::loggable_path("/portal/keys"), "/portal/keys");
+    }
+
+    #[test]
+    fn only_the_confirmation_link_may_carry_a_token() {
+        let link = "token=org_01ABC.1764320400000000.6f7073.00ff";
+        let check = |path: &str, query: &str| query_carries_key(query, allowed_parameter(path));
+        assert!(!check(CONFIRM_PATH, link));
+        assert!(check("/v1/keys", link));
+        assert!(check("/v1/org", link));
+        assert!(check(CONFIRM_PATH, &format!("{link}&api_key=x")));
+        assert!(check(CONFIRM_PATH, &format!("{link}&Token=x")));
+        assert!(check(CONFIRM_PATH, &format!("{link}&%74oken=x")));
+        assert!(check(CONFIRM_PATH, "token=sk_live_abc"));
     }
 }

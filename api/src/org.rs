@@ -1,4 +1,5 @@
-//! The caller's organization (`/v1/org`): read it, change its alert settings.
+//! The caller's organization (`/v1/org`): read it, change its alert
+//! settings (the operations are in `manage.rs`, shared with the portal).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use keyledger_events::domain::org::ChangeSettings;

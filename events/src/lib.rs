@@ -3,9 +3,11 @@
 //!
 //! `domain` does no I/O. The Postgres adapters sit beside it: `log` (the event
 //! store and its readers), `read_model` (the tables the events are projected
-//! into), `bus` (Kafka) and `handler` (load → decide → append → project, shared by the API
-//! and the CLI).
+//! into), `bus` (Kafka), `handler` (load → decide → append → project, shared by the API
+//! and the CLI) and `alert_outbox` (the confirmation emails the API queues
+//! for the mailer).
 
+pub mod alert_outbox;
 pub mod bus;
 pub mod domain;
 pub mod figures;

@@ -1,5 +1,6 @@
-//! The read models (`keys`, `orgs`): how events are applied to them and how
-//! the API and CLI query them.
+//! The read models (`keys`, `orgs` with their `alert_recipients`,
+//! `usage_rollups`): how events are applied to them and how the API and
+//! CLI query them.
 //!
 //! `apply` is the one projection function. Commands call it inside their
 //! append transaction (so a command's answer, the key list and verification
@@ -15,7 +16,7 @@ use sqlx::{PgConnection, PgExecutor};
 use crate::domain::{
     key::KeyEvent,
     org::{AlertSettings, OrgEvent},
-    KeyHash, KeyStatus,
+    EmailAddress, KeyHash, KeyStatus, ListedAddress,
 };
 use crate::log::{DecodeError, StoredEvent};
 
@@ -180,50 +181,108 @@ async fn apply_org(
     event: OrgEvent,
 ) -> Result<(), ProjectionError> {
     let version = stored.version;
-    match event {
-        OrgEvent::Created(e) => {
+    if let OrgEvent::Created(e) = &event {
+        let inserted = sqlx::query(
+            "insert into orgs (id, name, plan, rate_limit_per_minute, alert_emails, rotation_days,
+                               alert_settings, created_at, version)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict (id) do nothing",
+        )
+        .bind(id)
+        .bind(e.name.as_str())
+        .bind(e.plan.as_str())
+        .bind(e.rate_limit_per_minute as i32)
+        .bind(e.alert_emails.iter().map(|a| a.as_str()).collect::<Vec<_>>())
+        .bind(e.rotation_days as i32)
+        .bind(serde_json::to_value(e.alert_settings).expect("settings serialize"))
+        .bind(e.created_at)
+        .bind(version)
+        .execute(&mut *db)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            // The operator's addresses count as confirmed (but one an older
+            // version took that is not an address any more, never).
             sqlx::query(
-                "insert into orgs (id, name, plan, rate_limit_per_minute, alert_emails, rotation_days,
-                                   alert_settings, created_at, version)
-                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict (id) do nothing",
+                "insert into alert_recipients (org_id, email, position, confirmed_at)
+                 select $1, e.email, e.position, case when e.usable then $4 end
+                 from unnest($2::text[], $3::bool[]) with ordinality as e(email, usable, position)",
             )
             .bind(id)
-            .bind(e.name.as_str())
-            .bind(e.plan.as_str())
-            .bind(e.rate_limit_per_minute as i32)
             .bind(e.alert_emails.iter().map(|a| a.as_str()).collect::<Vec<_>>())
-            .bind(e.rotation_days as i32)
-            .bind(serde_json::to_value(e.alert_settings).expect("settings serialize"))
+            .bind(e.alert_emails.iter().map(|a| a.valid().is_some()).collect::<Vec<_>>())
             .bind(e.created_at)
-            .bind(version)
             .execute(&mut *db)
             .await?;
         }
-        OrgEvent::PlanChanged(e) => {
-            sqlx::query(
-                "update orgs set plan = $3, rate_limit_per_minute = $4, version = $2 where id = $1 and version < $2",
-            )
-            .bind(id)
-            .bind(version)
-            .bind(e.plan.as_str())
-            .bind(e.rate_limit_per_minute as i32)
-            .execute(&mut *db)
-            .await?;
+        return Ok(());
+    }
+    // Every later event is applied once: the orgs row's version guard
+    // decides, and the recipients follow only when it let the event in.
+    let (plan, limit) = match &event {
+        OrgEvent::PlanChanged(e) => (Some(e.plan.as_str()), Some(e.rate_limit_per_minute as i32)),
+        _ => (None, None),
+    };
+    let settings = match &event {
+        OrgEvent::SettingsChanged(e) => e.clone(),
+        _ => Default::default(),
+    };
+    let emails = settings
+        .alert_emails
+        .as_ref()
+        .map(|v| v.iter().map(|a| a.as_str().to_owned()).collect::<Vec<_>>());
+    let applied = sqlx::query(
+        "update orgs set plan = coalesce($3, plan), rate_limit_per_minute = coalesce($4, rate_limit_per_minute),
+                alert_emails = coalesce($5, alert_emails), rotation_days = coalesce($6, rotation_days),
+                alert_settings = coalesce($7, alert_settings), version = $2
+         where id = $1 and version < $2",
+    )
+    .bind(id)
+    .bind(version)
+    .bind(plan)
+    .bind(limit)
+    .bind(&emails)
+    .bind(settings.rotation_days.map(|d| d as i32))
+    .bind(
+        settings
+            .alert_settings
+            .map(|s| serde_json::to_value(s).expect("settings serialize")),
+    )
+    .execute(&mut *db)
+    .await?;
+    if applied.rows_affected() == 0 {
+        return Ok(());
+    }
+    match event {
+        OrgEvent::SettingsChanged(_) => {
+            if let Some(emails) = emails {
+                // Removed addresses go (with their confirmation); new ones
+                // arrive unconfirmed; every one takes its place in the list.
+                sqlx::query("delete from alert_recipients where org_id = $1 and email <> all($2)")
+                    .bind(id)
+                    .bind(&emails)
+                    .execute(&mut *db)
+                    .await?;
+                sqlx::query(
+                    "insert into alert_recipients (org_id, email, position, confirmed_at)
+                     select $1, e.email, e.position, null
+                     from unnest($2::text[]) with ordinality as e(email, position)
+                     on conflict (org_id, email) do update set position = excluded.position",
+                )
+                .bind(id)
+                .bind(&emails)
+                .execute(&mut *db)
+                .await?;
+            }
         }
-        OrgEvent::SettingsChanged(e) => {
-            sqlx::query(
-                "update orgs set alert_emails = coalesce($3, alert_emails), rotation_days = coalesce($4, rotation_days),
-                        alert_settings = coalesce($5, alert_settings), version = $2
-                 where id = $1 and version < $2",
-            )
-            .bind(id)
-            .bind(version)
-            .bind(e.alert_emails.map(|v| v.iter().map(|a| a.as_str().to_owned()).collect::<Vec<_>>()))
-            .bind(e.rotation_days.map(|d| d as i32))
-            .bind(e.alert_settings.map(|s| serde_json::to_value(s).expect("settings serialize")))
-            .execute(&mut *db)
-            .await?;
+        OrgEvent::AlertRecipientConfirmed(e) => {
+            sqlx::query("update alert_recipients set confirmed_at = $3 where org_id = $1 and email = $2")
+                .bind(id)
+                .bind(e.email.as_str())
+                .bind(e.confirmed_at)
+                .execute(&mut *db)
+                .await?;
         }
+        // The request is the mailer's business (the alerts outbox).
+        OrgEvent::AlertRecipientConfirmationRequested(_) | OrgEvent::PlanChanged(_) | OrgEvent::Created(_) => {}
     }
     Ok(())
 }
@@ -416,13 +475,24 @@ pub async fn list_keys<'c>(
     .await
 }
 
+/// An alert address of an organization and when it confirmed (if it did).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct RecipientRow {
+    pub email: ListedAddress,
+    pub confirmed_at: Option<DateTime<Utc>>,
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OrgRow {
     pub id: String,
     pub name: String,
     pub plan: String,
     pub rate_limit_per_minute: i32,
+    /// Every alert address, confirmed or not.
     pub alert_emails: Vec<String>,
+    /// The same addresses with their confirmation, in list order.
+    #[sqlx(json)]
+    pub alert_recipients: Vec<RecipientRow>,
     pub rotation_days: i32,
     pub alert_settings: Value,
     pub created_at: DateTime<Utc>,
@@ -438,6 +508,14 @@ impl OrgRow {
             plan: org.plan.as_str().to_owned(),
             rate_limit_per_minute: org.rate_limit_per_minute as i32,
             alert_emails: org.alert_emails.iter().map(|a| a.as_str().to_owned()).collect(),
+            alert_recipients: org
+                .alert_emails
+                .iter()
+                .map(|listed| RecipientRow {
+                    confirmed_at: listed.valid().and_then(|e| org.confirmed.get(e).copied()),
+                    email: listed.clone(),
+                })
+                .collect(),
             rotation_days: org.rotation_days as i32,
             alert_settings: serde_json::to_value(org.alert_settings).expect("settings serialize"),
             created_at: org.created_at,
@@ -447,6 +525,11 @@ impl OrgRow {
 
     /// The org object of API.md.
     pub fn to_json(&self) -> Value {
+        let recipients: Vec<Value> = self
+            .alert_recipients
+            .iter()
+            .map(|r| json!({"email": r.email, "confirmed_at": r.confirmed_at.map(rfc3339)}))
+            .collect();
         json!({
             "id": self.id,
             "object": "organization",
@@ -454,10 +537,20 @@ impl OrgRow {
             "plan": self.plan,
             "rate_limit_per_minute": self.rate_limit_per_minute,
             "alert_emails": self.alert_emails,
+            "alert_recipients": recipients,
             "rotation_days": self.rotation_days,
             "alert_settings": self.alert_settings,
             "created_at": rfc3339(self.created_at),
         })
+    }
+
+    /// The addresses alerts go to: the confirmed ones.
+    pub fn confirmed_alert_emails(&self) -> Vec<EmailAddress> {
+        self.alert_recipients
+            .iter()
+            .filter(|r| r.confirmed_at.is_some())
+            .filter_map(|r| r.email.valid().cloned())
+            .collect()
     }
 
     pub fn alert_settings(&self) -> AlertSettings {
@@ -467,8 +560,11 @@ impl OrgRow {
 
 pub async fn org_by_id<'c>(db: impl PgExecutor<'c>, org_id: &str) -> Result<Option<OrgRow>, sqlx::Error> {
     sqlx::query_as(
-        "select id, name, plan, rate_limit_per_minute, alert_emails, rotation_days, alert_settings, created_at, version
-         from orgs where id = $1",
+        "select id, name, plan, rate_limit_per_minute, alert_emails, rotation_days, alert_settings, created_at, version,
+                coalesce((select jsonb_agg(jsonb_build_object('email', r.email, 'confirmed_at', r.confirmed_at)
+                                           order by r.position)
+                          from alert_recipients r where r.org_id = o.id), '[]') as alert_recipients
+         from orgs o where id = $1",
     )
     .bind(org_id)
     .fetch_optional(db)

@@ -198,11 +198,15 @@ def test_settings_are_saved_and_read_back_over_the_api(server, portal):
     page.get_by_label("Error rate (%)").fill("25")
     page.get_by_role("button", name="Save").click()
     expect(page.get_by_text("Settings saved.")).to_be_visible()
-    # The addresses are listed, with no confirmation state keyledger does not have.
-    expect(page.get_by_role("listitem").filter(has_text="security@acme.example")).to_have_count(1)
-    expect(page.get_by_text("Confirmed")).to_have_count(0)
+    # The addresses are listed as the API has them: new ones wait for their
+    # confirmation link to be followed.
+    listed = page.get_by_role("listitem").filter(has_text="security@acme.example")
+    expect(listed).to_have_count(1)
+    expect(listed.get_by_text("Waiting for confirmation")).to_be_visible()
+    expect(page.get_by_text("Confirmed", exact=True)).to_have_count(0)
     status, org = server.api("GET", "/v1/org", portal.admin)
     assert org["alert_emails"] == ["ops@acme.example", "security@acme.example"]
+    assert [r["confirmed_at"] for r in org["alert_recipients"]] == [None, None]
     assert org["rotation_days"] == 30 and org["alert_settings"]["error_rate_percent"] == 25
     # A refused value changes nothing and says why.
     page.get_by_label("Rotation days").fill("99999")

@@ -50,6 +50,16 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(keyledger_api::ApiSettings::default(), false).await
 }
 
+/// [`spawn_app`] whose organization was created by the operator with these
+/// alert addresses (`org create --alert-email`, so they count as confirmed).
+pub async fn spawn_app_with_alert_emails(alert_emails: &[&str]) -> TestApp {
+    let settings = keyledger_api::ApiSettings {
+        usage_flush: std::time::Duration::from_millis(500),
+        ..keyledger_api::ApiSettings::default()
+    };
+    spawn(fresh_database_url(), settings, None, false, alert_emails).await
+}
+
 /// [`spawn_app`] with these settings (`usage_flush` is the tests' own),
 /// and with `internal_listener`, the internal endpoints on a second port.
 pub async fn spawn_app_with(settings: keyledger_api::ApiSettings, internal_listener: bool) -> TestApp {
@@ -57,7 +67,7 @@ pub async fn spawn_app_with(settings: keyledger_api::ApiSettings, internal_liste
         usage_flush: std::time::Duration::from_millis(500),
         ..settings
     };
-    spawn(fresh_database_url(), settings, None, internal_listener).await
+    spawn(fresh_database_url(), settings, None, internal_listener, &[]).await
 }
 
 /// A pool like the binary's (short acquire timeout) for the background work.
@@ -77,7 +87,7 @@ pub async fn spawn_app_on(
     settings: keyledger_api::ApiSettings,
     hash_key: Option<HashKey>,
 ) -> TestApp {
-    spawn(database_url, settings, hash_key, false).await
+    spawn(database_url, settings, hash_key, false, &[]).await
 }
 
 async fn spawn(
@@ -85,6 +95,7 @@ async fn spawn(
     settings: keyledger_api::ApiSettings,
     hash_key: Option<HashKey>,
     internal_listener: bool,
+    alert_emails: &[&str],
 ) -> TestApp {
     let pool = keyledger::db::connect(&database_url).await.expect("database");
     let hash_key = hash_key.unwrap_or_else(|| {
@@ -127,9 +138,17 @@ async fn spawn(
         let pool = background_pool(&url).await;
         keyledger_workers::Projector::read_models(pool).run(stopped).await;
     });
-    let created = keyledger::cli::create_org(&pool, hash_key.clone(), "Acme".into(), "free".into(), None, vec![])
-        .await
-        .expect("org");
+    let alert_emails = alert_emails.iter().map(|e| e.to_string()).collect();
+    let created = keyledger::cli::create_org(
+        &pool,
+        hash_key.clone(),
+        "Acme".into(),
+        "free".into(),
+        None,
+        alert_emails,
+    )
+    .await
+    .expect("org");
     TestApp {
         address,
         internal,

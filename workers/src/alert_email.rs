@@ -18,6 +18,8 @@ pub enum Block {
     Paragraph(String),
     Heading(String),
     List(Vec<String>),
+    /// A link, written out in full in both parts.
+    Link(String),
 }
 
 /// How a key is named in an email: `"Checkout backend" (sk_live_…a1b2)`.
@@ -58,6 +60,11 @@ pub fn compose(subject: impl Into<String>, blocks: &[Block]) -> Email {
                 text.push('\n');
                 html.push_str(&format!("<h3>{}</h3>\n", escape(h)));
             }
+            Block::Link(url) => {
+                text.push_str(url);
+                text.push_str("\n\n");
+                html.push_str(&format!("<p><a href=\"{0}\">{0}</a></p>\n", escape(url)));
+            }
             Block::List(items) => {
                 html.push_str("<ul>\n");
                 for item in items {
@@ -79,7 +86,8 @@ pub fn compose(subject: impl Into<String>, blocks: &[Block]) -> Email {
     Email { subject, text, html }
 }
 
-fn escape(text: &str) -> String {
+/// `text` safe in HTML text and in quoted attribute values.
+pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

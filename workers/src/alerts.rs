@@ -51,14 +51,18 @@ pub struct NewAlert {
 }
 
 impl NewAlert {
-    /// An alert for `org`'s alert addresses.
+    /// An alert for `org`'s confirmed alert addresses.
     pub fn to_org(kind: AlertKind, org: &OrgRow, key_id: Option<&str>, period: String, email: Email) -> NewAlert {
         NewAlert {
             kind,
             period,
             org_id: org.id.clone(),
             key_id: key_id.map(str::to_owned),
-            recipients: org.alert_emails.clone(),
+            recipients: org
+                .confirmed_alert_emails()
+                .iter()
+                .map(|e| e.as_str().to_owned())
+                .collect(),
             email,
             quiet: None,
         }
@@ -97,9 +101,9 @@ pub fn week_period(at: DateTime<Utc>) -> String {
 /// Records the alert unless one with the same dedupe key exists (or one of
 /// its kind about the same subject within its quiet time); true when it is
 /// new. A concurrent raise of the same alert waits for this one's
-/// transaction and then finds it. An organization without alert addresses
-/// still gets the row (the record that the condition was seen), marked
-/// `unaddressed`, which the mailer skips.
+/// transaction and then finds it. An organization without confirmed alert
+/// addresses still gets the row (the record that the condition was seen),
+/// marked `unaddressed`, which the mailer skips.
 pub async fn raise(db: &mut PgConnection, alert: &NewAlert, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
         "insert into alerts (id, dedupe_key, kind, org_id, key_id, recipients, subject, body_text, body_html,

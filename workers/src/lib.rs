@@ -1,7 +1,8 @@
 //! keyledger-workers: the background side of keyledger — the projector that
 //! tails the PostgreSQL log (embedded mode), the outbox relay and the Kafka
 //! consumer (Kafka mode), their lag, `replay`, and the scheduled jobs
-//! (expiry, rotation, usage alerts) with the mailer that emails their alerts.
+//! (expiry, rotation, usage alerts) with the mailer that emails their alerts
+//! (and the confirmation links of alert recipients).
 
 pub mod alert_email;
 pub mod alerts;
@@ -10,6 +11,7 @@ pub mod kafka_projector;
 pub mod lag;
 pub mod mailer;
 pub mod projector;
+pub mod recipients;
 pub mod relay;
 pub mod replay;
 pub mod rotation;

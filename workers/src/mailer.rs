@@ -14,15 +14,34 @@
 //! recipient gets an email of their own, and each delivery is recorded as it
 //! happens: a retry mails only those not reached yet, and an address the
 //! server refuses for good is given up on without holding back the others.
+//! An address removed from the organization's alert recipients (or no
+//! longer confirmed) before its email went out is withdrawn: never mailed;
+//! so is one that is not a plain address (`EmailAddress::parse`).
+//!
+//! A confirmation request (`keyledger_events::alert_outbox`) is queued
+//! without its email: the mailer writes it when it sends it, with the link
+//! built from the row (organization, address, time of the request), the
+//! hash key and `KEYLEDGER_PUBLIC_URL` ([`Links`]). The token exists only in
+//! memory and in the email itself.
+//!
+//! User-typed text in headers (key names in a `Subject`) reaches a mail
+//! program literally: lettre RFC 2047-encodes words that are not ASCII, and
+//! a subject holding `=?` (which a mail program would decode as an encoded
+//! word) is encoded whole here.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use email_encoding::headers::{rfc2047, writer::EmailWriter};
+use keyledger_events::alert_outbox::CONFIRMATION_KIND;
+use keyledger_events::domain::{confirmation::Confirmation, EmailAddress, HashKey, OrgId};
 use lettre::message::{header, Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use sqlx::PgPool;
 use tokio::sync::watch;
+
+use crate::alert_email::Email;
 
 /// Alerts one step sends at most.
 const BATCH: usize = 20;
@@ -156,16 +175,26 @@ struct Progress {
     refused: Vec<String>,
     /// "address: the server's answer", one per refused address.
     refusals: Vec<String>,
+    /// No longer a recipient of the organization: never mailed.
+    withdrawn: Vec<String>,
+}
+
+impl Progress {
+    fn settled(&self, recipient: &String) -> bool {
+        self.delivered.contains(recipient) || self.refused.contains(recipient) || self.withdrawn.contains(recipient)
+    }
 }
 
 #[derive(sqlx::FromRow)]
 struct Claimed {
     id: uuid::Uuid,
     kind: String,
+    org_id: String,
     recipients: Vec<String>,
     delivered_to: Vec<String>,
     refused: Vec<String>,
     refusals: Vec<String>,
+    withdrawn: Vec<String>,
     subject: String,
     body_text: String,
     body_html: String,
@@ -173,11 +202,21 @@ struct Claimed {
     created_at: DateTime<Utc>,
 }
 
+/// What confirmation links are made of: the hash key (their MAC key is
+/// derived from it) and the address users reach the deployment at
+/// (`KEYLEDGER_PUBLIC_URL`, no trailing slash).
+#[derive(Clone)]
+pub struct Links {
+    pub hash_key: HashKey,
+    pub public_url: String,
+}
+
 #[derive(Clone)]
 pub struct Mailer {
     pool: PgPool,
     transport: Transport,
     from: Mailbox,
+    links: Links,
     /// The wait after the first failed attempt; it doubles with each one.
     pub first_backoff: Duration,
     /// Attempts before an alert is given up on.
@@ -185,12 +224,13 @@ pub struct Mailer {
 }
 
 impl Mailer {
-    pub fn new(pool: PgPool, transport: Transport, from: &str) -> Result<Mailer, MailerError> {
+    pub fn new(pool: PgPool, transport: Transport, from: &str, links: Links) -> Result<Mailer, MailerError> {
         let from = from.parse().map_err(|_| MailerError::From(from.to_owned()))?;
         Ok(Mailer {
             pool,
             transport,
             from,
+            links,
             first_backoff: Duration::from_secs(30),
             // With 30 s doubling up to an hour: about a day of outage.
             max_attempts: 30,
@@ -218,7 +258,8 @@ impl Mailer {
             "update alerts set attempts = attempts + 1, next_attempt_at = $2
              where id = (select id from alerts where status = 'pending' and next_attempt_at <= $1
                          order by next_attempt_at limit 1 for update skip locked)
-             returning id, kind, recipients, delivered_to, refused, refusals, subject, body_text, body_html, attempts, created_at",
+             returning id, kind, org_id, recipients, delivered_to, refused, refusals, withdrawn, subject, body_text,
+                       body_html, attempts, created_at",
         )
         .bind(now)
         .bind(now + LEASE)
@@ -226,22 +267,34 @@ impl Mailer {
         .await
     }
 
-    /// Sends the alert to each recipient it has not reached yet, one email
-    /// each, recording every outcome at once (which also renews the lease):
-    /// a retry never mails anyone twice, and an address the server refuses
-    /// or puts off does not hold back the others.
+    /// Sends the alert to each recipient it has not reached yet who is
+    /// still one of the organization's, one email each, recording every
+    /// outcome at once (which also renews the lease): a retry never mails
+    /// anyone twice, and an address the server refuses or puts off does not
+    /// hold back the others.
     async fn attempt(&self, alert: Claimed, clock: &Clock, delivery: &mut Delivery) -> Result<(), sqlx::Error> {
         let mut progress = Progress {
             delivered: alert.delivered_to.clone(),
             refused: alert.refused.clone(),
             refusals: alert.refusals.clone(),
+            withdrawn: alert.withdrawn.clone(),
         };
+        let allowed = crate::recipients::allowed(&self.pool, &alert.org_id, &alert.kind).await?;
         let mut deferred = None;
         for (n, recipient) in alert.recipients.iter().enumerate() {
-            if progress.delivered.contains(recipient) || progress.refused.contains(recipient) {
+            if progress.settled(recipient) {
                 continue;
             }
-            match self.send(&alert, n, recipient).await {
+            let address = EmailAddress::parse(recipient).ok().filter(|a| a.as_str() == recipient);
+            let (Some(address), true) = (address, allowed.contains(recipient)) else {
+                progress.withdrawn.push(recipient.clone());
+                if !self.record(&alert, &progress, clock.now()).await? {
+                    return Ok(());
+                }
+                continue;
+            };
+            let content = self.content(&alert, &address).await?;
+            match self.send(&alert, &content, n, &address).await {
                 Ok(()) => progress.delivered.push(recipient.clone()),
                 Err(Failure {
                     kind: FailureKind::Refused,
@@ -267,10 +320,7 @@ impl Mailer {
             }
         }
         let now = clock.now();
-        let reached_all = alert
-            .recipients
-            .iter()
-            .all(|r| progress.delivered.contains(r) || progress.refused.contains(r));
+        let reached_all = alert.recipients.iter().all(|r| progress.settled(r));
         let (status, next_attempt_at, error) = match deferred {
             Some(reason) if !reached_all && alert.attempts < self.max_attempts => {
                 let retry_at = now + self.backoff(alert.attempts);
@@ -282,6 +332,14 @@ impl Mailer {
                 tracing::error!(alert = %alert.id, attempts = alert.attempts, error = %reason, "alert not delivered to everyone; giving up");
                 delivery.failed += 1;
                 ("failed", now, Some(reason))
+            }
+            _ if progress.delivered.is_empty() && progress.refused.is_empty() => {
+                tracing::info!(alert = %alert.id, kind = %alert.kind, "alert withdrawn: none of its recipients receives alerts any more");
+                (
+                    "unaddressed",
+                    now,
+                    Some("no recipient left: every address was removed or is not confirmed".into()),
+                )
             }
             _ if progress.delivered.is_empty() => {
                 let reason = progress.refusals.join("; ");
@@ -315,7 +373,7 @@ impl Mailer {
     /// worker took the alert over.
     async fn record(&self, alert: &Claimed, progress: &Progress, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
         let updated = sqlx::query(
-            "update alerts set delivered_to = $3, refused = $4, refusals = $5, next_attempt_at = $6
+            "update alerts set delivered_to = $3, refused = $4, refusals = $5, withdrawn = $6, next_attempt_at = $7
              where id = $1 and status = 'pending' and attempts = $2",
         )
         .bind(alert.id)
@@ -323,6 +381,7 @@ impl Mailer {
         .bind(&progress.delivered)
         .bind(&progress.refused)
         .bind(&progress.refusals)
+        .bind(&progress.withdrawn)
         .bind(now + LEASE)
         .execute(&self.pool)
         .await?;
@@ -332,10 +391,38 @@ impl Mailer {
         Ok(updated.rows_affected() == 1)
     }
 
+    /// What `recipient` is sent: the email rendered into the row, or for a
+    /// confirmation request the email with its link, written now.
+    async fn content(&self, alert: &Claimed, recipient: &EmailAddress) -> Result<Email, sqlx::Error> {
+        if alert.kind != CONFIRMATION_KIND {
+            return Ok(Email {
+                subject: alert.subject.clone(),
+                text: alert.body_text.clone(),
+                html: alert.body_html.clone(),
+            });
+        }
+        let name: Option<String> = sqlx::query_scalar("select name from orgs where id = $1")
+            .bind(&alert.org_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let org_id: OrgId = alert
+            .org_id
+            .parse()
+            .map_err(|_| sqlx::Error::Decode(format!("alert {}: malformed org id", alert.id).into()))?;
+        let link = Confirmation {
+            org_id,
+            email: recipient.clone(),
+            requested_at: alert.created_at,
+        }
+        .link(&self.links.hash_key, &self.links.public_url);
+        let name = name.unwrap_or_else(|| alert.org_id.clone());
+        Ok(crate::recipients::confirmation_email(&name, recipient, &link))
+    }
+
     /// One email to one recipient, bounded well inside the lease so no
     /// other worker can take the alert over while this one may still send.
-    async fn send(&self, alert: &Claimed, n: usize, recipient: &str) -> Result<(), Failure> {
-        let message = self.message(alert, n, recipient).map_err(|reason| Failure {
+    async fn send(&self, alert: &Claimed, content: &Email, n: usize, recipient: &EmailAddress) -> Result<(), Failure> {
+        let message = self.message(alert, content, n, recipient).map_err(|reason| Failure {
             kind: FailureKind::Refused,
             reason,
         })?;
@@ -362,19 +449,20 @@ impl Mailer {
         chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1))
     }
 
-    fn message(&self, alert: &Claimed, n: usize, recipient: &str) -> Result<Message, String> {
+    fn message(&self, alert: &Claimed, content: &Email, n: usize, recipient: &EmailAddress) -> Result<Message, String> {
         let to: Mailbox = recipient
+            .as_str()
             .parse()
             .map_err(|e| format!("'{recipient}' is not an address: {e}"))?;
         Message::builder()
             .from(self.from.clone())
             .to(to)
-            .subject(alert.subject.clone())
+            .header(Subject(content.subject.clone()))
             .message_id(Some(format!("<{}.{n}@keyledger>", alert.id)))
             .header(AlertKindHeader(alert.kind.clone()))
             .multipart(MultiPart::alternative_plain_html(
-                alert.body_text.clone(),
-                alert.body_html.clone(),
+                content.text.clone(),
+                content.html.clone(),
             ))
             .map_err(|e| e.to_string())
     }
@@ -407,6 +495,35 @@ impl Mailer {
                 return;
             }
         }
+    }
+}
+
+/// `Subject`, shown literally by mail programs: encoded whole (RFC 2047)
+/// when it holds `=?`, which they would otherwise decode.
+#[derive(Clone)]
+struct Subject(String);
+
+impl header::Header for Subject {
+    fn name() -> header::HeaderName {
+        header::HeaderName::new_from_ascii_str("Subject")
+    }
+
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Subject(s.to_owned()))
+    }
+
+    fn display(&self) -> header::HeaderValue {
+        if !self.0.contains("=?") {
+            // lettre encodes what is not ASCII and folds long lines.
+            return header::HeaderValue::new(Self::name(), self.0.clone());
+        }
+        let mut encoded = String::new();
+        {
+            let mut writer = EmailWriter::new(&mut encoded, "Subject: ".len(), 0, false);
+            rfc2047::encode(&self.0, &mut writer).expect("writing to a String");
+        }
+        // Only base64 encoded words, folded: nothing left to inject.
+        header::HeaderValue::dangerous_new_pre_encoded(Self::name(), self.0.clone(), encoded)
     }
 }
 

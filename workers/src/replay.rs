@@ -13,7 +13,7 @@ use sqlx::{PgConnection, PgPool};
 use crate::session_lock::{keys, SessionLock};
 
 /// Every read model `read_model::apply` writes.
-pub const READ_MODELS: [&str; 3] = ["keys", "orgs", "usage_rollups"];
+pub const READ_MODELS: [&str; 4] = ["keys", "orgs", "alert_recipients", "usage_rollups"];
 const SCHEMA: &str = "keyledger_rebuild";
 const BATCH: i64 = 1_000;
 

@@ -19,7 +19,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::session_lock::{keys, SessionLock};
-use crate::{expiry, rotation, usage_alerts};
+use crate::{expiry, recipients, rotation, usage_alerts};
 
 /// The scheduled jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,10 +32,19 @@ pub enum Job {
     UsageAlerts,
     /// The weekly digest of keys nobody used for a while.
     UnusedKeys,
+    /// Asks alert addresses set before confirmations existed to confirm
+    /// (`recipients::request_missing`).
+    RecipientConfirmations,
 }
 
 impl Job {
-    pub const ALL: [Job; 4] = [Job::Expiry, Job::Rotation, Job::UsageAlerts, Job::UnusedKeys];
+    pub const ALL: [Job; 5] = [
+        Job::Expiry,
+        Job::Rotation,
+        Job::UsageAlerts,
+        Job::UnusedKeys,
+        Job::RecipientConfirmations,
+    ];
 
     /// The advisory lock a run of this job holds.
     pub fn lock_key(self) -> i64 {
@@ -48,19 +57,23 @@ impl Job {
             Job::Rotation => "rotation",
             Job::UsageAlerts => "usage_alerts",
             Job::UnusedKeys => "unused_keys",
+            Job::RecipientConfirmations => "recipient_confirmations",
         }
     }
 
     /// The default cron expression (seconds, minutes, hours, day of month,
     /// month, day of week). Expiry runs every 15 s so a key is recorded
     /// expired well within a minute; usage alerts run each minute, shortly
-    /// after the usage of the minute before has been flushed.
+    /// after the usage of the minute before has been flushed. Recipient
+    /// confirmations run every 10 minutes (after an upgrade there is work
+    /// once, then none).
     pub fn default_schedule(self) -> &'static str {
         match self {
             Job::Expiry => "*/15 * * * * *",
             Job::Rotation => "0 */10 * * * *",
             Job::UsageAlerts => "20 * * * * *",
             Job::UnusedKeys => "0 0 * * * *",
+            Job::RecipientConfirmations => "30 */10 * * * *",
         }
     }
 }
@@ -136,6 +149,7 @@ pub async fn run_job(pool: &PgPool, job: Job, now: DateTime<Utc>) -> Result<Opti
         Job::Rotation => rotation::run_once(pool, now).await,
         Job::UsageAlerts => usage_alerts::run_once(pool, now).await,
         Job::UnusedKeys => usage_alerts::unused_keys(pool, now).await,
+        Job::RecipientConfirmations => recipients::request_missing(pool, now).await,
     };
     lock.release().await;
     result.map(Some)

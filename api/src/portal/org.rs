@@ -75,12 +75,15 @@ fn thresholds(value: impl Fn(&str) -> String) -> Vec<Threshold> {
         .collect()
 }
 
-/// The organization's alert recipients as the settings page lists them.
-/// (Where confirmation state will be shown once addresses are confirmed.)
+/// The organization's alert recipients as the settings page lists them,
+/// with their confirmation state.
 fn recipients(org: &OrgRow) -> Vec<RecipientView> {
-    org.alert_emails
+    org.alert_recipients
         .iter()
-        .map(|email| RecipientView { email: email.clone() })
+        .map(|r| RecipientView {
+            email: r.email.as_str().to_owned(),
+            confirmed: r.confirmed_at.map(Stamp::new),
+        })
         .collect()
 }
 

@@ -344,9 +344,12 @@ pub struct KeyPage {
     pub return_to: String,
 }
 
-/// An alert recipient, as the settings page lists it.
+/// An alert recipient, as the settings page lists it: confirmed (alerts go
+/// to it) or waiting for its confirmation link to be followed.
 pub struct RecipientView {
     pub email: String,
+    /// When it was confirmed (`None`: alerts do not go to it yet).
+    pub confirmed: Option<Stamp>,
 }
 
 /// One alert threshold field.
@@ -589,7 +592,10 @@ mod tests {
                     layout: layout(),
                     plan: "Pro".into(),
                     rate_limit: "10,000".into(),
-                    recipients: vec![RecipientView { email: HOSTILE.into() }],
+                    recipients: vec![RecipientView {
+                        email: HOSTILE.into(),
+                        confirmed: None,
+                    }],
                     recipients_text: HOSTILE.into(),
                     rotation_days: HOSTILE.into(),
                     max_rotation_days: 3650,

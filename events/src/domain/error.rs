@@ -37,6 +37,9 @@ pub enum DomainError {
     /// The command is not valid in the aggregate's current state.
     #[error("{0}")]
     Conflict(String),
+    /// The organization is at one of its quotas; the message names it.
+    #[error("{0}")]
+    QuotaExceeded(String),
 }
 
 impl DomainError {

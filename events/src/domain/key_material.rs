@@ -208,6 +208,13 @@ impl HashKey {
     pub fn hash(&self, key: &PlainKey) -> KeyHash {
         KeyHash(*blake3::keyed_hash(&self.0, key.0.as_bytes()).as_bytes())
     }
+
+    /// A key of its own for another purpose (`context`: a fixed,
+    /// globally unique string), so no MAC made with it can ever be taken
+    /// for a key hash or for another purpose's MAC.
+    pub fn derive(&self, context: &'static str) -> [u8; 32] {
+        blake3::derive_key(context, &self.0)
+    }
 }
 
 /// The stored form of a key: its keyed blake3 hash (hex in events).

@@ -1,7 +1,9 @@
-//! The domain: identifiers, key material, scopes, plans and the two
-//! aggregates. Nothing here touches the network, the disk or the clock:
+//! The domain: identifiers, key material, scopes, plans, email addresses
+//! and the two aggregates. Nothing here touches the network, the disk or the clock:
 //! time and randomness are passed in, so every rule is unit-testable.
 
+pub mod confirmation;
+pub mod email;
 pub mod error;
 pub mod ids;
 pub mod ip;
@@ -12,6 +14,7 @@ pub mod org;
 pub mod plan;
 pub mod scope;
 
+pub use email::{EmailAddress, ListedAddress};
 pub use error::{DomainError, ValidationDetails};
 pub use ids::{KeyId, OrgId};
 pub use ip::IpRange;

@@ -1,45 +1,41 @@
 //! The `Org` aggregate: one stream (`org-<id>`) per organization. It owns
 //! the plan (and so the per-key rate limit), the rotation policy and where
 //! alerts go.
+//!
+//! Alert recipients (API.md, "Alert recipients"): addresses the operator
+//! gives when creating the organization count as confirmed; an address set
+//! with `ChangeSettings` gets one confirmation request (an email with a link,
+//! sent by the mailer) and receives alerts only once `ConfirmRecipient`
+//! records that its link was followed. A link works once, for 7 days, and
+//! only while the address is listed; removing an address forgets its
+//! confirmation. Adding an address back while its last link still works
+//! requests nothing new, so a list edited back and forth mails nobody twice.
+//! At most 20 requests in any 24 hours, however the list is edited.
+//!
+//! Addresses set over the API before confirmations existed were never asked:
+//! `RequestConfirmations` (made by `keyledger work`) asks them, within the
+//! same daily cap. An address an older version stored that no longer parses
+//! stays listed as [`ListedAddress::Unusable`] and is never asked.
 
-use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::email::{deserialize_list, deserialize_optional_list};
+pub use super::email::{EmailAddress, ListedAddress};
 use super::{plan::Plan, Aggregate, DomainError, DomainEvent, Name, OrgId, ValidationDetails};
 
 /// Longest rotation policy, in days (0 turns rotation off).
 pub const MAX_ROTATION_DAYS: i64 = 3_650;
 pub const DEFAULT_ROTATION_DAYS: u32 = 90;
-pub const MAX_ALERT_EMAILS: usize = 20;
-
-/// An address alerts can be sent to: one `@`, a dotted domain, no spaces or
-/// control characters, at most 254 characters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct EmailAddress(String);
-
-impl EmailAddress {
-    pub fn parse(text: &str) -> Result<EmailAddress, String> {
-        let bad = || format!("'{text}' is not an email address");
-        if text.len() > 254 || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(bad());
-        }
-        let (local, domain) = text.split_once('@').ok_or_else(bad)?;
-        let domain_ok = domain.contains('.')
-            && !domain.starts_with('.')
-            && !domain.ends_with('.')
-            && !domain.contains("..")
-            && !domain.contains('@');
-        if local.is_empty() || !domain_ok {
-            return Err(bad());
-        }
-        Ok(EmailAddress(text.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+/// The quota of alert recipients per organization (API.md).
+pub const MAX_ALERT_RECIPIENTS: usize = 10;
+/// How long a confirmation link works.
+pub const CONFIRMATION_VALID_DAYS: i64 = 7;
+/// Confirmation emails one organization may cause in any 24 hours: a
+/// cap on what an admin key can make keyledger send to strangers.
+pub const MAX_CONFIRMATIONS_PER_DAY: usize = 20;
 
 /// Thresholds of the alert emails; each field is bounded (see `RANGES`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,10 +130,34 @@ pub struct Org {
     pub name: Name,
     pub plan: Plan,
     pub rate_limit_per_minute: u32,
-    pub alert_emails: Vec<EmailAddress>,
+    /// Every alert address, confirmed or not, in the order given.
+    pub alert_emails: Vec<ListedAddress>,
+    /// When each listed address was confirmed; absent: not yet.
+    pub confirmed: BTreeMap<EmailAddress, DateTime<Utc>>,
+    /// When the confirmation link of each address that has one unused was
+    /// requested (kept after the address is removed, pruned after 7 days).
+    pub confirmation_requests: BTreeMap<EmailAddress, DateTime<Utc>>,
+    /// When each confirmation request of the last 24 hours was made (used
+    /// links included): what the daily cap counts.
+    pub recent_requests: Vec<DateTime<Utc>>,
     pub rotation_days: u32,
     pub alert_settings: AlertSettings,
     pub created_at: DateTime<Utc>,
+}
+
+impl Org {
+    /// The addresses alerts go to: those listed and confirmed.
+    pub fn confirmed_alert_emails(&self) -> impl Iterator<Item = &EmailAddress> {
+        self.alert_emails
+            .iter()
+            .filter_map(ListedAddress::valid)
+            .filter(|e| self.confirmed.contains_key(*e))
+    }
+
+    /// Whether `email` is one of the listed addresses.
+    pub fn lists(&self, email: &EmailAddress) -> bool {
+        self.alert_emails.iter().any(|listed| listed == email)
+    }
 }
 
 pub struct CreateOrg {
@@ -158,8 +178,24 @@ pub struct ChangeSettings {
 
 pub enum OrgCommand {
     Create(CreateOrg),
-    ChangePlan { plan: String, rate_limit: Option<u32> },
+    ChangePlan {
+        plan: String,
+        rate_limit: Option<u32>,
+    },
     ChangeSettings(ChangeSettings),
+    /// A confirmation link was followed (its token checked by the caller:
+    /// see `confirmation`).
+    ConfirmRecipient {
+        email: EmailAddress,
+        requested_at: DateTime<Utc>,
+    },
+    /// Ask those of `emails` that are listed, unconfirmed and hold no link
+    /// that still works to confirm — as many as the daily cap leaves room
+    /// for; the others are left for a later request. The system's command
+    /// for addresses set before confirmations existed.
+    RequestConfirmations {
+        emails: Vec<EmailAddress>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,7 +204,8 @@ pub struct OrgCreated {
     pub name: Name,
     pub plan: Plan,
     pub rate_limit_per_minute: u32,
-    pub alert_emails: Vec<EmailAddress>,
+    #[serde(deserialize_with = "deserialize_list")]
+    pub alert_emails: Vec<ListedAddress>,
     pub rotation_days: u32,
     pub alert_settings: AlertSettings,
     pub created_at: DateTime<Utc>,
@@ -183,12 +220,34 @@ pub struct OrgPlanChanged {
 /// Only the settings that changed are present.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrgSettingsChanged {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alert_emails: Option<Vec<EmailAddress>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "deserialize_optional_list"
+    )]
+    pub alert_emails: Option<Vec<ListedAddress>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_days: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alert_settings: Option<AlertSettings>,
+}
+
+/// An address is asked to confirm it wants the organization's alerts.
+/// Appended when the address is set (or by `keyledger work` for one set
+/// before confirmations existed), in the same transaction as the alerts
+/// outbox row from which the mailer later sends the link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertRecipientConfirmationRequested {
+    pub email: EmailAddress,
+    /// Part of the link's token: only the newest request's link works.
+    pub requested_at: DateTime<Utc>,
+}
+
+/// The address followed its link: alerts go to it from now on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertRecipientConfirmed {
+    pub email: EmailAddress,
+    pub confirmed_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +259,10 @@ pub enum OrgEvent {
     PlanChanged(OrgPlanChanged),
     #[serde(rename = "org.settings_changed")]
     SettingsChanged(OrgSettingsChanged),
+    #[serde(rename = "org.alert_recipient_confirmation_requested")]
+    AlertRecipientConfirmationRequested(AlertRecipientConfirmationRequested),
+    #[serde(rename = "org.alert_recipient_confirmed")]
+    AlertRecipientConfirmed(AlertRecipientConfirmed),
 }
 
 impl DomainEvent for OrgEvent {
@@ -208,6 +271,8 @@ impl DomainEvent for OrgEvent {
             OrgEvent::Created(_) => "org.created",
             OrgEvent::PlanChanged(_) => "org.plan_changed",
             OrgEvent::SettingsChanged(_) => "org.settings_changed",
+            OrgEvent::AlertRecipientConfirmationRequested(_) => "org.alert_recipient_confirmation_requested",
+            OrgEvent::AlertRecipientConfirmed(_) => "org.alert_recipient_confirmed",
         }
     }
 }
@@ -231,10 +296,8 @@ fn parse_plan(plan: &str, rate_limit: Option<u32>, details: &mut ValidationDetai
         .ok()
 }
 
+/// The distinct addresses of `raw`, in order; each bad one is noted.
 fn parse_emails(raw: &[String], details: &mut ValidationDetails) -> Vec<EmailAddress> {
-    if raw.len() > MAX_ALERT_EMAILS {
-        details.add("alert_emails", format!("at most {MAX_ALERT_EMAILS} addresses"));
-    }
     let mut emails: Vec<EmailAddress> = Vec::with_capacity(raw.len());
     for parsed in raw
         .iter()
@@ -245,6 +308,98 @@ fn parse_emails(raw: &[String], details: &mut ValidationDetails) -> Vec<EmailAdd
         }
     }
     emails
+}
+
+/// Refuses a list over the recipients quota (after validation: a list
+/// with bad addresses gets its details first).
+fn within_quota(emails: &[EmailAddress]) -> Result<(), DomainError> {
+    if emails.len() > MAX_ALERT_RECIPIENTS {
+        return Err(DomainError::QuotaExceeded(format!(
+            "An organization has at most {MAX_ALERT_RECIPIENTS} alert recipients (quota: alert recipients); \
+             this list has {}. Remove some addresses, or use a mailing list address.",
+            emails.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A request for each of `emails` neither confirmed nor holding a link
+/// that still works.
+fn pending_requests(org: &Org, emails: &[EmailAddress], now: DateTime<Utc>) -> Vec<OrgEvent> {
+    let valid = Duration::days(CONFIRMATION_VALID_DAYS);
+    emails
+        .iter()
+        .filter(|e| !org.confirmed.contains_key(*e))
+        .filter(|e| match org.confirmation_requests.get(*e) {
+            Some(at) => now >= *at + valid,
+            None => true,
+        })
+        .map(|e| {
+            OrgEvent::AlertRecipientConfirmationRequested(AlertRecipientConfirmationRequested {
+                email: e.clone(),
+                requested_at: now,
+            })
+        })
+        .collect()
+}
+
+/// Confirmation requests made in the 24 hours before `now`.
+fn requests_last_day(org: &Org, now: DateTime<Utc>) -> usize {
+    org.recent_requests
+        .iter()
+        .filter(|at| **at > now - Duration::days(1))
+        .count()
+}
+
+/// The confirmation requests a new alert list causes, or the daily cap's
+/// refusal.
+fn confirmation_requests(org: &Org, emails: &[EmailAddress], now: DateTime<Utc>) -> Result<Vec<OrgEvent>, DomainError> {
+    let new = pending_requests(org, emails, now);
+    let last_day = requests_last_day(org, now);
+    if !new.is_empty() && last_day + new.len() > MAX_CONFIRMATIONS_PER_DAY {
+        return Err(DomainError::QuotaExceeded(format!(
+            "An organization may cause at most {MAX_CONFIRMATIONS_PER_DAY} confirmation emails a day \
+             (quota: alert recipient confirmations); {last_day} went out in the last 24 hours. \
+             Add these addresses tomorrow."
+        )));
+    }
+    Ok(new)
+}
+
+fn confirm_recipient(
+    org: &Org,
+    email: EmailAddress,
+    requested_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Vec<OrgEvent>, DomainError> {
+    if !org.lists(&email) {
+        return Err(DomainError::Conflict(format!(
+            "{email} is no longer an alert recipient of {}: this link does not apply any more.",
+            org.name.as_str()
+        )));
+    }
+    if org.confirmed.contains_key(&email) {
+        // Followed twice (or after a newer link): nothing left to do.
+        return Ok(vec![]);
+    }
+    // The token carries microseconds, as the log does.
+    let newest = org.confirmation_requests.get(&email).map(DateTime::timestamp_micros);
+    if newest != Some(requested_at.timestamp_micros()) {
+        return Err(DomainError::Conflict(
+            "This link was replaced by a newer one: use the link of the most recent confirmation email.".into(),
+        ));
+    }
+    if now >= requested_at + Duration::days(CONFIRMATION_VALID_DAYS) {
+        return Err(DomainError::Conflict(format!(
+            "This link has expired (links work for {CONFIRMATION_VALID_DAYS} days). Ask an administrator of {} \
+             to save the alert addresses again: a new link will be sent.",
+            org.name.as_str()
+        )));
+    }
+    Ok(vec![OrgEvent::AlertRecipientConfirmed(AlertRecipientConfirmed {
+        email,
+        confirmed_at: now,
+    })])
 }
 
 impl Aggregate for Org {
@@ -262,13 +417,14 @@ impl Aggregate for Org {
                 let plan = parse_plan(&c.plan, c.rate_limit, &mut details);
                 let alert_emails = parse_emails(&c.alert_emails, &mut details);
                 details.into_result()?;
+                within_quota(&alert_emails)?;
                 let (plan, rate_limit_per_minute) = plan.expect("validated");
                 Ok(vec![OrgEvent::Created(OrgCreated {
                     org_id: c.org_id,
                     name: name.expect("validated"),
                     plan,
                     rate_limit_per_minute,
-                    alert_emails,
+                    alert_emails: alert_emails.into_iter().map(ListedAddress::from).collect(),
                     rotation_days: DEFAULT_ROTATION_DAYS,
                     alert_settings: AlertSettings::default(),
                     created_at: now,
@@ -303,16 +459,39 @@ impl Aggregate for Org {
                     .as_ref()
                     .map(|patch| org.alert_settings.patched(patch, &mut details));
                 details.into_result()?;
+                let requests = match &emails {
+                    Some(emails) => {
+                        within_quota(emails)?;
+                        confirmation_requests(org, emails, now)?
+                    }
+                    None => vec![],
+                };
                 let change = OrgSettingsChanged {
-                    alert_emails: emails.filter(|e| *e != org.alert_emails),
+                    alert_emails: emails
+                        .map(|e| e.into_iter().map(ListedAddress::from).collect::<Vec<_>>())
+                        .filter(|e| *e != org.alert_emails),
                     rotation_days: rotation_days.filter(|d| *d != org.rotation_days),
                     alert_settings: settings.filter(|s| *s != org.alert_settings),
                 };
-                Ok(if change == OrgSettingsChanged::default() {
-                    vec![]
-                } else {
-                    vec![OrgEvent::SettingsChanged(change)]
-                })
+                let mut events = vec![];
+                if change != OrgSettingsChanged::default() {
+                    events.push(OrgEvent::SettingsChanged(change));
+                }
+                events.extend(requests);
+                Ok(events)
+            }
+            OrgCommand::ConfirmRecipient { email, requested_at } => {
+                let org = state.ok_or(DomainError::NotFound)?;
+                confirm_recipient(org, email, requested_at, now)
+            }
+            OrgCommand::RequestConfirmations { mut emails } => {
+                let org = state.ok_or(DomainError::NotFound)?;
+                emails.retain(|e| org.lists(e));
+                emails.sort();
+                emails.dedup();
+                let mut requests = pending_requests(org, &emails, now);
+                requests.truncate(MAX_CONFIRMATIONS_PER_DAY.saturating_sub(requests_last_day(org, now)));
+                Ok(requests)
             }
         }
     }
@@ -325,6 +504,15 @@ impl Aggregate for Org {
                 plan: e.plan,
                 rate_limit_per_minute: e.rate_limit_per_minute,
                 alert_emails: e.alert_emails.clone(),
+                // The operator's addresses: confirmed as they are given.
+                confirmed: e
+                    .alert_emails
+                    .iter()
+                    .filter_map(ListedAddress::valid)
+                    .map(|a| (a.clone(), e.created_at))
+                    .collect(),
+                confirmation_requests: BTreeMap::new(),
+                recent_requests: vec![],
                 rotation_days: e.rotation_days,
                 alert_settings: e.alert_settings,
                 created_at: e.created_at,
@@ -334,11 +522,32 @@ impl Aggregate for Org {
                 rate_limit_per_minute: e.rate_limit_per_minute,
                 ..org
             }),
-            OrgEvent::SettingsChanged(e) => state.map(|org| Org {
-                alert_emails: e.alert_emails.clone().unwrap_or(org.alert_emails),
-                rotation_days: e.rotation_days.unwrap_or(org.rotation_days),
-                alert_settings: e.alert_settings.unwrap_or(org.alert_settings),
-                ..org
+            OrgEvent::SettingsChanged(e) => state.map(|mut org| {
+                if let Some(emails) = &e.alert_emails {
+                    // A removed address's confirmation goes with it.
+                    org.confirmed
+                        .retain(|address, _| emails.iter().any(|listed| listed == address));
+                    org.alert_emails = emails.clone();
+                }
+                Org {
+                    rotation_days: e.rotation_days.unwrap_or(org.rotation_days),
+                    alert_settings: e.alert_settings.unwrap_or(org.alert_settings),
+                    ..org
+                }
+            }),
+            OrgEvent::AlertRecipientConfirmationRequested(e) => state.map(|mut org| {
+                let expired = e.requested_at - Duration::days(CONFIRMATION_VALID_DAYS);
+                org.confirmation_requests.retain(|_, at| *at > expired);
+                org.confirmation_requests.insert(e.email.clone(), e.requested_at);
+                org.recent_requests
+                    .retain(|at| *at > e.requested_at - Duration::days(1));
+                org.recent_requests.push(e.requested_at);
+                org
+            }),
+            OrgEvent::AlertRecipientConfirmed(e) => state.map(|mut org| {
+                org.confirmation_requests.remove(&e.email);
+                org.confirmed.insert(e.email.clone(), e.confirmed_at);
+                org
             }),
         }
     }

@@ -5,6 +5,7 @@
 use super::*;
 use chrono::TimeZone;
 use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 
 // ---------------------------------------------------------------- fixtures
 
@@ -18,6 +19,10 @@ fn org_id() -> OrgId {
 
 fn name(text: &str) -> Name {
     Name::parse(text).unwrap()
+}
+
+fn address(text: &str) -> ListedAddress {
+    ListedAddress::Valid(email(text))
 }
 
 fn email(text: &str) -> EmailAddress {
@@ -146,6 +151,22 @@ fn then_invalid(result: Result<Vec<OrgEvent>, DomainError>, fields: &[&str]) -> 
     }
 }
 
+#[track_caller]
+fn then_over_quota(result: Result<Vec<OrgEvent>, DomainError>, quota: &str) {
+    match result {
+        Err(DomainError::QuotaExceeded(message)) => assert!(message.contains(quota), "{message}"),
+        other => panic!("expected the {quota} quota, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn then_conflict(result: Result<Vec<OrgEvent>, DomainError>, saying: &str) {
+    match result {
+        Err(DomainError::Conflict(message)) => assert!(message.contains(saying), "{message}"),
+        other => panic!("expected a conflict saying {saying:?}, got {other:?}"),
+    }
+}
+
 fn then_not_found(result: Result<Vec<OrgEvent>, DomainError>) {
     assert_eq!(result, Err(DomainError::NotFound));
 }
@@ -166,7 +187,7 @@ fn create_sets_the_plan_limit_and_the_default_policies() {
                 name: name("Acme"),
                 plan,
                 rate_limit_per_minute: limit,
-                alert_emails: vec![email("ops@acme.example")],
+                alert_emails: vec![address("ops@acme.example")],
                 rotation_days: 90,
                 alert_settings: AlertSettings::default(),
                 created_at: now(),
@@ -185,7 +206,7 @@ fn create_an_enterprise_org_with_its_custom_limit() {
                 name: name("Acme"),
                 plan: Plan::Enterprise,
                 rate_limit_per_minute: limit,
-                alert_emails: vec![email("ops@acme.example")],
+                alert_emails: vec![address("ops@acme.example")],
                 rotation_days: DEFAULT_ROTATION_DAYS,
                 alert_settings: AlertSettings::default(),
                 created_at: now(),
@@ -313,14 +334,14 @@ fn create_refuses_bad_emails() {
 }
 
 #[test]
-fn create_refuses_more_than_twenty_alert_emails() {
+fn create_with_more_than_ten_alert_recipients_is_over_the_quota() {
     let input = CreateOrg {
-        alert_emails: (0..21).map(|i| format!("ops{i}@acme.example")).collect(),
+        alert_emails: (0..11).map(|i| format!("ops{i}@acme.example")).collect(),
         ..create_input("free", None)
     };
-    then_invalid(when(&given(&[]), create(input)), &["alert_emails"]);
+    then_over_quota(when(&given(&[]), create(input)), "alert recipients");
     let input = CreateOrg {
-        alert_emails: (0..20).map(|i| format!("ops{i}@acme.example")).collect(),
+        alert_emails: (0..10).map(|i| format!("ops{i}@acme.example")).collect(),
         ..create_input("free", None)
     };
     assert!(when(&given(&[]), create(input)).is_ok());
@@ -359,7 +380,11 @@ fn evolve_of_created_builds_the_org() {
             name: name("Acme"),
             plan: Plan::Free,
             rate_limit_per_minute: 100,
-            alert_emails: vec![email("ops@acme.example")],
+            alert_emails: vec![address("ops@acme.example")],
+            // The operator's addresses count as confirmed.
+            confirmed: BTreeMap::from([(email("ops@acme.example"), now() - chrono::Duration::days(1))]),
+            confirmation_requests: BTreeMap::new(),
+            recent_requests: vec![],
             rotation_days: 90,
             alert_settings: AlertSettings::default(),
             created_at: now() - chrono::Duration::days(1),
@@ -468,17 +493,20 @@ fn evolve_applies_a_plan_change() {
 // --------------------------------------------------------- change settings
 
 #[test]
-fn change_settings_records_new_alert_emails() {
-    let changed = then_settings_changed(when(
-        &given(&[free_org_created()]),
-        emails(&["security@acme.example", "ops@acme.example"]),
-    ));
-    assert_eq!(
-        changed,
-        OrgSettingsChanged {
-            alert_emails: Some(vec![email("security@acme.example"), email("ops@acme.example")]),
-            ..OrgSettingsChanged::default()
-        }
+fn change_settings_records_new_alert_emails_and_asks_the_new_ones_to_confirm() {
+    then_events(
+        when(
+            &given(&[free_org_created()]),
+            emails(&["security@acme.example", "ops@acme.example"]),
+        ),
+        vec![
+            OrgEvent::SettingsChanged(OrgSettingsChanged {
+                alert_emails: Some(vec![address("security@acme.example"), address("ops@acme.example")]),
+                ..OrgSettingsChanged::default()
+            }),
+            // ops@ was given by the operator: already confirmed.
+            requested("security@acme.example", now()),
+        ],
     );
     // Emptying the list is a change too.
     then_events(
@@ -500,9 +528,26 @@ fn change_settings_refuses_bad_emails() {
         &["alert_emails"],
     );
     assert_eq!(details.0["alert_emails"].len(), 2);
-    let too_many: Vec<String> = (0..21).map(|i| format!("ops{i}@acme.example")).collect();
-    let refs: Vec<&str> = too_many.iter().map(String::as_str).collect();
-    then_invalid(when(&given(&[free_org_created()]), emails(&refs)), &["alert_emails"]);
+    for bad in ["\"Evil\"<x@y.z>", "a,c@d.com", "x@y.z>", "x@y.z\r\nBcc: a@b.c"] {
+        then_invalid(when(&given(&[free_org_created()]), emails(&[bad])), &["alert_emails"]);
+    }
+}
+
+#[test]
+fn more_than_ten_alert_recipients_are_over_the_quota_after_validation() {
+    let eleven: Vec<String> = (0..11).map(|i| format!("ops{i}@acme.example")).collect();
+    let refs: Vec<&str> = eleven.iter().map(String::as_str).collect();
+    then_over_quota(when(&given(&[free_org_created()]), emails(&refs)), "alert recipients");
+    // Bad addresses are reported first; the same address twice is one recipient.
+    let mut with_bad = refs.clone();
+    with_bad.push("nope");
+    then_invalid(
+        when(&given(&[free_org_created()]), emails(&with_bad)),
+        &["alert_emails"],
+    );
+    let mut repeated = refs[..10].to_vec();
+    repeated.push(refs[0]);
+    assert!(when(&given(&[free_org_created()]), emails(&repeated)).is_ok());
 }
 
 #[test]
@@ -744,14 +789,16 @@ fn evolve_applies_a_settings_change_field_by_field() {
         ..AlertSettings::default()
     };
     let everything = OrgEvent::SettingsChanged(OrgSettingsChanged {
-        alert_emails: Some(vec![email("a@b.example")]),
+        alert_emails: Some(vec![address("a@b.example")]),
         rotation_days: Some(365),
         alert_settings: Some(settings),
     });
     assert_eq!(
         given(&[free_org_created(), rotation_only.clone(), everything]),
         Some(Org {
-            alert_emails: vec![email("a@b.example")],
+            alert_emails: vec![address("a@b.example")],
+            // ops@ was removed, and its confirmation with it.
+            confirmed: BTreeMap::new(),
             rotation_days: 365,
             alert_settings: settings,
             ..before.clone()
@@ -775,7 +822,7 @@ fn every_event_round_trips_through_json_with_its_type_tag() {
             rate_limit_per_minute: 1_000,
         }),
         OrgEvent::SettingsChanged(OrgSettingsChanged {
-            alert_emails: Some(vec![email("a@b.example")]),
+            alert_emails: Some(vec![address("a@b.example")]),
             rotation_days: Some(0),
             alert_settings: Some(AlertSettings {
                 unusual_activity_factor: 3,
@@ -787,10 +834,21 @@ fn every_event_round_trips_through_json_with_its_type_tag() {
             ..OrgSettingsChanged::default()
         }),
         OrgEvent::SettingsChanged(OrgSettingsChanged::default()),
+        requested("a@b.example", now()),
+        confirmed("a@b.example", now()),
     ];
     let mut seen: Vec<&str> = events.iter().map(|e| e.event_type()).collect();
     seen.dedup();
-    assert_eq!(seen, ["org.created", "org.plan_changed", "org.settings_changed"]);
+    assert_eq!(
+        seen,
+        [
+            "org.created",
+            "org.plan_changed",
+            "org.settings_changed",
+            "org.alert_recipient_confirmation_requested",
+            "org.alert_recipient_confirmed"
+        ]
+    );
     for event in events {
         let value = serde_json::to_value(&event).unwrap();
         assert_eq!(value["type"], event.event_type(), "{value}");
@@ -818,4 +876,278 @@ fn a_settings_change_omits_unchanged_fields() {
 #[test]
 fn stream_ids_name_the_org() {
     assert_eq!(stream_id(org_id()), format!("org-{}", org_id()));
+}
+
+// ------------------------------------------------------- alert recipients
+
+fn requested(address: &str, at: DateTime<Utc>) -> OrgEvent {
+    OrgEvent::AlertRecipientConfirmationRequested(AlertRecipientConfirmationRequested {
+        email: email(address),
+        requested_at: at,
+    })
+}
+
+fn confirmed(address: &str, at: DateTime<Utc>) -> OrgEvent {
+    OrgEvent::AlertRecipientConfirmed(AlertRecipientConfirmed {
+        email: email(address),
+        confirmed_at: at,
+    })
+}
+
+fn confirm(address: &str, requested_at: DateTime<Utc>) -> OrgCommand {
+    OrgCommand::ConfirmRecipient {
+        email: email(address),
+        requested_at,
+    }
+}
+
+fn listed(addresses: &[&str]) -> OrgEvent {
+    OrgEvent::SettingsChanged(OrgSettingsChanged {
+        alert_emails: Some(addresses.iter().map(|a| address(a)).collect()),
+        ..OrgSettingsChanged::default()
+    })
+}
+
+const NEW: &str = "new@acme.example";
+
+/// The org with `NEW` added over the API a day ago (its link sent then).
+fn with_new_address() -> Vec<OrgEvent> {
+    let asked = now() - chrono::Duration::days(1);
+    vec![
+        free_org_created(),
+        listed(&["ops@acme.example", NEW]),
+        requested(NEW, asked),
+    ]
+}
+
+#[test]
+fn a_listed_address_with_a_working_link_is_not_mailed_again() {
+    let history = with_new_address();
+    then_nothing(when(&given(&history), emails(&["ops@acme.example", NEW])));
+    // Removed and added back while its link works: the same link still does.
+    let mut removed = history.clone();
+    removed.push(listed(&["ops@acme.example"]));
+    then_events(
+        when(&given(&removed), emails(&["ops@acme.example", NEW])),
+        vec![listed(&["ops@acme.example", NEW])],
+    );
+    // After 7 days the link has expired: saving the list sends a new one.
+    let state = given(&history);
+    let a_week_later = now() + chrono::Duration::days(6) + chrono::Duration::seconds(1);
+    assert_eq!(
+        Org::decide(state.as_ref(), emails(&["ops@acme.example", NEW]), a_week_later),
+        Ok(vec![requested(NEW, a_week_later)])
+    );
+}
+
+#[test]
+fn an_address_set_before_confirmations_existed_is_asked_when_the_list_is_saved() {
+    let legacy = [free_org_created(), listed(&["ops@acme.example", NEW])];
+    then_events(
+        when(&given(&legacy), emails(&["ops@acme.example", NEW])),
+        vec![requested(NEW, now())],
+    );
+    then_nothing(when(&given(&legacy), rotation(90)));
+}
+
+#[test]
+fn the_newest_link_confirms_once_within_seven_days() {
+    let history = with_new_address();
+    let asked = now() - chrono::Duration::days(1);
+    let state = given(&history);
+    assert_eq!(state.as_ref().unwrap().confirmed_alert_emails().count(), 1);
+    then_events(when(&state, confirm(NEW, asked)), vec![confirmed(NEW, now())]);
+
+    let mut done = history.clone();
+    done.push(confirmed(NEW, now()));
+    let state = given(&done);
+    let org = state.as_ref().unwrap();
+    assert_eq!(
+        org.confirmed_alert_emails().collect::<Vec<_>>(),
+        [&email("ops@acme.example"), &email(NEW)]
+    );
+    assert!(org.confirmation_requests.is_empty(), "the link is used up");
+    // Followed again: nothing to do (the page says it already is).
+    then_nothing(when(&state, confirm(NEW, asked)));
+    // Saving the list again asks nothing of a confirmed address.
+    then_nothing(when(&state, emails(&["ops@acme.example", NEW])));
+
+    // An older link, or one past its 7 days, does not work.
+    then_conflict(
+        when(&given(&history), confirm(NEW, asked - chrono::Duration::seconds(1))),
+        "replaced",
+    );
+    let expired = Org::decide(
+        given(&history).as_ref(),
+        confirm(NEW, asked),
+        asked + chrono::Duration::days(7),
+    );
+    then_conflict(expired, "expired");
+}
+
+#[test]
+fn a_removed_address_loses_its_confirmation_and_its_link() {
+    let mut history = with_new_address();
+    let asked = now() - chrono::Duration::days(1);
+    history.push(confirmed(NEW, now() - chrono::Duration::hours(1)));
+    history.push(listed(&["ops@acme.example"]));
+    let state = given(&history);
+    assert!(!state.as_ref().unwrap().confirmed.contains_key(&email(NEW)));
+    then_conflict(when(&state, confirm(NEW, asked)), "no longer an alert recipient");
+    // Added back, it must confirm again: a new link (the old one was used).
+    then_events(
+        when(&state, emails(&["ops@acme.example", NEW])),
+        vec![listed(&["ops@acme.example", NEW]), requested(NEW, now())],
+    );
+    // The operator's address too.
+    let state = given(&[free_org_created(), listed(&[])]);
+    then_events(
+        when(&state, emails(&["ops@acme.example"])),
+        vec![listed(&["ops@acme.example"]), requested("ops@acme.example", now())],
+    );
+}
+
+#[test]
+fn at_most_twenty_confirmation_emails_a_day() {
+    let mut history = vec![free_org_created()];
+    let mut state = given(&history);
+    for batch in 0..2 {
+        let addresses: Vec<String> = (0..10).map(|i| format!("a{batch}-{i}@acme.example")).collect();
+        let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
+        let events = when(&state, emails(&refs)).unwrap();
+        assert_eq!(events.len(), 11, "the list and ten requests");
+        history.extend(events);
+        state = given(&history);
+    }
+    then_over_quota(when(&state, emails(&["one-more@acme.example"])), "confirmation");
+    // A day later the organization may ask again.
+    let tomorrow = now() + chrono::Duration::days(1);
+    assert_eq!(
+        Org::decide(state.as_ref(), emails(&["one-more@acme.example"]), tomorrow)
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn the_link_matches_its_request_to_the_microsecond() {
+    // A request time with nanoseconds (the log keeps microseconds, and so
+    // does the token).
+    let asked = now() - chrono::Duration::days(1) + chrono::Duration::nanoseconds(123_456_789);
+    let history = [
+        free_org_created(),
+        listed(&["ops@acme.example", NEW]),
+        requested(NEW, asked),
+    ];
+    let in_the_token = chrono::DateTime::from_timestamp_micros(asked.timestamp_micros()).unwrap();
+    then_events(
+        when(&given(&history), confirm(NEW, in_the_token)),
+        vec![confirmed(NEW, now())],
+    );
+    then_conflict(
+        when(
+            &given(&history),
+            confirm(NEW, in_the_token - chrono::Duration::microseconds(1)),
+        ),
+        "replaced",
+    );
+}
+
+#[test]
+fn a_confirmed_link_does_not_give_back_its_place_in_the_daily_cap() {
+    // 20 requests today; one is confirmed (say, the admin's own address)
+    // and removed; a list of nine of the others and a stranger is still
+    // over the cap: a used link keeps its place.
+    let addresses: Vec<String> = (0..20).map(|i| format!("a{i}@acme.example")).collect();
+    let mut history = vec![free_org_created()];
+    for chunk in addresses.chunks(10) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        history.extend(when(&given(&history), emails(&refs)).unwrap());
+    }
+    history.push(confirmed("a0@acme.example", now()));
+    let refs: Vec<&str> = addresses[11..20].iter().map(String::as_str).collect();
+    history.push(listed(&refs));
+    let mut with_stranger = refs.clone();
+    with_stranger.push("stranger@elsewhere.example");
+    then_over_quota(when(&given(&history), emails(&with_stranger)), "confirmation");
+}
+
+#[test]
+fn the_system_asks_addresses_set_before_confirmations_existed_within_the_daily_cap() {
+    // Listed before confirmations existed: never asked.
+    let old: Vec<String> = (0..5).map(|i| format!("old{i}@acme.example")).collect();
+    let old_refs: Vec<&str> = old.iter().map(String::as_str).collect();
+    let mut history = vec![free_org_created(), listed(&old_refs)];
+    let ask = |emails: &[&str]| OrgCommand::RequestConfirmations {
+        emails: emails.iter().map(|e| email(e)).collect(),
+    };
+    // Not listed, or asked twice in the command: asked once, if at all.
+    let mut command = old_refs.clone();
+    command.extend(["old0@acme.example", "gone@acme.example"]);
+    then_events(
+        when(&given(&history), ask(&command)),
+        old_refs.iter().map(|e| requested(e, now())).collect(),
+    );
+    // 17 other requests today leave room for 3; the others wait.
+    let busy: Vec<String> = (0..17).map(|i| format!("busy{i}@acme.example")).collect();
+    let mut list = old_refs.clone();
+    list.extend(busy.iter().map(String::as_str));
+    history.push(listed(&list));
+    history.extend(busy.iter().map(|e| requested(e, now() - chrono::Duration::hours(1))));
+    let asked = when(&given(&history), ask(&old_refs)).unwrap();
+    assert_eq!(
+        asked,
+        old_refs[..3].iter().map(|e| requested(e, now())).collect::<Vec<_>>()
+    );
+    // Confirmed ones and ones holding a working link are not asked.
+    history.extend(asked);
+    history.push(confirmed("old3@acme.example", now()));
+    let tomorrow = now() + chrono::Duration::days(1) + chrono::Duration::seconds(1);
+    assert_eq!(
+        Org::decide(given(&history).as_ref(), ask(&old_refs), tomorrow),
+        Ok(vec![requested("old4@acme.example", tomorrow)])
+    );
+}
+
+#[test]
+fn an_address_an_older_version_took_is_listed_but_never_confirmed() {
+    // An org created (and changed) before strict addresses, as stored then.
+    let created = json!({
+        "type": "org.created",
+        "data": {
+            "org_id": org_id(), "name": "Acme", "plan": "free", "rate_limit_per_minute": 100,
+            "alert_emails": ["\"Evil\"<x@y.z>", "Ops@Acme.Example", "Ops@acme.example"],
+            "rotation_days": 90, "alert_settings": AlertSettings::default(),
+            "created_at": now() - chrono::Duration::days(30)
+        }
+    });
+    let created: OrgEvent = serde_json::from_value(created).unwrap();
+    let evil = ListedAddress::Unusable("\"Evil\"<x@y.z>".into());
+    let OrgEvent::Created(ref data) = created else {
+        panic!("{created:?}")
+    };
+    assert_eq!(data.alert_emails, [evil.clone(), address("Ops@acme.example")]);
+    let state = given(std::slice::from_ref(&created));
+    let org = state.as_ref().unwrap();
+    assert_eq!(
+        org.confirmed_alert_emails().collect::<Vec<_>>(),
+        [&email("Ops@acme.example")]
+    );
+    // It cannot be saved again; a list without it is a change.
+    then_invalid(
+        when(&state, emails(&["\"Evil\"<x@y.z>", "Ops@acme.example"])),
+        &["alert_emails"],
+    );
+    then_events(
+        when(&state, emails(&["Ops@acme.example"])),
+        vec![listed(&["Ops@acme.example"])],
+    );
+    // The system never asks it (it is not an address it could ask).
+    then_nothing(when(
+        &state,
+        OrgCommand::RequestConfirmations {
+            emails: vec![email("Ops@acme.example")],
+        },
+    ));
 }
