@@ -272,7 +272,8 @@ pub async fn check(
     // A key refused for its state, or used from an address its allowlist
     // does not admit, spends no budget (a stolen key used elsewhere cannot
     // exhaust its owner's limit); any other request does.
-    let status = status_refusal(&key).or_else(|| (!key.row.allowed_ips.allows(client)).then_some(Refusal::IpNotAllowed));
+    let status =
+        status_refusal(&key).or_else(|| (!key.row.allowed_ips.allows(client)).then_some(Refusal::IpNotAllowed));
     let decision = match status {
         Some(_) => state.limiter.peek(&key.row.id, key.limit_per_minute, now),
         None => state.limiter.check(&key.row.id, key.limit_per_minute, now),

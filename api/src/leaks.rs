@@ -122,7 +122,8 @@ impl LeakReportKeys {
         let der = base64::engine::general_purpose::STANDARD
             .decode(signature.trim())
             .map_err(|_| "Github-Public-Key-Signature is not base64")?;
-        let signature = Signature::from_der(&der).map_err(|_| "Github-Public-Key-Signature is not a DER ECDSA signature")?;
+        let signature =
+            Signature::from_der(&der).map_err(|_| "Github-Public-Key-Signature is not a DER ECDSA signature")?;
         key.verify(body, &signature)
             .map_err(|_| "the signature does not match the body".to_owned())
     }
@@ -187,14 +188,21 @@ impl Label {
     }
 }
 
-pub async fn report(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub async fn report(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let Some(keys) = state.settings.leak_report_keys.clone() else {
         return Err(ApiError::LeakReportsNotConfigured);
     };
     // Forged reports count as failed attempts of their sender's address.
     let client = access::client_address(&req, &state.settings)?;
     let guard = client.map(guard_subject);
-    let (limit, now) = (state.settings.failed_attempts_per_minute, Utc::now().timestamp().max(0) as u64);
+    let (limit, now) = (
+        state.settings.failed_attempts_per_minute,
+        Utc::now().timestamp().max(0) as u64,
+    );
     if let Some(address) = &guard {
         if state.failures.used(address, now) >= limit {
             let retry_after = state.failures.check(address, limit, now).retry_after;
@@ -211,8 +219,14 @@ pub async fn report(state: web::Data<AppState>, req: HttpRequest, payload: web::
     }
     let identifier = identifier.unwrap_or_default().to_owned();
     let matches: Vec<Match> = match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(serde_json::Value::Array(items)) => serde_json::from_value(serde_json::Value::Array(items))
-            .map_err(|e| ApiError::invalid("body", format!("each match must be {{\"token\", \"type\", \"url\", \"source\"}} with string values: {e}")))?,
+        Ok(serde_json::Value::Array(items)) => {
+            serde_json::from_value(serde_json::Value::Array(items)).map_err(|e| {
+                ApiError::invalid(
+                    "body",
+                    format!("each match must be {{\"token\", \"type\", \"url\", \"source\"}} with string values: {e}"),
+                )
+            })?
+        }
         Ok(_) => return Err(ApiError::invalid("body", "must be a JSON array of matches")),
         Err(e) => return Err(ApiError::BadRequest(format!("The body is not valid JSON: {e}."))),
     };
@@ -220,7 +234,10 @@ pub async fn report(state: web::Data<AppState>, req: HttpRequest, payload: web::
         let mut details = ValidationDetails::default();
         details.add(
             "body",
-            format!("at most {MAX_MATCHES} matches per report; this one has {}: send the rest in another", matches.len()),
+            format!(
+                "at most {MAX_MATCHES} matches per report; this one has {}: send the rest in another",
+                matches.len()
+            ),
         );
         return Err(ApiError::Validation(details));
     }
@@ -357,10 +374,16 @@ mod tests {
 
     #[test]
     fn a_keys_document_must_hold_p256_public_keys() {
-        assert!(LeakReportKeys::parse("{}").unwrap_err().contains("not a public keys document"));
-        assert!(LeakReportKeys::parse(r#"{"public_keys": []}"#).unwrap_err().contains("no public key"));
+        assert!(LeakReportKeys::parse("{}")
+            .unwrap_err()
+            .contains("not a public keys document"));
+        assert!(LeakReportKeys::parse(r#"{"public_keys": []}"#)
+            .unwrap_err()
+            .contains("no public key"));
         let bad = r#"{"public_keys": [{"key_identifier": "k1", "key": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----", "is_current": true}]}"#;
-        assert!(LeakReportKeys::parse(bad).unwrap_err().contains("'k1' is not an ECDSA P-256 public key"));
+        assert!(LeakReportKeys::parse(bad)
+            .unwrap_err()
+            .contains("'k1' is not an ECDSA P-256 public key"));
     }
 
     #[test]

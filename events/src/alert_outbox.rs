@@ -106,7 +106,14 @@ pub fn leak_email(org: &OrgRow, key: &KeyRow, leak: &KeyLeaked, deactivated: boo
     blocks.push(Block::Heading("Where it was found".into()));
     blocks.push(Block::List(vec![
         format!("Place: {place}"),
-        format!("Source: {}", if leak.source.is_empty() { "unknown" } else { &leak.source }),
+        format!(
+            "Source: {}",
+            if leak.source.is_empty() {
+                "unknown"
+            } else {
+                &leak.source
+            }
+        ),
         format!("Reported at: {}", rfc3339(leak.reported_at)),
     ]));
     let active = key.status_at(leak.reported_at) == KeyStatus::Active.as_str();
@@ -129,6 +136,7 @@ pub fn leak_email(org: &OrgRow, key: &KeyRow, leak: &KeyLeaked, deactivated: boo
              leaked secret never works again."
         }
     };
+    blocks.push(Block::Heading("What to do".into()));
     blocks.push(Block::Paragraph(what.into()));
     blocks.push(Block::Paragraph("The key, its audit trail and its usage:".into()));
     blocks.push(Block::Link(format!("{portal_url}/portal/keys/{}", key.id)));

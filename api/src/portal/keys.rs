@@ -631,7 +631,11 @@ fn audit_row(event: &StoredEvent, key_names: &HashMap<String, String>) -> AuditR
             "Reported leaked",
             format!(
                 "{}found at {}{}",
-                if data["secret"] == "previous" { "previous secret " } else { "" },
+                if data["secret"] == "previous" {
+                    "previous secret "
+                } else {
+                    ""
+                },
                 match data["url"].as_str() {
                     Some(url) if !url.is_empty() => url,
                     _ => "an unnamed place",
