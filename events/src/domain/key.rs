@@ -630,7 +630,7 @@ fn decide_leak(key: &ApiKey, report: ReportLeak, now: DateTime<Utc>) -> Result<V
     match report.secret {
         // Recorded once: the same secret found again changes nothing.
         LeakedSecret::Current if key.leaked_at.is_some() => return Ok(vec![]),
-        LeakedSecret::Previous if !key.previous.as_ref().is_some_and(|p| p.valid_until > now) => {
+        LeakedSecret::Previous if !matches!(&key.previous, Some(p) if p.valid_until > now) => {
             return Err(DomainError::Conflict(
                 "the reported secret is no longer a secret of this key".into(),
             ))
