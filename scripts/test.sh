@@ -35,16 +35,17 @@ ensure_nginx() {
 }
 
 # The portal's browser tests: Debian's Chromium driven by Playwright (PyPI;
-# its own browser download is not used), pytest, and axe-core from npm in a
+# its own browser download is not used), pytest, cryptography (to sign leak
+# reports as a secret scanner does), and axe-core from npm in a
 # git-ignored folder beside the tests.
 ensure_browser_tools() {
   if [ ! -x /usr/bin/chromium ]; then
     echo "installing chromium"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   fi
-  if ! python3 -c 'import playwright, pytest, xdist' 2>/dev/null; then
-    echo "installing playwright, pytest and pytest-xdist"
-    python3 -m pip install --quiet playwright pytest pytest-xdist
+  if ! python3 -c 'import playwright, pytest, xdist, cryptography' 2>/dev/null; then
+    echo "installing playwright, pytest, pytest-xdist and cryptography"
+    python3 -m pip install --quiet playwright pytest pytest-xdist cryptography
   fi
   if [ ! -f tests/browser/node_modules/axe-core/axe.min.js ]; then
     echo "installing axe-core"

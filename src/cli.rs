@@ -322,6 +322,7 @@ pub async fn create_org(
         scopes: None,
         expires_at: None,
         rotation_days: org.rotation_days,
+        allowed_ips: None,
         secret: secret.clone(),
     }));
     let key = handler::decide_on::<ApiKey>(&mut tx, &key::stream_id(key_id), command, &meta, |_| Ok(()))

@@ -129,6 +129,11 @@ pub struct Settings {
     /// (0: verification fails closed at once).
     #[arg(long, env = "KEYLEDGER_OUTAGE_GRACE_SECONDS", global = true, default_value_t = 60)]
     pub outage_grace_seconds: u64,
+    /// A JSON file of the public keys leak reports (POST /v1/leaks) must be
+    /// signed with, in the format of GitHub's secret scanning public keys
+    /// document; unset: /v1/leaks answers 503 (not configured).
+    #[arg(long, env = "KEYLEDGER_LEAK_REPORT_KEYS", global = true)]
+    pub leak_report_keys: Option<PathBuf>,
     /// Address of `keyledger work`'s listener (/healthz, /readyz, /metrics);
     /// default: the --listen address. `dev` serves them on the API's.
     #[arg(long, env = "KEYLEDGER_WORK_LISTEN", global = true)]
@@ -147,8 +152,19 @@ impl Settings {
             public_url: self.public_url()?,
             portal_link_lifetime: std::time::Duration::from_secs(self.portal_link_seconds),
             max_keys_per_org: self.max_keys_per_org,
+            leak_report_keys: self.leak_report_keys()?,
             ..keyledger_api::ApiSettings::default()
         })
+    }
+
+    /// The accepted leak reporters' public keys, read once at start-up.
+    fn leak_report_keys(&self) -> anyhow::Result<Option<std::sync::Arc<keyledger_api::leaks::LeakReportKeys>>> {
+        let Some(path) = self.leak_report_keys.as_deref().filter(|p| !p.as_os_str().is_empty()) else {
+            return Ok(None);
+        };
+        let keys = keyledger_api::leaks::LeakReportKeys::load(path)
+            .map_err(|e| anyhow::anyhow!("KEYLEDGER_LEAK_REPORT_KEYS: {e}"))?;
+        Ok(Some(std::sync::Arc::new(keys)))
     }
 
     /// `KEYLEDGER_PUBLIC_URL` without a trailing slash, or the listen address.

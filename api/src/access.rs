@@ -1,7 +1,8 @@
 //! The checks every request made with a key goes through, shared by the
 //! management API, `/v1/verify` and `/v1/auth`: the client-address guard
-//! against key guessing, parsing, the key cache, the rate limiter, then the
-//! key's status, environment and scope — and usage accounting of the result.
+//! against key guessing, parsing, the key cache, the key's status and IP
+//! allowlist, the rate limiter, then environment and scope — and usage
+//! accounting of the result.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +23,8 @@ pub enum Refusal {
     RateLimited,
     Inactive,
     Expired,
+    /// The key has an IP allowlist and the client address is not on it.
+    IpNotAllowed,
     EnvironmentMismatch,
     InsufficientScope(Scope),
 }
@@ -43,6 +46,7 @@ impl Checked {
             }),
             Err(Refusal::Inactive) => Err(ApiError::KeyInactive),
             Err(Refusal::Expired) => Err(ApiError::KeyExpired),
+            Err(Refusal::IpNotAllowed) => Err(ApiError::IpNotAllowed),
             Err(Refusal::EnvironmentMismatch) => Err(ApiError::EnvironmentMismatch {
                 required: if self.key.row.environment == "live" {
                     "test"
@@ -223,15 +227,18 @@ fn unix_now() -> u64 {
     Utc::now().timestamp().max(0) as u64
 }
 
-/// Checks `text` as a key that needs `scopes` in `environment` (if given).
-/// `guard`: whom an unknown key counts against (an address's
-/// [`guard_subject`], in that guard's own counts); an address that sent too
-/// many is refused at once. Records usage for known keys.
+/// Checks `text` as a key that needs `scopes` in `environment` (if given),
+/// used from `client` (the address a key's IP allowlist is checked against;
+/// `None`: unknown, which no allowlist admits). `guard`: whom an unknown key
+/// counts against (an address's [`guard_subject`], in that guard's own
+/// counts); an address that sent too many is refused at once. Records usage
+/// for known keys.
 pub async fn check(
     state: &AppState,
     req: &HttpRequest,
     text: &str,
     guard: Guard,
+    client: Option<IpAddr>,
     environment: Option<Environment>,
     scopes: &[Scope],
 ) -> Result<Option<Checked>, ApiError> {
@@ -262,8 +269,11 @@ pub async fn check(
         }
         return Ok(None);
     };
-    // A key refused for its state spends no budget; any other request does.
-    let status = status_refusal(&key);
+    // A key refused for its state, or used from an address its allowlist
+    // does not admit, spends no budget (a stolen key used elsewhere cannot
+    // exhaust its owner's limit); any other request does.
+    let status =
+        status_refusal(&key).or_else(|| (!key.row.allowed_ips.allows(client)).then_some(Refusal::IpNotAllowed));
     let decision = match status {
         Some(_) => state.limiter.peek(&key.row.id, key.limit_per_minute, now),
         None => state.limiter.check(&key.row.id, key.limit_per_minute, now),

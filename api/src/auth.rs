@@ -57,10 +57,19 @@ async fn authenticate_admin(req: HttpRequest) -> Result<Admin, ApiError> {
         return Err(ApiError::Unavailable);
     }
     let text = bearer_key(&req)?;
-    let guard = access::client_address(&req, &state.settings)?.map_or(access::Guard::Nobody, access::Guard::Caller);
-    let checked = access::check(state, &req, text, guard, Some(Environment::Live), &[Scope::Admin])
-        .await?
-        .ok_or(ApiError::InvalidApiKey)?;
+    let client = access::client_address(&req, &state.settings)?;
+    let guard = client.map_or(access::Guard::Nobody, access::Guard::Caller);
+    let checked = access::check(
+        state,
+        &req,
+        text,
+        guard,
+        client,
+        Some(Environment::Live),
+        &[Scope::Admin],
+    )
+    .await?
+    .ok_or(ApiError::InvalidApiKey)?;
     // The key may have come from the cache while the lookup found the
     // database down.
     if state.database.is_down() {

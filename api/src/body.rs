@@ -105,6 +105,18 @@ impl Fields {
         }
     }
 
+    /// A list of strings that may be absent (`None`), null (`Some(None)`) or set.
+    pub fn nullable_string_list(&mut self, field: &str) -> Option<Option<Vec<String>>> {
+        match self.map.get(field) {
+            None => None,
+            Some(Value::Null) => {
+                self.map.remove(field);
+                Some(None)
+            }
+            Some(_) => self.string_list(field).map(Some),
+        }
+    }
+
     pub fn integer(&mut self, field: &str) -> Option<i64> {
         match self.map.remove(field) {
             None | Some(Value::Null) => None,

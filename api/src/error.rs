@@ -31,12 +31,24 @@ pub enum ApiError {
     InsufficientScope(Scope),
     #[error("environment mismatch")]
     EnvironmentMismatch { required: &'static str },
+    /// The key has an IP allowlist and the client address is not on it.
+    #[error("IP address not allowed")]
+    IpNotAllowed,
+    /// A leak report without a valid signature of a configured reporter key.
+    #[error("invalid signature")]
+    InvalidSignature(String),
     #[error("not found")]
     NotFound,
     #[error("{0}")]
     Conflict(String),
     #[error("payload too large")]
     PayloadTooLarge,
+    /// A leak report over its own (larger) limit; the message says which.
+    #[error("{0}")]
+    ReportTooLarge(String),
+    /// `POST /v1/leaks` on a deployment without accepted reporter keys.
+    #[error("leak reports not configured")]
+    LeakReportsNotConfigured,
     #[error("validation failed")]
     Validation(ValidationDetails),
     /// The organization is at a quota; the message names it.
@@ -79,9 +91,12 @@ impl ApiError {
             ApiError::KeyInactive => "key_inactive",
             ApiError::InsufficientScope(_) => "insufficient_scope",
             ApiError::EnvironmentMismatch { .. } => "environment_mismatch",
+            ApiError::IpNotAllowed => "ip_not_allowed",
+            ApiError::InvalidSignature(_) => "invalid_signature",
             ApiError::NotFound => "not_found",
             ApiError::Conflict(_) => "conflict",
-            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::PayloadTooLarge | ApiError::ReportTooLarge(_) => "payload_too_large",
+            ApiError::LeakReportsNotConfigured => "unavailable",
             ApiError::Validation(_) => "validation_error",
             ApiError::QuotaExceeded(_) => "quota_exceeded",
             ApiError::RateLimited { .. } => "rate_limited",
@@ -95,7 +110,11 @@ impl ApiError {
 
     fn message(&self) -> String {
         match self {
-            ApiError::BadRequest(m) | ApiError::Conflict(m) | ApiError::QuotaExceeded(m) => m.clone(),
+            ApiError::BadRequest(m) | ApiError::Conflict(m) | ApiError::QuotaExceeded(m) | ApiError::ReportTooLarge(m) => {
+                m.clone()
+            }
+            ApiError::LeakReportsNotConfigured => "This deployment does not accept leak reports yet: its operator has                  not configured the public keys reports are signed with (KEYLEDGER_LEAK_REPORT_KEYS). Retry later."
+                .into(),
             ApiError::MissingApiKey => {
                 "No API key: send it in the header 'Authorization: Bearer <key>'.".into()
             }
@@ -114,6 +133,15 @@ impl ApiError {
             ApiError::EnvironmentMismatch { required } => format!(
                 "This operation needs a {required} key; the key given is for the other environment. \
                  Use a {required} key (live keys start with pk_live_ or sk_live_, test keys with sk_test_)."
+            ),
+            ApiError::IpNotAllowed => "This API key may only be used from the IP addresses on its allowlist, and this \
+                 request comes from another address. Send it from an allowed address, or add this address to the \
+                 key's allowed_ips."
+                .into(),
+            ApiError::InvalidSignature(why) => format!(
+                "The report's signature does not check: {why}. Reports must be signed (ECDSA P-256, SHA-256, \
+                 base64 DER in Github-Public-Key-Signature) by a key this deployment accepts, named in \
+                 Github-Public-Key-Identifier."
             ),
             ApiError::NotFound => "No such resource in your organization.".into(),
             ApiError::PayloadTooLarge => "The request body is larger than 64 KiB.".into(),
@@ -143,19 +171,22 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::MissingApiKey | ApiError::InvalidApiKey | ApiError::KeyExpired | ApiError::KeyInactive => {
-                StatusCode::UNAUTHORIZED
-            }
-            ApiError::InsufficientScope(_) | ApiError::EnvironmentMismatch { .. } | ApiError::QuotaExceeded(_) => {
-                StatusCode::FORBIDDEN
-            }
+            ApiError::MissingApiKey
+            | ApiError::InvalidApiKey
+            | ApiError::KeyExpired
+            | ApiError::KeyInactive
+            | ApiError::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
+            ApiError::InsufficientScope(_)
+            | ApiError::EnvironmentMismatch { .. }
+            | ApiError::QuotaExceeded(_)
+            | ApiError::IpNotAllowed => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) | ApiError::InProgress => StatusCode::CONFLICT,
-            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge | ApiError::ReportTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } | ApiError::TooManyFailedAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NoSuchEndpoint => StatusCode::NOT_FOUND,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::LeakReportsNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -176,6 +207,10 @@ impl ResponseError for ApiError {
             }
             ApiError::Unavailable => {
                 response.insert_header((header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER));
+            }
+            // Until an operator configures it: an hour.
+            ApiError::LeakReportsNotConfigured => {
+                response.insert_header((header::RETRY_AFTER, "3600"));
             }
             ApiError::InProgress => {
                 response.insert_header((header::RETRY_AFTER, "1"));

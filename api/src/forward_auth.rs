@@ -170,8 +170,9 @@ async fn authorize(state: &AppState, req: &HttpRequest, below_auth: bool) -> Res
     let (method, path) = original(req, state.settings.forward_auth, below_auth)?;
     let needed = state.routes.required_scope(&method, &path);
     let text = auth::bearer_key(req)?;
-    let guard = access::client_address(req, &state.settings)?.map_or(access::Guard::Nobody, access::Guard::Caller);
-    let checked = access::check(state, req, text, guard, Some(state.environment), &[needed])
+    let client = access::client_address(req, &state.settings)?;
+    let guard = client.map_or(access::Guard::Nobody, access::Guard::Caller);
+    let checked = access::check(state, req, text, guard, client, Some(state.environment), &[needed])
         .await?
         .ok_or(ApiError::InvalidApiKey)?;
     let key = checked.into_result()?;

@@ -65,12 +65,14 @@ pub async fn create(
     let key_type = fields.string("type");
     let scopes = fields.string_list("scopes");
     let expires_at = fields.nullable_time("expires_at").flatten();
+    let allowed_ips = fields.string_list("allowed_ips");
     fields.finish()?;
     let new = NewKey {
         name: name.unwrap_or_default(),
         key_type: key_type.unwrap_or_default(),
         scopes,
         expires_at,
+        allowed_ips,
     };
     let (row, plain) = match manage::create_key(&state, &caller.caller()?, new, idempotent.as_ref()).await? {
         Done::Ran(created) => created,
@@ -137,6 +139,10 @@ pub async fn update(
         name: fields.optional_string("name"),
         scopes: fields.string_list("scopes"),
         expires_at: fields.nullable_time("expires_at"),
+        // null clears the allowlist, like [].
+        allowed_ips: fields
+            .nullable_string_list("allowed_ips")
+            .map(Option::unwrap_or_default),
     };
     fields.finish()?;
     let row = manage::update_key(&state, &caller.caller()?, id, update).await?;

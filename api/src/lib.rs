@@ -15,6 +15,7 @@ pub mod health;
 pub mod idempotency;
 pub mod key_cache;
 pub mod keys;
+pub mod leaks;
 pub mod manage;
 pub mod metrics;
 pub mod middleware;
@@ -62,6 +63,9 @@ pub struct ApiSettings {
     pub portal_link_lifetime: Duration,
     /// Keys (not deleted) one organization may have.
     pub max_keys_per_org: u64,
+    /// The public keys leak reports must be signed with; `None`:
+    /// `POST /v1/leaks` answers 503 until the operator configures them.
+    pub leak_report_keys: Option<Arc<leaks::LeakReportKeys>>,
 }
 
 impl Default for ApiSettings {
@@ -77,6 +81,7 @@ impl Default for ApiSettings {
             public_url: "http://127.0.0.1:8080".into(),
             portal_link_lifetime: Duration::from_secs(300),
             max_keys_per_org: 10_000,
+            leak_report_keys: None,
         }
     }
 }
@@ -214,6 +219,7 @@ pub fn configure_surface(cfg: &mut web::ServiceConfig, surface: Surface) {
             .route("/keys/{id}/events", web::get().to(keys::events))
             .route("/org", web::get().to(org::get))
             .route("/org", web::patch().to(org::update))
+            .route("/leaks", web::post().to(leaks::report))
             .route("/portal/sessions", web::post().to(portal::sign_in::mint));
     }
     if internal {

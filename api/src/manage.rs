@@ -212,6 +212,8 @@ pub struct NewKey {
     pub key_type: String,
     pub scopes: Option<Vec<String>>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// Addresses and CIDR ranges the key may be used from (absent or empty: any).
+    pub allowed_ips: Option<Vec<String>>,
 }
 
 /// Creates a key; answers it with its secret, which exists nowhere else (or,
@@ -232,6 +234,7 @@ pub async fn create_key(
         scopes: new.scopes,
         expires_at: new.expires_at,
         rotation_days: rotation_days(state, caller).await?,
+        allowed_ips: new.allowed_ips,
         secret: secret.clone(),
     }));
     Ok(match run(state, caller, id, command, 201, idempotent).await? {

@@ -1,5 +1,6 @@
 //! The caller's organization (`/v1/org`): read it, change its alert
-//! settings (the operations are in `manage.rs`, shared with the portal).
+//! settings and leak action (the operations are in `manage.rs`, shared with
+//! the portal).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use keyledger_events::domain::org::ChangeSettings;
@@ -22,6 +23,7 @@ pub async fn update(
         alert_emails: fields.string_list("alert_emails"),
         rotation_days: fields.integer("rotation_days"),
         alert_settings: fields.object("alert_settings"),
+        leak_action: fields.optional_string("leak_action"),
     };
     fields.finish()?;
     let org = manage::change_settings(&state, &caller.caller()?, change).await?;

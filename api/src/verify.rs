@@ -55,7 +55,18 @@ pub async fn verify(
         return Err(ApiError::Validation(details));
     }
     let guard = guard_for(&state, &req, end_client);
-    let checked = access::check(&state, &req, &key.unwrap_or_default(), guard, environment, &needed).await?;
+    // A key's IP allowlist checks the end client the platform names, from
+    // whoever calls (without `ip`, no allowlist admits the request).
+    let checked = access::check(
+        &state,
+        &req,
+        &key.unwrap_or_default(),
+        guard,
+        end_client,
+        environment,
+        &needed,
+    )
+    .await?;
     let Some(checked) = checked else {
         return Ok(HttpResponse::Ok().json(json!({"valid": false, "code": "NOT_FOUND"})));
     };
@@ -64,6 +75,7 @@ pub async fn verify(
         Err(Refusal::RateLimited) => "RATE_LIMITED",
         Err(Refusal::Inactive) => "INACTIVE",
         Err(Refusal::Expired) => "EXPIRED",
+        Err(Refusal::IpNotAllowed) => "IP_NOT_ALLOWED",
         Err(Refusal::EnvironmentMismatch) => "ENVIRONMENT_MISMATCH",
         Err(Refusal::InsufficientScope(_)) => "INSUFFICIENT_SCOPE",
     };

@@ -4,9 +4,10 @@
 //! `domain` does no I/O. The Postgres adapters sit beside it: `log` (the event
 //! store and its readers), `read_model` (the tables the events are projected
 //! into), `bus` (Kafka), `handler` (load → decide → append → project, shared by the API
-//! and the CLI) and `alert_outbox` (the confirmation emails the API queues
-//! for the mailer).
+//! and the CLI), `alert_email` (how alerts read) and `alert_outbox` (the
+//! alerts the API queues for the mailer: confirmation emails, leaked keys).
 
+pub mod alert_email;
 pub mod alert_outbox;
 pub mod bus;
 pub mod domain;

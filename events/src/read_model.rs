@@ -14,9 +14,9 @@ use serde_json::{json, Value};
 use sqlx::{PgConnection, PgExecutor};
 
 use crate::domain::{
-    key::KeyEvent,
+    key::{KeyEvent, LeakedSecret},
     org::{AlertSettings, OrgEvent},
-    EmailAddress, KeyHash, KeyStatus, ListedAddress,
+    AllowedIps, EmailAddress, KeyHash, KeyStatus, ListedAddress,
 };
 use crate::log::{DecodeError, StoredEvent};
 
@@ -58,8 +58,8 @@ async fn apply_key(
         KeyEvent::Created(e) => {
             sqlx::query(
                 "insert into keys (id, org_id, name, key_type, environment, scopes, status, key_hash, prefix,
-                                   last_four, created_at, expires_at, rotation_due_at, version)
-                 values ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $9, $10, $11, $12, $13)
+                                   last_four, created_at, expires_at, rotation_due_at, version, allowed_ips)
+                 values ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $9, $10, $11, $12, $13, $14)
                  on conflict (id) do nothing",
             )
             .bind(id)
@@ -75,6 +75,7 @@ async fn apply_key(
             .bind(e.expires_at)
             .bind(e.rotation_due_at)
             .bind(version)
+            .bind(e.allowed_ips.to_strings())
             .execute(&mut *db)
             .await?;
             return Ok(());
@@ -82,7 +83,8 @@ async fn apply_key(
         KeyEvent::Updated(e) => {
             let sql = update(
                 "name = coalesce($3, name), scopes = coalesce($4, scopes),
-                 expires_at = case when $5 then $6 else expires_at end",
+                 expires_at = case when $5 then $6 else expires_at end,
+                 allowed_ips = coalesce($7, allowed_ips)",
             );
             sqlx::query(&sql)
                 .bind(id)
@@ -95,13 +97,14 @@ async fn apply_key(
                 )
                 .bind(e.expires_at.is_some())
                 .bind(e.expires_at.flatten())
+                .bind(e.allowed_ips.as_ref().map(AllowedIps::to_strings))
                 .execute(&mut *db)
                 .await?
         }
         KeyEvent::Regenerated(e) => {
             let sql = update(
                 "previous_key_hash = case when $3::timestamptz is null then null else key_hash end,
-                 previous_valid_until = $3, key_hash = $4, last_four = $5, rotation_due_at = $6",
+                 previous_valid_until = $3, key_hash = $4, last_four = $5, rotation_due_at = $6, leaked_at = null",
             );
             sqlx::query(&sql)
                 .bind(id)
@@ -153,6 +156,24 @@ async fn apply_key(
             .execute(&mut *db)
             .await?
         }
+        KeyEvent::Leaked(e) => match e.secret {
+            LeakedSecret::Current => {
+                sqlx::query(&update("leaked_at = $3"))
+                    .bind(id)
+                    .bind(version)
+                    .bind(e.reported_at)
+                    .execute(&mut *db)
+                    .await?
+            }
+            // A leaked regenerated-away secret stops working at once.
+            LeakedSecret::Previous => {
+                sqlx::query(&update("previous_key_hash = null, previous_valid_until = null"))
+                    .bind(id)
+                    .bind(version)
+                    .execute(&mut *db)
+                    .await?
+            }
+        },
         // A reminder changes no column of the key; only its version moves.
         KeyEvent::RotationDue(_) => {
             sqlx::query("update keys set version = $2 where id = $1 and version < $2")
@@ -232,7 +253,7 @@ async fn apply_org(
     let applied = sqlx::query(
         "update orgs set plan = coalesce($3, plan), rate_limit_per_minute = coalesce($4, rate_limit_per_minute),
                 alert_emails = coalesce($5, alert_emails), rotation_days = coalesce($6, rotation_days),
-                alert_settings = coalesce($7, alert_settings), version = $2
+                alert_settings = coalesce($7, alert_settings), leak_action = coalesce($8, leak_action), version = $2
          where id = $1 and version < $2",
     )
     .bind(id)
@@ -246,6 +267,7 @@ async fn apply_org(
             .alert_settings
             .map(|s| serde_json::to_value(s).expect("settings serialize")),
     )
+    .bind(settings.leak_action.map(|a| a.as_str()))
     .execute(&mut *db)
     .await?;
     if applied.rows_affected() == 0 {
@@ -288,7 +310,7 @@ async fn apply_org(
 }
 
 const KEY_COLUMNS: &str = "id, org_id, name, key_type, environment, scopes, status, prefix, last_four,
-     created_at, last_used_at, expires_at, rotation_due_at, version";
+     created_at, last_used_at, expires_at, rotation_due_at, version, allowed_ips, leaked_at";
 
 /// A key as the API shows it (never its hash or secret).
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -307,6 +329,11 @@ pub struct KeyRow {
     pub expires_at: Option<DateTime<Utc>>,
     pub rotation_due_at: Option<DateTime<Utc>>,
     pub version: i64,
+    /// Where requests made with the key may come from (empty: anywhere).
+    #[sqlx(try_from = "Vec<String>")]
+    pub allowed_ips: AllowedIps,
+    /// When the current secret was reported leaked (until it is regenerated).
+    pub leaked_at: Option<DateTime<Utc>>,
 }
 
 impl KeyRow {
@@ -328,6 +355,8 @@ impl KeyRow {
             expires_at: key.expires_at,
             rotation_due_at: key.rotation_due_at,
             version,
+            allowed_ips: key.allowed_ips.clone(),
+            leaked_at: key.leaked_at,
         }
     }
 
@@ -357,6 +386,8 @@ impl KeyRow {
             "expires_at": self.expires_at.map(rfc3339),
             "rotation_due_at": self.rotation_due_at.map(rfc3339),
             "org_id": self.org_id,
+            // null: no allowlist, any address may use the key.
+            "allowed_ips": (!self.allowed_ips.is_empty()).then(|| self.allowed_ips.to_strings()),
         })
     }
 }
@@ -495,6 +526,8 @@ pub struct OrgRow {
     pub alert_recipients: Vec<RecipientRow>,
     pub rotation_days: i32,
     pub alert_settings: Value,
+    /// `deactivate` or `notify`: what a reported leak of a key does.
+    pub leak_action: String,
     pub created_at: DateTime<Utc>,
     pub version: i64,
 }
@@ -518,6 +551,7 @@ impl OrgRow {
                 .collect(),
             rotation_days: org.rotation_days as i32,
             alert_settings: serde_json::to_value(org.alert_settings).expect("settings serialize"),
+            leak_action: org.leak_action.as_str().to_owned(),
             created_at: org.created_at,
             version,
         }
@@ -540,6 +574,7 @@ impl OrgRow {
             "alert_recipients": recipients,
             "rotation_days": self.rotation_days,
             "alert_settings": self.alert_settings,
+            "leak_action": self.leak_action,
             "created_at": rfc3339(self.created_at),
         })
     }
@@ -560,7 +595,8 @@ impl OrgRow {
 
 pub async fn org_by_id<'c>(db: impl PgExecutor<'c>, org_id: &str) -> Result<Option<OrgRow>, sqlx::Error> {
     sqlx::query_as(
-        "select id, name, plan, rate_limit_per_minute, alert_emails, rotation_days, alert_settings, created_at, version,
+        "select id, name, plan, rate_limit_per_minute, alert_emails, rotation_days, alert_settings, leak_action,
+                created_at, version,
                 coalesce((select jsonb_agg(jsonb_build_object('email', r.email, 'confirmed_at', r.confirmed_at)
                                            order by r.position)
                           from alert_recipients r where r.org_id = o.id), '[]') as alert_recipients

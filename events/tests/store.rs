@@ -597,6 +597,7 @@ async fn projecting_the_same_events_again_changes_nothing() {
                 random: [7; 32],
                 hash_key: HashKey::from_bytes([3; 32]),
             },
+            allowed_ips: None,
         })),
         now,
     )

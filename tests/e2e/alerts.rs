@@ -220,6 +220,7 @@ async fn key_created_ago(app: &TestApp, name: &str, age: chrono::Duration) -> St
         scopes: None,
         expires_at: None,
         rotation_days: 90,
+        allowed_ips: None,
         secret: SecretSource {
             random,
             hash_key: app.hash_key.clone(),

@@ -542,6 +542,11 @@ fn seed(method: &Method, path: &str, ammunition: &Ammunition) -> Option<Seed> {
         })),
         ("GET", CONFIRM_PATH) => query(&[("token", ammunition.tokens[0].clone())]),
         ("POST", "/v1/portal/sessions") => body(json!({"user": "fuzz@acme.example"})),
+        // A key that was never issued: a false positive, nothing changes.
+        ("POST", "/v1/leaks") => body(json!([{
+            "token": keyledger_events::domain::PlainKey::encode(keyledger_events::domain::KeyType::Secret, &[9; 32]).expose(),
+            "type": "keyledger_secret_key", "url": "https://github.com/octocat/hello/blob/1/x.env", "source": "content"
+        }])),
         ("POST", "/v1/verify") => body(json!({
             "key": ammunition.others[1], "scopes": ["read:experiences"], "environment": "live"
         })),
@@ -601,6 +606,24 @@ struct Ammunition {
     /// Genuine links of another organization, whose list the probes never
     /// change: each confirms once, then says it already did.
     tokens: Vec<String>,
+    /// The leak reporter's key (its identifier and signing key): most
+    /// probes of `/v1/leaks` are signed, so they reach its validation.
+    reporter: (String, p256::ecdsa::SigningKey),
+}
+
+/// Signs a probe of `/v1/leaks` as a secret scanner would (over its body as sent).
+fn sign_leak_report(probe: &mut Probe, ammunition: &Ammunition) {
+    use base64::Engine;
+    use p256::ecdsa::signature::Signer;
+    let (id, key) = &ammunition.reporter;
+    let signature: p256::ecdsa::Signature = key.sign(probe.body.as_deref().unwrap_or_default());
+    let encoded = base64::engine::general_purpose::STANDARD.encode(signature.to_der().as_bytes());
+    probe
+        .headers
+        .push(("github-public-key-identifier".into(), id.clone().into_bytes()));
+    probe
+        .headers
+        .push(("github-public-key-signature".into(), encoded.into_bytes()));
 }
 
 /// The request as a careful client sends it: the admin key, a live key
@@ -631,12 +654,16 @@ fn control(rng: &mut Rng, target: &Target, ammunition: &Ammunition) -> Probe {
         headers.push(("content-type".into(), b"application/json".to_vec()));
         serde_json::to_vec(seed).unwrap()
     });
-    Probe {
+    let mut probe = Probe {
         method: target.method.clone(),
         path,
         headers,
         body,
+    };
+    if target.path == "/v1/leaks" {
+        sign_leak_report(&mut probe, ammunition);
     }
+    probe
 }
 
 fn probe(rng: &mut Rng, document: &Value, target: &Target, ammunition: &Ammunition) -> Probe {
@@ -729,12 +756,16 @@ fn probe(rng: &mut Rng, document: &Value, target: &Target, ammunition: &Ammuniti
     } else {
         None
     };
-    Probe {
+    let mut probe = Probe {
         method,
         path,
         headers,
         body,
+    };
+    if target.path == "/v1/leaks" && !rng.chance(10) {
+        sign_leak_report(&mut probe, ammunition);
     }
+    probe
 }
 
 /// Sends one probe on a connection of its own (`Connection: close`, so no
@@ -775,8 +806,18 @@ fn meta() -> EventMeta {
 /// An app whose organization and failure guard never get in the way, and
 /// what the probes aim at.
 async fn fuzz_app() -> (TestApp, Ammunition) {
+    use p256::pkcs8::{EncodePublicKey, LineEnding};
+    let reporter_key = p256::ecdsa::SigningKey::from_slice(&[7; 32]).unwrap();
+    let reporter_id = "fuzz-reporter".to_owned();
+    let document = json!({"public_keys": [{
+        "key_identifier": reporter_id,
+        "key": reporter_key.verifying_key().to_public_key_pem(LineEnding::LF).unwrap(),
+        "is_current": true,
+    }]});
+    let leak_report_keys = keyledger_api::leaks::LeakReportKeys::parse(&document.to_string()).unwrap();
     let app = spawn_app_with(
         keyledger_api::ApiSettings {
+            leak_report_keys: Some(std::sync::Arc::new(leak_report_keys)),
             failed_attempts_per_minute: u32::MAX,
             ..keyledger_api::ApiSettings::default()
         },
@@ -858,6 +899,7 @@ async fn fuzz_app() -> (TestApp, Ammunition) {
         key_ids,
         disposable,
         tokens,
+        reporter: (reporter_id, reporter_key),
     };
     (app, ammunition)
 }

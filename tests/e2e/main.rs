@@ -4,6 +4,7 @@
 mod support;
 
 mod alerts;
+mod allowlist;
 mod binary;
 mod broker;
 mod deployment;
@@ -14,6 +15,7 @@ mod idempotency;
 mod isolation;
 mod kafka;
 mod keys;
+mod leaks;
 mod nginx;
 mod openapi;
 mod outage;

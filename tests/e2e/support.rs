@@ -22,6 +22,12 @@ static WORKERS: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
         .unwrap()
 });
 
+/// Runs `work` on the workers' runtime (it outlives the test's own), e.g.
+/// a mailer loop that stops when its shutdown sender is dropped.
+pub fn spawn_worker(work: impl std::future::Future<Output = ()> + Send + 'static) -> tokio::task::JoinHandle<()> {
+    WORKERS.spawn(work)
+}
+
 /// A database of its own for one test.
 pub fn fresh_database_url() -> String {
     format!(
@@ -56,6 +62,19 @@ pub async fn spawn_app_with_alert_emails(alert_emails: &[&str]) -> TestApp {
     let settings = keyledger_api::ApiSettings {
         usage_flush: std::time::Duration::from_millis(500),
         ..keyledger_api::ApiSettings::default()
+    };
+    spawn(fresh_database_url(), settings, None, false, alert_emails).await
+}
+
+/// [`spawn_app_with_alert_emails`] with these settings (`usage_flush` is
+/// the tests' own).
+pub async fn spawn_app_with_settings_and_alert_emails(
+    settings: keyledger_api::ApiSettings,
+    alert_emails: &[&str],
+) -> TestApp {
+    let settings = keyledger_api::ApiSettings {
+        usage_flush: std::time::Duration::from_millis(500),
+        ..settings
     };
     spawn(fresh_database_url(), settings, None, false, alert_emails).await
 }

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use email_encoding::headers::{rfc2047, writer::EmailWriter};
-use keyledger_events::alert_outbox::CONFIRMATION_KIND;
+use keyledger_events::alert_outbox::{ALERTS_CHANNEL, CONFIRMATION_KIND};
 use keyledger_events::domain::{confirmation::Confirmation, EmailAddress, HashKey, OrgId};
 use lettre::message::{header, Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -52,7 +52,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 const LEASE: Duration = Duration::from_secs(600);
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(3_600);
-/// How often the loop looks for pending alerts.
+/// How often the loop looks for pending alerts when nothing wakes it.
 const POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +221,9 @@ pub struct Mailer {
     pub first_backoff: Duration,
     /// Attempts before an alert is given up on.
     pub max_attempts: i32,
+    /// How often the loop looks for pending alerts; an alert that must not
+    /// wait (a leaked key's) wakes it at once (`alert_outbox::ALERTS_CHANNEL`).
+    pub poll: Duration,
 }
 
 impl Mailer {
@@ -234,6 +237,7 @@ impl Mailer {
             first_backoff: Duration::from_secs(30),
             // With 30 s doubling up to an hour: about a day of outage.
             max_attempts: 30,
+            poll: POLL,
         })
     }
 
@@ -467,9 +471,14 @@ impl Mailer {
             .map_err(|e| e.to_string())
     }
 
-    /// Sends pending alerts until shutdown, looking every second.
+    /// Sends pending alerts until shutdown, looking every second — or at
+    /// once when an urgent alert is queued.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         tracing::info!(to = %self.transport.describe(), "mailer started");
+        let mut listener = crate::wake::listen_on(&self.pool, ALERTS_CHANNEL).await;
+        if listener.is_none() {
+            tracing::warn!("mailer: cannot listen for urgent alerts; they wait for the next poll");
+        }
         let mut failures = 0u32;
         loop {
             let wait = match self.run_once(Utc::now()).await {
@@ -479,19 +488,15 @@ impl Mailer {
                 }
                 Ok(_) => {
                     failures = 0;
-                    POLL
+                    self.poll
                 }
                 Err(e) => {
                     failures += 1;
                     tracing::error!(error = %e, failures, "mailer step failed");
-                    POLL.saturating_mul(1 << failures.min(5))
+                    self.poll.saturating_mul(1 << failures.min(5))
                 }
             };
-            let stop = tokio::select! {
-                changed = shutdown.changed() => changed.is_err() || *shutdown.borrow(),
-                _ = tokio::time::sleep(wait) => false,
-            };
-            if stop {
+            if !crate::wake::wait(&mut listener, &mut shutdown, wait, failures == 0).await {
                 return;
             }
         }

@@ -1,6 +1,7 @@
-//! How the log's tailing workers (projector, relay) wait for work: a
-//! notification from an append, the poll interval (or a backoff after a
-//! failure), or shutdown — whichever comes first.
+//! How the workers that tail a table wait for work (the projector and relay
+//! the log, the mailer the alerts outbox): a notification, the poll
+//! interval (or a backoff after a failure), or shutdown — whichever comes
+//! first.
 
 use std::time::Duration;
 
@@ -12,8 +13,13 @@ use tokio::sync::watch;
 /// A listener on the appends' channel, or `None` if it cannot be had (the
 /// worker then only polls).
 pub async fn listen(pool: &PgPool) -> Option<PgListener> {
+    listen_on(pool, NOTIFY_CHANNEL).await
+}
+
+/// A listener on `channel`, or `None` if it cannot be had.
+pub async fn listen_on(pool: &PgPool, channel: &str) -> Option<PgListener> {
     let mut listener = PgListener::connect_with(pool).await.ok()?;
-    listener.listen(NOTIFY_CHANNEL).await.ok()?;
+    listener.listen(channel).await.ok()?;
     Some(listener)
 }
 

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::views::{
     self, ActionsPage, AuditRow, DeletePage, EditKeyPage, Errors, KeyForm, KeyPage, KeyView, KeysPage, Layout,
-    NewKeyPage, Period, RegeneratePage, Section, Shown, Stamp, Stat,
+    LeakNotice, NewKeyPage, Period, RegeneratePage, Section, Shown, Stamp, Stat,
 };
 use super::{chart, form, html, page, see_other, PortalError, Session};
 use crate::manage::{self, Done, Granularity, NewKey};
@@ -156,6 +156,7 @@ pub async fn create(
         key_type: posted.text("type"),
         scopes: posted.all("scopes"),
         expires_on: posted.text("expires_on"),
+        allowed_ips: posted.text("allowed_ips"),
     };
     let mut errors = Errors::default();
     let expires_at = parse_expiry(&typed.expires_on, &mut errors);
@@ -165,6 +166,7 @@ pub async fn create(
             key_type: typed.key_type.clone(),
             scopes: (!typed.scopes.is_empty()).then(|| typed.scopes.clone()),
             expires_at,
+            allowed_ips: Some(typed.allowed_ips_list()),
         };
         match manage::create_key(&state, &session.caller()?, new, None).await {
             Ok(Done::Ran(created)) => Some(created),
@@ -213,6 +215,7 @@ fn key_form(row: &KeyRow) -> KeyForm {
             .expires_at
             .map(|at| at.format("%Y-%m-%d").to_string())
             .unwrap_or_default(),
+        allowed_ips: row.allowed_ips.to_strings().join("\n"),
     }
 }
 
@@ -246,6 +249,7 @@ pub async fn edit(
         key_type: row.key_type.clone(),
         scopes: posted.all("scopes"),
         expires_on: posted.text("expires_on"),
+        allowed_ips: posted.text("allowed_ips"),
     };
     let mut errors = Errors::default();
     // The same day as before keeps the exact time set before (perhaps over the API).
@@ -259,6 +263,8 @@ pub async fn edit(
             name: Some(typed.name.clone()),
             scopes: Some(typed.scopes.clone()),
             expires_at: Some(expires_at),
+            // Emptied: no allowlist any more.
+            allowed_ips: Some(typed.allowed_ips_list()),
         };
         let id = manage::key_id(&id)?;
         match manage::update_key(&state, &session.caller()?, id, update).await {
@@ -474,6 +480,10 @@ pub async fn detail(
         .into_iter()
         .collect();
     let audit = events.iter().map(|e| audit_row(e, &key_names)).collect();
+    let leak = match usage.key.leaked_at {
+        Some(_) => leak_notice(&state, &usage.key).await?,
+        None => None,
+    };
     let key = KeyView::new(&usage.key, now);
     let stats = vec![
         Stat {
@@ -521,8 +531,26 @@ pub async fn detail(
         audit,
         notice: notice(&query),
         return_to: format!("/portal/keys/{id}"),
+        leak,
         key,
     })
+}
+
+/// What the key's newest `key.leaked` event says, for the notice on its page.
+async fn leak_notice(state: &AppState, key: &KeyRow) -> Result<Option<LeakNotice>, PortalError> {
+    let stream = keyledger_events::domain::key::stream_id(manage::key_id(&key.id)?);
+    let Some(event) = keyledger_events::log::newest_of_type(&state.pool, &stream, "key.leaked").await? else {
+        return Ok(None);
+    };
+    let text = |field: &str| event.data[field].as_str().unwrap_or_default().to_owned();
+    let url = text("url");
+    Ok(Some(LeakNotice {
+        when: Stamp::new(event.occurred_at),
+        linkable: url.starts_with("https://") || url.starts_with("http://"),
+        url,
+        source: text("source"),
+        deactivated: text("action") == "deactivate",
+    }))
 }
 
 /// Who caused an event, in words; `key_names` names the organization's own
@@ -533,6 +561,7 @@ fn actor_label(actor: &str, key_names: &HashMap<String, String>) -> String {
         "cli" => "Operator (command line)".into(),
         a if a.starts_with("portal:") => format!("{} (portal)", &a["portal:".len()..]),
         a if a.starts_with("system:") => format!("keyledger ({})", &a["system:".len()..]),
+        crate::leaks::ACTOR => "Secret scanner report".into(),
         a if a.starts_with("key_") => match key_names.get(a) {
             Some(name) => format!("API key “{name}”"),
             None => format!("API key {a}"),
@@ -579,6 +608,11 @@ fn audit_row(event: &StoredEvent, key_names: &HashMap<String, String>) -> AuditR
                 Some(at) => changes.push(format!("expires → {}", time_text(at).unwrap_or_default())),
                 None => {}
             }
+            match data.get("allowed_ips").and_then(Value::as_array) {
+                Some(list) if list.is_empty() => changes.push("IP allowlist removed".into()),
+                Some(_) => changes.push(format!("allowed IP addresses → {}", scopes_text(&data["allowed_ips"]))),
+                None => {}
+            }
             ("Edited", changes.join("; "))
         }
         "key.regenerated" => (
@@ -593,6 +627,25 @@ fn audit_row(event: &StoredEvent, key_names: &HashMap<String, String>) -> AuditR
         "key.expired" => ("Expired", String::new()),
         "key.deleted" => ("Deleted", String::new()),
         "key.rotation_due" => ("Rotation reminder sent", String::new()),
+        "key.leaked" => (
+            "Reported leaked",
+            format!(
+                "{}found at {}{}",
+                if data["secret"] == "previous" {
+                    "previous secret "
+                } else {
+                    ""
+                },
+                match data["url"].as_str() {
+                    Some(url) if !url.is_empty() => url,
+                    _ => "an unnamed place",
+                },
+                match data["source"].as_str() {
+                    Some(source) if !source.is_empty() => format!(" ({source})"),
+                    _ => String::new(),
+                }
+            ),
+        ),
         other => (other, String::new()),
     };
     AuditRow {

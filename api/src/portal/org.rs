@@ -106,6 +106,7 @@ fn settings_page(
         rotation_days: value("rotation_days", org.rotation_days.to_string()),
         max_rotation_days: MAX_ROTATION_DAYS,
         thresholds: thresholds(|name| value(name, settings.get(name).unwrap_or_default().to_string())),
+        leak_action: value("leak_action", org.leak_action.clone()),
         errors,
         saved,
     }
@@ -157,6 +158,7 @@ pub async fn save_settings(
             alert_emails: Some(emails),
             rotation_days,
             alert_settings: Some(thresholds),
+            leak_action: Some(posted.text("leak_action")),
         };
         match manage::change_settings(&state, &caller, change).await {
             Ok(_) => return Ok(see_other("/portal/settings?saved=1")),
@@ -189,6 +191,7 @@ fn kind_label(kind: &str) -> String {
         "unused_keys" => "Unused keys".into(),
         "rotation_due" => "Rotation due".into(),
         "key_expiring" => "Key expiring".into(),
+        keyledger_events::alert_outbox::LEAK_KIND => "Key leaked".into(),
         other => views::capitalised(&other.replace('_', " ")),
     }
 }

@@ -107,6 +107,10 @@ pub struct KeyView {
     pub rotation_due: Option<Stamp>,
     /// `sk_live_…x9Qa`: enough to recognise a key, never enough to use it.
     pub masked: String,
+    /// The IP allowlist, one entry each (empty: any address).
+    pub allowed_ips: Vec<String>,
+    /// When the current secret was reported leaked (until regenerated).
+    pub leaked: Option<Stamp>,
 }
 
 impl KeyView {
@@ -130,6 +134,8 @@ impl KeyView {
             expires: row.expires_at.map(Stamp::new),
             rotation_due: row.rotation_due_at.map(Stamp::new),
             masked: format!("{}…{}", row.prefix, row.last_four),
+            allowed_ips: row.allowed_ips.to_strings(),
+            leaked: row.leaked_at.map(Stamp::new),
         }
     }
 
@@ -228,6 +234,31 @@ pub struct KeyForm {
     pub scopes: Vec<String>,
     /// `YYYY-MM-DD`, or "" for none.
     pub expires_on: String,
+    /// The IP allowlist, one entry a line ("" for none).
+    pub allowed_ips: String,
+}
+
+impl KeyForm {
+    /// The allowlist typed: entries separated by lines, commas or spaces.
+    pub fn allowed_ips_list(&self) -> Vec<String> {
+        self.allowed_ips
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|entry| !entry.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// A reported leak of a key's secret, as its page tells it.
+pub struct LeakNotice {
+    pub when: Stamp,
+    /// Where it was found, as the scanner said ("" when it did not).
+    pub url: String,
+    /// Whether `url` may be shown as a link (http or https only).
+    pub linkable: bool,
+    pub source: String,
+    /// Whether the organization's leak action was to deactivate the key.
+    pub deactivated: bool,
 }
 
 /// A secret shown once, in the answer to the POST that made it.
@@ -342,6 +373,8 @@ pub struct KeyPage {
     pub audit: Vec<AuditRow>,
     pub notice: Option<String>,
     pub return_to: String,
+    /// The report that the current secret leaked, while it stands.
+    pub leak: Option<LeakNotice>,
 }
 
 /// An alert recipient, as the settings page lists it: confirmed (alerts go
@@ -374,6 +407,8 @@ pub struct SettingsPage {
     /// The longest rotation policy the organization may set.
     pub max_rotation_days: i64,
     pub thresholds: Vec<Threshold>,
+    /// `deactivate` or `notify` (as saved, or as typed in a refused form).
+    pub leak_action: String,
     pub errors: Errors,
     pub saved: bool,
 }
@@ -461,6 +496,8 @@ mod tests {
             expires_at: None,
             rotation_due_at: None,
             version: 1,
+            allowed_ips: keyledger_events::domain::AllowedIps::parse(&["203.0.113.0/24".into()]).unwrap(),
+            leaked_at: Some(Utc::now()),
         };
         KeyView::new(&row, Utc::now())
     }
@@ -471,6 +508,7 @@ mod tests {
             key_type: "secret".into(),
             scopes: vec![],
             expires_on: HOSTILE.into(),
+            allowed_ips: HOSTILE.into(),
         }
     }
 
@@ -551,6 +589,13 @@ mod tests {
                     }],
                     notice: None,
                     return_to: "/portal/keys/key_1".into(),
+                    leak: Some(LeakNotice {
+                        when: Stamp::new(Utc::now()),
+                        url: HOSTILE.into(),
+                        linkable: false,
+                        source: HOSTILE.into(),
+                        deactivated: true,
+                    }),
                 }
                 .render()
                 .unwrap(),
@@ -600,6 +645,7 @@ mod tests {
                     rotation_days: HOSTILE.into(),
                     max_rotation_days: 3650,
                     thresholds: vec![],
+                    leak_action: HOSTILE.into(),
                     errors: errors(),
                     saved: false,
                 }

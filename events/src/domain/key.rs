@@ -8,14 +8,20 @@
 //! - an expiry must lie in the future; a key past its expiry is `expired`
 //!   at once (by the clock, before any job records it) and that is final;
 //! - deactivate and activate are idempotent: repeating one appends nothing;
+//! - an IP allowlist holds at most 100 addresses or exact CIDR ranges, each
+//!   once (see [`AllowedIps`]); an empty one is none;
+//! - a secret reported leaked is recorded once (`key.leaked`), then the
+//!   organization's leak action applies: `deactivate` deactivates an active
+//!   key in the same append; a leaked regenerated-away secret stops working
+//!   at once, whatever the action (it was already replaced);
 //! - a deleted key is gone: every further command answers not-found.
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{
-    scope::Scope, Aggregate, DomainError, DomainEvent, HashKey, KeyHash, KeyId, KeyType, Name, OrgId, PlainKey,
-    ValidationDetails,
+    scope::Scope, Aggregate, AllowedIps, DomainError, DomainEvent, HashKey, KeyHash, KeyId, KeyType, LeakAction, Name,
+    OrgId, PlainKey, ValidationDetails,
 };
 
 /// Longest grace period of a regenerated-away secret: one week.
@@ -67,6 +73,10 @@ pub struct ApiKey {
     pub expires_at: Option<DateTime<Utc>>,
     pub rotation_due_at: Option<DateTime<Utc>>,
     pub previous: Option<PreviousSecret>,
+    /// Where requests made with the key may come from (empty: anywhere).
+    pub allowed_ips: AllowedIps,
+    /// When the current secret was reported leaked (until it is regenerated).
+    pub leaked_at: Option<DateTime<Utc>>,
     pub deleted: bool,
 }
 
@@ -110,6 +120,8 @@ pub struct CreateKey {
     pub expires_at: Option<DateTime<Utc>>,
     /// The organization's rotation policy in days (0 = off).
     pub rotation_days: u32,
+    /// Addresses and CIDR ranges requests may come from (absent or empty: any).
+    pub allowed_ips: Option<Vec<String>>,
     pub secret: SecretSource,
 }
 
@@ -119,6 +131,33 @@ pub struct UpdateKey {
     pub scopes: Option<Vec<String>>,
     /// `Some(None)` clears the expiry.
     pub expires_at: Option<Option<DateTime<Utc>>>,
+    /// `Some(vec![])` clears the allowlist.
+    pub allowed_ips: Option<Vec<String>>,
+}
+
+/// Which of a key's secrets a leak report names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeakedSecret {
+    /// The secret the key has now.
+    #[default]
+    Current,
+    /// A regenerated-away secret still in its grace period.
+    Previous,
+}
+
+/// A secret scanner found one of the key's secrets in public (a signed
+/// report: see the API's `leaks`). Raw input from the report, bounded by
+/// the caller; `action` is the organization's leak action.
+#[derive(Clone)]
+pub struct ReportLeak {
+    pub url: String,
+    pub source: String,
+    pub token_type: String,
+    /// The scanner's public key that signed the report.
+    pub reporter_key_id: String,
+    pub secret: LeakedSecret,
+    pub action: LeakAction,
 }
 
 #[derive(Clone)]
@@ -141,6 +180,8 @@ pub enum KeyCommand {
     RecordUsage(KeyUsed),
     /// Recorded by the rotation job with each reminder it sends.
     RemindRotation,
+    /// A signed report says one of the key's secrets is public.
+    ReportLeak(Box<ReportLeak>),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,9 +201,13 @@ pub struct KeyCreated {
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub rotation_due_at: Option<DateTime<Utc>>,
+    /// Absent (as in every event written before allowlists existed): none.
+    #[serde(default, skip_serializing_if = "AllowedIps::is_empty")]
+    pub allowed_ips: AllowedIps,
 }
 
-/// Only the fields that changed are present; `expires_at: null` clears it.
+/// Only the fields that changed are present; `expires_at: null` clears it,
+/// `allowed_ips: []` removes the allowlist.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyUpdated {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,6 +216,27 @@ pub struct KeyUpdated {
     pub scopes: Option<Vec<Scope>>,
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
     pub expires_at: Option<Option<DateTime<Utc>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_ips: Option<AllowedIps>,
+}
+
+/// One of the key's secrets was found in public. Where (as the scanner
+/// said), when, who reported it and what the organization's leak action
+/// was — never the secret, nor its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLeaked {
+    /// Where the secret was found (may be empty: the scanner did not say).
+    pub url: String,
+    /// What kind of place (`content`, `commit`, `issue_comment`, `npm`, …).
+    pub source: String,
+    /// The scanner's name for the pattern that matched.
+    pub token_type: String,
+    pub reported_at: DateTime<Utc>,
+    /// The identifier of the scanner's public key that signed the report.
+    pub reporter_key_id: String,
+    #[serde(default)]
+    pub secret: LeakedSecret,
+    pub action: LeakAction,
 }
 
 fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
@@ -277,6 +343,8 @@ pub enum KeyEvent {
     Used(KeyUsed),
     #[serde(rename = "key.rotation_due")]
     RotationDue(KeyRotationDue),
+    #[serde(rename = "key.leaked")]
+    Leaked(KeyLeaked),
 }
 
 impl DomainEvent for KeyEvent {
@@ -291,6 +359,7 @@ impl DomainEvent for KeyEvent {
             KeyEvent::Deleted(_) => "key.deleted",
             KeyEvent::Used(_) => "key.used",
             KeyEvent::RotationDue(_) => "key.rotation_due",
+            KeyEvent::Leaked(_) => "key.leaked",
         }
     }
 }
@@ -428,6 +497,7 @@ impl Aggregate for ApiKey {
                     reminder,
                 })])
             }
+            KeyCommand::ReportLeak(report) => decide_leak(live(state)?, *report, now),
             KeyCommand::Expire => {
                 let key = live(state)?;
                 match (key.status, key.expires_at) {
@@ -454,6 +524,8 @@ impl Aggregate for ApiKey {
                 expires_at: e.expires_at,
                 rotation_due_at: e.rotation_due_at,
                 previous: None,
+                allowed_ips: e.allowed_ips.clone(),
+                leaked_at: None,
                 deleted: false,
             });
         }
@@ -470,6 +542,9 @@ impl Aggregate for ApiKey {
                 if let Some(expires_at) = e.expires_at {
                     key.expires_at = expires_at;
                 }
+                if let Some(allowed_ips) = &e.allowed_ips {
+                    key.allowed_ips = allowed_ips.clone();
+                }
             }
             KeyEvent::Regenerated(e) => {
                 key.previous = e.previous_valid_until.map(|valid_until| PreviousSecret {
@@ -479,7 +554,14 @@ impl Aggregate for ApiKey {
                 key.key_hash = e.key_hash;
                 key.last_four = e.last_four.clone();
                 key.rotation_due_at = e.rotation_due_at;
+                // The new secret has not leaked (the old one's grace ended
+                // if it had: see `Leaked`).
+                key.leaked_at = None;
             }
+            KeyEvent::Leaked(e) => match e.secret {
+                LeakedSecret::Current => key.leaked_at = Some(e.reported_at),
+                LeakedSecret::Previous => key.previous = None,
+            },
             KeyEvent::Deactivated(_) => key.status = KeyStatus::Inactive,
             KeyEvent::Activated(_) => key.status = KeyStatus::Active,
             KeyEvent::Expired(_) => key.status = KeyStatus::Expired,
@@ -509,6 +591,7 @@ fn decide_create(state: Option<&ApiKey>, c: CreateKey, now: DateTime<Utc>) -> Re
         (None, None) => vec![],
     };
     check_expiry(c.expires_at, now, &mut details);
+    let allowed_ips = parse_allowed_ips(c.allowed_ips.as_deref().unwrap_or_default(), &mut details);
     details.into_result()?;
     let (name, key_type) = (name.expect("validated"), key_type.expect("validated"));
     let (plain, key_hash) = c.secret.issue(key_type);
@@ -525,7 +608,54 @@ fn decide_create(state: Option<&ApiKey>, c: CreateKey, now: DateTime<Utc>) -> Re
         created_at: now,
         expires_at: c.expires_at,
         rotation_due_at: rotation_due(key_type, now, c.rotation_days),
+        allowed_ips,
     })])
+}
+
+/// The allowlist, or its problems under `allowed_ips`.
+fn parse_allowed_ips(raw: &[String], details: &mut ValidationDetails) -> AllowedIps {
+    AllowedIps::parse(raw).unwrap_or_else(|problems| {
+        for problem in problems {
+            details.add("allowed_ips", problem);
+        }
+        AllowedIps::default()
+    })
+}
+
+/// Longest place (URL) and names kept from a leak report; longer ones are cut.
+pub const MAX_LEAK_URL_CHARS: usize = 2_000;
+pub const MAX_LEAK_NAME_CHARS: usize = 100;
+
+fn decide_leak(key: &ApiKey, report: ReportLeak, now: DateTime<Utc>) -> Result<Vec<KeyEvent>, DomainError> {
+    match report.secret {
+        // Recorded once: the same secret found again changes nothing.
+        LeakedSecret::Current if key.leaked_at.is_some() => return Ok(vec![]),
+        LeakedSecret::Previous if !matches!(&key.previous, Some(p) if p.valid_until > now) => {
+            return Err(DomainError::Conflict(
+                "the reported secret is no longer a secret of this key".into(),
+            ))
+        }
+        _ => {}
+    }
+    let mut events = vec![KeyEvent::Leaked(KeyLeaked {
+        url: clean(&report.url, MAX_LEAK_URL_CHARS),
+        source: clean(&report.source, MAX_LEAK_NAME_CHARS),
+        token_type: clean(&report.token_type, MAX_LEAK_NAME_CHARS),
+        reported_at: now,
+        reporter_key_id: clean(&report.reporter_key_id, MAX_LEAK_NAME_CHARS),
+        secret: report.secret,
+        action: report.action,
+    })];
+    if report.action == LeakAction::Deactivate && key.status_at(now) == KeyStatus::Active {
+        events.push(KeyEvent::Deactivated(Empty {}));
+    }
+    Ok(events)
+}
+
+/// Scanner-supplied text as it is kept: control characters dropped, at
+/// most `max` characters.
+fn clean(text: &str, max: usize) -> String {
+    text.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
 fn decide_update(key: &ApiKey, u: UpdateKey, now: DateTime<Utc>) -> Result<Vec<KeyEvent>, DomainError> {
@@ -540,12 +670,14 @@ fn decide_update(key: &ApiKey, u: UpdateKey, now: DateTime<Utc>) -> Result<Vec<K
         .as_deref()
         .map(|raw| parse_scopes(raw, Some(key.key_type), &mut details));
     check_expiry(u.expires_at.flatten(), now, &mut details);
+    let allowed_ips = u.allowed_ips.as_deref().map(|raw| parse_allowed_ips(raw, &mut details));
     details.into_result()?;
     // Only what really changes is recorded; an edit that changes nothing appends nothing.
     let change = KeyUpdated {
         name: name.filter(|n| *n != key.name),
         scopes: scopes.filter(|s| *s != key.scopes),
         expires_at: u.expires_at.filter(|e| *e != key.expires_at),
+        allowed_ips: allowed_ips.filter(|a| *a != key.allowed_ips),
     };
     Ok(if change == KeyUpdated::default() {
         vec![]

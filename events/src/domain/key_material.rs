@@ -146,6 +146,17 @@ impl PlainKey {
     }
 }
 
+/// Every key keyledger issues, and nothing else of its output, as a
+/// regular expression (RE2, PCRE and Rust syntax alike) for secret
+/// scanners — gitleaks, TruffleHog — and for the README, which quotes it.
+/// The word boundaries keep a longer run of letters and digits from
+/// matching in part.
+pub const KEY_PATTERN: &str = r"\b(?:pk_live|sk_live|sk_test)_[0-9A-Za-z]{49}\b";
+
+/// [`KEY_PATTERN`] without its boundaries: GitHub's custom patterns take
+/// the secret's format alone (their default before/after patterns bound it).
+pub const KEY_SECRET_FORMAT: &str = r"(?:pk_live|sk_live|sk_test)_[0-9A-Za-z]{49}";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum MalformedKey {
     #[error("the key does not start with pk_live_, sk_live_ or sk_test_")]
@@ -296,5 +307,80 @@ mod tests {
         assert!(!format!("{plain:?}").contains(&plain.expose()[8..51]));
         assert_eq!(format!("{a:?}"), "HashKey(redacted)");
         assert!(HashKey::from_hex("abc").is_err());
+    }
+
+    /// The expressions the README publishes for secret scanners match every
+    /// key of every type and nothing else keyledger writes, nor near misses.
+    #[test]
+    fn the_published_key_expressions_match_every_key_and_nothing_else() {
+        let readme = include_str!("../../../README.md");
+        for quoted in [
+            format!("`{KEY_PATTERN}`"),
+            format!("regex = \'\'\'{KEY_PATTERN}\'\'\'"),
+            format!("keyledger: '{KEY_PATTERN}'"),
+            format!("`{KEY_SECRET_FORMAT}`"),
+        ] {
+            assert!(readme.contains(&quoted), "the README quotes {quoted}");
+        }
+        assert_eq!(KEY_PATTERN, format!(r"\b{KEY_SECRET_FORMAT}\b"));
+        let pattern = regex::Regex::new(KEY_PATTERN).unwrap();
+        let whole = regex::Regex::new(&format!("^{KEY_SECRET_FORMAT}$")).unwrap();
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut random = || {
+            let mut bytes = [0u8; 32];
+            for b in &mut bytes {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *b = state as u8;
+            }
+            bytes
+        };
+        for key_type in KeyType::ALL {
+            for n in 0..2_000 {
+                let bytes = if n == 0 {
+                    [0; 32]
+                } else if n == 1 {
+                    [255; 32]
+                } else {
+                    random()
+                };
+                let key = PlainKey::encode(key_type, &bytes);
+                let text = key.expose();
+                assert!(whole.is_match(text), "{text}");
+                for context in [
+                    format!("KEY={text}"),
+                    format!("\"key\": \"{text}\","),
+                    format!("Bearer {text}\n"),
+                ] {
+                    let found = pattern.find(&context).map(|m| m.as_str());
+                    assert_eq!(found, Some(text), "{context}");
+                }
+            }
+        }
+        let key = PlainKey::encode(KeyType::Secret, &[7; 32]);
+        let body = &key.expose()[PREFIX_LEN..];
+        let never = [
+            "key_01JDZ8Q4M5X7H9K2N3P4R5S6T7".to_owned(),
+            "org_01JDZ8Q4M5X7H9K2N3P4R5S6T7".to_owned(),
+            "req_0193a1c2b3d47e4f8a9b0c1d2e3f4a5b".to_owned(),
+            "0193a1c2-b3d4-7e4f-8a9b-0c1d2e3f4a5b".to_owned(),
+            hex::encode(HashKey::from_bytes([3; 32]).hash(&key).0),
+            format!("sk_live_{}", &body[1..]),
+            format!("sk_live_{body}A"),
+            format!("sk_prod_{body}"),
+            format!("pk_test_{body}"),
+            format!("SK_LIVE_{body}"),
+            format!("sk_live{body}"),
+            format!("sk-live-{body}"),
+            format!("sk_live_{}-{}", &body[..20], &body[21..]),
+            format!("sk_live_{}é", &body[..48]),
+            format!("xsk_live_{body}"),
+            format!("whsec_{body}"),
+            format!("sk_live_…{}", &body[45..]),
+        ];
+        for text in &never {
+            assert!(!pattern.is_match(text), "matched {text}");
+        }
     }
 }

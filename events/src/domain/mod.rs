@@ -17,11 +17,11 @@ pub mod scope;
 pub use email::{EmailAddress, ListedAddress};
 pub use error::{DomainError, ValidationDetails};
 pub use ids::{KeyId, OrgId};
-pub use ip::IpRange;
+pub use ip::{AllowedIps, IpRange};
 pub use key::{ApiKey, KeyCommand, KeyEvent, KeyStatus};
 pub use key_material::{Environment, HashKey, KeyHash, KeyType, PlainKey};
 pub use name::Name;
-pub use org::{Org, OrgCommand, OrgEvent};
+pub use org::{LeakAction, Org, OrgCommand, OrgEvent};
 pub use plan::Plan;
 pub use scope::Scope;
 

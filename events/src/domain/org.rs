@@ -12,6 +12,10 @@
 //! requests nothing new, so a list edited back and forth mails nobody twice.
 //! At most 20 requests in any 24 hours, however the list is edited.
 //!
+//! The leak action (`deactivate`, the default, or `notify`) says what a
+//! report that one of the organization's keys leaked does besides the
+//! record and the email (see the key aggregate's `ReportLeak`).
+//!
 //! Addresses set over the API before confirmations existed were never asked:
 //! `RequestConfirmations` (made by `keyledger work`) asks them, within the
 //! same daily cap. An address an older version stored that no longer parses
@@ -124,6 +128,33 @@ impl AlertSettings {
     }
 }
 
+/// What a reported leak of one of the organization's keys does, besides
+/// recording it and emailing the alert recipients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeakAction {
+    /// Deactivate the key at once (it can be activated again).
+    #[default]
+    Deactivate,
+    /// Leave the key as it is: the owner decides.
+    Notify,
+}
+
+impl LeakAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeakAction::Deactivate => "deactivate",
+            LeakAction::Notify => "notify",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<LeakAction> {
+        [LeakAction::Deactivate, LeakAction::Notify]
+            .into_iter()
+            .find(|a| a.as_str() == text)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Org {
     pub id: OrgId,
@@ -142,6 +173,7 @@ pub struct Org {
     pub recent_requests: Vec<DateTime<Utc>>,
     pub rotation_days: u32,
     pub alert_settings: AlertSettings,
+    pub leak_action: LeakAction,
     pub created_at: DateTime<Utc>,
 }
 
@@ -174,6 +206,7 @@ pub struct ChangeSettings {
     pub alert_emails: Option<Vec<String>>,
     pub rotation_days: Option<i64>,
     pub alert_settings: Option<serde_json::Map<String, serde_json::Value>>,
+    pub leak_action: Option<String>,
 }
 
 pub enum OrgCommand {
@@ -230,6 +263,9 @@ pub struct OrgSettingsChanged {
     pub rotation_days: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alert_settings: Option<AlertSettings>,
+    /// Absent in events written before leak reports existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leak_action: Option<LeakAction>,
 }
 
 /// An address is asked to confirm it wants the organization's alerts.
@@ -458,6 +494,12 @@ impl Aggregate for Org {
                     .alert_settings
                     .as_ref()
                     .map(|patch| org.alert_settings.patched(patch, &mut details));
+                let leak_action = c.leak_action.as_deref().and_then(|text| {
+                    LeakAction::parse(text).or_else(|| {
+                        details.add("leak_action", "must be deactivate or notify");
+                        None
+                    })
+                });
                 details.into_result()?;
                 let requests = match &emails {
                     Some(emails) => {
@@ -472,6 +514,7 @@ impl Aggregate for Org {
                         .filter(|e| *e != org.alert_emails),
                     rotation_days: rotation_days.filter(|d| *d != org.rotation_days),
                     alert_settings: settings.filter(|s| *s != org.alert_settings),
+                    leak_action: leak_action.filter(|a| *a != org.leak_action),
                 };
                 let mut events = vec![];
                 if change != OrgSettingsChanged::default() {
@@ -515,6 +558,7 @@ impl Aggregate for Org {
                 recent_requests: vec![],
                 rotation_days: e.rotation_days,
                 alert_settings: e.alert_settings,
+                leak_action: LeakAction::default(),
                 created_at: e.created_at,
             }),
             OrgEvent::PlanChanged(e) => state.map(|org| Org {
@@ -532,6 +576,7 @@ impl Aggregate for Org {
                 Org {
                     rotation_days: e.rotation_days.unwrap_or(org.rotation_days),
                     alert_settings: e.alert_settings.unwrap_or(org.alert_settings),
+                    leak_action: e.leak_action.unwrap_or(org.leak_action),
                     ..org
                 }
             }),

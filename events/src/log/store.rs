@@ -134,6 +134,23 @@ pub async fn read_stream_newest_without<'c>(
 }
 
 /// The stream's newest version (0 when it has no event).
+/// The newest event of `event_type` in the stream, if it has one.
+pub async fn newest_of_type<'c>(
+    db: impl PgExecutor<'c>,
+    stream_id: &str,
+    event_type: &str,
+) -> Result<Option<StoredEvent>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from events
+         where stream_id = $1 and type = $2
+         order by version desc limit 1"
+    ))
+    .bind(stream_id)
+    .bind(event_type)
+    .fetch_optional(db)
+    .await
+}
+
 pub async fn stream_version<'c>(db: impl PgExecutor<'c>, stream_id: &str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("select coalesce(max(version), 0) from events where stream_id = $1")
         .bind(stream_id)

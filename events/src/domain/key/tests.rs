@@ -68,6 +68,7 @@ fn create_input(key_type: &str) -> CreateKey {
         expires_at: None,
         rotation_days: 90,
         secret: source(FIRST),
+        allowed_ips: None,
     }
 }
 
@@ -257,6 +258,7 @@ fn create_gives_each_type_its_prefix_environment_default_scopes_and_rotation() {
                 created_at: now(),
                 expires_at: None,
                 rotation_due_at,
+                allowed_ips: AllowedIps::default(),
             })],
         );
     }
@@ -571,6 +573,8 @@ fn evolve_of_created_builds_an_active_key() {
             rotation_due_at: Some(now() + days(60)),
             previous: None,
             deleted: false,
+            allowed_ips: AllowedIps::default(),
+            leaked_at: None,
         })
     );
 }
@@ -685,12 +689,14 @@ fn update_of_several_fields_is_one_event_with_only_the_changed_ones() {
                 name: Some("Billing worker".into()),
                 scopes: Some(vec!["read:analytics".into()]),
                 expires_at: Some(None),
+                ..UpdateKey::default()
             }),
         ),
         vec![KeyEvent::Updated(KeyUpdated {
             name: Some(name("Billing worker")),
             scopes: Some(vec![Scope::ReadAnalytics]),
             expires_at: Some(None),
+            ..KeyUpdated::default()
         })],
     );
     // The name is unchanged, so only the scopes are recorded.
@@ -701,6 +707,7 @@ fn update_of_several_fields_is_one_event_with_only_the_changed_ones() {
                 name: Some("Checkout backend".into()),
                 scopes: Some(vec!["read:analytics".into()]),
                 expires_at: Some(None),
+                ..UpdateKey::default()
             }),
         ),
         vec![KeyEvent::Updated(KeyUpdated {
@@ -729,6 +736,7 @@ fn update_without_changes_appends_nothing() {
                 "write:consumers".into(),
             ]),
             expires_at: Some(Some(expiry)),
+            ..UpdateKey::default()
         }),
     ));
     // Clearing an expiry that is not set changes nothing either.
@@ -821,6 +829,7 @@ fn update_reports_every_problem_at_once() {
                 name: Some(String::new()),
                 scopes: Some(vec!["admin".into()]),
                 expires_at: Some(Some(now() - days(1))),
+                ..UpdateKey::default()
             }),
         ),
         &["expires_at", "name", "scopes"],
@@ -1326,6 +1335,7 @@ fn one_of_each_event() -> Vec<KeyEvent> {
             name: Some(name("Renamed")),
             scopes: Some(vec![Scope::ReadExperiences, Scope::Admin]),
             expires_at: Some(Some(now() + days(3))),
+            ..KeyUpdated::default()
         }),
         KeyEvent::Updated(KeyUpdated {
             expires_at: Some(None),
@@ -1498,4 +1508,281 @@ fn test_keys_inactive_and_expired_keys_get_no_rotation_reminder() {
         &given(&[created_days_ago(80, "secret"), deleted()]),
         KeyCommand::RemindRotation,
     ));
+}
+
+// ------------------------------------------------------------ IP allowlists
+
+fn ips(entries: &[&str]) -> Option<Vec<String>> {
+    Some(entries.iter().map(|e| e.to_string()).collect())
+}
+
+fn allowlist(entries: &[&str]) -> AllowedIps {
+    AllowedIps::parse(&ips(entries).unwrap()).unwrap()
+}
+
+#[test]
+fn create_records_the_allowlist_in_canonical_form() {
+    let input = CreateKey {
+        allowed_ips: ips(&["203.0.113.0/24", "::ffff:198.51.100.7", "2001:db8::/32"]),
+        ..create_input("secret")
+    };
+    let created = then_created(when(&None, create(input)));
+    assert_eq!(
+        created.allowed_ips.to_strings(),
+        ["203.0.113.0/24", "198.51.100.7", "2001:db8::/32"]
+    );
+    assert_eq!(
+        given(&[KeyEvent::Created(created)]).unwrap().allowed_ips,
+        allowlist(&["203.0.113.0/24", "198.51.100.7", "2001:db8::/32"])
+    );
+    // An empty list is no allowlist, and is not written at all.
+    let input = CreateKey {
+        allowed_ips: ips(&[]),
+        ..create_input("secret")
+    };
+    let created = then_one(when(&None, create(input)));
+    assert!(serde_json::to_value(&created).unwrap()["data"]
+        .get("allowed_ips")
+        .is_none());
+}
+
+#[test]
+fn create_refuses_a_bad_allowlist_with_every_problem() {
+    let input = CreateKey {
+        allowed_ips: ips(&[
+            "10.0.0.0/33",
+            "203.0.113.7/24",
+            "198.51.100.7",
+            "198.51.100.7/32",
+            "localhost",
+        ]),
+        ..create_input("secret")
+    };
+    let details = then_invalid(when(&None, create(input)), &["allowed_ips"]);
+    assert_eq!(details.0["allowed_ips"].len(), 4, "{details:?}");
+    let many: Vec<String> = (0..101).map(|n| format!("10.{n}.0.0/16")).collect();
+    let input = CreateKey {
+        allowed_ips: Some(many),
+        ..create_input("secret")
+    };
+    then_invalid(when(&None, create(input)), &["allowed_ips"]);
+}
+
+#[test]
+fn update_sets_changes_and_clears_the_allowlist() {
+    let set = then_one(when(
+        &given(&[secret_created()]),
+        update(UpdateKey {
+            allowed_ips: ips(&["203.0.113.0/24"]),
+            ..UpdateKey::default()
+        }),
+    ));
+    assert_eq!(
+        set,
+        KeyEvent::Updated(KeyUpdated {
+            allowed_ips: Some(allowlist(&["203.0.113.0/24"])),
+            ..KeyUpdated::default()
+        })
+    );
+    let limited = given(&[secret_created(), set.clone()]);
+    // The same list again changes nothing.
+    then_nothing(when(
+        &limited,
+        update(UpdateKey {
+            allowed_ips: ips(&["203.0.113.0/24"]),
+            ..UpdateKey::default()
+        }),
+    ));
+    // An empty list clears it, recorded as [].
+    let cleared = then_one(when(
+        &limited,
+        update(UpdateKey {
+            allowed_ips: ips(&[]),
+            ..UpdateKey::default()
+        }),
+    ));
+    assert_eq!(
+        serde_json::to_value(&cleared).unwrap(),
+        serde_json::json!({"type": "key.updated", "data": {"allowed_ips": []}})
+    );
+    assert!(given(&[secret_created(), set, cleared]).unwrap().allowed_ips.is_empty());
+    then_invalid(
+        when(
+            &given(&[secret_created()]),
+            update(UpdateKey {
+                allowed_ips: ips(&["10.0.0.1/8"]),
+                ..UpdateKey::default()
+            }),
+        ),
+        &["allowed_ips"],
+    );
+}
+
+#[test]
+fn events_written_before_allowlists_existed_mean_no_allowlist() {
+    let mut old = serde_json::to_value(secret_created()).unwrap();
+    old["data"].as_object_mut().unwrap().remove("allowed_ips");
+    let event: KeyEvent = serde_json::from_value(old).unwrap();
+    assert!(given(&[event]).unwrap().allowed_ips.is_empty());
+}
+
+// -------------------------------------------------------------------- leaks
+
+fn leak(secret: LeakedSecret, action: LeakAction) -> KeyCommand {
+    KeyCommand::ReportLeak(Box::new(ReportLeak {
+        url: "https://github.com/octocat/hello/blob/abc/config.env".into(),
+        source: "content".into(),
+        token_type: "keyledger_secret_key".into(),
+        reporter_key_id: "bcb53661c06b4728".into(),
+        secret,
+        action,
+    }))
+}
+
+fn leaked(secret: LeakedSecret, action: LeakAction) -> KeyEvent {
+    KeyEvent::Leaked(KeyLeaked {
+        url: "https://github.com/octocat/hello/blob/abc/config.env".into(),
+        source: "content".into(),
+        token_type: "keyledger_secret_key".into(),
+        reported_at: now(),
+        reporter_key_id: "bcb53661c06b4728".into(),
+        secret,
+        action,
+    })
+}
+
+#[test]
+fn a_leak_is_recorded_and_deactivates_an_active_key() {
+    then_events(
+        when(
+            &given(&[secret_created()]),
+            leak(LeakedSecret::Current, LeakAction::Deactivate),
+        ),
+        vec![leaked(LeakedSecret::Current, LeakAction::Deactivate), deactivated()],
+    );
+    let after = given(&[
+        secret_created(),
+        leaked(LeakedSecret::Current, LeakAction::Deactivate),
+        deactivated(),
+    ]);
+    assert_eq!(after.as_ref().unwrap().leaked_at, Some(now()));
+    assert_eq!(after.as_ref().unwrap().status, KeyStatus::Inactive);
+}
+
+#[test]
+fn a_leak_under_notify_only_records_it() {
+    then_events(
+        when(
+            &given(&[secret_created()]),
+            leak(LeakedSecret::Current, LeakAction::Notify),
+        ),
+        vec![leaked(LeakedSecret::Current, LeakAction::Notify)],
+    );
+    // An inactive or expired key is recorded too, and not deactivated again.
+    then_events(
+        when(
+            &given(&[secret_created(), deactivated()]),
+            leak(LeakedSecret::Current, LeakAction::Deactivate),
+        ),
+        vec![leaked(LeakedSecret::Current, LeakAction::Deactivate)],
+    );
+    then_events(
+        when(
+            &given(&[expired_by_clock()]),
+            leak(LeakedSecret::Current, LeakAction::Deactivate),
+        ),
+        vec![leaked(LeakedSecret::Current, LeakAction::Deactivate)],
+    );
+}
+
+#[test]
+fn a_secret_is_recorded_leaked_once_until_it_is_regenerated() {
+    let reported = given(&[secret_created(), leaked(LeakedSecret::Current, LeakAction::Notify)]);
+    then_nothing(when(&reported, leak(LeakedSecret::Current, LeakAction::Notify)));
+    then_nothing(when(&reported, leak(LeakedSecret::Current, LeakAction::Deactivate)));
+    let regenerated = then_one(when(&reported, regenerate(0)));
+    let fresh = given(&[
+        secret_created(),
+        leaked(LeakedSecret::Current, LeakAction::Notify),
+        regenerated,
+    ]);
+    assert_eq!(fresh.as_ref().unwrap().leaked_at, None, "the new secret has not leaked");
+    then_events(
+        when(&fresh, leak(LeakedSecret::Current, LeakAction::Notify)),
+        vec![leaked(LeakedSecret::Current, LeakAction::Notify)],
+    );
+}
+
+#[test]
+fn a_leaked_previous_secret_stops_at_once_whatever_the_action() {
+    let created = secret_created();
+    let regenerated = then_one(when(&given(std::slice::from_ref(&created)), regenerate(3600)));
+    let state = given(&[created.clone(), regenerated.clone()]);
+    assert!(state.as_ref().unwrap().previous.is_some());
+    then_events(
+        when(&state, leak(LeakedSecret::Previous, LeakAction::Notify)),
+        vec![leaked(LeakedSecret::Previous, LeakAction::Notify)],
+    );
+    let after = given(&[
+        created.clone(),
+        regenerated,
+        leaked(LeakedSecret::Previous, LeakAction::Notify),
+    ]);
+    let after = after.unwrap();
+    assert_eq!(after.previous, None, "the leaked old secret's grace ended");
+    assert_eq!(after.leaked_at, None, "the current secret did not leak");
+    assert_eq!(after.status, KeyStatus::Active);
+    // Without a previous secret in its grace period there is nothing to report.
+    then_conflict(when(
+        &given(&[created]),
+        leak(LeakedSecret::Previous, LeakAction::Notify),
+    ));
+}
+
+#[test]
+fn a_leak_of_a_deleted_key_is_not_found_and_scanner_text_is_bounded() {
+    then_not_found(when(
+        &given(&[secret_created(), deleted()]),
+        leak(LeakedSecret::Current, LeakAction::Deactivate),
+    ));
+    let command = KeyCommand::ReportLeak(Box::new(ReportLeak {
+        url: format!("https://example.com/{}\r\nBcc: x", "a".repeat(5_000)),
+        source: "content\u{7}".into(),
+        token_type: "t".repeat(500),
+        reporter_key_id: "k".into(),
+        secret: LeakedSecret::Current,
+        action: LeakAction::Notify,
+    }));
+    let KeyEvent::Leaked(event) = then_one(when(&given(&[secret_created()]), command)) else {
+        panic!("expected key.leaked");
+    };
+    assert_eq!(event.url.chars().count(), MAX_LEAK_URL_CHARS);
+    assert!(!event.url.contains('\r') && !event.url.contains('\n'));
+    assert_eq!(event.source, "content");
+    assert_eq!(event.token_type.chars().count(), MAX_LEAK_NAME_CHARS);
+}
+
+#[test]
+fn the_leaked_event_names_the_place_and_never_a_secret_or_hash() {
+    let value = serde_json::to_value(leaked(LeakedSecret::Current, LeakAction::Deactivate)).unwrap();
+    assert_eq!(value["type"], "key.leaked");
+    let data = value["data"].as_object().unwrap();
+    let mut fields: Vec<&str> = data.keys().map(String::as_str).collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "action",
+            "reported_at",
+            "reporter_key_id",
+            "secret",
+            "source",
+            "token_type",
+            "url"
+        ]
+    );
+    assert_eq!(value["data"]["action"], "deactivate");
+    assert_eq!(value["data"]["secret"], "current");
+    let back: KeyEvent = serde_json::from_value(value).unwrap();
+    assert_eq!(back, leaked(LeakedSecret::Current, LeakAction::Deactivate));
 }

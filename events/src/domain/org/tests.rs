@@ -388,6 +388,7 @@ fn evolve_of_created_builds_the_org() {
             rotation_days: 90,
             alert_settings: AlertSettings::default(),
             created_at: now() - chrono::Duration::days(1),
+            leak_action: LeakAction::default(),
         })
     );
 }
@@ -708,6 +709,7 @@ fn change_settings_reports_every_problem_at_once() {
         alert_settings: Some(patch(
             json!({"unused_days": 0, "coffee_level": 3, "error_rate_percent": 20}),
         )),
+        ..ChangeSettings::default()
     });
     then_invalid(
         when(&given(&[free_org_created()]), command),
@@ -729,6 +731,7 @@ fn change_settings_records_only_what_changed_in_one_event() {
                 alert_emails: Some(vec!["ops@acme.example".into()]),
                 rotation_days: Some(30),
                 alert_settings: Some(patch(json!({"unused_days": 30, "error_rate_percent": 20}))),
+                ..ChangeSettings::default()
             }),
         ),
         vec![OrgEvent::SettingsChanged(OrgSettingsChanged {
@@ -738,6 +741,7 @@ fn change_settings_records_only_what_changed_in_one_event() {
                 error_rate_percent: 20,
                 ..AlertSettings::default()
             }),
+            leak_action: None,
         })],
     );
 }
@@ -759,6 +763,7 @@ fn change_settings_without_changes_appends_nothing() {
             alert_emails: Some(vec!["ops@acme.example".into()]),
             rotation_days: Some(90),
             alert_settings: Some(patch(json!({"error_rate_percent": 10}))),
+            ..ChangeSettings::default()
         }),
     ));
 }
@@ -792,6 +797,7 @@ fn evolve_applies_a_settings_change_field_by_field() {
         alert_emails: Some(vec![address("a@b.example")]),
         rotation_days: Some(365),
         alert_settings: Some(settings),
+        ..OrgSettingsChanged::default()
     });
     assert_eq!(
         given(&[free_org_created(), rotation_only.clone(), everything]),
@@ -828,6 +834,7 @@ fn every_event_round_trips_through_json_with_its_type_tag() {
                 unusual_activity_factor: 3,
                 ..AlertSettings::default()
             }),
+            leak_action: Some(LeakAction::Notify),
         }),
         OrgEvent::SettingsChanged(OrgSettingsChanged {
             rotation_days: Some(30),
@@ -1150,4 +1157,43 @@ fn an_address_an_older_version_took_is_listed_but_never_confirmed() {
             emails: vec![email("Ops@acme.example")],
         },
     ));
+}
+
+// -------------------------------------------------------------- leak action
+
+#[test]
+fn the_leak_action_defaults_to_deactivate_and_changes_to_notify_and_back() {
+    let org = given(&[free_org_created()]);
+    assert_eq!(org.as_ref().unwrap().leak_action, LeakAction::Deactivate);
+    let notify = |action: &str| {
+        change_settings(ChangeSettings {
+            leak_action: Some(action.into()),
+            ..ChangeSettings::default()
+        })
+    };
+    let changed = OrgEvent::SettingsChanged(OrgSettingsChanged {
+        leak_action: Some(LeakAction::Notify),
+        ..OrgSettingsChanged::default()
+    });
+    then_events(when(&org, notify("notify")), vec![changed.clone()]);
+    then_nothing(when(&org, notify("deactivate")));
+    let notifying = given(&[free_org_created(), changed]);
+    assert_eq!(notifying.as_ref().unwrap().leak_action, LeakAction::Notify);
+    then_events(
+        when(&notifying, notify("deactivate")),
+        vec![OrgEvent::SettingsChanged(OrgSettingsChanged {
+            leak_action: Some(LeakAction::Deactivate),
+            ..OrgSettingsChanged::default()
+        })],
+    );
+    for bad in ["revoke", "Notify", ""] {
+        then_invalid(when(&org, notify(bad)), &["leak_action"]);
+    }
+    // Settings events written before the leak action existed leave it alone.
+    let old: OrgEvent =
+        serde_json::from_value(json!({"type": "org.settings_changed", "data": {"rotation_days": 30}})).unwrap();
+    assert_eq!(
+        given(&[free_org_created(), old]).unwrap().leak_action,
+        LeakAction::Deactivate
+    );
 }
