@@ -27,6 +27,8 @@ pub mod recipients;
 pub mod routes;
 pub mod usage;
 pub mod verify;
+pub mod webhook_endpoints;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +64,11 @@ pub struct ApiSettings {
     pub portal_link_lifetime: Duration,
     /// Keys (not deleted) one organization may have.
     pub max_keys_per_org: u64,
+    /// Webhook endpoints one organization may have.
+    pub max_webhooks_per_org: u64,
+    /// Whether webhook endpoints may be plain `http` and point at loopback,
+    /// private or link-local addresses (`KEYLEDGER_WEBHOOK_ALLOW_PRIVATE`).
+    pub webhook_allow_private: bool,
 }
 
 impl Default for ApiSettings {
@@ -77,6 +84,8 @@ impl Default for ApiSettings {
             public_url: "http://127.0.0.1:8080".into(),
             portal_link_lifetime: Duration::from_secs(300),
             max_keys_per_org: 10_000,
+            max_webhooks_per_org: 20,
+            webhook_allow_private: false,
         }
     }
 }
@@ -214,7 +223,14 @@ pub fn configure_surface(cfg: &mut web::ServiceConfig, surface: Surface) {
             .route("/keys/{id}/events", web::get().to(keys::events))
             .route("/org", web::get().to(org::get))
             .route("/org", web::patch().to(org::update))
-            .route("/portal/sessions", web::post().to(portal::sign_in::mint));
+            .route("/portal/sessions", web::post().to(portal::sign_in::mint))
+            .route("/webhooks", web::post().to(webhooks::create))
+            .route("/webhooks", web::get().to(webhooks::list))
+            .route("/webhooks/{id}", web::get().to(webhooks::get))
+            .route("/webhooks/{id}", web::patch().to(webhooks::update))
+            .route("/webhooks/{id}", web::delete().to(webhooks::delete))
+            .route("/webhooks/{id}/deliveries", web::get().to(webhooks::deliveries))
+            .route("/webhooks/{id}/replay", web::post().to(webhooks::replay));
     }
     if internal {
         v1 = v1

@@ -4,8 +4,9 @@
 //! `domain` does no I/O. The Postgres adapters sit beside it: `log` (the event
 //! store and its readers), `read_model` (the tables the events are projected
 //! into), `bus` (Kafka), `handler` (load → decide → append → project, shared by the API
-//! and the CLI) and `alert_outbox` (the confirmation emails the API queues
-//! for the mailer).
+//! and the CLI), `alert_outbox` (the confirmation emails the API queues
+//! for the mailer) and `webhook_outbox` (webhook deliveries, written by the
+//! worker that follows the log and by replays).
 
 pub mod alert_outbox;
 pub mod bus;
@@ -14,6 +15,7 @@ pub mod figures;
 pub mod handler;
 pub mod log;
 pub mod read_model;
+pub mod webhook_outbox;
 
 /// The migrations of the whole system (one folder at the workspace root).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

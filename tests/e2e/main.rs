@@ -25,3 +25,4 @@ mod smtp;
 mod surfaces;
 mod validation;
 mod verify;
+mod webhooks;

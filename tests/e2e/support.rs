@@ -60,6 +60,14 @@ pub async fn spawn_app_with_alert_emails(alert_emails: &[&str]) -> TestApp {
     spawn(fresh_database_url(), settings, None, false, alert_emails).await
 }
 
+/// [`spawn_app_with_alert_emails`] with these settings.
+pub async fn spawn_app_with_settings_and_alert_emails(
+    settings: keyledger_api::ApiSettings,
+    alert_emails: &[&str],
+) -> TestApp {
+    spawn(fresh_database_url(), settings, None, false, alert_emails).await
+}
+
 /// [`spawn_app`] with these settings (`usage_flush` is the tests' own),
 /// and with `internal_listener`, the internal endpoints on a second port.
 pub async fn spawn_app_with(settings: keyledger_api::ApiSettings, internal_listener: bool) -> TestApp {

@@ -189,6 +189,7 @@ fn kind_label(kind: &str) -> String {
         "unused_keys" => "Unused keys".into(),
         "rotation_due" => "Rotation due".into(),
         "key_expiring" => "Key expiring".into(),
+        "webhook_disabled" => "Webhook endpoint disabled".into(),
         other => views::capitalised(&other.replace('_', " ")),
     }
 }
