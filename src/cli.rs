@@ -44,7 +44,7 @@ pub enum Command {
     /// The HTTP API only.
     Serve,
     /// The workers only: projector (with Kafka: outbox relay and consumer),
-    /// scheduled jobs and the mailer.
+    /// scheduled jobs, the mailer and webhook deliveries.
     Work,
     /// Rebuild every read model from the event log and swap it in.
     Replay {
@@ -410,6 +410,8 @@ async fn serve(settings: &Settings, mut state: AppState, with_api: bool, with_wo
         }
         tasks.spawn(scheduler::run(state.pool.clone(), schedules, stopped.clone()));
         tasks.spawn(mailer.run(stopped.clone()));
+        let webhooks = settings.webhooks(state.pool.clone(), state.hash_key.clone());
+        tasks.spawn(webhooks.run(stopped.clone()));
         let lag = Arc::new(match &state.kafka {
             Some(_) => LagMonitor::kafka(),
             None => LagMonitor::embedded(),

@@ -10,6 +10,7 @@ use clap::Args;
 use keyledger_events::domain::{Environment, HashKey};
 use keyledger_workers::mailer::{Links, Mailer, Transport};
 use keyledger_workers::scheduler::{Job, Schedules};
+use keyledger_workers::{webhook_client::WebhookClient, Webhooks};
 
 pub const HASH_KEY_VAR: &str = "KEYLEDGER_HASH_KEY";
 const HASH_KEY_FILE: &str = "hash_key";
@@ -95,6 +96,29 @@ pub struct Settings {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub max_keys_per_org: u64,
+    /// Webhook endpoints one organization may have; one more answers 403 quota_exceeded.
+    #[arg(
+        long,
+        env = "KEYLEDGER_MAX_WEBHOOKS_PER_ORG",
+        global = true,
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_webhooks_per_org: u64,
+    /// Allow webhook endpoints on plain http and on loopback, private,
+    /// link-local and metadata addresses (development, private networks).
+    #[arg(
+        long,
+        env = "KEYLEDGER_WEBHOOK_ALLOW_PRIVATE",
+        global = true,
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub webhook_allow_private: bool,
+    /// Seconds before the first retry of a failed webhook delivery (doubling, up to an hour, for about a day).
+    #[arg(long, env = "KEYLEDGER_WEBHOOK_RETRY_SECONDS", global = true, default_value_t = 5)]
+    pub webhook_retry_seconds: u64,
     /// The environment (live or test) that `/v1/auth` requires.
     #[arg(long, env = "KEYLEDGER_ENVIRONMENT", global = true, default_value = "live")]
     pub environment: String,
@@ -153,6 +177,8 @@ impl Settings {
             portal_link_lifetime: std::time::Duration::from_secs(self.portal_link_seconds),
             max_keys_per_org: self.max_keys_per_org,
             leak_report_keys: self.leak_report_keys()?,
+            max_webhooks_per_org: self.max_webhooks_per_org,
+            webhook_allow_private: self.webhook_allow_private,
             ..keyledger_api::ApiSettings::default()
         })
     }
@@ -222,6 +248,14 @@ impl Settings {
         let mut mailer = Mailer::new(pool, transport, &self.mail_from, links)?;
         mailer.first_backoff = std::time::Duration::from_secs(self.mail_retry_seconds.max(1));
         Ok(mailer)
+    }
+
+    /// The webhook worker: its secrets opened with `hash_key`.
+    pub fn webhooks(&self, pool: sqlx::PgPool, hash_key: HashKey) -> Webhooks {
+        let client = WebhookClient::new(self.webhook_allow_private);
+        let mut webhooks = Webhooks::new(pool, hash_key, client);
+        webhooks.first_backoff = std::time::Duration::from_secs(self.webhook_retry_seconds.max(1));
+        webhooks
     }
 
     pub fn environment(&self) -> anyhow::Result<Environment> {

@@ -117,6 +117,15 @@ impl Fields {
         }
     }
 
+    /// An optional boolean.
+    pub fn boolean(&mut self, field: &str) -> Option<bool> {
+        match self.map.remove(field) {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(b),
+            Some(_) => self.problem(field, "must be true or false"),
+        }
+    }
+
     pub fn integer(&mut self, field: &str) -> Option<i64> {
         match self.map.remove(field) {
             None | Some(Value::Null) => None,

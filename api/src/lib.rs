@@ -28,6 +28,8 @@ pub mod recipients;
 pub mod routes;
 pub mod usage;
 pub mod verify;
+pub mod webhook_endpoints;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +68,11 @@ pub struct ApiSettings {
     /// The public keys leak reports must be signed with; `None`:
     /// `POST /v1/leaks` answers 503 until the operator configures them.
     pub leak_report_keys: Option<Arc<leaks::LeakReportKeys>>,
+    /// Webhook endpoints one organization may have.
+    pub max_webhooks_per_org: u64,
+    /// Whether webhook endpoints may be plain `http` and point at loopback,
+    /// private or link-local addresses (`KEYLEDGER_WEBHOOK_ALLOW_PRIVATE`).
+    pub webhook_allow_private: bool,
 }
 
 impl Default for ApiSettings {
@@ -82,6 +89,8 @@ impl Default for ApiSettings {
             portal_link_lifetime: Duration::from_secs(300),
             max_keys_per_org: 10_000,
             leak_report_keys: None,
+            max_webhooks_per_org: 20,
+            webhook_allow_private: false,
         }
     }
 }
@@ -220,7 +229,14 @@ pub fn configure_surface(cfg: &mut web::ServiceConfig, surface: Surface) {
             .route("/org", web::get().to(org::get))
             .route("/org", web::patch().to(org::update))
             .route("/leaks", web::post().to(leaks::report))
-            .route("/portal/sessions", web::post().to(portal::sign_in::mint));
+            .route("/portal/sessions", web::post().to(portal::sign_in::mint))
+            .route("/webhooks", web::post().to(webhooks::create))
+            .route("/webhooks", web::get().to(webhooks::list))
+            .route("/webhooks/{id}", web::get().to(webhooks::get))
+            .route("/webhooks/{id}", web::patch().to(webhooks::update))
+            .route("/webhooks/{id}", web::delete().to(webhooks::delete))
+            .route("/webhooks/{id}/deliveries", web::get().to(webhooks::deliveries))
+            .route("/webhooks/{id}/replay", web::post().to(webhooks::replay));
     }
     if internal {
         v1 = v1

@@ -4,8 +4,10 @@
 //! `domain` does no I/O. The Postgres adapters sit beside it: `log` (the event
 //! store and its readers), `read_model` (the tables the events are projected
 //! into), `bus` (Kafka), `handler` (load → decide → append → project, shared by the API
-//! and the CLI), `alert_email` (how alerts read) and `alert_outbox` (the
-//! alerts the API queues for the mailer: confirmation emails, leaked keys).
+//! and the CLI), `alert_email` (how alerts read), `alert_outbox` (the alerts
+//! the API queues for the mailer: confirmation emails, leaked keys) and
+//! `webhook_outbox` (webhook deliveries, written by the worker that follows
+//! the log and by replays).
 
 pub mod alert_email;
 pub mod alert_outbox;
@@ -15,6 +17,7 @@ pub mod figures;
 pub mod handler;
 pub mod log;
 pub mod read_model;
+pub mod webhook_outbox;
 
 /// The migrations of the whole system (one folder at the workspace root).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -32,6 +32,9 @@ pub enum ProjectionError {
     Database(#[from] sqlx::Error),
 }
 
+/// The type of the event appended with each alert raised (stream `alert-<id>`).
+pub const ALERT_RAISED: &str = "alert.raised";
+
 /// Applies one stored event to the read models (idempotent).
 pub async fn apply(db: &mut PgConnection, event: &StoredEvent) -> Result<(), ProjectionError> {
     let (kind, id) = event
@@ -41,6 +44,10 @@ pub async fn apply(db: &mut PgConnection, event: &StoredEvent) -> Result<(), Pro
     match kind {
         "key" if event.event_type.starts_with("key.") => apply_key(db, id, event, event.decode()?).await,
         "org" if event.event_type.starts_with("org.") => apply_org(db, id, event, event.decode()?).await,
+        // The record that an alert was raised (`alert.raised`, for webhooks
+        // and Kafka consumers): the alert itself is a row of the mailer's
+        // outbox, not a read model.
+        "alert" if event.event_type == ALERT_RAISED => Ok(()),
         _ => Err(ProjectionError::UnknownType(event.event_type.clone())),
     }
 }

@@ -10,7 +10,7 @@
 //! credentials (the admin key, other keys, bad keys, none). One probe in
 //! ten is a control: the seed as a careful client sends it. Per-key
 //! operations aim at live keys; `DELETE` has disposable keys of its own, so
-//! it never removes the others' targets.
+//! it never removes the others' targets (webhook endpoints likewise).
 //!
 //! Fails on any 5xx, an answer without `X-Request-Id`, a dropped connection
 //! or a timeout (every request has a connection of its own: nothing is
@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use awc::http::{header::HeaderValue, Method};
 use keyledger_events::domain::confirmation::{Confirmation, CONFIRM_PATH};
-use keyledger_events::domain::{org, EmailAddress, KeyId, Org, OrgCommand, OrgId};
+use keyledger_events::domain::{org, EmailAddress, KeyId, Org, OrgCommand, OrgId, WebhookId};
 use keyledger_events::handler;
 use keyledger_events::log::EventMeta;
 use serde_json::{json, Map, Value};
@@ -547,6 +547,18 @@ fn seed(method: &Method, path: &str, ammunition: &Ammunition) -> Option<Seed> {
             "token": keyledger_events::domain::PlainKey::encode(keyledger_events::domain::KeyType::Secret, &[9; 32]).expose(),
             "type": "keyledger_secret_key", "url": "https://github.com/octocat/hello/blob/1/x.env", "source": "content"
         }])),
+        ("POST", "/v1/webhooks") => body(json!({
+            "url": "https://hooks.example.com/keyledger?fuzz=1",
+            "events": ["key.created", "key.deactivated", "alert.raised"],
+            "description": "fuzz seed"
+        })),
+        ("PATCH", "/v1/webhooks/{webhook_id}") => body(json!({
+            "url": "https://hooks.example.com/renamed", "events": ["*"], "description": "fuzz renamed", "disabled": false
+        })),
+        ("GET", "/v1/webhooks/{webhook_id}/deliveries") => query(&[("limit", "5".into())]),
+        ("POST", "/v1/webhooks/{webhook_id}/replay") => body(json!({
+            "since": (now - chrono::Duration::hours(1)).to_rfc3339()
+        })),
         ("POST", "/v1/verify") => body(json!({
             "key": ammunition.others[1], "scopes": ["read:experiences"], "environment": "live"
         })),
@@ -603,6 +615,10 @@ struct Ammunition {
     key_ids: Vec<String>,
     /// Keys only `DELETE` aims at.
     disposable: Vec<String>,
+    /// Webhook endpoints for every per-endpoint operation but `DELETE`.
+    webhook_ids: Vec<String>,
+    /// Webhook endpoints only `DELETE` aims at.
+    disposable_webhooks: Vec<String>,
     /// Genuine links of another organization, whose list the probes never
     /// change: each confirms once, then says it already did.
     tokens: Vec<String>,
@@ -629,12 +645,19 @@ fn sign_leak_report(probe: &mut Probe, ammunition: &Ammunition) {
 /// The request as a careful client sends it: the admin key, a live key
 /// (a disposable one for `DELETE`), the seed.
 fn control(rng: &mut Rng, target: &Target, ammunition: &Ammunition) -> Probe {
-    let id = if target.method == Method::DELETE {
-        rng.pick(&ammunition.disposable)
+    let (id, webhook_id) = if target.method == Method::DELETE {
+        (
+            rng.pick(&ammunition.disposable),
+            rng.pick(&ammunition.disposable_webhooks),
+        )
     } else {
-        rng.pick(&ammunition.key_ids)
+        (rng.pick(&ammunition.key_ids), rng.pick(&ammunition.webhook_ids))
     };
-    let mut path = target.path.replace("{id}", id).replace("{path}", "api/experiences/1");
+    let mut path = target
+        .path
+        .replace("{id}", id)
+        .replace("{webhook_id}", webhook_id)
+        .replace("{path}", "api/experiences/1");
     let pairs: Vec<String> = seed_query(rng, target, ammunition)
         .iter()
         .map(|(n, v)| format!("{n}={v}"))
@@ -671,18 +694,18 @@ fn probe(rng: &mut Rng, document: &Value, target: &Target, ammunition: &Ammuniti
         return control(rng, target, ammunition);
     }
     let admin = &ammunition.admin;
-    let aimed = if target.method == Method::DELETE {
-        &ammunition.disposable
+    let (aimed, aimed_webhooks) = if target.method == Method::DELETE {
+        (&ammunition.disposable, &ammunition.disposable_webhooks)
     } else {
-        &ammunition.key_ids
+        (&ammunition.key_ids, &ammunition.webhook_ids)
     };
     let mut path = target.path.clone();
-    let id = match rng.below(10) {
-        0..=6 => rng.pick(aimed).clone(),
-        7 => KeyId::new().to_string(),
-        _ => junk_segment(rng),
+    let (id, webhook_id) = match rng.below(10) {
+        0..=6 => (rng.pick(aimed).clone(), rng.pick(aimed_webhooks).clone()),
+        7 => (KeyId::new().to_string(), WebhookId::new().to_string()),
+        _ => (junk_segment(rng), junk_segment(rng)),
     };
-    path = path.replace("{id}", &id);
+    path = path.replace("{id}", &id).replace("{webhook_id}", &webhook_id);
     let tail: Vec<String> = (0..rng.below(4)).map(|_| junk_segment(rng)).collect();
     path = path.replace(
         "{path}",
@@ -819,6 +842,7 @@ async fn fuzz_app() -> (TestApp, Ammunition) {
         keyledger_api::ApiSettings {
             leak_report_keys: Some(std::sync::Arc::new(leak_report_keys)),
             failed_attempts_per_minute: u32::MAX,
+            max_webhooks_per_org: 100_000,
             ..keyledger_api::ApiSettings::default()
         },
         false,
@@ -851,6 +875,17 @@ async fn fuzz_app() -> (TestApp, Ammunition) {
             .create_key(json!({"name": format!("fuzz disposable {n}"), "type": "secret"}))
             .await;
         disposable.push(key["id"].as_str().unwrap().to_owned());
+    }
+    let (mut webhook_ids, mut disposable_webhooks) = (vec![], vec![]);
+    for n in 0..(3 + DISPOSABLE_KEYS) {
+        let url = format!("https://hooks.example.com/fuzz/{n}");
+        let endpoint = app.post("/v1/webhooks", json!({"url": url})).await;
+        let id = endpoint.expect(201)["id"].as_str().unwrap().to_owned();
+        if n < 3 {
+            webhook_ids.push(id);
+        } else {
+            disposable_webhooks.push(id);
+        }
     }
     let mut others = vec![];
     for (key_type, scopes) in [("test", json!(["admin"])), ("public", json!(["read:experiences"]))] {
@@ -898,6 +933,8 @@ async fn fuzz_app() -> (TestApp, Ammunition) {
         others,
         key_ids,
         disposable,
+        webhook_ids,
+        disposable_webhooks,
         tokens,
         reporter: (reporter_id, reporter_key),
     };

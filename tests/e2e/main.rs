@@ -27,3 +27,4 @@ mod smtp;
 mod surfaces;
 mod validation;
 mod verify;
+mod webhooks;

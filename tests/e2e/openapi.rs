@@ -2,7 +2,7 @@
 //! is answered by a real route.
 
 use awc::http::Method;
-use keyledger_events::domain::KeyId;
+use keyledger_events::domain::{KeyId, WebhookId};
 use serde_json::{json, Value};
 
 use crate::support::{call, spawn_app};
@@ -28,7 +28,10 @@ async fn the_openapi_document_lists_only_operations_the_server_answers() {
             }
             let method: Method = method.to_uppercase().parse().unwrap();
             assert!(operation["responses"].is_object(), "{method} {path} has responses");
-            let concrete = path.replace("{id}", &unknown_id).replace("{path}", "api/experiences");
+            let concrete = path
+                .replace("{id}", &unknown_id)
+                .replace("{webhook_id}", &WebhookId::new().to_string())
+                .replace("{path}", "api/experiences");
             let body = matches!(method, Method::POST | Method::PATCH).then(|| json!({}));
             let answer = call(&app.address, method.clone(), &concrete, Some(&app.admin_key), body, &[]).await;
             let message = answer.body["error"]["message"].as_str().unwrap_or_default();

@@ -5,7 +5,8 @@
 //! worker replica finds it.
 
 use chrono::{DateTime, Datelike, Utc};
-use keyledger_events::read_model::OrgRow;
+use keyledger_events::log::{self, AppendError, EventMeta, NewEvent};
+use keyledger_events::read_model::{self, OrgRow};
 use sqlx::{PgConnection, PgExecutor, PgPool};
 
 use crate::alert_email::Email;
@@ -19,6 +20,8 @@ pub enum AlertKind {
     UnusedKeys,
     RotationDue,
     KeyExpiring,
+    /// A webhook endpoint was disabled after 5 days of failed deliveries.
+    WebhookDisabled,
 }
 
 impl AlertKind {
@@ -30,6 +33,7 @@ impl AlertKind {
             AlertKind::UnusedKeys => "unused_keys",
             AlertKind::RotationDue => "rotation_due",
             AlertKind::KeyExpiring => "key_expiring",
+            AlertKind::WebhookDisabled => "webhook_disabled",
         }
     }
 }
@@ -100,11 +104,13 @@ pub fn week_period(at: DateTime<Utc>) -> String {
 
 /// Records the alert unless one with the same dedupe key exists (or one of
 /// its kind about the same subject within its quiet time); true when it is
-/// new. A concurrent raise of the same alert waits for this one's
+/// new. A new alert also appends its `alert.raised` event (call it inside
+/// a transaction: both are stored, or neither). A concurrent raise of the same alert waits for this one's
 /// transaction and then finds it. An organization without confirmed alert
 /// addresses still gets the row (the record that the condition was seen),
 /// marked `unaddressed`, which the mailer skips.
 pub async fn raise(db: &mut PgConnection, alert: &NewAlert, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+    let id = uuid::Uuid::now_v7();
     let inserted = sqlx::query(
         "insert into alerts (id, dedupe_key, kind, org_id, key_id, recipients, subject, body_text, body_html,
                              status, next_attempt_at, created_at)
@@ -115,7 +121,7 @@ pub async fn raise(db: &mut PgConnection, alert: &NewAlert, now: DateTime<Utc>) 
                and created_at > $10 - make_interval(secs => $11::double precision) and created_at <= $10)
          on conflict (dedupe_key) do nothing",
     )
-    .bind(uuid::Uuid::now_v7())
+    .bind(id)
     .bind(alert.dedupe_key())
     .bind(alert.kind.as_str())
     .bind(&alert.org_id)
@@ -126,15 +132,58 @@ pub async fn raise(db: &mut PgConnection, alert: &NewAlert, now: DateTime<Utc>) 
     .bind(&alert.email.html)
     .bind(now)
     .bind(alert.quiet.map(|q| q.num_seconds()))
-    .execute(db)
+    .execute(&mut *db)
     .await?;
-    Ok(inserted.rows_affected() == 1)
+    if inserted.rows_affected() == 0 {
+        return Ok(false);
+    }
+    record_raised(db, id, alert, now).await?;
+    Ok(true)
+}
+
+/// Appends `alert.raised` to the alert's own stream (`alert-<id>`, one
+/// event), in the transaction that inserts the row: the log then carries
+/// alerts in commit order with key events, so webhooks deliver them in
+/// order and a replay finds them, and Kafka consumers see them too. The
+/// event holds what the alert is about, never its recipients or body.
+async fn record_raised(
+    db: &mut PgConnection,
+    id: uuid::Uuid,
+    alert: &NewAlert,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let event = NewEvent {
+        event_type: read_model::ALERT_RAISED.to_owned(),
+        schema_version: 1,
+        data: serde_json::json!({
+            "alert_id": id,
+            "kind": alert.kind.as_str(),
+            "org_id": alert.org_id,
+            "key_id": alert.key_id,
+            "period": alert.period,
+            "subject": alert.email.subject,
+            "raised_at": read_model::rfc3339(now),
+        }),
+    };
+    let meta = EventMeta {
+        actor: format!("system:alert:{}", alert.kind.as_str()),
+        request_id: None,
+        occurred_at: now,
+    };
+    match log::append(db, &format!("alert-{id}"), 0, &[event], &meta).await {
+        Ok(_) => Ok(()),
+        Err(AppendError::Database(e)) => Err(e),
+        // A fresh id's stream is empty.
+        Err(AppendError::Conflict { .. }) => Err(sqlx::Error::Protocol(format!("alert stream {id} exists"))),
+    }
 }
 
 /// [`raise`] in a transaction of its own.
 pub async fn raise_alone(pool: &PgPool, alert: &NewAlert, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    raise(&mut conn, alert, now).await
+    let mut tx = pool.begin().await?;
+    let raised = raise(&mut tx, alert, now).await?;
+    tx.commit().await?;
+    Ok(raised)
 }
 
 /// Whether an alert with this dedupe key was raised.

@@ -2,7 +2,8 @@
 //! tails the PostgreSQL log (embedded mode), the outbox relay and the Kafka
 //! consumer (Kafka mode), their lag, `replay`, and the scheduled jobs
 //! (expiry, rotation, usage alerts) with the mailer that emails their alerts
-//! (and the confirmation links of alert recipients).
+//! (and the confirmation links of alert recipients), and the webhook
+//! deliveries.
 
 pub mod alert_email;
 pub mod alerts;
@@ -19,8 +20,11 @@ pub mod scheduler;
 pub mod session_lock;
 pub mod usage_alerts;
 mod wake;
+pub mod webhook_client;
+pub mod webhooks;
 
 pub use kafka_projector::KafkaProjector;
 pub use mailer::Mailer;
 pub use projector::Projector;
 pub use relay::Relay;
+pub use webhooks::Webhooks;

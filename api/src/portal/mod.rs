@@ -21,6 +21,7 @@ pub mod org;
 pub mod session;
 pub mod sign_in;
 pub mod views;
+pub mod webhooks;
 
 use actix_web::{
     body::MessageBody,
@@ -68,6 +69,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/settings", web::get().to(org::settings))
             .route("/settings", web::post().to(org::save_settings))
             .route("/alerts", web::get().to(org::alerts))
+            .route("/webhooks", web::get().to(webhooks::list))
+            .route("/webhooks", web::post().to(webhooks::create))
+            .route("/webhooks/new", web::get().to(webhooks::new_form))
+            .route("/webhooks/{id}", web::get().to(webhooks::detail))
+            .route("/webhooks/{id}/edit", web::get().to(webhooks::edit_form))
+            .route("/webhooks/{id}/edit", web::post().to(webhooks::edit))
+            .route("/webhooks/{id}/delete", web::get().to(webhooks::delete_form))
+            .route("/webhooks/{id}/delete", web::post().to(webhooks::delete))
+            .route("/webhooks/{id}/replay", web::post().to(webhooks::replay))
+            .route("/webhooks/{id}/{action}", web::post().to(webhooks::toggle))
             .default_service(web::to(not_found)),
     );
 }

@@ -192,6 +192,7 @@ fn kind_label(kind: &str) -> String {
         "rotation_due" => "Rotation due".into(),
         "key_expiring" => "Key expiring".into(),
         keyledger_events::alert_outbox::LEAK_KIND => "Key leaked".into(),
+        "webhook_disabled" => "Webhook endpoint disabled".into(),
         other => views::capitalised(&other.replace('_', " ")),
     }
 }

@@ -19,6 +19,7 @@ pub enum Section {
     Keys,
     Alerts,
     Settings,
+    Webhooks,
 }
 
 /// What every signed-in page shows around its content.
@@ -45,6 +46,7 @@ impl Layout {
             Section::Keys => "keys",
             Section::Alerts => "alerts",
             Section::Settings => "settings",
+            Section::Webhooks => "webhooks",
         };
         if here == section {
             "page"

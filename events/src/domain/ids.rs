@@ -1,4 +1,5 @@
-//! Identifiers of keys (`key_…`) and organizations (`org_…`): a UUIDv7 written
+//! Identifiers of keys (`key_…`), organizations (`org_…`), webhook
+//! endpoints (`wh_…`) and their deliveries (`whd_…`): a UUIDv7 written
 //! in Crockford base32 (the ULID alphabet), so ids sort by creation time as
 //! plain strings and read like those of other API products.
 
@@ -86,6 +87,8 @@ macro_rules! prefixed_id {
 
 prefixed_id!(KeyId, "key_");
 prefixed_id!(OrgId, "org_");
+prefixed_id!(WebhookId, "wh_");
+prefixed_id!(DeliveryId, "whd_");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("not a valid identifier")]

@@ -13,10 +13,11 @@ pub mod name;
 pub mod org;
 pub mod plan;
 pub mod scope;
+pub mod webhook;
 
 pub use email::{EmailAddress, ListedAddress};
 pub use error::{DomainError, ValidationDetails};
-pub use ids::{KeyId, OrgId};
+pub use ids::{DeliveryId, KeyId, OrgId, WebhookId};
 pub use ip::{AllowedIps, IpRange};
 pub use key::{ApiKey, KeyCommand, KeyEvent, KeyStatus};
 pub use key_material::{Environment, HashKey, KeyHash, KeyType, PlainKey};

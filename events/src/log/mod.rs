@@ -7,6 +7,7 @@ pub mod store;
 
 pub use envelope::{DecodeError, EventMeta, LogPosition, NewEvent, StoredEvent};
 pub use store::{
-    append, checkpoint, newest_of_type, read_after, read_since_transaction, read_stream, read_stream_newest_without,
-    read_stream_without, read_visible_after, save_checkpoint, stream_version, AppendError, NOTIFY_CHANNEL,
+    append, checkpoint, newest_of_type, read_after, read_event, read_since_transaction, read_stream,
+    read_stream_newest_without, read_stream_without, read_visible_after, save_checkpoint, stream_version, AppendError,
+    NOTIFY_CHANNEL,
 };

@@ -133,6 +133,14 @@ pub async fn read_stream_newest_without<'c>(
     .await
 }
 
+/// One event by its id.
+pub async fn read_event<'c>(db: impl PgExecutor<'c>, event_id: uuid::Uuid) -> Result<Option<StoredEvent>, sqlx::Error> {
+    sqlx::query_as(&format!("select {COLUMNS} from events where event_id = $1"))
+        .bind(event_id)
+        .fetch_optional(db)
+        .await
+}
+
 /// The stream's newest version (0 when it has no event).
 /// The newest event of `event_type` in the stream, if it has one.
 pub async fn newest_of_type<'c>(
