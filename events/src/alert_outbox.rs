@@ -96,7 +96,8 @@ pub fn leak_email(org: &OrgRow, key: &KeyRow, leak: &KeyLeaked, deactivated: boo
         leak.url.clone()
     };
     let mut blocks = vec![Block::Paragraph(format!(
-        "A secret scanner reported that the {} secret of the API key {label} of {} was found in public, at {place}.          Anyone who saw it there can use it: treat it as compromised.",
+        "A secret scanner reported that the {} secret of the API key {label} of {} was found in public, at {place}. \
+         Anyone who saw it there can use it: treat it as compromised.",
         match leak.secret {
             LeakedSecret::Current => "current",
             LeakedSecret::Previous => "previous (regenerated-away)",
