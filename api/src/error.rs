@@ -113,7 +113,8 @@ impl ApiError {
             ApiError::BadRequest(m) | ApiError::Conflict(m) | ApiError::QuotaExceeded(m) | ApiError::ReportTooLarge(m) => {
                 m.clone()
             }
-            ApiError::LeakReportsNotConfigured => "This deployment does not accept leak reports yet: its operator has                  not configured the public keys reports are signed with (KEYLEDGER_LEAK_REPORT_KEYS). Retry later."
+            ApiError::LeakReportsNotConfigured => "This deployment does not accept leak reports yet: its operator has \
+             not configured the public keys reports are signed with (KEYLEDGER_LEAK_REPORT_KEYS). Retry later."
                 .into(),
             ApiError::MissingApiKey => {
                 "No API key: send it in the header 'Authorization: Bearer <key>'.".into()

@@ -6,17 +6,22 @@
 //! base64 DER signature in `Github-Public-Key-Signature`) by one of the
 //! public keys the operator accepts (`KEYLEDGER_LEAK_REPORT_KEYS`: a file in
 //! the format of GitHub's secret scanning public keys document), named in
-//! `Github-Public-Key-Identifier`. An unsigned or forged report is a 401 and
+//! `Github-Public-Key-Identifier`. The signature is checked on the raw body
+//! before anything parses it: an unsigned or forged report is a 401 and
 //! changes nothing; each one counts against its sender's address in the
-//! guessing guard (20 a minute, then 429).
+//! guessing guard (20 a minute, then 429) and in its own metric, apart from
+//! the reports whose signature checked.
 //!
 //! Each token that is a secret of a key of ours — well-formed, its checksum
 //! right, its keyed hash that of a key not deleted (its current secret, or a
-//! regenerated-away one still in its grace period) — is a `true_positive`:
-//! the key gets `key.leaked` (recorded once per secret), the organization's
-//! leak action (`deactivate` in the same append, or `notify`), and an alert
-//! email to its confirmed recipients, queued in the same transaction with the
-//! mailer woken. Anything else is a `false_positive` and changes nothing.
+//! regenerated-away one still in its grace period, as the key's stream says
+//! when the leak is appended) — is a `true_positive`: the key gets
+//! `key.leaked` (recorded once per secret); a leaked current secret gets the
+//! organization's leak action (`deactivate` in the same append, or
+//! `notify`), a leaked previous one ends its grace; and an alert email to
+//! its confirmed recipients is queued in the same transaction, with its
+//! `alert.raised` event, and the mailer woken. Anything else — a retired
+//! secret included — is a `false_positive` and changes nothing.
 //!
 //! The answer is GitHub's feedback format: one `{"token_hash", "token_type",
 //! "label"}` per match, the token as its SHA-256 (hex) — never the token
@@ -24,15 +29,16 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use chrono::Utc;
 use futures_util::StreamExt;
 use keyledger_events::alert_outbox;
-use keyledger_events::domain::key::{self, KeyLeaked, LeakedSecret, ReportLeak};
+use keyledger_events::domain::key::{self, KeyLeaked, ReportLeak};
 use keyledger_events::domain::{
-    ApiKey, DomainError, KeyCommand, KeyEvent, KeyId, LeakAction, PlainKey, ValidationDetails,
+    ApiKey, DomainError, KeyCommand, KeyEvent, KeyHash, KeyId, LeakAction, PlainKey, ValidationDetails,
 };
 use keyledger_events::handler::{self, HandlerError};
 use keyledger_events::log::EventMeta;
@@ -56,6 +62,15 @@ pub const ACTOR: &str = "leak-report";
 /// Attempts at recording one key's leak when other writers (usage flushes,
 /// admins) append to its stream at the same time.
 const ATTEMPTS: usize = 5;
+
+/// Reports received, for `/metrics`: those whose signature checked and
+/// those refused for their signature, each counted once — a forged report
+/// never reaches the genuine reports' count, nor anything after the check.
+#[derive(Debug, Default)]
+pub struct LeakReportCounts {
+    pub signed: AtomicU64,
+    pub refused: AtomicU64,
+}
 
 /// The public keys whose signatures this deployment accepts, by identifier.
 #[derive(Debug, Clone, Default)]
@@ -211,12 +226,16 @@ pub async fn report(
     }
     let body = read_body(&req, payload).await?;
     let identifier = header(&req, "github-public-key-identifier");
+    // The signature first: nothing of an unsigned or forged body is parsed
+    // or counted as a report.
     if let Err(why) = keys.verify(identifier, header(&req, "github-public-key-signature"), &body) {
+        state.leak_reports.refused.fetch_add(1, Ordering::Relaxed);
         if let Some(address) = &guard {
             state.failures.check(address, limit, now);
         }
         return Err(ApiError::InvalidSignature(why));
     }
+    state.leak_reports.signed.fetch_add(1, Ordering::Relaxed);
     let identifier = identifier.unwrap_or_default().to_owned();
     let matches: Vec<Match> = match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(serde_json::Value::Array(items)) => {
@@ -281,23 +300,22 @@ async fn judge(state: &AppState, found: &Match, reporter: &str) -> Result<Label,
     let hash = state.hash_key.hash(&plain);
     drop(plain);
     let now = Utc::now();
-    let Some((row, _, grace_until)) = state
+    // The read model finds the key; which of its secrets this is (if still
+    // one) the aggregate decides from the hash, on the stream as it is when
+    // the leak is appended.
+    let Some((row, _, _)) = state
         .database
         .read(read_model::key_for_verification(&state.pool, &hash, now))
         .await?
     else {
         return Ok(Label::FalsePositive);
     };
-    let secret = match grace_until {
-        None => LeakedSecret::Current,
-        Some(_) => LeakedSecret::Previous,
-    };
     let id: KeyId = row
         .id
         .parse()
         .map_err(|_| ApiError::internal(std::io::Error::other("stored key id is malformed")))?;
     for attempt in 1..=ATTEMPTS {
-        match record(state, id, &row, found, reporter, secret).await {
+        match record(state, id, &row, found, reporter, hash).await {
             Ok(recorded) => return Ok(recorded),
             Err(HandlerError::Concurrency) if attempt < ATTEMPTS => continue,
             Err(e) => return Err(e.into()),
@@ -314,7 +332,7 @@ async fn record(
     row: &KeyRow,
     found: &Match,
     reporter: &str,
-    secret: LeakedSecret,
+    key_hash: KeyHash,
 ) -> Result<Label, HandlerError> {
     let org = read_model::org_by_id(&state.pool, &row.org_id)
         .await?
@@ -330,14 +348,15 @@ async fn record(
         source: found.source.clone(),
         token_type: found.token_type.clone(),
         reporter_key_id: reporter.to_owned(),
-        secret,
+        key_hash,
         action,
     }));
     let stream = key::stream_id(id);
     let mut tx = state.pool.begin().await?;
     let decided = match handler::decide_on::<ApiKey>(&mut tx, &stream, command, &meta, |_| Ok(())).await {
         Ok(decided) => decided,
-        // Deleted, or the old secret's grace ended, since it was found: not ours any more.
+        // Deleted, regenerated away or the old secret's grace ended since it
+        // was found: not a secret of ours any more.
         Err(HandlerError::Domain(DomainError::NotFound | DomainError::Conflict(_))) => return Ok(Label::FalsePositive),
         Err(e) => return Err(e),
     };

@@ -120,6 +120,8 @@ pub struct AppState {
     pub extra_metrics: Vec<ops::MetricsSource>,
     /// The time of portal sign-in links and sessions (tests move it).
     pub portal_clock: portal::Clock,
+    /// Leak reports received: signed ones and refused (forged) ones.
+    pub leak_reports: Arc<leaks::LeakReportCounts>,
 }
 
 impl AppState {
@@ -144,6 +146,7 @@ impl AppState {
             database,
             extra_metrics: Vec::new(),
             portal_clock: portal::Clock::default(),
+            leak_reports: Arc::default(),
             settings,
         }
     }

@@ -40,6 +40,18 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             u64::from(state.database.is_down()),
         ),
         (
+            "keyledger_leak_reports_total",
+            "counter",
+            "Leak reports whose signature checked (POST /v1/leaks), whatever they held.",
+            state.leak_reports.signed.load(Ordering::Relaxed),
+        ),
+        (
+            "keyledger_leak_reports_refused_total",
+            "counter",
+            "Leak reports refused for a missing, unknown or wrong signature (401): forged, or a misconfigured sender.",
+            state.leak_reports.refused.load(Ordering::Relaxed),
+        ),
+        (
             "keyledger_rate_limiter_subjects",
             "gauge",
             "Keys tracked by the rate limiter.",

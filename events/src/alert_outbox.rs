@@ -3,7 +3,9 @@
 //!
 //! **Leaked keys.** A signed leak report appends `key.leaked`; the alert for
 //! the organization's confirmed recipients is written in the same
-//! transaction, rendered like every alert, and the mailer is woken
+//! transaction, rendered like every alert, with its `alert.raised` event
+//! (see [`record_raised`], the scheduled jobs' alerts use it too), and the
+//! mailer is woken
 //! (`NOTIFY` on [`ALERTS_CHANNEL`], delivered at commit) so the email goes
 //! out at once rather than at its next poll.
 //!
@@ -26,7 +28,8 @@ use sqlx::PgConnection;
 use crate::alert_email::{compose, Block, Email, KeyLabel};
 use crate::domain::key::{KeyLeaked, LeakedSecret};
 use crate::domain::{EmailAddress, KeyStatus, OrgId};
-use crate::read_model::{rfc3339, KeyRow, OrgRow};
+use crate::log::{self, AppendError, EventMeta, NewEvent};
+use crate::read_model::{self, rfc3339, KeyRow, OrgRow};
 
 /// The channel on which the mailer is woken when an alert is queued that
 /// should not wait for its next poll.
@@ -55,15 +58,18 @@ pub async fn queue_leak(
         .map(|e| e.as_str().to_owned())
         .collect();
     let email = leak_email(org, key, leak, deactivated, portal_url);
-    sqlx::query(
+    let id = uuid::Uuid::now_v7();
+    // The period of this alert (its dedupe key's last part): the leak event.
+    let period = event_id.to_string();
+    let inserted = sqlx::query(
         "insert into alerts (id, dedupe_key, kind, org_id, key_id, recipients, subject, body_text, body_html,
                              status, next_attempt_at, created_at)
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9,
                  case when cardinality($6::text[]) = 0 then 'unaddressed' else 'pending' end, $10, $10)
          on conflict (dedupe_key) do nothing",
     )
-    .bind(uuid::Uuid::now_v7())
-    .bind(format!("{LEAK_KIND}:{}:{event_id}", key.id))
+    .bind(id)
+    .bind(format!("{LEAK_KIND}:{}:{period}", key.id))
     .bind(LEAK_KIND)
     .bind(&org.id)
     .bind(&key.id)
@@ -74,11 +80,70 @@ pub async fn queue_leak(
     .bind(leak.reported_at)
     .execute(&mut *db)
     .await?;
+    if inserted.rows_affected() == 1 {
+        let raised = RaisedAlert {
+            id,
+            kind: LEAK_KIND,
+            org_id: &org.id,
+            key_id: Some(&key.id),
+            period: &period,
+            subject: &email.subject,
+        };
+        record_raised(db, &raised, leak.reported_at).await?;
+    }
     sqlx::query("select pg_notify($1, '')")
         .bind(ALERTS_CHANNEL)
         .execute(&mut *db)
         .await?;
     Ok(())
+}
+
+/// What an `alert.raised` event says: what the alert is about, never its
+/// recipients or body.
+pub struct RaisedAlert<'a> {
+    /// The alert's row (`alerts.id`) and stream (`alert-<id>`).
+    pub id: uuid::Uuid,
+    pub kind: &'a str,
+    pub org_id: &'a str,
+    pub key_id: Option<&'a str>,
+    pub period: &'a str,
+    pub subject: &'a str,
+}
+
+/// Appends `alert.raised` to the alert's own stream (`alert-<id>`, one
+/// event), in the transaction that inserts the alert's row: the log then
+/// carries alerts in commit order with key events, so webhooks deliver them
+/// in order and a replay finds them, and Kafka consumers see them too. Every
+/// alert raised — by a scheduled job or by a leak report — is recorded so.
+pub async fn record_raised(
+    db: &mut PgConnection,
+    alert: &RaisedAlert<'_>,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let event = NewEvent {
+        event_type: read_model::ALERT_RAISED.to_owned(),
+        schema_version: 1,
+        data: serde_json::json!({
+            "alert_id": alert.id,
+            "kind": alert.kind,
+            "org_id": alert.org_id,
+            "key_id": alert.key_id,
+            "period": alert.period,
+            "subject": alert.subject,
+            "raised_at": rfc3339(now),
+        }),
+    };
+    let meta = EventMeta {
+        actor: format!("system:alert:{}", alert.kind),
+        request_id: None,
+        occurred_at: now,
+    };
+    match log::append(db, &format!("alert-{}", alert.id), 0, &[event], &meta).await {
+        Ok(_) => Ok(()),
+        Err(AppendError::Database(e)) => Err(e),
+        // A fresh id's stream is empty.
+        Err(AppendError::Conflict { .. }) => Err(sqlx::Error::Protocol(format!("alert stream {} exists", alert.id))),
+    }
 }
 
 /// The email about a leaked key: which key, where it was found, what
@@ -96,7 +161,8 @@ pub fn leak_email(org: &OrgRow, key: &KeyRow, leak: &KeyLeaked, deactivated: boo
         leak.url.clone()
     };
     let mut blocks = vec![Block::Paragraph(format!(
-        "A secret scanner reported that the {} secret of the API key {label} of {} was found in public, at {place}.          Anyone who saw it there can use it: treat it as compromised.",
+        "A secret scanner reported that the {} secret of the API key {label} of {} was found in public, at {place}. \
+         Anyone who saw it there can use it: treat it as compromised.",
         match leak.secret {
             LeakedSecret::Current => "current",
             LeakedSecret::Previous => "previous (regenerated-away)",

@@ -109,9 +109,14 @@ async fn apply_key(
                 .await?
         }
         KeyEvent::Regenerated(e) => {
+            // A leaked secret never gets a grace period (as the aggregate
+            // has it), even where an event stored before that rule says so.
+            // The right-hand sides read the row as it was before this update.
             let sql = update(
-                "previous_key_hash = case when $3::timestamptz is null then null else key_hash end,
-                 previous_valid_until = $3, key_hash = $4, last_four = $5, rotation_due_at = $6, leaked_at = null",
+                "previous_key_hash = case when $3::timestamptz is null or leaked_at is not null then null
+                                          else key_hash end,
+                 previous_valid_until = case when leaked_at is not null then null else $3 end,
+                 key_hash = $4, last_four = $5, rotation_due_at = $6, leaked_at = null",
             );
             sqlx::query(&sql)
                 .bind(id)

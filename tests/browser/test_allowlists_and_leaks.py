@@ -168,3 +168,23 @@ def test_the_leak_action_is_chosen_in_settings(server, portal):
     row = portal.row("Still working")
     expect(row.get_by_text("Leaked", exact=True)).to_be_visible()
     expect(row.get_by_text("Active", exact=True)).to_be_visible()
+
+
+def test_a_leaked_secret_gets_no_grace_period_when_the_key_is_regenerated(server, portal):
+    page = portal.page
+    status, _ = server.api("PATCH", "/v1/org", portal.admin, body={"leak_action": "notify"})
+    assert status == 200
+    secret = portal.create_key("Leaked and rotated")
+    assert report_leak(server, secret)[0]["label"] == "true_positive"
+    portal.goto("/portal/keys")
+    portal.action("Leaked and rotated", "Regenerate")
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_label("1 hour", exact=True).check()
+    dialog.get_by_role("button", name="Regenerate").click()
+    new = page.get_by_label("Your new API key").input_value()
+    expect(page.get_by_text("The previous secret stopped working at once: it was reported leaked, so it gets "
+                            "no grace period.")).to_be_visible()
+    expect(page.get_by_text("keeps working for")).to_have_count(0)
+    # The leaked secret is not revived for the hour asked for.
+    assert server.verify(secret) == "NOT_FOUND"
+    assert server.verify(new) == "VALID"

@@ -520,6 +520,9 @@ mod binary_mode {
             let started = Instant::now();
             // A stale member of the group delays the new one by its session
             // (6 s) plus a rebalance; a stuck group is rejoined after 15 s.
+            // (Tansu does not always form the stuck group: this test passed
+            // with the rejoin disabled too. The decision is unit-tested in
+            // the projector, `is_stuck`.)
             stack.caught_up(40).await;
             eprintln!("round {round}: caught up {:?} after the restart", started.elapsed());
         }

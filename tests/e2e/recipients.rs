@@ -94,7 +94,7 @@ async fn queued_confirmations(app: &TestApp) -> i64 {
 /// Waits until `n` backends of this database wait for a lock of `kind`
 /// (`pg_stat_activity.wait_event` of a `Lock` wait: `advisory`, or
 /// `transactionid` for a row another transaction is writing).
-async fn wait_for_waiters(pool: &PgPool, kind: &str, n: i64) {
+pub(crate) async fn wait_for_waiters(pool: &PgPool, kind: &str, n: i64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let waiting: i64 = sqlx::query_scalar(

@@ -5,8 +5,8 @@
 //! worker replica finds it.
 
 use chrono::{DateTime, Datelike, Utc};
-use keyledger_events::log::{self, AppendError, EventMeta, NewEvent};
-use keyledger_events::read_model::{self, OrgRow};
+use keyledger_events::alert_outbox::{self, RaisedAlert};
+use keyledger_events::read_model::OrgRow;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 
 use crate::alert_email::Email;
@@ -141,41 +141,23 @@ pub async fn raise(db: &mut PgConnection, alert: &NewAlert, now: DateTime<Utc>) 
     Ok(true)
 }
 
-/// Appends `alert.raised` to the alert's own stream (`alert-<id>`, one
-/// event), in the transaction that inserts the row: the log then carries
-/// alerts in commit order with key events, so webhooks deliver them in
-/// order and a replay finds them, and Kafka consumers see them too. The
-/// event holds what the alert is about, never its recipients or body.
+/// Appends `alert.raised` for the alert (see
+/// [`alert_outbox::record_raised`], which leak reports use too).
 async fn record_raised(
     db: &mut PgConnection,
     id: uuid::Uuid,
     alert: &NewAlert,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    let event = NewEvent {
-        event_type: read_model::ALERT_RAISED.to_owned(),
-        schema_version: 1,
-        data: serde_json::json!({
-            "alert_id": id,
-            "kind": alert.kind.as_str(),
-            "org_id": alert.org_id,
-            "key_id": alert.key_id,
-            "period": alert.period,
-            "subject": alert.email.subject,
-            "raised_at": read_model::rfc3339(now),
-        }),
+    let raised = RaisedAlert {
+        id,
+        kind: alert.kind.as_str(),
+        org_id: &alert.org_id,
+        key_id: alert.key_id.as_deref(),
+        period: &alert.period,
+        subject: &alert.email.subject,
     };
-    let meta = EventMeta {
-        actor: format!("system:alert:{}", alert.kind.as_str()),
-        request_id: None,
-        occurred_at: now,
-    };
-    match log::append(db, &format!("alert-{id}"), 0, &[event], &meta).await {
-        Ok(_) => Ok(()),
-        Err(AppendError::Database(e)) => Err(e),
-        // A fresh id's stream is empty.
-        Err(AppendError::Conflict { .. }) => Err(sqlx::Error::Protocol(format!("alert stream {id} exists"))),
-    }
+    alert_outbox::record_raised(db, &raised, now).await
 }
 
 /// [`raise`] in a transaction of its own.

@@ -71,6 +71,17 @@ enum Failure {
 /// applied, means the group is stuck (longer than a normal rebalance after
 /// a dead member's session expires).
 pub const STUCK_AFTER: Duration = Duration::from_secs(15);
+/// Whether the consumer group is stuck and must be rejoined: no partition
+/// held for `unassigned_for`, while events published to the topic wait
+/// (`published_waiting`) and none has been applied for `stalled_for`
+/// (`None`: the projection is not behind). Both must have lasted
+/// [`STUCK_AFTER`]: a normal rebalance after a dead member's session
+/// expires holds no partition for a few seconds, and an idle group holds
+/// none with nothing to do — neither is stuck.
+pub fn is_stuck(unassigned_for: Duration, published_waiting: bool, stalled_for: Option<Duration>) -> bool {
+    unassigned_for >= STUCK_AFTER && published_waiting && stalled_for.is_some_and(|d| d >= STUCK_AFTER)
+}
+
 /// How often the run loop looks at its assignment while no message comes.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// How long leaving the group (and the final offset commit) may take.
@@ -189,11 +200,11 @@ impl KafkaProjector {
                 continue;
             }
             let since = *unassigned_since.get_or_insert_with(Instant::now);
-            let stuck = lag.as_ref().is_some_and(|lag| {
-                lag.lag(KAFKA).is_some_and(|l| l.published > 0)
-                    && lag.stalled_for(KAFKA).is_some_and(|d| d >= STUCK_AFTER)
-            });
-            if since.elapsed() >= STUCK_AFTER && stuck {
+            let (published_waiting, stalled_for) = match &lag {
+                Some(lag) => (lag.lag(KAFKA).is_some_and(|l| l.published > 0), lag.stalled_for(KAFKA)),
+                None => (false, None),
+            };
+            if is_stuck(since.elapsed(), published_waiting, stalled_for) {
                 tracing::warn!(
                     unassigned_seconds = since.elapsed().as_secs(),
                     "kafka projector: no partition assigned while published events wait; rejoining the group as a new member"
@@ -208,7 +219,8 @@ impl KafkaProjector {
         tracing::info!("kafka projector: stopped");
     }
 
-    /// Leaves the group (bounded) and joins again as a new member.
+    /// Leaves the group (bounded) and joins again as a new member (see
+    /// [`is_stuck`] for when).
     async fn rejoin(&mut self) -> Result<(), KafkaError> {
         let fresh = Arc::new(self.settings.consumer()?);
         let old = std::mem::replace(&mut self.consumer, fresh);
@@ -312,5 +324,33 @@ async fn close(consumer: Arc<StreamConsumer>, commit_first: bool) {
     });
     if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
         tracing::warn!("kafka projector: the broker did not answer in time; leaving without it");
+    }
+}
+
+#[cfg(test)]
+mod stuck_tests {
+    use super::*;
+
+    const SHORT: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn a_group_holding_nothing_while_published_events_wait_is_stuck_after_15_seconds() {
+        assert!(is_stuck(STUCK_AFTER, true, Some(STUCK_AFTER)));
+        assert!(is_stuck(Duration::from_secs(60), true, Some(Duration::from_secs(40))));
+    }
+
+    #[test]
+    fn a_rebalance_shorter_than_the_threshold_is_not_stuck() {
+        assert!(!is_stuck(SHORT, true, Some(Duration::from_secs(60))));
+        assert!(!is_stuck(Duration::from_secs(60), true, Some(SHORT)));
+    }
+
+    #[test]
+    fn an_idle_or_caught_up_group_is_not_stuck() {
+        // Nothing published waits: holding no partition costs nothing.
+        assert!(!is_stuck(Duration::from_secs(60), false, Some(Duration::from_secs(60))));
+        // Not behind (or no lag monitor).
+        assert!(!is_stuck(Duration::from_secs(60), true, None));
+        assert!(!is_stuck(Duration::from_secs(60), false, None));
     }
 }

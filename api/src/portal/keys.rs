@@ -341,6 +341,10 @@ pub async fn regenerate(
         };
     // The time the command recorded, not the time of this page.
     let grace_note = match regenerated.previous_valid_until {
+        // A grace period asked for and not given: the secret was reported leaked.
+        None if seconds > 0 => "The previous secret stopped working at once: it was reported leaked, so it gets no \
+                                grace period."
+            .to_owned(),
         None => "The previous secret stopped working.".to_owned(),
         Some(until) => format!(
             "The previous secret keeps working for {grace_label}, until {}.",

@@ -10,10 +10,18 @@
 //! - deactivate and activate are idempotent: repeating one appends nothing;
 //! - an IP allowlist holds at most 100 addresses or exact CIDR ranges, each
 //!   once (see [`AllowedIps`]); an empty one is none;
-//! - a secret reported leaked is recorded once (`key.leaked`), then the
-//!   organization's leak action applies: `deactivate` deactivates an active
-//!   key in the same append; a leaked regenerated-away secret stops working
-//!   at once, whatever the action (it was already replaced);
+//! - a secret reported leaked is recorded once (`key.leaked`); which secret
+//!   it is — the current one, or a regenerated-away one in its grace period —
+//!   is decided here from its hash, against the stream's state (never from a
+//!   read model that may be older). A leaked current secret gets the
+//!   organization's leak action: `deactivate` deactivates an active key in
+//!   the same append. A leaked regenerated-away secret stops working at once,
+//!   whatever the action, and the key (whose current secret did not leak)
+//!   stays as it is. Any other secret (retired, or never the key's) is a
+//!   conflict and changes nothing;
+//! - a leaked secret never works again: regenerating a key whose current
+//!   secret was reported leaked ends that secret at once, whatever grace
+//!   period was asked for;
 //! - a deleted key is gone: every further command answers not-found.
 
 use chrono::{DateTime, Duration, Utc};
@@ -156,7 +164,9 @@ pub struct ReportLeak {
     pub token_type: String,
     /// The scanner's public key that signed the report.
     pub reporter_key_id: String,
-    pub secret: LeakedSecret,
+    /// The keyed hash of the reported secret: `decide` tells from it which
+    /// of the key's secrets leaked (if it still is one).
+    pub key_hash: KeyHash,
     pub action: LeakAction,
 }
 
@@ -447,6 +457,9 @@ impl Aggregate for ApiKey {
                     ));
                 }
                 let (plain, key_hash) = regenerate.secret.issue(key.key_type);
+                // A secret reported leaked gets no grace period: it must
+                // never work again (nor come back when the key is activated).
+                let grace = if key.leaked_at.is_some() { 0 } else { grace };
                 Ok(vec![KeyEvent::Regenerated(KeyRegenerated {
                     key_hash,
                     last_four: plain.last_four().to_owned(),
@@ -547,10 +560,15 @@ impl Aggregate for ApiKey {
                 }
             }
             KeyEvent::Regenerated(e) => {
-                key.previous = e.previous_valid_until.map(|valid_until| PreviousSecret {
-                    key_hash: key.key_hash,
-                    valid_until,
-                });
+                // A leaked secret never gets a grace period, even where an
+                // event stored before that rule says otherwise.
+                key.previous = match key.leaked_at {
+                    Some(_) => None,
+                    None => e.previous_valid_until.map(|valid_until| PreviousSecret {
+                        key_hash: key.key_hash,
+                        valid_until,
+                    }),
+                };
                 key.key_hash = e.key_hash;
                 key.last_four = e.last_four.clone();
                 key.rotation_due_at = e.rotation_due_at;
@@ -626,16 +644,27 @@ fn parse_allowed_ips(raw: &[String], details: &mut ValidationDetails) -> Allowed
 pub const MAX_LEAK_URL_CHARS: usize = 2_000;
 pub const MAX_LEAK_NAME_CHARS: usize = 100;
 
+/// Which of the key's secrets hashes to `hash` at `now`, if any.
+fn which_secret(key: &ApiKey, hash: &KeyHash, now: DateTime<Utc>) -> Option<LeakedSecret> {
+    if key.key_hash == *hash {
+        return Some(LeakedSecret::Current);
+    }
+    key.previous
+        .as_ref()
+        .filter(|p| p.key_hash == *hash && p.valid_until > now)
+        .map(|_| LeakedSecret::Previous)
+}
+
 fn decide_leak(key: &ApiKey, report: ReportLeak, now: DateTime<Utc>) -> Result<Vec<KeyEvent>, DomainError> {
-    match report.secret {
-        // Recorded once: the same secret found again changes nothing.
-        LeakedSecret::Current if key.leaked_at.is_some() => return Ok(vec![]),
-        LeakedSecret::Previous if !matches!(&key.previous, Some(p) if p.valid_until > now) => {
-            return Err(DomainError::Conflict(
-                "the reported secret is no longer a secret of this key".into(),
-            ))
-        }
-        _ => {}
+    let Some(secret) = which_secret(key, &report.key_hash, now) else {
+        // Retired (regenerated away, its grace over) or never the key's.
+        return Err(DomainError::Conflict(
+            "the reported secret is no longer a secret of this key".into(),
+        ));
+    };
+    // Recorded once: the same secret found again changes nothing.
+    if secret == LeakedSecret::Current && key.leaked_at.is_some() {
+        return Ok(vec![]);
     }
     let mut events = vec![KeyEvent::Leaked(KeyLeaked {
         url: clean(&report.url, MAX_LEAK_URL_CHARS),
@@ -643,10 +672,15 @@ fn decide_leak(key: &ApiKey, report: ReportLeak, now: DateTime<Utc>) -> Result<V
         token_type: clean(&report.token_type, MAX_LEAK_NAME_CHARS),
         reported_at: now,
         reporter_key_id: clean(&report.reporter_key_id, MAX_LEAK_NAME_CHARS),
-        secret: report.secret,
+        secret,
         action: report.action,
     })];
-    if report.action == LeakAction::Deactivate && key.status_at(now) == KeyStatus::Active {
+    // Only the current secret's leak deactivates the key: a leaked previous
+    // secret just stops (see `evolve`), and the current one did not leak.
+    if secret == LeakedSecret::Current
+        && report.action == LeakAction::Deactivate
+        && key.status_at(now) == KeyStatus::Active
+    {
         events.push(KeyEvent::Deactivated(Empty {}));
     }
     Ok(events)

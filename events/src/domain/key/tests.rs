@@ -1628,13 +1628,15 @@ fn events_written_before_allowlists_existed_mean_no_allowlist() {
 
 // -------------------------------------------------------------------- leaks
 
-fn leak(secret: LeakedSecret, action: LeakAction) -> KeyCommand {
+/// A report of the secret `source(fill)` issued (`FIRST`: the key's
+/// current secret, or once regenerated its previous one).
+fn leak_of(fill: u8, action: LeakAction) -> KeyCommand {
     KeyCommand::ReportLeak(Box::new(ReportLeak {
         url: "https://github.com/octocat/hello/blob/abc/config.env".into(),
         source: "content".into(),
         token_type: "keyledger_secret_key".into(),
         reporter_key_id: "bcb53661c06b4728".into(),
-        secret,
+        key_hash: issued(KeyType::Secret, fill).1,
         action,
     }))
 }
@@ -1654,10 +1656,7 @@ fn leaked(secret: LeakedSecret, action: LeakAction) -> KeyEvent {
 #[test]
 fn a_leak_is_recorded_and_deactivates_an_active_key() {
     then_events(
-        when(
-            &given(&[secret_created()]),
-            leak(LeakedSecret::Current, LeakAction::Deactivate),
-        ),
+        when(&given(&[secret_created()]), leak_of(FIRST, LeakAction::Deactivate)),
         vec![leaked(LeakedSecret::Current, LeakAction::Deactivate), deactivated()],
     );
     let after = given(&[
@@ -1672,25 +1671,19 @@ fn a_leak_is_recorded_and_deactivates_an_active_key() {
 #[test]
 fn a_leak_under_notify_only_records_it() {
     then_events(
-        when(
-            &given(&[secret_created()]),
-            leak(LeakedSecret::Current, LeakAction::Notify),
-        ),
+        when(&given(&[secret_created()]), leak_of(FIRST, LeakAction::Notify)),
         vec![leaked(LeakedSecret::Current, LeakAction::Notify)],
     );
     // An inactive or expired key is recorded too, and not deactivated again.
     then_events(
         when(
             &given(&[secret_created(), deactivated()]),
-            leak(LeakedSecret::Current, LeakAction::Deactivate),
+            leak_of(FIRST, LeakAction::Deactivate),
         ),
         vec![leaked(LeakedSecret::Current, LeakAction::Deactivate)],
     );
     then_events(
-        when(
-            &given(&[expired_by_clock()]),
-            leak(LeakedSecret::Current, LeakAction::Deactivate),
-        ),
+        when(&given(&[expired_by_clock()]), leak_of(FIRST, LeakAction::Deactivate)),
         vec![leaked(LeakedSecret::Current, LeakAction::Deactivate)],
     );
 }
@@ -1698,8 +1691,8 @@ fn a_leak_under_notify_only_records_it() {
 #[test]
 fn a_secret_is_recorded_leaked_once_until_it_is_regenerated() {
     let reported = given(&[secret_created(), leaked(LeakedSecret::Current, LeakAction::Notify)]);
-    then_nothing(when(&reported, leak(LeakedSecret::Current, LeakAction::Notify)));
-    then_nothing(when(&reported, leak(LeakedSecret::Current, LeakAction::Deactivate)));
+    then_nothing(when(&reported, leak_of(FIRST, LeakAction::Notify)));
+    then_nothing(when(&reported, leak_of(FIRST, LeakAction::Deactivate)));
     let regenerated = then_one(when(&reported, regenerate(0)));
     let fresh = given(&[
         secret_created(),
@@ -1708,7 +1701,7 @@ fn a_secret_is_recorded_leaked_once_until_it_is_regenerated() {
     ]);
     assert_eq!(fresh.as_ref().unwrap().leaked_at, None, "the new secret has not leaked");
     then_events(
-        when(&fresh, leak(LeakedSecret::Current, LeakAction::Notify)),
+        when(&fresh, leak_of(SECOND, LeakAction::Notify)),
         vec![leaked(LeakedSecret::Current, LeakAction::Notify)],
     );
 }
@@ -1720,7 +1713,7 @@ fn a_leaked_previous_secret_stops_at_once_whatever_the_action() {
     let state = given(&[created.clone(), regenerated.clone()]);
     assert!(state.as_ref().unwrap().previous.is_some());
     then_events(
-        when(&state, leak(LeakedSecret::Previous, LeakAction::Notify)),
+        when(&state, leak_of(FIRST, LeakAction::Notify)),
         vec![leaked(LeakedSecret::Previous, LeakAction::Notify)],
     );
     let after = given(&[
@@ -1732,25 +1725,22 @@ fn a_leaked_previous_secret_stops_at_once_whatever_the_action() {
     assert_eq!(after.previous, None, "the leaked old secret's grace ended");
     assert_eq!(after.leaked_at, None, "the current secret did not leak");
     assert_eq!(after.status, KeyStatus::Active);
-    // Without a previous secret in its grace period there is nothing to report.
-    then_conflict(when(
-        &given(&[created]),
-        leak(LeakedSecret::Previous, LeakAction::Notify),
-    ));
+    // A secret the key never had is none of its secrets.
+    then_conflict(when(&given(&[created]), leak_of(SECOND, LeakAction::Notify)));
 }
 
 #[test]
 fn a_leak_of_a_deleted_key_is_not_found_and_scanner_text_is_bounded() {
     then_not_found(when(
         &given(&[secret_created(), deleted()]),
-        leak(LeakedSecret::Current, LeakAction::Deactivate),
+        leak_of(FIRST, LeakAction::Deactivate),
     ));
     let command = KeyCommand::ReportLeak(Box::new(ReportLeak {
         url: format!("https://example.com/{}\r\nBcc: x", "a".repeat(5_000)),
         source: "content\u{7}".into(),
         token_type: "t".repeat(500),
         reporter_key_id: "k".into(),
-        secret: LeakedSecret::Current,
+        key_hash: issued(KeyType::Secret, FIRST).1,
         action: LeakAction::Notify,
     }));
     let KeyEvent::Leaked(event) = then_one(when(&given(&[secret_created()]), command)) else {
@@ -1785,4 +1775,79 @@ fn the_leaked_event_names_the_place_and_never_a_secret_or_hash() {
     assert_eq!(value["data"]["secret"], "current");
     let back: KeyEvent = serde_json::from_value(value).unwrap();
     assert_eq!(back, leaked(LeakedSecret::Current, LeakAction::Deactivate));
+}
+
+#[test]
+fn a_leaked_current_secret_gets_no_grace_when_the_key_is_regenerated() {
+    for action in [LeakAction::Notify, LeakAction::Deactivate] {
+        let mut history = vec![secret_created(), leaked(LeakedSecret::Current, action)];
+        if action == LeakAction::Deactivate {
+            history.push(deactivated());
+        }
+        let KeyEvent::Regenerated(regenerated) = then_one(when(&given(&history), regenerate(3600))) else {
+            panic!("expected key.regenerated");
+        };
+        assert_eq!(
+            regenerated.previous_valid_until, None,
+            "the leaked secret must not work for a grace period ({action:?})"
+        );
+        history.push(KeyEvent::Regenerated(regenerated));
+        history.push(activated());
+        let after = given(&history).unwrap();
+        assert_eq!(after.previous, None, "no grace for the leaked secret ({action:?})");
+    }
+}
+
+#[test]
+fn a_grace_recorded_for_a_leaked_secret_before_the_fix_is_ignored() {
+    // A `key.regenerated` with a grace period after `key.leaked` of the
+    // current secret (as stored before leaked secrets lost their grace).
+    let revived = KeyEvent::Regenerated(KeyRegenerated {
+        key_hash: issued(KeyType::Secret, SECOND).1,
+        last_four: last_four_of(&issued(KeyType::Secret, SECOND).0),
+        regenerated_at: now(),
+        previous_valid_until: Some(now() + secs(3600)),
+        rotation_due_at: None,
+    });
+    let after = given(&[
+        secret_created(),
+        leaked(LeakedSecret::Current, LeakAction::Notify),
+        revived,
+    ])
+    .unwrap();
+    assert_eq!(after.previous, None);
+}
+
+#[test]
+fn a_leaked_previous_secret_ends_its_grace_and_never_deactivates_the_key() {
+    let created = secret_created();
+    let regenerated = then_one(when(&given(std::slice::from_ref(&created)), regenerate(3600)));
+    let state = given(&[created, regenerated]);
+    then_events(
+        when(&state, leak_of(FIRST, LeakAction::Deactivate)),
+        vec![leaked(LeakedSecret::Previous, LeakAction::Deactivate)],
+    );
+}
+
+#[test]
+fn a_retired_secret_is_no_secret_of_the_key_and_changes_nothing() {
+    let created = secret_created();
+    // Regenerated without a grace period: the first secret is retired.
+    for grace in [0, 3600] {
+        let regenerated = then_one(when(&given(std::slice::from_ref(&created)), regenerate(grace)));
+        let state = given(&[created.clone(), regenerated]);
+        if grace == 0 {
+            then_conflict(when(&state, leak_of(FIRST, LeakAction::Deactivate)));
+        } else {
+            // Its grace period is over.
+            let later = state.as_ref().unwrap().clone();
+            let result = ApiKey::decide(Some(&later), leak_of(FIRST, LeakAction::Deactivate), now() + secs(3600));
+            then_conflict(result);
+        }
+        // The current secret is told apart by its hash, whatever the reporter thought.
+        then_events(
+            when(&state, leak_of(SECOND, LeakAction::Deactivate)),
+            vec![leaked(LeakedSecret::Current, LeakAction::Deactivate), deactivated()],
+        );
+    }
 }
