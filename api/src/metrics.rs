@@ -445,3 +445,66 @@ where
         Poll::Ready(result)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+    }
+
+    #[test]
+    fn durations_fall_in_the_first_bucket_that_holds_them_and_buckets_are_cumulative() {
+        let metrics = HttpMetrics::default();
+        // Two worker threads' counters for one route add up.
+        let (one, two) = (metrics.register("/v1/auth"), metrics.register("/v1/auth"));
+        one.record(204, Duration::from_micros(500));
+        two.record(204, Duration::from_micros(501));
+        two.record(401, Duration::from_secs(11));
+        one.record(1000, Duration::ZERO);
+        let mut text = String::new();
+        metrics.render(&mut text);
+        let bucket = |le: &str| {
+            line(
+                &text,
+                &format!("keyledger_http_request_duration_seconds_bucket{{route=\"/v1/auth\",le=\"{le}\"}}"),
+            )
+        };
+        assert_eq!(bucket("0.0005"), Some("2"));
+        assert_eq!(bucket("0.001"), Some("3"));
+        assert_eq!(bucket("10"), Some("3"));
+        assert_eq!(bucket("+Inf"), Some("4"));
+        assert_eq!(
+            line(
+                &text,
+                "keyledger_http_request_duration_seconds_count{route=\"/v1/auth\"}"
+            ),
+            Some("4")
+        );
+        assert_eq!(
+            line(&text, "keyledger_http_request_duration_seconds_sum{route=\"/v1/auth\"}"),
+            Some("11.001001")
+        );
+        assert_eq!(metrics.requests("/v1/auth", 204), 2);
+        assert_eq!(metrics.requests("/v1/auth", 401), 1);
+        // A status outside 100..=599 is counted as 599, not dropped.
+        assert_eq!(metrics.requests("/v1/auth", 599), 1);
+    }
+
+    #[test]
+    fn every_verdict_has_a_code_of_its_own() {
+        let verifications = Verifications::default();
+        verifications.record_result::<()>(&Ok(None), |_| "VALID");
+        verifications.record_result::<()>(&Err(ApiError::TooManyFailedAttempts { retry_after: 1 }), |_| "VALID");
+        verifications.record_result::<()>(&Ok(Some(())), |_| "EXPIRED");
+        for (code, count) in [
+            ("NOT_FOUND", 1),
+            ("TOO_MANY_FAILED_ATTEMPTS", 1),
+            ("EXPIRED", 1),
+            ("VALID", 0),
+        ] {
+            assert_eq!(verifications.count(code), count, "{code}");
+        }
+    }
+}
