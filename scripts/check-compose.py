@@ -145,6 +145,11 @@ for name, service in services.items():
             for job in scrape.get("scrape_configs", [])
             for static in job.get("static_configs", [])
             for target in static.get("targets", [])
+        } | {
+            f"{name}:{dns.get('port', '')}"
+            for job in scrape.get("scrape_configs", [])
+            for dns in job.get("dns_sd_configs", [])
+            for name in dns.get("names", [])
         }
         for target in sorted(targets):
             host, _, port = target.rpartition(":")
