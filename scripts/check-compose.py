@@ -3,11 +3,15 @@
 depends on exist, images are pinned, every keyledger service runs a real
 subcommand, every environment variable set on a keyledger service is one
 the binary reads (as listed by its own --help, plus the two it reads
-directly), and no service publishes its internal listener's port (alone or
-in a range, in the short or the long syntax).
+directly), no service publishes its internal listener's port (alone or
+in a range, in the short or the long syntax), every file mounted from the
+repository exists, and the monitoring profile's Prometheus scrapes each
+keyledger service on the port it serves /metrics on (the API's internal
+listener, `work`'s listener).
 
     check-compose.py [BINARY]      check compose.yaml
     check-compose.py --self-test   check the port matching against a table"""
+import os
 import re
 import subprocess
 import sys
@@ -108,6 +112,56 @@ for name, service in services.items():
         for mapping in service.get("ports", []) or []:
             if publishes(mapping, port):
                 problems.append(f"{name}: publishes {mapping}, which includes the internal listener's port {port}")
+
+
+def metrics_port(service):
+    """The port a keyledger service serves /metrics on: the internal
+    listener when there is one (`serve`), else the listener (`work`'s own
+    listener first)."""
+    environment = service.get("environment", {}) or {}
+    for var in ("KEYLEDGER_INTERNAL_LISTEN", "KEYLEDGER_WORK_LISTEN", "KEYLEDGER_LISTEN"):
+        if environment.get(var) and (var != "KEYLEDGER_WORK_LISTEN" or service.get("command", [""])[0] == "work"):
+            return str(environment[var]).rsplit(":", 1)[-1]
+    return "8080"
+
+
+for name, service in services.items():
+    for volume in service.get("volumes", []) or []:
+        source = volume.get("source", "") if isinstance(volume, dict) else str(volume).split(":", 1)[0]
+        if source.startswith("./") and not os.path.exists(source):
+            problems.append(f"{name}: mounts {source}, which does not exist")
+    if "monitoring" in (service.get("profiles") or []) and "prometheus" in service.get("image", ""):
+        config = next(
+            (str(v).split(":", 1)[0] for v in service.get("volumes", []) if str(v).endswith("prometheus.yml:ro")),
+            None,
+        )
+        if config is None or not os.path.exists(config):
+            problems.append(f"{name}: no prometheus.yml mounted from the repository")
+            continue
+        with open(config) as f:
+            scrape = yaml.safe_load(f)
+        targets = {
+            target
+            for job in scrape.get("scrape_configs", [])
+            for static in job.get("static_configs", [])
+            for target in static.get("targets", [])
+        } | {
+            f"{name}:{dns.get('port', '')}"
+            for job in scrape.get("scrape_configs", [])
+            for dns in job.get("dns_sd_configs", [])
+            for name in dns.get("names", [])
+        }
+        for target in sorted(targets):
+            host, _, port = target.rpartition(":")
+            if host not in services:
+                problems.append(f"{config}: scrapes {target}, but there is no service {host}")
+            elif "build" in services[host] and port != metrics_port(services[host]):
+                problems.append(
+                    f"{config}: scrapes {target}, but {host} serves /metrics on port {metrics_port(services[host])}"
+                )
+        for other, candidate in services.items():
+            if "build" in candidate and not any(t.rpartition(":")[0] == other for t in targets):
+                problems.append(f"{config}: does not scrape the keyledger service {other}")
 
 if problems:
     print("compose.yaml:\n  " + "\n  ".join(problems))

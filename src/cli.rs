@@ -15,7 +15,7 @@ use keyledger_events::domain::{
 use keyledger_events::handler::{self, HandlerError};
 use keyledger_events::log::{self, EventMeta};
 use keyledger_events::read_model::{self, KeyRow};
-use keyledger_workers::{lag::LagMonitor, replay, scheduler, KafkaProjector, Projector, Relay};
+use keyledger_workers::{lag::LagMonitor, metrics::WorkerMetrics, replay, scheduler, KafkaProjector, Projector, Relay};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -408,7 +408,14 @@ async fn serve(settings: &Settings, mut state: AppState, with_api: bool, with_wo
         if let Err(e) = keyledger_workers::recipients::warn_unusable(&state.pool).await {
             tracing::warn!(error = %e, "could not look for unusable alert addresses");
         }
-        tasks.spawn(scheduler::run(state.pool.clone(), schedules, stopped.clone()));
+        // Job runs and the mail queue, on this process's /metrics.
+        let worker_metrics = Arc::new(WorkerMetrics::default());
+        tasks.spawn(scheduler::run(
+            state.pool.clone(),
+            schedules,
+            worker_metrics.jobs.clone(),
+            stopped.clone(),
+        ));
         tasks.spawn(mailer.run(stopped.clone()));
         let webhooks = settings.webhooks(state.pool.clone(), state.hash_key.clone());
         tasks.spawn(webhooks.run(stopped.clone()));
@@ -429,6 +436,9 @@ async fn serve(settings: &Settings, mut state: AppState, with_api: bool, with_wo
                 tasks.spawn(Projector::read_models(state.pool.clone()).run(stopped.clone()));
             }
         }
+        let (queue, pool, queue_stopped) = (worker_metrics.mail.clone(), state.pool.clone(), stopped.clone());
+        tasks.spawn(async move { queue.run(pool, queue_stopped).await });
+        metrics.push(Arc::new(move |out: &mut String| worker_metrics.render(out)));
         let (sampler, pool, stopped) = (lag.clone(), state.pool.clone(), stopped.clone());
         tasks.spawn(async move { sampler.run(pool, stopped).await });
         metrics.push(Arc::new(move |out: &mut String| lag.render(out)));

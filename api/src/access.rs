@@ -227,13 +227,30 @@ fn unix_now() -> u64 {
     Utc::now().timestamp().max(0) as u64
 }
 
+/// [`decide`], counted in `keyledger_verifications_total` by its result code.
+pub async fn check(
+    state: &AppState,
+    req: &HttpRequest,
+    text: &str,
+    guard: Guard,
+    client: Option<IpAddr>,
+    environment: Option<Environment>,
+    scopes: &[Scope],
+) -> Result<Option<Checked>, ApiError> {
+    let result = decide(state, req, text, guard, client, environment, scopes).await;
+    state
+        .verifications
+        .record_result(&result, |checked| crate::metrics::verdict_code(&checked.verdict));
+    result
+}
+
 /// Checks `text` as a key that needs `scopes` in `environment` (if given),
 /// used from `client` (the address a key's IP allowlist is checked against;
 /// `None`: unknown, which no allowlist admits). `guard`: whom an unknown key
 /// counts against (an address's [`guard_subject`], in that guard's own
 /// counts); an address that sent too many is refused at once. Records usage
 /// for known keys.
-pub async fn check(
+async fn decide(
     state: &AppState,
     req: &HttpRequest,
     text: &str,

@@ -116,6 +116,10 @@ pub struct AppState {
     pub usage: Arc<usage::UsageAccumulator>,
     /// Whether PostgreSQL is known to be down (and since when).
     pub database: Arc<db_health::DatabaseHealth>,
+    /// Requests by route and status, and their durations.
+    pub http: Arc<metrics::HttpMetrics>,
+    /// Key checks by result code.
+    pub verifications: Arc<metrics::Verifications>,
     /// Metrics rendered by other parts of the process (`dev`: the workers').
     pub extra_metrics: Vec<ops::MetricsSource>,
     /// The time of portal sign-in links and sessions (tests move it).
@@ -144,6 +148,8 @@ impl AppState {
             end_client_failures: Arc::new(rate_limit::RateLimiter::new(settings.cache_capacity)),
             usage: Arc::default(),
             database,
+            http: Arc::default(),
+            verifications: Arc::default(),
             extra_metrics: Vec::new(),
             portal_clock: portal::Clock::default(),
             leak_reports: Arc::default(),
@@ -270,12 +276,15 @@ pub fn server_of(
     state: AppState,
     surface: Surface,
 ) -> std::io::Result<actix_web::dev::Server> {
+    let http = state.http.clone();
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .app_data(surface)
             .wrap(actix_web::middleware::from_fn(middleware::request_context))
+            // Outermost: every answer is counted.
+            .wrap(metrics::HttpLayer(http.clone()))
             .configure(|cfg| configure_surface(cfg, surface))
     })
     .listen(listener)?

@@ -7,6 +7,7 @@
 //! it is back.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -55,6 +56,14 @@ type Pending = HashMap<String, HashMap<DateTime<Utc>, Counts>>;
 #[derive(Default)]
 pub struct UsageAccumulator {
     pending: Mutex<Pending>,
+    /// Flushes run (`keyledger_usage_flushes_total`).
+    pub flushes: AtomicU64,
+    /// `key.used` events appended by all of them.
+    pub flushed_events: AtomicU64,
+    /// How many the latest flush appended.
+    pub last_flush_size: AtomicU64,
+    /// Events a flush could not append (their counts are kept).
+    pub flush_failures: AtomicU64,
 }
 
 impl UsageAccumulator {
@@ -104,6 +113,7 @@ impl UsageAccumulator {
             .collect();
         let mut appended = 0;
         let mut unavailable = false;
+        let mut failures = 0;
         for (key_id, minute, counts) in drained {
             if !unavailable {
                 match append(pool, &key_id, minute, counts).await {
@@ -118,6 +128,7 @@ impl UsageAccumulator {
                     }
                     Err(e) => tracing::warn!(key_id = %key_id, error = %e, "usage flush failed; keeping the counts"),
                 }
+                failures += 1;
             }
             self.pending
                 .lock()
@@ -128,6 +139,10 @@ impl UsageAccumulator {
                 .or_default()
                 .merge(counts);
         }
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.flushed_events.fetch_add(appended as u64, Ordering::Relaxed);
+        self.last_flush_size.store(appended as u64, Ordering::Relaxed);
+        self.flush_failures.fetch_add(failures, Ordering::Relaxed);
         appended
     }
 

@@ -15,7 +15,7 @@ use keyledger_events::domain::{Environment, Scope, ValidationDetails};
 use keyledger_events::read_model::rfc3339;
 use serde_json::json;
 
-use crate::access::{self, Guard, Refusal};
+use crate::access::{self, Guard};
 use crate::{body, error::ApiError, AppState};
 
 pub async fn verify(
@@ -70,15 +70,7 @@ pub async fn verify(
     let Some(checked) = checked else {
         return Ok(HttpResponse::Ok().json(json!({"valid": false, "code": "NOT_FOUND"})));
     };
-    let code = match checked.verdict {
-        Ok(()) => "VALID",
-        Err(Refusal::RateLimited) => "RATE_LIMITED",
-        Err(Refusal::Inactive) => "INACTIVE",
-        Err(Refusal::Expired) => "EXPIRED",
-        Err(Refusal::IpNotAllowed) => "IP_NOT_ALLOWED",
-        Err(Refusal::EnvironmentMismatch) => "ENVIRONMENT_MISMATCH",
-        Err(Refusal::InsufficientScope(_)) => "INSUFFICIENT_SCOPE",
-    };
+    let code = crate::metrics::verdict_code(&checked.verdict);
     let (row, decision) = (&checked.key.row, checked.decision);
     Ok(HttpResponse::Ok().json(json!({
         "valid": code == "VALID",

@@ -16,6 +16,7 @@ mod isolation;
 mod kafka;
 mod keys;
 mod leaks;
+mod metrics;
 mod nginx;
 mod openapi;
 mod outage;

@@ -1,7 +1,8 @@
 //! Projection lag: how many committed events each projector has not applied
 //! yet and how old the oldest of them is (`keyledger_projection_lag_events`
 //! and `keyledger_projection_lag_seconds`, label `projector`), and how many
-//! the relay has not published (`keyledger_relay_lag_events`) — sampled from
+//! the relay has not published (`keyledger_relay_lag_events`) and when it
+//! last published (`keyledger_relay_last_publish_timestamp_seconds`) — sampled from
 //! the database every [`SAMPLE_EVERY`], so a stall is visible whichever
 //! process stalls. A projector that makes no progress while events wait for
 //! it is logged as a warning.
@@ -39,15 +40,22 @@ pub struct Lag {
     pub head: Option<i64>,
     /// Of `events`, those already published to Kafka (Kafka projector only).
     pub published: i64,
+    /// When the checkpoint last moved (checkpointed readers only): for the
+    /// relay, its last publish.
+    pub checkpoint_at: Option<DateTime<Utc>>,
 }
+
+/// Pending events, when the oldest occurred, its position, when the checkpoint moved.
+type CheckpointRow = (i64, Option<DateTime<Utc>>, Option<i64>, Option<DateTime<Utc>>);
 
 /// The events after the reader `name`'s checkpoint.
 pub async fn checkpoint_lag(pool: &PgPool, name: &str) -> Result<Lag, sqlx::Error> {
-    let (events, oldest, head): (i64, Option<DateTime<Utc>>, Option<i64>) = sqlx::query_as(
+    let (events, oldest, head, checkpoint_at): CheckpointRow = sqlx::query_as(
         "with c as (select coalesce(max(tx_id), 0) as tx_id, coalesce(max(position), 0) as position
-                    from projector_checkpoints where name = $1)
-         select count(*), min(e.occurred_at), min(e.position)
-         from events e, c where (e.tx_id, e.position) > (c.tx_id, c.position)",
+                        from projector_checkpoints where name = $1)
+             select count(*), min(e.occurred_at), min(e.position),
+                    (select updated_at from projector_checkpoints where name = $1)
+             from events e, c where (e.tx_id, e.position) > (c.tx_id, c.position)",
     )
     .bind(name)
     .fetch_one(pool)
@@ -57,6 +65,7 @@ pub async fn checkpoint_lag(pool: &PgPool, name: &str) -> Result<Lag, sqlx::Erro
         oldest,
         head,
         published: 0,
+        checkpoint_at,
     })
 }
 
@@ -117,6 +126,7 @@ impl KafkaLag {
             oldest,
             head,
             published,
+            checkpoint_at: None,
         })
     }
 }
@@ -274,6 +284,15 @@ impl LagMonitor {
                 "# HELP keyledger_relay_lag_events Committed events not yet published to Kafka.\n\
                  # TYPE keyledger_relay_lag_events gauge\nkeyledger_relay_lag_events {}\n",
                 relay.lag.events
+            ));
+            let last = relay
+                .lag
+                .checkpoint_at
+                .map_or(0.0, |at| at.timestamp_millis() as f64 / 1000.0);
+            out.push_str(&format!(
+                "# HELP keyledger_relay_last_publish_timestamp_seconds When the relay (of any replica) last marked events published (Unix time; 0: never).\n\
+                 # TYPE keyledger_relay_last_publish_timestamp_seconds gauge\n\
+                 keyledger_relay_last_publish_timestamp_seconds {last}\n"
             ));
         }
     }

@@ -2,8 +2,8 @@
 //! tails the PostgreSQL log (embedded mode), the outbox relay and the Kafka
 //! consumer (Kafka mode), their lag, `replay`, and the scheduled jobs
 //! (expiry, rotation, usage alerts) with the mailer that emails their alerts
-//! (and the confirmation links of alert recipients), and the webhook
-//! deliveries.
+//! (and the confirmation links of alert recipients), the webhook
+//! deliveries, and the metrics of all this.
 
 pub mod alert_email;
 pub mod alerts;
@@ -11,6 +11,7 @@ pub mod expiry;
 pub mod kafka_projector;
 pub mod lag;
 pub mod mailer;
+pub mod metrics;
 pub mod projector;
 pub mod recipients;
 pub mod relay;

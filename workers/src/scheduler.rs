@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use keyledger_events::handler::HandlerError;
@@ -18,6 +19,7 @@ use keyledger_events::read_model::{self, OrgRow};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use crate::metrics::JobMetrics;
 use crate::session_lock::{keys, SessionLock};
 use crate::{expiry, recipients, rotation, usage_alerts};
 
@@ -155,11 +157,30 @@ pub async fn run_job(pool: &PgPool, job: Job, now: DateTime<Utc>) -> Result<Opti
     result.map(Some)
 }
 
-/// Runs every job on its schedule until shutdown.
-pub async fn run(pool: PgPool, schedules: Schedules, shutdown: watch::Receiver<bool>) {
+/// [`run_job`], counted in `metrics` (`keyledger_job_runs_total`): what
+/// the schedule runs.
+pub async fn run_and_record(
+    pool: &PgPool,
+    job: Job,
+    now: DateTime<Utc>,
+    metrics: &JobMetrics,
+) -> Result<Option<Report>, JobError> {
+    let result = run_job(pool, job, now).await;
+    metrics.record(job, now, &result);
+    result
+}
+
+/// Runs every job on its schedule until shutdown, counting runs in `metrics`.
+pub async fn run(pool: PgPool, schedules: Schedules, metrics: Arc<JobMetrics>, shutdown: watch::Receiver<bool>) {
     let mut tasks = tokio::task::JoinSet::new();
     for (job, schedule) in schedules.0 {
-        tasks.spawn(run_on_schedule(pool.clone(), job, schedule, shutdown.clone()));
+        tasks.spawn(run_on_schedule(
+            pool.clone(),
+            job,
+            schedule,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
     }
     while let Some(ended) = tasks.join_next().await {
         if let Err(e) = ended {
@@ -168,7 +189,13 @@ pub async fn run(pool: PgPool, schedules: Schedules, shutdown: watch::Receiver<b
     }
 }
 
-async fn run_on_schedule(pool: PgPool, job: Job, schedule: cron::Schedule, mut shutdown: watch::Receiver<bool>) {
+async fn run_on_schedule(
+    pool: PgPool,
+    job: Job,
+    schedule: cron::Schedule,
+    metrics: Arc<JobMetrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     tracing::info!(job = job.name(), schedule = %schedule, "job scheduled");
     loop {
         let Some(next) = schedule.upcoming(Utc).next() else {
@@ -183,7 +210,7 @@ async fn run_on_schedule(pool: PgPool, job: Job, schedule: cron::Schedule, mut s
         if stop {
             return;
         }
-        match run_job(&pool, job, Utc::now()).await {
+        match run_and_record(&pool, job, Utc::now(), &metrics).await {
             Ok(Some(report)) if report != Report::default() => {
                 tracing::info!(
                     job = job.name(),
