@@ -9,7 +9,7 @@ use awc::http::{header::HeaderMap, Method, StatusCode};
 use keyledger_api::{AppState, Surface};
 use keyledger_events::domain::{Environment, HashKey};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use tokio::sync::watch;
 
 /// The projectors run here, on a runtime that outlives every test's own
@@ -28,12 +28,56 @@ pub fn spawn_worker(work: impl std::future::Future<Output = ()> + Send + 'static
     WORKERS.spawn(work)
 }
 
-/// A database of its own for one test.
+/// A database of its own for one test, on the server `DATABASE_URL` names
+/// (its database name aside), else on `postgres://postgres@127.0.0.1:5432`.
 pub fn fresh_database_url() -> String {
-    format!(
-        "postgres://postgres@127.0.0.1:5432/kl_e2e_{}",
-        uuid::Uuid::new_v4().simple()
-    )
+    on_test_server(&format!("kl_e2e_{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// `database` on the tests' PostgreSQL server.
+fn on_test_server(database: &str) -> String {
+    let server = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/keyledger".into());
+    let mut url = url::Url::parse(&server).expect("DATABASE_URL is a postgres:// URL");
+    url.set_path(&format!("/{database}"));
+    url.to_string()
+}
+
+/// Drops a test's database once nothing is connected to it any more (the
+/// test's runtime closes the server's connections when it ends), waiting
+/// at most a minute. A database that cannot be dropped is left behind:
+/// cleaning up never fails a test.
+async fn drop_database(database_url: String) {
+    let Some(name) = url::Url::parse(&database_url)
+        .ok()
+        .map(|url| url.path().trim_start_matches('/').to_owned())
+        .filter(|name| name.starts_with("kl_e2e_") && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    else {
+        return;
+    };
+    let Ok(mut admin) = sqlx::PgConnection::connect(&on_test_server("postgres")).await else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let connected: Result<i64, _> = sqlx::query_scalar("select count(*) from pg_stat_activity where datname = $1")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await;
+        match connected {
+            Ok(0) => break,
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await
+            }
+            _ => return,
+        }
+    }
+    let _ = sqlx::query(&format!("drop database if exists {name}"))
+        .execute(&mut admin)
+        .await;
+    let _ = admin.close().await;
 }
 
 pub struct TestApp {
@@ -50,6 +94,27 @@ pub struct TestApp {
     pub admin_key_id: String,
     stop: watch::Sender<bool>,
     background: Vec<tokio::task::JoinHandle<()>>,
+    database_url: String,
+    /// The database this harness created, dropped when it is dropped.
+    own_database: Option<String>,
+}
+
+impl Drop for TestApp {
+    /// Stops the background work, then drops the database the harness
+    /// created once the test's own connections are gone.
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        let background = std::mem::take(&mut self.background);
+        let own_database = self.own_database.take();
+        WORKERS.spawn(async move {
+            for task in background {
+                let _ = task.await;
+            }
+            if let Some(url) = own_database {
+                drop_database(url).await;
+            }
+        });
+    }
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -63,7 +128,9 @@ pub async fn spawn_app_with_alert_emails(alert_emails: &[&str]) -> TestApp {
         usage_flush: std::time::Duration::from_millis(500),
         ..keyledger_api::ApiSettings::default()
     };
-    spawn(fresh_database_url(), settings, None, false, alert_emails).await
+    spawn(fresh_database_url(), settings, None, false, alert_emails)
+        .await
+        .owning_its_database()
 }
 
 /// [`spawn_app_with_alert_emails`] with these settings (`usage_flush` is
@@ -76,7 +143,9 @@ pub async fn spawn_app_with_settings_and_alert_emails(
         usage_flush: std::time::Duration::from_millis(500),
         ..settings
     };
-    spawn(fresh_database_url(), settings, None, false, alert_emails).await
+    spawn(fresh_database_url(), settings, None, false, alert_emails)
+        .await
+        .owning_its_database()
 }
 
 /// [`spawn_app`] with these settings (`usage_flush` is the tests' own),
@@ -86,7 +155,9 @@ pub async fn spawn_app_with(settings: keyledger_api::ApiSettings, internal_liste
         usage_flush: std::time::Duration::from_millis(500),
         ..settings
     };
-    spawn(fresh_database_url(), settings, None, internal_listener, &[]).await
+    spawn(fresh_database_url(), settings, None, internal_listener, &[])
+        .await
+        .owning_its_database()
 }
 
 /// A pool like the binary's (short acquire timeout) for the background work.
@@ -179,6 +250,8 @@ async fn spawn(
         admin_key_id: created["key"]["id"].as_str().unwrap().to_owned(),
         stop,
         background: vec![projector, background],
+        database_url,
+        own_database: None,
     }
 }
 
@@ -277,6 +350,12 @@ pub async fn call_raw(base: &str, method: Method, path: &str, auth: &str, conten
 }
 
 impl TestApp {
+    /// The harness created its database: it drops it when it is dropped.
+    fn owning_its_database(mut self) -> TestApp {
+        self.own_database = Some(self.database_url.clone());
+        self
+    }
+
     /// Stops the projector and the API's background work (which flushes
     /// the last usage counts) and waits until they have stopped.
     pub async fn stop_background(&mut self) {
