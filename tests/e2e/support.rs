@@ -45,10 +45,51 @@ fn on_test_server(database: &str) -> String {
     url.to_string()
 }
 
-/// Drops a test's database once nothing is connected to it any more (the
-/// test's runtime closes the server's connections when it ends), waiting
-/// at most a minute. A database that cannot be dropped is left behind:
-/// cleaning up never fails a test.
+/// The databases of dropped harnesses, dropped when the test process exits.
+/// Not earlier: `DROP DATABASE` keeps its transaction open while it waits
+/// for a checkpoint (seconds on a busy server), and the log readers of every
+/// database on the server — the other tests' projectors — wait for the
+/// oldest open transaction.
+static LEFT_BEHIND: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+static AT_EXIT: std::sync::Once = std::sync::Once::new();
+
+extern "C" {
+    fn atexit(callback: extern "C" fn()) -> std::ffi::c_int;
+}
+
+/// Leaves `database_url` to be dropped when the test process exits.
+fn drop_at_exit(database_url: String) {
+    AT_EXIT.call_once(|| {
+        // SAFETY: registers a function that takes no arguments and never
+        // unwinds (it catches every panic).
+        unsafe { atexit(drop_left_behind) };
+    });
+    LEFT_BEHIND
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push(database_url);
+}
+
+/// Drops every database left behind.
+/// Cleaning up never fails the run: errors are ignored.
+extern "C" fn drop_left_behind() {
+    let urls = std::mem::take(&mut *LEFT_BEHIND.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+    if urls.is_empty() {
+        return;
+    }
+    let _ = std::panic::catch_unwind(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        // A few at a time: concurrent drops share checkpoints, and the
+        // server's connection limit is shared with whatever else runs.
+        use futures_util::StreamExt;
+        runtime.block_on(futures_util::stream::iter(urls).for_each_concurrent(8, drop_database));
+    });
+}
+
+/// Drops a test's database once nothing is connected to it any more,
+/// waiting at most 10 s; a database that cannot be dropped is left.
 async fn drop_database(database_url: String) {
     let Some(name) = url::Url::parse(&database_url)
         .ok()
@@ -60,7 +101,7 @@ async fn drop_database(database_url: String) {
     let Ok(mut admin) = sqlx::PgConnection::connect(&on_test_server("postgres")).await else {
         return;
     };
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let connected: Result<i64, _> = sqlx::query_scalar("select count(*) from pg_stat_activity where datname = $1")
             .bind(&name)
@@ -100,20 +141,13 @@ pub struct TestApp {
 }
 
 impl Drop for TestApp {
-    /// Stops the background work, then drops the database the harness
-    /// created once the test's own connections are gone.
+    /// Stops the background work; the database the harness created is
+    /// dropped when the test process exits.
     fn drop(&mut self) {
         let _ = self.stop.send(true);
-        let background = std::mem::take(&mut self.background);
-        let own_database = self.own_database.take();
-        WORKERS.spawn(async move {
-            for task in background {
-                let _ = task.await;
-            }
-            if let Some(url) = own_database {
-                drop_database(url).await;
-            }
-        });
+        if let Some(url) = self.own_database.take() {
+            drop_at_exit(url);
+        }
     }
 }
 
