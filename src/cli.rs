@@ -1,4 +1,7 @@
-//! The subcommands of `keyledger` (API.md, "CLI").
+//! The subcommands of `keyledger` (docs/api.md, "Command line"). Each
+//! subcommand takes the options it uses: the database is global, the
+//! long-running commands take [`Settings`], the ones that print links take
+//! [`Links`].
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,7 +23,8 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::{db, settings::Settings};
+use crate::db;
+use crate::settings::{DataDir, Database, LinkBase, Links, Settings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,7 +34,7 @@ use crate::{db, settings::Settings};
 )]
 pub struct Cli {
     #[command(flatten)]
-    pub settings: Settings,
+    pub database: Database,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -40,12 +44,12 @@ pub enum Command {
     /// Apply migrations (every other command also does).
     Migrate,
     /// API and workers in one process, on PostgreSQL alone (embedded mode).
-    Dev,
+    Dev(Box<Settings>),
     /// The HTTP API only.
-    Serve,
+    Serve(Box<Settings>),
     /// The workers only: projector (with Kafka: outbox relay and consumer),
     /// scheduled jobs, the mailer and webhook deliveries.
-    Work,
+    Work(Box<Settings>),
     /// Rebuild every read model from the event log and swap it in.
     Replay {
         /// Compare a rebuild with the live read models instead; exit 1 on a difference.
@@ -81,6 +85,12 @@ pub enum OrgCli {
         /// Where alert emails go (repeatable).
         #[arg(long = "alert-email")]
         alert_emails: Vec<String>,
+        #[command(flatten)]
+        data: DataDir,
+        #[command(flatten)]
+        links: Links,
+        #[command(flatten)]
+        base: LinkBase,
     },
     /// Change an organization's plan.
     SetPlan {
@@ -99,6 +109,10 @@ pub enum PortalCli {
         /// The person it is for, recorded as the actor `portal:<user>` of their changes.
         #[arg(long)]
         user: Option<String>,
+        #[command(flatten)]
+        links: Links,
+        #[command(flatten)]
+        base: LinkBase,
     },
 }
 
@@ -139,23 +153,24 @@ fn init_logging() {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let settings = cli.settings;
     // Refuse before touching anything when the hash key is missing.
-    let hash_key = match cli.command {
-        Command::Serve | Command::Work => Some(settings.required_hash_key()?),
-        Command::Dev => Some(settings.local_hash_key(true)?),
+    let server = match cli.command {
+        Command::Serve(ref settings) | Command::Work(ref settings) => {
+            Some((settings.required_hash_key()?, settings.environment()?))
+        }
+        Command::Dev(ref settings) => Some((settings.local_hash_key(true)?, settings.environment()?)),
         _ => None,
     };
-    let environment = settings.environment()?;
-    let pool = db::connect(settings.database_url.expose()).await?;
+    let with_api = !matches!(cli.command, Command::Work(_));
+    let with_workers = !matches!(cli.command, Command::Serve(_));
+    let pool = db::connect(cli.database.database_url.expose()).await?;
     match cli.command {
         Command::Migrate => {
             println!("migrations applied");
         }
-        Command::Dev | Command::Serve | Command::Work => {
-            let with_api = !matches!(cli.command, Command::Work);
-            let with_workers = !matches!(cli.command, Command::Serve);
-            let mut state = AppState::new(pool, hash_key.expect("checked above"), environment, settings.api()?);
+        Command::Dev(settings) | Command::Serve(settings) | Command::Work(settings) => {
+            let (hash_key, environment) = server.expect("checked above");
+            let mut state = AppState::new(pool, hash_key, environment, settings.api()?);
             state.kafka = settings.kafka();
             state.routes = std::sync::Arc::new(settings.route_table()?);
             serve(&settings, state, with_api, with_workers).await?;
@@ -165,11 +180,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             plan,
             rate_limit,
             alert_emails,
+            data,
+            links,
+            base,
         }) => {
-            let hash_key = settings.local_hash_key(false)?;
+            let hash_key = data.local_hash_key(false)?;
             let mut created = create_org(&pool, hash_key, name, plan, rate_limit, alert_emails).await?;
             let org_id = created["org"]["id"].as_str().unwrap_or_default().to_owned();
-            let link = portal_link(&settings, &pool, &org_id, None).await?;
+            let link = portal_link(&links, &base, &pool, &org_id, None).await?;
             created["portal_url"] = json!(link.url);
             println!("{}", serde_json::to_string_pretty(&created)?);
         }
@@ -190,8 +208,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let org = read_model::OrgRow::from_aggregate(&org, changed.version);
             println!("{}", serde_json::to_string_pretty(&org.to_json())?);
         }
-        Command::Portal(PortalCli::Link { org_id, user }) => {
-            let link = portal_link(&settings, &pool, &org_id, user.as_deref()).await?;
+        Command::Portal(PortalCli::Link {
+            org_id,
+            user,
+            links,
+            base,
+        }) => {
+            let link = portal_link(&links, &base, &pool, &org_id, user.as_deref()).await?;
             println!("{}", link.url);
             eprintln!(
                 "single use, valid until {} (then run this again)",
@@ -234,7 +257,8 @@ fn cli_meta() -> EventMeta {
 
 /// A sign-in link to an organization's portal, for `user` if given.
 async fn portal_link(
-    settings: &Settings,
+    links: &Links,
+    base: &LinkBase,
     pool: &PgPool,
     org_id: &str,
     user: Option<&str>,
@@ -249,14 +273,13 @@ async fn portal_link(
         .map(keyledger_events::domain::org::EmailAddress::parse)
         .transpose()
         .map_err(|problem| anyhow::anyhow!("--user: {problem}"))?;
-    let api = settings.api()?;
     keyledger_api::portal::session::mint_link(
         pool,
-        &api.public_url,
+        &links.public_url(&base.listen)?,
         &id.to_string(),
         user.as_ref(),
         Utc::now(),
-        api.portal_link_lifetime,
+        links.lifetime(),
     )
     .await
     .map_err(|e| anyhow::anyhow!("minting the sign-in link: {e}"))
@@ -398,7 +421,7 @@ async fn serve(settings: &Settings, mut state: AppState, with_api: bool, with_wo
                 .listen
                 .parse::<std::net::SocketAddr>()
                 .is_ok_and(|a| !a.ip().is_unspecified());
-        if settings.public_url.is_none() && !listen_reachable {
+        if settings.links.public_url.is_none() && !listen_reachable {
             tracing::warn!(
                 public_url = %format!("http://{}", settings.listen),
                 "KEYLEDGER_PUBLIC_URL is not set: links in confirmation emails point at the listen address; \

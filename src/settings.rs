@@ -8,15 +8,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Args;
 use keyledger_events::domain::{Environment, HashKey};
-use keyledger_workers::mailer::{Links, Mailer, Transport};
+use keyledger_workers::mailer::{Links as MailLinks, Mailer, Transport};
 use keyledger_workers::scheduler::{Job, Schedules};
 use keyledger_workers::{webhook_client::WebhookClient, Webhooks};
 
 pub const HASH_KEY_VAR: &str = "KEYLEDGER_HASH_KEY";
 const HASH_KEY_FILE: &str = "hash_key";
 
+/// The database, which every command uses (a global option).
 #[derive(Debug, Clone, Args)]
-pub struct Settings {
+pub struct Database {
     /// PostgreSQL connection string (the database is created if missing); it
     /// may hold a password, so its value is never printed.
     #[arg(
@@ -27,71 +28,90 @@ pub struct Settings {
         default_value = "postgres://postgres@127.0.0.1:5432/keyledger"
     )]
     pub database_url: DatabaseUrl,
-    /// Address the HTTP API listens on.
+}
+
+/// The folder of local state: `dev` keeps its hash key there, and `org
+/// create` reads it from there when `KEYLEDGER_HASH_KEY` is unset.
+#[derive(Debug, Clone, Args)]
+pub struct DataDir {
+    /// Folder for local state: the dev hash key, emails written as files.
+    #[arg(long, env = "KEYLEDGER_DATA_DIR", default_value = "./.keyledger")]
+    pub data_dir: PathBuf,
+}
+
+/// The links keyledger sends or prints (portal sign-in links, confirmation
+/// links): the long-running commands, `org create` and `portal link`.
+#[derive(Debug, Clone, Args)]
+pub struct Links {
+    /// The base of every link keyledger sends or prints (portal sign-in links;
+    /// alert recipients' confirmation links, which `work` and `dev` write), as
+    /// users reach this deployment; default: http://<listen address>.
+    #[arg(long, env = "KEYLEDGER_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Seconds a portal sign-in link works after it is minted (single use).
+    #[arg(long, env = "KEYLEDGER_PORTAL_LINK_SECONDS", default_value_t = 300)]
+    pub portal_link_seconds: u64,
+}
+
+/// The listen address as the default base of links, for the commands that
+/// print links but listen on nothing (`org create`, `portal link`): read
+/// from `KEYLEDGER_LISTEN` like the servers', and left out of their help.
+#[derive(Debug, Clone, Args)]
+pub struct LinkBase {
     #[arg(
         long = "listen",
         env = "KEYLEDGER_LISTEN",
-        global = true,
-        default_value = "127.0.0.1:8080"
+        default_value = "127.0.0.1:8080",
+        hide = true
     )]
+    pub listen: String,
+}
+
+/// The options of the long-running commands (`dev`, `serve`, `work`).
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address the HTTP API listens on.
+    #[arg(long = "listen", env = "KEYLEDGER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
     /// A second address, for the platform's own servers and proxies: when set,
     /// /v1/verify, /v1/auth and /metrics are served there only (the public
     /// listener answers them 404). Unset: everything on the public listener.
-    #[arg(long = "internal-listen", env = "KEYLEDGER_INTERNAL_LISTEN", global = true)]
+    #[arg(long = "internal-listen", env = "KEYLEDGER_INTERNAL_LISTEN")]
     pub internal_listen: Option<String>,
     /// Where /v1/auth reads the original request: nginx (X-Original-Method,
     /// X-Original-URI), traefik (X-Forwarded-Method, X-Forwarded-Uri) or envoy
     /// (the check request's method and its path after /v1/auth).
-    #[arg(
-        long = "forward-auth",
-        env = "KEYLEDGER_FORWARD_AUTH",
-        global = true,
-        default_value = "nginx"
-    )]
+    #[arg(long = "forward-auth", env = "KEYLEDGER_FORWARD_AUTH", default_value = "nginx")]
     pub forward_auth: keyledger_api::forward_auth::ForwardAuthStyle,
-    /// Folder for local state: the dev hash key, emails written as files.
-    #[arg(long, env = "KEYLEDGER_DATA_DIR", global = true, default_value = "./.keyledger")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub data: DataDir,
     /// Kafka brokers (host:port,…); unset: embedded mode, no Kafka.
-    #[arg(long, env = "KAFKA_BROKERS", global = true)]
+    #[arg(long, env = "KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
     /// Forward-auth route table: a file of 'METHODS PREFIX SCOPE' lines; default:
     /// GET,HEAD on /api/experiences and /api/consumers need read:…, other methods
     /// write:…, /api/analytics read:analytics, anything else admin.
-    #[arg(long, env = "KEYLEDGER_ROUTES", global = true)]
+    #[arg(long, env = "KEYLEDGER_ROUTES")]
     pub routes: Option<PathBuf>,
     /// Seconds between appends of usage counts (`key.used` events).
-    #[arg(long, env = "KEYLEDGER_USAGE_FLUSH_SECONDS", global = true, default_value_t = 5)]
+    #[arg(long, env = "KEYLEDGER_USAGE_FLUSH_SECONDS", default_value_t = 5)]
     pub usage_flush_seconds: u64,
     /// Seconds a cached key is trusted without a change notification.
-    #[arg(long, env = "KEYLEDGER_CACHE_TTL_SECONDS", global = true, default_value_t = 10)]
+    #[arg(long, env = "KEYLEDGER_CACHE_TTL_SECONDS", default_value_t = 10)]
     pub cache_ttl_seconds: u64,
     /// Invalid keys one client address may send per minute before it is refused.
-    #[arg(
-        long,
-        env = "KEYLEDGER_FAILED_ATTEMPTS_PER_MINUTE",
-        global = true,
-        default_value_t = 20
-    )]
+    #[arg(long, env = "KEYLEDGER_FAILED_ATTEMPTS_PER_MINUTE", default_value_t = 20)]
     pub failed_attempts_per_minute: u32,
     /// Reverse proxies (comma-separated addresses or CIDR ranges) whose
     /// X-Real-IP / X-Forwarded-For name the client; none by default.
-    #[arg(long, env = "KEYLEDGER_TRUSTED_PROXIES", global = true, value_delimiter = ',')]
+    #[arg(long, env = "KEYLEDGER_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<TrustedProxy>,
-    /// The base of every link keyledger sends or prints (portal sign-in links;
-    /// alert recipients' confirmation links, which `work` and `dev` write), as
-    /// users reach this deployment; default: http://<listen address>.
-    #[arg(long, env = "KEYLEDGER_PUBLIC_URL", global = true)]
-    pub public_url: Option<String>,
-    /// Seconds a portal sign-in link works after it is minted (single use).
-    #[arg(long, env = "KEYLEDGER_PORTAL_LINK_SECONDS", global = true, default_value_t = 300)]
-    pub portal_link_seconds: u64,
+    #[command(flatten)]
+    pub links: Links,
     /// Keys (not deleted) one organization may have; one more answers 403 quota_exceeded.
     #[arg(
         long,
         env = "KEYLEDGER_MAX_KEYS_PER_ORG",
-        global = true,
         default_value_t = 10_000,
         value_parser = clap::value_parser!(u64).range(1..)
     )]
@@ -100,7 +120,6 @@ pub struct Settings {
     #[arg(
         long,
         env = "KEYLEDGER_MAX_WEBHOOKS_PER_ORG",
-        global = true,
         default_value_t = 20,
         value_parser = clap::value_parser!(u64).range(1..)
     )]
@@ -110,57 +129,55 @@ pub struct Settings {
     #[arg(
         long,
         env = "KEYLEDGER_WEBHOOK_ALLOW_PRIVATE",
-        global = true,
         default_value_t = false,
         action = clap::ArgAction::Set,
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub webhook_allow_private: bool,
     /// Seconds before the first retry of a failed webhook delivery (doubling, up to an hour, for about a day).
-    #[arg(long, env = "KEYLEDGER_WEBHOOK_RETRY_SECONDS", global = true, default_value_t = 5)]
+    #[arg(long, env = "KEYLEDGER_WEBHOOK_RETRY_SECONDS", default_value_t = 5)]
     pub webhook_retry_seconds: u64,
     /// The environment (live or test) that `/v1/auth` requires.
-    #[arg(long, env = "KEYLEDGER_ENVIRONMENT", global = true, default_value = "live")]
+    #[arg(long, env = "KEYLEDGER_ENVIRONMENT", default_value = "live")]
     pub environment: String,
     /// SMTP server for alert emails (smtp://host:port, smtps://user:pass@host,
     /// …?tls=required); unset: emails are written as `.eml` files to the data folder.
-    #[arg(long, env = "SMTP_URL", global = true, hide_env_values = true)]
+    #[arg(long, env = "SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<SmtpUrl>,
     /// The sender of alert emails.
     #[arg(
         long,
         env = "KEYLEDGER_MAIL_FROM",
-        global = true,
         default_value = "keyledger <alerts@keyledger.localhost>"
     )]
     pub mail_from: String,
     /// Seconds before the first retry of an email that could not be sent (doubling, up to an hour).
-    #[arg(long, env = "KEYLEDGER_MAIL_RETRY_SECONDS", global = true, default_value_t = 30)]
+    #[arg(long, env = "KEYLEDGER_MAIL_RETRY_SECONDS", default_value_t = 30)]
     pub mail_retry_seconds: u64,
     /// Cron expression (six fields, seconds first) of the expiry job.
-    #[arg(long, env = "KEYLEDGER_SCHEDULE_EXPIRY", global = true)]
+    #[arg(long, env = "KEYLEDGER_SCHEDULE_EXPIRY")]
     pub schedule_expiry: Option<String>,
     /// Cron expression of the rotation reminders.
-    #[arg(long, env = "KEYLEDGER_SCHEDULE_ROTATION", global = true)]
+    #[arg(long, env = "KEYLEDGER_SCHEDULE_ROTATION")]
     pub schedule_rotation: Option<String>,
     /// Cron expression of the usage alerts (rate limit, error rate, unusual activity).
-    #[arg(long, env = "KEYLEDGER_SCHEDULE_USAGE_ALERTS", global = true)]
+    #[arg(long, env = "KEYLEDGER_SCHEDULE_USAGE_ALERTS")]
     pub schedule_usage_alerts: Option<String>,
     /// Cron expression of the unused-keys digest.
-    #[arg(long, env = "KEYLEDGER_SCHEDULE_UNUSED_KEYS", global = true)]
+    #[arg(long, env = "KEYLEDGER_SCHEDULE_UNUSED_KEYS")]
     pub schedule_unused_keys: Option<String>,
     /// Seconds cached keys keep their answers while PostgreSQL is unreachable
     /// (0: verification fails closed at once).
-    #[arg(long, env = "KEYLEDGER_OUTAGE_GRACE_SECONDS", global = true, default_value_t = 60)]
+    #[arg(long, env = "KEYLEDGER_OUTAGE_GRACE_SECONDS", default_value_t = 60)]
     pub outage_grace_seconds: u64,
     /// A JSON file of the public keys leak reports (POST /v1/leaks) must be
     /// signed with, in the format of GitHub's secret scanning public keys
     /// document; unset: /v1/leaks answers 503 (not configured).
-    #[arg(long, env = "KEYLEDGER_LEAK_REPORT_KEYS", global = true)]
+    #[arg(long, env = "KEYLEDGER_LEAK_REPORT_KEYS")]
     pub leak_report_keys: Option<PathBuf>,
     /// Address of `keyledger work`'s listener (/healthz, /readyz, /metrics);
     /// default: the --listen address. `dev` serves them on the API's.
-    #[arg(long, env = "KEYLEDGER_WORK_LISTEN", global = true)]
+    #[arg(long, env = "KEYLEDGER_WORK_LISTEN")]
     pub work_listen: Option<String>,
 }
 
@@ -174,7 +191,7 @@ impl Settings {
             forward_auth: self.forward_auth,
             outage_grace: std::time::Duration::from_secs(self.outage_grace_seconds),
             public_url: self.public_url()?,
-            portal_link_lifetime: std::time::Duration::from_secs(self.portal_link_seconds),
+            portal_link_lifetime: self.links.lifetime(),
             max_keys_per_org: self.max_keys_per_org,
             leak_report_keys: self.leak_report_keys()?,
             max_webhooks_per_org: self.max_webhooks_per_org,
@@ -195,20 +212,7 @@ impl Settings {
 
     /// `KEYLEDGER_PUBLIC_URL` without a trailing slash, or the listen address.
     pub fn public_url(&self) -> anyhow::Result<String> {
-        let Some(url) = self.public_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
-            return Ok(format!("http://{}", self.listen));
-        };
-        let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
-        let plain = rest.is_some_and(|r| {
-            !r.is_empty() && !r.starts_with('/') && !r.contains(['?', '#', '@']) && !r.contains(char::is_whitespace)
-        });
-        if !plain || !url.is_ascii() {
-            bail!(
-                "KEYLEDGER_PUBLIC_URL is '{url}': give the address users reach this deployment at, \
-                 e.g. https://keys.example.com (http or https, no query, no credentials)"
-            );
-        }
-        Ok(url.trim_end_matches('/').to_owned())
+        self.links.public_url(&self.listen)
     }
 
     pub fn route_table(&self) -> anyhow::Result<keyledger_api::routes::RouteTable> {
@@ -240,8 +244,8 @@ impl Settings {
     /// confirmation links made with `hash_key` on `KEYLEDGER_PUBLIC_URL`.
     pub fn mailer(&self, pool: sqlx::PgPool, hash_key: HashKey) -> anyhow::Result<Mailer> {
         let url = self.smtp_url.as_ref().map(|u| u.0.as_str());
-        let transport = Transport::new(url, &self.data_dir)?;
-        let links = Links {
+        let transport = Transport::new(url, &self.data.data_dir)?;
+        let links = MailLinks {
             hash_key,
             public_url: self.public_url()?,
         };
@@ -275,6 +279,14 @@ impl Settings {
         }
     }
 
+    /// The hash key from the environment, else the data folder's;
+    /// generated there when neither exists.
+    pub fn local_hash_key(&self, generate: bool) -> anyhow::Result<HashKey> {
+        self.data.local_hash_key(generate)
+    }
+}
+
+impl DataDir {
     /// The hash key from the environment, else the data folder's; with
     /// `generate`, one is created there when neither exists (`dev`).
     pub fn local_hash_key(&self, generate: bool) -> anyhow::Result<HashKey> {
@@ -291,6 +303,31 @@ impl Settings {
             ),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
+    }
+}
+
+impl Links {
+    /// How long a sign-in link works.
+    pub fn lifetime(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.portal_link_seconds)
+    }
+
+    /// `KEYLEDGER_PUBLIC_URL` without a trailing slash, or `http://<listen>`.
+    pub fn public_url(&self, listen: &str) -> anyhow::Result<String> {
+        let Some(url) = self.public_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
+            return Ok(format!("http://{listen}"));
+        };
+        let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+        let plain = rest.is_some_and(|r| {
+            !r.is_empty() && !r.starts_with('/') && !r.contains(['?', '#', '@']) && !r.contains(char::is_whitespace)
+        });
+        if !plain || !url.is_ascii() {
+            bail!(
+                "KEYLEDGER_PUBLIC_URL is '{url}': give the address users reach this deployment at, \
+                 e.g. https://keys.example.com (http or https, no query, no credentials)"
+            );
+        }
+        Ok(url.trim_end_matches('/').to_owned())
     }
 }
 

@@ -1,5 +1,5 @@
 //! The one error type of the API: every case maps to a status and a code of
-//! `API.md`, with a message that says what to do. Internal errors become an
+//! docs/api.md ("Errors"), with a message that says what to do. Internal errors become an
 //! opaque 500 and are logged with their cause chain.
 
 use actix_web::{http::header, http::StatusCode, HttpResponse, ResponseError};

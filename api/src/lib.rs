@@ -1,6 +1,6 @@
 //! keyledger-api: the actix-web application — management commands, key
 //! verification, health checks, the customer portal — and the error format
-//! of `API.md`. The endpoints form two surfaces ([`Surface`]): the public
+//! of docs/api.md. The endpoints form two surfaces ([`Surface`]): the public
 //! one, for the platform's customers, and the internal one, for the
 //! platform's own servers and proxies; a deployment serves them on one
 //! listener or two.
@@ -195,7 +195,7 @@ impl AppState {
     }
 }
 
-/// Largest request body accepted (API.md: 64 KiB).
+/// Largest request body accepted (docs/api.md, "Conventions": 64 KiB).
 pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// Which endpoints a listener serves.

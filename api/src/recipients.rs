@@ -7,7 +7,7 @@
 //! replaced, address removed) 410, saying why; a link followed again, or
 //! for an address confirmed meanwhile, 200 saying it already is.
 //!
-//! Known limitation: API.md makes the link a `GET`, so a mail scanner that
+//! Known limitation: the contract (docs/api.md) makes the link a `GET`, so a mail scanner that
 //! fetches every link of an incoming email confirms the address for its user.
 
 use std::collections::HashMap;

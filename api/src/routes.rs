@@ -13,7 +13,7 @@
 
 use keyledger_events::domain::Scope;
 
-/// API.md's default table.
+/// The default table (docs/api.md, "Forward-auth").
 pub const DEFAULT_TABLE: &str = "\
 GET,HEAD  /api/experiences  read:experiences
 *         /api/experiences  write:experiences

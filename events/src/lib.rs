@@ -3,7 +3,7 @@
 //!
 //! `domain` does no I/O. The Postgres adapters sit beside it: `log` (the event
 //! store and its readers), `read_model` (the tables the events are projected
-//! into), `bus` (Kafka), `handler` (load → decide → append → project, shared by the API
+//! into), `bus` (Kafka, behind the `kafka` feature), `handler` (load → decide → append → project, shared by the API
 //! and the CLI), `alert_email` (how alerts read), `alert_outbox` (the alerts
 //! the API queues for the mailer: confirmation emails, leaked keys) and
 //! `webhook_outbox` (webhook deliveries, written by the worker that follows
@@ -11,6 +11,7 @@
 
 pub mod alert_email;
 pub mod alert_outbox;
+#[cfg(feature = "kafka")]
 pub mod bus;
 pub mod domain;
 pub mod figures;

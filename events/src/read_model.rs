@@ -381,7 +381,7 @@ impl KeyRow {
         }
     }
 
-    /// The key object of API.md.
+    /// The key object (docs/api.md, "The key object").
     pub fn to_json(&self, now: DateTime<Utc>) -> Value {
         json!({
             "id": self.id,
@@ -569,7 +569,7 @@ impl OrgRow {
         }
     }
 
-    /// The org object of API.md.
+    /// The organization object (docs/api.md, "Organization").
     pub fn to_json(&self) -> Value {
         let recipients: Vec<Value> = self
             .alert_recipients

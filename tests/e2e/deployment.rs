@@ -57,6 +57,71 @@ async fn help_and_errors_never_print_the_database_password() {
     }
 }
 
+/// The options every long-running command has, and no other command lists.
+const SERVER_OPTIONS: [&str; 7] = [
+    "--listen",
+    "--internal-listen",
+    "--work-listen",
+    "--smtp-url",
+    "--mail-from",
+    "--schedule-expiry",
+    "--schedule-unused-keys",
+];
+
+#[actix_web::test]
+async fn each_command_lists_only_the_options_it_uses() {
+    let (url, dir) = (fresh_database_url(), temp_dir());
+    let help = |args: &[&str]| {
+        let output = run(keyledger(&url, &dir).args(args));
+        assert!(output.status.success(), "{args:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    for args in [
+        &["--help"][..],
+        &["org", "--help"],
+        &["org", "create", "--help"],
+        &["org", "set-plan", "--help"],
+        &["portal", "link", "--help"],
+        &["audit", "--help"],
+        &["replay", "--help"],
+        &["migrate", "--help"],
+    ] {
+        let text = help(args);
+        assert!(text.contains("--database-url"), "{args:?}: {text}");
+        for option in SERVER_OPTIONS
+            .iter()
+            .chain(&["SMTP_URL", "KEYLEDGER_SCHEDULE", "--forward-auth"])
+        {
+            assert!(!text.contains(option), "{args:?} lists {option}: {text}");
+        }
+    }
+    let create = help(&["org", "create", "--help"]);
+    for option in ["--public-url", "--portal-link-seconds", "--data-dir", "--alert-email"] {
+        assert!(create.contains(option), "org create does not list {option}: {create}");
+    }
+    for args in [&["serve", "--help"][..], &["dev", "--help"], &["work", "--help"]] {
+        let text = help(args);
+        for option in SERVER_OPTIONS {
+            assert!(text.contains(option), "{args:?} does not list {option}: {text}");
+        }
+    }
+    // The listen address still makes the default base of the links `org
+    // create` prints, though it is none of that command's options.
+    let created = {
+        let mut command = keyledger(&url, &dir);
+        command
+            .env("KEYLEDGER_HASH_KEY", HASH_KEY)
+            .env("KEYLEDGER_LISTEN", "127.0.0.1:9321")
+            .args(["org", "create", "--name", "Listed"]);
+        crate::binary::json_stdout(&run(&mut command))
+    };
+    let portal_url = created["portal_url"].as_str().unwrap();
+    assert!(
+        portal_url.starts_with("http://127.0.0.1:9321/portal/session/"),
+        "{portal_url}"
+    );
+}
+
 #[actix_web::test]
 async fn the_access_log_cuts_a_key_in_a_path_to_its_prefix() {
     let (url, dir) = (fresh_database_url(), temp_dir());

@@ -1,4 +1,4 @@
-//! Every row of API.md's management table (usage aside), through HTTP.
+//! Every row of the management table (docs/api.md) (usage aside), through HTTP.
 
 use std::time::{Duration, Instant};
 

@@ -1,4 +1,4 @@
-//! Alert recipients (API.md, "Alert recipients"): an address set over the API
+//! Alert recipients (docs/api.md, "Alert recipients"): an address set over the API
 //! is mailed one confirmation link and gets no alert until it follows it;
 //! operator-given addresses count as confirmed; a removed address gets
 //! nothing more; at most 10 recipients, 20 confirmation emails a day and a

@@ -9,7 +9,7 @@ use awc::http::{header::HeaderMap, Method, StatusCode};
 use keyledger_api::{AppState, Surface};
 use keyledger_events::domain::{Environment, HashKey};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use tokio::sync::watch;
 
 /// The projectors run here, on a runtime that outlives every test's own
@@ -28,12 +28,97 @@ pub fn spawn_worker(work: impl std::future::Future<Output = ()> + Send + 'static
     WORKERS.spawn(work)
 }
 
-/// A database of its own for one test.
+/// A database of its own for one test, on the server `DATABASE_URL` names
+/// (its database name aside), else on `postgres://postgres@127.0.0.1:5432`.
 pub fn fresh_database_url() -> String {
-    format!(
-        "postgres://postgres@127.0.0.1:5432/kl_e2e_{}",
-        uuid::Uuid::new_v4().simple()
-    )
+    on_test_server(&format!("kl_e2e_{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// `database` on the tests' PostgreSQL server.
+fn on_test_server(database: &str) -> String {
+    let server = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/keyledger".into());
+    let mut url = url::Url::parse(&server).expect("DATABASE_URL is a postgres:// URL");
+    url.set_path(&format!("/{database}"));
+    url.to_string()
+}
+
+/// The databases of dropped harnesses, dropped when the test process exits.
+/// Not earlier: `DROP DATABASE` keeps its transaction open while it waits
+/// for a checkpoint (seconds on a busy server), and the log readers of every
+/// database on the server — the other tests' projectors — wait for the
+/// oldest open transaction.
+static LEFT_BEHIND: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+static AT_EXIT: std::sync::Once = std::sync::Once::new();
+
+extern "C" {
+    fn atexit(callback: extern "C" fn()) -> std::ffi::c_int;
+}
+
+/// Leaves `database_url` to be dropped when the test process exits.
+fn drop_at_exit(database_url: String) {
+    AT_EXIT.call_once(|| {
+        // SAFETY: registers a function that takes no arguments and never
+        // unwinds (it catches every panic).
+        unsafe { atexit(drop_left_behind) };
+    });
+    LEFT_BEHIND
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push(database_url);
+}
+
+/// Drops every database left behind.
+/// Cleaning up never fails the run: errors are ignored.
+extern "C" fn drop_left_behind() {
+    let urls = std::mem::take(&mut *LEFT_BEHIND.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+    if urls.is_empty() {
+        return;
+    }
+    let _ = std::panic::catch_unwind(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        // A few at a time: concurrent drops share checkpoints, and the
+        // server's connection limit is shared with whatever else runs.
+        use futures_util::StreamExt;
+        runtime.block_on(futures_util::stream::iter(urls).for_each_concurrent(8, drop_database));
+    });
+}
+
+/// Drops a test's database once nothing is connected to it any more,
+/// waiting at most 10 s; a database that cannot be dropped is left.
+async fn drop_database(database_url: String) {
+    let Some(name) = url::Url::parse(&database_url)
+        .ok()
+        .map(|url| url.path().trim_start_matches('/').to_owned())
+        .filter(|name| name.starts_with("kl_e2e_") && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    else {
+        return;
+    };
+    let Ok(mut admin) = sqlx::PgConnection::connect(&on_test_server("postgres")).await else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let connected: Result<i64, _> = sqlx::query_scalar("select count(*) from pg_stat_activity where datname = $1")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await;
+        match connected {
+            Ok(0) => break,
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await
+            }
+            _ => return,
+        }
+    }
+    let _ = sqlx::query(&format!("drop database if exists {name}"))
+        .execute(&mut admin)
+        .await;
+    let _ = admin.close().await;
 }
 
 pub struct TestApp {
@@ -50,6 +135,20 @@ pub struct TestApp {
     pub admin_key_id: String,
     stop: watch::Sender<bool>,
     background: Vec<tokio::task::JoinHandle<()>>,
+    database_url: String,
+    /// The database this harness created, dropped when it is dropped.
+    own_database: Option<String>,
+}
+
+impl Drop for TestApp {
+    /// Stops the background work; the database the harness created is
+    /// dropped when the test process exits.
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(url) = self.own_database.take() {
+            drop_at_exit(url);
+        }
+    }
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -63,7 +162,9 @@ pub async fn spawn_app_with_alert_emails(alert_emails: &[&str]) -> TestApp {
         usage_flush: std::time::Duration::from_millis(500),
         ..keyledger_api::ApiSettings::default()
     };
-    spawn(fresh_database_url(), settings, None, false, alert_emails).await
+    spawn(fresh_database_url(), settings, None, false, alert_emails)
+        .await
+        .owning_its_database()
 }
 
 /// [`spawn_app_with_alert_emails`] with these settings (`usage_flush` is
@@ -76,7 +177,9 @@ pub async fn spawn_app_with_settings_and_alert_emails(
         usage_flush: std::time::Duration::from_millis(500),
         ..settings
     };
-    spawn(fresh_database_url(), settings, None, false, alert_emails).await
+    spawn(fresh_database_url(), settings, None, false, alert_emails)
+        .await
+        .owning_its_database()
 }
 
 /// [`spawn_app`] with these settings (`usage_flush` is the tests' own),
@@ -86,7 +189,9 @@ pub async fn spawn_app_with(settings: keyledger_api::ApiSettings, internal_liste
         usage_flush: std::time::Duration::from_millis(500),
         ..settings
     };
-    spawn(fresh_database_url(), settings, None, internal_listener, &[]).await
+    spawn(fresh_database_url(), settings, None, internal_listener, &[])
+        .await
+        .owning_its_database()
 }
 
 /// A pool like the binary's (short acquire timeout) for the background work.
@@ -179,6 +284,8 @@ async fn spawn(
         admin_key_id: created["key"]["id"].as_str().unwrap().to_owned(),
         stop,
         background: vec![projector, background],
+        database_url,
+        own_database: None,
     }
 }
 
@@ -277,6 +384,12 @@ pub async fn call_raw(base: &str, method: Method, path: &str, auth: &str, conten
 }
 
 impl TestApp {
+    /// The harness created its database: it drops it when it is dropped.
+    fn owning_its_database(mut self) -> TestApp {
+        self.own_database = Some(self.database_url.clone());
+        self
+    }
+
     /// Stops the projector and the API's background work (which flushes
     /// the last usage counts) and waits until they have stopped.
     pub async fn stop_background(&mut self) {

@@ -10,7 +10,7 @@
 //! mailer): no redirects are ever followed (a 3xx is a failed attempt), no
 //! proxy is taken from the environment, no connection is reused, the
 //! answer's head is read up to 16 KiB and its body not at all, and the whole
-//! exchange is bounded by one timeout (10 s: API.md's "a 2xx answer within
+//! exchange is bounded by one timeout (10 s: the contract's "a 2xx answer within
 //! 10 s is success").
 
 use std::net::SocketAddr;

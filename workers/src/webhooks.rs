@@ -1,4 +1,4 @@
-//! Webhook deliveries (API.md, "Webhooks"): the worker that turns the event
+//! Webhook deliveries (docs/api.md, "Webhooks"): the worker that turns the event
 //! log into signed HTTP requests to the organizations' endpoints.
 //!
 //! Two steps, each called directly by tests with a chosen clock:

@@ -20,7 +20,7 @@ use super::{EmailAddress, HashKey, OrgId};
 /// Domain separation of the MAC key (blake3 `derive_key` context).
 const CONTEXT: &str = "keyledger 2026-11-28 alert recipient confirmation link v1";
 
-/// The path of confirmation links (API.md); the token is its one query
+/// The path of confirmation links (docs/api.md); the token is its one query
 /// parameter, `token`.
 pub const CONFIRM_PATH: &str = "/v1/alert-recipients/confirm";
 

@@ -1,5 +1,5 @@
 //! Why a command is refused. The API maps each case to its HTTP status and
-//! error code (`API.md`); the CLI prints the message.
+//! error code (docs/api.md, "Errors"); the CLI prints the message.
 
 use std::collections::BTreeMap;
 

@@ -119,7 +119,7 @@ impl<'de> serde::Deserialize<'de> for IpRange {
     }
 }
 
-/// The most entries a key's allowlist may have (API.md).
+/// The most entries a key's allowlist may have (docs/api.md, "IP allowlists").
 pub const MAX_ALLOWED_IPS: usize = 100;
 
 /// A key's IP allowlist: the addresses and ranges its requests may come

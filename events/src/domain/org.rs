@@ -2,7 +2,7 @@
 //! the plan (and so the per-key rate limit), the rotation policy and where
 //! alerts go.
 //!
-//! Alert recipients (API.md, "Alert recipients"): addresses the operator
+//! Alert recipients (docs/api.md, "Alert recipients"): addresses the operator
 //! gives when creating the organization count as confirmed; an address set
 //! with `ChangeSettings` gets one confirmation request (an email with a link,
 //! sent by the mailer) and receives alerts only once `ConfirmRecipient`
@@ -33,7 +33,7 @@ use super::{plan::Plan, Aggregate, DomainError, DomainEvent, Name, OrgId, Valida
 /// Longest rotation policy, in days (0 turns rotation off).
 pub const MAX_ROTATION_DAYS: i64 = 3_650;
 pub const DEFAULT_ROTATION_DAYS: u32 = 90;
-/// The quota of alert recipients per organization (API.md).
+/// The quota of alert recipients per organization (docs/api.md).
 pub const MAX_ALERT_RECIPIENTS: usize = 10;
 /// How long a confirmation link works.
 pub const CONFIRMATION_VALID_DAYS: i64 = 7;

@@ -1,4 +1,4 @@
-//! Outbound webhooks' rules (API.md, "Webhooks"): which event types an
+//! Outbound webhooks' rules (docs/api.md, "Webhooks"): which event types an
 //! endpoint can subscribe to, what a destination URL may be, which network
 //! addresses a delivery may never reach (the SSRF rules, checked again at
 //! connect time by the sender), the signing secret (shown once, stored only

@@ -1,4 +1,4 @@
-//! The envelope of a stored event (DESIGN.md, "The event log") and the
+//! The envelope of a stored event (docs/architecture.md, "The event log") and the
 //! mapping between domain events and their stored `type` + `data`.
 
 use chrono::{DateTime, Utc};
