@@ -145,6 +145,27 @@ impl DatabaseHealth {
         self.recovered.notified().await
     }
 
+    /// Probes the database once, on a new connection, within
+    /// [`PROBE_TIMEOUT`], and records the result: whether it answered.
+    pub async fn check(&self, options: &PgConnectOptions) -> bool {
+        let mut conn = None;
+        let result = tokio::time::timeout(PROBE_TIMEOUT, probe(&mut conn, options)).await;
+        if let Some(conn) = conn {
+            let _ = conn.close().await;
+        }
+        match result {
+            Ok(Ok(())) => {
+                self.mark_up();
+                true
+            }
+            Ok(Err(e)) => {
+                self.observe(&e);
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Checks the database every [`PROBE_INTERVAL`] on a connection of its
     /// own (not the pool's, which may be busy: a full pool is not an
     /// outage) until `shutdown`.

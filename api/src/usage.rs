@@ -15,10 +15,15 @@ use chrono::{DateTime, DurationRound, Utc};
 use keyledger_events::domain::{key, key::KeyUsed, ApiKey, KeyCommand, KeyId};
 use keyledger_events::handler::{self, HandlerError};
 use keyledger_events::log::EventMeta;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::db_health::{is_unavailable, DatabaseHealth};
+use crate::db_health::{is_unavailable, DatabaseHealth, PROBE_TIMEOUT};
+
+/// How long the flush at shutdown may take in all: a database that is
+/// really down (or frozen) does not hold the process up for longer.
+pub const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(3);
 
 /// How a request with a known key ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,17 +167,51 @@ impl UsageAccumulator {
                 _ = database.recovered() => { self.flush(&pool, database).await; }
             }
         }
-        // At shutdown a pooled connection may belong to an HTTP worker's
-        // runtime that has just stopped: such a flush fails and keeps its
-        // counts, and the next attempt gets a fresh connection.
-        let mut flushed = 0;
-        for _ in 0..5 {
-            flushed += self.flush(&pool, database).await;
-            if self.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        self.flush_on_shutdown(&pool, database).await;
+    }
+
+    /// The last flush, when the process stops: bounded by
+    /// [`SHUTDOWN_FLUSH_DEADLINE`], on connections of its own, and
+    /// attempted even if the database was marked down (the probe has
+    /// stopped by now, so the mark may be stale): a probe before each
+    /// attempt decides, and a failed one ends it.
+    async fn flush_on_shutdown(&self, pool: &PgPool, database: &DatabaseHealth) {
+        if self.is_empty() {
+            tracing::info!(flushed = 0, left = 0, "usage flushed on shutdown");
+            return;
         }
+        // Not the shared pool: its connections may belong to an HTTP
+        // worker's runtime, which stops with the server, and a query on one
+        // fails as if the database were unreachable (marking it down for
+        // every attempt after). These are opened on this task's runtime.
+        let options = pool.connect_options().as_ref().clone();
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(PROBE_TIMEOUT)
+            .connect_lazy_with(options.clone());
+        let mut flushed = 0;
+        let attempts = async {
+            for _ in 0..3 {
+                // The mark is not trusted, and a pool would keep trying to
+                // connect until its timeout: one probe decides at once.
+                if !database.check(&options).await {
+                    tracing::warn!("usage flush on shutdown: the database is unreachable");
+                    break;
+                }
+                flushed += self.flush(&own, database).await;
+                if self.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_FLUSH_DEADLINE, attempts).await.is_err() {
+            tracing::warn!(
+                seconds = SHUTDOWN_FLUSH_DEADLINE.as_secs(),
+                "usage flush on shutdown did not finish in time; the rest of the counts are lost"
+            );
+        }
+        own.close().await;
         tracing::info!(
             flushed,
             left = self.pending.lock().expect("usage lock").len(),

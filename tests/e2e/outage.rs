@@ -337,3 +337,144 @@ async fn while_the_database_is_stopped_confirmed_keys_keep_their_answers_and_the
     let created: Value = app.create_key(json!({"name": "after", "type": "secret"})).await;
     assert!(created["key"].is_string());
 }
+
+/// The flush at shutdown is attempted even if the database was marked down
+/// (the probe has stopped by then, so the mark may be stale): the counts
+/// reach the key's usage.
+#[actix_web::test]
+async fn usage_is_flushed_on_shutdown_when_the_database_was_marked_down_but_is_up() {
+    use keyledger_api::db_health::DatabaseHealth;
+    use keyledger_api::usage::{Outcome, UsageAccumulator};
+
+    let app = spawn_app_on(
+        crate::support::fresh_database_url(),
+        settings(Duration::from_secs(60), Duration::from_secs(60)),
+        None,
+    )
+    .await;
+    let key = app.create_key(json!({"name": "counted", "type": "secret"})).await;
+    let id = key["id"].as_str().unwrap();
+    let usage = UsageAccumulator::default();
+    let now = chrono::Utc::now();
+    usage.record(id, Outcome::Succeeded, now);
+    usage.record(id, Outcome::Succeeded, now);
+    usage.record(id, Outcome::Failed, now);
+    let database = DatabaseHealth::default();
+    database.mark_down();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    stop.send(true).unwrap();
+    let started = Instant::now();
+    usage
+        .run(app.pool.clone(), &database, Duration::from_secs(3600), stopped)
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(usage.is_empty(), "the counts were kept instead of flushed");
+    assert!(!database.is_down(), "the database answered: it is up");
+    let (app, path) = (&app, &format!("/v1/keys/{id}/usage"));
+    wait_for("the usage to be projected", 10, || async move {
+        let usage = app.get(path).await;
+        usage.status.as_u16() == 200 && usage.body["total_requests"] == json!(3)
+    })
+    .await;
+    let usage = app.get(path).await;
+    assert_eq!(
+        (&usage.body["successful"], &usage.body["failed"]),
+        (&json!(2), &json!(1))
+    );
+}
+
+/// When the database really is unreachable, the flush at shutdown gives
+/// up at once (the counts are lost with the process, as documented).
+#[actix_web::test]
+async fn usage_flush_on_shutdown_gives_up_at_once_when_the_database_is_unreachable() {
+    use keyledger_api::db_health::DatabaseHealth;
+    use keyledger_api::usage::{Outcome, UsageAccumulator};
+
+    // Nothing listens on port 1: every connection is refused.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(1))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/keyledger")
+        .unwrap();
+    let usage = UsageAccumulator::default();
+    usage.record(
+        &keyledger_events::domain::KeyId::new().to_string(),
+        Outcome::Succeeded,
+        chrono::Utc::now(),
+    );
+    for marked_down in [true, false] {
+        let database = DatabaseHealth::default();
+        if marked_down {
+            database.mark_down();
+        }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        stop.send(true).unwrap();
+        let started = Instant::now();
+        usage
+            .run(pool.clone(), &database, Duration::from_secs(3600), stopped)
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "marked down: {marked_down}, {:?}",
+            started.elapsed()
+        );
+        assert!(!usage.is_empty(), "the counts were dropped");
+        assert!(database.is_down());
+    }
+}
+
+/// At shutdown the shared pool may hand out a connection opened by an HTTP
+/// worker whose runtime has stopped with the server: a query on it fails
+/// like an unreachable database. The flush at shutdown does not use it.
+#[actix_web::test]
+async fn usage_is_flushed_on_shutdown_when_the_pooled_connection_belongs_to_a_stopped_runtime() {
+    use keyledger_api::db_health::DatabaseHealth;
+    use keyledger_api::usage::{Outcome, UsageAccumulator};
+
+    let url = crate::support::fresh_database_url();
+    let app = spawn_app_on(
+        url.clone(),
+        settings(Duration::from_secs(60), Duration::from_secs(60)),
+        None,
+    )
+    .await;
+    let key = app.create_key(json!({"name": "counted", "type": "secret"})).await;
+    let id = key["id"].as_str().unwrap();
+    // One pooled connection, opened on a runtime that then stops (as an
+    // HTTP worker's does).
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect_lazy(&url)
+        .unwrap();
+    let worker_pool = pool.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            sqlx::query("select 1").execute(&worker_pool).await.unwrap();
+            while worker_pool.num_idle() == 0 {
+                tokio::task::yield_now().await;
+            }
+        });
+    })
+    .join()
+    .unwrap();
+    assert_eq!(pool.num_idle(), 1);
+
+    let usage = UsageAccumulator::default();
+    usage.record(id, Outcome::RateLimited, chrono::Utc::now());
+    let database = DatabaseHealth::default();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    stop.send(true).unwrap();
+    usage.run(pool, &database, Duration::from_secs(3600), stopped).await;
+    assert!(usage.is_empty(), "the counts were kept instead of flushed");
+    let (app, path) = (&app, &format!("/v1/keys/{id}/usage"));
+    wait_for("the usage to be projected", 10, || async move {
+        let usage = app.get(path).await;
+        usage.status.as_u16() == 200 && usage.body["total_requests"] == json!(1)
+    })
+    .await;
+    assert_eq!(app.get(path).await.body["failed"], json!(1));
+}
