@@ -19,6 +19,12 @@
 //! Unknown keys are cached too (negatively), so a flood of well-formed but
 //! unknown keys costs one query per key per TTL; malformed keys never reach
 //! the cache (the parser refuses them). Memory is bounded by `capacity`.
+//!
+//! Single flight: when an entry is missing or has expired, the first
+//! lookup reads the database and every concurrent lookup of the same key
+//! waits for its answer instead of querying too — one query per key per
+//! TTL, however many requests arrive at once (without it, a busy key's
+//! expiry sent every in-flight request to the connection pool together).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +38,10 @@ use keyledger_events::read_model::{self, KeyRow};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::watch;
+
+/// Lookups reading the database now, by key hash: the receiver wakes (with
+/// an error) when the reading lookup ends, however it ends.
+type Flights = std::sync::Mutex<HashMap<[u8; 32], watch::Receiver<()>>>;
 
 use crate::db_health::{is_unavailable, DatabaseHealth};
 use crate::error::ApiError;
@@ -79,6 +89,10 @@ pub struct KeyCache {
     /// Lookups that went to the database (a metric, and what tests assert).
     pub database_lookups: AtomicU64,
     pub hits: AtomicU64,
+    /// Lookups that waited for another lookup's database read of the same
+    /// key (single flight) instead of reading it themselves.
+    pub single_flight_waits: AtomicU64,
+    flights: Flights,
     /// Answers given from an entry the database could not confirm (outage).
     pub outage_answers: AtomicU64,
 }
@@ -95,6 +109,8 @@ impl KeyCache {
             database,
             database_lookups: AtomicU64::new(0),
             hits: AtomicU64::new(0),
+            single_flight_waits: AtomicU64::new(0),
+            flights: Flights::default(),
             outage_answers: AtomicU64::new(0),
         }
     }
@@ -116,19 +132,35 @@ impl KeyCache {
         hash: &KeyHash,
         after_read: impl FnOnce() -> F,
     ) -> Result<Option<Arc<CachedKey>>, ApiError> {
-        let cached = self.slots.read().expect("cache lock").get(&hash.0).map(|slot| Cached {
-            entry: slot.entry.clone(),
-            fresh: slot.expires > Instant::now() && slot.epoch == self.epoch.load(Ordering::SeqCst),
-            confirmed: slot.confirmed,
-            hard_expiry: slot.hard_expiry,
-        });
-        if let Some(cached) = cached.as_ref().filter(|c| c.fresh) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(cached.entry.answer());
-        }
-        if self.database.is_down() {
-            return self.outage_answer(cached);
-        }
+        // Waiting for another lookup's read happens at most twice; then this
+        // one reads for itself (the other's answer may not have been stored:
+        // an eviction raced it).
+        let mut waited = 0;
+        let (cached, _flight) = loop {
+            let cached = self.slots.read().expect("cache lock").get(&hash.0).map(|slot| Cached {
+                entry: slot.entry.clone(),
+                fresh: slot.expires > Instant::now() && slot.epoch == self.epoch.load(Ordering::SeqCst),
+                confirmed: slot.confirmed,
+                hard_expiry: slot.hard_expiry,
+            });
+            if let Some(cached) = cached.as_ref().filter(|c| c.fresh) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(cached.entry.answer());
+            }
+            if self.database.is_down() {
+                return self.outage_answer(cached);
+            }
+            match self.take_flight(hash.0) {
+                Ok(flight) => break (cached, Some(flight)),
+                Err(mut landed) if waited < 2 => {
+                    waited += 1;
+                    self.single_flight_waits.fetch_add(1, Ordering::Relaxed);
+                    // An error: the reading lookup has ended.
+                    let _ = landed.changed().await;
+                }
+                Err(_) => break (cached, None),
+            }
+        };
         self.database_lookups.fetch_add(1, Ordering::Relaxed);
         let (generation, epoch) = (
             self.generation.load(Ordering::SeqCst),
@@ -174,6 +206,22 @@ impl KeyCache {
         after_read().await;
         self.insert(hash.0, slot, generation);
         Ok(answer)
+    }
+
+    /// This lookup's turn to read `hash` from the database, or (`Err`) the
+    /// lookup already reading it, to wait for.
+    fn take_flight(&self, hash: [u8; 32]) -> Result<Flight<'_>, watch::Receiver<()>> {
+        let mut flights = self.flights.lock().expect("flights lock");
+        if let Some(landed) = flights.get(&hash) {
+            return Err(landed.clone());
+        }
+        let (sender, receiver) = watch::channel(());
+        flights.insert(hash, receiver);
+        Ok(Flight {
+            flights: &self.flights,
+            hash,
+            _sender: sender,
+        })
     }
 
     /// The answer while the database cannot confirm anything: what an entry
@@ -301,6 +349,20 @@ impl KeyCache {
                 }
             }
         }
+    }
+}
+
+/// A lookup's database read of one key; dropping it (the read ended, in
+/// any way) wakes the lookups that waited for it.
+struct Flight<'a> {
+    flights: &'a Flights,
+    hash: [u8; 32],
+    _sender: watch::Sender<()>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        self.flights.lock().expect("flights lock").remove(&self.hash);
     }
 }
 
