@@ -52,6 +52,9 @@ pub struct CachedKey {
     pub row: KeyRow,
     /// The organization's per-key limit, requests per minute.
     pub limit_per_minute: u32,
+    /// The key's scopes, parsed once (verification compares them with what
+    /// each request needs).
+    pub scopes: Vec<keyledger_events::domain::Scope>,
 }
 
 #[derive(Clone)]
@@ -198,6 +201,7 @@ impl KeyCache {
                 slot.hard_expiry = Some(until);
             }
             slot.entry = Entry::Known(Arc::new(CachedKey {
+                scopes: row.scopes.iter().filter_map(|s| s.parse().ok()).collect(),
                 row,
                 limit_per_minute: limit.max(0) as u32,
             }));
