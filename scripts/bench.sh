@@ -1,36 +1,64 @@
 #!/usr/bin/env bash
-# Benchmark of the verification hot path, on loopback, in one run:
-#   nginx `return 204` (the ceiling) vs keyledger's GET /v1/auth and
-#   POST /v1/verify with a warm key cache, each driven by wrk; then /v1/auth
-#   at about half its measured throughput for the latency at moderate load.
-# Prints requests/s, p50/p99 latency, the ratio to nginx, and the database
-# work the run caused (key lookups that missed the cache, from /metrics, and
-# all transactions on the benchmark database, from pg_stat_database).
+# keyledger's speed, on loopback, in one run, printed as one table of ratios:
 #
-#   bash scripts/bench.sh            # DURATION=10s CONNECTIONS=32 THREADS=2 by default
+#   1. throughput: nginx `return 204` (the ceiling) vs GET /v1/auth and
+#      POST /v1/verify with a warm key cache, wrk closed loop, same connections;
+#      the database transactions PostgreSQL counted meanwhile (pg_stat_database),
+#      per request (a cache hit must cost none);
+#   2. tail at a constant rate: oha -q RATE --latency-correction (no
+#      coordinated omission) at 1/4 and 1/2 of /v1/auth's wrk maximum,
+#      keyledger and nginx alternating, ROUNDS rounds: the worst p99 of each;
+#   3. key creation (POST /v1/keys, 8 connections) vs pgbench single-row
+#      inserts (8 clients) on the same server;
+#   4. memory: bytes per cached key and per rate-limited key (RSS deltas over
+#      the keys just created), RSS;
+#   5. replay: `keyledger replay` and `replay --check` on a generated log of
+#      REPLAY_EVENTS events.
+#
+#   bash scripts/bench.sh                         # the full run, about 6 minutes
+#   REPLAY_EVENTS=20000 ROUNDS=1 DURATION=5s bash scripts/bench.sh   # quick
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-2}
+ROUNDS=${ROUNDS:-3}
+TAIL_DURATION=${TAIL_DURATION:-8s}
+CREATE_DURATION=${CREATE_DURATION:-5s}
+CREATE_CLIENTS=${CREATE_CLIENTS:-8}
+REPLAY_EVENTS=${REPLAY_EVENTS:-200000}
 
 for tool in wrk nginx; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx >/dev/null
   }
 done
+command -v pgbench >/dev/null 2>&1 || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client >/dev/null
+}
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v oha >/dev/null 2>&1 || {
+  echo "installing oha (cargo install oha --locked; takes minutes once)" >&2
+  cargo install oha --locked >/dev/null
+}
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-cargo build --release --locked --bin keyledger 2>/dev/null
-BIN=target/release/keyledger
+# BIN=path/to/keyledger measures that binary instead of building one.
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --locked --bin keyledger 2>/dev/null
+  BIN=target/release/keyledger
+fi
 work=$(mktemp -d)
 db="keyledger_bench_$$"
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
 export KEYLEDGER_HASH_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 export KEYLEDGER_DATA_DIR="$work"
+export KEYLEDGER_MAX_KEYS_PER_ORG=1000000
 export RUST_LOG=warn
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 KL_PORT=$(free_port); NGINX_PORT=$(free_port)
+KL="http://127.0.0.1:$KL_PORT"; NG="http://127.0.0.1:$NGINX_PORT"
+psql_db() { psql -qtA -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 "$@"; }
 
 cleanup() {
   [ -n "${kl_pid:-}" ] && kill "$kl_pid" 2>/dev/null || true
@@ -60,7 +88,7 @@ NGINX
 "$NGINX" -p "$work" -c "$work/nginx.conf" &
 nginx_pid=$!
 for _ in $(seq 1 100); do
-  curl -fs "http://127.0.0.1:$KL_PORT/healthz" >/dev/null 2>&1 && curl -s -o /dev/null "http://127.0.0.1:$NGINX_PORT/" && break
+  curl -fs "$KL/healthz" >/dev/null 2>&1 && curl -s -o /dev/null "$NG/" && break
   sleep 0.1
 done
 
@@ -73,42 +101,174 @@ wrk.body = '{"key": "$KEY", "scopes": ["read:experiences"], "environment": "live
 wrk.headers["Content-Type"] = "application/json"
 LUA
 # Warm the cache.
-for _ in 1 2 3; do curl -fs "${AUTH[@]}" "http://127.0.0.1:$KL_PORT/v1/auth" >/dev/null; done
+for _ in 1 2 3; do curl -fs "${AUTH[@]}" "$KL/v1/auth" >/dev/null; done
 
-lookups() { curl -fs "http://127.0.0.1:$KL_PORT/metrics" | awk '/^keyledger_key_cache_database_lookups_total/ {print $2}'; }
-transactions() { psql -tA -h 127.0.0.1 -U postgres -c "select xact_commit + xact_rollback from pg_stat_database where datname = '$db'" postgres; }
+metric() { curl -fs "$KL/metrics" | awk -v name="$1" '$1 == name {print $2}'; }
+transactions() {
+  # Backends report their counts to the statistics at most once a second.
+  sleep 1.2
+  psql_db -c "select xact_commit + xact_rollback from pg_stat_database where datname = '$db'" postgres
+}
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$kl_pid/status"; }
 
-# wrk --latency output → "rps p50_ms p99_ms"
+# wrk --latency output → "rps p50_ms p99_ms requests"
 measure() {
   wrk -t"$THREADS" -c"$1" -d"$DURATION" --latency "${@:2}" >"$work/wrk.out"
   awk '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
     /Requests\/sec/ { rps = $2 }
+    / requests in / { n = $1 }
     $1 == "50%" { p50 = ms($2) }
     $1 == "99%" { p99 = ms($2) }
-    END { printf "%.0f %.3f %.3f\n", rps, p50, p99 }' "$work/wrk.out"
+    END { printf "%.0f %.3f %.3f %d\n", rps, p50, p99, n }' "$work/wrk.out"
 }
 
-lookups_before=$(lookups); tx_before=$(transactions)
-read -r nginx_rps nginx_p50 nginx_p99 < <(measure "$CONNECTIONS" "http://127.0.0.1:$NGINX_PORT/")
-read -r auth_rps auth_p50 auth_p99 < <(measure "$CONNECTIONS" "${AUTH[@]}" "http://127.0.0.1:$KL_PORT/v1/auth")
-read -r verify_rps verify_p50 verify_p99 < <(measure "$CONNECTIONS" -s "$work/verify.lua" "http://127.0.0.1:$KL_PORT/v1/verify")
+echo "1/5 throughput (wrk -t$THREADS -c$CONNECTIONS -d$DURATION)" >&2
+read -r nginx_rps nginx_p50 nginx_p99 _ < <(measure "$CONNECTIONS" "$NG/")
+lookups_before=$(metric keyledger_key_cache_database_lookups_total); tx_before=$(transactions)
+read -r auth_rps auth_p50 auth_p99 auth_n < <(measure "$CONNECTIONS" "${AUTH[@]}" "$KL/v1/auth")
+read -r verify_rps verify_p50 verify_p99 verify_n < <(measure "$CONNECTIONS" -s "$work/verify.lua" "$KL/v1/verify")
+lookups_after=$(metric keyledger_key_cache_database_lookups_total); tx_after=$(transactions)
+hot_tx=$((tx_after - tx_before)); hot_lookups=$((lookups_after - lookups_before))
+hot_requests=$((auth_n + verify_n))
 
-# About half of /v1/auth's throughput: connections that each pause 1 ms
-# between requests, as many as half the rate needs.
-paced_connections=$(python3 -c "print(max(1, round($auth_rps / 2 * (1 + $auth_p50) / 1000)))")
-cat >"$work/paced.lua" <<LUA
-function delay() return 1 end
+# oha at a fixed rate → p99 in ms
+oha_p99() {
+  oha --no-tui --output-format json -z "$TAIL_DURATION" -c "$CONNECTIONS" -q "$1" --latency-correction "${@:2}" 2>/dev/null |
+    python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["latencyPercentiles"]["p99"] * 1000))'
+}
+echo "2/5 tail at a constant rate (oha, $ROUNDS rounds of $TAIL_DURATION)" >&2
+declare -A tail
+for fraction in 4 2; do
+  rate=$((auth_rps / fraction))
+  kl_list=(); ng_list=()
+  for _ in $(seq 1 "$ROUNDS"); do
+    kl_list+=("$(oha_p99 "$rate" -H "Authorization: Bearer $KEY" -H "X-Original-Method: GET" -H "X-Original-URI: /api/experiences/1" "$KL/v1/auth")")
+    ng_list+=("$(oha_p99 "$rate" "$NG/")")
+  done
+  tail[kl_$fraction]=$(printf '%s\n' "${kl_list[@]}" | sort -g | tail -1)
+  tail[ng_$fraction]=$(printf '%s\n' "${ng_list[@]}" | sort -g | tail -1)
+  tail[rounds_$fraction]="kl ${kl_list[*]} / nginx ${ng_list[*]}"
+  tail[rate_$fraction]=$rate
+done
+
+echo "3/5 key creation vs pgbench ($CREATE_CLIENTS clients, $CREATE_DURATION)" >&2
+mkdir -p "$work/keys"
+cat >"$work/create.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"name": "bench", "type": "secret", "scopes": ["read:experiences"], "allowed_ips": ["10.0.0.0/8"]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $KEY"
+local created, out = 0, nil
+function setup(thread) thread:set("id", tostring(thread)) end
+function init(args) out = io.open("$work/keys/" .. id:gsub("%W", ""), "w") end
+function response(status, headers, body)
+  if status == 201 then
+    created = created + 1
+    out:write(body:match('"key"%s*:%s*"([^"]+)"'), "\n")
+  end
+end
 LUA
-read -r paced_rps paced_p50 paced_p99 < <(measure "$paced_connections" -s "$work/paced.lua" "${AUTH[@]}" "http://127.0.0.1:$KL_PORT/v1/auth")
-lookups_after=$(lookups); tx_after=$(transactions)
+keys_before=$(psql_db -c "select count(*) from keys" "$db")
+wrk -t2 -c"$CREATE_CLIENTS" -d"$CREATE_DURATION" -s "$work/create.lua" "$KL/v1/keys" >"$work/create.out"
+keys_after=$(psql_db -c "select count(*) from keys" "$db")
+create_seconds=$(awk '/ requests in / {sub(/s,?$/, "", $4); print $4}' "$work/create.out")
+create_rate=$(python3 -c "print(round(($keys_after - $keys_before) / $create_seconds))")
+psql_db -c "create table bench_insert (id bigserial primary key, name text not null, created_at timestamptz not null default now())" "$db"
+echo "insert into bench_insert (name) values ('bench');" >"$work/insert.sql"
+pg_rate=$(pgbench -n -h 127.0.0.1 -U postgres -c "$CREATE_CLIENTS" -j 2 -T "${CREATE_DURATION%s}" -f "$work/insert.sql" "$db" 2>/dev/null |
+  awk '/^tps/ {printf "%.0f", $3}')
+
+echo "4/5 memory (every created key verified: cached, then rate-limited)" >&2
+cat "$work"/keys/* >"$work/keys.txt"
+verify_all() {
+  python3 - "$KL_PORT" "$work/keys.txt" "$1" <<'PY'
+import http.client, json, sys
+port, path, ip = sys.argv[1], sys.argv[2], sys.argv[3]
+conn = http.client.HTTPConnection("127.0.0.1", int(port))
+for key in open(path).read().split():
+    body = {"key": key}
+    if ip:
+        body["ip"] = ip
+    conn.request("POST", "/v1/verify", json.dumps(body), {"Content-Type": "application/json"})
+    conn.getresponse().read()
+PY
+}
+entries_0=$(metric keyledger_key_cache_entries); subjects_0=$(metric keyledger_rate_limiter_subjects); rss_0=$(rss_kb)
+# Without `ip` no allowlist admits the key: cached, refused, no budget spent.
+verify_all ""
+entries_1=$(metric keyledger_key_cache_entries); rss_1=$(rss_kb)
+# From inside the allowlist: each key now spends budget (a limiter window).
+verify_all "10.1.2.3"
+subjects_2=$(metric keyledger_rate_limiter_subjects); rss_2=$(rss_kb)
+per_cached=$(python3 -c "d=$entries_1-$entries_0; print(round(($rss_1-$rss_0)*1024/d) if d > 0 else '-')")
+per_limited=$(python3 -c "d=$subjects_2-$subjects_0; print(round(($rss_2-$rss_1)*1024/d) if d > 0 else '-')")
+
+echo "5/5 replay ($REPLAY_EVENTS events)" >&2
+# A realistic log: the keys above, a few changes of each kind through the
+# API, then usage records (one per key and flush, 6 a minute) up to the size.
+python3 - "$KL_PORT" "$KEY" "$work/keys.txt" <<'PY'
+import http.client, json, sys
+port, admin = sys.argv[1], sys.argv[2]
+conn = http.client.HTTPConnection("127.0.0.1", int(port))
+h = {"Authorization": f"Bearer {admin}", "Content-Type": "application/json"}
+def call(method, path, body=None):
+    conn.request(method, path, json.dumps(body) if body is not None else None, h)
+    r = conn.getresponse(); data = r.read()
+    return json.loads(data) if data else None
+ids = [k["id"] for k in call("GET", "/v1/keys?limit=100")["data"]]
+for i, key_id in enumerate(ids):
+    call("PATCH", f"/v1/keys/{key_id}", {"name": f"renamed {i}", "scopes": ["read:experiences", "write:experiences"]})
+    if i % 3 == 0:
+        call("POST", f"/v1/keys/{key_id}/deactivate", {})
+        call("POST", f"/v1/keys/{key_id}/activate", {})
+    if i % 5 == 0:
+        call("POST", f"/v1/keys/{key_id}/regenerate", {"expire_old_in_seconds": 3600})
+    if i % 10 == 0:
+        call("DELETE", f"/v1/keys/{key_id}")
+PY
+rss_end=$(rss_kb)
+# The server stops first (flushing its last usage counts): its appends would
+# race the generated records for the same versions.
+kill "$kl_pid"; wait "$kl_pid" 2>/dev/null || true; kl_pid=
+existing=$(psql_db -c "select count(*) from events" "$db")
+psql_db "$db" <<SQL
+insert into events (event_id, stream_id, version, type, schema_version, occurred_at, actor, data)
+select gen_random_uuid(), 'key-' || k.id, k.v + g.n, 'key.used', 1, t.at, 'system:usage',
+       jsonb_build_object('minute', to_char(date_trunc('minute', t.at) at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                          'requests', 10 + g.n % 7, 'successful', 9 + g.n % 7, 'failed', 1, 'rate_limited', g.n % 2,
+                          'last_used_at', to_char(t.at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+from (select s.stream_id, substr(s.stream_id, 5) as id, max(s.version) as v, row_number() over () as r
+      from events s where s.stream_id like 'key-%' group by s.stream_id) k
+cross join generate_series(1, ceil(greatest($REPLAY_EVENTS - $existing, 0)::numeric
+                                  / (select count(distinct stream_id) from events where stream_id like 'key-%'))::int) as g(n)
+cross join lateral (select now() + g.n * interval '10 seconds' as at) t
+order by g.n, k.r
+limit greatest($REPLAY_EVENTS - $existing, 0);
+SQL
+log_events=$(psql_db -c "select count(*) from events" "$db")
+seconds() { local start end; start=$(date +%s.%N); "$@" >/dev/null; end=$(date +%s.%N); python3 -c "print($end - $start)"; }
+replay_seconds=$(seconds "$BIN" replay)
+check_seconds=$(seconds "$BIN" replay --check)
 
 ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
-printf '\n%-36s %12s %10s %10s %10s\n' "target (wrk -t$THREADS, $DURATION)" "requests/s" "p50 ms" "p99 ms" "vs nginx"
-printf '%-36s %12s %10s %10s %10s\n' "nginx return 204 (-c$CONNECTIONS)" "$nginx_rps" "$nginx_p50" "$nginx_p99" "1.00"
-printf '%-36s %12s %10s %10s %10s\n' "GET /v1/auth (-c$CONNECTIONS)" "$auth_rps" "$auth_p50" "$auth_p99" "$(ratio "$auth_rps" "$nginx_rps")"
-printf '%-36s %12s %10s %10s %10s\n' "POST /v1/verify (-c$CONNECTIONS)" "$verify_rps" "$verify_p50" "$verify_p99" "$(ratio "$verify_rps" "$nginx_rps")"
-printf '%-36s %12s %10s %10s %10s\n' "GET /v1/auth paced (-c$paced_connections)" "$paced_rps" "$paced_p50" "$paced_p99" "-"
+per_second() { python3 -c "print(round($1 / $2))"; }
+row() { printf '%-46s %14s %14s %8s  %s\n' "$@"; }
 echo
-echo "key lookups that queried the database during the run: $(( lookups_after - lookups_before ))"
-echo "database transactions during the run (usage flushes, listener, everything): $(( tx_after - tx_before ))"
+row "measure" "keyledger" "baseline" "ratio" "goal / note"
+row "GET /v1/auth req/s (wrk -c$CONNECTIONS)" "$auth_rps" "$nginx_rps" "$(ratio "$auth_rps" "$nginx_rps")" "≥ 0.80 of nginx return 204; p99 ${auth_p99} vs ${nginx_p99} ms"
+row "POST /v1/verify req/s (wrk -c$CONNECTIONS)" "$verify_rps" "$nginx_rps" "$(ratio "$verify_rps" "$nginx_rps")" "≥ 0.80; p99 ${verify_p99} ms"
+for fraction in 4 2; do
+  row "/v1/auth p99 ms at 1/$fraction max (${tail[rate_$fraction]}/s)" "${tail[kl_$fraction]}" "${tail[ng_$fraction]}" \
+    "$(ratio "${tail[kl_$fraction]}" "${tail[ng_$fraction]}")" "≤ 1.25× nginx; worst of rounds: ${tail[rounds_$fraction]}"
+done
+row "DB transactions per cache hit" "$(python3 -c "print(f'{$hot_tx / $hot_requests:.6f}')")" "0" "-" \
+  "pg_stat_database: $hot_tx over $hot_requests requests (usage flushes); $hot_lookups cache misses"
+row "key creation /s ($CREATE_CLIENTS clients)" "$create_rate" "$pg_rate" "$(ratio "$create_rate" "$pg_rate")" "≥ 0.5 of pgbench single-row insert"
+row "replay events/s ($log_events events)" "$(per_second "$log_events" "$replay_seconds")" "50000" \
+  "$(ratio "$(per_second "$log_events" "$replay_seconds")" 50000)" "goal ≥ 50k/s; $(printf '%.2f' "$replay_seconds") s"
+row "replay --check events/s" "$(per_second "$log_events" "$check_seconds")" "30000" \
+  "$(ratio "$(per_second "$log_events" "$check_seconds")" 30000)" "goal ≥ 30k/s; $(printf '%.2f' "$check_seconds") s"
+row "bytes per cached key" "$per_cached" "-" "-" "RSS delta over $((entries_1 - entries_0)) keys"
+row "bytes per rate-limited key" "$per_limited" "-" "-" "RSS delta over $((subjects_2 - subjects_0)) keys"
+row "RSS MiB at the end" "$((rss_end / 1024))" "-" "-" "after the memory run and the API changes"

@@ -331,8 +331,7 @@ fn verdict(
     if environment.is_some_and(|env| env.as_str() != key.row.environment) {
         return Err(Refusal::EnvironmentMismatch);
     }
-    let held: Vec<Scope> = key.row.scopes.iter().filter_map(|s| s.parse().ok()).collect();
-    match needed.iter().find(|&&s| !grants(&held, s)) {
+    match needed.iter().find(|&&s| !grants(&key.scopes, s)) {
         Some(&missing) => Err(Refusal::InsufficientScope(missing)),
         None => Ok(()),
     }

@@ -23,6 +23,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use actix_web::http::header::HeaderName;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::{access, auth, error::ApiError, routes, AppState};
@@ -176,10 +177,14 @@ async fn authorize(state: &AppState, req: &HttpRequest, below_auth: bool) -> Res
         .await?
         .ok_or(ApiError::InvalidApiKey)?;
     let key = checked.into_result()?;
+    // Names made once, not parsed per answer.
+    const KEY_ID: HeaderName = HeaderName::from_static("x-keyledger-key-id");
+    const ORG_ID: HeaderName = HeaderName::from_static("x-keyledger-org-id");
+    const ENVIRONMENT: HeaderName = HeaderName::from_static("x-keyledger-environment");
     Ok(HttpResponse::NoContent()
-        .insert_header(("x-keyledger-key-id", key.row.id.as_str()))
-        .insert_header(("x-keyledger-org-id", key.row.org_id.as_str()))
-        .insert_header(("x-keyledger-environment", key.row.environment.as_str()))
+        .insert_header((KEY_ID, key.row.id.as_str()))
+        .insert_header((ORG_ID, key.row.org_id.as_str()))
+        .insert_header((ENVIRONMENT, key.row.environment.as_str()))
         .finish())
 }
 

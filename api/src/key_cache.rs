@@ -19,6 +19,12 @@
 //! Unknown keys are cached too (negatively), so a flood of well-formed but
 //! unknown keys costs one query per key per TTL; malformed keys never reach
 //! the cache (the parser refuses them). Memory is bounded by `capacity`.
+//!
+//! Single flight: when an entry is missing or has expired, the first
+//! lookup reads the database and every concurrent lookup of the same key
+//! waits for its answer instead of querying too — one query per key per
+//! TTL, however many requests arrive at once (without it, a busy key's
+//! expiry sent every in-flight request to the connection pool together).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +39,10 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+/// Lookups reading the database now, by key hash: the receiver wakes (with
+/// an error) when the reading lookup ends, however it ends.
+type Flights = std::sync::Mutex<HashMap<[u8; 32], watch::Receiver<()>>>;
+
 use crate::db_health::{is_unavailable, DatabaseHealth};
 use crate::error::ApiError;
 
@@ -42,6 +52,9 @@ pub struct CachedKey {
     pub row: KeyRow,
     /// The organization's per-key limit, requests per minute.
     pub limit_per_minute: u32,
+    /// The key's scopes, parsed once (verification compares them with what
+    /// each request needs).
+    pub scopes: Vec<keyledger_events::domain::Scope>,
 }
 
 #[derive(Clone)]
@@ -79,6 +92,10 @@ pub struct KeyCache {
     /// Lookups that went to the database (a metric, and what tests assert).
     pub database_lookups: AtomicU64,
     pub hits: AtomicU64,
+    /// Lookups that waited for another lookup's database read of the same
+    /// key (single flight) instead of reading it themselves.
+    pub single_flight_waits: AtomicU64,
+    flights: Flights,
     /// Answers given from an entry the database could not confirm (outage).
     pub outage_answers: AtomicU64,
 }
@@ -95,6 +112,8 @@ impl KeyCache {
             database,
             database_lookups: AtomicU64::new(0),
             hits: AtomicU64::new(0),
+            single_flight_waits: AtomicU64::new(0),
+            flights: Flights::default(),
             outage_answers: AtomicU64::new(0),
         }
     }
@@ -116,19 +135,35 @@ impl KeyCache {
         hash: &KeyHash,
         after_read: impl FnOnce() -> F,
     ) -> Result<Option<Arc<CachedKey>>, ApiError> {
-        let cached = self.slots.read().expect("cache lock").get(&hash.0).map(|slot| Cached {
-            entry: slot.entry.clone(),
-            fresh: slot.expires > Instant::now() && slot.epoch == self.epoch.load(Ordering::SeqCst),
-            confirmed: slot.confirmed,
-            hard_expiry: slot.hard_expiry,
-        });
-        if let Some(cached) = cached.as_ref().filter(|c| c.fresh) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(cached.entry.answer());
-        }
-        if self.database.is_down() {
-            return self.outage_answer(cached);
-        }
+        // Waiting for another lookup's read happens at most twice; then this
+        // one reads for itself (the other's answer may not have been stored:
+        // an eviction raced it).
+        let mut waited = 0;
+        let (cached, _flight) = loop {
+            let cached = self.slots.read().expect("cache lock").get(&hash.0).map(|slot| Cached {
+                entry: slot.entry.clone(),
+                fresh: slot.expires > Instant::now() && slot.epoch == self.epoch.load(Ordering::SeqCst),
+                confirmed: slot.confirmed,
+                hard_expiry: slot.hard_expiry,
+            });
+            if let Some(cached) = cached.as_ref().filter(|c| c.fresh) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(cached.entry.answer());
+            }
+            if self.database.is_down() {
+                return self.outage_answer(cached);
+            }
+            match self.take_flight(hash.0) {
+                Ok(flight) => break (cached, Some(flight)),
+                Err(mut landed) if waited < 2 => {
+                    waited += 1;
+                    self.single_flight_waits.fetch_add(1, Ordering::Relaxed);
+                    // An error: the reading lookup has ended.
+                    let _ = landed.changed().await;
+                }
+                Err(_) => break (cached, None),
+            }
+        };
         self.database_lookups.fetch_add(1, Ordering::Relaxed);
         let (generation, epoch) = (
             self.generation.load(Ordering::SeqCst),
@@ -166,6 +201,7 @@ impl KeyCache {
                 slot.hard_expiry = Some(until);
             }
             slot.entry = Entry::Known(Arc::new(CachedKey {
+                scopes: row.scopes.iter().filter_map(|s| s.parse().ok()).collect(),
                 row,
                 limit_per_minute: limit.max(0) as u32,
             }));
@@ -174,6 +210,22 @@ impl KeyCache {
         after_read().await;
         self.insert(hash.0, slot, generation);
         Ok(answer)
+    }
+
+    /// This lookup's turn to read `hash` from the database, or (`Err`) the
+    /// lookup already reading it, to wait for.
+    fn take_flight(&self, hash: [u8; 32]) -> Result<Flight<'_>, watch::Receiver<()>> {
+        let mut flights = self.flights.lock().expect("flights lock");
+        if let Some(landed) = flights.get(&hash) {
+            return Err(landed.clone());
+        }
+        let (sender, receiver) = watch::channel(());
+        flights.insert(hash, receiver);
+        Ok(Flight {
+            flights: &self.flights,
+            hash,
+            _sender: sender,
+        })
     }
 
     /// The answer while the database cannot confirm anything: what an entry
@@ -301,6 +353,20 @@ impl KeyCache {
                 }
             }
         }
+    }
+}
+
+/// A lookup's database read of one key; dropping it (the read ended, in
+/// any way) wakes the lookups that waited for it.
+struct Flight<'a> {
+    flights: &'a Flights,
+    hash: [u8; 32],
+    _sender: watch::Sender<()>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        self.flights.lock().expect("flights lock").remove(&self.hash);
     }
 }
 

@@ -221,6 +221,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub fn configure_surface(cfg: &mut web::ServiceConfig, surface: Surface) {
     let (public, internal) = (surface != Surface::Internal, surface != Surface::Public);
     let mut v1 = web::scope("/v1");
+    // The hot path first: the router tries routes in order, and each
+    // management route with an `{id}` is a regex match it would otherwise
+    // run for every verification (8% of `/v1/auth`'s time).
+    if internal {
+        v1 = v1
+            .route("/verify", web::post().to(verify::verify))
+            .route("/auth", web::route().to(forward_auth::auth))
+            .route("/auth/{tail:.*}", web::route().to(forward_auth::auth_path));
+        cfg.route("/metrics", web::get().to(metrics::metrics));
+    }
     if public {
         // Before the `/v1` scope, which would otherwise take the path.
         cfg.route(CONFIRM_PATH, web::get().to(recipients::confirm));
@@ -246,13 +256,6 @@ pub fn configure_surface(cfg: &mut web::ServiceConfig, surface: Surface) {
             .route("/webhooks/{id}", web::delete().to(webhooks::delete))
             .route("/webhooks/{id}/deliveries", web::get().to(webhooks::deliveries))
             .route("/webhooks/{id}/replay", web::post().to(webhooks::replay));
-    }
-    if internal {
-        v1 = v1
-            .route("/verify", web::post().to(verify::verify))
-            .route("/auth", web::route().to(forward_auth::auth))
-            .route("/auth/{tail:.*}", web::route().to(forward_auth::auth_path));
-        cfg.route("/metrics", web::get().to(metrics::metrics));
     }
     if public {
         cfg.route("/openapi.json", web::get().to(openapi::openapi))

@@ -143,12 +143,18 @@ async fn run(
         }
     }
     let created = matches!(command, KeyCommand::Create(_));
+    let stream = key::stream_id(id);
+    // A new key's id was just generated: its stream has nothing to read.
+    let decided = match created {
+        true => handler::decide_new::<ApiKey>(&stream, command, &meta)?,
+        false => handler::decide_on::<ApiKey>(&mut tx, &stream, command, &meta, own_key(caller)).await?,
+    };
+    let outcome = decided.append(&mut tx).await?;
     if created {
+        // Last before the commit: the lock it takes serializes the
+        // organization's creations only for the count and the commit.
         hold_key_quota(&mut tx, caller.org_id(), state.settings.max_keys_per_org).await?;
     }
-    let stream = key::stream_id(id);
-    let decided = handler::decide_on::<ApiKey>(&mut tx, &stream, command, &meta, own_key(caller)).await?;
-    let outcome = decided.append(&mut tx).await?;
     let key = outcome.state.filter(|k| !k.deleted).ok_or(ApiError::NotFound)?;
     let mut row = KeyRow::from_aggregate(&key, outcome.version);
     // Usage is the read model's alone; a new key has none.
@@ -171,11 +177,13 @@ async fn run(
 /// hashtext(org_id))`.
 pub const KEY_QUOTA_LOCK: i32 = 0x6b6c_7100;
 
-/// Refuses a new key when the organization already has `max` keys that are
-/// not deleted. Creations in one organization take a transaction lock
-/// first, so concurrent ones are counted one after the other (each sees the
-/// keys committed before it) and the quota is never passed, across any
-/// number of API processes; the lock ends with the transaction.
+/// Refuses a new key — already in this transaction's read model — when
+/// that makes more than `max` keys of the organization that are not
+/// deleted. Creations in one organization take a transaction lock before
+/// counting, so concurrent ones are counted one after the other (each sees
+/// the keys committed before it, and its own) and the quota is never
+/// passed, across any number of API processes; the lock ends with the
+/// transaction, right after the count.
 async fn hold_key_quota(tx: &mut sqlx::PgConnection, org_id: &str, max: u64) -> Result<(), ApiError> {
     sqlx::query("select pg_advisory_xact_lock($1, hashtext($2))")
         .bind(KEY_QUOTA_LOCK)
@@ -186,7 +194,7 @@ async fn hold_key_quota(tx: &mut sqlx::PgConnection, org_id: &str, max: u64) -> 
         .bind(org_id)
         .fetch_one(&mut *tx)
         .await?;
-    if keys as u64 >= max {
+    if keys as u64 > max {
         return Err(ApiError::QuotaExceeded(format!(
             "This organization is at its quota of {max} keys (quota: keys per organization, \
              KEYLEDGER_MAX_KEYS_PER_ORG). Delete keys it no longer uses, or ask the operator to raise the quota."

@@ -156,6 +156,9 @@ fn allowed_parameter(path: &str) -> Option<&'static str> {
 /// every round of percent-decoding (`sk%5Flive_…`, `%6bey=…`, and their
 /// repeated encodings). The allowed parameter's value is checked too.
 fn query_carries_key(query: &str, allowed: Option<&str>) -> bool {
+    if query.is_empty() {
+        return false;
+    }
     query.split('&').any(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         key_prefix_in(name).is_some()
@@ -173,8 +176,12 @@ pub async fn request_context(
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let started = Instant::now();
     let request_id = request_id_of(&req);
-    let method = req.method().clone();
-    let path = loggable_path(req.path());
+    // The access log's line is only built when it is written (verification
+    // runs at log level warn in busy deployments; building it cost more
+    // than answering).
+    let logged = tracing::enabled!(tracing::Level::INFO);
+    let method = logged.then(|| req.method().clone());
+    let path = logged.then(|| loggable_path(req.path()));
     let result = REQUEST_ID
         .scope(request_id.clone(), async move {
             // Under /v1/auth/ (envoy style) the query is the original
@@ -205,14 +212,16 @@ pub async fn request_context(
             headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
         }
     }
-    tracing::info!(
-        request_id = %request_id,
-        method = %method,
-        path = %path,
-        status = response.status().as_u16(),
-        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
+    if let (Some(method), Some(path)) = (method, path) {
+        tracing::info!(
+            request_id = %request_id,
+            method = %method,
+            path = %path,
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
     Ok(response)
 }
 

@@ -61,17 +61,25 @@ impl Window {
 
     /// What a request at `now` would get, without counting it.
     fn assess(&self, limit: u32, now: u64) -> Decision {
-        let counted = self.counted(now);
-        let used: u32 = counted.iter().map(|b| b.1).sum();
+        // The common case — room left — needs only the sum and the oldest
+        // counted second: no allocation, no sort.
+        let (mut used, mut oldest) = (0u32, None::<u64>);
+        for &(second, count) in &self.buckets {
+            if count > 0 && second + WINDOW > now && second <= now {
+                used += count;
+                oldest = Some(oldest.map_or(second, |o| o.min(second)));
+            }
+        }
         if used < limit {
             return Decision {
                 allowed: true,
                 limit,
                 remaining: limit - used,
-                reset: counted.first().map_or(now, |b| b.0) + WINDOW,
+                reset: oldest.unwrap_or(now) + WINDOW,
                 retry_after: 0,
             };
         }
+        let counted = self.counted(now);
         // Room returns once enough of the oldest seconds have left — after a
         // plan downgrade that can take more than the oldest one.
         let mut left = used;
@@ -160,9 +168,13 @@ impl RateLimiter {
     /// How many requests `subject` made in the window (without counting one).
     pub fn used(&self, subject: &str, now: u64) -> u32 {
         let shard = self.shards[shard_of(subject)].lock().expect("limiter lock");
-        shard
-            .get(subject)
-            .map_or(0, |w| w.counted(now).iter().map(|b| b.1).sum())
+        shard.get(subject).map_or(0, |w| {
+            w.buckets
+                .iter()
+                .filter(|&&(second, count)| count > 0 && second + WINDOW > now && second <= now)
+                .map(|b| b.1)
+                .sum()
+        })
     }
 
     /// Drops subjects idle for a whole window.

@@ -186,6 +186,28 @@ pub async fn decide_on<A: Aggregate>(
     })
 }
 
+/// [`decide_on`] for a stream that cannot have events yet — one named by an
+/// id just generated (a key being created) — without reading it: the append
+/// still refuses, as a concurrency conflict, a stream that does have some.
+pub fn decide_new<A: Aggregate>(
+    stream_id: &str,
+    command: A::Command,
+    meta: &EventMeta,
+) -> Result<Decided<A>, HandlerError> {
+    let meta = EventMeta {
+        occurred_at: meta.occurred_at.trunc_subsecs(6),
+        ..meta.clone()
+    };
+    let events = A::decide(None, command, meta.occurred_at)?;
+    Ok(Decided {
+        stream_id: stream_id.to_owned(),
+        version: 0,
+        state: None,
+        events,
+        meta,
+    })
+}
+
 /// Handles one command in a transaction of its own.
 pub async fn execute<A: Aggregate>(
     pool: &PgPool,

@@ -336,3 +336,43 @@ async fn a_lookup_that_read_the_key_before_a_deactivation_does_not_cache_it() {
     // The next verification must not be answered from what the race read.
     assert_eq!(app.verify(json!({"key": secret})).await["code"], "INACTIVE");
 }
+
+#[actix_web::test]
+async fn concurrent_lookups_of_a_key_the_cache_lacks_make_one_database_query() {
+    let mut app = app_with_a_long_cache_ttl().await;
+    let key = app.create_key(json!({"name": "busy", "type": "secret"})).await;
+    // No notification may evict the key while the lookups run.
+    app.stop_background().await;
+    let (plain, _) = keyledger_events::domain::PlainKey::parse(key["key"].as_str().unwrap()).unwrap();
+    let hash = app.hash_key.hash(&plain);
+    let cache = app.state.cache.clone();
+    cache.clear();
+    let lookups = cache.database_lookups.load(Ordering::Relaxed);
+    // The first lookup reads the key and holds its answer until ten more
+    // lookups of the same key have arrived (as at a busy key's expiry).
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let first = cache.lookup_with(&app.pool, &hash, || async {
+        let _ = released.await;
+    });
+    let others = futures_util::future::join_all((0..10).map(|_| cache.lookup(&app.pool, &hash)));
+    let arrived = async {
+        let all_waiting = async {
+            while cache.single_flight_waits.load(Ordering::Relaxed) < 10 {
+                tokio::task::yield_now().await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), all_waiting).await;
+        let _ = release.send(());
+    };
+    let (first, others, ()) = tokio::join!(first, others, arrived);
+    let id = key["id"].as_str().unwrap();
+    assert_eq!(first.unwrap().expect("the key exists").row.id, id);
+    for other in others {
+        assert_eq!(other.unwrap().expect("the key exists").row.id, id);
+    }
+    assert_eq!(
+        cache.database_lookups.load(Ordering::Relaxed),
+        lookups + 1,
+        "one query for eleven concurrent lookups"
+    );
+}

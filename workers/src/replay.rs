@@ -15,7 +15,9 @@ use crate::session_lock::{keys, SessionLock};
 /// Every read model `read_model::apply` writes.
 pub const READ_MODELS: [&str; 4] = ["keys", "orgs", "alert_recipients", "usage_rollups"];
 const SCHEMA: &str = "keyledger_rebuild";
-const BATCH: i64 = 1_000;
+/// Events read (and applied, set-based) at a time: memory stays flat as the
+/// log grows.
+const BATCH: i64 = 20_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -73,20 +75,18 @@ async fn rebuild_into_schema(tx: &mut PgConnection) -> Result<usize, ReplayError
     Ok(applied)
 }
 
-/// Applies `events` in order to the read models `search_path` resolves to.
+/// Applies `events` in order to the read models `search_path` resolves to,
+/// set-based ([`read_model::apply_batch`]).
 async fn apply_all(db: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ReplayError> {
-    for event in events {
-        read_model::apply(&mut *db, event)
-            .await
-            .map_err(|source| match source {
-                ProjectionError::Database(e) => ReplayError::Database(e),
-                source => ReplayError::Event {
-                    position: event.position,
-                    source,
-                },
-            })?;
-    }
-    Ok(())
+    read_model::apply_batch(db, events)
+        .await
+        .map_err(|failure| match failure.error {
+            ProjectionError::Database(e) => ReplayError::Database(e),
+            source => ReplayError::Event {
+                position: failure.position,
+                source,
+            },
+        })
 }
 
 async fn begin_snapshot(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
