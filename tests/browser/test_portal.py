@@ -204,6 +204,7 @@ def test_settings_are_saved_and_read_back_over_the_api(server, portal):
     expect(listed).to_have_count(1)
     expect(listed.get_by_text("Waiting for confirmation")).to_be_visible()
     expect(page.get_by_text("Confirmed", exact=True)).to_have_count(0)
+    screenshot(page, "settings")
     status, org = server.api("GET", "/v1/org", portal.admin)
     assert org["alert_emails"] == ["ops@acme.example", "security@acme.example"]
     assert [r["confirmed_at"] for r in org["alert_recipients"]] == [None, None]
@@ -497,6 +498,7 @@ def test_a_create_form_sent_twice_makes_one_key_and_says_so(server, portal):
     expect(page.get_by_label("Your new API key")).to_have_count(0)
     assert secret not in page.content() and not re.search(r"sk_live_[0-9A-Za-z]{49}", page.content())
     expect(portal.row("Sent twice")).to_have_count(1)
+    screenshot(page, "already-created")
     status, body = server.api("GET", "/v1/keys?limit=100", portal.admin)
     assert sorted(k["name"] for k in body["data"]) == ["Admin key", "Sent twice"]
     assert server.verify(secret) == "VALID"
