@@ -499,6 +499,7 @@ def test_a_create_form_sent_twice_makes_one_key_and_says_so(server, portal):
     assert secret not in page.content() and not re.search(r"sk_live_[0-9A-Za-z]{49}", page.content())
     expect(portal.row("Sent twice")).to_have_count(1)
     screenshot(page, "already-created")
+    assert axe_violations(page) == []
     status, body = server.api("GET", "/v1/keys?limit=100", portal.admin)
     assert sorted(k["name"] for k in body["data"]) == ["Admin key", "Sent twice"]
     assert server.verify(secret) == "VALID"
