@@ -144,6 +144,37 @@
     }
   });
 
+  // ---- Forms that show a secret: sent once ---------------------------------
+  // A second click while the first is on its way is ignored, so the answer
+  // that shows the secret is the one the browser keeps. (Without JavaScript
+  // the server still makes one key: the form's nonce answers a second
+  // submission with what the first did.)
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form.hasAttribute("data-submit-once") || event.defaultPrevented) return;
+    if (event.submitter && event.submitter.getAttribute("formmethod") === "dialog") return;
+    if (form.hasAttribute("data-submitting")) {
+      event.preventDefault();
+      return;
+    }
+    form.setAttribute("data-submitting", "");
+    if (event.submitter) event.submitter.setAttribute("aria-disabled", "true");
+  });
+  // A page restored by Back is usable again.
+  window.addEventListener("pageshow", function () {
+    document.querySelectorAll("form[data-submitting]").forEach(function (form) {
+      form.removeAttribute("data-submitting");
+      form.querySelectorAll("[aria-disabled]").forEach(function (button) {
+        button.removeAttribute("aria-disabled");
+      });
+    });
+  });
+
+  // A page that answered a form: a reload is a plain visit of the list.
+  document.querySelectorAll("[data-page-url]:not(dialog)").forEach(function (box) {
+    if (window.history.replaceState) window.history.replaceState(null, "", box.getAttribute("data-page-url"));
+  });
+
   // ---- The one-time key display -------------------------------------------
   document.querySelectorAll("dialog[data-modal-on-load]").forEach(function (dialog) {
     // A reload of this page is a plain visit of the list: it never sends the

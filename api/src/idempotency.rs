@@ -74,6 +74,12 @@ impl IdempotencyKey {
     }
 }
 
+/// The operation a record is scoped to: the request's method and path
+/// (`POST /v1/keys`, `POST /portal/keys/key_01…/regenerate`).
+pub fn operation(req: &HttpRequest) -> String {
+    format!("{} {}", req.method(), req.path())
+}
+
 /// One request made with an `Idempotency-Key`.
 #[derive(Debug, Clone)]
 pub struct Idempotent {
@@ -216,12 +222,20 @@ pub async fn record(tx: &mut PgConnection, request: &Idempotent, status: u16, bo
     Ok(())
 }
 
+/// The field [`mismatch`] names.
+const MISMATCH_FIELD: &str = "Idempotency-Key";
+
 /// The answer to a request whose key was used with another body.
 pub fn mismatch() -> ApiError {
     ApiError::invalid(
-        "Idempotency-Key",
+        MISMATCH_FIELD,
         "was already used with a different request body in the last 24 hours: use a new key for a new request",
     )
+}
+
+/// Whether `error` is [`mismatch`]'s answer.
+pub fn is_mismatch(error: &ApiError) -> bool {
+    matches!(error, ApiError::Validation(details) if details.0.contains_key(MISMATCH_FIELD))
 }
 
 #[cfg(test)]

@@ -24,8 +24,12 @@ fn idempotent(req: &HttpRequest, caller: &Admin, fields: &body::Fields) -> Resul
     let Some(key) = IdempotencyKey::from_request(req)? else {
         return Ok(None);
     };
-    let operation = format!("{} {}", req.method(), req.path());
-    Ok(Some(Idempotent::new(caller.org_id(), operation, key, fields.as_map())))
+    Ok(Some(Idempotent::new(
+        caller.org_id(),
+        idempotency::operation(req),
+        key,
+        fields.as_map(),
+    )))
 }
 
 /// The first answer again, for a retry with the same `Idempotency-Key`.

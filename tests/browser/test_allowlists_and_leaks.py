@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from playwright.sync_api import expect
 
-from conftest import Portal, Server, axe_violations
+from conftest import Portal, Server, axe_violations, screenshot
 
 REPORTER_ID = "browser-test-reporter"
 SIGNING_KEY = ec.generate_private_key(ec.SECP256R1())
@@ -135,6 +135,7 @@ def test_a_key_reported_leaked_is_marked_and_explained_and_axe_stays_clean(serve
     expect(notice).to_contain_text("deactivated at once")
     expect(page.get_by_role("table").get_by_text("Reported leaked")).to_be_visible()
     expect(page.get_by_text("Secret scanner report").first).to_be_visible()
+    screenshot(page, "leaked-key")
     if found := axe_violations(page):
         pytest.fail(f"key page: {found}")
     assert secret not in page.content()

@@ -204,6 +204,7 @@ def test_settings_are_saved_and_read_back_over_the_api(server, portal):
     expect(listed).to_have_count(1)
     expect(listed.get_by_text("Waiting for confirmation")).to_be_visible()
     expect(page.get_by_text("Confirmed", exact=True)).to_have_count(0)
+    screenshot(page, "settings")
     status, org = server.api("GET", "/v1/org", portal.admin)
     assert org["alert_emails"] == ["ops@acme.example", "security@acme.example"]
     assert [r["confirmed_at"] for r in org["alert_recipients"]] == [None, None]
@@ -229,7 +230,7 @@ def test_another_organization_sees_none_of_the_first_ones_keys(server, browser, 
         # Forms posted to the first organization's key from the second one's
         # session, with its valid CSRF token: not found, and nothing changes.
         before = server.api("GET", f"/v1/keys/{acme_key}", portal.admin)[1]
-        for action, fields in [("deactivate", {}), ("regenerate", {"grace": "none"}),
+        for action, fields in [("deactivate", {}), ("regenerate", {"grace": "none", "nonce": "n" * 64}),
                                ("delete", {"confirm_name": "Acme secret"}),
                                ("edit", {"name": "Taken", "scopes": "admin"})]:
             answer = other.context.request.post(f"{server.base}/portal/keys/{acme_key}/{action}",
@@ -465,6 +466,101 @@ def test_reloading_after_a_new_secret_makes_no_other_key(server, portal):
     page.reload()
     expect(page.get_by_label("Your new API key")).to_have_count(0)
     assert server.verify(secret) == "VALID"
+
+
+def resubmit(page, sent, form_page, button):
+    """Sends the form POST `sent` again from the browser, as a reload of its
+    answer (or Back and resubmit, or a retry after a lost answer) does: the
+    same fields, nonce included, sent from the form's page; shows the answer."""
+    page.goto(page.url.split("/portal/")[0] + form_page)
+    page.route(sent.url, lambda route: route.continue_(post_data=sent.post_data), times=1)
+    page.get_by_role("button", name=button, exact=True).click()
+
+
+def posted_form(page, path):
+    return page.expect_request(lambda r: r.method == "POST" and r.url.endswith(path))
+
+
+def test_a_create_form_sent_twice_makes_one_key_and_says_so(server, portal):
+    page = portal.page
+    portal.goto("/portal/keys/new")
+    page.get_by_label("Name").fill("Sent twice")
+    with posted_form(page, "/portal/keys") as sent:
+        page.get_by_role("button", name="Create", exact=True).click()
+    secret = page.get_by_label("Your new API key").input_value()
+    assert "nonce=" in sent.value.post_data
+    resubmit(page, sent.value, "/portal/keys/new", "Create")
+    already = page.get_by_role("status").filter(has_text="already created")
+    expect(already.get_by_role("heading")).to_have_text("This API key was already created")
+    key_id = portal.key_id("Sent twice")
+    expect(already.get_by_role("link", name="Sent twice")).to_have_attribute("href", f"/portal/keys/{key_id}")
+    # The secret is not shown again, and no other one is.
+    expect(page.get_by_label("Your new API key")).to_have_count(0)
+    assert secret not in page.content() and not re.search(r"sk_live_[0-9A-Za-z]{49}", page.content())
+    expect(portal.row("Sent twice")).to_have_count(1)
+    screenshot(page, "already-created")
+    assert axe_violations(page) == []
+    status, body = server.api("GET", "/v1/keys?limit=100", portal.admin)
+    assert sorted(k["name"] for k in body["data"]) == ["Admin key", "Sent twice"]
+    assert server.verify(secret) == "VALID"
+    # A new form is a new key.
+    portal.create_key("Sent twice")
+    status, body = server.api("GET", "/v1/keys?limit=100", portal.admin)
+    assert [k["name"] for k in body["data"]].count("Sent twice") == 2
+
+
+def test_a_regenerate_form_sent_twice_gives_one_new_secret_and_says_so(server, portal):
+    old = portal.create_key("Rotated once")
+    key_id = portal.key_id("Rotated once")
+    page = portal.page
+    portal.goto("/portal/keys")
+    portal.action("Rotated once", "Regenerate")
+    with posted_form(page, f"/portal/keys/{key_id}/regenerate") as sent:
+        page.get_by_role("dialog").get_by_role("button", name="Regenerate").click()
+    new = page.get_by_label("Your new API key").input_value()
+    resubmit(page, sent.value, f"/portal/keys/{key_id}/regenerate", "Regenerate")
+    already = page.get_by_role("status").filter(has_text="already regenerated")
+    expect(already.get_by_role("heading")).to_have_text("This key was already regenerated")
+    expect(already.get_by_role("link", name="Rotated once")).to_have_attribute("href", f"/portal/keys/{key_id}")
+    expect(page.get_by_label("Your new API key")).to_have_count(0)
+    assert new not in page.content() and not re.search(r"sk_live_[0-9A-Za-z]{49}", page.content())
+    # The first new secret still works: no third secret replaced it.
+    assert server.verify(new) == "VALID" and server.verify(old) == "NOT_FOUND"
+    events = server.api("GET", f"/v1/keys/{key_id}/events", portal.admin)[1]["data"]
+    assert [e["type"] for e in events].count("key.regenerated") == 1
+
+
+def test_the_create_form_sent_twice_without_javascript_makes_one_key(server, browser):
+    portal = Portal(server, browser, name="NoScriptTwice", javascript=False)
+    try:
+        page = portal.page
+        portal.goto("/portal/keys/new")
+        page.get_by_label("Name").fill("Plain twice")
+        with posted_form(page, "/portal/keys") as sent:
+            page.get_by_role("button", name="Create", exact=True).click()
+        secret = page.get_by_label("Your new API key").input_value()
+        resubmit(page, sent.value, "/portal/keys/new", "Create")
+        expect(page.get_by_role("heading", name="This API key was already created")).to_be_visible()
+        assert secret not in page.content()
+        status, body = server.api("GET", "/v1/keys?limit=100", portal.admin)
+        assert sorted(k["name"] for k in body["data"]) == ["Admin key", "Plain twice"]
+        # The same nonce with other values: refused, with a new form.
+        first_nonce = re.search(r"nonce=([0-9a-f]+)", sent.value.post_data).group(1)
+        changed = sent.value.post_data.replace("name=Plain+twice", "name=Changed")
+        page.goto(server.base + "/portal/keys/new")
+        page.route(sent.value.url, lambda route: route.continue_(post_data=changed), times=1)
+        page.get_by_role("button", name="Create", exact=True).click()
+        expect(page.get_by_role("alert")).to_contain_text("already sent with other values")
+        new_nonce = page.locator('input[name="nonce"]').input_value()
+        assert new_nonce and new_nonce != first_nonce
+        # A form without its nonce runs nothing.
+        csrf = page.locator('input[name="csrf"]').first.input_value()
+        answer = portal.context.request.post(server.base + "/portal/keys",
+                                             form={"csrf": csrf, "name": "No nonce", "type": "secret"})
+        assert answer.status == 400 and "reload the page" in answer.text()
+        assert len(server.api("GET", "/v1/keys?limit=100", portal.admin)[1]["data"]) == 2
+    finally:
+        portal.close()
 
 
 def test_escape_does_not_lose_the_new_key(server, portal):

@@ -15,7 +15,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from conftest import Server, axe_violations
+from conftest import Server, axe_violations, screenshot
 
 SECRET_PATTERN = re.compile(r"^whsec_[A-Za-z0-9+/]{43}=$")
 
@@ -120,6 +120,7 @@ def test_add_an_endpoint_see_its_secret_once_and_its_signed_delivery_in_the_log(
     expect(row).to_contain_text("Delivered")
     expect(row).to_contain_text("200")
     expect(row).to_contain_text(headers["webhook-id"])
+    screenshot(page, "webhook-deliveries")
     assert secret not in server.log_text()
 
 

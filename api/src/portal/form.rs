@@ -1,12 +1,28 @@
 //! Posted portal forms: the body (urlencoded, at most 64 KiB), and the
 //! checks that it was sent by this session from this site — the CSRF token,
 //! and `Origin` / `Sec-Fetch-Site` when the browser sends them.
+//!
+//! The forms that show a secret once (create a key, regenerate one) also
+//! carry a nonce, new with each page: it is the operation's
+//! `Idempotency-Key`, so the same form sent again (a double click, a reload
+//! of the answer, a retry after a lost answer) gets the first outcome back
+//! instead of a second key or a second new secret.
 
 use actix_web::{http::header, web, HttpRequest};
 use futures_util::StreamExt;
+use serde_json::{Map, Value};
 
 use super::{PortalError, Session};
+use crate::idempotency::{self, IdempotencyKey, Idempotent};
 use crate::{error::ApiError, AppState, BODY_LIMIT};
+
+/// The hidden field that holds a form's nonce.
+pub const NONCE: &str = "nonce";
+
+/// A new form's nonce: 256 bits from the OS CSPRNG, as 64 hex characters.
+pub fn nonce() -> Result<String, PortalError> {
+    Ok(super::session::new_token()?)
+}
 
 /// A posted form's fields, in order (a field may repeat: `scopes`).
 #[derive(Debug, Default)]
@@ -29,6 +45,33 @@ impl Form {
     /// The first value of `name`, or "".
     pub fn text(&self, name: &str) -> String {
         self.get(name).unwrap_or_default().to_owned()
+    }
+
+    /// The form as a request body for its `Idempotency-Key`: every field
+    /// but the CSRF token and the nonce, each with all its values.
+    fn body(&self) -> Map<String, Value> {
+        let mut body = Map::new();
+        for (name, value) in &self.fields {
+            if name != "csrf" && name != NONCE {
+                let values = body.entry(name.clone()).or_insert_with(|| Value::Array(Vec::new()));
+                if let Value::Array(values) = values {
+                    values.push(Value::String(value.clone()));
+                }
+            }
+        }
+        body
+    }
+
+    /// The form's nonce as the `Idempotency-Key` of the operation `req`
+    /// runs for the caller's organization, with the form's other fields as
+    /// its body. A form without a well-formed nonce (a page from before
+    /// nonces, or not from the portal at all) is refused: nothing runs.
+    pub fn idempotent(&self, req: &HttpRequest, org_id: &str) -> Result<Idempotent, PortalError> {
+        let key = self
+            .get(NONCE)
+            .and_then(|nonce| IdempotencyKey::parse(nonce).ok())
+            .ok_or_else(|| ApiError::BadRequest("the form has no valid nonce: reload the page".into()))?;
+        Ok(Idempotent::new(org_id, idempotency::operation(req), key, &self.body()))
     }
 
     /// Every value of `name`.
@@ -114,6 +157,21 @@ mod tests {
         assert_eq!(form.text("name"), "<script> x");
         assert_eq!(form.all("scopes"), ["read:experiences", "admin"]);
         assert_eq!(form.get("missing"), None);
+    }
+
+    #[test]
+    fn the_idempotency_body_is_every_field_but_the_token_and_the_nonce() {
+        let form = Form::parse(b"csrf=ab&nonce=n1&name=x&scopes=a&scopes=b");
+        let body = form.body();
+        assert_eq!(
+            serde_json::Value::Object(body),
+            serde_json::json!({"name": ["x"], "scopes": ["a", "b"]})
+        );
+        let again = Form::parse(b"nonce=n1&scopes=a&name=x&scopes=b&csrf=cd");
+        assert_eq!(
+            idempotency::fingerprint(&again.body()),
+            idempotency::fingerprint(&form.body())
+        );
     }
 
     #[test]

@@ -13,10 +13,11 @@ use keyledger_events::read_model::{self, KeyFilter, KeyRow};
 use serde_json::Value;
 
 use super::views::{
-    self, ActionsPage, AuditRow, DeletePage, EditKeyPage, Errors, KeyForm, KeyPage, KeyView, KeysPage, Layout,
+    self, ActionsPage, Already, AuditRow, DeletePage, EditKeyPage, Errors, KeyForm, KeyPage, KeyView, KeysPage, Layout,
     LeakNotice, NewKeyPage, Period, RegeneratePage, Section, Shown, Stamp, Stat,
 };
 use super::{chart, form, html, page, see_other, PortalError, Session};
+use crate::idempotency::{self, Recorded};
 use crate::manage::{self, Done, Granularity, NewKey};
 use crate::{error::ApiError, AppState};
 
@@ -65,14 +66,42 @@ fn list_url(status: &str, key_type: &str, cursor: Option<&str>) -> String {
     }
 }
 
+/// What the list page shows above the keys after a create or regenerate
+/// form: the new secret (once), or what a form sent again did the first time.
+enum Outcome {
+    Shown(Shown),
+    Already(Already),
+}
+
+/// The page for a form sent again: the first outcome, as the shared
+/// operation replays it (the key, and that its secret is unavailable).
+fn already(recorded: &Recorded, title: &str, done: &str) -> Result<Outcome, PortalError> {
+    let body = recorded.replay_body();
+    let text = |field: &str| body[field].as_str().map(str::to_owned);
+    match (text("id"), text("name"), body["secret_unavailable"].as_bool()) {
+        (Some(key_id), Some(key_name), Some(true)) => Ok(Outcome::Already(Already {
+            title: title.to_owned(),
+            key_name,
+            key_id,
+            done: done.to_owned(),
+        })),
+        _ => Err(ApiError::internal(std::io::Error::other("a replayed answer names no key")).into()),
+    }
+}
+
 /// The list page (also the page that shows a new secret once).
 async fn keys_page(
     state: &AppState,
     session: &Session,
     query: Option<&Query>,
     notice: Option<String>,
-    shown: Option<Shown>,
+    outcome: Option<Outcome>,
 ) -> Result<KeysPage, PortalError> {
+    let (shown, already) = match outcome {
+        Some(Outcome::Shown(shown)) => (Some(shown), None),
+        Some(Outcome::Already(already)) => (None, Some(already)),
+        None => (None, None),
+    };
     let status = query
         .and_then(|q| param(q, "status"))
         .and_then(KeyStatus::parse)
@@ -106,6 +135,8 @@ async fn keys_page(
         type_filter: key_type.to_owned(),
         notice,
         shown,
+        already,
+        nonce: form::nonce()?,
     })
 }
 
@@ -120,6 +151,7 @@ fn today() -> String {
 pub async fn new_form(session: Session) -> Result<HttpResponse, PortalError> {
     page(&NewKeyPage {
         layout: Layout::new(&session, Section::Keys),
+        nonce: form::nonce()?,
         scopes: views::scope_options(&[]),
         form: KeyForm::default(),
         errors: Errors::default(),
@@ -158,6 +190,12 @@ pub async fn create(
         expires_on: posted.text("expires_on"),
         allowed_ips: posted.text("allowed_ips"),
     };
+    let caller = session.caller()?;
+    let idempotent = posted.idempotent(&req, caller.org_id())?;
+    // A refused form changed nothing: sent again as corrected, it runs anew
+    // under the same nonce. (Its nonce stays unless it was used with other
+    // values: then the form gets a new one.)
+    let mut nonce = posted.text(form::NONCE);
     let mut errors = Errors::default();
     let expires_at = parse_expiry(&typed.expires_on, &mut errors);
     let outcome = if errors.is_empty() {
@@ -168,9 +206,21 @@ pub async fn create(
             expires_at,
             allowed_ips: Some(typed.allowed_ips_list()),
         };
-        match manage::create_key(&state, &session.caller()?, new, None).await {
+        match manage::create_key(&state, &caller, new, Some(&idempotent)).await {
             Ok(Done::Ran(created)) => Some(created),
-            Ok(Done::Replayed(_)) => unreachable!("no Idempotency-Key was given"),
+            Ok(Done::Replayed(recorded)) => {
+                let outcome = already(&recorded, "This API key was already created", "it created the key")?;
+                return page(&keys_page(&state, &session, None, None, Some(outcome)).await?);
+            }
+            Err(e) if idempotency::is_mismatch(&e) => {
+                errors.add(
+                    "form",
+                    "This form was already sent with other values, and a key was created then (see the list of \
+                     keys). Check the fields and choose Create again to create another key.",
+                );
+                nonce = form::nonce()?;
+                None
+            }
             Err(ApiError::Validation(details)) => {
                 errors = Errors::from_details(&details, &KEY_FIELDS);
                 None
@@ -183,6 +233,7 @@ pub async fn create(
     let Some((row, secret)) = outcome else {
         let refused = NewKeyPage {
             layout: Layout::new(&session, Section::Keys),
+            nonce,
             scopes: views::scope_options(&typed.scopes),
             form: typed,
             errors,
@@ -199,7 +250,7 @@ pub async fn create(
         secret: secret.expose().to_owned(),
         grace_note: None,
     };
-    page(&keys_page(&state, &session, None, None, Some(shown)).await?)
+    page(&keys_page(&state, &session, None, None, Some(Outcome::Shown(shown))).await?)
 }
 
 async fn own_key(state: &AppState, session: &Session, id: &str) -> Result<KeyRow, PortalError> {
@@ -299,12 +350,13 @@ pub async fn actions(
     })
 }
 
-fn regenerate_page(session: &Session, row: &KeyRow, error: &str) -> RegeneratePage {
-    RegeneratePage {
+fn regenerate_page(session: &Session, row: &KeyRow, error: &str) -> Result<RegeneratePage, PortalError> {
+    Ok(RegeneratePage {
         layout: Layout::new(session, Section::Keys),
+        nonce: form::nonce()?,
         key: KeyView::new(row, Utc::now()),
         error: error.to_owned(),
-    }
+    })
 }
 
 pub async fn regenerate_form(
@@ -313,7 +365,7 @@ pub async fn regenerate_form(
     id: web::Path<String>,
 ) -> Result<HttpResponse, PortalError> {
     let row = own_key(&state, &session, &id).await?;
-    page(&regenerate_page(&session, &row, ""))
+    page(&regenerate_page(&session, &row, "")?)
 }
 
 pub async fn regenerate(
@@ -331,13 +383,31 @@ pub async fn regenerate(
             &session,
             &row,
             "Choose a grace period: none, 1 hour, 24 hours or 7 days.",
-        );
+        )?;
         return Ok(html(StatusCode::UNPROCESSABLE_ENTITY, &refused));
     };
+    let caller = session.caller()?;
+    let idempotent = posted.idempotent(&req, caller.org_id())?;
     let regenerated =
-        match manage::regenerate_key(&state, &session.caller()?, manage::key_id(&id)?, seconds, None).await? {
-            Done::Ran(regenerated) => regenerated,
-            Done::Replayed(_) => unreachable!("no Idempotency-Key was given"),
+        match manage::regenerate_key(&state, &caller, manage::key_id(&id)?, seconds, Some(&idempotent)).await {
+            Ok(Done::Ran(regenerated)) => regenerated,
+            Ok(Done::Replayed(recorded)) => {
+                let outcome = already(&recorded, "This key was already regenerated", "it gave a new secret to")?;
+                return page(&keys_page(&state, &session, None, None, Some(outcome)).await?);
+            }
+            // The same form sent with another grace period: the key was
+            // regenerated the first time; regenerating again is a new form.
+            Err(e) if idempotency::is_mismatch(&e) => {
+                let row = own_key(&state, &session, &id).await?;
+                let refused = regenerate_page(
+                    &session,
+                    &row,
+                    "This form was already sent with another grace period, and the key was regenerated then. \
+                     To give it yet another secret, choose the grace period and Regenerate again.",
+                )?;
+                return Ok(html(StatusCode::UNPROCESSABLE_ENTITY, &refused));
+            }
+            Err(other) => return Err(other.into()),
         };
     // The time the command recorded, not the time of this page.
     let grace_note = match regenerated.previous_valid_until {
@@ -359,7 +429,7 @@ pub async fn regenerate(
         secret: regenerated.secret.expose().to_owned(),
         grace_note: Some(grace_note),
     };
-    page(&keys_page(&state, &session, None, None, Some(shown)).await?)
+    page(&keys_page(&state, &session, None, None, Some(Outcome::Shown(shown))).await?)
 }
 
 pub async fn deactivate(
@@ -537,6 +607,7 @@ pub async fn detail(
         return_to: format!("/portal/keys/{id}"),
         leak,
         key,
+        nonce: form::nonce()?,
     })
 }
 

@@ -44,7 +44,7 @@ impl Clock {
 }
 
 /// A fresh token: 256 bits from the OS CSPRNG, as 64 hex characters.
-fn new_token() -> Result<String, ApiError> {
+pub(super) fn new_token() -> Result<String, ApiError> {
     let mut bytes = [0u8; 32];
     getrandom::getrandom(&mut bytes).map_err(|e| ApiError::internal(std::io::Error::other(e.to_string())))?;
     Ok(hex(&bytes))

@@ -272,6 +272,16 @@ pub struct Shown {
     pub grace_note: Option<String>,
 }
 
+/// The answer to a create or regenerate form sent again (same nonce): what
+/// the first submission did, without its secret, which is never stored.
+pub struct Already {
+    pub title: String,
+    pub key_name: String,
+    pub key_id: String,
+    /// What happened the first time, in words.
+    pub done: String,
+}
+
 #[derive(Template)]
 #[template(path = "portal/keys.html")]
 pub struct KeysPage {
@@ -284,13 +294,17 @@ pub struct KeysPage {
     pub first_page: Option<String>,
     pub notice: Option<String>,
     pub shown: Option<Shown>,
+    pub already: Option<Already>,
     pub return_to: String,
+    /// The regenerate dialog's nonce.
+    pub nonce: String,
 }
 
 #[derive(Template)]
 #[template(path = "portal/key_new.html")]
 pub struct NewKeyPage {
     pub layout: Layout,
+    pub nonce: String,
     pub form: KeyForm,
     pub scopes: Vec<ScopeOption>,
     pub errors: Errors,
@@ -328,6 +342,7 @@ pub const GRACE_PERIODS: [(&str, &str, i64); 4] = [
 #[template(path = "portal/key_regenerate.html")]
 pub struct RegeneratePage {
     pub layout: Layout,
+    pub nonce: String,
     pub key: KeyView,
     pub error: String,
 }
@@ -377,6 +392,8 @@ pub struct KeyPage {
     pub return_to: String,
     /// The report that the current secret leaked, while it stands.
     pub leak: Option<LeakNotice>,
+    /// The regenerate dialog's nonce.
+    pub nonce: String,
 }
 
 /// An alert recipient, as the settings page lists it: confirmed (alerts go
@@ -544,7 +561,14 @@ mod tests {
                         secret: "sk_live_x".into(),
                         grace_note: Some(HOSTILE.into()),
                     }),
+                    already: Some(Already {
+                        title: "API key already created".into(),
+                        key_name: HOSTILE.into(),
+                        key_id: "key_1".into(),
+                        done: "created".into(),
+                    }),
                     return_to: "/portal/keys".into(),
+                    nonce: "n".into(),
                 }
                 .render()
                 .unwrap(),
@@ -553,6 +577,7 @@ mod tests {
                 "new",
                 NewKeyPage {
                     layout: layout(),
+                    nonce: "n".into(),
                     form: form(),
                     scopes: scope_options(&[]),
                     errors: errors(),
@@ -598,6 +623,7 @@ mod tests {
                         source: HOSTILE.into(),
                         deactivated: true,
                     }),
+                    nonce: "n".into(),
                 }
                 .render()
                 .unwrap(),
@@ -616,6 +642,7 @@ mod tests {
                 "regenerate",
                 RegeneratePage {
                     layout: layout(),
+                    nonce: "n".into(),
                     key: key(),
                     error: HOSTILE.into(),
                 }
