@@ -124,8 +124,11 @@ async fn the_projector_keeps_the_list_in_step_with_the_log() {
     let app = spawn_app().await;
     let key = app.create_key(json!({"name": "projected", "type": "secret"})).await;
     let id = key["id"].as_str().unwrap();
-    // The projector catches up: its checkpoint reaches the key's event within 1 s.
-    let deadline = Instant::now() + Duration::from_secs(1);
+    // The projector catches up: its checkpoint reaches the key's event. The
+    // bound is generous: a transaction open anywhere on the server (other
+    // tests create databases in parallel) holds the log's readers back, and
+    // speed is the benchmark's business, not this test's.
+    let deadline = Instant::now() + Duration::from_secs(15);
     let position: i64 = sqlx::query_scalar("select max(position) from events")
         .fetch_one(&app.pool)
         .await
@@ -139,7 +142,7 @@ async fn the_projector_keeps_the_list_in_step_with_the_log() {
         if at.is_some_and(|p| p >= position) {
             break;
         }
-        assert!(Instant::now() < deadline, "projector did not catch up within 1 s");
+        assert!(Instant::now() < deadline, "projector did not catch up within 15 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let listed = app.get("/v1/keys").await;
