@@ -26,9 +26,9 @@
 //! TTL, however many requests arrive at once (without it, a busy key's
 //! expiry sent every in-flight request to the connection pool together).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -80,9 +80,12 @@ pub struct KeyCache {
     slots: RwLock<HashMap<[u8; 32], Slot>>,
     ttl: Duration,
     capacity: usize,
-    /// Bumped by every eviction: a lookup that raced one does not cache
-    /// what it read (it may predate the change).
+    /// Bumped by every eviction: a lookup that raced one of its key (or
+    /// organization) does not cache what it read (it may predate the change).
     generation: AtomicU64,
+    /// The latest evictions (at most [`EVICTION_LOG`]), each with the
+    /// generation it bumped to, oldest first; written under the slots' lock.
+    evictions: Mutex<VecDeque<(u64, Evicted)>>,
     /// Bumped when the notification listener drops and when it is back:
     /// entries of an older epoch are unconfirmed.
     epoch: AtomicU64,
@@ -107,6 +110,7 @@ impl KeyCache {
             ttl,
             capacity,
             generation: AtomicU64::new(0),
+            evictions: Mutex::default(),
             epoch: AtomicU64::new(0),
             outage_grace,
             database,
@@ -252,7 +256,7 @@ impl KeyCache {
     fn insert(&self, hash: [u8; 32], slot: Slot, generation: u64) {
         let mut slots = self.slots.write().expect("cache lock");
         // Checked under the lock evictions take: no eviction can slip between.
-        if self.generation.load(Ordering::SeqCst) != generation {
+        if self.generation.load(Ordering::SeqCst) != generation && self.raced(&slot.entry, generation) {
             return;
         }
         if slots.len() >= self.capacity {
@@ -268,15 +272,52 @@ impl KeyCache {
         slots.insert(hash, slot);
     }
 
+    /// Whether an eviction since `generation` may have changed what a
+    /// lookup read as `entry`: one of its key or organization, a
+    /// [`KeyCache::clear`], any at all for an unknown key (whose id the
+    /// cache does not know), or more than the log remembers. A lookup that
+    /// merely ran alongside evictions of other keys keeps what it read — it
+    /// is also what the key answers in a database outage. Called under the
+    /// slots' lock.
+    fn raced(&self, entry: &Entry, generation: u64) -> bool {
+        let evictions = self.evictions.lock().expect("evictions lock");
+        let remembered = evictions.front().is_some_and(|(first, _)| *first <= generation + 1);
+        if !remembered {
+            return true;
+        }
+        evictions
+            .iter()
+            .filter(|(bumped, _)| *bumped > generation)
+            .any(|(_, evicted)| match (evicted, entry) {
+                (Evicted::All, _) | (_, Entry::Unknown) => true,
+                (Evicted::Key(id), Entry::Known(key)) => key.row.id == *id,
+                (Evicted::Org(id), Entry::Known(key)) => key.row.org_id == *id,
+            })
+    }
+
+    /// Bumps the generation for an eviction (under the slots' lock).
+    fn bump(&self, evicted: Evicted) {
+        let bumped = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut evictions = self.evictions.lock().expect("evictions lock");
+        if evictions.len() >= EVICTION_LOG {
+            evictions.pop_front();
+        }
+        evictions.push_back((bumped, evicted));
+    }
+
     /// Forgets every entry of the key or organization a notification names,
     /// and (like [`KeyCache::clear`]) bumps the generation, so no lookup that
-    /// read the database before the change caches what it read.
+    /// read that key or organization before the change caches what it read.
     pub fn evict_stream(&self, stream_id: &str) {
         let Some((kind, id)) = stream_id.split_once('-') else {
             return;
         };
         let mut slots = self.slots.write().expect("cache lock");
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.bump(match kind {
+            "key" => Evicted::Key(id.to_owned()),
+            "org" => Evicted::Org(id.to_owned()),
+            _ => Evicted::All,
+        });
         slots.retain(|_, slot| match &slot.entry {
             Entry::Known(key) => match kind {
                 "key" => key.row.id != id,
@@ -288,17 +329,18 @@ impl KeyCache {
     }
 
     /// Every entry must be confirmed by the database again before it is
-    /// trusted; until then each keeps its answer for a database outage.
+    /// trusted; until then each keeps its answer for a database outage. A
+    /// lookup that read before this stores what it read with the epoch it
+    /// began in: unconfirmed like the others, and kept for an outage as they
+    /// are.
     fn unconfirm_all(&self) {
         let _slots = self.slots.write().expect("cache lock");
-        // Lookups that read before this must not store what they read.
-        self.generation.fetch_add(1, Ordering::SeqCst);
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     pub fn clear(&self) {
         let mut slots = self.slots.write().expect("cache lock");
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.bump(Evicted::All);
         slots.clear();
     }
 
@@ -368,6 +410,16 @@ impl Drop for Flight<'_> {
     fn drop(&mut self) {
         self.flights.lock().expect("flights lock").remove(&self.hash);
     }
+}
+
+/// Evictions remembered for lookups in flight.
+const EVICTION_LOG: usize = 1024;
+
+/// What an eviction forgot.
+enum Evicted {
+    Key(String),
+    Org(String),
+    All,
 }
 
 /// A slot as a lookup saw it.

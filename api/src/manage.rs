@@ -78,7 +78,7 @@ async fn rotation_days(state: &AppState, caller: &Caller) -> Result<u32, ApiErro
 
 /// The guard every key command runs behind: another organization's key is
 /// not found, exactly like an unknown id.
-fn own_key(caller: &Caller) -> impl FnOnce(Option<&ApiKey>) -> Result<(), DomainError> {
+fn own_key(caller: &Caller) -> impl Fn(Option<&ApiKey>) -> Result<(), DomainError> {
     let own = caller.org_id;
     move |current| match current {
         Some(k) if k.org_id != own => Err(DomainError::NotFound),
@@ -86,10 +86,11 @@ fn own_key(caller: &Caller) -> impl FnOnce(Option<&ApiKey>) -> Result<(), Domain
     }
 }
 
-/// Runs a command on one of the caller's keys in a transaction of its own.
-/// This process's cache forgets the key before the answer (other processes,
-/// on the change notification), so a verification sent here after the
-/// answer sees the change.
+/// Runs a command on one of the caller's keys in a transaction of its own
+/// (usage records appended meanwhile make it decide again, see
+/// [`handler::decide_and_append_on`]). This process's cache forgets the key
+/// before the answer (other processes, on the change notification), so a
+/// verification sent here after the answer sees the change.
 async fn execute(
     state: &AppState,
     caller: &Caller,
@@ -97,9 +98,12 @@ async fn execute(
     command: KeyCommand,
 ) -> Result<Vec<StoredEvent>, ApiError> {
     let stream = key::stream_id(id);
-    let result = handler::execute::<ApiKey>(&state.pool, &stream, command, &caller.meta(), own_key(caller)).await;
+    let mut tx = state.database.read(state.pool.begin()).await?;
+    let outcome =
+        handler::decide_and_append_on::<ApiKey>(&mut tx, &stream, command, &caller.meta(), own_key(caller)).await?;
+    tx.commit().await?;
     state.cache.evict_stream(&stream);
-    Ok(result?.events)
+    Ok(outcome.events)
 }
 
 /// How a command ended for its caller.
@@ -144,17 +148,20 @@ async fn run(
     }
     let created = matches!(command, KeyCommand::Create(_));
     let stream = key::stream_id(id);
-    // A new key's id was just generated: its stream has nothing to read.
-    let decided = match created {
-        true => handler::decide_new::<ApiKey>(&stream, command, &meta)?,
-        false => handler::decide_on::<ApiKey>(&mut tx, &stream, command, &meta, own_key(caller)).await?,
+    let outcome = match created {
+        // A new key's id was just generated: its stream has nothing to read.
+        true => {
+            let decided = handler::decide_new::<ApiKey>(&stream, command, &meta)?;
+            let outcome = decided.append(&mut tx).await?;
+            // Last before the commit: the lock it takes serializes the
+            // organization's creations only for the count and the commit.
+            hold_key_quota(&mut tx, caller.org_id(), state.settings.max_keys_per_org).await?;
+            outcome
+        }
+        // Usage records appended meanwhile make it decide again; another
+        // command's change is a conflict.
+        false => handler::decide_and_append_on::<ApiKey>(&mut tx, &stream, command, &meta, own_key(caller)).await?,
     };
-    let outcome = decided.append(&mut tx).await?;
-    if created {
-        // Last before the commit: the lock it takes serializes the
-        // organization's creations only for the count and the commit.
-        hold_key_quota(&mut tx, caller.org_id(), state.settings.max_keys_per_org).await?;
-    }
     let key = outcome.state.filter(|k| !k.deleted).ok_or(ApiError::NotFound)?;
     let mut row = KeyRow::from_aggregate(&key, outcome.version);
     // Usage is the read model's alone; a new key has none.

@@ -208,6 +208,72 @@ pub fn decide_new<A: Aggregate>(
     })
 }
 
+/// How many times a command is decided at most when only usage records
+/// were appended to its stream between its read and its append.
+pub const ATTEMPTS: usize = 3;
+
+/// Whether every event appended to `stream_id` after `version` is a usage
+/// record: they change no state (loading skips them), so a command decided
+/// before them would decide the same after them.
+pub async fn only_usage_after(conn: &mut PgConnection, stream_id: &str, version: i64) -> Result<bool, sqlx::Error> {
+    let others: i64 =
+        sqlx::query_scalar("select count(*) from events where stream_id = $1 and version > $2 and type <> $3")
+            .bind(stream_id)
+            .bind(version)
+            .bind(USAGE_EVENT)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(others == 0)
+}
+
+/// [`decide_on`] then [`Decided::append`], inside the caller's transaction.
+/// When the append finds the stream changed only by usage records since the
+/// read (a usage flush appends them at any moment), the command is read and
+/// decided again, up to [`ATTEMPTS`] times in all; each attempt runs in a
+/// savepoint, so what the transaction did before (an idempotency claim, a
+/// lock) stays. Any other change in between is
+/// [`HandlerError::Concurrency`], as before.
+pub async fn decide_and_append_on<A: Aggregate>(
+    tx: &mut PgConnection,
+    stream_id: &str,
+    command: A::Command,
+    meta: &EventMeta,
+    guard: impl Fn(Option<&A>) -> Result<(), DomainError>,
+) -> Result<Outcome<A>, HandlerError>
+where
+    A::Command: Clone,
+{
+    let mut attempt = 1;
+    loop {
+        let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
+        let decided = match decide_on::<A>(&mut savepoint, stream_id, command.clone(), meta, &guard).await {
+            Ok(decided) => decided,
+            Err(e) => {
+                savepoint.rollback().await?;
+                return Err(e);
+            }
+        };
+        let read = decided.version;
+        match decided.append(&mut savepoint).await {
+            Ok(outcome) => {
+                savepoint.commit().await?;
+                return Ok(outcome);
+            }
+            Err(HandlerError::Concurrency) if attempt < ATTEMPTS => {
+                savepoint.rollback().await?;
+                if !only_usage_after(&mut *tx, stream_id, read).await? {
+                    return Err(HandlerError::Concurrency);
+                }
+                attempt += 1;
+            }
+            Err(e) => {
+                savepoint.rollback().await?;
+                return Err(e);
+            }
+        }
+    }
+}
+
 /// Handles one command in a transaction of its own.
 pub async fn execute<A: Aggregate>(
     pool: &PgPool,

@@ -147,3 +147,136 @@ async fn concurrent_updates_each_succeed_or_conflict_and_lose_nothing() {
     let versions = assert_stream_contiguous_and_state_equals_replay(&app, &id).await;
     assert_eq!(versions, 1 + succeeded as i64);
 }
+
+/// A transaction that has appended `command` to the key's stream and not
+/// committed: a command that reads the stream now sees the version before
+/// it, and its append waits for this one's outcome.
+async fn hold_an_append(
+    app: &crate::support::TestApp,
+    id: &str,
+    command: keyledger_events::domain::KeyCommand,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    use keyledger_events::domain::ApiKey;
+    use keyledger_events::{handler, log::EventMeta};
+    let mut tx = app.pool.begin().await.unwrap();
+    let meta = EventMeta {
+        actor: "test".into(),
+        request_id: None,
+        occurred_at: chrono::Utc::now(),
+    };
+    handler::decide_on::<ApiKey>(&mut tx, &format!("key-{id}"), command, &meta, |_| Ok(()))
+        .await
+        .unwrap()
+        .append(&mut tx)
+        .await
+        .unwrap();
+    tx
+}
+
+/// The usage records a flush appends: one minute's counts.
+fn usage() -> keyledger_events::domain::KeyCommand {
+    let now = chrono::Utc::now();
+    keyledger_events::domain::KeyCommand::RecordUsage(keyledger_events::domain::key::KeyUsed {
+        minute: now,
+        requests: 3,
+        successful: 3,
+        failed: 0,
+        rate_limited: 0,
+        last_used_at: now,
+    })
+}
+
+/// The types of the key's events, in order.
+async fn event_types(app: &crate::support::TestApp, id: &str) -> Vec<String> {
+    sqlx::query_scalar("select type from events where stream_id = $1 order by version")
+        .bind(format!("key-{id}"))
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+}
+
+/// Starts `request` and lets it run until its append waits for `held`;
+/// then commits `held` and answers what the request answered.
+async fn interleave(
+    app: &crate::support::TestApp,
+    held: sqlx::Transaction<'static, sqlx::Postgres>,
+    method: Method,
+    path: String,
+    body: Option<Value>,
+    headers: &'static [(&'static str, &'static str)],
+) -> crate::support::Answer {
+    let (address, admin) = (app.address.clone(), app.admin_key.clone());
+    let request = actix_web::rt::spawn(async move { call(&address, method, &path, Some(&admin), body, headers).await });
+    crate::recipients::wait_for_waiters(&app.pool, "transactionid", 1).await;
+    held.commit().await.unwrap();
+    request.await.unwrap()
+}
+
+#[actix_web::test]
+async fn usage_recorded_between_a_commands_read_and_its_append_is_no_conflict() {
+    let app = spawn_app().await;
+    let key = app.create_key(json!({"name": "busy", "type": "secret"})).await;
+    let id = key["id"].as_str().unwrap().to_owned();
+    // A usage flush appends to the key while the deactivation runs: after
+    // its read, before its append.
+    let held = hold_an_append(&app, &id, usage()).await;
+    let answer = interleave(&app, held, Method::POST, format!("/v1/keys/{id}/deactivate"), None, &[]).await;
+    assert_eq!(answer.expect(200)["status"], "inactive");
+    assert_eq!(
+        event_types(&app, &id).await,
+        ["key.created", "key.used", "key.deactivated"],
+        "the deactivation is stored once, after the usage"
+    );
+    assert_eq!(app.verify(json!({"key": key["key"]})).await["code"], "INACTIVE");
+
+    // The same with an Idempotency-Key: the answer is recorded once, and a
+    // retry replays it.
+    let held = hold_an_append(&app, &id, usage()).await;
+    let path = format!("/v1/keys/{id}/regenerate");
+    let headers = &[("Idempotency-Key", "regenerate-while-used")];
+    let first = interleave(&app, held, Method::POST, path.clone(), Some(json!({})), headers).await;
+    let secret = first.expect(200)["key"].as_str().unwrap().to_owned();
+    let again = call(
+        &app.address,
+        Method::POST,
+        &path,
+        Some(&app.admin_key),
+        Some(json!({})),
+        headers,
+    )
+    .await;
+    assert_eq!(again.expect(200)["id"], json!(id));
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.body["secret_unavailable"], true);
+    assert_eq!(
+        event_types(&app, &id).await,
+        [
+            "key.created",
+            "key.used",
+            "key.deactivated",
+            "key.used",
+            "key.regenerated"
+        ]
+    );
+    assert_eq!(app.verify(json!({"key": secret})).await["code"], "INACTIVE");
+}
+
+#[actix_web::test]
+async fn another_commands_change_between_a_commands_read_and_its_append_is_a_conflict() {
+    let app = spawn_app().await;
+    let key = app.create_key(json!({"name": "edited", "type": "secret"})).await;
+    let id = key["id"].as_str().unwrap().to_owned();
+    let rename = keyledger_events::domain::KeyCommand::Update(keyledger_events::domain::key::UpdateKey {
+        name: Some("renamed".into()),
+        ..Default::default()
+    });
+    let held = hold_an_append(&app, &id, rename).await;
+    let answer = interleave(&app, held, Method::POST, format!("/v1/keys/{id}/deactivate"), None, &[]).await;
+    answer.expect_error(409, "conflict");
+    assert_eq!(event_types(&app, &id).await, ["key.created", "key.updated"]);
+    let read = app.get(&format!("/v1/keys/{id}")).await;
+    assert_eq!(
+        (&read.expect(200)["name"], &read.body["status"]),
+        (&json!("renamed"), &json!("active"))
+    );
+}

@@ -478,3 +478,39 @@ async fn usage_is_flushed_on_shutdown_when_the_pooled_connection_belongs_to_a_st
     .await;
     assert_eq!(app.get(path).await.body["failed"], json!(1));
 }
+
+/// A verification that read its key while a change of another key was
+/// applied keeps what it read: the key answers from the cache, in an outage
+/// too. (Only a change of its own key or organization discards the read.)
+#[actix_web::test]
+async fn a_key_read_while_another_keys_change_is_applied_keeps_its_answer_for_an_outage() {
+    let mut app = spawn_app_on(
+        crate::support::fresh_database_url(),
+        settings(Duration::from_secs(60), Duration::from_secs(3600)),
+        None,
+    )
+    .await;
+    let key = app.create_key(json!({"name": "read", "type": "secret"})).await;
+    let other = app.create_key(json!({"name": "changed", "type": "secret"})).await;
+    // Notifications are applied by hand below, and the outage is declared by
+    // hand (no probe to end it).
+    app.stop_background().await;
+    let (plain, _) = keyledger_events::domain::PlainKey::parse(key["key"].as_str().unwrap()).unwrap();
+    let hash = app.hash_key.hash(&plain);
+    let cache = app.state.cache.clone();
+    let other_id = other["id"].as_str().unwrap();
+    let read = cache
+        .lookup_with(&app.pool, &hash, || async {
+            app.post(&format!("/v1/keys/{other_id}/deactivate"), json!({}))
+                .await
+                .expect(200);
+            cache.evict_stream(&format!("key-{other_id}"));
+        })
+        .await
+        .unwrap()
+        .expect("the key exists");
+    assert_eq!(read.row.status, "active");
+    app.state.database.mark_down();
+    assert_eq!(code(&verify(&app, key["key"].as_str().unwrap()).await), "VALID");
+    assert_unavailable(&verify(&app, other["key"].as_str().unwrap()).await);
+}

@@ -177,6 +177,7 @@ pub struct RegenerateKey {
     pub secret: SecretSource,
 }
 
+#[derive(Clone)]
 pub enum KeyCommand {
     Create(Box<CreateKey>),
     Update(UpdateKey),
