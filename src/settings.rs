@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Args;
 use keyledger_events::domain::{Environment, HashKey};
-use keyledger_workers::mailer::{Links as MailLinks, Mailer, Transport};
-use keyledger_workers::scheduler::{Job, Schedules};
-use keyledger_workers::{webhook_client::WebhookClient, Webhooks};
+use keyledger_workers::alerts::mailer::{Links as MailLinks, Mailer, Transport};
+use keyledger_workers::jobs::{scheduler::Schedules, Job};
+use keyledger_workers::{webhooks::client::WebhookClient, Webhooks};
 
 pub const HASH_KEY_VAR: &str = "KEYLEDGER_HASH_KEY";
 const HASH_KEY_FILE: &str = "hash_key";

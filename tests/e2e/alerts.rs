@@ -9,8 +9,9 @@ use keyledger_events::domain::key::{self, CreateKey, SecretSource};
 use keyledger_events::domain::{ApiKey, KeyCommand, KeyId, OrgId};
 use keyledger_events::handler;
 use keyledger_events::log::EventMeta;
-use keyledger_workers::mailer::{Delivery, Links, Mailer, Transport};
-use keyledger_workers::scheduler::{run_job, Job, Report};
+use keyledger_workers::alerts::mailer::{Delivery, Links, Mailer, Transport};
+use keyledger_workers::jobs::scheduler::run_job;
+use keyledger_workers::jobs::{Job, Report};
 use serde_json::{json, Value};
 
 use crate::binary::{create_org, keyledger, temp_dir, Server, HASH_KEY};
@@ -650,7 +651,7 @@ async fn a_replay_sends_no_email_and_raises_no_alert_again() {
     assert_eq!(job(&app, Job::Rotation, now).await.alerts, 1);
     let smtp = MailServer::start_new();
     assert_eq!(deliver(&app, &smtp, now).await.1.len(), 1);
-    keyledger_workers::replay::rebuild(&app.pool).await.unwrap();
+    keyledger_workers::tailing::replay::rebuild(&app.pool).await.unwrap();
     assert_eq!(job(&app, Job::Rotation, now).await, Report::default());
     assert_eq!(
         mailer(&app, &smtp).run_once(now + days(1)).await.unwrap(),

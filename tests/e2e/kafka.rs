@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use keyledger_events::log::StoredEvent;
-use keyledger_workers::kafka_projector::{KafkaProjector, Outcome};
+use keyledger_workers::tailing::kafka_projector::{KafkaProjector, Outcome};
 use keyledger_workers::Relay;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use awc::http::Method;
 use chrono::Utc;
-use keyledger_workers::lag::LagMonitor;
-use keyledger_workers::mailer::{Links, Mailer, Transport};
+use keyledger_workers::alerts::mailer::{Links, Mailer, Transport};
+use keyledger_workers::jobs::scheduler::run_and_record;
+use keyledger_workers::jobs::Job;
 use keyledger_workers::metrics::WorkerMetrics;
-use keyledger_workers::scheduler::{run_and_record, Job};
+use keyledger_workers::tailing::lag::LagMonitor;
 use keyledger_workers::Relay;
 use serde_json::json;
 

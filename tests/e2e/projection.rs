@@ -87,7 +87,7 @@ async fn rebuilding_from_the_log_reproduces_the_read_models_and_reruns_change_no
 
 #[actix_web::test]
 async fn a_projector_that_stops_shows_growing_lag_and_a_stall_then_zero_once_it_catches_up() {
-    use keyledger_workers::lag::{LagMonitor, READ_MODELS};
+    use keyledger_workers::tailing::lag::{LagMonitor, READ_MODELS};
     let mut app = spawn_app().await;
     app.stop_background().await;
     let monitor = LagMonitor::embedded();

@@ -15,8 +15,9 @@ use keyledger_events::domain::org::{self, ChangeSettings};
 use keyledger_events::domain::{EmailAddress, Org, OrgCommand, OrgId};
 use keyledger_events::handler;
 use keyledger_events::log::EventMeta;
-use keyledger_workers::mailer::{Delivery, Links, Mailer, Transport};
-use keyledger_workers::scheduler::{run_job, Job};
+use keyledger_workers::alerts::mailer::{Delivery, Links, Mailer, Transport};
+use keyledger_workers::jobs::scheduler::run_job;
+use keyledger_workers::jobs::Job;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -209,9 +210,9 @@ async fn an_address_set_over_the_api_gets_one_confirmation_link_and_no_alert_unt
     );
 
     // The recipients are a read model of the log: a rebuild agrees, and keeps them.
-    let differences = keyledger_workers::replay::check(&app.pool).await.unwrap();
+    let differences = keyledger_workers::tailing::replay::check(&app.pool).await.unwrap();
     assert!(differences.is_empty(), "{differences:#?}");
-    keyledger_workers::replay::rebuild(&app.pool).await.unwrap();
+    keyledger_workers::tailing::replay::rebuild(&app.pool).await.unwrap();
     assert_eq!(recipients(&app).await, now_recipients);
 }
 
@@ -936,10 +937,10 @@ async fn an_upgraded_database_has_the_recipients_its_log_says_and_work_asks_the_
         .unwrap();
     assert_eq!(listed, ["x@e.test", "X@e.test", "y@e.test"]);
     // Exactly what replaying the log builds.
-    let differences = keyledger_workers::replay::check(&pool).await.unwrap();
+    let differences = keyledger_workers::tailing::replay::check(&pool).await.unwrap();
     assert!(differences.is_empty(), "{differences:#?}");
     assert_eq!(
-        keyledger_workers::recipients::unusable(&pool).await.unwrap(),
+        keyledger_workers::alerts::recipients::unusable(&pool).await.unwrap(),
         [(loose.clone(), vec![EVIL.to_owned(), "a,c@d.test".to_owned()])].into()
     );
 
@@ -986,7 +987,7 @@ async fn an_upgraded_database_has_the_recipients_its_log_says_and_work_asks_the_
         &org_row,
         None,
         "2026-W48".into(),
-        keyledger_workers::alert_email::compose("Unused keys", &[]),
+        keyledger_workers::alerts::email::compose("Unused keys", &[]),
     );
     assert_eq!(alert.recipients, ["Ops@d.test"]);
     alert.recipients.insert(0, EVIL.into());

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use chrono::{DateTime, Utc};
-use keyledger_workers::webhook_client::{SendError, WebhookClient};
+use keyledger_workers::webhooks::client::{SendError, WebhookClient};
 use keyledger_workers::webhooks::{Sent, Webhooks};
 use serde_json::{json, Value};
 
