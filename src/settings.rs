@@ -215,10 +215,12 @@ impl Settings {
         self.links.public_url(&self.listen)
     }
 
-    pub fn route_table(&self) -> anyhow::Result<keyledger_api::routes::RouteTable> {
+    pub fn route_table(&self) -> anyhow::Result<keyledger_api::route_table::RouteTable> {
         match &self.routes {
-            None => Ok(keyledger_api::routes::RouteTable::default()),
-            Some(path) => keyledger_api::routes::RouteTable::load(path).map_err(|e| anyhow::anyhow!("route table {e}")),
+            None => Ok(keyledger_api::route_table::RouteTable::default()),
+            Some(path) => {
+                keyledger_api::route_table::RouteTable::load(path).map_err(|e| anyhow::anyhow!("route table {e}"))
+            }
         }
     }
 
