@@ -18,7 +18,9 @@ use keyledger_events::domain::{
 use keyledger_events::handler::{self, HandlerError};
 use keyledger_events::log::{self, EventMeta};
 use keyledger_events::read_model::{self, KeyRow};
-use keyledger_workers::{lag::LagMonitor, metrics::WorkerMetrics, replay, scheduler, KafkaProjector, Projector, Relay};
+use keyledger_workers::jobs::scheduler;
+use keyledger_workers::tailing::{lag::LagMonitor, replay};
+use keyledger_workers::{metrics::WorkerMetrics, KafkaProjector, Projector, Relay};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -428,7 +430,7 @@ async fn serve(settings: &Settings, mut state: AppState, with_api: bool, with_wo
                  set it to the address users reach the API at"
             );
         }
-        if let Err(e) = keyledger_workers::recipients::warn_unusable(&state.pool).await {
+        if let Err(e) = keyledger_workers::alerts::recipients::warn_unusable(&state.pool).await {
             tracing::warn!(error = %e, "could not look for unusable alert addresses");
         }
         // Job runs and the mail queue, on this process's /metrics.

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Args;
 use keyledger_events::domain::{Environment, HashKey};
-use keyledger_workers::mailer::{Links as MailLinks, Mailer, Transport};
-use keyledger_workers::scheduler::{Job, Schedules};
-use keyledger_workers::{webhook_client::WebhookClient, Webhooks};
+use keyledger_workers::alerts::mailer::{Links as MailLinks, Mailer, Transport};
+use keyledger_workers::jobs::{scheduler::Schedules, Job};
+use keyledger_workers::{webhooks::client::WebhookClient, Webhooks};
 
 pub const HASH_KEY_VAR: &str = "KEYLEDGER_HASH_KEY";
 const HASH_KEY_FILE: &str = "hash_key";
@@ -215,10 +215,12 @@ impl Settings {
         self.links.public_url(&self.listen)
     }
 
-    pub fn route_table(&self) -> anyhow::Result<keyledger_api::routes::RouteTable> {
+    pub fn route_table(&self) -> anyhow::Result<keyledger_api::route_table::RouteTable> {
         match &self.routes {
-            None => Ok(keyledger_api::routes::RouteTable::default()),
-            Some(path) => keyledger_api::routes::RouteTable::load(path).map_err(|e| anyhow::anyhow!("route table {e}")),
+            None => Ok(keyledger_api::route_table::RouteTable::default()),
+            Some(path) => {
+                keyledger_api::route_table::RouteTable::load(path).map_err(|e| anyhow::anyhow!("route table {e}"))
+            }
         }
     }
 

@@ -7,7 +7,7 @@ use keyledger_events::domain::{DomainError, Scope, ValidationDetails};
 use keyledger_events::handler::HandlerError;
 use serde_json::json;
 
-use crate::middleware::current_request_id;
+use crate::request_id;
 
 /// Seconds a client is asked to wait after `503 unavailable`.
 pub const UNAVAILABLE_RETRY_AFTER: &str = "2";
@@ -193,7 +193,7 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let request_id = current_request_id();
+        let request_id = request_id::current();
         if let ApiError::Internal(cause) = self {
             tracing::error!(request_id = %request_id, error = %error_chain(cause.as_ref()), "request failed");
         }
@@ -259,7 +259,7 @@ impl From<HandlerError> for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         if crate::db_health::is_unavailable(&e) {
-            tracing::warn!(request_id = %current_request_id(), error = %e, "database unavailable");
+            tracing::warn!(request_id = %request_id::current(), error = %e, "database unavailable");
             return ApiError::Unavailable;
         }
         ApiError::internal(e)

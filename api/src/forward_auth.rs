@@ -13,7 +13,7 @@
 //! reaches `/v1/auth/<path>` outside the envoy style (or `/v1/auth` itself in
 //! it), is a 400 naming the configured style: the proxy is not the one
 //! configured, or a client is trying to choose what gets checked. The
-//! original path must be plain ([`routes::plain_path`]).
+//! original path must be plain ([`route_table::plain_path`]).
 //!
 //! 204 with the key's id, organization and environment and the rate-limit
 //! headers when the key may make that request; otherwise the API's 401,
@@ -26,7 +26,7 @@ use std::str::FromStr;
 use actix_web::http::header::HeaderName;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::{access, auth, error::ApiError, routes, AppState};
+use crate::{access, auth, error::ApiError, route_table, AppState};
 
 /// How the proxy in front tells keyledger what the original request was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -157,7 +157,7 @@ fn original(req: &HttpRequest, style: ForwardAuthStyle, below_auth: bool) -> Res
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
         return Err(style.refuse(format_args!("The original method '{method}' is not an HTTP method")));
     }
-    let path = routes::plain_path(target).map_err(|problem| {
+    let path = route_table::plain_path(target).map_err(|problem| {
         ApiError::BadRequest(format!(
             "The original path is not plain: {problem}. keyledger checks only normalized paths (no dot or empty \
              segments, no ';' parameters, %-escapes only of letters, digits, '-', '.', '_' and '~', ASCII only); \

@@ -66,7 +66,7 @@ pub async fn readiness(pool: &PgPool, kafka: Option<&KafkaSettings>, database: &
             "error": {
                 "code": ApiError::Unavailable.code(),
                 "message": message,
-                "request_id": crate::middleware::current_request_id(),
+                "request_id": crate::request_id::current(),
                 "details": details,
             },
             "checks": checks,

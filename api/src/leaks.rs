@@ -51,7 +51,7 @@ use serde_json::json;
 use sha2::Digest;
 
 use crate::access::{self, guard_subject};
-use crate::{error::ApiError, middleware::current_request_id, AppState};
+use crate::{error::ApiError, request_id, AppState};
 
 /// Largest report accepted: GitHub batches many matches in one request.
 pub const LEAK_BODY_LIMIT: usize = 1024 * 1024;
@@ -340,7 +340,7 @@ async fn record(
     let action = LeakAction::parse(&org.leak_action).unwrap_or_default();
     let meta = EventMeta {
         actor: ACTOR.into(),
-        request_id: Some(current_request_id()),
+        request_id: Some(request_id::current()),
         occurred_at: Utc::now(),
     };
     let command = KeyCommand::ReportLeak(Box::new(ReportLeak {

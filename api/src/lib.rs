@@ -25,7 +25,8 @@ pub mod org;
 pub mod portal;
 pub mod rate_limit;
 pub mod recipients;
-pub mod routes;
+pub mod request_id;
+pub mod route_table;
 pub mod usage;
 pub mod verify;
 pub mod webhook_endpoints;
@@ -104,7 +105,7 @@ pub struct AppState {
     pub environment: Environment,
     /// Kafka, when configured: `/readyz` reports whether it is reachable.
     pub kafka: Option<keyledger_events::bus::KafkaSettings>,
-    pub routes: Arc<routes::RouteTable>,
+    pub routes: Arc<route_table::RouteTable>,
     pub settings: ApiSettings,
     pub cache: Arc<key_cache::KeyCache>,
     /// Per-key plan limits.

@@ -16,7 +16,7 @@ use keyledger_events::log::{EventMeta, StoredEvent};
 use keyledger_events::read_model::{self, KeyFilter, KeyRow, OrgRow, UsagePoint};
 
 use crate::idempotency::{self, Claim, Idempotent};
-use crate::{error::ApiError, middleware::current_request_id, AppState};
+use crate::{error::ApiError, request_id, AppState};
 
 /// Who runs an operation: an organization, and the actor its events record
 /// (an admin key's id, or `portal:<user>`).
@@ -51,7 +51,7 @@ impl Caller {
     fn meta(&self) -> EventMeta {
         EventMeta {
             actor: self.actor.clone(),
-            request_id: Some(current_request_id()),
+            request_id: Some(request_id::current()),
             occurred_at: Utc::now(),
         }
     }

@@ -19,6 +19,7 @@ use keyledger_events::domain::confirmation::CONFIRM_PATH;
 
 use crate::error::ApiError;
 use crate::rate_limit::Decision;
+use crate::request_id::{self, REQUEST_ID_HEADER};
 
 /// `X-RateLimit-*` for an answer to a request made with a known key.
 pub fn rate_limit_headers(decision: &Decision) -> [(&'static str, u64); 3] {
@@ -27,17 +28,6 @@ pub fn rate_limit_headers(decision: &Decision) -> [(&'static str, u64); 3] {
         ("x-ratelimit-remaining", u64::from(decision.remaining)),
         ("x-ratelimit-reset", decision.reset),
     ]
-}
-
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-
-tokio::task_local! {
-    static REQUEST_ID: String;
-}
-
-/// The id of the request being handled ("" outside a request).
-pub fn current_request_id() -> String {
-    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
 }
 
 /// A caller's id is echoed if it is short, visible ASCII and not
@@ -182,23 +172,22 @@ pub async fn request_context(
     let logged = tracing::enabled!(tracing::Level::INFO);
     let method = logged.then(|| req.method().clone());
     let path = logged.then(|| loggable_path(req.path()));
-    let result = REQUEST_ID
-        .scope(request_id.clone(), async move {
-            // Under /v1/auth/ (envoy style) the query is the original
-            // request's, for the upstream: neither logged nor matched here.
-            let original_query = req.path().starts_with(ENVOY_AUTH_PREFIX);
-            if !original_query && query_carries_key(req.query_string(), allowed_parameter(req.path())) {
-                let refusal = ApiError::BadRequest(
-                    "API keys are not accepted in query strings (they end up in logs and browser history): \
+    let result = request_id::scope(request_id.clone(), async move {
+        // Under /v1/auth/ (envoy style) the query is the original
+        // request's, for the upstream: neither logged nor matched here.
+        let original_query = req.path().starts_with(ENVOY_AUTH_PREFIX);
+        if !original_query && query_carries_key(req.query_string(), allowed_parameter(req.path())) {
+            let refusal = ApiError::BadRequest(
+                "API keys are not accepted in query strings (they end up in logs and browser history): \
                      send 'Authorization: Bearer <key>' instead."
-                        .into(),
-                );
-                let response = refusal.error_response();
-                return Ok(req.into_response(response).map_into_right_body());
-            }
-            next.call(req).await.map(ServiceResponse::map_into_left_body)
-        })
-        .await;
+                    .into(),
+            );
+            let response = refusal.error_response();
+            return Ok(req.into_response(response).map_into_right_body());
+        }
+        next.call(req).await.map(ServiceResponse::map_into_left_body)
+    })
+    .await;
     let mut response = result?;
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response

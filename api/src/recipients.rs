@@ -18,7 +18,7 @@ use keyledger_events::domain::{confirmation::Confirmation, org, DomainError, Org
 use keyledger_events::handler::{self, HandlerError, Outcome};
 use keyledger_events::log::EventMeta;
 
-use crate::{error::ApiError, middleware::current_request_id, AppState};
+use crate::{error::ApiError, request_id, AppState};
 
 pub async fn confirm(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let query = web::Query::<HashMap<String, String>>::from_query(req.query_string()).ok();
@@ -67,7 +67,7 @@ async fn append_confirmation(state: &AppState, confirmation: &Confirmation) -> R
     loop {
         let meta = EventMeta {
             actor: "alert-recipient".into(),
-            request_id: Some(current_request_id()),
+            request_id: Some(request_id::current()),
             occurred_at: Utc::now(),
         };
         let command = OrgCommand::ConfirmRecipient {

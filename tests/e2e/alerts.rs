@@ -9,13 +9,14 @@ use keyledger_events::domain::key::{self, CreateKey, SecretSource};
 use keyledger_events::domain::{ApiKey, KeyCommand, KeyId, OrgId};
 use keyledger_events::handler;
 use keyledger_events::log::EventMeta;
-use keyledger_workers::mailer::{Delivery, Links, Mailer, Transport};
-use keyledger_workers::scheduler::{run_job, Job, Report};
+use keyledger_workers::alerts::mailer::{Delivery, Links, Mailer, Transport};
+use keyledger_workers::jobs::scheduler::run_job;
+use keyledger_workers::jobs::{Job, Report};
 use serde_json::{json, Value};
 
 use crate::binary::{create_org, keyledger, temp_dir, Server, HASH_KEY};
 use crate::smtp::{Mail, MailServer};
-use crate::support::{call, spawn_app, spawn_app_with_alert_emails, TestApp};
+use crate::support::{call, eventually, spawn_app, spawn_app_with_alert_emails, TestApp};
 
 pub(crate) const OPS: &str = "ops@acme.test";
 pub(crate) const SECURITY: &str = "security@acme.test";
@@ -84,15 +85,14 @@ pub(crate) async fn create_key(app: &TestApp, name: &str, extra: Value) -> (Stri
 
 /// Waits until the key's usage (all of today) shows `total` requests.
 async fn wait_for_usage(app: &TestApp, key_id: &str, total: i64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(Duration::from_secs(10), || async {
         let usage = app.get(&format!("/v1/keys/{key_id}/usage")).await;
         if usage.expect(200)["total_requests"].as_i64() == Some(total) {
-            return;
+            return Ok(());
         }
-        assert!(std::time::Instant::now() < deadline, "usage stuck at {:#}", usage.body);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(format!("usage stuck at {:#}", usage.body))
+    })
+    .await
 }
 
 /// Verifications that must all land in one minute: waits out the end of a
@@ -650,7 +650,7 @@ async fn a_replay_sends_no_email_and_raises_no_alert_again() {
     assert_eq!(job(&app, Job::Rotation, now).await.alerts, 1);
     let smtp = MailServer::start_new();
     assert_eq!(deliver(&app, &smtp, now).await.1.len(), 1);
-    keyledger_workers::replay::rebuild(&app.pool).await.unwrap();
+    keyledger_workers::tailing::replay::rebuild(&app.pool).await.unwrap();
     assert_eq!(job(&app, Job::Rotation, now).await, Report::default());
     assert_eq!(
         mailer(&app, &smtp).run_once(now + days(1)).await.unwrap(),
@@ -699,11 +699,13 @@ async fn a_job_another_worker_is_running_is_skipped() {
         .expect("free");
     assert_eq!(run_job(&app.pool, Job::Expiry, Utc::now()).await.unwrap(), None);
     drop(lock);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while run_job(&app.pool, Job::Expiry, Utc::now()).await.unwrap().is_none() {
-        assert!(std::time::Instant::now() < deadline, "the dropped holder's lock stayed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(5), || async {
+        match run_job(&app.pool, Job::Expiry, Utc::now()).await.unwrap() {
+            Some(_) => Ok(()),
+            None => Err("the dropped holder's lock stayed".to_owned()),
+        }
+    })
+    .await;
 }
 
 // ------------------------------------------------------- the real binary
@@ -752,11 +754,13 @@ async fn two_workers_send_each_alert_once_record_each_expiry_once_and_a_replay_s
         secrets.push(key.expect(201)["key"].as_str().unwrap().to_owned());
     }
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while count(&pool, "select count(*) from events where type = 'key.expired'").await < 3 {
-        assert!(std::time::Instant::now() < deadline, "keys not recorded expired");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(Duration::from_secs(20), || async {
+        match count(&pool, "select count(*) from events where type = 'key.expired'").await {
+            3.. => Ok(()),
+            recorded => Err(format!("keys not recorded expired ({recorded} of 3)")),
+        }
+    })
+    .await;
     smtp.wait_for(3, Duration::from_secs(10)).await;
     // Several more ticks of both workers change nothing.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -820,24 +824,16 @@ async fn dev_mode_writes_alert_emails_as_eml_files_a_mail_program_opens() {
     .await
     .expect(201);
     let mail_dir = dir.join("mail");
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let file = loop {
-        let found = std::fs::read_dir(&mail_dir)
+    let file = eventually(Duration::from_secs(15), || async {
+        std::fs::read_dir(&mail_dir)
             .into_iter()
             .flatten()
             .flatten()
             .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|e| e == "eml"));
-        if let Some(file) = found {
-            break file;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no .eml file in {}",
-            mail_dir.display()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+            .find(|p| p.extension().is_some_and(|e| e == "eml"))
+            .ok_or_else(|| format!("no .eml file in {}", mail_dir.display()))
+    })
+    .await;
     let raw = std::fs::read(&file).unwrap();
     let mail = Mail::parse(&raw, vec![]);
     assert!(mail.subject.contains("Trial <integration>"), "{}", mail.subject);

@@ -80,21 +80,20 @@ impl Server {
     pub(crate) async fn start(command: &mut Command, log: PathBuf) -> Server {
         let mut server = Server::spawn(command, log);
         server.address = format!("http://{}", server.logged_address("keyledger API listening").await);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        crate::support::eventually(Duration::from_secs(30), || async {
             let client = awc::Client::default();
             if let Ok(response) = client.get(format!("{}/healthz", server.address)).send().await {
                 if response.status().is_success() {
-                    return server;
+                    return Ok(());
                 }
             }
-            assert!(
-                Instant::now() < deadline,
+            Err(format!(
                 "server did not start: {}",
-                std::fs::read_to_string(&server.log).unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+                std::fs::read_to_string(&server.log).unwrap_or_default()
+            ))
+        })
+        .await;
+        server
     }
 
     /// The address the process logged on its line saying `what`
@@ -251,15 +250,15 @@ async fn dev_mode_creates_the_database_and_a_hash_key_and_serves_the_api() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("rate limit"));
     // `dev` runs the workers too: their projection lag is on the API's /metrics.
-    let metrics = call(&dev.address, Method::GET, "/metrics", None, None, &[]).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut text = metrics.body.as_str().unwrap_or_default().to_owned();
-    while !text.contains("keyledger_projection_lag_events{projector=\"read_models\"}") {
-        assert!(Instant::now() < deadline, "no projection lag in /metrics: {text}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    crate::support::eventually(Duration::from_secs(30), || async {
         let metrics = call(&dev.address, Method::GET, "/metrics", None, None, &[]).await;
-        text = metrics.body.as_str().unwrap_or_default().to_owned();
-    }
+        let text = metrics.body.as_str().unwrap_or_default().to_owned();
+        if text.contains("keyledger_projection_lag_events{projector=\"read_models\"}") {
+            return Ok(());
+        }
+        Err(format!("no projection lag in /metrics: {text}"))
+    })
+    .await;
     dev.stop();
 }
 

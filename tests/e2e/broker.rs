@@ -80,11 +80,13 @@ impl Broker {
             .spawn()
             .expect("the tansu broker is installed (cargo install tansu --locked --features dynostore,libsql)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not start: {}", self.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let port = self.port;
+        crate::support::eventually(Duration::from_secs(30), || async {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .map(drop)
+                .map_err(|_| format!("tansu did not start: {}", self.log()))
+        })
+        .await;
     }
 
     pub fn log(&self) -> String {

@@ -5,13 +5,13 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use keyledger_events::log::StoredEvent;
-use keyledger_workers::kafka_projector::{KafkaProjector, Outcome};
+use keyledger_workers::tailing::kafka_projector::{KafkaProjector, Outcome};
 use keyledger_workers::Relay;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
 use crate::broker::{read_topic, Broker, Seen};
-use crate::support::{spawn_app, TestApp};
+use crate::support::{eventually, spawn_app, TestApp};
 
 /// Every event of the log, in position order.
 async fn log_events(pool: &sqlx::PgPool) -> Vec<StoredEvent> {
@@ -279,11 +279,15 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_partition_keeps_flo
 }
 
 async fn wait_until(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(seconds), || {
+        let result = if done() {
+            Ok(())
+        } else {
+            Err(format!("timed out waiting for {what}"))
+        };
+        async move { result }
+    })
+    .await
 }
 
 #[actix_web::test]
@@ -367,7 +371,7 @@ mod binary_mode {
     use super::assert_published_once_in_order;
     use crate::binary::{create_org, keyledger, run, temp_dir, Server, HASH_KEY};
     use crate::broker::{read_topic, Broker};
-    use crate::support::{call, fresh_database_url};
+    use crate::support::{call, eventually, fresh_database_url};
 
     struct Stack {
         url: String,
@@ -460,8 +464,7 @@ mod binary_mode {
 
         /// Waits until every event is published and projected from Kafka.
         async fn caught_up(&self, seconds: u64) -> i64 {
-            let deadline = Instant::now() + Duration::from_secs(seconds);
-            loop {
+            eventually(Duration::from_secs(seconds), || async {
                 let (events, lagging): (i64, i64) = sqlx::query_as(
                     "select (select count(*) from events),
                             (select count(*) from (select stream_id, max(version) as version from events group by stream_id) e
@@ -475,15 +478,14 @@ mod binary_mode {
                 .await
                 .unwrap();
                 if lagging == 0 {
-                    return events;
+                    return Ok(events);
                 }
-                assert!(
-                    Instant::now() < deadline,
+                Err(format!(
                     "{lagging} streams/events not published and projected; work log: {}",
                     std::fs::read_to_string(self.dir.join("work.log")).unwrap_or_default()
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+                ))
+            })
+            .await
         }
 
         async fn events(&self) -> Vec<keyledger_events::log::StoredEvent> {
@@ -532,21 +534,17 @@ mod binary_mode {
             .expect(200);
         let ready = call(&stack.work.address, Method::GET, "/readyz", None, None, &[]).await;
         assert_eq!(ready.expect(200)["checks"], json!({"postgres": "ok", "kafka": "ok"}));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        eventually(Duration::from_secs(30), || async {
             let text = work_metrics(&stack).await;
             if text.contains("keyledger_projection_lag_events{projector=\"kafka\"} 0\n")
                 && text.contains("keyledger_projection_lag_seconds{projector=\"kafka\"} 0\n")
                 && text.contains("keyledger_relay_lag_events 0\n")
             {
-                break;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "lag metrics never showed the catch-up: {text}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            Err(format!("lag metrics never showed the catch-up: {text}"))
+        })
+        .await;
         stack.work.stop();
         stack.serve.stop();
     }
@@ -563,8 +561,7 @@ mod binary_mode {
         let ready = call(&stack.work.address, Method::GET, "/readyz", None, None, &[]).await;
         ready.expect_error(503, "unavailable");
         assert_eq!(ready.body["error"]["details"]["kafka"], json!(["unreachable"]));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        eventually(Duration::from_secs(30), || async {
             let text = work_metrics(&stack).await;
             let lagging = text
                 .lines()
@@ -572,14 +569,11 @@ mod binary_mode {
                 .and_then(|v| v.parse::<i64>().ok())
                 .unwrap_or(0);
             if lagging >= 10 && !text.contains("keyledger_relay_lag_events 0\n") {
-                break;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "the lag never showed the waiting events: {text}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            Err(format!("the lag never showed the waiting events: {text}"))
+        })
+        .await;
         let log = stack.work.stop_within(Duration::from_secs(10));
         assert!(log.contains("shutting down"), "{log}");
         stack.serve.stop();
@@ -667,22 +661,26 @@ async fn one_relay_leads_and_another_takes_over_when_it_dies() {
         .unwrap();
         (events, behind)
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while relayed(app.pool.clone()).await.1 > 0 {
-        assert!(std::time::Instant::now() < deadline, "the leader did not publish");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(30), || async {
+        match relayed(app.pool.clone()).await.1 {
+            0 => Ok(()),
+            behind => Err(format!("the leader did not publish ({behind} behind)")),
+        }
+    })
+    .await;
     // The leader dies (its lock's connection goes with it); the other takes over.
     first.abort();
     let more = app
         .create_key(json!({"name": "after the failover", "type": "secret"}))
         .await;
     assert!(more["id"].is_string());
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while relayed(app.pool.clone()).await.1 > 0 {
-        assert!(std::time::Instant::now() < deadline, "no relay took over");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(30), || async {
+        match relayed(app.pool.clone()).await.1 {
+            0 => Ok(()),
+            behind => Err(format!("no relay took over ({behind} behind)")),
+        }
+    })
+    .await;
     let _ = stop.send(true);
     let _ = second.await;
     let events = all_events(&app).await;

@@ -6,21 +6,22 @@
 //! workers' figures.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use awc::http::Method;
 use chrono::Utc;
-use keyledger_workers::lag::LagMonitor;
-use keyledger_workers::mailer::{Links, Mailer, Transport};
+use keyledger_workers::alerts::mailer::{Links, Mailer, Transport};
+use keyledger_workers::jobs::scheduler::run_and_record;
+use keyledger_workers::jobs::Job;
 use keyledger_workers::metrics::WorkerMetrics;
-use keyledger_workers::scheduler::{run_and_record, Job};
+use keyledger_workers::tailing::lag::LagMonitor;
 use keyledger_workers::Relay;
 use serde_json::json;
 
 use crate::alerts::{days, OPS};
 use crate::binary::{keyledger, temp_dir, Server};
 use crate::broker::Broker;
-use crate::support::{call, fresh_database_url, settle, spawn_app, spawn_app_with_alert_emails, TestApp};
+use crate::support::{call, eventually, fresh_database_url, settle, spawn_app, spawn_app_with_alert_emails, TestApp};
 
 /// The text of `/metrics` at `base`.
 async fn scrape(base: &str) -> String {
@@ -368,18 +369,14 @@ async fn the_relays_last_publish_is_shown_once_it_publishes() {
 /// Scrapes `base` until `wanted` are all in its `/metrics` (the workers
 /// sample as they start).
 async fn scrape_until(base: &str, wanted: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), || async {
         let text = scrape(base).await;
         if wanted.iter().all(|w| text.contains(w)) {
-            return text;
+            return Ok(text);
         }
-        assert!(
-            Instant::now() < deadline,
-            "missing one of {wanted:?} in /metrics:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Err(format!("missing one of {wanted:?} in /metrics:\n{text}"))
+    })
+    .await
 }
 
 const WORKER_SERIES: [&str; 5] = [

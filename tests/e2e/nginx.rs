@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use awc::http::Method;
 use serde_json::json;
@@ -61,12 +61,13 @@ async fn nginx(keyledger: &str) -> Nginx {
         address: format!("http://{listen}"),
         dir,
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(&listen).is_err() {
-        let log = std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default();
-        assert!(Instant::now() < deadline, "nginx did not start: {log}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::support::eventually(Duration::from_secs(20), || async {
+        std::net::TcpStream::connect(&listen).map(drop).map_err(|_| {
+            let log = std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default();
+            format!("nginx did not start: {log}")
+        })
+    })
+    .await;
     nginx
 }
 

@@ -11,7 +11,7 @@ use awc::http::Method;
 use serde_json::{json, Value};
 
 use crate::private_pg::PrivatePostgres;
-use crate::support::{call, spawn_app_on, Answer, TestApp};
+use crate::support::{call, eventually, spawn_app_on, Answer, TestApp};
 
 fn settings(outage_grace: Duration, cache_ttl: Duration) -> keyledger_api::ApiSettings {
     keyledger_api::ApiSettings {
@@ -35,11 +35,17 @@ async fn verify(app: &TestApp, key: &str) -> Answer {
 }
 
 async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, seconds: u64, mut check: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(seconds), || {
+        let checked = check();
+        async move {
+            if checked.await {
+                Ok(())
+            } else {
+                Err(format!("timed out waiting for {what}"))
+            }
+        }
+    })
+    .await
 }
 
 /// The `code` of a verification answer.
@@ -202,8 +208,7 @@ async fn a_database_restart_under_concurrent_creates_answers_no_error_for_a_comm
         if *fate == Fate::Created {
             continue;
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        eventually(Duration::from_secs(30), || async {
             let answer = call(
                 &app.address,
                 Method::POST,
@@ -214,12 +219,12 @@ async fn a_database_restart_under_concurrent_creates_answers_no_error_for_a_comm
             )
             .await;
             if answer.status.as_u16() == 201 {
-                break;
+                return Ok(());
             }
             assert_unavailable(&answer);
-            assert!(Instant::now() < deadline, "{name}: no 201 after the restart");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            Err(format!("{name}: no 201 after the restart"))
+        })
+        .await;
     }
     let counts: Vec<(String, i64)> =
         sqlx::query_as("select name, count(*) from keys where name like 'c%' group by name")

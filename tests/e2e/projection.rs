@@ -87,7 +87,7 @@ async fn rebuilding_from_the_log_reproduces_the_read_models_and_reruns_change_no
 
 #[actix_web::test]
 async fn a_projector_that_stops_shows_growing_lag_and_a_stall_then_zero_once_it_catches_up() {
-    use keyledger_workers::lag::{LagMonitor, READ_MODELS};
+    use keyledger_workers::tailing::lag::{LagMonitor, READ_MODELS};
     let mut app = spawn_app().await;
     app.stop_background().await;
     let monitor = LagMonitor::embedded();
@@ -213,13 +213,13 @@ async fn a_set_based_replay_rebuilds_exactly_what_the_commands_wrote_usage_inclu
     app.stop_background().await;
     crate::support::settle(&app.pool).await;
     let live = snapshot(&app).await;
-    let differences = keyledger_workers::replay::check(&app.pool).await.unwrap();
+    let differences = keyledger_workers::tailing::replay::check(&app.pool).await.unwrap();
     assert!(
         differences.is_empty(),
         "{:?} / {:?}",
         differences.only_live,
         differences.only_rebuilt
     );
-    keyledger_workers::replay::rebuild(&app.pool).await.unwrap();
+    keyledger_workers::tailing::replay::rebuild(&app.pool).await.unwrap();
     assert_eq!(snapshot(&app).await, live);
 }

@@ -15,15 +15,16 @@ use keyledger_events::domain::org::{self, ChangeSettings};
 use keyledger_events::domain::{EmailAddress, Org, OrgCommand, OrgId};
 use keyledger_events::handler;
 use keyledger_events::log::EventMeta;
-use keyledger_workers::mailer::{Delivery, Links, Mailer, Transport};
-use keyledger_workers::scheduler::{run_job, Job};
+use keyledger_workers::alerts::mailer::{Delivery, Links, Mailer, Transport};
+use keyledger_workers::jobs::scheduler::run_job;
+use keyledger_workers::jobs::Job;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::alerts::{alert_rows, create_key, days, deliver, job, mailer, OPS, SECURITY};
 use crate::binary::{create_org, keyledger, run, temp_dir, Server, HASH_KEY};
 use crate::smtp::{Mail, MailServer};
-use crate::support::{call, fresh_database_url, spawn_app, spawn_app_with_alert_emails, Answer, TestApp};
+use crate::support::{call, eventually, fresh_database_url, spawn_app, spawn_app_with_alert_emails, Answer, TestApp};
 
 /// The confirmation link in an email's plain-text part.
 fn link_in(text: &str) -> String {
@@ -95,8 +96,7 @@ async fn queued_confirmations(app: &TestApp) -> i64 {
 /// (`pg_stat_activity.wait_event` of a `Lock` wait: `advisory`, or
 /// `transactionid` for a row another transaction is writing).
 pub(crate) async fn wait_for_waiters(pool: &PgPool, kind: &str, n: i64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(Duration::from_secs(10), || async {
         let waiting: i64 = sqlx::query_scalar(
             "select count(*) from pg_stat_activity
              where datname = current_database() and wait_event_type = 'Lock' and wait_event = $1",
@@ -106,14 +106,11 @@ pub(crate) async fn wait_for_waiters(pool: &PgPool, kind: &str, n: i64) {
         .await
         .unwrap();
         if waiting == n {
-            return;
+            return Ok(());
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{waiting} backends wait for a {kind} lock, not {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Err(format!("{waiting} backends wait for a {kind} lock, not {n}"))
+    })
+    .await
 }
 
 fn meta_at(at: DateTime<Utc>) -> EventMeta {
@@ -209,9 +206,9 @@ async fn an_address_set_over_the_api_gets_one_confirmation_link_and_no_alert_unt
     );
 
     // The recipients are a read model of the log: a rebuild agrees, and keeps them.
-    let differences = keyledger_workers::replay::check(&app.pool).await.unwrap();
+    let differences = keyledger_workers::tailing::replay::check(&app.pool).await.unwrap();
     assert!(differences.is_empty(), "{differences:#?}");
-    keyledger_workers::replay::rebuild(&app.pool).await.unwrap();
+    keyledger_workers::tailing::replay::rebuild(&app.pool).await.unwrap();
     assert_eq!(recipients(&app).await, now_recipients);
 }
 
@@ -936,10 +933,10 @@ async fn an_upgraded_database_has_the_recipients_its_log_says_and_work_asks_the_
         .unwrap();
     assert_eq!(listed, ["x@e.test", "X@e.test", "y@e.test"]);
     // Exactly what replaying the log builds.
-    let differences = keyledger_workers::replay::check(&pool).await.unwrap();
+    let differences = keyledger_workers::tailing::replay::check(&pool).await.unwrap();
     assert!(differences.is_empty(), "{differences:#?}");
     assert_eq!(
-        keyledger_workers::recipients::unusable(&pool).await.unwrap(),
+        keyledger_workers::alerts::recipients::unusable(&pool).await.unwrap(),
         [(loose.clone(), vec![EVIL.to_owned(), "a,c@d.test".to_owned()])].into()
     );
 
@@ -986,7 +983,7 @@ async fn an_upgraded_database_has_the_recipients_its_log_says_and_work_asks_the_
         &org_row,
         None,
         "2026-W48".into(),
-        keyledger_workers::alert_email::compose("Unused keys", &[]),
+        keyledger_workers::alerts::email::compose("Unused keys", &[]),
     );
     assert_eq!(alert.recipients, ["Ops@d.test"]);
     alert.recipients.insert(0, EVIL.into());
@@ -1034,8 +1031,7 @@ async fn an_upgraded_database_has_the_recipients_its_log_says_and_work_asks_the_
 /// The `.eml` files of confirmation emails in `dir/mail`, once there are `n`.
 async fn confirmation_files(dir: &std::path::Path, n: usize) -> Vec<Mail> {
     let mail_dir = dir.join("mail");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(Duration::from_secs(20), || async {
         let mails: Vec<Mail> = std::fs::read_dir(&mail_dir)
             .into_iter()
             .flatten()
@@ -1046,16 +1042,11 @@ async fn confirmation_files(dir: &std::path::Path, n: usize) -> Vec<Mail> {
             .map(|p| Mail::parse(&std::fs::read(p).unwrap(), vec![]))
             .collect();
         if mails.len() >= n {
-            return mails;
+            return Ok(mails);
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} confirmation emails in {}",
-            mails.len(),
-            mail_dir.display()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(format!("{} confirmation emails in {}", mails.len(), mail_dir.display()))
+    })
+    .await
 }
 
 /// Every row of every table of the database, as text.

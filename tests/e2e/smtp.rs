@@ -3,7 +3,7 @@
 
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mailin_embedded::response::{self, Response};
 use mailin_embedded::{Handler, Server};
@@ -149,18 +149,13 @@ impl MailServer {
 
     /// Waits until at least `n` messages arrived; returns them all.
     pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Mail> {
-        let deadline = Instant::now() + within;
-        loop {
+        crate::support::eventually(within, || async {
             let inbox = self.inbox();
             if inbox.len() >= n {
-                return inbox;
+                return Ok(inbox);
             }
-            assert!(
-                Instant::now() < deadline,
-                "expected {n} emails, got {}: {inbox:#?}",
-                inbox.len()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Err(format!("expected {n} emails, got {}: {inbox:#?}", inbox.len()))
+        })
+        .await
     }
 }

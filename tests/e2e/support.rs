@@ -483,8 +483,7 @@ impl TestApp {
 /// transaction still open anywhere on the server holds them back; other
 /// tests run in parallel), so that "caught up" means "published everything".
 pub async fn settle(pool: &sqlx::PgPool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    eventually(std::time::Duration::from_secs(30), || async {
         let all: i64 = sqlx::query_scalar("select count(*) from events")
             .fetch_one(pool)
             .await
@@ -493,12 +492,32 @@ pub async fn settle(pool: &sqlx::PgPool) {
             .await
             .unwrap();
         if readable.len() as i64 == all {
-            return;
+            return Ok(());
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "events stayed invisible to readers"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        Err("events stayed invisible to readers".to_owned())
+    })
+    .await
+}
+
+/// Polls `attempt` until it answers `Ok`, and returns its value; when
+/// `timeout` has passed, fails the test with the last `Err` (what was seen
+/// instead). Polls soon at first (20 ms), then less often (up to every
+/// 200 ms), so a quick condition is seen quickly and a slow one costs little.
+/// For conditions other processes make true; time-based behaviour sets the
+/// clock instead.
+pub async fn eventually<T, F, Fut>(timeout: std::time::Duration, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    let mut pause = std::time::Duration::from_millis(20);
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(seen) => assert!(std::time::Instant::now() < deadline, "not within {timeout:?}: {seen}"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(200));
     }
 }

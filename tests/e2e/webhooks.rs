@@ -12,14 +12,16 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use chrono::{DateTime, Utc};
-use keyledger_workers::webhook_client::{SendError, WebhookClient};
+use keyledger_workers::webhooks::client::{SendError, WebhookClient};
 use keyledger_workers::webhooks::{Sent, Webhooks};
 use serde_json::{json, Value};
 
 use crate::alerts::{deliver, OPS};
 use crate::binary::{create_org, keyledger, temp_dir, Server, HASH_KEY};
 use crate::smtp::MailServer;
-use crate::support::{call, settle, spawn_app, spawn_app_with, spawn_app_with_settings_and_alert_emails, TestApp};
+use crate::support::{
+    call, eventually, settle, spawn_app, spawn_app_with, spawn_app_with_settings_and_alert_emails, TestApp,
+};
 
 /// One request as the receiver got it.
 #[derive(Debug, Clone)]
@@ -720,19 +722,18 @@ async fn two_work_processes_deliver_each_event_once_per_endpoint() {
         secrets.push(key.expect(201)["key"].as_str().unwrap().to_owned());
     }
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), || async {
         let (done, all): (i64, i64) =
             sqlx::query_as("select count(*) filter (where status = 'succeeded'), count(*) from webhook_deliveries")
                 .fetch_one(&pool)
                 .await
                 .unwrap();
         if all == 10 && done == 10 {
-            break;
+            return Ok(());
         }
-        assert!(std::time::Instant::now() < deadline, "{done} of {all} deliveries done");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(format!("{done} of {all} deliveries done"))
+    })
+    .await;
     let logs = [first.stop(), second.stop(), serve.stop()].concat();
     let expected: Vec<String> = sqlx::query_scalar(
         "select event_id::text from events where type = 'key.created' and actor <> 'cli' order by tx_id, position",

@@ -1,31 +1,29 @@
-//! keyledger-workers: the background side of keyledger — the projector that
-//! tails the PostgreSQL log (embedded mode), the outbox relay and the Kafka
-//! consumer (Kafka mode), their lag, `replay`, and the scheduled jobs
-//! (expiry, rotation, usage alerts) with the mailer that emails their alerts
-//! (and the confirmation links of alert recipients), the webhook
-//! deliveries, and the metrics of all this.
+//! keyledger-workers: the background side of keyledger, in three subsystems
+//! and what they share:
+//!
+//! - [`tailing`]: following the event log — the projector that tails the
+//!   PostgreSQL log (embedded mode), the outbox relay and the Kafka consumer
+//!   (Kafka mode), their lag, and `replay`;
+//! - [`jobs`]: the scheduled jobs (expiry, rotation, usage alerts, recipient
+//!   confirmations) and their scheduler;
+//! - [`alerts`]: the alerts the jobs raise, their emails, who receives them
+//!   and the mailer that sends them (and the confirmation links of alert
+//!   recipients);
+//! - [`webhooks`]: the webhook deliveries and their HTTP client;
+//! - shared: [`metrics`] of all this, [`session_lock`] (advisory locks held
+//!   by replay and the jobs) and `wake` (waiting on a PostgreSQL
+//!   notification or a timeout).
 
-pub mod alert_email;
 pub mod alerts;
-pub mod expiry;
-pub mod kafka_projector;
-pub mod lag;
-pub mod mailer;
+pub mod jobs;
 pub mod metrics;
-pub mod projector;
-pub mod recipients;
-pub mod relay;
-pub mod replay;
-pub mod rotation;
-pub mod scheduler;
 pub mod session_lock;
-pub mod usage_alerts;
+pub mod tailing;
 mod wake;
-pub mod webhook_client;
 pub mod webhooks;
 
-pub use kafka_projector::KafkaProjector;
-pub use mailer::Mailer;
-pub use projector::Projector;
-pub use relay::Relay;
+pub use alerts::mailer::Mailer;
+pub use tailing::kafka_projector::KafkaProjector;
+pub use tailing::projector::Projector;
+pub use tailing::relay::Relay;
 pub use webhooks::Webhooks;

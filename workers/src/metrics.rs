@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::scheduler::{Job, JobError, Report};
+use crate::jobs::{Job, JobError, Report};
 
 /// How often the mail queue is sampled (a count of the alerts table).
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);

@@ -151,7 +151,7 @@ impl ResponseError for PortalError {
         }
         if let PortalError::Api(ApiError::Internal(cause)) = self {
             tracing::error!(
-                request_id = %crate::middleware::current_request_id(),
+                request_id = %crate::request_id::current(),
                 error = %crate::error::error_chain(cause.as_ref()),
                 "portal request failed"
             );
@@ -191,7 +191,7 @@ impl ResponseError for PortalError {
         let page = views::MessagePage {
             title,
             message,
-            request_id: crate::middleware::current_request_id(),
+            request_id: crate::request_id::current(),
             signed_in: !matches!(self, PortalError::Forged),
         };
         let mut response = html(self.status_code(), &page);
@@ -212,7 +212,7 @@ pub fn html(status: StatusCode, page: &impl Template) -> HttpResponse {
             .body(body),
         Err(e) => {
             tracing::error!(
-                request_id = %crate::middleware::current_request_id(),
+                request_id = %crate::request_id::current(),
                 error = %e,
                 "a portal page could not be rendered"
             );

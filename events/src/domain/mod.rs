@@ -13,6 +13,8 @@ pub mod name;
 pub mod org;
 pub mod plan;
 pub mod scope;
+#[cfg(test)]
+pub(crate) mod test_framework;
 pub mod webhook;
 
 pub use email::{EmailAddress, ListedAddress};

@@ -3,6 +3,7 @@
 //! refusal). No I/O, no real clock, no real randomness.
 
 use super::*;
+use crate::domain::test_framework::{Given, TestFramework, Then};
 use crate::domain::{Environment, PlainKey};
 use chrono::TimeZone;
 
@@ -96,9 +97,10 @@ fn created_with(key_type: &str, scopes: Option<&[&str]>, expires_at: Option<Date
         expires_at,
         ..create_input(key_type)
     };
-    let mut events = ApiKey::decide(None, create(input), now() - days(30)).expect("a valid creation");
-    assert_eq!(events.len(), 1);
-    events.remove(0)
+    TestFramework::<ApiKey>::at(now() - days(30))
+        .given(&[])
+        .when(create(input))
+        .then_expect_one()
 }
 
 /// A live secret key with the default scopes and no expiry.
@@ -151,63 +153,18 @@ fn all_commands() -> Vec<(&'static str, KeyCommand)> {
 
 // ------------------------------------------------------ given / when / then
 
-/// The state after `events`, folded with `ApiKey::evolve`.
-fn given(events: &[KeyEvent]) -> Option<ApiKey> {
-    events.iter().fold(None, ApiKey::evolve)
+/// The state after `events`, to decide commands against at `now()`
+/// (`super::super::test_framework`).
+fn given(events: &[KeyEvent]) -> Given<ApiKey> {
+    TestFramework::at(now()).given(events)
 }
 
-/// `command` decided at `now()`.
-fn when(state: &Option<ApiKey>, command: KeyCommand) -> Result<Vec<KeyEvent>, DomainError> {
-    ApiKey::decide(state.as_ref(), command, now())
-}
-
-fn then_events(result: Result<Vec<KeyEvent>, DomainError>, expected: Vec<KeyEvent>) {
-    assert_eq!(result, Ok(expected));
-}
-
-fn then_nothing(result: Result<Vec<KeyEvent>, DomainError>) {
-    assert_eq!(result, Ok(vec![]));
-}
-
-/// Exactly one event, returned for further checks.
-fn then_one(result: Result<Vec<KeyEvent>, DomainError>) -> KeyEvent {
-    match result {
-        Ok(mut events) if events.len() == 1 => events.remove(0),
-        other => panic!("expected exactly one event, got {other:?}"),
-    }
-}
-
-fn then_created(result: Result<Vec<KeyEvent>, DomainError>) -> KeyCreated {
-    match then_one(result) {
+#[track_caller]
+fn then_created(then: Then<KeyEvent>) -> KeyCreated {
+    match then.then_expect_one() {
         KeyEvent::Created(e) => e,
         other => panic!("expected key.created, got {other:?}"),
     }
-}
-
-/// A validation refusal naming exactly `fields` (sorted); returns the details.
-fn then_invalid(result: Result<Vec<KeyEvent>, DomainError>, fields: &[&str]) -> ValidationDetails {
-    match result {
-        Err(DomainError::Validation(details)) => {
-            let named: Vec<&str> = details.0.keys().map(String::as_str).collect();
-            assert_eq!(named, fields, "fields of {details:?}");
-            for problems in details.0.values() {
-                assert!(!problems.is_empty() && problems.iter().all(|p| !p.trim().is_empty()));
-            }
-            details
-        }
-        other => panic!("expected a validation error on {fields:?}, got {other:?}"),
-    }
-}
-
-fn then_conflict(result: Result<Vec<KeyEvent>, DomainError>) {
-    match result {
-        Err(DomainError::Conflict(message)) => assert!(!message.is_empty()),
-        other => panic!("expected a conflict, got {other:?}"),
-    }
-}
-
-fn then_not_found(result: Result<Vec<KeyEvent>, DomainError>) {
-    assert_eq!(result, Err(DomainError::NotFound));
 }
 
 // ------------------------------------------------------------------ create
@@ -243,9 +200,9 @@ fn create_gives_each_type_its_prefix_environment_default_scopes_and_rotation() {
     for (type_name, key_type, prefix, environment, scopes, rotation_due_at) in cases {
         let (plain, key_hash) = issued(key_type, FIRST);
         assert!(plain.expose().starts_with(prefix));
-        then_events(
-            when(&given(&[]), create(create_input(type_name))),
-            vec![KeyEvent::Created(KeyCreated {
+        given(&[])
+            .when(create(create_input(type_name)))
+            .then_expect_events(vec![KeyEvent::Created(KeyCreated {
                 key_id: key_id(),
                 org_id: org_id(),
                 name: name("Checkout backend"),
@@ -259,8 +216,7 @@ fn create_gives_each_type_its_prefix_environment_default_scopes_and_rotation() {
                 expires_at: None,
                 rotation_due_at,
                 allowed_ips: AllowedIps::default(),
-            })],
-        );
+            })]);
     }
 }
 
@@ -271,7 +227,7 @@ fn create_without_a_rotation_policy_sets_no_rotation_date() {
             rotation_days: 0,
             ..create_input(type_name)
         };
-        let event = then_created(when(&given(&[]), create(input)));
+        let event = then_created(given(&[]).when(create(input)));
         assert_eq!(event.rotation_due_at, None, "{type_name}");
     }
 }
@@ -282,7 +238,7 @@ fn create_counts_the_rotation_period_from_now() {
         rotation_days: 30,
         ..create_input("secret")
     };
-    let event = then_created(when(&given(&[]), create(input)));
+    let event = then_created(given(&[]).when(create(input)));
     assert_eq!(
         event.rotation_due_at,
         Some(Utc.with_ymd_and_hms(2026, 12, 26, 10, 0, 0).unwrap())
@@ -305,7 +261,7 @@ fn create_sorts_and_dedups_explicit_scopes() {
         ),
         ..create_input("secret")
     };
-    let event = then_created(when(&given(&[]), create(input)));
+    let event = then_created(given(&[]).when(create(input)));
     assert_eq!(
         event.scopes,
         vec![
@@ -324,7 +280,7 @@ fn create_sorts_and_dedups_explicit_scopes() {
         ),
         ..create_input("public")
     };
-    let event = then_created(when(&given(&[]), create(input)));
+    let event = then_created(given(&[]).when(create(input)));
     assert_eq!(event.scopes, vec![Scope::ReadExperiences, Scope::ReadConsumers]);
 }
 
@@ -334,7 +290,7 @@ fn create_accepts_explicit_scopes_on_test_keys() {
         scopes: Some(vec!["write:experiences".into()]),
         ..create_input("test")
     };
-    let event = then_created(when(&given(&[]), create(input)));
+    let event = then_created(given(&[]).when(create(input)));
     assert_eq!(event.scopes, vec![Scope::WriteExperiences]);
 }
 
@@ -345,7 +301,7 @@ fn create_keeps_a_future_expiry() {
         expires_at: Some(at),
         ..create_input("secret")
     };
-    let event = then_created(when(&given(&[]), create(input)));
+    let event = then_created(given(&[]).when(create(input)));
     assert_eq!(event.expires_at, Some(at));
 }
 
@@ -353,7 +309,7 @@ fn create_keeps_a_future_expiry() {
 fn create_records_the_last_four_and_hash_of_the_issued_key() {
     for key_type in KeyType::ALL {
         let (plain, key_hash) = source(FIRST).issue(key_type);
-        let event = then_created(when(&given(&[]), create(create_input(key_type.as_str()))));
+        let event = then_created(given(&[]).when(create(create_input(key_type.as_str()))));
         assert_eq!(event.last_four.chars().count(), 4);
         assert_eq!(event.last_four, last_four_of(&plain));
         assert!(plain.expose().ends_with(&event.last_four));
@@ -366,7 +322,9 @@ fn create_records_the_last_four_and_hash_of_the_issued_key() {
 fn the_created_event_never_contains_the_clear_text_key() {
     for key_type in KeyType::ALL {
         let (plain, _) = source(FIRST).issue(key_type);
-        let event = then_one(when(&given(&[]), create(create_input(key_type.as_str()))));
+        let event = given(&[])
+            .when(create(create_input(key_type.as_str())))
+            .then_expect_one();
         let json = serde_json::to_string(&event).unwrap();
         assert!(!json.contains(plain.expose()), "{json}");
         // Not even the random body (the part between prefix and checksum).
@@ -377,10 +335,14 @@ fn the_created_event_never_contains_the_clear_text_key() {
 
 #[test]
 fn create_refuses_an_unknown_type() {
-    let details = then_invalid(when(&given(&[]), create(create_input("private"))), &["type"]);
+    let details = given(&[])
+        .when(create(create_input("private")))
+        .then_expect_invalid(&["type"]);
     assert!(details.0["type"][0].contains("private"));
-    then_invalid(when(&given(&[]), create(create_input("Secret"))), &["type"]);
-    then_invalid(when(&given(&[]), create(create_input(""))), &["type"]);
+    given(&[])
+        .when(create(create_input("Secret")))
+        .then_expect_invalid(&["type"]);
+    given(&[]).when(create(create_input(""))).then_expect_invalid(&["type"]);
 }
 
 #[test]
@@ -390,7 +352,7 @@ fn create_refuses_an_unknown_scope() {
             scopes: Some(vec!["read:experiences".into(), "write:everything".into()]),
             ..create_input(type_name)
         };
-        let details = then_invalid(when(&given(&[]), create(input)), &["scopes"]);
+        let details = given(&[]).when(create(input)).then_expect_invalid(&["scopes"]);
         assert!(details.0["scopes"][0].contains("write:everything"));
     }
 }
@@ -402,7 +364,7 @@ fn create_refuses_write_and_admin_scopes_on_public_keys() {
             scopes: Some(vec!["read:experiences".into(), scope.into()]),
             ..create_input("public")
         };
-        let details = then_invalid(when(&given(&[]), create(input)), &["scopes"]);
+        let details = given(&[]).when(create(input)).then_expect_invalid(&["scopes"]);
         assert_eq!(details.0["scopes"].len(), 1);
         assert!(details.0["scopes"][0].contains(scope), "{details:?}");
     }
@@ -415,7 +377,7 @@ fn create_refuses_an_empty_scope_list() {
             scopes: Some(vec![]),
             ..create_input(type_name)
         };
-        then_invalid(when(&given(&[]), create(input)), &["scopes"]);
+        given(&[]).when(create(input)).then_expect_invalid(&["scopes"]);
     }
 }
 
@@ -426,7 +388,7 @@ fn create_refuses_an_expiry_that_is_not_in_the_future() {
             expires_at: Some(at),
             ..create_input("secret")
         };
-        then_invalid(when(&given(&[]), create(input)), &["expires_at"]);
+        given(&[]).when(create(input)).then_expect_invalid(&["expires_at"]);
     }
 }
 
@@ -443,7 +405,7 @@ fn create_refuses_an_expiry_rfc_3339_cannot_write() {
             expires_at: Some(at),
             ..create_input("secret")
         };
-        then_invalid(when(&given(&[]), create(input)), &["expires_at"]);
+        given(&[]).when(create(input)).then_expect_invalid(&["expires_at"]);
     }
     let latest = Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap();
     let input = CreateKey {
@@ -451,7 +413,7 @@ fn create_refuses_an_expiry_rfc_3339_cannot_write() {
         ..create_input("secret")
     };
     assert!(
-        when(&given(&[]), create(input)).is_ok(),
+        given(&[]).when(create(input)).result().is_ok(),
         "the last second of 9999 is fine"
     );
 }
@@ -459,16 +421,12 @@ fn create_refuses_an_expiry_rfc_3339_cannot_write() {
 #[test]
 fn update_refuses_an_expiry_rfc_3339_cannot_write() {
     for at in beyond_rfc_3339() {
-        then_invalid(
-            when(
-                &given(&[secret_created()]),
-                update(UpdateKey {
-                    expires_at: Some(Some(at)),
-                    ..UpdateKey::default()
-                }),
-            ),
-            &["expires_at"],
-        );
+        given(&[secret_created()])
+            .when(update(UpdateKey {
+                expires_at: Some(Some(at)),
+                ..UpdateKey::default()
+            }))
+            .then_expect_invalid(&["expires_at"]);
     }
 }
 
@@ -488,7 +446,7 @@ fn create_refuses_bad_names() {
             name: bad.clone(),
             ..create_input("secret")
         };
-        then_invalid(when(&given(&[]), create(input)), &["name"]);
+        given(&[]).when(create(input)).then_expect_invalid(&["name"]);
     }
 }
 
@@ -504,7 +462,7 @@ fn create_accepts_names_of_up_to_100_characters() {
             name: good.clone(),
             ..create_input("secret")
         };
-        let event = then_created(when(&given(&[]), create(input)));
+        let event = then_created(given(&[]).when(create(input)));
         assert_eq!(event.name.as_str(), good);
     }
 }
@@ -518,10 +476,9 @@ fn create_reports_every_problem_at_once() {
         expires_at: Some(now() - days(1)),
         ..create_input("secret")
     };
-    then_invalid(
-        when(&given(&[]), create(input)),
-        &["expires_at", "name", "scopes", "type"],
-    );
+    given(&[])
+        .when(create(input))
+        .then_expect_invalid(&["expires_at", "name", "scopes", "type"]);
 
     // Several problems with one field are all listed too.
     let input = CreateKey {
@@ -533,22 +490,22 @@ fn create_reports_every_problem_at_once() {
         ]),
         ..create_input("public")
     };
-    let details = then_invalid(when(&given(&[]), create(input)), &["name", "scopes"]);
+    let details = given(&[]).when(create(input)).then_expect_invalid(&["name", "scopes"]);
     assert_eq!(details.0["scopes"].len(), 3, "{details:?}");
 }
 
 #[test]
 fn create_over_an_existing_key_is_a_conflict() {
-    then_conflict(when(&given(&[secret_created()]), create(create_input("secret"))));
-    then_conflict(when(
-        &given(&[secret_created(), deactivated()]),
-        create(create_input("public")),
-    ));
+    given(&[secret_created()])
+        .when(create(create_input("secret")))
+        .then_expect_conflict();
+    given(&[secret_created(), deactivated()])
+        .when(create(create_input("public")))
+        .then_expect_conflict();
     // The id of a deleted key is not reused either.
-    then_conflict(when(
-        &given(&[secret_created(), deleted()]),
-        create(create_input("secret")),
-    ));
+    given(&[secret_created(), deleted()])
+        .when(create(create_input("secret")))
+        .then_expect_conflict();
 }
 
 #[test]
@@ -558,7 +515,7 @@ fn evolve_of_created_builds_an_active_key() {
         unreachable!()
     };
     assert_eq!(
-        given(std::slice::from_ref(&event)),
+        given(std::slice::from_ref(&event)).into_state(),
         Some(ApiKey {
             id: key_id(),
             org_id: org_id(),
@@ -583,138 +540,106 @@ fn evolve_of_created_builds_an_active_key() {
 
 #[test]
 fn update_of_the_name_records_only_the_name() {
-    then_events(
-        when(
-            &given(&[secret_created()]),
-            update(UpdateKey {
-                name: Some("Billing worker".into()),
-                ..UpdateKey::default()
-            }),
-        ),
-        vec![KeyEvent::Updated(KeyUpdated {
+    given(&[secret_created()])
+        .when(update(UpdateKey {
+            name: Some("Billing worker".into()),
+            ..UpdateKey::default()
+        }))
+        .then_expect_events(vec![KeyEvent::Updated(KeyUpdated {
             name: Some(name("Billing worker")),
             ..KeyUpdated::default()
-        })],
-    );
+        })]);
 }
 
 #[test]
 fn update_of_the_scopes_records_only_the_sorted_scopes() {
-    then_events(
-        when(
-            &given(&[secret_created()]),
-            update(UpdateKey {
-                scopes: Some(vec![
-                    "write:consumers".into(),
-                    "read:experiences".into(),
-                    "write:consumers".into(),
-                ]),
-                ..UpdateKey::default()
-            }),
-        ),
-        vec![KeyEvent::Updated(KeyUpdated {
+    given(&[secret_created()])
+        .when(update(UpdateKey {
+            scopes: Some(vec![
+                "write:consumers".into(),
+                "read:experiences".into(),
+                "write:consumers".into(),
+            ]),
+            ..UpdateKey::default()
+        }))
+        .then_expect_events(vec![KeyEvent::Updated(KeyUpdated {
             scopes: Some(vec![Scope::ReadExperiences, Scope::WriteConsumers]),
             ..KeyUpdated::default()
-        })],
-    );
+        })]);
 }
 
 #[test]
 fn update_of_a_public_key_to_read_consumers_is_allowed() {
-    then_events(
-        when(
-            &given(&[created_with("public", None, None)]),
-            update(UpdateKey {
-                scopes: Some(vec!["read:consumers".into()]),
-                ..UpdateKey::default()
-            }),
-        ),
-        vec![KeyEvent::Updated(KeyUpdated {
+    given(&[created_with("public", None, None)])
+        .when(update(UpdateKey {
+            scopes: Some(vec!["read:consumers".into()]),
+            ..UpdateKey::default()
+        }))
+        .then_expect_events(vec![KeyEvent::Updated(KeyUpdated {
             scopes: Some(vec![Scope::ReadConsumers]),
             ..KeyUpdated::default()
-        })],
-    );
+        })]);
 }
 
 #[test]
 fn update_sets_changes_and_clears_the_expiry() {
     let later = now() + days(7);
-    then_events(
-        when(
-            &given(&[secret_created()]),
-            update(UpdateKey {
-                expires_at: Some(Some(later)),
-                ..UpdateKey::default()
-            }),
-        ),
-        vec![KeyEvent::Updated(KeyUpdated {
+    given(&[secret_created()])
+        .when(update(UpdateKey {
+            expires_at: Some(Some(later)),
+            ..UpdateKey::default()
+        }))
+        .then_expect_events(vec![KeyEvent::Updated(KeyUpdated {
             expires_at: Some(Some(later)),
             ..KeyUpdated::default()
-        })],
-    );
-    then_events(
-        when(
-            &given(&[expiring_at(now() + days(1))]),
-            update(UpdateKey {
-                expires_at: Some(Some(later)),
-                ..UpdateKey::default()
-            }),
-        ),
-        vec![KeyEvent::Updated(KeyUpdated {
+        })]);
+    given(&[expiring_at(now() + days(1))])
+        .when(update(UpdateKey {
+            expires_at: Some(Some(later)),
+            ..UpdateKey::default()
+        }))
+        .then_expect_events(vec![KeyEvent::Updated(KeyUpdated {
             expires_at: Some(Some(later)),
             ..KeyUpdated::default()
-        })],
-    );
-    then_events(
-        when(
-            &given(&[expiring_at(now() + days(1))]),
-            update(UpdateKey {
-                expires_at: Some(None),
-                ..UpdateKey::default()
-            }),
-        ),
-        vec![KeyEvent::Updated(KeyUpdated {
+        })]);
+    given(&[expiring_at(now() + days(1))])
+        .when(update(UpdateKey {
+            expires_at: Some(None),
+            ..UpdateKey::default()
+        }))
+        .then_expect_events(vec![KeyEvent::Updated(KeyUpdated {
             expires_at: Some(None),
             ..KeyUpdated::default()
-        })],
-    );
+        })]);
 }
 
 #[test]
 fn update_of_several_fields_is_one_event_with_only_the_changed_ones() {
-    then_events(
-        when(
-            &given(&[expiring_at(now() + days(1))]),
-            update(UpdateKey {
-                name: Some("Billing worker".into()),
-                scopes: Some(vec!["read:analytics".into()]),
-                expires_at: Some(None),
-                ..UpdateKey::default()
-            }),
-        ),
-        vec![KeyEvent::Updated(KeyUpdated {
+    given(&[expiring_at(now() + days(1))])
+        .when(update(UpdateKey {
+            name: Some("Billing worker".into()),
+            scopes: Some(vec!["read:analytics".into()]),
+            expires_at: Some(None),
+            ..UpdateKey::default()
+        }))
+        .then_expect_events(vec![KeyEvent::Updated(KeyUpdated {
             name: Some(name("Billing worker")),
             scopes: Some(vec![Scope::ReadAnalytics]),
             expires_at: Some(None),
             ..KeyUpdated::default()
-        })],
-    );
+        })]);
     // The name is unchanged, so only the scopes are recorded.
-    then_events(
-        when(
-            &given(&[secret_created()]),
-            update(UpdateKey {
-                name: Some("Checkout backend".into()),
-                scopes: Some(vec!["read:analytics".into()]),
-                expires_at: Some(None),
-                ..UpdateKey::default()
-            }),
-        ),
-        vec![KeyEvent::Updated(KeyUpdated {
+    given(&[secret_created()])
+        .when(update(UpdateKey {
+            name: Some("Checkout backend".into()),
+            scopes: Some(vec!["read:analytics".into()]),
+            expires_at: Some(None),
+            ..UpdateKey::default()
+        }))
+        .then_expect_events(vec![KeyEvent::Updated(KeyUpdated {
             scopes: Some(vec![Scope::ReadAnalytics]),
             ..KeyUpdated::default()
-        })],
-    );
+        })]);
 }
 
 #[test]
@@ -725,10 +650,9 @@ fn update_without_changes_appends_nothing() {
         Some(&["read:experiences", "write:consumers"]),
         Some(expiry),
     )]);
-    then_nothing(when(&state, update(UpdateKey::default())));
-    then_nothing(when(
-        &state,
-        update(UpdateKey {
+    state.when(update(UpdateKey::default())).then_expect_nothing();
+    state
+        .when(update(UpdateKey {
             name: Some("Checkout backend".into()),
             scopes: Some(vec![
                 "write:consumers".into(),
@@ -737,47 +661,38 @@ fn update_without_changes_appends_nothing() {
             ]),
             expires_at: Some(Some(expiry)),
             ..UpdateKey::default()
-        }),
-    ));
+        }))
+        .then_expect_nothing();
     // Clearing an expiry that is not set changes nothing either.
-    then_nothing(when(
-        &given(&[secret_created()]),
-        update(UpdateKey {
+    given(&[secret_created()])
+        .when(update(UpdateKey {
             expires_at: Some(None),
             ..UpdateKey::default()
-        }),
-    ));
+        }))
+        .then_expect_nothing();
 }
 
 #[test]
 fn update_of_a_public_key_to_a_write_or_admin_scope_is_refused() {
     for scope in ["write:consumers", "write:experiences", "admin"] {
-        then_invalid(
-            when(
-                &given(&[created_with("public", None, None)]),
-                update(UpdateKey {
-                    scopes: Some(vec![scope.into()]),
-                    ..UpdateKey::default()
-                }),
-            ),
-            &["scopes"],
-        );
+        given(&[created_with("public", None, None)])
+            .when(update(UpdateKey {
+                scopes: Some(vec![scope.into()]),
+                ..UpdateKey::default()
+            }))
+            .then_expect_invalid(&["scopes"]);
     }
 }
 
 #[test]
 fn update_refuses_unknown_or_no_scopes() {
     for scopes in [vec!["write:everything".to_owned()], vec![]] {
-        then_invalid(
-            when(
-                &given(&[secret_created()]),
-                update(UpdateKey {
-                    scopes: Some(scopes),
-                    ..UpdateKey::default()
-                }),
-            ),
-            &["scopes"],
-        );
+        given(&[secret_created()])
+            .when(update(UpdateKey {
+                scopes: Some(scopes),
+                ..UpdateKey::default()
+            }))
+            .then_expect_invalid(&["scopes"]);
     }
 }
 
@@ -791,49 +706,37 @@ fn update_refuses_bad_names() {
         "a\tb".to_owned(),
         "\u{7}".to_owned(),
     ] {
-        then_invalid(
-            when(
-                &given(&[secret_created()]),
-                update(UpdateKey {
-                    name: Some(bad),
-                    ..UpdateKey::default()
-                }),
-            ),
-            &["name"],
-        );
+        given(&[secret_created()])
+            .when(update(UpdateKey {
+                name: Some(bad),
+                ..UpdateKey::default()
+            }))
+            .then_expect_invalid(&["name"]);
     }
 }
 
 #[test]
 fn update_refuses_an_expiry_that_is_not_in_the_future() {
     for at in [now() - days(1), now()] {
-        then_invalid(
-            when(
-                &given(&[secret_created()]),
-                update(UpdateKey {
-                    expires_at: Some(Some(at)),
-                    ..UpdateKey::default()
-                }),
-            ),
-            &["expires_at"],
-        );
+        given(&[secret_created()])
+            .when(update(UpdateKey {
+                expires_at: Some(Some(at)),
+                ..UpdateKey::default()
+            }))
+            .then_expect_invalid(&["expires_at"]);
     }
 }
 
 #[test]
 fn update_reports_every_problem_at_once() {
-    then_invalid(
-        when(
-            &given(&[created_with("public", None, None)]),
-            update(UpdateKey {
-                name: Some(String::new()),
-                scopes: Some(vec!["admin".into()]),
-                expires_at: Some(Some(now() - days(1))),
-                ..UpdateKey::default()
-            }),
-        ),
-        &["expires_at", "name", "scopes"],
-    );
+    given(&[created_with("public", None, None)])
+        .when(update(UpdateKey {
+            name: Some(String::new()),
+            scopes: Some(vec!["admin".into()]),
+            expires_at: Some(Some(now() - days(1))),
+            ..UpdateKey::default()
+        }))
+        .then_expect_invalid(&["expires_at", "name", "scopes"]);
 }
 
 #[test]
@@ -844,32 +747,31 @@ fn update_of_an_expired_key_is_a_conflict() {
             ..UpdateKey::default()
         })
     };
-    then_conflict(when(&given(&[expired_by_clock()]), edit()));
-    then_conflict(when(&given(&[expiring_at(now())]), edit()));
-    then_conflict(when(&given(&[expired_by_clock(), deactivated()]), edit()));
-    then_conflict(when(
-        &given(&[expired_by_clock(), recorded_expiry(now() - days(1))]),
-        edit(),
-    ));
+    given(&[expired_by_clock()]).when(edit()).then_expect_conflict();
+    given(&[expiring_at(now())]).when(edit()).then_expect_conflict();
+    given(&[expired_by_clock(), deactivated()])
+        .when(edit())
+        .then_expect_conflict();
+    given(&[expired_by_clock(), recorded_expiry(now() - days(1))])
+        .when(edit())
+        .then_expect_conflict();
     // Not even to lift the expiry.
-    then_conflict(when(
-        &given(&[expired_by_clock()]),
-        update(UpdateKey {
+    given(&[expired_by_clock()])
+        .when(update(UpdateKey {
             expires_at: Some(None),
             ..UpdateKey::default()
-        }),
-    ));
+        }))
+        .then_expect_conflict();
 }
 
 #[test]
 fn update_of_an_inactive_key_is_allowed() {
-    let event = then_one(when(
-        &given(&[secret_created(), deactivated()]),
-        update(UpdateKey {
+    let event = given(&[secret_created(), deactivated()])
+        .when(update(UpdateKey {
             name: Some("Renamed".into()),
             ..UpdateKey::default()
-        }),
-    ));
+        }))
+        .then_expect_one();
     assert_eq!(
         event,
         KeyEvent::Updated(KeyUpdated {
@@ -887,13 +789,15 @@ fn update_of_a_deleted_or_unknown_key_is_not_found() {
             ..UpdateKey::default()
         })
     };
-    then_not_found(when(&given(&[secret_created(), deleted()]), edit()));
-    then_not_found(when(&given(&[]), edit()));
+    given(&[secret_created(), deleted()])
+        .when(edit())
+        .then_expect_not_found();
+    given(&[]).when(edit()).then_expect_not_found();
 }
 
 #[test]
 fn evolve_applies_an_update_field_by_field() {
-    let start = given(&[expiring_at(now() + days(1))]).unwrap();
+    let start = given(&[expiring_at(now() + days(1))]).into_state().unwrap();
 
     let renamed = ApiKey::evolve(
         Some(start.clone()),
@@ -966,30 +870,29 @@ fn evolve_applies_an_update_field_by_field() {
 fn regenerate_issues_a_new_secret_that_stops_the_old_one_at_once() {
     let (plain, key_hash) = issued(KeyType::Secret, SECOND);
     let state = given(&[secret_created()]);
-    let old_hash = state.as_ref().unwrap().key_hash;
+    let old_hash = state.state().unwrap().key_hash;
     assert_ne!(key_hash, old_hash);
-    then_events(
-        when(&state, regenerate(0)),
-        vec![KeyEvent::Regenerated(KeyRegenerated {
+    state
+        .when(regenerate(0))
+        .then_expect_events(vec![KeyEvent::Regenerated(KeyRegenerated {
             key_hash,
             last_four: last_four_of(&plain),
             regenerated_at: now(),
             previous_valid_until: None,
             rotation_due_at: Some(now() + days(90)),
-        })],
-    );
+        })]);
 }
 
 #[test]
 fn regenerate_with_a_grace_period_keeps_the_old_secret_until_then() {
     for grace in [1, 3600, MAX_GRACE_SECONDS] {
-        let event = then_one(when(&given(&[secret_created()]), regenerate(grace)));
+        let event = given(&[secret_created()]).when(regenerate(grace)).then_expect_one();
         let KeyEvent::Regenerated(e) = event else {
             panic!("{event:?}")
         };
         assert_eq!(e.previous_valid_until, Some(now() + secs(grace)));
     }
-    let event = then_one(when(&given(&[secret_created()]), regenerate(604_800)));
+    let event = given(&[secret_created()]).when(regenerate(604_800)).then_expect_one();
     let KeyEvent::Regenerated(e) = event else {
         panic!("{event:?}")
     };
@@ -999,18 +902,19 @@ fn regenerate_with_a_grace_period_keeps_the_old_secret_until_then() {
 #[test]
 fn regenerate_refuses_a_grace_period_out_of_range() {
     for grace in [-1, 604_801, i64::MIN, i64::MAX] {
-        then_invalid(
-            when(&given(&[secret_created()]), regenerate(grace)),
-            &["expire_old_in_seconds"],
-        );
+        given(&[secret_created()])
+            .when(regenerate(grace))
+            .then_expect_invalid(&["expire_old_in_seconds"]);
     }
 }
 
 #[test]
 fn regenerate_restarts_the_rotation_period_from_now() {
     let state = given(&[secret_created()]);
-    assert_eq!(state.as_ref().unwrap().rotation_due_at, Some(now() + days(60)));
-    let after = given(&[secret_created(), then_one(when(&state, regenerate(0)))]).unwrap();
+    assert_eq!(state.state().unwrap().rotation_due_at, Some(now() + days(60)));
+    let after = given(&[secret_created(), state.when(regenerate(0)).then_expect_one()])
+        .into_state()
+        .unwrap();
     assert_eq!(after.rotation_due_at, Some(now() + days(90)));
 
     let no_policy = KeyCommand::Regenerate(Box::new(RegenerateKey {
@@ -1018,13 +922,16 @@ fn regenerate_restarts_the_rotation_period_from_now() {
         rotation_days: 0,
         secret: source(SECOND),
     }));
-    let KeyEvent::Regenerated(e) = then_one(when(&state, no_policy)) else {
+    let KeyEvent::Regenerated(e) = state.when(no_policy).then_expect_one() else {
         unreachable!()
     };
     assert_eq!(e.rotation_due_at, None);
 
     // Test keys are never due for rotation.
-    let KeyEvent::Regenerated(e) = then_one(when(&given(&[created_with("test", None, None)]), regenerate(0))) else {
+    let KeyEvent::Regenerated(e) = given(&[created_with("test", None, None)])
+        .when(regenerate(0))
+        .then_expect_one()
+    else {
         unreachable!()
     };
     assert_eq!(e.rotation_due_at, None);
@@ -1034,10 +941,9 @@ fn regenerate_restarts_the_rotation_period_from_now() {
 fn regenerate_keeps_the_type_prefix_and_never_records_the_clear_text() {
     for key_type in KeyType::ALL {
         let (plain, key_hash) = issued(key_type, SECOND);
-        let event = then_one(when(
-            &given(&[created_with(key_type.as_str(), None, None)]),
-            regenerate(60),
-        ));
+        let event = given(&[created_with(key_type.as_str(), None, None)])
+            .when(regenerate(60))
+            .then_expect_one();
         let KeyEvent::Regenerated(e) = &event else {
             panic!("{event:?}")
         };
@@ -1052,11 +958,13 @@ fn regenerate_keeps_the_type_prefix_and_never_records_the_clear_text() {
 #[test]
 fn evolve_of_regenerated_keeps_the_previous_hash_only_with_a_grace_period() {
     let created = secret_created();
-    let before = given(std::slice::from_ref(&created)).unwrap();
+    let before = given(std::slice::from_ref(&created)).into_state().unwrap();
     let (plain, new_hash) = issued(KeyType::Secret, SECOND);
 
-    let with_grace = then_one(when(&Some(before.clone()), regenerate(3600)));
-    let after = given(&[created.clone(), with_grace.clone()]).unwrap();
+    let with_grace = given(std::slice::from_ref(&created))
+        .when(regenerate(3600))
+        .then_expect_one();
+    let after = given(&[created.clone(), with_grace.clone()]).into_state().unwrap();
     assert_eq!(
         after,
         ApiKey {
@@ -1071,36 +979,41 @@ fn evolve_of_regenerated_keeps_the_previous_hash_only_with_a_grace_period() {
         }
     );
 
-    let without_grace = then_one(when(&Some(before.clone()), regenerate(0)));
-    let after = given(&[created.clone(), without_grace.clone()]).unwrap();
+    let without_grace = given(std::slice::from_ref(&created))
+        .when(regenerate(0))
+        .then_expect_one();
+    let after = given(&[created.clone(), without_grace.clone()]).into_state().unwrap();
     assert_eq!(after.previous, None);
     assert_eq!(after.key_hash, new_hash);
 
     // A later regeneration without grace drops the older secret.
-    let after = given(&[created, with_grace, without_grace]).unwrap();
+    let after = given(&[created, with_grace, without_grace]).into_state().unwrap();
     assert_eq!(after.previous, None);
 }
 
 #[test]
 fn regenerate_of_an_inactive_key_is_allowed() {
-    let event = then_one(when(&given(&[secret_created(), deactivated()]), regenerate(0)));
+    let event = given(&[secret_created(), deactivated()])
+        .when(regenerate(0))
+        .then_expect_one();
     assert_eq!(event.event_type(), "key.regenerated");
 }
 
 #[test]
 fn regenerate_of_an_expired_key_is_a_conflict() {
-    then_conflict(when(&given(&[expired_by_clock()]), regenerate(0)));
-    then_conflict(when(&given(&[expiring_at(now())]), regenerate(0)));
-    then_conflict(when(
-        &given(&[expired_by_clock(), recorded_expiry(now() - days(1))]),
-        regenerate(60),
-    ));
+    given(&[expired_by_clock()]).when(regenerate(0)).then_expect_conflict();
+    given(&[expiring_at(now())]).when(regenerate(0)).then_expect_conflict();
+    given(&[expired_by_clock(), recorded_expiry(now() - days(1))])
+        .when(regenerate(60))
+        .then_expect_conflict();
 }
 
 #[test]
 fn regenerate_of_a_deleted_or_unknown_key_is_not_found() {
-    then_not_found(when(&given(&[secret_created(), deleted()]), regenerate(0)));
-    then_not_found(when(&given(&[]), regenerate(0)));
+    given(&[secret_created(), deleted()])
+        .when(regenerate(0))
+        .then_expect_not_found();
+    given(&[]).when(regenerate(0)).then_expect_not_found();
 }
 
 // ------------------------------------------------- deactivate and activate
@@ -1108,112 +1021,122 @@ fn regenerate_of_a_deleted_or_unknown_key_is_not_found() {
 #[test]
 fn deactivate_an_active_key() {
     let state = given(&[secret_created()]);
-    then_events(when(&state, KeyCommand::Deactivate), vec![deactivated()]);
-    let after = given(&[secret_created(), deactivated()]).unwrap();
+    state
+        .when(KeyCommand::Deactivate)
+        .then_expect_events(vec![deactivated()]);
+    let after = given(&[secret_created(), deactivated()]).into_state().unwrap();
     assert_eq!(
         after,
         ApiKey {
             status: KeyStatus::Inactive,
-            ..state.unwrap()
+            ..state.into_state().unwrap()
         }
     );
 }
 
 #[test]
 fn deactivate_is_idempotent() {
-    then_nothing(when(&given(&[secret_created(), deactivated()]), KeyCommand::Deactivate));
+    given(&[secret_created(), deactivated()])
+        .when(KeyCommand::Deactivate)
+        .then_expect_nothing();
     // Deactivated again after a round trip: one new event, as expected.
-    then_events(
-        when(
-            &given(&[secret_created(), deactivated(), activated()]),
-            KeyCommand::Deactivate,
-        ),
-        vec![deactivated()],
-    );
+    given(&[secret_created(), deactivated(), activated()])
+        .when(KeyCommand::Deactivate)
+        .then_expect_events(vec![deactivated()]);
 }
 
 #[test]
 fn deactivate_an_expired_key_is_a_conflict() {
-    then_conflict(when(&given(&[expired_by_clock()]), KeyCommand::Deactivate));
-    then_conflict(when(&given(&[expiring_at(now())]), KeyCommand::Deactivate));
-    then_conflict(when(
-        &given(&[expired_by_clock(), deactivated()]),
-        KeyCommand::Deactivate,
-    ));
-    then_conflict(when(
-        &given(&[expired_by_clock(), recorded_expiry(now() - days(1))]),
-        KeyCommand::Deactivate,
-    ));
+    given(&[expired_by_clock()])
+        .when(KeyCommand::Deactivate)
+        .then_expect_conflict();
+    given(&[expiring_at(now())])
+        .when(KeyCommand::Deactivate)
+        .then_expect_conflict();
+    given(&[expired_by_clock(), deactivated()])
+        .when(KeyCommand::Deactivate)
+        .then_expect_conflict();
+    given(&[expired_by_clock(), recorded_expiry(now() - days(1))])
+        .when(KeyCommand::Deactivate)
+        .then_expect_conflict();
 }
 
 #[test]
 fn deactivate_a_deleted_or_unknown_key_is_not_found() {
-    then_not_found(when(&given(&[secret_created(), deleted()]), KeyCommand::Deactivate));
-    then_not_found(when(&given(&[]), KeyCommand::Deactivate));
+    given(&[secret_created(), deleted()])
+        .when(KeyCommand::Deactivate)
+        .then_expect_not_found();
+    given(&[]).when(KeyCommand::Deactivate).then_expect_not_found();
 }
 
 #[test]
 fn activate_an_inactive_key() {
     let state = given(&[secret_created(), deactivated()]);
-    then_events(when(&state, KeyCommand::Activate), vec![activated()]);
-    let after = given(&[secret_created(), deactivated(), activated()]).unwrap();
+    state.when(KeyCommand::Activate).then_expect_events(vec![activated()]);
+    let after = given(&[secret_created(), deactivated(), activated()])
+        .into_state()
+        .unwrap();
     assert_eq!(after.status, KeyStatus::Active);
-    assert_eq!(after, given(&[secret_created()]).unwrap());
+    assert_eq!(after, given(&[secret_created()]).into_state().unwrap());
 }
 
 #[test]
 fn activate_is_idempotent() {
-    then_nothing(when(&given(&[secret_created()]), KeyCommand::Activate));
-    then_nothing(when(
-        &given(&[secret_created(), deactivated(), activated()]),
-        KeyCommand::Activate,
-    ));
+    given(&[secret_created()])
+        .when(KeyCommand::Activate)
+        .then_expect_nothing();
+    given(&[secret_created(), deactivated(), activated()])
+        .when(KeyCommand::Activate)
+        .then_expect_nothing();
 }
 
 #[test]
 fn activate_an_expired_key_is_a_conflict() {
     // By the clock, whatever status was recorded.
-    then_conflict(when(&given(&[expired_by_clock()]), KeyCommand::Activate));
-    then_conflict(when(&given(&[expiring_at(now())]), KeyCommand::Activate));
-    then_conflict(when(&given(&[expired_by_clock(), deactivated()]), KeyCommand::Activate));
-    then_conflict(when(&given(&[expiring_at(now()), deactivated()]), KeyCommand::Activate));
+    given(&[expired_by_clock()])
+        .when(KeyCommand::Activate)
+        .then_expect_conflict();
+    given(&[expiring_at(now())])
+        .when(KeyCommand::Activate)
+        .then_expect_conflict();
+    given(&[expired_by_clock(), deactivated()])
+        .when(KeyCommand::Activate)
+        .then_expect_conflict();
+    given(&[expiring_at(now()), deactivated()])
+        .when(KeyCommand::Activate)
+        .then_expect_conflict();
     // And once the expiry job has recorded it.
-    then_conflict(when(
-        &given(&[expired_by_clock(), recorded_expiry(now() - days(1))]),
-        KeyCommand::Activate,
-    ));
-    then_conflict(when(
-        &given(&[expired_by_clock(), deactivated(), recorded_expiry(now() - days(1))]),
-        KeyCommand::Activate,
-    ));
+    given(&[expired_by_clock(), recorded_expiry(now() - days(1))])
+        .when(KeyCommand::Activate)
+        .then_expect_conflict();
+    given(&[expired_by_clock(), deactivated(), recorded_expiry(now() - days(1))])
+        .when(KeyCommand::Activate)
+        .then_expect_conflict();
 }
 
 #[test]
 fn activate_a_key_that_expires_later_is_allowed() {
-    then_events(
-        when(
-            &given(&[expiring_at(now() + secs(1)), deactivated()]),
-            KeyCommand::Activate,
-        ),
-        vec![activated()],
-    );
+    given(&[expiring_at(now() + secs(1)), deactivated()])
+        .when(KeyCommand::Activate)
+        .then_expect_events(vec![activated()]);
 }
 
 #[test]
 fn activate_a_deleted_or_unknown_key_is_not_found() {
-    then_not_found(when(
-        &given(&[secret_created(), deactivated(), deleted()]),
-        KeyCommand::Activate,
-    ));
-    then_not_found(when(&given(&[]), KeyCommand::Activate));
+    given(&[secret_created(), deactivated(), deleted()])
+        .when(KeyCommand::Activate)
+        .then_expect_not_found();
+    given(&[]).when(KeyCommand::Activate).then_expect_not_found();
 }
 
 // ------------------------------------------------------------------ delete
 
 #[test]
 fn delete_a_key() {
-    then_events(when(&given(&[secret_created()]), KeyCommand::Delete), vec![deleted()]);
-    let after = given(&[secret_created(), deleted()]).unwrap();
+    given(&[secret_created()])
+        .when(KeyCommand::Delete)
+        .then_expect_events(vec![deleted()]);
+    let after = given(&[secret_created(), deleted()]).into_state().unwrap();
     assert!(after.deleted);
 }
 
@@ -1226,7 +1149,9 @@ fn delete_works_in_every_state() {
         vec![created_with("public", None, None)],
         vec![created_with("test", None, None)],
     ] {
-        then_events(when(&given(&history), KeyCommand::Delete), vec![deleted()]);
+        given(&history)
+            .when(KeyCommand::Delete)
+            .then_expect_events(vec![deleted()]);
     }
 }
 
@@ -1234,19 +1159,19 @@ fn delete_works_in_every_state() {
 fn after_delete_every_command_is_not_found() {
     let state = given(&[secret_created(), deleted()]);
     for (label, command) in all_commands() {
-        assert_eq!(when(&state, command), Err(DomainError::NotFound), "{label}");
+        assert_eq!(state.when(command).result(), Err(DomainError::NotFound), "{label}");
     }
     // Also for keys deleted in other states.
     let state = given(&[expired_by_clock(), deactivated(), deleted()]);
     for (label, command) in all_commands() {
-        assert_eq!(when(&state, command), Err(DomainError::NotFound), "{label}");
+        assert_eq!(state.when(command).result(), Err(DomainError::NotFound), "{label}");
     }
 }
 
 #[test]
 fn every_command_on_a_key_never_created_is_not_found() {
     for (label, command) in all_commands() {
-        assert_eq!(when(&given(&[]), command), Err(DomainError::NotFound), "{label}");
+        assert_eq!(given(&[]).when(command).result(), Err(DomainError::NotFound), "{label}");
     }
 }
 
@@ -1255,19 +1180,16 @@ fn every_command_on_a_key_never_created_is_not_found() {
 #[test]
 fn expire_records_a_passed_expiry() {
     let at = now() - days(1);
-    then_events(
-        when(&given(&[expiring_at(at)]), KeyCommand::Expire),
-        vec![recorded_expiry(at)],
-    );
-    then_events(
-        when(&given(&[expiring_at(now())]), KeyCommand::Expire),
-        vec![recorded_expiry(now())],
-    );
-    then_events(
-        when(&given(&[expiring_at(at), deactivated()]), KeyCommand::Expire),
-        vec![recorded_expiry(at)],
-    );
-    let after = given(&[expiring_at(at), recorded_expiry(at)]).unwrap();
+    given(&[expiring_at(at)])
+        .when(KeyCommand::Expire)
+        .then_expect_events(vec![recorded_expiry(at)]);
+    given(&[expiring_at(now())])
+        .when(KeyCommand::Expire)
+        .then_expect_events(vec![recorded_expiry(now())]);
+    given(&[expiring_at(at), deactivated()])
+        .when(KeyCommand::Expire)
+        .then_expect_events(vec![recorded_expiry(at)]);
+    let after = given(&[expiring_at(at), recorded_expiry(at)]).into_state().unwrap();
     assert_eq!(after.status, KeyStatus::Expired);
     assert_eq!(after.expires_at, Some(at));
 }
@@ -1275,41 +1197,46 @@ fn expire_records_a_passed_expiry() {
 #[test]
 fn expire_of_an_expired_key_appends_nothing() {
     let at = now() - days(1);
-    then_nothing(when(
-        &given(&[expiring_at(at), recorded_expiry(at)]),
-        KeyCommand::Expire,
-    ));
+    given(&[expiring_at(at), recorded_expiry(at)])
+        .when(KeyCommand::Expire)
+        .then_expect_nothing();
 }
 
 #[test]
 fn expire_before_the_expiry_is_a_conflict() {
-    then_conflict(when(&given(&[expiring_at(now() + secs(1))]), KeyCommand::Expire));
-    then_conflict(when(&given(&[secret_created()]), KeyCommand::Expire));
+    given(&[expiring_at(now() + secs(1))])
+        .when(KeyCommand::Expire)
+        .then_expect_conflict();
+    given(&[secret_created()])
+        .when(KeyCommand::Expire)
+        .then_expect_conflict();
 }
 
 #[test]
 fn expire_a_deleted_or_unknown_key_is_not_found() {
-    then_not_found(when(&given(&[expired_by_clock(), deleted()]), KeyCommand::Expire));
-    then_not_found(when(&given(&[]), KeyCommand::Expire));
+    given(&[expired_by_clock(), deleted()])
+        .when(KeyCommand::Expire)
+        .then_expect_not_found();
+    given(&[]).when(KeyCommand::Expire).then_expect_not_found();
 }
 
 // --------------------------------------------------------------- status_at
 
 #[test]
 fn a_key_past_its_expiry_is_expired_by_the_clock() {
-    let key = given(&[expiring_at(now())]).unwrap();
+    let key = given(&[expiring_at(now())]).into_state().unwrap();
     assert_eq!(key.status, KeyStatus::Active);
     assert_eq!(key.status_at(now() - secs(1)), KeyStatus::Active);
     assert_eq!(key.status_at(now()), KeyStatus::Expired);
     assert_eq!(key.status_at(now() + days(1)), KeyStatus::Expired);
 
-    let inactive = given(&[expiring_at(now()), deactivated()]).unwrap();
+    let inactive = given(&[expiring_at(now()), deactivated()]).into_state().unwrap();
     assert_eq!(inactive.status_at(now() - secs(1)), KeyStatus::Inactive);
     assert_eq!(inactive.status_at(now()), KeyStatus::Expired);
 
-    let forever = given(&[secret_created()]).unwrap();
+    let forever = given(&[secret_created()]).into_state().unwrap();
     assert_eq!(forever.status_at(now() + days(10_000)), KeyStatus::Active);
-    let forever_inactive = given(&[secret_created(), deactivated()]).unwrap();
+    let forever_inactive = given(&[secret_created(), deactivated()]).into_state().unwrap();
     assert_eq!(forever_inactive.status_at(now()), KeyStatus::Inactive);
 }
 
@@ -1326,8 +1253,12 @@ fn key_status_names_round_trip() {
 
 fn one_of_each_event() -> Vec<KeyEvent> {
     let created = secret_created();
-    let regenerated = then_one(when(&given(std::slice::from_ref(&created)), regenerate(3600)));
-    let regenerated_at_once = then_one(when(&given(std::slice::from_ref(&created)), regenerate(0)));
+    let regenerated = given(std::slice::from_ref(&created))
+        .when(regenerate(3600))
+        .then_expect_one();
+    let regenerated_at_once = given(std::slice::from_ref(&created))
+        .when(regenerate(0))
+        .then_expect_one();
     vec![
         created,
         created_with("test", Some(&["read:analytics"]), Some(now() + days(1))),
@@ -1463,51 +1394,49 @@ fn rotation_reminders_start_14_days_before_the_due_date_then_weekly_after_it() {
 fn a_key_created_76_days_ago_is_reminded_that_rotation_is_upcoming() {
     let state = given(&[created_days_ago(76, "secret")]);
     let due = now() + days(14);
-    then_events(
-        when(&state, KeyCommand::RemindRotation),
-        vec![KeyEvent::RotationDue(KeyRotationDue {
+    state
+        .when(KeyCommand::RemindRotation)
+        .then_expect_events(vec![KeyEvent::RotationDue(KeyRotationDue {
             rotation_due_at: due,
             reminder: RotationReminder::Upcoming,
-        })],
-    );
+        })]);
 }
 
 #[test]
 fn a_reminder_changes_nothing_in_the_key() {
     let state = given(&[created_days_ago(95, "secret")]);
-    let reminded = then_one(when(&state, KeyCommand::RemindRotation));
-    assert_eq!(given(&[created_days_ago(95, "secret"), reminded]), state);
+    let reminded = state.when(KeyCommand::RemindRotation).then_expect_one();
+    assert_eq!(
+        given(&[created_days_ago(95, "secret"), reminded]).into_state(),
+        state.into_state()
+    );
 }
 
 #[test]
 fn regenerating_moves_the_rotation_date_so_no_reminder_is_owed() {
     let created = created_days_ago(100, "secret");
-    let regenerated = then_one(ApiKey::decide(
-        given(std::slice::from_ref(&created)).as_ref(),
-        regenerate(0),
-        now() - days(1),
-    ));
+    let regenerated = TestFramework::<ApiKey>::at(now() - days(1))
+        .given(std::slice::from_ref(&created))
+        .when(regenerate(0))
+        .then_expect_one();
     let state = given(&[created, regenerated]);
-    assert_eq!(state.as_ref().unwrap().rotation_due_at, Some(now() + days(89)));
-    then_conflict(when(&state, KeyCommand::RemindRotation));
+    assert_eq!(state.state().unwrap().rotation_due_at, Some(now() + days(89)));
+    state.when(KeyCommand::RemindRotation).then_expect_conflict();
 }
 
 #[test]
 fn test_keys_inactive_and_expired_keys_get_no_rotation_reminder() {
-    then_conflict(when(
-        &given(&[created_days_ago(80, "test")]),
-        KeyCommand::RemindRotation,
-    ));
-    then_conflict(when(
-        &given(&[created_days_ago(80, "secret"), deactivated()]),
-        KeyCommand::RemindRotation,
-    ));
+    given(&[created_days_ago(80, "test")])
+        .when(KeyCommand::RemindRotation)
+        .then_expect_conflict();
+    given(&[created_days_ago(80, "secret"), deactivated()])
+        .when(KeyCommand::RemindRotation)
+        .then_expect_conflict();
     let expired = given(&[created_days_ago(80, "secret"), recorded_expiry(now() - days(1))]);
-    then_conflict(when(&expired, KeyCommand::RemindRotation));
-    then_not_found(when(
-        &given(&[created_days_ago(80, "secret"), deleted()]),
-        KeyCommand::RemindRotation,
-    ));
+    expired.when(KeyCommand::RemindRotation).then_expect_conflict();
+    given(&[created_days_ago(80, "secret"), deleted()])
+        .when(KeyCommand::RemindRotation)
+        .then_expect_not_found();
 }
 
 // ------------------------------------------------------------ IP allowlists
@@ -1526,13 +1455,13 @@ fn create_records_the_allowlist_in_canonical_form() {
         allowed_ips: ips(&["203.0.113.0/24", "::ffff:198.51.100.7", "2001:db8::/32"]),
         ..create_input("secret")
     };
-    let created = then_created(when(&None, create(input)));
+    let created = then_created(given(&[]).when(create(input)));
     assert_eq!(
         created.allowed_ips.to_strings(),
         ["203.0.113.0/24", "198.51.100.7", "2001:db8::/32"]
     );
     assert_eq!(
-        given(&[KeyEvent::Created(created)]).unwrap().allowed_ips,
+        given(&[KeyEvent::Created(created)]).into_state().unwrap().allowed_ips,
         allowlist(&["203.0.113.0/24", "198.51.100.7", "2001:db8::/32"])
     );
     // An empty list is no allowlist, and is not written at all.
@@ -1540,7 +1469,7 @@ fn create_records_the_allowlist_in_canonical_form() {
         allowed_ips: ips(&[]),
         ..create_input("secret")
     };
-    let created = then_one(when(&None, create(input)));
+    let created = given(&[]).when(create(input)).then_expect_one();
     assert!(serde_json::to_value(&created).unwrap()["data"]
         .get("allowed_ips")
         .is_none());
@@ -1558,25 +1487,24 @@ fn create_refuses_a_bad_allowlist_with_every_problem() {
         ]),
         ..create_input("secret")
     };
-    let details = then_invalid(when(&None, create(input)), &["allowed_ips"]);
+    let details = given(&[]).when(create(input)).then_expect_invalid(&["allowed_ips"]);
     assert_eq!(details.0["allowed_ips"].len(), 4, "{details:?}");
     let many: Vec<String> = (0..101).map(|n| format!("10.{n}.0.0/16")).collect();
     let input = CreateKey {
         allowed_ips: Some(many),
         ..create_input("secret")
     };
-    then_invalid(when(&None, create(input)), &["allowed_ips"]);
+    given(&[]).when(create(input)).then_expect_invalid(&["allowed_ips"]);
 }
 
 #[test]
 fn update_sets_changes_and_clears_the_allowlist() {
-    let set = then_one(when(
-        &given(&[secret_created()]),
-        update(UpdateKey {
+    let set = given(&[secret_created()])
+        .when(update(UpdateKey {
             allowed_ips: ips(&["203.0.113.0/24"]),
             ..UpdateKey::default()
-        }),
-    ));
+        }))
+        .then_expect_one();
     assert_eq!(
         set,
         KeyEvent::Updated(KeyUpdated {
@@ -1586,36 +1514,34 @@ fn update_sets_changes_and_clears_the_allowlist() {
     );
     let limited = given(&[secret_created(), set.clone()]);
     // The same list again changes nothing.
-    then_nothing(when(
-        &limited,
-        update(UpdateKey {
+    limited
+        .when(update(UpdateKey {
             allowed_ips: ips(&["203.0.113.0/24"]),
             ..UpdateKey::default()
-        }),
-    ));
+        }))
+        .then_expect_nothing();
     // An empty list clears it, recorded as [].
-    let cleared = then_one(when(
-        &limited,
-        update(UpdateKey {
+    let cleared = limited
+        .when(update(UpdateKey {
             allowed_ips: ips(&[]),
             ..UpdateKey::default()
-        }),
-    ));
+        }))
+        .then_expect_one();
     assert_eq!(
         serde_json::to_value(&cleared).unwrap(),
         serde_json::json!({"type": "key.updated", "data": {"allowed_ips": []}})
     );
-    assert!(given(&[secret_created(), set, cleared]).unwrap().allowed_ips.is_empty());
-    then_invalid(
-        when(
-            &given(&[secret_created()]),
-            update(UpdateKey {
-                allowed_ips: ips(&["10.0.0.1/8"]),
-                ..UpdateKey::default()
-            }),
-        ),
-        &["allowed_ips"],
-    );
+    assert!(given(&[secret_created(), set, cleared])
+        .into_state()
+        .unwrap()
+        .allowed_ips
+        .is_empty());
+    given(&[secret_created()])
+        .when(update(UpdateKey {
+            allowed_ips: ips(&["10.0.0.1/8"]),
+            ..UpdateKey::default()
+        }))
+        .then_expect_invalid(&["allowed_ips"]);
 }
 
 #[test]
@@ -1623,7 +1549,7 @@ fn events_written_before_allowlists_existed_mean_no_allowlist() {
     let mut old = serde_json::to_value(secret_created()).unwrap();
     old["data"].as_object_mut().unwrap().remove("allowed_ips");
     let event: KeyEvent = serde_json::from_value(old).unwrap();
-    assert!(given(&[event]).unwrap().allowed_ips.is_empty());
+    assert!(given(&[event]).into_state().unwrap().allowed_ips.is_empty());
 }
 
 // -------------------------------------------------------------------- leaks
@@ -1655,86 +1581,85 @@ fn leaked(secret: LeakedSecret, action: LeakAction) -> KeyEvent {
 
 #[test]
 fn a_leak_is_recorded_and_deactivates_an_active_key() {
-    then_events(
-        when(&given(&[secret_created()]), leak_of(FIRST, LeakAction::Deactivate)),
-        vec![leaked(LeakedSecret::Current, LeakAction::Deactivate), deactivated()],
-    );
+    given(&[secret_created()])
+        .when(leak_of(FIRST, LeakAction::Deactivate))
+        .then_expect_events(vec![
+            leaked(LeakedSecret::Current, LeakAction::Deactivate),
+            deactivated(),
+        ]);
     let after = given(&[
         secret_created(),
         leaked(LeakedSecret::Current, LeakAction::Deactivate),
         deactivated(),
     ]);
-    assert_eq!(after.as_ref().unwrap().leaked_at, Some(now()));
-    assert_eq!(after.as_ref().unwrap().status, KeyStatus::Inactive);
+    assert_eq!(after.state().unwrap().leaked_at, Some(now()));
+    assert_eq!(after.state().unwrap().status, KeyStatus::Inactive);
 }
 
 #[test]
 fn a_leak_under_notify_only_records_it() {
-    then_events(
-        when(&given(&[secret_created()]), leak_of(FIRST, LeakAction::Notify)),
-        vec![leaked(LeakedSecret::Current, LeakAction::Notify)],
-    );
+    given(&[secret_created()])
+        .when(leak_of(FIRST, LeakAction::Notify))
+        .then_expect_events(vec![leaked(LeakedSecret::Current, LeakAction::Notify)]);
     // An inactive or expired key is recorded too, and not deactivated again.
-    then_events(
-        when(
-            &given(&[secret_created(), deactivated()]),
-            leak_of(FIRST, LeakAction::Deactivate),
-        ),
-        vec![leaked(LeakedSecret::Current, LeakAction::Deactivate)],
-    );
-    then_events(
-        when(&given(&[expired_by_clock()]), leak_of(FIRST, LeakAction::Deactivate)),
-        vec![leaked(LeakedSecret::Current, LeakAction::Deactivate)],
-    );
+    given(&[secret_created(), deactivated()])
+        .when(leak_of(FIRST, LeakAction::Deactivate))
+        .then_expect_events(vec![leaked(LeakedSecret::Current, LeakAction::Deactivate)]);
+    given(&[expired_by_clock()])
+        .when(leak_of(FIRST, LeakAction::Deactivate))
+        .then_expect_events(vec![leaked(LeakedSecret::Current, LeakAction::Deactivate)]);
 }
 
 #[test]
 fn a_secret_is_recorded_leaked_once_until_it_is_regenerated() {
     let reported = given(&[secret_created(), leaked(LeakedSecret::Current, LeakAction::Notify)]);
-    then_nothing(when(&reported, leak_of(FIRST, LeakAction::Notify)));
-    then_nothing(when(&reported, leak_of(FIRST, LeakAction::Deactivate)));
-    let regenerated = then_one(when(&reported, regenerate(0)));
+    reported.when(leak_of(FIRST, LeakAction::Notify)).then_expect_nothing();
+    reported
+        .when(leak_of(FIRST, LeakAction::Deactivate))
+        .then_expect_nothing();
+    let regenerated = reported.when(regenerate(0)).then_expect_one();
     let fresh = given(&[
         secret_created(),
         leaked(LeakedSecret::Current, LeakAction::Notify),
         regenerated,
     ]);
-    assert_eq!(fresh.as_ref().unwrap().leaked_at, None, "the new secret has not leaked");
-    then_events(
-        when(&fresh, leak_of(SECOND, LeakAction::Notify)),
-        vec![leaked(LeakedSecret::Current, LeakAction::Notify)],
-    );
+    assert_eq!(fresh.state().unwrap().leaked_at, None, "the new secret has not leaked");
+    fresh
+        .when(leak_of(SECOND, LeakAction::Notify))
+        .then_expect_events(vec![leaked(LeakedSecret::Current, LeakAction::Notify)]);
 }
 
 #[test]
 fn a_leaked_previous_secret_stops_at_once_whatever_the_action() {
     let created = secret_created();
-    let regenerated = then_one(when(&given(std::slice::from_ref(&created)), regenerate(3600)));
+    let regenerated = given(std::slice::from_ref(&created))
+        .when(regenerate(3600))
+        .then_expect_one();
     let state = given(&[created.clone(), regenerated.clone()]);
-    assert!(state.as_ref().unwrap().previous.is_some());
-    then_events(
-        when(&state, leak_of(FIRST, LeakAction::Notify)),
-        vec![leaked(LeakedSecret::Previous, LeakAction::Notify)],
-    );
+    assert!(state.state().unwrap().previous.is_some());
+    state
+        .when(leak_of(FIRST, LeakAction::Notify))
+        .then_expect_events(vec![leaked(LeakedSecret::Previous, LeakAction::Notify)]);
     let after = given(&[
         created.clone(),
         regenerated,
         leaked(LeakedSecret::Previous, LeakAction::Notify),
     ]);
-    let after = after.unwrap();
+    let after = after.into_state().unwrap();
     assert_eq!(after.previous, None, "the leaked old secret's grace ended");
     assert_eq!(after.leaked_at, None, "the current secret did not leak");
     assert_eq!(after.status, KeyStatus::Active);
     // A secret the key never had is none of its secrets.
-    then_conflict(when(&given(&[created]), leak_of(SECOND, LeakAction::Notify)));
+    given(&[created])
+        .when(leak_of(SECOND, LeakAction::Notify))
+        .then_expect_conflict();
 }
 
 #[test]
 fn a_leak_of_a_deleted_key_is_not_found_and_scanner_text_is_bounded() {
-    then_not_found(when(
-        &given(&[secret_created(), deleted()]),
-        leak_of(FIRST, LeakAction::Deactivate),
-    ));
+    given(&[secret_created(), deleted()])
+        .when(leak_of(FIRST, LeakAction::Deactivate))
+        .then_expect_not_found();
     let command = KeyCommand::ReportLeak(Box::new(ReportLeak {
         url: format!("https://example.com/{}\r\nBcc: x", "a".repeat(5_000)),
         source: "content\u{7}".into(),
@@ -1743,7 +1668,7 @@ fn a_leak_of_a_deleted_key_is_not_found_and_scanner_text_is_bounded() {
         key_hash: issued(KeyType::Secret, FIRST).1,
         action: LeakAction::Notify,
     }));
-    let KeyEvent::Leaked(event) = then_one(when(&given(&[secret_created()]), command)) else {
+    let KeyEvent::Leaked(event) = given(&[secret_created()]).when(command).then_expect_one() else {
         panic!("expected key.leaked");
     };
     assert_eq!(event.url.chars().count(), MAX_LEAK_URL_CHARS);
@@ -1784,7 +1709,7 @@ fn a_leaked_current_secret_gets_no_grace_when_the_key_is_regenerated() {
         if action == LeakAction::Deactivate {
             history.push(deactivated());
         }
-        let KeyEvent::Regenerated(regenerated) = then_one(when(&given(&history), regenerate(3600))) else {
+        let KeyEvent::Regenerated(regenerated) = given(&history).when(regenerate(3600)).then_expect_one() else {
             panic!("expected key.regenerated");
         };
         assert_eq!(
@@ -1793,7 +1718,7 @@ fn a_leaked_current_secret_gets_no_grace_when_the_key_is_regenerated() {
         );
         history.push(KeyEvent::Regenerated(regenerated));
         history.push(activated());
-        let after = given(&history).unwrap();
+        let after = given(&history).into_state().unwrap();
         assert_eq!(after.previous, None, "no grace for the leaked secret ({action:?})");
     }
 }
@@ -1814,6 +1739,7 @@ fn a_grace_recorded_for_a_leaked_secret_before_the_fix_is_ignored() {
         leaked(LeakedSecret::Current, LeakAction::Notify),
         revived,
     ])
+    .into_state()
     .unwrap();
     assert_eq!(after.previous, None);
 }
@@ -1821,12 +1747,13 @@ fn a_grace_recorded_for_a_leaked_secret_before_the_fix_is_ignored() {
 #[test]
 fn a_leaked_previous_secret_ends_its_grace_and_never_deactivates_the_key() {
     let created = secret_created();
-    let regenerated = then_one(when(&given(std::slice::from_ref(&created)), regenerate(3600)));
+    let regenerated = given(std::slice::from_ref(&created))
+        .when(regenerate(3600))
+        .then_expect_one();
     let state = given(&[created, regenerated]);
-    then_events(
-        when(&state, leak_of(FIRST, LeakAction::Deactivate)),
-        vec![leaked(LeakedSecret::Previous, LeakAction::Deactivate)],
-    );
+    state
+        .when(leak_of(FIRST, LeakAction::Deactivate))
+        .then_expect_events(vec![leaked(LeakedSecret::Previous, LeakAction::Deactivate)]);
 }
 
 #[test]
@@ -1834,20 +1761,27 @@ fn a_retired_secret_is_no_secret_of_the_key_and_changes_nothing() {
     let created = secret_created();
     // Regenerated without a grace period: the first secret is retired.
     for grace in [0, 3600] {
-        let regenerated = then_one(when(&given(std::slice::from_ref(&created)), regenerate(grace)));
-        let state = given(&[created.clone(), regenerated]);
+        let regenerated = given(std::slice::from_ref(&created))
+            .when(regenerate(grace))
+            .then_expect_one();
+        let state = given(&[created.clone(), regenerated.clone()]);
         if grace == 0 {
-            then_conflict(when(&state, leak_of(FIRST, LeakAction::Deactivate)));
+            state
+                .when(leak_of(FIRST, LeakAction::Deactivate))
+                .then_expect_conflict();
         } else {
             // Its grace period is over.
-            let later = state.as_ref().unwrap().clone();
-            let result = ApiKey::decide(Some(&later), leak_of(FIRST, LeakAction::Deactivate), now() + secs(3600));
-            then_conflict(result);
+            TestFramework::<ApiKey>::at(now() + secs(3600))
+                .given(&[created.clone(), regenerated])
+                .when(leak_of(FIRST, LeakAction::Deactivate))
+                .then_expect_conflict();
         }
         // The current secret is told apart by its hash, whatever the reporter thought.
-        then_events(
-            when(&state, leak_of(SECOND, LeakAction::Deactivate)),
-            vec![leaked(LeakedSecret::Current, LeakAction::Deactivate), deactivated()],
-        );
+        state
+            .when(leak_of(SECOND, LeakAction::Deactivate))
+            .then_expect_events(vec![
+                leaked(LeakedSecret::Current, LeakAction::Deactivate),
+                deactivated(),
+            ]);
     }
 }

@@ -3,6 +3,7 @@
 //! refusal). No I/O.
 
 use super::*;
+use crate::domain::test_framework::{Given, TestFramework, Then};
 use chrono::TimeZone;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -84,14 +85,10 @@ fn emails(list: &[&str]) -> OrgCommand {
 
 /// The `org.created` event of a free-plan org created a day before `now()`.
 fn free_org_created() -> OrgEvent {
-    let mut events = Org::decide(
-        None,
-        create(create_input("free", None)),
-        now() - chrono::Duration::days(1),
-    )
-    .expect("a valid creation");
-    assert_eq!(events.len(), 1);
-    events.remove(0)
+    TestFramework::<Org>::at(now() - chrono::Duration::days(1))
+        .given(&[])
+        .when(create(create_input("free", None)))
+        .then_expect_one()
 }
 
 fn enterprise_org_created(limit: u32) -> OrgEvent {
@@ -106,69 +103,18 @@ fn enterprise_org_created(limit: u32) -> OrgEvent {
 
 // ------------------------------------------------------ given / when / then
 
-fn given(events: &[OrgEvent]) -> Option<Org> {
-    events.iter().fold(None, Org::evolve)
+/// The state after `events`, to decide commands against at `now()`
+/// (`super::super::test_framework`).
+fn given(events: &[OrgEvent]) -> Given<Org> {
+    TestFramework::at(now()).given(events)
 }
 
-fn when(state: &Option<Org>, command: OrgCommand) -> Result<Vec<OrgEvent>, DomainError> {
-    Org::decide(state.as_ref(), command, now())
-}
-
-fn then_events(result: Result<Vec<OrgEvent>, DomainError>, expected: Vec<OrgEvent>) {
-    assert_eq!(result, Ok(expected));
-}
-
-fn then_nothing(result: Result<Vec<OrgEvent>, DomainError>) {
-    assert_eq!(result, Ok(vec![]));
-}
-
-fn then_one(result: Result<Vec<OrgEvent>, DomainError>) -> OrgEvent {
-    match result {
-        Ok(mut events) if events.len() == 1 => events.remove(0),
-        other => panic!("expected exactly one event, got {other:?}"),
-    }
-}
-
-fn then_settings_changed(result: Result<Vec<OrgEvent>, DomainError>) -> OrgSettingsChanged {
-    match then_one(result) {
+#[track_caller]
+fn then_settings_changed(then: Then<OrgEvent>) -> OrgSettingsChanged {
+    match then.then_expect_one() {
         OrgEvent::SettingsChanged(e) => e,
         other => panic!("expected org.settings_changed, got {other:?}"),
     }
-}
-
-/// A validation refusal naming exactly `fields` (sorted); returns the details.
-fn then_invalid(result: Result<Vec<OrgEvent>, DomainError>, fields: &[&str]) -> ValidationDetails {
-    match result {
-        Err(DomainError::Validation(details)) => {
-            let named: Vec<&str> = details.0.keys().map(String::as_str).collect();
-            assert_eq!(named, fields, "fields of {details:?}");
-            for problems in details.0.values() {
-                assert!(!problems.is_empty() && problems.iter().all(|p| !p.trim().is_empty()));
-            }
-            details
-        }
-        other => panic!("expected a validation error on {fields:?}, got {other:?}"),
-    }
-}
-
-#[track_caller]
-fn then_over_quota(result: Result<Vec<OrgEvent>, DomainError>, quota: &str) {
-    match result {
-        Err(DomainError::QuotaExceeded(message)) => assert!(message.contains(quota), "{message}"),
-        other => panic!("expected the {quota} quota, got {other:?}"),
-    }
-}
-
-#[track_caller]
-fn then_conflict(result: Result<Vec<OrgEvent>, DomainError>, saying: &str) {
-    match result {
-        Err(DomainError::Conflict(message)) => assert!(message.contains(saying), "{message}"),
-        other => panic!("expected a conflict saying {saying:?}, got {other:?}"),
-    }
-}
-
-fn then_not_found(result: Result<Vec<OrgEvent>, DomainError>) {
-    assert_eq!(result, Err(DomainError::NotFound));
 }
 
 // ------------------------------------------------------------------ create
@@ -180,9 +126,9 @@ fn create_sets_the_plan_limit_and_the_default_policies() {
         ("basic", Plan::Basic, 1_000),
         ("pro", Plan::Pro, 10_000),
     ] {
-        then_events(
-            when(&given(&[]), create(create_input(plan_name, None))),
-            vec![OrgEvent::Created(OrgCreated {
+        given(&[])
+            .when(create(create_input(plan_name, None)))
+            .then_expect_events(vec![OrgEvent::Created(OrgCreated {
                 org_id: org_id(),
                 name: name("Acme"),
                 plan,
@@ -191,17 +137,16 @@ fn create_sets_the_plan_limit_and_the_default_policies() {
                 rotation_days: 90,
                 alert_settings: AlertSettings::default(),
                 created_at: now(),
-            })],
-        );
+            })]);
     }
 }
 
 #[test]
 fn create_an_enterprise_org_with_its_custom_limit() {
     for limit in [1, 50_000, 10_000_000] {
-        then_events(
-            when(&given(&[]), create(create_input("enterprise", Some(limit)))),
-            vec![OrgEvent::Created(OrgCreated {
+        given(&[])
+            .when(create(create_input("enterprise", Some(limit))))
+            .then_expect_events(vec![OrgEvent::Created(OrgCreated {
                 org_id: org_id(),
                 name: name("Acme"),
                 plan: Plan::Enterprise,
@@ -210,8 +155,7 @@ fn create_an_enterprise_org_with_its_custom_limit() {
                 rotation_days: DEFAULT_ROTATION_DAYS,
                 alert_settings: AlertSettings::default(),
                 created_at: now(),
-            })],
-        );
+            })]);
     }
 }
 
@@ -238,7 +182,7 @@ fn create_without_alert_emails_is_fine() {
         alert_emails: vec![],
         ..create_input("free", None)
     };
-    let OrgEvent::Created(e) = then_one(when(&given(&[]), create(input))) else {
+    let OrgEvent::Created(e) = given(&[]).when(create(input)).then_expect_one() else {
         unreachable!()
     };
     assert!(e.alert_emails.is_empty());
@@ -246,38 +190,38 @@ fn create_without_alert_emails_is_fine() {
 
 #[test]
 fn create_enterprise_needs_a_rate_limit_within_bounds() {
-    then_invalid(
-        when(&given(&[]), create(create_input("enterprise", None))),
-        &["rate_limit_per_minute"],
-    );
-    then_invalid(
-        when(&given(&[]), create(create_input("enterprise", Some(0)))),
-        &["rate_limit_per_minute"],
-    );
-    then_invalid(
-        when(&given(&[]), create(create_input("enterprise", Some(10_000_001)))),
-        &["rate_limit_per_minute"],
-    );
+    given(&[])
+        .when(create(create_input("enterprise", None)))
+        .then_expect_invalid(&["rate_limit_per_minute"]);
+    given(&[])
+        .when(create(create_input("enterprise", Some(0))))
+        .then_expect_invalid(&["rate_limit_per_minute"]);
+    given(&[])
+        .when(create(create_input("enterprise", Some(10_000_001))))
+        .then_expect_invalid(&["rate_limit_per_minute"]);
 }
 
 #[test]
 fn create_refuses_a_custom_limit_outside_enterprise() {
     for plan in ["free", "basic", "pro"] {
-        then_invalid(
-            when(&given(&[]), create(create_input(plan, Some(500)))),
-            &["rate_limit_per_minute"],
-        );
+        given(&[])
+            .when(create(create_input(plan, Some(500))))
+            .then_expect_invalid(&["rate_limit_per_minute"]);
     }
 }
 
 #[test]
 fn create_refuses_an_unknown_plan() {
     for plan in ["platinum", "Free", ""] {
-        let details = then_invalid(when(&given(&[]), create(create_input(plan, None))), &["plan"]);
+        let details = given(&[])
+            .when(create(create_input(plan, None)))
+            .then_expect_invalid(&["plan"]);
         assert!(details.0["plan"][0].contains(&format!("'{plan}'")));
     }
     // No second complaint about the limit of a plan that does not exist.
-    then_invalid(when(&given(&[]), create(create_input("platinum", Some(5)))), &["plan"]);
+    given(&[])
+        .when(create(create_input("platinum", Some(5))))
+        .then_expect_invalid(&["plan"]);
 }
 
 #[test]
@@ -294,13 +238,13 @@ fn create_refuses_bad_names() {
             name: bad,
             ..create_input("free", None)
         };
-        then_invalid(when(&given(&[]), create(input)), &["name"]);
+        given(&[]).when(create(input)).then_expect_invalid(&["name"]);
     }
     let input = CreateOrg {
         name: "x".repeat(100),
         ..create_input("free", None)
     };
-    assert!(when(&given(&[]), create(input)).is_ok());
+    assert!(given(&[]).when(create(input)).result().is_ok());
 }
 
 #[test]
@@ -322,7 +266,7 @@ fn create_refuses_bad_emails() {
             alert_emails: vec!["ok@acme.example".into(), bad.into()],
             ..create_input("free", None)
         };
-        let details = then_invalid(when(&given(&[]), create(input)), &["alert_emails"]);
+        let details = given(&[]).when(create(input)).then_expect_invalid(&["alert_emails"]);
         assert_eq!(details.0["alert_emails"].len(), 1, "{bad:?}: {details:?}");
     }
     let long = format!("{}@acme.example", "a".repeat(250));
@@ -330,7 +274,7 @@ fn create_refuses_bad_emails() {
         alert_emails: vec![long],
         ..create_input("free", None)
     };
-    then_invalid(when(&given(&[]), create(input)), &["alert_emails"]);
+    given(&[]).when(create(input)).then_expect_invalid(&["alert_emails"]);
 }
 
 #[test]
@@ -339,12 +283,14 @@ fn create_with_more_than_ten_alert_recipients_is_over_the_quota() {
         alert_emails: (0..11).map(|i| format!("ops{i}@acme.example")).collect(),
         ..create_input("free", None)
     };
-    then_over_quota(when(&given(&[]), create(input)), "alert recipients");
+    given(&[])
+        .when(create(input))
+        .then_expect_over_quota("alert recipients");
     let input = CreateOrg {
         alert_emails: (0..10).map(|i| format!("ops{i}@acme.example")).collect(),
         ..create_input("free", None)
     };
-    assert!(when(&given(&[]), create(input)).is_ok());
+    assert!(given(&[]).when(create(input)).result().is_ok());
 }
 
 #[test]
@@ -356,16 +302,19 @@ fn create_reports_every_problem_at_once() {
         rate_limit: Some(5),
         alert_emails: vec!["nope".into(), "also nope".into()],
     };
-    let details = then_invalid(
-        when(&given(&[]), create(input)),
-        &["alert_emails", "name", "rate_limit_per_minute"],
-    );
+    let details =
+        given(&[])
+            .when(create(input))
+            .then_expect_invalid(&["alert_emails", "name", "rate_limit_per_minute"]);
     assert_eq!(details.0["alert_emails"].len(), 2);
 }
 
 #[test]
 fn create_over_an_existing_org_is_a_conflict() {
-    match when(&given(&[free_org_created()]), create(create_input("pro", None))) {
+    match given(&[free_org_created()])
+        .when(create(create_input("pro", None)))
+        .result()
+    {
         Err(DomainError::Conflict(message)) => assert!(!message.is_empty()),
         other => panic!("expected a conflict, got {other:?}"),
     }
@@ -374,7 +323,7 @@ fn create_over_an_existing_org_is_a_conflict() {
 #[test]
 fn evolve_of_created_builds_the_org() {
     assert_eq!(
-        given(&[free_org_created()]),
+        given(&[free_org_created()]).into_state(),
         Some(Org {
             id: org_id(),
             name: name("Acme"),
@@ -399,89 +348,82 @@ fn evolve_of_created_builds_the_org() {
 fn change_plan_records_the_new_plan_and_limit() {
     let state = given(&[free_org_created()]);
     for (plan_name, plan, limit) in [("basic", Plan::Basic, 1_000), ("pro", Plan::Pro, 10_000)] {
-        then_events(
-            when(&state, change_plan(plan_name, None)),
-            vec![OrgEvent::PlanChanged(OrgPlanChanged {
+        state
+            .when(change_plan(plan_name, None))
+            .then_expect_events(vec![OrgEvent::PlanChanged(OrgPlanChanged {
                 plan,
                 rate_limit_per_minute: limit,
-            })],
-        );
+            })]);
     }
-    then_events(
-        when(&state, change_plan("enterprise", Some(25_000))),
-        vec![OrgEvent::PlanChanged(OrgPlanChanged {
+    state
+        .when(change_plan("enterprise", Some(25_000)))
+        .then_expect_events(vec![OrgEvent::PlanChanged(OrgPlanChanged {
             plan: Plan::Enterprise,
             rate_limit_per_minute: 25_000,
-        })],
-    );
+        })]);
     // Back down from enterprise.
-    then_events(
-        when(&given(&[enterprise_org_created(25_000)]), change_plan("free", None)),
-        vec![OrgEvent::PlanChanged(OrgPlanChanged {
+    given(&[enterprise_org_created(25_000)])
+        .when(change_plan("free", None))
+        .then_expect_events(vec![OrgEvent::PlanChanged(OrgPlanChanged {
             plan: Plan::Free,
             rate_limit_per_minute: 100,
-        })],
-    );
+        })]);
 }
 
 #[test]
 fn change_plan_of_an_enterprise_org_to_a_new_limit() {
-    then_events(
-        when(
-            &given(&[enterprise_org_created(25_000)]),
-            change_plan("enterprise", Some(30_000)),
-        ),
-        vec![OrgEvent::PlanChanged(OrgPlanChanged {
+    given(&[enterprise_org_created(25_000)])
+        .when(change_plan("enterprise", Some(30_000)))
+        .then_expect_events(vec![OrgEvent::PlanChanged(OrgPlanChanged {
             plan: Plan::Enterprise,
             rate_limit_per_minute: 30_000,
-        })],
-    );
+        })]);
 }
 
 #[test]
 fn change_plan_to_the_same_plan_appends_nothing() {
-    then_nothing(when(&given(&[free_org_created()]), change_plan("free", None)));
-    then_nothing(when(
-        &given(&[enterprise_org_created(25_000)]),
-        change_plan("enterprise", Some(25_000)),
-    ));
+    given(&[free_org_created()])
+        .when(change_plan("free", None))
+        .then_expect_nothing();
+    given(&[enterprise_org_created(25_000)])
+        .when(change_plan("enterprise", Some(25_000)))
+        .then_expect_nothing();
 }
 
 #[test]
 fn change_plan_refuses_bad_plans_and_limits() {
     let state = given(&[free_org_created()]);
-    then_invalid(when(&state, change_plan("platinum", None)), &["plan"]);
-    then_invalid(
-        when(&state, change_plan("pro", Some(20_000))),
-        &["rate_limit_per_minute"],
-    );
-    then_invalid(
-        when(&state, change_plan("enterprise", None)),
-        &["rate_limit_per_minute"],
-    );
-    then_invalid(
-        when(&state, change_plan("enterprise", Some(0))),
-        &["rate_limit_per_minute"],
-    );
+    state.when(change_plan("platinum", None)).then_expect_invalid(&["plan"]);
+    state
+        .when(change_plan("pro", Some(20_000)))
+        .then_expect_invalid(&["rate_limit_per_minute"]);
+    state
+        .when(change_plan("enterprise", None))
+        .then_expect_invalid(&["rate_limit_per_minute"]);
+    state
+        .when(change_plan("enterprise", Some(0)))
+        .then_expect_invalid(&["rate_limit_per_minute"]);
     // The same plan with a custom limit is still refused, not ignored.
-    then_invalid(when(&state, change_plan("free", Some(100))), &["rate_limit_per_minute"]);
+    state
+        .when(change_plan("free", Some(100)))
+        .then_expect_invalid(&["rate_limit_per_minute"]);
 }
 
 #[test]
 fn change_plan_of_an_org_never_created_is_not_found() {
-    then_not_found(when(&given(&[]), change_plan("pro", None)));
-    then_not_found(when(&given(&[]), change_plan("platinum", None)));
+    given(&[]).when(change_plan("pro", None)).then_expect_not_found();
+    given(&[]).when(change_plan("platinum", None)).then_expect_not_found();
 }
 
 #[test]
 fn evolve_applies_a_plan_change() {
-    let before = given(&[free_org_created()]).unwrap();
+    let before = given(&[free_org_created()]).into_state().unwrap();
     let event = OrgEvent::PlanChanged(OrgPlanChanged {
         plan: Plan::Pro,
         rate_limit_per_minute: 10_000,
     });
     assert_eq!(
-        given(&[free_org_created(), event.clone()]),
+        given(&[free_org_created(), event.clone()]).into_state(),
         Some(Org {
             plan: Plan::Pro,
             rate_limit_per_minute: 10_000,
@@ -495,42 +437,35 @@ fn evolve_applies_a_plan_change() {
 
 #[test]
 fn change_settings_records_new_alert_emails_and_asks_the_new_ones_to_confirm() {
-    then_events(
-        when(
-            &given(&[free_org_created()]),
-            emails(&["security@acme.example", "ops@acme.example"]),
-        ),
-        vec![
+    given(&[free_org_created()])
+        .when(emails(&["security@acme.example", "ops@acme.example"]))
+        .then_expect_events(vec![
             OrgEvent::SettingsChanged(OrgSettingsChanged {
                 alert_emails: Some(vec![address("security@acme.example"), address("ops@acme.example")]),
                 ..OrgSettingsChanged::default()
             }),
             // ops@ was given by the operator: already confirmed.
             requested("security@acme.example", now()),
-        ],
-    );
+        ]);
     // Emptying the list is a change too.
-    then_events(
-        when(&given(&[free_org_created()]), emails(&[])),
-        vec![OrgEvent::SettingsChanged(OrgSettingsChanged {
+    given(&[free_org_created()])
+        .when(emails(&[]))
+        .then_expect_events(vec![OrgEvent::SettingsChanged(OrgSettingsChanged {
             alert_emails: Some(vec![]),
             ..OrgSettingsChanged::default()
-        })],
-    );
+        })]);
 }
 
 #[test]
 fn change_settings_refuses_bad_emails() {
-    let details = then_invalid(
-        when(
-            &given(&[free_org_created()]),
-            emails(&["ok@acme.example", "nope", "ops@acme"]),
-        ),
-        &["alert_emails"],
-    );
+    let details = given(&[free_org_created()])
+        .when(emails(&["ok@acme.example", "nope", "ops@acme"]))
+        .then_expect_invalid(&["alert_emails"]);
     assert_eq!(details.0["alert_emails"].len(), 2);
     for bad in ["\"Evil\"<x@y.z>", "a,c@d.com", "x@y.z>", "x@y.z\r\nBcc: a@b.c"] {
-        then_invalid(when(&given(&[free_org_created()]), emails(&[bad])), &["alert_emails"]);
+        given(&[free_org_created()])
+            .when(emails(&[bad]))
+            .then_expect_invalid(&["alert_emails"]);
     }
 }
 
@@ -538,45 +473,46 @@ fn change_settings_refuses_bad_emails() {
 fn more_than_ten_alert_recipients_are_over_the_quota_after_validation() {
     let eleven: Vec<String> = (0..11).map(|i| format!("ops{i}@acme.example")).collect();
     let refs: Vec<&str> = eleven.iter().map(String::as_str).collect();
-    then_over_quota(when(&given(&[free_org_created()]), emails(&refs)), "alert recipients");
+    given(&[free_org_created()])
+        .when(emails(&refs))
+        .then_expect_over_quota("alert recipients");
     // Bad addresses are reported first; the same address twice is one recipient.
     let mut with_bad = refs.clone();
     with_bad.push("nope");
-    then_invalid(
-        when(&given(&[free_org_created()]), emails(&with_bad)),
-        &["alert_emails"],
-    );
+    given(&[free_org_created()])
+        .when(emails(&with_bad))
+        .then_expect_invalid(&["alert_emails"]);
     let mut repeated = refs[..10].to_vec();
     repeated.push(refs[0]);
-    assert!(when(&given(&[free_org_created()]), emails(&repeated)).is_ok());
+    assert!(given(&[free_org_created()]).when(emails(&repeated)).result().is_ok());
 }
 
 #[test]
 fn change_settings_accepts_rotation_days_from_0_to_3650() {
     for days in [0, 1, 30, 365, 3650] {
-        then_events(
-            when(&given(&[free_org_created()]), rotation(days)),
-            vec![OrgEvent::SettingsChanged(OrgSettingsChanged {
+        given(&[free_org_created()])
+            .when(rotation(days))
+            .then_expect_events(vec![OrgEvent::SettingsChanged(OrgSettingsChanged {
                 rotation_days: Some(days as u32),
                 ..OrgSettingsChanged::default()
-            })],
-        );
+            })]);
     }
 }
 
 #[test]
 fn change_settings_refuses_rotation_days_out_of_range() {
     for days in [-1, 3651, i64::MIN, i64::MAX, i64::from(u32::MAX) + 1] {
-        then_invalid(when(&given(&[free_org_created()]), rotation(days)), &["rotation_days"]);
+        given(&[free_org_created()])
+            .when(rotation(days))
+            .then_expect_invalid(&["rotation_days"]);
     }
 }
 
 #[test]
 fn change_settings_patches_alert_settings_field_by_field() {
-    let changed = then_settings_changed(when(
-        &given(&[free_org_created()]),
-        alert_settings_patch(json!({"error_rate_percent": 25, "unused_days": 60})),
-    ));
+    let changed = then_settings_changed(given(&[free_org_created()]).when(alert_settings_patch(
+        json!({"error_rate_percent": 25, "unused_days": 60}),
+    )));
     assert_eq!(
         changed,
         OrgSettingsChanged {
@@ -591,10 +527,8 @@ fn change_settings_patches_alert_settings_field_by_field() {
 
     // A later patch merges into what was set before, not into the defaults.
     let history = [free_org_created(), OrgEvent::SettingsChanged(changed)];
-    let changed = then_settings_changed(when(
-        &given(&history),
-        alert_settings_patch(json!({"approaching_limit_percent": 95})),
-    ));
+    let changed =
+        then_settings_changed(given(&history).when(alert_settings_patch(json!({"approaching_limit_percent": 95}))));
     assert_eq!(
         changed.alert_settings,
         Some(AlertSettings {
@@ -626,7 +560,7 @@ fn change_settings_accepts_every_setting_at_its_bounds() {
         "unusual_activity_min_requests": 1_000_000_000,
         "unused_days": 365,
     });
-    let changed = then_settings_changed(when(&given(&[free_org_created()]), alert_settings_patch(lowest)));
+    let changed = then_settings_changed(given(&[free_org_created()]).when(alert_settings_patch(lowest)));
     assert_eq!(
         changed.alert_settings,
         Some(AlertSettings {
@@ -639,7 +573,7 @@ fn change_settings_accepts_every_setting_at_its_bounds() {
             unused_days: 1,
         })
     );
-    let changed = then_settings_changed(when(&given(&[free_org_created()]), alert_settings_patch(highest)));
+    let changed = then_settings_changed(given(&[free_org_created()]).when(alert_settings_patch(highest)));
     assert_eq!(
         changed.alert_settings,
         Some(AlertSettings {
@@ -656,13 +590,9 @@ fn change_settings_accepts_every_setting_at_its_bounds() {
 
 #[test]
 fn change_settings_refuses_an_unknown_setting() {
-    let details = then_invalid(
-        when(
-            &given(&[free_org_created()]),
-            alert_settings_patch(json!({"coffee_level": 3})),
-        ),
-        &["alert_settings.coffee_level"],
-    );
+    let details = given(&[free_org_created()])
+        .when(alert_settings_patch(json!({"coffee_level": 3})))
+        .then_expect_invalid(&["alert_settings.coffee_level"]);
     assert_eq!(
         details.0["alert_settings.coffee_level"],
         vec!["unknown setting".to_owned()]
@@ -691,13 +621,9 @@ fn change_settings_refuses_settings_out_of_range_or_not_whole_numbers() {
         ("unused_days", json!(u64::MAX)),
     ] {
         let field = format!("alert_settings.{setting}");
-        then_invalid(
-            when(
-                &given(&[free_org_created()]),
-                alert_settings_patch(json!({ setting: value })),
-            ),
-            &[field.as_str()],
-        );
+        given(&[free_org_created()])
+            .when(alert_settings_patch(json!({ setting: value })))
+            .then_expect_invalid(&[field.as_str()]);
     }
 }
 
@@ -711,30 +637,24 @@ fn change_settings_reports_every_problem_at_once() {
         )),
         ..ChangeSettings::default()
     });
-    then_invalid(
-        when(&given(&[free_org_created()]), command),
-        &[
-            "alert_emails",
-            "alert_settings.coffee_level",
-            "alert_settings.unused_days",
-            "rotation_days",
-        ],
-    );
+    given(&[free_org_created()]).when(command).then_expect_invalid(&[
+        "alert_emails",
+        "alert_settings.coffee_level",
+        "alert_settings.unused_days",
+        "rotation_days",
+    ]);
 }
 
 #[test]
 fn change_settings_records_only_what_changed_in_one_event() {
-    then_events(
-        when(
-            &given(&[free_org_created()]),
-            change_settings(ChangeSettings {
-                alert_emails: Some(vec!["ops@acme.example".into()]),
-                rotation_days: Some(30),
-                alert_settings: Some(patch(json!({"unused_days": 30, "error_rate_percent": 20}))),
-                ..ChangeSettings::default()
-            }),
-        ),
-        vec![OrgEvent::SettingsChanged(OrgSettingsChanged {
+    given(&[free_org_created()])
+        .when(change_settings(ChangeSettings {
+            alert_emails: Some(vec!["ops@acme.example".into()]),
+            rotation_days: Some(30),
+            alert_settings: Some(patch(json!({"unused_days": 30, "error_rate_percent": 20}))),
+            ..ChangeSettings::default()
+        }))
+        .then_expect_events(vec![OrgEvent::SettingsChanged(OrgSettingsChanged {
             alert_emails: None,
             rotation_days: Some(30),
             alert_settings: Some(AlertSettings {
@@ -742,47 +662,50 @@ fn change_settings_records_only_what_changed_in_one_event() {
                 ..AlertSettings::default()
             }),
             leak_action: None,
-        })],
-    );
+        })]);
 }
 
 #[test]
 fn change_settings_without_changes_appends_nothing() {
     let state = given(&[free_org_created()]);
-    then_nothing(when(&state, change_settings(ChangeSettings::default())));
-    then_nothing(when(&state, emails(&["ops@acme.example"])));
-    then_nothing(when(&state, rotation(90)));
-    then_nothing(when(&state, alert_settings_patch(json!({}))));
-    then_nothing(when(
-        &state,
-        alert_settings_patch(json!({"unused_days": 30, "approaching_limit_percent": 80})),
-    ));
-    then_nothing(when(
-        &state,
-        change_settings(ChangeSettings {
+    state
+        .when(change_settings(ChangeSettings::default()))
+        .then_expect_nothing();
+    state.when(emails(&["ops@acme.example"])).then_expect_nothing();
+    state.when(rotation(90)).then_expect_nothing();
+    state.when(alert_settings_patch(json!({}))).then_expect_nothing();
+    state
+        .when(alert_settings_patch(
+            json!({"unused_days": 30, "approaching_limit_percent": 80}),
+        ))
+        .then_expect_nothing();
+    state
+        .when(change_settings(ChangeSettings {
             alert_emails: Some(vec!["ops@acme.example".into()]),
             rotation_days: Some(90),
             alert_settings: Some(patch(json!({"error_rate_percent": 10}))),
             ..ChangeSettings::default()
-        }),
-    ));
+        }))
+        .then_expect_nothing();
 }
 
 #[test]
 fn change_settings_of_an_org_never_created_is_not_found() {
-    then_not_found(when(&given(&[]), rotation(30)));
-    then_not_found(when(&given(&[]), change_settings(ChangeSettings::default())));
+    given(&[]).when(rotation(30)).then_expect_not_found();
+    given(&[])
+        .when(change_settings(ChangeSettings::default()))
+        .then_expect_not_found();
 }
 
 #[test]
 fn evolve_applies_a_settings_change_field_by_field() {
-    let before = given(&[free_org_created()]).unwrap();
+    let before = given(&[free_org_created()]).into_state().unwrap();
     let rotation_only = OrgEvent::SettingsChanged(OrgSettingsChanged {
         rotation_days: Some(0),
         ..OrgSettingsChanged::default()
     });
     assert_eq!(
-        given(&[free_org_created(), rotation_only.clone()]),
+        given(&[free_org_created(), rotation_only.clone()]).into_state(),
         Some(Org {
             rotation_days: 0,
             ..before.clone()
@@ -800,7 +723,7 @@ fn evolve_applies_a_settings_change_field_by_field() {
         ..OrgSettingsChanged::default()
     });
     assert_eq!(
-        given(&[free_org_created(), rotation_only.clone(), everything]),
+        given(&[free_org_created(), rotation_only.clone(), everything]).into_state(),
         Some(Org {
             alert_emails: vec![address("a@b.example")],
             // ops@ was removed, and its confirmation with it.
@@ -812,7 +735,7 @@ fn evolve_applies_a_settings_change_field_by_field() {
     );
 
     let nothing = OrgEvent::SettingsChanged(OrgSettingsChanged::default());
-    assert_eq!(given(&[free_org_created(), nothing]), Some(before));
+    assert_eq!(given(&[free_org_created(), nothing]).into_state(), Some(before));
     assert_eq!(Org::evolve(None, &rotation_only), None);
 }
 
@@ -930,31 +853,30 @@ fn with_new_address() -> Vec<OrgEvent> {
 #[test]
 fn a_listed_address_with_a_working_link_is_not_mailed_again() {
     let history = with_new_address();
-    then_nothing(when(&given(&history), emails(&["ops@acme.example", NEW])));
+    given(&history)
+        .when(emails(&["ops@acme.example", NEW]))
+        .then_expect_nothing();
     // Removed and added back while its link works: the same link still does.
     let mut removed = history.clone();
     removed.push(listed(&["ops@acme.example"]));
-    then_events(
-        when(&given(&removed), emails(&["ops@acme.example", NEW])),
-        vec![listed(&["ops@acme.example", NEW])],
-    );
+    given(&removed)
+        .when(emails(&["ops@acme.example", NEW]))
+        .then_expect_events(vec![listed(&["ops@acme.example", NEW])]);
     // After 7 days the link has expired: saving the list sends a new one.
-    let state = given(&history);
     let a_week_later = now() + chrono::Duration::days(6) + chrono::Duration::seconds(1);
-    assert_eq!(
-        Org::decide(state.as_ref(), emails(&["ops@acme.example", NEW]), a_week_later),
-        Ok(vec![requested(NEW, a_week_later)])
-    );
+    TestFramework::<Org>::at(a_week_later)
+        .given(&history)
+        .when(emails(&["ops@acme.example", NEW]))
+        .then_expect_events(vec![requested(NEW, a_week_later)]);
 }
 
 #[test]
 fn an_address_set_before_confirmations_existed_is_asked_when_the_list_is_saved() {
     let legacy = [free_org_created(), listed(&["ops@acme.example", NEW])];
-    then_events(
-        when(&given(&legacy), emails(&["ops@acme.example", NEW])),
-        vec![requested(NEW, now())],
-    );
-    then_nothing(when(&given(&legacy), rotation(90)));
+    given(&legacy)
+        .when(emails(&["ops@acme.example", NEW]))
+        .then_expect_events(vec![requested(NEW, now())]);
+    given(&legacy).when(rotation(90)).then_expect_nothing();
 }
 
 #[test]
@@ -962,34 +884,33 @@ fn the_newest_link_confirms_once_within_seven_days() {
     let history = with_new_address();
     let asked = now() - chrono::Duration::days(1);
     let state = given(&history);
-    assert_eq!(state.as_ref().unwrap().confirmed_alert_emails().count(), 1);
-    then_events(when(&state, confirm(NEW, asked)), vec![confirmed(NEW, now())]);
+    assert_eq!(state.state().unwrap().confirmed_alert_emails().count(), 1);
+    state
+        .when(confirm(NEW, asked))
+        .then_expect_events(vec![confirmed(NEW, now())]);
 
     let mut done = history.clone();
     done.push(confirmed(NEW, now()));
     let state = given(&done);
-    let org = state.as_ref().unwrap();
+    let org = state.state().unwrap();
     assert_eq!(
         org.confirmed_alert_emails().collect::<Vec<_>>(),
         [&email("ops@acme.example"), &email(NEW)]
     );
     assert!(org.confirmation_requests.is_empty(), "the link is used up");
     // Followed again: nothing to do (the page says it already is).
-    then_nothing(when(&state, confirm(NEW, asked)));
+    state.when(confirm(NEW, asked)).then_expect_nothing();
     // Saving the list again asks nothing of a confirmed address.
-    then_nothing(when(&state, emails(&["ops@acme.example", NEW])));
+    state.when(emails(&["ops@acme.example", NEW])).then_expect_nothing();
 
     // An older link, or one past its 7 days, does not work.
-    then_conflict(
-        when(&given(&history), confirm(NEW, asked - chrono::Duration::seconds(1))),
-        "replaced",
-    );
-    let expired = Org::decide(
-        given(&history).as_ref(),
-        confirm(NEW, asked),
-        asked + chrono::Duration::days(7),
-    );
-    then_conflict(expired, "expired");
+    given(&history)
+        .when(confirm(NEW, asked - chrono::Duration::seconds(1)))
+        .then_expect_conflict_saying("replaced");
+    TestFramework::<Org>::at(asked + chrono::Duration::days(7))
+        .given(&history)
+        .when(confirm(NEW, asked))
+        .then_expect_conflict_saying("expired");
 }
 
 #[test]
@@ -999,19 +920,20 @@ fn a_removed_address_loses_its_confirmation_and_its_link() {
     history.push(confirmed(NEW, now() - chrono::Duration::hours(1)));
     history.push(listed(&["ops@acme.example"]));
     let state = given(&history);
-    assert!(!state.as_ref().unwrap().confirmed.contains_key(&email(NEW)));
-    then_conflict(when(&state, confirm(NEW, asked)), "no longer an alert recipient");
+    assert!(!state.state().unwrap().confirmed.contains_key(&email(NEW)));
+    state
+        .when(confirm(NEW, asked))
+        .then_expect_conflict_saying("no longer an alert recipient");
     // Added back, it must confirm again: a new link (the old one was used).
-    then_events(
-        when(&state, emails(&["ops@acme.example", NEW])),
-        vec![listed(&["ops@acme.example", NEW]), requested(NEW, now())],
-    );
+    state
+        .when(emails(&["ops@acme.example", NEW]))
+        .then_expect_events(vec![listed(&["ops@acme.example", NEW]), requested(NEW, now())]);
     // The operator's address too.
     let state = given(&[free_org_created(), listed(&[])]);
-    then_events(
-        when(&state, emails(&["ops@acme.example"])),
-        vec![listed(&["ops@acme.example"]), requested("ops@acme.example", now())],
-    );
+    state.when(emails(&["ops@acme.example"])).then_expect_events(vec![
+        listed(&["ops@acme.example"]),
+        requested("ops@acme.example", now()),
+    ]);
 }
 
 #[test]
@@ -1021,16 +943,18 @@ fn at_most_twenty_confirmation_emails_a_day() {
     for batch in 0..2 {
         let addresses: Vec<String> = (0..10).map(|i| format!("a{batch}-{i}@acme.example")).collect();
         let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
-        let events = when(&state, emails(&refs)).unwrap();
+        let events = state.when(emails(&refs)).result().unwrap();
         assert_eq!(events.len(), 11, "the list and ten requests");
         history.extend(events);
         state = given(&history);
     }
-    then_over_quota(when(&state, emails(&["one-more@acme.example"])), "confirmation");
+    state
+        .when(emails(&["one-more@acme.example"]))
+        .then_expect_over_quota("confirmation");
     // A day later the organization may ask again.
     let tomorrow = now() + chrono::Duration::days(1);
     assert_eq!(
-        Org::decide(state.as_ref(), emails(&["one-more@acme.example"]), tomorrow)
+        Org::decide(state.state(), emails(&["one-more@acme.example"]), tomorrow)
             .unwrap()
             .len(),
         2
@@ -1048,17 +972,12 @@ fn the_link_matches_its_request_to_the_microsecond() {
         requested(NEW, asked),
     ];
     let in_the_token = chrono::DateTime::from_timestamp_micros(asked.timestamp_micros()).unwrap();
-    then_events(
-        when(&given(&history), confirm(NEW, in_the_token)),
-        vec![confirmed(NEW, now())],
-    );
-    then_conflict(
-        when(
-            &given(&history),
-            confirm(NEW, in_the_token - chrono::Duration::microseconds(1)),
-        ),
-        "replaced",
-    );
+    given(&history)
+        .when(confirm(NEW, in_the_token))
+        .then_expect_events(vec![confirmed(NEW, now())]);
+    given(&history)
+        .when(confirm(NEW, in_the_token - chrono::Duration::microseconds(1)))
+        .then_expect_conflict_saying("replaced");
 }
 
 #[test]
@@ -1070,14 +989,16 @@ fn a_confirmed_link_does_not_give_back_its_place_in_the_daily_cap() {
     let mut history = vec![free_org_created()];
     for chunk in addresses.chunks(10) {
         let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        history.extend(when(&given(&history), emails(&refs)).unwrap());
+        history.extend(given(&history).when(emails(&refs)).result().unwrap());
     }
     history.push(confirmed("a0@acme.example", now()));
     let refs: Vec<&str> = addresses[11..20].iter().map(String::as_str).collect();
     history.push(listed(&refs));
     let mut with_stranger = refs.clone();
     with_stranger.push("stranger@elsewhere.example");
-    then_over_quota(when(&given(&history), emails(&with_stranger)), "confirmation");
+    given(&history)
+        .when(emails(&with_stranger))
+        .then_expect_over_quota("confirmation");
 }
 
 #[test]
@@ -1092,17 +1013,16 @@ fn the_system_asks_addresses_set_before_confirmations_existed_within_the_daily_c
     // Not listed, or asked twice in the command: asked once, if at all.
     let mut command = old_refs.clone();
     command.extend(["old0@acme.example", "gone@acme.example"]);
-    then_events(
-        when(&given(&history), ask(&command)),
-        old_refs.iter().map(|e| requested(e, now())).collect(),
-    );
+    given(&history)
+        .when(ask(&command))
+        .then_expect_events(old_refs.iter().map(|e| requested(e, now())).collect());
     // 17 other requests today leave room for 3; the others wait.
     let busy: Vec<String> = (0..17).map(|i| format!("busy{i}@acme.example")).collect();
     let mut list = old_refs.clone();
     list.extend(busy.iter().map(String::as_str));
     history.push(listed(&list));
     history.extend(busy.iter().map(|e| requested(e, now() - chrono::Duration::hours(1))));
-    let asked = when(&given(&history), ask(&old_refs)).unwrap();
+    let asked = given(&history).when(ask(&old_refs)).result().unwrap();
     assert_eq!(
         asked,
         old_refs[..3].iter().map(|e| requested(e, now())).collect::<Vec<_>>()
@@ -1111,10 +1031,10 @@ fn the_system_asks_addresses_set_before_confirmations_existed_within_the_daily_c
     history.extend(asked);
     history.push(confirmed("old3@acme.example", now()));
     let tomorrow = now() + chrono::Duration::days(1) + chrono::Duration::seconds(1);
-    assert_eq!(
-        Org::decide(given(&history).as_ref(), ask(&old_refs), tomorrow),
-        Ok(vec![requested("old4@acme.example", tomorrow)])
-    );
+    TestFramework::<Org>::at(tomorrow)
+        .given(&history)
+        .when(ask(&old_refs))
+        .then_expect_events(vec![requested("old4@acme.example", tomorrow)]);
 }
 
 #[test]
@@ -1136,27 +1056,24 @@ fn an_address_an_older_version_took_is_listed_but_never_confirmed() {
     };
     assert_eq!(data.alert_emails, [evil.clone(), address("Ops@acme.example")]);
     let state = given(std::slice::from_ref(&created));
-    let org = state.as_ref().unwrap();
+    let org = state.state().unwrap();
     assert_eq!(
         org.confirmed_alert_emails().collect::<Vec<_>>(),
         [&email("Ops@acme.example")]
     );
     // It cannot be saved again; a list without it is a change.
-    then_invalid(
-        when(&state, emails(&["\"Evil\"<x@y.z>", "Ops@acme.example"])),
-        &["alert_emails"],
-    );
-    then_events(
-        when(&state, emails(&["Ops@acme.example"])),
-        vec![listed(&["Ops@acme.example"])],
-    );
+    state
+        .when(emails(&["\"Evil\"<x@y.z>", "Ops@acme.example"]))
+        .then_expect_invalid(&["alert_emails"]);
+    state
+        .when(emails(&["Ops@acme.example"]))
+        .then_expect_events(vec![listed(&["Ops@acme.example"])]);
     // The system never asks it (it is not an address it could ask).
-    then_nothing(when(
-        &state,
-        OrgCommand::RequestConfirmations {
+    state
+        .when(OrgCommand::RequestConfirmations {
             emails: vec![email("Ops@acme.example")],
-        },
-    ));
+        })
+        .then_expect_nothing();
 }
 
 // -------------------------------------------------------------- leak action
@@ -1164,7 +1081,7 @@ fn an_address_an_older_version_took_is_listed_but_never_confirmed() {
 #[test]
 fn the_leak_action_defaults_to_deactivate_and_changes_to_notify_and_back() {
     let org = given(&[free_org_created()]);
-    assert_eq!(org.as_ref().unwrap().leak_action, LeakAction::Deactivate);
+    assert_eq!(org.state().unwrap().leak_action, LeakAction::Deactivate);
     let notify = |action: &str| {
         change_settings(ChangeSettings {
             leak_action: Some(action.into()),
@@ -1175,25 +1092,24 @@ fn the_leak_action_defaults_to_deactivate_and_changes_to_notify_and_back() {
         leak_action: Some(LeakAction::Notify),
         ..OrgSettingsChanged::default()
     });
-    then_events(when(&org, notify("notify")), vec![changed.clone()]);
-    then_nothing(when(&org, notify("deactivate")));
+    org.when(notify("notify")).then_expect_events(vec![changed.clone()]);
+    org.when(notify("deactivate")).then_expect_nothing();
     let notifying = given(&[free_org_created(), changed]);
-    assert_eq!(notifying.as_ref().unwrap().leak_action, LeakAction::Notify);
-    then_events(
-        when(&notifying, notify("deactivate")),
-        vec![OrgEvent::SettingsChanged(OrgSettingsChanged {
+    assert_eq!(notifying.state().unwrap().leak_action, LeakAction::Notify);
+    notifying
+        .when(notify("deactivate"))
+        .then_expect_events(vec![OrgEvent::SettingsChanged(OrgSettingsChanged {
             leak_action: Some(LeakAction::Deactivate),
             ..OrgSettingsChanged::default()
-        })],
-    );
+        })]);
     for bad in ["revoke", "Notify", ""] {
-        then_invalid(when(&org, notify(bad)), &["leak_action"]);
+        org.when(notify(bad)).then_expect_invalid(&["leak_action"]);
     }
     // Settings events written before the leak action existed leave it alone.
     let old: OrgEvent =
         serde_json::from_value(json!({"type": "org.settings_changed", "data": {"rotation_days": 30}})).unwrap();
     assert_eq!(
-        given(&[free_org_created(), old]).unwrap().leak_action,
+        given(&[free_org_created(), old]).into_state().unwrap().leak_action,
         LeakAction::Deactivate
     );
 }

@@ -149,7 +149,7 @@ impl Source {
     async fn sample(&self, pool: &PgPool) -> Result<Lag, sqlx::Error> {
         match self {
             Source::Checkpoint(name) => checkpoint_lag(pool, name).await,
-            Source::Relay => checkpoint_lag(pool, crate::relay::RELAY).await,
+            Source::Relay => checkpoint_lag(pool, super::relay::RELAY).await,
             Source::Kafka(lag) => lag.lock().await.sample(pool).await,
         }
     }

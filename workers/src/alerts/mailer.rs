@@ -41,7 +41,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::alert_email::Email;
+use super::email::Email;
 
 /// Alerts one step sends at most.
 const BATCH: usize = 20;
@@ -283,7 +283,7 @@ impl Mailer {
             refusals: alert.refusals.clone(),
             withdrawn: alert.withdrawn.clone(),
         };
-        let allowed = crate::recipients::allowed(&self.pool, &alert.org_id, &alert.kind).await?;
+        let allowed = super::recipients::allowed(&self.pool, &alert.org_id, &alert.kind).await?;
         let mut deferred = None;
         for (n, recipient) in alert.recipients.iter().enumerate() {
             if progress.settled(recipient) {
@@ -420,7 +420,7 @@ impl Mailer {
         }
         .link(&self.links.hash_key, &self.links.public_url);
         let name = name.unwrap_or_else(|| alert.org_id.clone());
-        Ok(crate::recipients::confirmation_email(&name, recipient, &link))
+        Ok(super::recipients::confirmation_email(&name, recipient, &link))
     }
 
     /// One email to one recipient, bounded well inside the lease so no

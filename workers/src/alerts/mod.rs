@@ -3,13 +3,20 @@
 //! has a dedupe key — type, subject (key or organization), period — so the
 //! same condition found again in the same period adds nothing, whichever
 //! worker replica finds it.
+//!
+//! Beside it: [`email`] (how an alert email is composed), [`recipients`] (who
+//! may receive one) and the [`mailer`] that sends them.
 
 use chrono::{DateTime, Datelike, Utc};
 use keyledger_events::alert_outbox::{self, RaisedAlert};
 use keyledger_events::read_model::OrgRow;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 
-use crate::alert_email::Email;
+use self::email::Email;
+
+pub mod email;
+pub mod mailer;
+pub mod recipients;
 
 /// What an alert is about; the stored names are stable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

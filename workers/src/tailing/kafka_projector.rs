@@ -36,7 +36,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::lag::{LagMonitor, KAFKA};
+use super::lag::{LagMonitor, KAFKA};
 
 /// Attempts at a message before it is dead-lettered.
 pub const ATTEMPTS: u32 = 3;

@@ -8,9 +8,9 @@ use keyledger_events::domain::{key, ApiKey, DomainError, KeyCommand, KeyId};
 use keyledger_events::handler::{self, HandlerError};
 use sqlx::PgPool;
 
-use crate::alert_email::{compose, time_left, Block, KeyLabel};
+use super::job::{job_meta, Job, JobError, Orgs, Report};
+use crate::alerts::email::{compose, time_left, Block, KeyLabel};
 use crate::alerts::{self, AlertKind, NewAlert};
-use crate::scheduler::{job_meta, Job, JobError, Orgs, Report};
 
 /// How far ahead of the expiry the warning goes out.
 pub const EXPIRING_NOTICE_DAYS: i64 = 7;
@@ -108,7 +108,7 @@ async fn warn(pool: &PgPool, orgs: &mut Orgs, key: &Expiring, now: DateTime<Utc>
     Ok(Report::raised(alerts::raise_alone(pool, &alert, now).await?))
 }
 
-fn expiring_email(key: &Expiring, now: DateTime<Utc>) -> crate::alert_email::Email {
+fn expiring_email(key: &Expiring, now: DateTime<Utc>) -> crate::alerts::email::Email {
     let label = &key.label;
     let at = key.expires_at.format("%Y-%m-%d %H:%M UTC");
     let left = time_left(now, key.expires_at);

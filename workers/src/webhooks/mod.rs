@@ -41,10 +41,13 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::alert_email::{compose, Block};
+use crate::alerts::email::{compose, Block};
 use crate::alerts::{self, AlertKind, NewAlert};
 use crate::wake;
-use crate::webhook_client::{SendError, WebhookClient};
+
+pub mod client;
+
+use self::client::{SendError, WebhookClient};
 
 /// The reader's name in `projector_checkpoints`.
 pub const CHECKPOINT: &str = "webhooks";

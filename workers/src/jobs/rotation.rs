@@ -12,9 +12,9 @@ use keyledger_events::handler::{self, HandlerError};
 use keyledger_events::read_model::OrgRow;
 use sqlx::PgPool;
 
-use crate::alert_email::{compose, time_left, Block, Email, KeyLabel};
+use super::job::{job_meta, Job, JobError, Orgs, Report};
+use crate::alerts::email::{compose, time_left, Block, Email, KeyLabel};
 use crate::alerts::{self, AlertKind, NewAlert};
-use crate::scheduler::{job_meta, Job, JobError, Orgs, Report};
 
 /// Keys read per query.
 const PAGE: i64 = 1_000;

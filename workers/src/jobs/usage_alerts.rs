@@ -15,9 +15,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use sqlx::PgPool;
 
-use crate::alert_email::{compose, count, percent, Block, Email, KeyLabel};
+use super::job::{JobError, Orgs, Report};
+use crate::alerts::email::{compose, count, percent, Block, Email, KeyLabel};
 use crate::alerts::{self, hour_period, week_period, AlertKind, NewAlert};
-use crate::scheduler::{JobError, Orgs, Report};
 use keyledger_events::read_model::OrgRow;
 
 /// How many past minutes each run looks at for a busy minute (runs are a

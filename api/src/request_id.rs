@@ -1,0 +1,24 @@
+//! The id of the request being handled: set once per request by the
+//! request-context middleware (`crate::middleware`), echoed in the
+//! `X-Request-Id` header, written in every error body (`crate::error`) and
+//! every event's envelope. Its own module so that the error type and the
+//! middleware both read it without importing each other.
+
+use std::future::Future;
+
+/// The header a caller may send its own id in, and that every answer carries.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being handled ("" outside a request).
+pub fn current() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+/// Runs `handling` with `id` as the [`current`] request id.
+pub async fn scope<F: Future>(id: String, handling: F) -> F::Output {
+    REQUEST_ID.scope(id, handling).await
+}
