@@ -84,6 +84,60 @@ enum Step<'a> {
 /// step: the version guard admits those newer than the row, and their counts
 /// add up.
 pub async fn apply_batch(db: &mut PgConnection, events: &[StoredEvent]) -> Result<(), BatchFailure> {
+    apply_batch_into(db, events, UsageSink::Rollups).await
+}
+
+/// Where [`apply_batch_into`] adds the counts of the `key.used` events the
+/// version guard admits.
+#[derive(Debug, Clone, Copy)]
+pub enum UsageSink<'a> {
+    /// Added to `usage_rollups` at once (its minute, hour and day rows).
+    Rollups,
+    /// Appended, summed per key and minute, to this table (made by
+    /// [`create_usage_staging`]), for [`roll_up_usage_staging`] to add to
+    /// `usage_rollups` in one statement at the end. A rebuild writes each
+    /// rollup row once this way, instead of updating it batch after batch.
+    Staged(&'a str),
+}
+
+/// Creates `table` (unlogged, no index) for [`UsageSink::Staged`].
+pub async fn create_usage_staging(db: &mut PgConnection, table: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "create unlogged table {table} (key_id text not null, org_id text not null, minute timestamptz not null,
+             requests bigint not null, successful bigint not null, failed bigint not null, rate_limited bigint not null)"
+    ))
+    .execute(&mut *db)
+    .await?;
+    Ok(())
+}
+
+/// Adds the counts staged in `table` to `usage_rollups` (minute, hour and
+/// day rows), then drops `table`.
+pub async fn roll_up_usage_staging(db: &mut PgConnection, table: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "insert into usage_rollups (key_id, org_id, granularity, bucket, requests, successful, failed, rate_limited)
+         select s.key_id, s.org_id, g.name, date_trunc(g.name, s.minute, 'UTC'),
+                sum(s.requests), sum(s.successful), sum(s.failed), sum(s.rate_limited)
+         from {table} s, (values ('minute'), ('hour'), ('day')) as g(name)
+         group by 1, 2, 3, 4
+         on conflict (key_id, granularity, bucket) do update set
+             requests = usage_rollups.requests + excluded.requests,
+             successful = usage_rollups.successful + excluded.successful,
+             failed = usage_rollups.failed + excluded.failed,
+             rate_limited = usage_rollups.rate_limited + excluded.rate_limited"
+    ))
+    .execute(&mut *db)
+    .await?;
+    sqlx::query(&format!("drop table {table}")).execute(&mut *db).await?;
+    Ok(())
+}
+
+/// [`apply_batch`], adding usage counts to `usage`.
+pub async fn apply_batch_into(
+    db: &mut PgConnection,
+    events: &[StoredEvent],
+    usage: UsageSink<'_>,
+) -> Result<(), BatchFailure> {
     use crate::domain::key::KeyEvent;
     let fail = |event: &StoredEvent, error: ProjectionError| BatchFailure {
         position: event.position,
@@ -192,8 +246,8 @@ pub async fn apply_batch(db: &mut PgConnection, events: &[StoredEvent]) -> Resul
             .map_err(set_based)?;
         }
         if !used.is_empty() {
-            sqlx::query(
-                "with e as (
+            // The events the version guard admits, and the keys rows they move.
+            const ADMITTED: &str = "with e as (
                      select r.*, k.org_id
                      from jsonb_to_recordset($1) as r(id text, version bigint, last_used_at timestamptz,
                           minute timestamptz, requests bigint, successful bigint, failed bigint, rate_limited bigint)
@@ -202,22 +256,35 @@ pub async fn apply_batch(db: &mut PgConnection, events: &[StoredEvent]) -> Resul
                  claimed as (
                      update keys k set last_used_at = greatest(k.last_used_at, c.last_used_at), version = c.version
                      from (select id, max(last_used_at) as last_used_at, max(version) as version from e group by id) c
-                     where k.id = c.id)
-                 insert into usage_rollups (key_id, org_id, granularity, bucket, requests, successful, failed, rate_limited)
-                 select e.id, e.org_id, g.name, date_trunc(g.name, e.minute, 'UTC'),
-                        sum(e.requests), sum(e.successful), sum(e.failed), sum(e.rate_limited)
-                 from e, (values ('minute'), ('hour'), ('day')) as g(name)
-                 group by 1, 2, 3, 4
-                 on conflict (key_id, granularity, bucket) do update set
-                     requests = usage_rollups.requests + excluded.requests,
-                     successful = usage_rollups.successful + excluded.successful,
-                     failed = usage_rollups.failed + excluded.failed,
-                     rate_limited = usage_rollups.rate_limited + excluded.rate_limited",
-            )
-            .bind(Value::Array(used))
-            .execute(&mut *db)
-            .await
-            .map_err(set_based)?;
+                     where k.id = c.id)";
+            let sql = match usage {
+                UsageSink::Rollups => format!(
+                    "{ADMITTED}
+                     insert into usage_rollups (key_id, org_id, granularity, bucket, requests, successful, failed, rate_limited)
+                     select e.id, e.org_id, g.name, date_trunc(g.name, e.minute, 'UTC'),
+                            sum(e.requests), sum(e.successful), sum(e.failed), sum(e.rate_limited)
+                     from e, (values ('minute'), ('hour'), ('day')) as g(name)
+                     group by 1, 2, 3, 4
+                     on conflict (key_id, granularity, bucket) do update set
+                         requests = usage_rollups.requests + excluded.requests,
+                         successful = usage_rollups.successful + excluded.successful,
+                         failed = usage_rollups.failed + excluded.failed,
+                         rate_limited = usage_rollups.rate_limited + excluded.rate_limited"
+                ),
+                UsageSink::Staged(table) => format!(
+                    "{ADMITTED}
+                     insert into {table} (key_id, org_id, minute, requests, successful, failed, rate_limited)
+                     select e.id, e.org_id, date_trunc('minute', e.minute, 'UTC'),
+                            sum(e.requests), sum(e.successful), sum(e.failed), sum(e.rate_limited)
+                     from e
+                     group by 1, 2, 3"
+                ),
+            };
+            sqlx::query(&sql)
+                .bind(Value::Array(used))
+                .execute(&mut *db)
+                .await
+                .map_err(set_based)?;
         }
         for event in singles {
             apply(&mut *db, event).await.map_err(|e| fail(event, e))?;
