@@ -17,6 +17,9 @@
 #
 #   bash scripts/bench.sh                         # the full run, about 6 minutes
 #   REPLAY_EVENTS=20000 ROUNDS=1 DURATION=5s bash scripts/bench.sh   # quick
+#   REPLAY_BASELINE_BIN=/tmp/keyledger-before bash scripts/bench.sh
+#       # also replays the same log with that (older) binary first: a row
+#       # comparing the two replay rates, in the same run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
@@ -248,6 +251,9 @@ limit greatest($REPLAY_EVENTS - $existing, 0);
 SQL
 log_events=$(psql_db -c "select count(*) from events" "$db")
 seconds() { local start end; start=$(date +%s.%N); "$@" >/dev/null; end=$(date +%s.%N); python3 -c "print($end - $start)"; }
+if [ -n "${REPLAY_BASELINE_BIN:-}" ]; then
+  baseline_seconds=$(seconds "$REPLAY_BASELINE_BIN" replay)
+fi
 replay_seconds=$(seconds "$BIN" replay)
 check_seconds=$(seconds "$BIN" replay --check)
 
@@ -267,6 +273,11 @@ row "DB transactions per cache hit" "$(python3 -c "print(f'{$hot_tx / $hot_reque
 row "key creation /s ($CREATE_CLIENTS clients)" "$create_rate" "$pg_rate" "$(ratio "$create_rate" "$pg_rate")" "≥ 0.5 of pgbench single-row insert"
 row "replay events/s ($log_events events)" "$(per_second "$log_events" "$replay_seconds")" "50000" \
   "$(ratio "$(per_second "$log_events" "$replay_seconds")" 50000)" "goal ≥ 50k/s; $(printf '%.2f' "$replay_seconds") s"
+if [ -n "${REPLAY_BASELINE_BIN:-}" ]; then
+  row "replay events/s vs REPLAY_BASELINE_BIN" "$(per_second "$log_events" "$replay_seconds")" \
+    "$(per_second "$log_events" "$baseline_seconds")" \
+    "$(ratio "$baseline_seconds" "$replay_seconds")" "same log; baseline $(printf '%.2f' "$baseline_seconds") s"
+fi
 row "replay --check events/s" "$(per_second "$log_events" "$check_seconds")" "30000" \
   "$(ratio "$(per_second "$log_events" "$check_seconds")" 30000)" "goal ≥ 30k/s; $(printf '%.2f' "$check_seconds") s"
 row "bytes per cached key" "$per_cached" "-" "-" "RSS delta over $((entries_1 - entries_0)) keys"

@@ -41,6 +41,12 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             cache.database_lookups.load(Ordering::Relaxed),
         ),
         (
+            "keyledger_key_cache_single_flight_waits_total",
+            "counter",
+            "Key lookups that waited for another lookup's database read of the same key (single flight) instead of querying themselves.",
+            cache.single_flight_waits.load(Ordering::Relaxed),
+        ),
+        (
             "keyledger_key_cache_entries",
             "gauge",
             "Entries in the key cache.",

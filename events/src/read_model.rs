@@ -84,6 +84,60 @@ enum Step<'a> {
 /// step: the version guard admits those newer than the row, and their counts
 /// add up.
 pub async fn apply_batch(db: &mut PgConnection, events: &[StoredEvent]) -> Result<(), BatchFailure> {
+    apply_batch_into(db, events, UsageSink::Rollups).await
+}
+
+/// Where [`apply_batch_into`] adds the counts of the `key.used` events the
+/// version guard admits.
+#[derive(Debug, Clone, Copy)]
+pub enum UsageSink<'a> {
+    /// Added to `usage_rollups` at once (its minute, hour and day rows).
+    Rollups,
+    /// Appended, summed per key and minute, to this table (made by
+    /// [`create_usage_staging`]), for [`roll_up_usage_staging`] to add to
+    /// `usage_rollups` in one statement at the end. A rebuild writes each
+    /// rollup row once this way, instead of updating it batch after batch.
+    Staged(&'a str),
+}
+
+/// Creates `table` (unlogged, no index) for [`UsageSink::Staged`].
+pub async fn create_usage_staging(db: &mut PgConnection, table: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "create unlogged table {table} (key_id text not null, org_id text not null, minute timestamptz not null,
+             requests bigint not null, successful bigint not null, failed bigint not null, rate_limited bigint not null)"
+    ))
+    .execute(&mut *db)
+    .await?;
+    Ok(())
+}
+
+/// Adds the counts staged in `table` to `usage_rollups` (minute, hour and
+/// day rows), then drops `table`.
+pub async fn roll_up_usage_staging(db: &mut PgConnection, table: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "insert into usage_rollups (key_id, org_id, granularity, bucket, requests, successful, failed, rate_limited)
+         select s.key_id, s.org_id, g.name, date_trunc(g.name, s.minute, 'UTC'),
+                sum(s.requests), sum(s.successful), sum(s.failed), sum(s.rate_limited)
+         from {table} s, (values ('minute'), ('hour'), ('day')) as g(name)
+         group by 1, 2, 3, 4
+         on conflict (key_id, granularity, bucket) do update set
+             requests = usage_rollups.requests + excluded.requests,
+             successful = usage_rollups.successful + excluded.successful,
+             failed = usage_rollups.failed + excluded.failed,
+             rate_limited = usage_rollups.rate_limited + excluded.rate_limited"
+    ))
+    .execute(&mut *db)
+    .await?;
+    sqlx::query(&format!("drop table {table}")).execute(&mut *db).await?;
+    Ok(())
+}
+
+/// [`apply_batch`], adding usage counts to `usage`.
+pub async fn apply_batch_into(
+    db: &mut PgConnection,
+    events: &[StoredEvent],
+    usage: UsageSink<'_>,
+) -> Result<(), BatchFailure> {
     use crate::domain::key::KeyEvent;
     let fail = |event: &StoredEvent, error: ProjectionError| BatchFailure {
         position: event.position,
@@ -126,7 +180,7 @@ pub async fn apply_batch(db: &mut PgConnection, events: &[StoredEvent]) -> Resul
     let waves = streams.iter().map(Vec::len).max().unwrap_or(0);
     let mut streams: Vec<std::vec::IntoIter<Step>> = streams.into_iter().map(Vec::into_iter).collect();
     for _ in 0..waves {
-        let (mut created, mut used, mut singles) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut created, mut used, mut singles) = (Vec::new(), UsedColumns::default(), Vec::new());
         let mut first: Option<&StoredEvent> = None;
         for steps in &mut streams {
             match steps.next() {
@@ -151,18 +205,9 @@ pub async fn apply_batch(db: &mut PgConnection, events: &[StoredEvent]) -> Resul
                 }
                 Some(Step::Used(event, id, run)) => {
                     first = first.or(Some(event));
-                    used.extend(run.into_iter().map(|(version, e)| {
-                        json!({
-                            "id": id,
-                            "version": version,
-                            "last_used_at": timestamp(e.last_used_at),
-                            "minute": timestamp(e.minute),
-                            "requests": e.requests as i64,
-                            "successful": e.successful as i64,
-                            "failed": e.failed as i64,
-                            "rate_limited": e.rate_limited as i64,
-                        })
-                    }));
+                    for (version, e) in run {
+                        used.push(id, version, &e);
+                    }
                 }
                 Some(Step::Single(event)) => singles.push(event),
                 None => {}
@@ -191,39 +236,87 @@ pub async fn apply_batch(db: &mut PgConnection, events: &[StoredEvent]) -> Resul
             .await
             .map_err(set_based)?;
         }
-        if !used.is_empty() {
-            sqlx::query(
-                "with e as (
+        if !used.id.is_empty() {
+            // The events the version guard admits, and the keys rows they move.
+            const ADMITTED: &str = "with e as (
                      select r.*, k.org_id
-                     from jsonb_to_recordset($1) as r(id text, version bigint, last_used_at timestamptz,
-                          minute timestamptz, requests bigint, successful bigint, failed bigint, rate_limited bigint)
+                     from unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::bigint[],
+                                 $6::bigint[], $7::bigint[], $8::bigint[])
+                          as r(id, version, last_used_at, minute, requests, successful, failed, rate_limited)
                      join keys k on k.id = r.id
                      where r.version > k.version),
                  claimed as (
                      update keys k set last_used_at = greatest(k.last_used_at, c.last_used_at), version = c.version
                      from (select id, max(last_used_at) as last_used_at, max(version) as version from e group by id) c
-                     where k.id = c.id)
-                 insert into usage_rollups (key_id, org_id, granularity, bucket, requests, successful, failed, rate_limited)
-                 select e.id, e.org_id, g.name, date_trunc(g.name, e.minute, 'UTC'),
-                        sum(e.requests), sum(e.successful), sum(e.failed), sum(e.rate_limited)
-                 from e, (values ('minute'), ('hour'), ('day')) as g(name)
-                 group by 1, 2, 3, 4
-                 on conflict (key_id, granularity, bucket) do update set
-                     requests = usage_rollups.requests + excluded.requests,
-                     successful = usage_rollups.successful + excluded.successful,
-                     failed = usage_rollups.failed + excluded.failed,
-                     rate_limited = usage_rollups.rate_limited + excluded.rate_limited",
-            )
-            .bind(Value::Array(used))
-            .execute(&mut *db)
-            .await
-            .map_err(set_based)?;
+                     where k.id = c.id)";
+            let sql = match usage {
+                UsageSink::Rollups => format!(
+                    "{ADMITTED}
+                     insert into usage_rollups (key_id, org_id, granularity, bucket, requests, successful, failed, rate_limited)
+                     select e.id, e.org_id, g.name, date_trunc(g.name, e.minute, 'UTC'),
+                            sum(e.requests), sum(e.successful), sum(e.failed), sum(e.rate_limited)
+                     from e, (values ('minute'), ('hour'), ('day')) as g(name)
+                     group by 1, 2, 3, 4
+                     on conflict (key_id, granularity, bucket) do update set
+                         requests = usage_rollups.requests + excluded.requests,
+                         successful = usage_rollups.successful + excluded.successful,
+                         failed = usage_rollups.failed + excluded.failed,
+                         rate_limited = usage_rollups.rate_limited + excluded.rate_limited"
+                ),
+                UsageSink::Staged(table) => format!(
+                    "{ADMITTED}
+                     insert into {table} (key_id, org_id, minute, requests, successful, failed, rate_limited)
+                     select e.id, e.org_id, date_trunc('minute', e.minute, 'UTC'),
+                            sum(e.requests), sum(e.successful), sum(e.failed), sum(e.rate_limited)
+                     from e
+                     group by 1, 2, 3"
+                ),
+            };
+            sqlx::query(&sql)
+                .bind(used.id)
+                .bind(used.version)
+                .bind(used.last_used_at)
+                .bind(used.minute)
+                .bind(used.requests)
+                .bind(used.successful)
+                .bind(used.failed)
+                .bind(used.rate_limited)
+                .execute(&mut *db)
+                .await
+                .map_err(set_based)?;
         }
         for event in singles {
             apply(&mut *db, event).await.map_err(|e| fail(event, e))?;
         }
     }
     Ok(())
+}
+
+/// The `key.used` events of a wave, a column each: bound as arrays (cheaper
+/// for PostgreSQL to read than a JSON document of records).
+#[derive(Default)]
+struct UsedColumns<'a> {
+    id: Vec<&'a str>,
+    version: Vec<i64>,
+    last_used_at: Vec<DateTime<Utc>>,
+    minute: Vec<DateTime<Utc>>,
+    requests: Vec<i64>,
+    successful: Vec<i64>,
+    failed: Vec<i64>,
+    rate_limited: Vec<i64>,
+}
+
+impl<'a> UsedColumns<'a> {
+    fn push(&mut self, id: &'a str, version: i64, e: &crate::domain::key::KeyUsed) {
+        self.id.push(id);
+        self.version.push(version);
+        self.last_used_at.push(e.last_used_at);
+        self.minute.push(e.minute);
+        self.requests.push(e.requests as i64);
+        self.successful.push(e.successful as i64);
+        self.failed.push(e.failed as i64);
+        self.rate_limited.push(e.rate_limited as i64);
+    }
 }
 
 /// A time as PostgreSQL reads it, to the microsecond it keeps (truncated,

@@ -5,6 +5,7 @@
 //! mail queue and the relay's last publish; and `dev` and `work` serve the
 //! workers' figures.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,9 @@ use serde_json::json;
 use crate::alerts::{days, OPS};
 use crate::binary::{keyledger, temp_dir, Server};
 use crate::broker::Broker;
-use crate::support::{call, eventually, fresh_database_url, settle, spawn_app, spawn_app_with_alert_emails, TestApp};
+use crate::support::{
+    call, eventually, fresh_database_url, settle, spawn_app, spawn_app_with, spawn_app_with_alert_emails, TestApp,
+};
 
 /// The text of `/metrics` at `base`.
 async fn scrape(base: &str) -> String {
@@ -182,6 +185,48 @@ async fn every_key_check_is_counted_by_its_code() {
     // The management API's own key check shares the path.
     assert_eq!(admin_get(&app, "/v1/org").await, 200);
     assert_eq!(delta(&scrape(&app.internal).await, "VALID"), 3.0);
+}
+
+#[actix_web::test]
+async fn lookups_that_wait_for_another_ones_database_read_are_counted() {
+    let settings = keyledger_api::ApiSettings {
+        cache_ttl: Duration::from_secs(3600),
+        ..keyledger_api::ApiSettings::default()
+    };
+    let mut app = spawn_app_with(settings, false).await;
+    let key = app.create_key(json!({"name": "busy", "type": "secret"})).await;
+    // No notification may evict the key while the lookups run.
+    app.stop_background().await;
+    let name = "keyledger_key_cache_single_flight_waits_total";
+    let before = scrape(&app.internal).await;
+    has_type(&before, name, "counter");
+    assert!(value(&before, name).is_some(), "no {name}:\n{before}");
+    let (plain, _) = keyledger_events::domain::PlainKey::parse(key["key"].as_str().unwrap()).unwrap();
+    let hash = app.hash_key.hash(&plain);
+    let cache = app.state.cache.clone();
+    cache.clear();
+    // The first lookup reads the key and holds its answer until three more
+    // lookups of the same key wait for it (as at a busy key's expiry).
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let first = cache.lookup_with(&app.pool, &hash, || async {
+        let _ = released.await;
+    });
+    let others = futures_util::future::join_all((0..3).map(|_| cache.lookup(&app.pool, &hash)));
+    let waits = cache.single_flight_waits.load(Ordering::Relaxed);
+    let arrived = async {
+        let all_waiting = async {
+            while cache.single_flight_waits.load(Ordering::Relaxed) < waits + 3 {
+                tokio::task::yield_now().await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), all_waiting).await;
+        let _ = release.send(());
+    };
+    let (first, others, ()) = tokio::join!(first, others, arrived);
+    assert!(first.unwrap().is_some());
+    assert!(others.into_iter().all(|other| other.unwrap().is_some()));
+    let after = scrape(&app.internal).await;
+    assert_eq!(count(&after, name) - count(&before, name), 3.0, "{after}");
 }
 
 #[actix_web::test]

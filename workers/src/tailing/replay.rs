@@ -7,7 +7,7 @@
 //! only applies events to tables: it appends nothing and sends nothing.
 
 use keyledger_events::log::{self, LogPosition, StoredEvent};
-use keyledger_events::read_model::{self, ProjectionError};
+use keyledger_events::read_model::{self, ProjectionError, UsageSink};
 use sqlx::{PgConnection, PgPool};
 
 use crate::session_lock::{keys, SessionLock};
@@ -18,6 +18,9 @@ const SCHEMA: &str = "keyledger_rebuild";
 /// Events read (and applied, set-based) at a time: memory stays flat as the
 /// log grows.
 const BATCH: i64 = 20_000;
+/// Where the rebuild stages usage counts (per key and minute) until the
+/// end, when they become the `usage_rollups` rows in one statement.
+const USAGE_STAGING: &str = "keyledger_rebuild.usage_staging";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -62,23 +65,29 @@ async fn rebuild_into_schema(tx: &mut PgConnection) -> Result<usize, ReplayError
     sqlx::query(&format!("set local search_path to {SCHEMA}, public"))
         .execute(&mut *tx)
         .await?;
+    // Usage counts are staged per key and minute, batch after batch, and
+    // rolled up once at the end: each rollup row is written once instead of
+    // being updated by every batch that counts toward it. The staging table
+    // holds at most a row per key and minute per batch, on disk.
+    read_model::create_usage_staging(&mut *tx, USAGE_STAGING).await?;
     let mut after = LogPosition::default();
     let mut applied = 0;
     loop {
         let events = log::read_visible_after(&mut *tx, after, BATCH).await?;
         let Some(last) = events.last() else { break };
         after = last.log_position();
-        apply_all(tx, &events).await?;
+        apply_all(tx, &events, UsageSink::Staged(USAGE_STAGING)).await?;
         applied += events.len();
     }
+    read_model::roll_up_usage_staging(&mut *tx, USAGE_STAGING).await?;
     sqlx::query("set local search_path to public").execute(&mut *tx).await?;
     Ok(applied)
 }
 
 /// Applies `events` in order to the read models `search_path` resolves to,
-/// set-based ([`read_model::apply_batch`]).
-async fn apply_all(db: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ReplayError> {
-    read_model::apply_batch(db, events)
+/// set-based ([`read_model::apply_batch_into`]), adding usage counts to `usage`.
+async fn apply_all(db: &mut PgConnection, events: &[StoredEvent], usage: UsageSink<'_>) -> Result<(), ReplayError> {
+    read_model::apply_batch_into(db, events, usage)
         .await
         .map_err(|failure| match failure.error {
             ProjectionError::Database(e) => ReplayError::Database(e),
@@ -161,7 +170,7 @@ async fn rebuild_and_swap(pool: &PgPool) -> Result<usize, ReplayError> {
         .execute(&mut *tx)
         .await?;
     let late = log::read_since_transaction(&mut *tx, horizon).await?;
-    apply_all(&mut tx, &late).await?;
+    apply_all(&mut tx, &late, UsageSink::Rollups).await?;
     sqlx::query("set local search_path to public").execute(&mut *tx).await?;
     for table in READ_MODELS {
         sqlx::query(&format!("drop table public.{table}"))
