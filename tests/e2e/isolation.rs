@@ -195,6 +195,28 @@ async fn event_types(app: &crate::support::TestApp, id: &str) -> Vec<String> {
         .unwrap()
 }
 
+/// Waits until an append to the log waits for another transaction's
+/// outcome: the request's, blocked by the held one. Only an `insert into
+/// events` counts, so another backend of the app waiting on some other row
+/// cannot release the held transaction before the request has read.
+async fn wait_for_an_append_waiting(pool: &sqlx::PgPool) {
+    crate::support::eventually(std::time::Duration::from_secs(10), || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and wait_event_type = 'Lock'
+               and wait_event = 'transactionid' and query ilike 'insert into events%'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        match waiting {
+            1 => Ok(()),
+            n => Err(format!("{n} appends wait for another transaction, not 1")),
+        }
+    })
+    .await
+}
+
 /// Starts `request` and lets it run until its append waits for `held`;
 /// then commits `held` and answers what the request answered.
 async fn interleave(
@@ -207,7 +229,7 @@ async fn interleave(
 ) -> crate::support::Answer {
     let (address, admin) = (app.address.clone(), app.admin_key.clone());
     let request = actix_web::rt::spawn(async move { call(&address, method, &path, Some(&admin), body, headers).await });
-    crate::recipients::wait_for_waiters(&app.pool, "transactionid", 1).await;
+    wait_for_an_append_waiting(&app.pool).await;
     held.commit().await.unwrap();
     request.await.unwrap()
 }
