@@ -18,6 +18,7 @@ use keyledger_events::domain::{
 use keyledger_events::handler::{self, HandlerError};
 use keyledger_events::log::{self, EventMeta};
 use keyledger_events::read_model::{self, KeyRow};
+use keyledger_events::representation;
 use keyledger_workers::jobs::scheduler;
 use keyledger_workers::tailing::{lag::LagMonitor, replay};
 use keyledger_workers::{metrics::WorkerMetrics, KafkaProjector, Projector, Relay};
@@ -208,7 +209,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // What the command decided, not a read after its commit.
             let org = changed.state.context("no such organization")?;
             let org = read_model::OrgRow::from_aggregate(&org, changed.version);
-            println!("{}", serde_json::to_string_pretty(&org.to_json())?);
+            println!("{}", serde_json::to_string_pretty(&representation::org_object(&org))?);
         }
         Command::Portal(PortalCli::Link {
             org_id,
@@ -220,7 +221,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", link.url);
             eprintln!(
                 "single use, valid until {} (then run this again)",
-                read_model::rfc3339(link.expires_at)
+                representation::rfc3339(link.expires_at)
             );
         }
         Command::Audit { key_id, at } => return audit(&pool, &key_id, at.as_deref()).await,
@@ -268,7 +269,7 @@ async fn portal_link(
     let id: OrgId = org_id
         .parse()
         .map_err(|_| anyhow::anyhow!("'{org_id}' is not an organization id"))?;
-    if read_model::org_by_id(pool, &id.to_string()).await?.is_none() {
+    if read_model::org_by_id(pool, id).await?.is_none() {
         bail!("no organization {org_id}");
     }
     let user = user
@@ -278,7 +279,7 @@ async fn portal_link(
     keyledger_api::portal::session::mint_link(
         pool,
         &links.public_url(&base.listen)?,
-        &id.to_string(),
+        id,
         user.as_ref(),
         Utc::now(),
         links.lifetime(),
@@ -359,9 +360,11 @@ pub async fn create_org(
     let key_version = key.version;
     let key = key.state.context("the key was not created")?;
     tx.commit().await?;
-    let mut object = KeyRow::from_aggregate(&key, key_version).to_json(Utc::now());
+    let mut object = representation::key_object(&KeyRow::from_aggregate(&key, key_version), Utc::now());
     object["key"] = json!(secret.issue(KeyType::Secret).0.expose());
-    Ok(json!({"org": read_model::OrgRow::from_aggregate(&org, org_version).to_json(), "key": object}))
+    Ok(
+        json!({"org": representation::org_object(&read_model::OrgRow::from_aggregate(&org, org_version)), "key": object}),
+    )
 }
 
 async fn audit(pool: &PgPool, key_id: &str, at: Option<&str>) -> anyhow::Result<ExitCode> {
@@ -387,12 +390,12 @@ async fn audit(pool: &PgPool, key_id: &str, at: Option<&str>) -> anyhow::Result<
     let loaded = handler::load::<ApiKey>(pool, &stream, Some(at)).await?;
     match loaded.state {
         None => {
-            eprintln!("key {key_id} did not exist at {}", read_model::rfc3339(at));
+            eprintln!("key {key_id} did not exist at {}", representation::rfc3339(at));
             Ok(ExitCode::from(1))
         }
         Some(key) => {
-            let mut object = KeyRow::from_aggregate(&key, loaded.version).to_json(at);
-            object["as_of"] = json!(read_model::rfc3339(at));
+            let mut object = representation::key_object(&KeyRow::from_aggregate(&key, loaded.version), at);
+            object["as_of"] = json!(representation::rfc3339(at));
             object["version"] = json!(loaded.version);
             if key.deleted {
                 object["status"] = json!("deleted");

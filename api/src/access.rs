@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix_web::{HttpMessage, HttpRequest};
-use chrono::Utc;
-use keyledger_events::domain::{scope::grants, Environment, IpRange, PlainKey, Scope};
+use chrono::{DateTime, Utc};
+use keyledger_events::domain::{scope::grants, Environment, IpRange, KeyStatus, PlainKey, Scope};
 
+use crate::clock;
 use crate::key_cache::CachedKey;
 use crate::rate_limit::Decision;
 use crate::usage::Outcome;
@@ -48,10 +49,9 @@ impl Checked {
             Err(Refusal::Expired) => Err(ApiError::KeyExpired),
             Err(Refusal::IpNotAllowed) => Err(ApiError::IpNotAllowed),
             Err(Refusal::EnvironmentMismatch) => Err(ApiError::EnvironmentMismatch {
-                required: if self.key.row.environment == "live" {
-                    "test"
-                } else {
-                    "live"
+                required: match self.key.row.environment() {
+                    Environment::Live => "test",
+                    Environment::Test => "live",
                 },
             }),
             Err(Refusal::InsufficientScope(scope)) => Err(ApiError::InsufficientScope(scope)),
@@ -223,10 +223,6 @@ fn embedded_ipv4(ip: IpAddr) -> IpAddr {
     ip
 }
 
-fn unix_now() -> u64 {
-    Utc::now().timestamp().max(0) as u64
-}
-
 /// [`decide`], counted in `keyledger_verifications_total` by its result code.
 pub async fn check(
     state: &AppState,
@@ -259,7 +255,9 @@ async fn decide(
     environment: Option<Environment>,
     scopes: &[Scope],
 ) -> Result<Option<Checked>, ApiError> {
-    let now = unix_now();
+    // The request's time, once: the key's status, its limit window, usage.
+    let at = clock::now();
+    let now = at.timestamp().max(0) as u64;
     let guard = match guard {
         Guard::Nobody => None,
         Guard::Caller(ip) => Some((&state.failures, guard_subject(ip))),
@@ -290,7 +288,7 @@ async fn decide(
     // does not admit, spends no budget (a stolen key used elsewhere cannot
     // exhaust its owner's limit); any other request does.
     let status =
-        status_refusal(&key).or_else(|| (!key.row.allowed_ips.allows(client)).then_some(Refusal::IpNotAllowed));
+        status_refusal(&key, at).or_else(|| (!key.row.allowed_ips.allows(client)).then_some(Refusal::IpNotAllowed));
     let decision = match status {
         Some(_) => state.limiter.peek(&key.row.id, key.limit_per_minute, now),
         None => state.limiter.check(&key.row.id, key.limit_per_minute, now),
@@ -305,15 +303,15 @@ async fn decide(
         Err(Refusal::RateLimited) => Outcome::RateLimited,
         Err(_) => Outcome::Failed,
     };
-    state.usage.record(&key.row.id, outcome, Utc::now());
+    state.usage.record(key.row.id, outcome, at);
     Ok(Some(Checked { key, decision, verdict }))
 }
 
-fn status_refusal(key: &CachedKey) -> Option<Refusal> {
-    match key.row.status_at(Utc::now()) {
-        "inactive" => Some(Refusal::Inactive),
-        "expired" => Some(Refusal::Expired),
-        _ => None,
+fn status_refusal(key: &CachedKey, now: DateTime<Utc>) -> Option<Refusal> {
+    match key.row.status_at(now) {
+        KeyStatus::Inactive => Some(Refusal::Inactive),
+        KeyStatus::Expired => Some(Refusal::Expired),
+        KeyStatus::Active => None,
     }
 }
 
@@ -328,10 +326,10 @@ fn verdict(
     if !decision.allowed {
         return Err(Refusal::RateLimited);
     }
-    if environment.is_some_and(|env| env.as_str() != key.row.environment) {
+    if environment.is_some_and(|env| env != key.row.environment()) {
         return Err(Refusal::EnvironmentMismatch);
     }
-    match needed.iter().find(|&&s| !grants(&key.scopes, s)) {
+    match needed.iter().find(|&&s| !grants(&key.row.scopes, s)) {
         Some(&missing) => Err(Refusal::InsufficientScope(missing)),
         None => Ok(()),
     }

@@ -3,7 +3,7 @@
 
 use actix_web::{http::header, web, FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
-use keyledger_events::domain::{Environment, Scope};
+use keyledger_events::domain::{Environment, OrgId, Scope};
 
 use crate::{access, error::ApiError, AppState};
 
@@ -34,17 +34,17 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub fn org_id(&self) -> &str {
-        &self.key.org_id
+    pub fn org_id(&self) -> OrgId {
+        self.key.org_id
     }
 
     /// The actor recorded on the events this caller causes.
     pub fn actor(&self) -> String {
-        self.key.id.clone()
+        self.key.id.to_string()
     }
 
     /// This caller for the shared operations: its organization, acting as its key.
-    pub fn caller(&self) -> Result<crate::manage::Caller, ApiError> {
+    pub fn caller(&self) -> crate::manage::Caller {
         crate::manage::Caller::new(self.org_id(), self.actor())
     }
 }

@@ -182,9 +182,9 @@ async fn authorize(state: &AppState, req: &HttpRequest, below_auth: bool) -> Res
     const ORG_ID: HeaderName = HeaderName::from_static("x-keyledger-org-id");
     const ENVIRONMENT: HeaderName = HeaderName::from_static("x-keyledger-environment");
     Ok(HttpResponse::NoContent()
-        .insert_header((KEY_ID, key.row.id.as_str()))
-        .insert_header((ORG_ID, key.row.org_id.as_str()))
-        .insert_header((ENVIRONMENT, key.row.environment.as_str()))
+        .insert_header((KEY_ID, key.id_header.clone()))
+        .insert_header((ORG_ID, key.org_header.clone()))
+        .insert_header((ENVIRONMENT, key.row.environment().as_str()))
         .finish())
 }
 

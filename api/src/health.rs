@@ -33,9 +33,9 @@ pub async fn readiness(pool: &PgPool, kafka: Option<&KafkaSettings>, database: &
         Some((_, since)) => {
             message = format!(
                 "PostgreSQL has been unreachable since {}; retry shortly.",
-                keyledger_events::read_model::rfc3339(since)
+                keyledger_events::representation::rfc3339(since)
             );
-            checks["postgres_down_since"] = json!(keyledger_events::read_model::rfc3339(since));
+            checks["postgres_down_since"] = json!(keyledger_events::representation::rfc3339(since));
             false
         }
         None => {

@@ -22,6 +22,7 @@
 
 use actix_web::HttpRequest;
 use chrono::{DateTime, Duration, Utc};
+use keyledger_events::domain::OrgId;
 use serde_json::{json, Map, Value};
 use sqlx::PgConnection;
 
@@ -83,7 +84,7 @@ pub fn operation(req: &HttpRequest) -> String {
 /// One request made with an `Idempotency-Key`.
 #[derive(Debug, Clone)]
 pub struct Idempotent {
-    org_id: String,
+    org_id: OrgId,
     /// Method and path, e.g. `POST /v1/keys/key_01…/regenerate`.
     operation: String,
     key: IdempotencyKey,
@@ -93,9 +94,9 @@ pub struct Idempotent {
 }
 
 impl Idempotent {
-    pub fn new(org_id: &str, operation: String, key: IdempotencyKey, body: &Map<String, Value>) -> Idempotent {
+    pub fn new(org_id: OrgId, operation: String, key: IdempotencyKey, body: &Map<String, Value>) -> Idempotent {
         Idempotent {
-            org_id: org_id.to_owned(),
+            org_id,
             operation,
             key,
             fingerprint: fingerprint(body),
@@ -150,7 +151,7 @@ pub async fn claim(tx: &mut PgConnection, request: &Idempotent, now: DateTime<Ut
              select ctid from idempotency_keys where org_id = $1 and created_at <= $2
              limit $3 for update skip locked)",
     )
-    .bind(&request.org_id)
+    .bind(request.org_id)
     .bind(expired_before)
     .bind(PURGE_BATCH)
     .execute(&mut *tx)
@@ -169,7 +170,7 @@ pub async fn claim(tx: &mut PgConnection, request: &Idempotent, now: DateTime<Ut
              where idempotency_keys.created_at <= $6
          returning 1",
     )
-    .bind(&request.org_id)
+    .bind(request.org_id)
     .bind(&request.operation)
     .bind(request.key.as_str())
     .bind(&request.fingerprint[..])
@@ -191,7 +192,7 @@ pub async fn claim(tx: &mut PgConnection, request: &Idempotent, now: DateTime<Ut
         "select request_hash, status, response from idempotency_keys
          where org_id = $1 and operation = $2 and idempotency_key = $3",
     )
-    .bind(&request.org_id)
+    .bind(request.org_id)
     .bind(&request.operation)
     .bind(request.key.as_str())
     .fetch_one(&mut *tx)
@@ -212,7 +213,7 @@ pub async fn record(tx: &mut PgConnection, request: &Idempotent, status: u16, bo
         "update idempotency_keys set status = $4, response = $5
          where org_id = $1 and operation = $2 and idempotency_key = $3",
     )
-    .bind(&request.org_id)
+    .bind(request.org_id)
     .bind(&request.operation)
     .bind(request.key.as_str())
     .bind(status as i16)

@@ -31,8 +31,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use actix_web::http::header::HeaderValue;
 use chrono::{DateTime, Utc};
-use keyledger_events::domain::KeyHash;
+use keyledger_events::domain::{KeyHash, KeyId, OrgId};
 use keyledger_events::log::NOTIFY_CHANNEL;
 use keyledger_events::read_model::{self, KeyRow};
 use sqlx::postgres::PgListener;
@@ -52,9 +53,23 @@ pub struct CachedKey {
     pub row: KeyRow,
     /// The organization's per-key limit, requests per minute.
     pub limit_per_minute: u32,
-    /// The key's scopes, parsed once (verification compares them with what
-    /// each request needs).
-    pub scopes: Vec<keyledger_events::domain::Scope>,
+    /// The key's and its organization's ids as header values, made once per
+    /// read (forward-auth answers carry them to the upstream).
+    pub id_header: HeaderValue,
+    pub org_header: HeaderValue,
+}
+
+impl CachedKey {
+    pub fn new(row: KeyRow, limit_per_minute: u32) -> CachedKey {
+        // An id's text is letters and digits: always a valid header value.
+        let header = |text: String| HeaderValue::try_from(text).expect("an id is a valid header value");
+        CachedKey {
+            id_header: header(row.id.to_string()),
+            org_header: header(row.org_id.to_string()),
+            row,
+            limit_per_minute,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -143,10 +158,15 @@ impl KeyCache {
         // one reads for itself (the other's answer may not have been stored:
         // an eviction raced it).
         let mut waited = 0;
+        // The request's time: a regenerated-away secret ends by it, so a
+        // test that moves the clock past a grace period sees it end.
+        let now = crate::clock::now();
         let (cached, _flight) = loop {
             let cached = self.slots.read().expect("cache lock").get(&hash.0).map(|slot| Cached {
                 entry: slot.entry.clone(),
-                fresh: slot.expires > Instant::now() && slot.epoch == self.epoch.load(Ordering::SeqCst),
+                fresh: slot.expires > Instant::now()
+                    && slot.epoch == self.epoch.load(Ordering::SeqCst)
+                    && slot.hard_expiry.is_none_or(|until| now < until),
                 confirmed: slot.confirmed,
                 hard_expiry: slot.hard_expiry,
             });
@@ -155,7 +175,7 @@ impl KeyCache {
                 return Ok(cached.entry.answer());
             }
             if self.database.is_down() {
-                return self.outage_answer(cached);
+                return self.outage_answer(cached, now);
             }
             match self.take_flight(hash.0) {
                 Ok(flight) => break (cached, Some(flight)),
@@ -173,20 +193,19 @@ impl KeyCache {
             self.generation.load(Ordering::SeqCst),
             self.epoch.load(Ordering::SeqCst),
         );
-        let now = Utc::now();
         // A read: when the probe finds the database down meanwhile, give up
         // waiting for a connection and answer as in an outage.
         let query = read_model::key_for_verification(pool, hash, now);
         let result = tokio::select! {
             biased;
-            _ = self.database.outage() => return self.outage_answer(cached),
+            _ = self.database.outage() => return self.outage_answer(cached, now),
             result = query => result,
         };
         let found = match result {
             Ok(found) => found,
             Err(e) if is_unavailable(&e) => {
                 self.database.observe(&e);
-                return self.outage_answer(cached);
+                return self.outage_answer(cached, now);
             }
             Err(e) => return Err(e.into()),
         };
@@ -204,11 +223,7 @@ impl KeyCache {
                 slot.expires = slot.expires.min(confirmed + until_instant(until, now));
                 slot.hard_expiry = Some(until);
             }
-            slot.entry = Entry::Known(Arc::new(CachedKey {
-                scopes: row.scopes.iter().filter_map(|s| s.parse().ok()).collect(),
-                row,
-                limit_per_minute: limit.max(0) as u32,
-            }));
+            slot.entry = Entry::Known(Arc::new(CachedKey::new(row, limit.max(0) as u32)));
         }
         let answer = slot.entry.answer();
         after_read().await;
@@ -234,7 +249,7 @@ impl KeyCache {
 
     /// The answer while the database cannot confirm anything: what an entry
     /// said when the outage began, within the grace; otherwise fail closed.
-    fn outage_answer(&self, cached: Option<Cached>) -> Result<Option<Arc<CachedKey>>, ApiError> {
+    fn outage_answer(&self, cached: Option<Cached>, now: DateTime<Utc>) -> Result<Option<Arc<CachedKey>>, ApiError> {
         let Some(cached) = cached else {
             return Err(ApiError::Unavailable);
         };
@@ -245,7 +260,7 @@ impl KeyCache {
         let fresh_then = cached.confirmed + self.ttl > outage_began;
         // …and the outage is younger than the grace.
         let within_grace = outage_began.elapsed() < self.outage_grace;
-        let secret_alive = !matches!(cached.hard_expiry, Some(until) if Utc::now() >= until);
+        let secret_alive = !matches!(cached.hard_expiry, Some(until) if now >= until);
         if fresh_then && within_grace && secret_alive {
             self.outage_answers.fetch_add(1, Ordering::Relaxed);
             return Ok(cached.entry.answer());
@@ -312,20 +327,20 @@ impl KeyCache {
         let Some((kind, id)) = stream_id.split_once('-') else {
             return;
         };
+        // A stream id this build cannot read may name any key: forget all.
+        let evicted = match kind {
+            "key" => id.parse().map_or(Evicted::All, Evicted::Key),
+            "org" => id.parse().map_or(Evicted::All, Evicted::Org),
+            _ => return,
+        };
         let mut slots = self.slots.write().expect("cache lock");
-        self.bump(match kind {
-            "key" => Evicted::Key(id.to_owned()),
-            "org" => Evicted::Org(id.to_owned()),
-            _ => Evicted::All,
+        slots.retain(|_, slot| match (&slot.entry, &evicted) {
+            (Entry::Known(key), Evicted::Key(id)) => key.row.id != *id,
+            (Entry::Known(key), Evicted::Org(id)) => key.row.org_id != *id,
+            (Entry::Known(_), Evicted::All) => false,
+            (Entry::Unknown, _) => true,
         });
-        slots.retain(|_, slot| match &slot.entry {
-            Entry::Known(key) => match kind {
-                "key" => key.row.id != id,
-                "org" => key.row.org_id != id,
-                _ => true,
-            },
-            Entry::Unknown => true,
-        });
+        self.bump(evicted);
     }
 
     /// Every entry must be confirmed by the database again before it is
@@ -417,8 +432,8 @@ const EVICTION_LOG: usize = 1024;
 
 /// What an eviction forgot.
 enum Evicted {
-    Key(String),
-    Org(String),
+    Key(KeyId),
+    Org(OrgId),
     All,
 }
 

@@ -8,14 +8,16 @@ use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use keyledger_events::domain::{key::UpdateKey, KeyId, KeyStatus, KeyType, PlainKey};
 use keyledger_events::log::StoredEvent;
-use keyledger_events::read_model::{self, KeyFilter, KeyRow};
+use keyledger_events::read_model::{KeyFilter, KeyRow};
 use serde_json::{json, Value};
 
 use crate::idempotency::{self, IdempotencyKey, Idempotent};
 use crate::manage::{self, key_id, Done, Granularity, NewKey};
 use crate::{auth::Admin, body, error::ApiError, AppState};
 
+use crate::clock;
 pub use crate::manage::KEY_QUOTA_LOCK;
+use keyledger_events::representation;
 
 type Query = web::Query<HashMap<String, String>>;
 
@@ -49,7 +51,7 @@ fn replayed(recorded: &idempotency::Recorded) -> HttpResponse {
 
 /// An answer that shows a secret: never cached anywhere.
 fn with_secret(status: actix_web::http::StatusCode, row: &KeyRow, secret: &PlainKey) -> HttpResponse {
-    let mut object = row.to_json(Utc::now());
+    let mut object = representation::key_object(row, clock::now());
     object["key"] = json!(secret.expose());
     HttpResponse::build(status)
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -78,7 +80,7 @@ pub async fn create(
         expires_at,
         allowed_ips,
     };
-    let (row, plain) = match manage::create_key(&state, &caller.caller()?, new, idempotent.as_ref()).await? {
+    let (row, plain) = match manage::create_key(&state, &caller.caller(), new, idempotent.as_ref()).await? {
         Done::Ran(created) => created,
         Done::Replayed(recorded) => return Ok(replayed(&recorded)),
     };
@@ -102,7 +104,7 @@ pub async fn list(state: web::Data<AppState>, caller: Admin, query: Query) -> Re
                 None => details.add("status", "must be active, inactive or expired"),
             },
             "type" => match KeyType::parse(value) {
-                Some(t) => filter.key_type = Some(t.as_str().to_owned()),
+                Some(t) => filter.key_type = Some(t),
                 None => details.add("type", "must be public, secret or test"),
             },
             "limit" => match value.parse::<i64>() {
@@ -110,7 +112,7 @@ pub async fn list(state: web::Data<AppState>, caller: Admin, query: Query) -> Re
                 _ => details.add("limit", "must be a whole number from 1 to 100"),
             },
             "cursor" => match value.parse::<KeyId>() {
-                Ok(id) => filter.before_id = Some(id.to_string()),
+                Ok(id) => filter.before_id = Some(id),
                 Err(_) => details.add("cursor", "is not a cursor this API returned"),
             },
             other => details.add(other, "unknown parameter"),
@@ -119,15 +121,15 @@ pub async fn list(state: web::Data<AppState>, caller: Admin, query: Query) -> Re
     if !details.is_empty() {
         return Err(ApiError::Validation(details));
     }
-    let now = Utc::now();
-    let (rows, next_cursor) = manage::list_keys(&state, &caller.caller()?, filter, now).await?;
-    let data: Vec<Value> = rows.iter().map(|r| r.to_json(now)).collect();
+    let now = clock::now();
+    let (rows, next_cursor) = manage::list_keys(&state, &caller.caller(), filter, now).await?;
+    let data: Vec<Value> = rows.iter().map(|r| representation::key_object(r, now)).collect();
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data, "next_cursor": next_cursor})))
 }
 
 pub async fn get(state: web::Data<AppState>, caller: Admin, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let row = manage::get_key(&state, &caller.caller()?, key_id(&path)?).await?;
-    Ok(HttpResponse::Ok().json(row.to_json(Utc::now())))
+    let row = manage::get_key(&state, &caller.caller(), key_id(&path)?).await?;
+    Ok(HttpResponse::Ok().json(representation::key_object(&row, clock::now())))
 }
 
 pub async fn update(
@@ -149,8 +151,8 @@ pub async fn update(
             .map(Option::unwrap_or_default),
     };
     fields.finish()?;
-    let row = manage::update_key(&state, &caller.caller()?, id, update).await?;
-    Ok(HttpResponse::Ok().json(row.to_json(Utc::now())))
+    let row = manage::update_key(&state, &caller.caller(), id, update).await?;
+    Ok(HttpResponse::Ok().json(representation::key_object(&row, clock::now())))
 }
 
 pub async fn regenerate(
@@ -165,7 +167,7 @@ pub async fn regenerate(
     let idempotent = idempotent(&req, &caller, &fields)?;
     let grace = fields.integer("expire_old_in_seconds").unwrap_or(0);
     fields.finish()?;
-    let regenerated = match manage::regenerate_key(&state, &caller.caller()?, id, grace, idempotent.as_ref()).await? {
+    let regenerated = match manage::regenerate_key(&state, &caller.caller(), id, grace, idempotent.as_ref()).await? {
         Done::Ran(regenerated) => regenerated,
         Done::Replayed(recorded) => return Ok(replayed(&recorded)),
     };
@@ -181,8 +183,8 @@ pub async fn deactivate(
     caller: Admin,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let row = manage::deactivate_key(&state, &caller.caller()?, key_id(&path)?).await?;
-    Ok(HttpResponse::Ok().json(row.to_json(Utc::now())))
+    let row = manage::deactivate_key(&state, &caller.caller(), key_id(&path)?).await?;
+    Ok(HttpResponse::Ok().json(representation::key_object(&row, clock::now())))
 }
 
 pub async fn activate(
@@ -190,8 +192,8 @@ pub async fn activate(
     caller: Admin,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let row = manage::activate_key(&state, &caller.caller()?, key_id(&path)?).await?;
-    Ok(HttpResponse::Ok().json(row.to_json(Utc::now())))
+    let row = manage::activate_key(&state, &caller.caller(), key_id(&path)?).await?;
+    Ok(HttpResponse::Ok().json(representation::key_object(&row, clock::now())))
 }
 
 pub async fn delete(
@@ -199,7 +201,7 @@ pub async fn delete(
     caller: Admin,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    manage::delete_key(&state, &caller.caller()?, key_id(&path)?).await?;
+    manage::delete_key(&state, &caller.caller(), key_id(&path)?).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -215,7 +217,7 @@ pub async fn usage(
     query: Query,
 ) -> Result<HttpResponse, ApiError> {
     let id = key_id(&path)?;
-    let now = Utc::now();
+    let now = clock::now();
     let mut details = keyledger_events::domain::ValidationDetails::default();
     let (mut from, mut to, mut granularity) = (now - chrono::Duration::hours(24), now, Granularity::Hour);
     let time = |value: &str| DateTime::parse_from_rfc3339(value).map(|t| t.with_timezone(&Utc));
@@ -248,12 +250,12 @@ pub async fn usage(
     if !details.is_empty() {
         return Err(ApiError::Validation(details));
     }
-    let usage = manage::key_usage(&state, &caller.caller()?, id, from, to, granularity).await?;
+    let usage = manage::key_usage(&state, &caller.caller(), id, from, to, granularity).await?;
     Ok(HttpResponse::Ok().json(json!({
         "object": "usage",
         "key_id": usage.key.id,
-        "from": read_model::rfc3339(from),
-        "to": read_model::rfc3339(to),
+        "from": representation::rfc3339(from),
+        "to": representation::rfc3339(to),
         "granularity": granularity.as_str(),
         "total_requests": usage.total_requests,
         "successful": usage.successful,
@@ -261,9 +263,9 @@ pub async fn usage(
         "rate_limited": usage.rate_limited,
         "success_rate": usage.success_rate,
         "error_rate": usage.error_rate,
-        "last_used_at": usage.key.last_used_at.map(read_model::rfc3339),
+        "last_used_at": usage.key.last_used_at.map(representation::rfc3339),
         "series": usage.series.iter().map(|p| json!({
-            "start": read_model::rfc3339(p.start),
+            "start": representation::rfc3339(p.start),
             "requests": p.requests,
             "successful": p.successful,
             "failed": p.failed,
@@ -300,7 +302,7 @@ pub async fn events(
         return Err(ApiError::Validation(details));
     }
     let (page, next_cursor) =
-        manage::key_audit_trail(&state, &caller.caller()?, id, after_version, limit as usize).await?;
+        manage::key_audit_trail(&state, &caller.caller(), id, after_version, limit as usize).await?;
     let data: Vec<Value> = page.iter().map(StoredEvent::public_json).collect();
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data, "next_cursor": next_cursor})))
 }

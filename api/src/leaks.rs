@@ -33,12 +33,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
-use chrono::Utc;
 use futures_util::StreamExt;
 use keyledger_events::alert_outbox;
 use keyledger_events::domain::key::{self, KeyLeaked, ReportLeak};
 use keyledger_events::domain::{
-    ApiKey, DomainError, KeyCommand, KeyEvent, KeyHash, KeyId, LeakAction, PlainKey, ValidationDetails,
+    ApiKey, DomainError, KeyCommand, KeyEvent, KeyHash, KeyId, PlainKey, ValidationDetails,
 };
 use keyledger_events::handler::{self, HandlerError};
 use keyledger_events::log::EventMeta;
@@ -51,6 +50,7 @@ use serde_json::json;
 use sha2::Digest;
 
 use crate::access::{self, guard_subject};
+use crate::clock;
 use crate::{error::ApiError, request_id, AppState};
 
 /// Largest report accepted: GitHub batches many matches in one request.
@@ -216,7 +216,7 @@ pub async fn report(
     let guard = client.map(guard_subject);
     let (limit, now) = (
         state.settings.failed_attempts_per_minute,
-        Utc::now().timestamp().max(0) as u64,
+        clock::now().timestamp().max(0) as u64,
     );
     if let Some(address) = &guard {
         if state.failures.used(address, now) >= limit {
@@ -299,7 +299,7 @@ async fn judge(state: &AppState, found: &Match, reporter: &str) -> Result<Label,
     };
     let hash = state.hash_key.hash(&plain);
     drop(plain);
-    let now = Utc::now();
+    let now = clock::now();
     // The read model finds the key; which of its secrets this is (if still
     // one) the aggregate decides from the hash, on the stream as it is when
     // the leak is appended.
@@ -310,10 +310,7 @@ async fn judge(state: &AppState, found: &Match, reporter: &str) -> Result<Label,
     else {
         return Ok(Label::FalsePositive);
     };
-    let id: KeyId = row
-        .id
-        .parse()
-        .map_err(|_| ApiError::internal(std::io::Error::other("stored key id is malformed")))?;
+    let id = row.id;
     for attempt in 1..=ATTEMPTS {
         match record(state, id, &row, found, reporter, hash).await {
             Ok(recorded) => return Ok(recorded),
@@ -334,14 +331,14 @@ async fn record(
     reporter: &str,
     key_hash: KeyHash,
 ) -> Result<Label, HandlerError> {
-    let org = read_model::org_by_id(&state.pool, &row.org_id)
+    let org = read_model::org_by_id(&state.pool, row.org_id)
         .await?
         .ok_or_else(|| HandlerError::Domain(DomainError::NotFound))?;
-    let action = LeakAction::parse(&org.leak_action).unwrap_or_default();
+    let action = org.leak_action;
     let meta = EventMeta {
         actor: ACTOR.into(),
         request_id: Some(request_id::current()),
-        occurred_at: Utc::now(),
+        occurred_at: clock::now(),
     };
     let command = KeyCommand::ReportLeak(Box::new(ReportLeak {
         url: found.url.clone(),

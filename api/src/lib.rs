@@ -8,6 +8,7 @@
 pub mod access;
 pub mod auth;
 pub mod body;
+pub mod clock;
 pub mod db_health;
 pub mod error;
 pub mod forward_auth;
@@ -36,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
-use keyledger_events::domain::{confirmation::CONFIRM_PATH, Environment, HashKey, IpRange};
+use keyledger_events::domain::{confirmation::CONFIRM_PATH, Environment, HashKey, IpRange, KeyId};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -109,7 +110,7 @@ pub struct AppState {
     pub settings: ApiSettings,
     pub cache: Arc<key_cache::KeyCache>,
     /// Per-key plan limits.
-    pub limiter: Arc<rate_limit::RateLimiter>,
+    pub limiter: Arc<rate_limit::RateLimiter<KeyId>>,
     /// Invalid keys per client address (management API, `/v1/auth`).
     pub failures: Arc<rate_limit::RateLimiter>,
     /// Invalid keys per end client named in `/v1/verify`'s `ip`.
@@ -123,8 +124,8 @@ pub struct AppState {
     pub verifications: Arc<metrics::Verifications>,
     /// Metrics rendered by other parts of the process (`dev`: the workers').
     pub extra_metrics: Vec<ops::MetricsSource>,
-    /// The time of portal sign-in links and sessions (tests move it).
-    pub portal_clock: portal::Clock,
+    /// The time every request reads once (`clock::now`); tests move it.
+    pub clock: clock::Clock,
     /// Leak reports received: signed ones and refused (forged) ones.
     pub leak_reports: Arc<leaks::LeakReportCounts>,
 }
@@ -152,7 +153,7 @@ impl AppState {
             http: Arc::default(),
             verifications: Arc::default(),
             extra_metrics: Vec::new(),
-            portal_clock: portal::Clock::default(),
+            clock: clock::Clock::system(),
             leak_reports: Arc::default(),
             settings,
         }
@@ -162,11 +163,10 @@ impl AppState {
     /// cache invalidation, usage flushes (and a last one), limiter sweeps.
     pub async fn run_background(self, shutdown: watch::Receiver<bool>) {
         let sweeper = {
-            let limiters = [
+            let (keys, addresses) = (
                 self.limiter.clone(),
-                self.failures.clone(),
-                self.end_client_failures.clone(),
-            ];
+                [self.failures.clone(), self.end_client_failures.clone()],
+            );
             let mut shutdown = shutdown.clone();
             async move {
                 loop {
@@ -174,7 +174,8 @@ impl AppState {
                         changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break },
                         _ = tokio::time::sleep(Duration::from_secs(30)) => {
                             let now = chrono::Utc::now().timestamp().max(0) as u64;
-                            for limiter in &limiters {
+                            keys.sweep(now);
+                            for limiter in &addresses {
                                 limiter.sweep(now);
                             }
                         }

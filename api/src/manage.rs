@@ -9,39 +9,31 @@ use keyledger_events::alert_outbox;
 use keyledger_events::domain::{
     key::{self, CreateKey, RegenerateKey, SecretSource, UpdateKey},
     org::{self, ChangeSettings},
-    ApiKey, DomainError, KeyCommand, KeyId, KeyType, Org, OrgCommand, OrgEvent, OrgId, PlainKey,
+    ApiKey, DomainError, KeyCommand, KeyId, Org, OrgCommand, OrgEvent, OrgId, PlainKey,
 };
 use keyledger_events::handler::{self, HandlerError};
 use keyledger_events::log::{EventMeta, StoredEvent};
 use keyledger_events::read_model::{self, KeyFilter, KeyRow, OrgRow, UsagePoint};
+use keyledger_events::representation;
 
 use crate::idempotency::{self, Claim, Idempotent};
-use crate::{error::ApiError, request_id, AppState};
+use crate::{clock, error::ApiError, request_id, AppState};
 
 /// Who runs an operation: an organization, and the actor its events record
 /// (an admin key's id, or `portal:<user>`).
 #[derive(Debug, Clone)]
 pub struct Caller {
     org_id: OrgId,
-    org: String,
     actor: String,
 }
 
 impl Caller {
-    /// `org_id` as stored in a read model or a session.
-    pub fn new(org_id: &str, actor: String) -> Result<Caller, ApiError> {
-        let parsed = org_id
-            .parse()
-            .map_err(|_| ApiError::internal(std::io::Error::other("stored org id is malformed")))?;
-        Ok(Caller {
-            org_id: parsed,
-            org: org_id.to_owned(),
-            actor,
-        })
+    pub fn new(org_id: OrgId, actor: String) -> Caller {
+        Caller { org_id, actor }
     }
 
-    pub fn org_id(&self) -> &str {
-        &self.org
+    pub fn org_id(&self) -> OrgId {
+        self.org_id
     }
 
     pub fn actor(&self) -> &str {
@@ -52,7 +44,7 @@ impl Caller {
         EventMeta {
             actor: self.actor.clone(),
             request_id: Some(request_id::current()),
-            occurred_at: Utc::now(),
+            occurred_at: clock::now(),
         }
     }
 }
@@ -166,10 +158,16 @@ async fn run(
     let mut row = KeyRow::from_aggregate(&key, outcome.version);
     // Usage is the read model's alone; a new key has none.
     if !created {
-        row.last_used_at = read_model::last_used_at(&mut *tx, &row.id).await?;
+        row.last_used_at = read_model::last_used_at(&mut *tx, row.id).await?;
     }
     if let Some(request) = idempotent {
-        idempotency::record(&mut tx, request, status, &row.to_json(meta.occurred_at)).await?;
+        idempotency::record(
+            &mut tx,
+            request,
+            status,
+            &representation::key_object(&row, meta.occurred_at),
+        )
+        .await?;
     }
     tx.commit().await?;
     state.cache.evict_stream(&stream);
@@ -191,7 +189,7 @@ pub const KEY_QUOTA_LOCK: i32 = 0x6b6c_7100;
 /// the keys committed before it, and its own) and the quota is never
 /// passed, across any number of API processes; the lock ends with the
 /// transaction, right after the count.
-async fn hold_key_quota(tx: &mut sqlx::PgConnection, org_id: &str, max: u64) -> Result<(), ApiError> {
+async fn hold_key_quota(tx: &mut sqlx::PgConnection, org_id: OrgId, max: u64) -> Result<(), ApiError> {
     sqlx::query("select pg_advisory_xact_lock($1, hashtext($2))")
         .bind(KEY_QUOTA_LOCK)
         .bind(org_id)
@@ -254,7 +252,7 @@ pub async fn create_key(
     }));
     Ok(match run(state, caller, id, command, 201, idempotent).await? {
         Done::Ran(ran) => {
-            let secret = issued(&ran.row, secret)?;
+            let secret = issued(&ran.row, secret);
             Done::Ran((ran.row, secret))
         }
         Done::Replayed(recorded) => Done::Replayed(recorded),
@@ -262,10 +260,8 @@ pub async fn create_key(
 }
 
 /// The secret `source` makes for the key `row` (of the type it was created with).
-fn issued(row: &KeyRow, source: SecretSource) -> Result<PlainKey, ApiError> {
-    let key_type =
-        KeyType::parse(&row.key_type).ok_or_else(|| ApiError::internal(std::io::Error::other("bad key type")))?;
-    Ok(source.issue(key_type).0)
+fn issued(row: &KeyRow, source: SecretSource) -> PlainKey {
+    source.issue(row.key_type).0
 }
 
 pub async fn update_key(state: &AppState, caller: &Caller, id: KeyId, update: UpdateKey) -> Result<KeyRow, ApiError> {
@@ -307,7 +303,7 @@ pub async fn regenerate_key(
         .and_then(|at| serde_json::from_value(at.clone()).ok())
         .flatten();
     Ok(Done::Ran(Regenerated {
-        secret: issued(&ran.row, secret)?,
+        secret: issued(&ran.row, secret),
         key: ran.row,
         previous_valid_until,
     }))
@@ -329,7 +325,7 @@ pub async fn delete_key(state: &AppState, caller: &Caller, id: KeyId) -> Result<
 pub async fn get_key(state: &AppState, caller: &Caller, id: KeyId) -> Result<KeyRow, ApiError> {
     state
         .database
-        .read(read_model::key_by_id(&state.pool, caller.org_id(), &id.to_string()))
+        .read(read_model::key_by_id(&state.pool, caller.org_id(), id))
         .await?
         .ok_or(ApiError::NotFound)
 }
@@ -341,14 +337,14 @@ pub async fn list_keys(
     caller: &Caller,
     mut filter: KeyFilter,
     now: DateTime<Utc>,
-) -> Result<(Vec<KeyRow>, Option<String>), ApiError> {
+) -> Result<(Vec<KeyRow>, Option<KeyId>), ApiError> {
     let page_size = filter.limit.max(1) as usize;
     filter.limit = page_size as i64 + 1;
     let mut rows = state
         .database
         .read(read_model::list_keys(&state.pool, caller.org_id(), &filter, now))
         .await?;
-    let next_cursor = (rows.len() > page_size).then(|| rows[page_size - 1].id.clone());
+    let next_cursor = (rows.len() > page_size).then(|| rows[page_size - 1].id);
     rows.truncate(page_size);
     Ok((rows, next_cursor))
 }
@@ -415,7 +411,7 @@ pub async fn key_usage(
         .database
         .read(read_model::usage_series(
             &state.pool,
-            &key.id,
+            key.id,
             granularity.as_str(),
             from,
             to,
@@ -492,15 +488,15 @@ pub async fn recent_key_events(
 
 /// Not found unless the key (deleted or not) is the caller's.
 async fn ensure_own_key(state: &AppState, caller: &Caller, id: KeyId) -> Result<(), ApiError> {
-    let owned: Option<String> = state
+    let owned: Option<OrgId> = state
         .database
         .read(
             sqlx::query_scalar("select org_id from keys where id = $1")
-                .bind(id.to_string())
+                .bind(id)
                 .fetch_optional(&state.pool),
         )
         .await?;
-    if owned.as_deref() != Some(caller.org_id()) {
+    if owned != Some(caller.org_id()) {
         return Err(ApiError::NotFound);
     }
     Ok(())

@@ -12,7 +12,7 @@ use actix_web::{
     dev::{ServiceRequest, ServiceResponse},
     http::header::{HeaderName, HeaderValue},
     middleware::Next,
-    Error, HttpMessage, ResponseError,
+    web, Error, HttpMessage, ResponseError,
 };
 
 use keyledger_events::domain::confirmation::CONFIRM_PATH;
@@ -20,6 +20,7 @@ use keyledger_events::domain::confirmation::CONFIRM_PATH;
 use crate::error::ApiError;
 use crate::rate_limit::Decision;
 use crate::request_id::{self, REQUEST_ID_HEADER};
+use crate::{clock, AppState};
 
 /// `X-RateLimit-*` for an answer to a request made with a known key.
 pub fn rate_limit_headers(decision: &Decision) -> [(&'static str, u64); 3] {
@@ -172,7 +173,11 @@ pub async fn request_context(
     let logged = tracing::enabled!(tracing::Level::INFO);
     let method = logged.then(|| req.method().clone());
     let path = logged.then(|| loggable_path(req.path()));
-    let result = request_id::scope(request_id.clone(), async move {
+    let now = match req.app_data::<web::Data<AppState>>() {
+        Some(state) => state.clock.now(),
+        None => chrono::Utc::now(),
+    };
+    let handled = request_id::scope(request_id.clone(), async move {
         // Under /v1/auth/ (envoy style) the query is the original
         // request's, for the upstream: neither logged nor matched here.
         let original_query = req.path().starts_with(ENVOY_AUTH_PREFIX);
@@ -186,8 +191,8 @@ pub async fn request_context(
             return Ok(req.into_response(response).map_into_right_body());
         }
         next.call(req).await.map(ServiceResponse::map_into_left_body)
-    })
-    .await;
+    });
+    let result = clock::scope(now, handled).await;
     let mut response = result?;
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response

@@ -6,10 +6,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use keyledger_events::domain::org::ChangeSettings;
 
 use crate::{auth::Admin, body, error::ApiError, manage, AppState};
+use keyledger_events::representation;
 
 pub async fn get(state: web::Data<AppState>, caller: Admin) -> Result<HttpResponse, ApiError> {
-    let org = manage::org(&state, &caller.caller()?).await?;
-    Ok(HttpResponse::Ok().json(org.to_json()))
+    let org = manage::org(&state, &caller.caller()).await?;
+    Ok(HttpResponse::Ok().json(representation::org_object(&org)))
 }
 
 pub async fn update(
@@ -26,6 +27,6 @@ pub async fn update(
         leak_action: fields.optional_string("leak_action"),
     };
     fields.finish()?;
-    let org = manage::change_settings(&state, &caller.caller()?, change).await?;
-    Ok(HttpResponse::Ok().json(org.to_json()))
+    let org = manage::change_settings(&state, &caller.caller(), change).await?;
+    Ok(HttpResponse::Ok().json(representation::org_object(&org)))
 }

@@ -13,7 +13,9 @@
 //! Scope: each API process enforces limits in its own memory; see the README
 //! ("Rate limits with several replicas").
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
 const WINDOW: u64 = 60;
@@ -101,20 +103,20 @@ impl Window {
     }
 }
 
-pub struct RateLimiter {
-    shards: Vec<Mutex<HashMap<String, Window>>>,
+/// Windows per subject: a key (by id) or a client address (by its text).
+pub struct RateLimiter<K = String> {
+    shards: Vec<Mutex<HashMap<K, Window>>>,
     capacity_per_shard: usize,
 }
 
-fn shard_of(subject: &str) -> usize {
-    subject
-        .bytes()
-        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
-        % SHARDS
+fn shard_of<Q: Hash + ?Sized>(subject: &Q) -> usize {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    subject.hash(&mut hasher);
+    hasher.finish() as usize % SHARDS
 }
 
-impl RateLimiter {
-    pub fn new(capacity: usize) -> RateLimiter {
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
+    pub fn new(capacity: usize) -> RateLimiter<K> {
         RateLimiter {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             capacity_per_shard: capacity.div_ceil(SHARDS).max(1),
@@ -123,14 +125,18 @@ impl RateLimiter {
 
     /// Admits (and counts) one request of `subject` under `limit` per minute
     /// at Unix second `now`, or refuses it.
-    pub fn check(&self, subject: &str, limit: u32, now: u64) -> Decision {
+    pub fn check<Q>(&self, subject: &Q, limit: u32, now: u64) -> Decision
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let mut shard = self.shards[shard_of(subject)].lock().expect("limiter lock");
         if !shard.contains_key(subject) && shard.len() >= self.capacity_per_shard {
             shard.retain(|_, w| w.last_second + WINDOW > now);
             if shard.len() >= self.capacity_per_shard {
                 // Still full of active subjects: forget the least recent one.
                 if let Some(oldest) = shard.iter().min_by_key(|(_, w)| w.last_second).map(|(k, _)| k.clone()) {
-                    shard.remove(&oldest);
+                    shard.remove::<K>(&oldest);
                 }
             }
         }
@@ -157,7 +163,11 @@ impl RateLimiter {
 
     /// What a request of `subject` would get, without counting it (for
     /// answers that refuse a key before it may spend its budget).
-    pub fn peek(&self, subject: &str, limit: u32, now: u64) -> Decision {
+    pub fn peek<Q>(&self, subject: &Q, limit: u32, now: u64) -> Decision
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let shard = self.shards[shard_of(subject)].lock().expect("limiter lock");
         match shard.get(subject) {
             Some(window) => window.assess(limit, now),
@@ -166,7 +176,11 @@ impl RateLimiter {
     }
 
     /// How many requests `subject` made in the window (without counting one).
-    pub fn used(&self, subject: &str, now: u64) -> u32 {
+    pub fn used<Q>(&self, subject: &Q, now: u64) -> u32
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let shard = self.shards[shard_of(subject)].lock().expect("limiter lock");
         shard.get(subject).map_or(0, |w| {
             w.buckets
@@ -202,7 +216,7 @@ mod tests {
 
     #[test]
     fn exactly_the_limit_is_admitted_in_a_minute_and_the_headers_count_down() {
-        let limiter = RateLimiter::new(1_000);
+        let limiter = RateLimiter::<String>::new(1_000);
         let start = 1_800_000_000;
         for i in 0..100u32 {
             let d = limiter.check("k", 100, start + u64::from(i) / 10);
@@ -222,7 +236,7 @@ mod tests {
 
     #[test]
     fn no_double_burst_at_a_window_edge() {
-        let limiter = RateLimiter::new(1_000);
+        let limiter = RateLimiter::<String>::new(1_000);
         let start = 1_800_000_000;
         let admitted = (0..120)
             .filter(|i| limiter.check("k", 10, start + 55 + i / 20).allowed)
@@ -232,7 +246,7 @@ mod tests {
 
     #[test]
     fn a_lower_limit_applies_at_once_and_memory_stays_bounded() {
-        let limiter = RateLimiter::new(32);
+        let limiter = RateLimiter::<String>::new(32);
         let now = 1_800_000_000;
         for _ in 0..5 {
             limiter.check("k", 1_000, now);

@@ -13,11 +13,11 @@
 use std::collections::HashMap;
 
 use actix_web::{http::header, http::StatusCode, web, HttpRequest, HttpResponse, ResponseError};
-use chrono::Utc;
 use keyledger_events::domain::{confirmation::Confirmation, org, DomainError, Org, OrgCommand};
 use keyledger_events::handler::{self, HandlerError, Outcome};
 use keyledger_events::log::EventMeta;
 
+use crate::clock;
 use crate::{error::ApiError, request_id, AppState};
 
 pub async fn confirm(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
@@ -68,7 +68,7 @@ async fn append_confirmation(state: &AppState, confirmation: &Confirmation) -> R
         let meta = EventMeta {
             actor: "alert-recipient".into(),
             request_id: Some(request_id::current()),
-            occurred_at: Utc::now(),
+            occurred_at: clock::now(),
         };
         let command = OrgCommand::ConfirmRecipient {
             email: confirmation.email.clone(),

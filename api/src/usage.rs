@@ -56,7 +56,7 @@ impl Counts {
 }
 
 /// Counts by key id, then by minute.
-type Pending = HashMap<String, HashMap<DateTime<Utc>, Counts>>;
+type Pending = HashMap<KeyId, HashMap<DateTime<Utc>, Counts>>;
 
 #[derive(Default)]
 pub struct UsageAccumulator {
@@ -72,18 +72,10 @@ pub struct UsageAccumulator {
 }
 
 impl UsageAccumulator {
-    pub fn record(&self, key_id: &str, outcome: Outcome, at: DateTime<Utc>) {
+    pub fn record(&self, key_id: KeyId, outcome: Outcome, at: DateTime<Utc>) {
         let minute = at.duration_trunc(chrono::Duration::minutes(1)).unwrap_or(at);
         let mut pending = self.pending.lock().expect("usage lock");
-        // The key id is only copied the first time it is seen in a flush interval.
-        if !pending.contains_key(key_id) {
-            pending.insert(key_id.to_owned(), HashMap::new());
-        }
-        let counts = pending
-            .get_mut(key_id)
-            .expect("inserted above")
-            .entry(minute)
-            .or_default();
+        let counts = pending.entry(key_id).or_default().entry(minute).or_default();
         counts.requests += 1;
         match outcome {
             Outcome::Succeeded => counts.successful += 1,
@@ -109,19 +101,19 @@ impl UsageAccumulator {
         if database.is_down() {
             return 0;
         }
-        let drained: Vec<(String, DateTime<Utc>, Counts)> = self
+        let drained: Vec<(KeyId, DateTime<Utc>, Counts)> = self
             .pending
             .lock()
             .expect("usage lock")
             .drain()
-            .flat_map(|(key_id, minutes)| minutes.into_iter().map(move |(m, c)| (key_id.clone(), m, c)))
+            .flat_map(|(key_id, minutes)| minutes.into_iter().map(move |(m, c)| (key_id, m, c)))
             .collect();
         let mut appended = 0;
         let mut unavailable = false;
         let mut failures = 0;
         for (key_id, minute, counts) in drained {
             if !unavailable {
-                match append(pool, &key_id, minute, counts).await {
+                match append(pool, key_id, minute, counts).await {
                     Ok(()) => {
                         appended += 1;
                         continue;
@@ -220,10 +212,7 @@ impl UsageAccumulator {
     }
 }
 
-async fn append(pool: &PgPool, key_id: &str, minute: DateTime<Utc>, counts: Counts) -> Result<(), HandlerError> {
-    let Ok(id) = key_id.parse::<KeyId>() else {
-        return Ok(());
-    };
+async fn append(pool: &PgPool, id: KeyId, minute: DateTime<Utc>, counts: Counts) -> Result<(), HandlerError> {
     let used = KeyUsed {
         minute,
         requests: counts.requests,

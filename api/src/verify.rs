@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use keyledger_events::domain::{Environment, Scope, ValidationDetails};
-use keyledger_events::read_model::rfc3339;
+use keyledger_events::representation::rfc3339;
 use serde_json::json;
 
 use crate::access::{self, Guard};
@@ -78,7 +78,7 @@ pub async fn verify(
         "key_id": row.id,
         "org_id": row.org_id,
         "type": row.key_type,
-        "environment": row.environment,
+        "environment": row.environment(),
         "scopes": row.scopes,
         "expires_at": row.expires_at.map(rfc3339),
         "ratelimit": {"limit": decision.limit, "remaining": decision.remaining, "reset": decision.reset},

@@ -16,10 +16,11 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use keyledger_events::domain::webhook::{self, EventFilter, WebhookSecret, WebhookUrl};
 use keyledger_events::domain::{DeliveryId, ValidationDetails, WebhookId};
-use keyledger_events::read_model::rfc3339;
+use keyledger_events::representation::rfc3339;
 use keyledger_events::webhook_outbox;
 use serde_json::{json, Value};
 
+use crate::clock;
 use crate::manage::Caller;
 use crate::{error::ApiError, AppState};
 
@@ -156,9 +157,14 @@ pub async fn create(state: &AppState, caller: &Caller, new: NewEndpoint) -> Resu
     let secret = WebhookSecret::from_bytes(random::<32>()?);
     let nonce = random::<12>()?;
     let sealed = secret.seal(&state.hash_key, &id, nonce);
-    let now = Utc::now();
+    let now = clock::now();
     let mut tx = state.database.read(state.pool.begin()).await?;
-    hold_quota(&mut tx, caller.org_id(), state.settings.max_webhooks_per_org).await?;
+    hold_quota(
+        &mut tx,
+        &caller.org_id().to_string(),
+        state.settings.max_webhooks_per_org,
+    )
+    .await?;
     let endpoint: Endpoint = sqlx::query_as(&format!(
         "insert into webhook_endpoints (id, org_id, url, events, description, secret_nonce, secret_sealed,
                                         created_at, updated_at, created_by, updated_by)
@@ -277,7 +283,7 @@ pub async fn update(
             .bind(events)
             .bind(description)
             .bind(change.disabled)
-            .bind(Utc::now())
+            .bind(clock::now())
             .bind(caller.actor())
             .fetch_optional(&state.pool),
         )
@@ -410,7 +416,7 @@ pub async fn deliveries(
 /// Delivers again every event since `since` the endpoint subscribes to (new
 /// deliveries, after those already queued); returns how many.
 pub async fn replay(state: &AppState, caller: &Caller, id: WebhookId, since: DateTime<Utc>) -> Result<u64, ApiError> {
-    let now = Utc::now();
+    let now = clock::now();
     let mut details = ValidationDetails::default();
     if since > now {
         details.add("since", "must not be in the future");
@@ -426,7 +432,7 @@ pub async fn replay(state: &AppState, caller: &Caller, id: WebhookId, since: Dat
     }
     let endpoint = get(state, caller, id).await?;
     let mut tx = state.database.read(state.pool.begin()).await?;
-    let made = webhook_outbox::replay(&mut tx, caller.org_id(), &endpoint.id, since).await?;
+    let made = webhook_outbox::replay(&mut tx, &caller.org_id().to_string(), &endpoint.id, since).await?;
     tx.commit().await?;
     tracing::info!(endpoint = %endpoint.id, deliveries = made, actor = %caller.actor(), "webhook replay queued");
     Ok(made)

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use keyledger_events::domain::{DeliveryId, ValidationDetails};
-use keyledger_events::read_model::rfc3339;
+use keyledger_events::representation::rfc3339;
 use serde_json::{json, Value};
 
 use crate::webhook_endpoints::{self as ops, endpoint_id, EndpointChange, NewEndpoint};
@@ -30,7 +30,7 @@ pub async fn create(
         events,
         description,
     };
-    let (endpoint, secret) = ops::create(&state, &caller.caller()?, new).await?;
+    let (endpoint, secret) = ops::create(&state, &caller.caller(), new).await?;
     let mut object = endpoint.to_json();
     object["secret"] = json!(secret);
     // The secret is shown here only: never cached anywhere.
@@ -48,13 +48,13 @@ pub async fn list(state: web::Data<AppState>, caller: Admin, query: Query) -> Re
     if let Some(name) = query.keys().next() {
         return Err(ApiError::invalid(name, "unknown parameter"));
     }
-    let endpoints = ops::list(&state, &caller.caller()?).await?;
+    let endpoints = ops::list(&state, &caller.caller()).await?;
     let data: Vec<Value> = endpoints.iter().map(ops::Endpoint::to_json).collect();
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data, "next_cursor": null})))
 }
 
 pub async fn get(state: web::Data<AppState>, caller: Admin, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let endpoint = ops::get(&state, &caller.caller()?, endpoint_id(&path)?).await?;
+    let endpoint = ops::get(&state, &caller.caller(), endpoint_id(&path)?).await?;
     Ok(HttpResponse::Ok().json(endpoint.to_json()))
 }
 
@@ -74,7 +74,7 @@ pub async fn update(
         disabled: fields.boolean("disabled"),
     };
     fields.finish()?;
-    let endpoint = ops::update(&state, &caller.caller()?, id, change).await?;
+    let endpoint = ops::update(&state, &caller.caller(), id, change).await?;
     Ok(HttpResponse::Ok().json(endpoint.to_json()))
 }
 
@@ -83,7 +83,7 @@ pub async fn delete(
     caller: Admin,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    ops::delete(&state, &caller.caller()?, endpoint_id(&path)?).await?;
+    ops::delete(&state, &caller.caller(), endpoint_id(&path)?).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -113,7 +113,7 @@ pub async fn deliveries(
     if !details.is_empty() {
         return Err(ApiError::Validation(details));
     }
-    let (page, next_cursor) = ops::deliveries(&state, &caller.caller()?, id, limit, cursor).await?;
+    let (page, next_cursor) = ops::deliveries(&state, &caller.caller(), id, limit, cursor).await?;
     let data: Vec<Value> = page.iter().map(ops::Delivery::to_json).collect();
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data, "next_cursor": next_cursor})))
 }
@@ -136,7 +136,7 @@ pub async fn replay(
             "is required: an RFC 3339 time, e.g. 2026-11-26T10:00:00Z",
         ));
     };
-    let made = ops::replay(&state, &caller.caller()?, id, since).await?;
+    let made = ops::replay(&state, &caller.caller(), id, since).await?;
     Ok(HttpResponse::Accepted().json(json!({
         "object": "webhook_replay",
         "endpoint_id": path.as_str(),

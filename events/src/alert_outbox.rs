@@ -29,7 +29,8 @@ use crate::alert_email::{compose, Block, Email, KeyLabel};
 use crate::domain::key::{KeyLeaked, LeakedSecret};
 use crate::domain::{EmailAddress, KeyStatus, OrgId};
 use crate::log::{self, AppendError, EventMeta, NewEvent};
-use crate::read_model::{self, rfc3339, KeyRow, OrgRow};
+use crate::read_model::{self, KeyRow, OrgRow};
+use crate::representation::rfc3339;
 
 /// The channel on which the mailer is woken when an alert is queued that
 /// should not wait for its next poll.
@@ -71,8 +72,8 @@ pub async fn queue_leak(
     .bind(id)
     .bind(format!("{LEAK_KIND}:{}:{period}", key.id))
     .bind(LEAK_KIND)
-    .bind(&org.id)
-    .bind(&key.id)
+    .bind(org.id)
+    .bind(key.id)
     .bind(&recipients)
     .bind(&email.subject)
     .bind(&email.text)
@@ -81,11 +82,12 @@ pub async fn queue_leak(
     .execute(&mut *db)
     .await?;
     if inserted.rows_affected() == 1 {
+        let (org_id, key_id) = (org.id.to_string(), key.id.to_string());
         let raised = RaisedAlert {
             id,
             kind: LEAK_KIND,
-            org_id: &org.id,
-            key_id: Some(&key.id),
+            org_id: &org_id,
+            key_id: Some(&key_id),
             period: &period,
             subject: &email.subject,
         };
@@ -150,9 +152,9 @@ pub async fn record_raised(
 /// keyledger did and what to do now. Never the secret.
 pub fn leak_email(org: &OrgRow, key: &KeyRow, leak: &KeyLeaked, deactivated: bool, portal_url: &str) -> Email {
     let label = KeyLabel {
-        id: key.id.clone(),
+        id: key.id.to_string(),
         name: key.name.clone(),
-        prefix: key.prefix.clone(),
+        prefix: key.prefix().to_owned(),
         last_four: key.last_four.clone(),
     };
     let place = if leak.url.is_empty() {
@@ -182,7 +184,7 @@ pub fn leak_email(org: &OrgRow, key: &KeyRow, leak: &KeyLeaked, deactivated: boo
         ),
         format!("Reported at: {}", rfc3339(leak.reported_at)),
     ]));
-    let active = key.status_at(leak.reported_at) == KeyStatus::Active.as_str();
+    let active = key.status_at(leak.reported_at) == KeyStatus::Active;
     let what = match (leak.secret, deactivated, active) {
         (LeakedSecret::Previous, ..) => {
             "The leaked secret is the one the key had before it was last regenerated: it stopped working at once. \

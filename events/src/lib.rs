@@ -13,11 +13,13 @@ pub mod alert_email;
 pub mod alert_outbox;
 #[cfg(feature = "kafka")]
 pub mod bus;
+pub mod clock;
 pub mod domain;
 pub mod figures;
 pub mod handler;
 pub mod log;
 pub mod read_model;
+pub mod representation;
 pub mod webhook_outbox;
 
 /// The migrations of the whole system (one folder at the workspace root).

@@ -282,9 +282,6 @@ async fn audit_rebuilds_a_key_as_of_a_past_moment_from_events_alone() {
     )
     .await;
     let id = key.expect(201)["id"].as_str().unwrap().to_owned();
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
-    let between = chrono::Utc::now();
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
     let path = format!("/v1/keys/{id}");
     call(
         &server.address,
@@ -307,11 +304,22 @@ async fn audit_rebuilds_a_key_as_of_a_past_moment_from_events_alone() {
     .await
     .expect(200);
     // The read model is tampered with: audit must not care.
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
     sqlx::query("update keys set name = 'tampered' where id = $1")
         .bind(&id)
-        .execute(&sqlx::PgPool::connect(&url).await.unwrap())
+        .execute(&pool)
         .await
         .unwrap();
+    // A moment between the creation and the rename, by the times the
+    // events recorded (no waiting for the clock to move).
+    let times: Vec<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("select occurred_at from events where stream_id = $1 and version <= 2 order by version")
+            .bind(format!("key-{id}"))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(times[0] < times[1], "{times:?}");
+    let between = times[0] + (times[1] - times[0]) / 2;
 
     let at = between.to_rfc3339();
     let past = json_stdout(&run(keyledger(&url, &dir).args(["audit", &id, "--at", &at])));

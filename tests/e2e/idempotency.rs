@@ -242,7 +242,7 @@ async fn records_answer_for_24_hours_then_expire_and_are_deleted() {
     let map = body.as_object().unwrap();
     let request = |key: &str| {
         Idempotent::new(
-            &app.org_id,
+            app.org_id.parse().unwrap(),
             "POST /v1/keys".into(),
             IdempotencyKey::parse(key).unwrap(),
             map,

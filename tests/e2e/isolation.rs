@@ -61,7 +61,10 @@ async fn assert_stream_contiguous_and_state_equals_replay(app: &crate::support::
     let expected = keyledger_events::read_model::KeyRow::from_aggregate(&replayed, events.len() as i64);
     let now = chrono::Utc::now();
     let row = app.get(&format!("/v1/keys/{id}")).await;
-    assert_eq!(row.expect(200), &expected.to_json(now));
+    assert_eq!(
+        row.expect(200),
+        &keyledger_events::representation::key_object(&expected, now)
+    );
     let stored: Vec<u8> = sqlx::query_scalar("select key_hash from keys where id = $1")
         .bind(id)
         .fetch_one(&app.pool)

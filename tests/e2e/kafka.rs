@@ -87,7 +87,7 @@ fn assert_published_once_in_order(seen: &[Seen], events: &[StoredEvent]) {
         assert_eq!(message.header("ce_subject"), event.stream_id);
         assert_eq!(
             message.header("ce_time"),
-            keyledger_events::read_model::rfc3339(event.occurred_at)
+            keyledger_events::representation::rfc3339(event.occurred_at)
         );
         assert_eq!(message.payload["event_id"], message.header("ce_id"));
         assert_eq!(message.payload["version"], event.version);

@@ -231,7 +231,7 @@ async fn regenerate_with_a_grace_period_keeps_the_old_secret_until_it_ends() {
     let new = regenerated.expect(200)["key"].as_str().unwrap();
     assert_eq!(app.verify(json!({"key": old})).await["code"], "VALID");
     assert_eq!(app.verify(json!({"key": new})).await["code"], "VALID");
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    app.state.clock.advance(chrono::Duration::milliseconds(2_100));
     assert_eq!(app.verify(json!({"key": old})).await["code"], "NOT_FOUND");
     assert_eq!(app.verify(json!({"key": new})).await["code"], "VALID");
     for bad in [json!(-1), json!(604_801), json!("10")] {
@@ -283,7 +283,7 @@ async fn an_expired_key_shows_expired_and_cannot_be_activated() {
     app.post(&format!("/v1/keys/{id}/deactivate"), json!({}))
         .await
         .expect(200);
-    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    app.state.clock.advance(chrono::Duration::milliseconds(2_200));
     let read = app.get(&format!("/v1/keys/{id}")).await;
     assert_eq!(read.expect(200)["status"], "expired");
     let refused = app.post(&format!("/v1/keys/{id}/activate"), json!({})).await;

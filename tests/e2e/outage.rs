@@ -358,7 +358,7 @@ async fn usage_is_flushed_on_shutdown_when_the_database_was_marked_down_but_is_u
     )
     .await;
     let key = app.create_key(json!({"name": "counted", "type": "secret"})).await;
-    let id = key["id"].as_str().unwrap();
+    let id: keyledger_events::domain::KeyId = key["id"].as_str().unwrap().parse().unwrap();
     let usage = UsageAccumulator::default();
     let now = chrono::Utc::now();
     usage.record(id, Outcome::Succeeded, now);
@@ -402,7 +402,7 @@ async fn usage_flush_on_shutdown_gives_up_at_once_when_the_database_is_unreachab
         .unwrap();
     let usage = UsageAccumulator::default();
     usage.record(
-        &keyledger_events::domain::KeyId::new().to_string(),
+        keyledger_events::domain::KeyId::new(),
         Outcome::Succeeded,
         chrono::Utc::now(),
     );
@@ -469,7 +469,7 @@ async fn usage_is_flushed_on_shutdown_when_the_pooled_connection_belongs_to_a_st
     assert_eq!(pool.num_idle(), 1);
 
     let usage = UsageAccumulator::default();
-    usage.record(id, Outcome::RateLimited, chrono::Utc::now());
+    usage.record(id.parse().unwrap(), Outcome::RateLimited, chrono::Utc::now());
     let database = DatabaseHealth::default();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     stop.send(true).unwrap();
@@ -514,7 +514,7 @@ async fn a_key_read_while_another_keys_change_is_applied_keeps_its_answer_for_an
         .await
         .unwrap()
         .expect("the key exists");
-    assert_eq!(read.row.status, "active");
+    assert_eq!(read.row.status, keyledger_events::domain::KeyStatus::Active);
     app.state.database.mark_down();
     assert_eq!(code(&verify(&app, key["key"].as_str().unwrap()).await), "VALID");
     assert_unavailable(&verify(&app, other["key"].as_str().unwrap()).await);

@@ -126,7 +126,7 @@ async fn admin_keys_mint_single_use_links_that_are_stored_only_as_hashes() {
 #[actix_web::test]
 async fn links_last_five_minutes_and_sessions_twelve_hours_by_the_portal_clock() {
     let app = spawn_app().await;
-    let clock = &app.state.portal_clock;
+    let clock = &app.state.clock;
     let late = mint(&app, json!({})).await;
     let in_time = mint(&app, json!({})).await;
     clock.advance(Duration::seconds(299));

@@ -974,7 +974,7 @@ async fn an_upgraded_database_has_the_recipients_its_log_says_and_work_asks_the_
         .execute(&pool)
         .await
         .unwrap();
-    let org_row = keyledger_events::read_model::org_by_id(&pool, &loose)
+    let org_row = keyledger_events::read_model::org_by_id(&pool, loose.parse().unwrap())
         .await
         .unwrap()
         .unwrap();

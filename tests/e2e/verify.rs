@@ -58,7 +58,8 @@ async fn verify_answers_each_code_with_the_key_fields() {
         .create_key(json!({"name": "brief", "type": "secret", "expires_at": expires_at}))
         .await;
     assert_eq!(app.verify(json!({"key": expiring["key"]})).await["code"], "VALID");
-    tokio::time::sleep(std::time::Duration::from_millis(1_700)).await;
+    // Past its expiry by the app's clock: no waiting.
+    app.state.clock.advance(chrono::Duration::milliseconds(1_700));
     let expired = app.verify(json!({"key": expiring["key"]})).await;
     assert_eq!(expired["code"], "EXPIRED");
     assert!(expired["expires_at"].is_string());

@@ -10,6 +10,7 @@
 
 use actix_web::{http::header, web, HttpRequest};
 use futures_util::StreamExt;
+use keyledger_events::domain::OrgId;
 use serde_json::{Map, Value};
 
 use super::{PortalError, Session};
@@ -66,7 +67,7 @@ impl Form {
     /// runs for the caller's organization, with the form's other fields as
     /// its body. A form without a well-formed nonce (a page from before
     /// nonces, or not from the portal at all) is refused: nothing runs.
-    pub fn idempotent(&self, req: &HttpRequest, org_id: &str) -> Result<Idempotent, PortalError> {
+    pub fn idempotent(&self, req: &HttpRequest, org_id: OrgId) -> Result<Idempotent, PortalError> {
         let key = self
             .get(NONCE)
             .and_then(|nonce| IdempotencyKey::parse(nonce).ok())

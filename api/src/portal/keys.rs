@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use keyledger_events::domain::{key::UpdateKey, KeyStatus, KeyType};
+use keyledger_events::domain::{key::UpdateKey, KeyId, KeyStatus, KeyType};
 use keyledger_events::log::StoredEvent;
 use keyledger_events::read_model::{self, KeyFilter, KeyRow};
 use serde_json::Value;
@@ -17,6 +17,7 @@ use super::views::{
     LeakNotice, NewKeyPage, Period, RegeneratePage, Section, Shown, Stamp, Stat,
 };
 use super::{chart, form, html, page, see_other, PortalError, Session};
+use crate::clock;
 use crate::idempotency::{self, Recorded};
 use crate::manage::{self, Done, Granularity, NewKey};
 use crate::{error::ApiError, AppState};
@@ -114,21 +115,20 @@ async fn keys_page(
         .unwrap_or("");
     let cursor = query
         .and_then(|q| param(q, "cursor"))
-        .and_then(|c| manage::key_id(c).ok())
-        .map(|id| id.to_string());
+        .and_then(|c| manage::key_id(c).ok());
     let filter = KeyFilter {
         status: KeyStatus::parse(status),
-        key_type: (!key_type.is_empty()).then(|| key_type.to_owned()),
-        before_id: cursor.clone(),
+        key_type: KeyType::parse(key_type),
+        before_id: cursor,
         limit: PAGE_SIZE,
     };
-    let now = Utc::now();
-    let (rows, next) = manage::list_keys(state, &session.caller()?, filter, now).await?;
+    let now = clock::now();
+    let (rows, next) = manage::list_keys(state, &session.caller(), filter, now).await?;
     Ok(KeysPage {
         layout: Layout::new(session, Section::Keys),
         keys: rows.iter().map(|r| KeyView::new(r, now)).collect(),
         filtered: !status.is_empty() || !key_type.is_empty(),
-        next_page: next.map(|c| list_url(status, key_type, Some(&c))),
+        next_page: next.map(|c| list_url(status, key_type, Some(&c.to_string()))),
         first_page: cursor.map(|_| list_url(status, key_type, None)),
         return_to: list_url(status, key_type, None),
         status_filter: status.to_owned(),
@@ -145,7 +145,7 @@ pub async fn list(state: web::Data<AppState>, session: Session, query: Query) ->
 }
 
 fn today() -> String {
-    Utc::now().format("%Y-%m-%d").to_string()
+    clock::now().format("%Y-%m-%d").to_string()
 }
 
 pub async fn new_form(session: Session) -> Result<HttpResponse, PortalError> {
@@ -190,7 +190,7 @@ pub async fn create(
         expires_on: posted.text("expires_on"),
         allowed_ips: posted.text("allowed_ips"),
     };
-    let caller = session.caller()?;
+    let caller = session.caller();
     let idempotent = posted.idempotent(&req, caller.org_id())?;
     // A refused form changed nothing: sent again as corrected, it runs anew
     // under the same nonce. (Its nonce stays unless it was used with other
@@ -246,7 +246,7 @@ pub async fn create(
     let shown = Shown {
         title: "API key created".into(),
         key_name: row.name.clone(),
-        key_id: row.id.clone(),
+        key_id: row.id.to_string(),
         secret: secret.expose().to_owned(),
         grace_note: None,
     };
@@ -254,14 +254,14 @@ pub async fn create(
 }
 
 async fn own_key(state: &AppState, session: &Session, id: &str) -> Result<KeyRow, PortalError> {
-    Ok(manage::get_key(state, &session.caller()?, manage::key_id(id)?).await?)
+    Ok(manage::get_key(state, &session.caller(), manage::key_id(id)?).await?)
 }
 
 fn key_form(row: &KeyRow) -> KeyForm {
     KeyForm {
         name: row.name.clone(),
-        key_type: row.key_type.clone(),
-        scopes: row.scopes.clone(),
+        key_type: row.key_type.as_str().to_owned(),
+        scopes: views::scope_texts(&row.scopes),
         expires_on: row
             .expires_at
             .map(|at| at.format("%Y-%m-%d").to_string())
@@ -279,8 +279,8 @@ pub async fn edit_form(
     page(&EditKeyPage {
         layout: Layout::new(&session, Section::Keys),
         form: key_form(&row),
-        scopes: views::scope_options(&row.scopes),
-        key: KeyView::new(&row, Utc::now()),
+        scopes: views::scope_options(&views::scope_texts(&row.scopes)),
+        key: KeyView::new(&row, clock::now()),
         errors: Errors::default(),
         today: today(),
     })
@@ -297,7 +297,7 @@ pub async fn edit(
     let row = own_key(&state, &session, &id).await?;
     let typed = KeyForm {
         name: posted.text("name"),
-        key_type: row.key_type.clone(),
+        key_type: row.key_type.as_str().to_owned(),
         scopes: posted.all("scopes"),
         expires_on: posted.text("expires_on"),
         allowed_ips: posted.text("allowed_ips"),
@@ -318,7 +318,7 @@ pub async fn edit(
             allowed_ips: Some(typed.allowed_ips_list()),
         };
         let id = manage::key_id(&id)?;
-        match manage::update_key(&state, &session.caller()?, id, update).await {
+        match manage::update_key(&state, &session.caller(), id, update).await {
             Ok(_) => return Ok(see_other(&with_done(&format!("/portal/keys/{id}"), "saved"))),
             Err(ApiError::Validation(details)) => errors = Errors::from_details(&details, &KEY_FIELDS),
             Err(other) => return Err(other.into()),
@@ -328,7 +328,7 @@ pub async fn edit(
         layout: Layout::new(&session, Section::Keys),
         scopes: views::scope_options(&typed.scopes),
         form: typed,
-        key: KeyView::new(&row, Utc::now()),
+        key: KeyView::new(&row, clock::now()),
         errors,
         today: today(),
     };
@@ -346,7 +346,7 @@ pub async fn actions(
     page(&ActionsPage {
         layout: Layout::new(&session, Section::Keys),
         return_to: format!("/portal/keys/{}", row.id),
-        key: KeyView::new(&row, Utc::now()),
+        key: KeyView::new(&row, clock::now()),
     })
 }
 
@@ -354,7 +354,7 @@ fn regenerate_page(session: &Session, row: &KeyRow, error: &str) -> Result<Regen
     Ok(RegeneratePage {
         layout: Layout::new(session, Section::Keys),
         nonce: form::nonce()?,
-        key: KeyView::new(row, Utc::now()),
+        key: KeyView::new(row, clock::now()),
         error: error.to_owned(),
     })
 }
@@ -386,7 +386,7 @@ pub async fn regenerate(
         )?;
         return Ok(html(StatusCode::UNPROCESSABLE_ENTITY, &refused));
     };
-    let caller = session.caller()?;
+    let caller = session.caller();
     let idempotent = posted.idempotent(&req, caller.org_id())?;
     let regenerated =
         match manage::regenerate_key(&state, &caller, manage::key_id(&id)?, seconds, Some(&idempotent)).await {
@@ -425,7 +425,7 @@ pub async fn regenerate(
     let shown = Shown {
         title: format!("New secret for {}", row.name),
         key_name: row.name.clone(),
-        key_id: row.id.clone(),
+        key_id: row.id.to_string(),
         secret: regenerated.secret.expose().to_owned(),
         grace_note: Some(grace_note),
     };
@@ -462,7 +462,7 @@ async fn switch(
     on: bool,
 ) -> Result<HttpResponse, PortalError> {
     let posted = form::read(req, payload, state, session).await?;
-    let (caller, id) = (session.caller()?, manage::key_id(id)?);
+    let (caller, id) = (session.caller(), manage::key_id(id)?);
     let done = if on {
         manage::activate_key(state, &caller, id).await?;
         "activated"
@@ -476,7 +476,7 @@ async fn switch(
 fn delete_page(session: &Session, row: &KeyRow, typed: String, error: &str) -> DeletePage {
     DeletePage {
         layout: Layout::new(session, Section::Keys),
-        key: KeyView::new(row, Utc::now()),
+        key: KeyView::new(row, clock::now()),
         typed,
         error: error.to_owned(),
     }
@@ -511,7 +511,7 @@ pub async fn delete(
         );
         return Ok(html(StatusCode::UNPROCESSABLE_ENTITY, &refused));
     }
-    manage::delete_key(&state, &session.caller()?, manage::key_id(&id)?).await?;
+    manage::delete_key(&state, &session.caller(), manage::key_id(&id)?).await?;
     Ok(see_other("/portal/keys?done=deleted"))
 }
 
@@ -532,26 +532,24 @@ pub async fn detail(
     query: Query,
 ) -> Result<HttpResponse, PortalError> {
     let id = manage::key_id(&id)?;
-    let caller = session.caller()?;
+    let caller = session.caller();
     let chosen = param(&query, "period").unwrap_or("24h");
     let &(period, period_label, hours, granularity) = PERIODS
         .iter()
         .find(|(value, ..)| *value == chosen)
         .unwrap_or(&PERIODS[0]);
-    let now = Utc::now();
+    let now = clock::now();
     let from = now - Duration::hours(hours);
     let usage = manage::key_usage(&state, &caller, id, from, now, granularity).await?;
     let events = manage::recent_key_events(&state, &caller, id, AUDIT_ROWS).await?;
-    let mut acting_keys: Vec<String> = events
-        .iter()
-        .filter(|e| e.actor.starts_with("key_"))
-        .map(|e| e.actor.clone())
-        .collect();
+    // An admin key acts under its id (the events' actor).
+    let mut acting_keys: Vec<KeyId> = events.iter().filter_map(|e| e.actor.parse().ok()).collect();
     acting_keys.sort();
     acting_keys.dedup();
     let key_names: HashMap<String, String> = read_model::key_names(&state.pool, caller.org_id(), &acting_keys)
         .await?
         .into_iter()
+        .map(|(id, name)| (id.to_string(), name))
         .collect();
     let audit = events.iter().map(|e| audit_row(e, &key_names)).collect();
     let leak = match usage.key.leaked_at {
@@ -613,7 +611,7 @@ pub async fn detail(
 
 /// What the key's newest `key.leaked` event says, for the notice on its page.
 async fn leak_notice(state: &AppState, key: &KeyRow) -> Result<Option<LeakNotice>, PortalError> {
-    let stream = keyledger_events::domain::key::stream_id(manage::key_id(&key.id)?);
+    let stream = keyledger_events::domain::key::stream_id(key.id);
     let Some(event) = keyledger_events::log::newest_of_type(&state.pool, &stream, "key.leaked").await? else {
         return Ok(None);
     };

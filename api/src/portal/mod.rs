@@ -34,7 +34,7 @@ use askama::Template;
 
 use crate::error::ApiError;
 
-pub use session::{Clock, Session};
+pub use session::Session;
 
 /// The policy every portal answer carries: scripts, styles and images only
 /// from this origin (no inline script, no inline style), forms only to it,

@@ -99,14 +99,14 @@ fn settings_page(
     let value = |name: &str, saved: String| typed.map_or(saved, |f| f.text(name));
     SettingsPage {
         layout: Layout::new(session, Section::Settings),
-        plan: views::capitalised(&org.plan),
+        plan: views::capitalised(org.plan.as_str()),
         rate_limit: views::grouped(i64::from(org.rate_limit_per_minute)),
         recipients: recipients(org),
         recipients_text: value("alert_emails", org.alert_emails.join("\n")),
         rotation_days: value("rotation_days", org.rotation_days.to_string()),
         max_rotation_days: MAX_ROTATION_DAYS,
         thresholds: thresholds(|name| value(name, settings.get(name).unwrap_or_default().to_string())),
-        leak_action: value("leak_action", org.leak_action.clone()),
+        leak_action: value("leak_action", org.leak_action.as_str().to_owned()),
         errors,
         saved,
     }
@@ -117,7 +117,7 @@ pub async fn settings(
     session: Session,
     query: web::Query<Vec<(String, String)>>,
 ) -> Result<HttpResponse, PortalError> {
-    let org = manage::org(&state, &session.caller()?).await?;
+    let org = manage::org(&state, &session.caller()).await?;
     let saved = query.iter().any(|(name, _)| name == "saved");
     page(&settings_page(&session, &org, None, Errors::default(), saved))
 }
@@ -130,7 +130,7 @@ pub async fn save_settings(
     payload: web::Payload,
 ) -> Result<HttpResponse, PortalError> {
     let posted = form::read(&req, payload, &state, &session).await?;
-    let caller = session.caller()?;
+    let caller = session.caller();
     let mut errors = Errors::default();
     let whole = |name: &str, errors: &mut Errors| match posted.text(name).trim().parse::<i64>() {
         Ok(n) => Some(n),
@@ -207,7 +207,7 @@ pub async fn alerts(
         .iter()
         .find(|(name, _)| name == "before")
         .and_then(|(_, v)| v.parse::<uuid::Uuid>().ok());
-    let rows = read_model::alerts_of_org(&state.pool, &session.org_id, before, ALERTS_PAGE + 1).await?;
+    let rows = read_model::alerts_of_org(&state.pool, session.org_id, before, ALERTS_PAGE + 1).await?;
     let next_page = (rows.len() as i64 > ALERTS_PAGE)
         .then(|| format!("/portal/alerts?before={}", rows[ALERTS_PAGE as usize - 1].id));
     let alerts = rows.into_iter().take(ALERTS_PAGE as usize).map(alert_view).collect();
@@ -230,6 +230,7 @@ fn alert_view(alert: AlertRow) -> AlertView {
         kind: kind_label(&alert.kind),
         subject: alert.subject,
         key: alert.key_id.map(|id| {
+            let id = id.to_string();
             let name = alert.key_name.unwrap_or_else(|| id.clone());
             (id, name)
         }),

@@ -7,13 +7,10 @@
 //! is derived from its token (blake3 key derivation), so it is tied to the
 //! session, needs no storage, and does not reveal the session token.
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
-
 use actix_web::{http::header, web, FromRequest, HttpRequest};
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use futures_util::future::LocalBoxFuture;
-use keyledger_events::domain::org::EmailAddress;
+use keyledger_events::domain::{org::EmailAddress, OrgId};
 use sqlx::PgPool;
 
 use super::PortalError;
@@ -24,24 +21,6 @@ pub const COOKIE: &str = "keyledger_portal";
 /// How long a session lasts after sign-in.
 pub const SESSION_HOURS: i64 = 12;
 const CSRF_CONTEXT: &str = "keyledger portal 2026-11-28 csrf token";
-
-/// The portal's clock: the real time plus an offset that tests set, so link
-/// and session expiry are tested without waiting.
-#[derive(Debug, Clone, Default)]
-pub struct Clock {
-    offset_seconds: Arc<AtomicI64>,
-}
-
-impl Clock {
-    pub fn now(&self) -> DateTime<Utc> {
-        Utc::now() + Duration::seconds(self.offset_seconds.load(Ordering::Relaxed))
-    }
-
-    /// Moves this clock (and every copy of it) forward.
-    pub fn advance(&self, by: Duration) {
-        self.offset_seconds.fetch_add(by.num_seconds(), Ordering::Relaxed);
-    }
-}
 
 /// A fresh token: 256 bits from the OS CSPRNG, as 64 hex characters.
 pub(super) fn new_token() -> Result<String, ApiError> {
@@ -71,7 +50,7 @@ pub struct SignInLink {
 pub async fn mint_link(
     pool: &PgPool,
     public_url: &str,
-    org_id: &str,
+    org_id: OrgId,
     user: Option<&EmailAddress>,
     now: DateTime<Utc>,
     lifetime: std::time::Duration,
@@ -181,7 +160,7 @@ pub fn cookie_token(req: &HttpRequest) -> Option<String> {
 /// A signed-in user of one organization.
 #[derive(Debug, Clone)]
 pub struct Session {
-    pub org_id: String,
+    pub org_id: OrgId,
     pub org_name: String,
     pub user: Option<String>,
     pub expires_at: DateTime<Utc>,
@@ -196,13 +175,13 @@ impl Session {
         let Some(token) = cookie_token(req) else {
             return Ok(None);
         };
-        let found: Option<(String, String, Option<String>, DateTime<Utc>)> = sqlx::query_as(
+        let found: Option<(OrgId, String, Option<String>, DateTime<Utc>)> = sqlx::query_as(
             "select s.org_id, o.name, s.user_email, s.expires_at
              from portal_sessions s join orgs o on o.id = s.org_id
              where s.token_hash = $1 and s.expires_at > $2",
         )
         .bind(&token_hash(&token)[..])
-        .bind(state.portal_clock.now())
+        .bind(crate::clock::now())
         .fetch_optional(&state.pool)
         .await?;
         Ok(found.map(|(org_id, org_name, user, expires_at)| Session {
@@ -228,8 +207,8 @@ impl Session {
     }
 
     /// This session for the shared operations.
-    pub fn caller(&self) -> Result<Caller, ApiError> {
-        Caller::new(&self.org_id, self.actor())
+    pub fn caller(&self) -> Caller {
+        Caller::new(self.org_id, self.actor())
     }
 
     /// Whether `submitted` is this session's CSRF token (compared in constant time).

@@ -4,7 +4,6 @@
 
 use actix_web::{http::header, http::StatusCode, web, HttpRequest, HttpResponse};
 use keyledger_events::domain::org::EmailAddress;
-use keyledger_events::read_model;
 use serde_json::json;
 
 use super::{form, html, session, views, PortalError, Session};
@@ -30,13 +29,13 @@ pub async fn mint(
         &state.settings.public_url,
         caller.org_id(),
         user.as_ref(),
-        state.portal_clock.now(),
+        crate::clock::now(),
         state.settings.portal_link_lifetime,
     )
     .await?;
     Ok(HttpResponse::Created()
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(json!({"url": link.url, "expires_at": read_model::rfc3339(link.expires_at)})))
+        .json(json!({"url": link.url, "expires_at": keyledger_events::representation::rfc3339(link.expires_at)})))
 }
 
 /// `/portal`: the key list.
@@ -95,7 +94,7 @@ pub async fn follow_link(
 ) -> Result<HttpResponse, PortalError> {
     let previous = session::cookie_token(&req);
     let started = if token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()) {
-        session::start_session(&state.pool, &token, previous.as_deref(), state.portal_clock.now()).await?
+        session::start_session(&state.pool, &token, previous.as_deref(), crate::clock::now()).await?
     } else {
         None
     };

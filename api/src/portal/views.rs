@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use askama::Template;
 use chrono::{DateTime, Utc};
-use keyledger_events::domain::{Scope, ValidationDetails};
+use keyledger_events::domain::{KeyStatus, Scope, ValidationDetails};
 use keyledger_events::read_model::KeyRow;
 
 use super::Session;
@@ -117,25 +117,25 @@ pub struct KeyView {
 
 impl KeyView {
     pub fn new(row: &KeyRow, now: DateTime<Utc>) -> KeyView {
-        let status = row.status_at(now).to_owned();
+        let status = row.status_at(now);
         KeyView {
-            id: row.id.clone(),
+            id: row.id.to_string(),
             name: row.name.clone(),
-            key_type: row.key_type.clone(),
-            type_label: type_label(&row.key_type),
-            environment: row.environment.clone(),
-            scopes: row.scopes.clone(),
-            status_label: match status.as_str() {
-                "active" => "Active",
-                "inactive" => "Inactive",
-                _ => "Expired",
+            key_type: row.key_type.as_str().to_owned(),
+            type_label: type_label(row.key_type.as_str()),
+            environment: row.environment().as_str().to_owned(),
+            scopes: scope_texts(&row.scopes),
+            status_label: match status {
+                KeyStatus::Active => "Active",
+                KeyStatus::Inactive => "Inactive",
+                KeyStatus::Expired => "Expired",
             },
-            status,
+            status: status.as_str().to_owned(),
             created: Stamp::new(row.created_at),
             last_used: row.last_used_at.map(Stamp::new),
             expires: row.expires_at.map(Stamp::new),
             rotation_due: row.rotation_due_at.map(Stamp::new),
-            masked: format!("{}…{}", row.prefix, row.last_four),
+            masked: format!("{}…{}", row.prefix(), row.last_four),
             allowed_ips: row.allowed_ips.to_strings(),
             leaked: row.leaked_at.map(Stamp::new),
         }
@@ -148,6 +148,11 @@ impl KeyView {
     pub fn is_expired(&self) -> bool {
         self.status == "expired"
     }
+}
+
+/// Scopes as the forms name them.
+pub fn scope_texts(scopes: &[Scope]) -> Vec<String> {
+    scopes.iter().map(|s| s.as_str().to_owned()).collect()
 }
 
 pub fn type_label(key_type: &str) -> &'static str {
@@ -501,14 +506,12 @@ mod tests {
 
     fn key() -> KeyView {
         let row = KeyRow {
-            id: "key_1".into(),
-            org_id: "org_1".into(),
+            id: keyledger_events::domain::KeyId::new(),
+            org_id: keyledger_events::domain::OrgId::new(),
             name: HOSTILE.into(),
-            key_type: "secret".into(),
-            environment: "live".into(),
-            scopes: vec!["admin".into()],
-            status: "active".into(),
-            prefix: "sk_live_".into(),
+            key_type: keyledger_events::domain::KeyType::Secret,
+            scopes: vec![Scope::Admin],
+            status: KeyStatus::Active,
             last_four: "abcd".into(),
             created_at: Utc::now(),
             last_used_at: Some(Utc::now()),

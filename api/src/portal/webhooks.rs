@@ -6,11 +6,12 @@
 
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
 use askama::Template;
-use chrono::{NaiveDateTime, Utc};
+use chrono::NaiveDateTime;
 use keyledger_events::domain::webhook::{ALL_EVENTS, EVENT_TYPES};
 
 use super::views::{Errors, Layout, Section, Stamp};
 use super::{form, html, page, see_other, PortalError, Session};
+use crate::clock;
 use crate::error::ApiError;
 use crate::webhook_endpoints::{self as ops, endpoint_id, Delivery, Endpoint, EndpointChange, NewEndpoint};
 use crate::AppState;
@@ -194,7 +195,7 @@ async fn list_page(
     notice: Option<String>,
     shown: Option<ShownSecret>,
 ) -> Result<WebhooksPage, PortalError> {
-    let endpoints = ops::list(state, &session.caller()?).await?;
+    let endpoints = ops::list(state, &session.caller()).await?;
     Ok(WebhooksPage {
         layout: Layout::new(session, Section::Webhooks),
         endpoints: endpoints.iter().map(EndpointView::new).collect(),
@@ -242,7 +243,7 @@ pub async fn create(
         events: Some(typed.events.clone()),
         description: Some(typed.description.clone()),
     };
-    match ops::create(&state, &session.caller()?, new).await {
+    match ops::create(&state, &session.caller(), new).await {
         // The secret goes into this answer and nowhere else (no redirect, no
         // URL, no log line; Cache-Control: no-store).
         Ok((endpoint, secret)) => {
@@ -268,12 +269,12 @@ pub async fn create(
 }
 
 async fn own(state: &AppState, session: &Session, id: &str) -> Result<Endpoint, PortalError> {
-    Ok(ops::get(state, &session.caller()?, endpoint_id(id)?).await?)
+    Ok(ops::get(state, &session.caller(), endpoint_id(id)?).await?)
 }
 
 /// The replay field's default: an hour ago, as `datetime-local` (UTC).
 fn an_hour_ago() -> String {
-    (Utc::now() - chrono::Duration::hours(1))
+    (clock::now() - chrono::Duration::hours(1))
         .format("%Y-%m-%dT%H:%M")
         .to_string()
 }
@@ -287,7 +288,7 @@ async fn endpoint_page(
     errors: Errors,
 ) -> Result<EndpointPage, PortalError> {
     let id = endpoint_id(&endpoint.id)?;
-    let (deliveries, _) = ops::deliveries(state, &session.caller()?, id, LOG_SIZE, None).await?;
+    let (deliveries, _) = ops::deliveries(state, &session.caller(), id, LOG_SIZE, None).await?;
     Ok(EndpointPage {
         layout: Layout::new(session, Section::Webhooks),
         endpoint: EndpointView::new(endpoint),
@@ -354,7 +355,7 @@ pub async fn edit(
         description: Some(typed.description.clone()),
         disabled: None,
     };
-    match ops::update(&state, &session.caller()?, endpoint_id(&id)?, change).await {
+    match ops::update(&state, &session.caller(), endpoint_id(&id)?, change).await {
         Ok(_) => Ok(see_other(&format!("/portal/webhooks/{}?done=saved", endpoint.id))),
         Err(ApiError::Validation(details)) => {
             let refused = EndpointFormPage {
@@ -389,7 +390,7 @@ pub async fn toggle(
         disabled: Some(disabled),
         ..EndpointChange::default()
     };
-    let endpoint = ops::update(&state, &session.caller()?, endpoint_id(&id)?, change).await?;
+    let endpoint = ops::update(&state, &session.caller(), endpoint_id(&id)?, change).await?;
     let done = if disabled { "disabled" } else { "enabled" };
     Ok(see_other(&format!("/portal/webhooks/{}?done={done}", endpoint.id)))
 }
@@ -414,7 +415,7 @@ pub async fn delete(
     payload: web::Payload,
 ) -> Result<HttpResponse, PortalError> {
     form::read(&req, payload, &state, &session).await?;
-    ops::delete(&state, &session.caller()?, endpoint_id(&id)?).await?;
+    ops::delete(&state, &session.caller(), endpoint_id(&id)?).await?;
     Ok(see_other("/portal/webhooks?done=deleted"))
 }
 
@@ -434,7 +435,7 @@ pub async fn replay(
         .map_err(|_| errors.add("since", "must be a date and time such as 2026-11-26T10:00 (UTC)"))
         .ok();
     let outcome = match since {
-        Some(since) => ops::replay(&state, &session.caller()?, endpoint_id(&id)?, since).await,
+        Some(since) => ops::replay(&state, &session.caller(), endpoint_id(&id)?, since).await,
         None => Err(ApiError::Validation(Default::default())),
     };
     match outcome {

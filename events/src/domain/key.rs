@@ -57,6 +57,17 @@ impl KeyStatus {
             .into_iter()
             .find(|s| s.as_str() == text)
     }
+
+    /// The status at `now` of a key recorded as `self` that expires at
+    /// `expires_at`: past its expiry a key is expired at once, even before
+    /// the expiry job records it. The one place this rule is written (the
+    /// aggregate and the read model both ask it).
+    pub fn at(self, expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> KeyStatus {
+        match expires_at {
+            Some(at) if at <= now => KeyStatus::Expired,
+            _ => self,
+        }
+    }
 }
 
 /// A regenerated-away secret that keeps working until `valid_until`.
@@ -92,10 +103,7 @@ impl ApiKey {
     /// The status at `now`: a key past its expiry is expired even before the
     /// expiry job has recorded it.
     pub fn status_at(&self, now: DateTime<Utc>) -> KeyStatus {
-        match self.expires_at {
-            Some(at) if at <= now => KeyStatus::Expired,
-            _ => self.status,
-        }
+        self.status.at(self.expires_at, now)
     }
 }
 

@@ -67,7 +67,7 @@ impl NewAlert {
         NewAlert {
             kind,
             period,
-            org_id: org.id.clone(),
+            org_id: org.id.to_string(),
             key_id: key_id.map(str::to_owned),
             recipients: org
                 .confirmed_alert_emails()

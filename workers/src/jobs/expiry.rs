@@ -4,7 +4,7 @@
 //! days before one of its keys expires.
 
 use chrono::{DateTime, Duration, Utc};
-use keyledger_events::domain::{key, ApiKey, DomainError, KeyCommand, KeyId};
+use keyledger_events::domain::{key, ApiKey, DomainError, KeyCommand, KeyId, OrgId};
 use keyledger_events::handler::{self, HandlerError};
 use sqlx::PgPool;
 
@@ -25,9 +25,9 @@ pub async fn run_once(pool: &PgPool, now: DateTime<Utc>) -> Result<Report, JobEr
 
 async fn expire_due(pool: &PgPool, now: DateTime<Utc>) -> Result<Report, JobError> {
     let mut report = Report::default();
-    let mut after: Option<(DateTime<Utc>, String)> = None;
+    let mut after: Option<(DateTime<Utc>, KeyId)> = None;
     loop {
-        let page: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        let page: Vec<(KeyId, DateTime<Utc>)> = sqlx::query_as(
             "select id, expires_at from keys where deleted_at is null and status <> 'expired' and expires_at <= $1
                and ($3::timestamptz is null or (expires_at, id) > ($3, $4))
              order by expires_at, id limit $2",
@@ -35,20 +35,19 @@ async fn expire_due(pool: &PgPool, now: DateTime<Utc>) -> Result<Report, JobErro
         .bind(now)
         .bind(PAGE)
         .bind(after.as_ref().map(|(at, _)| *at))
-        .bind(after.as_ref().map(|(_, id)| id.clone()))
+        .bind(after.as_ref().map(|(_, id)| *id))
         .fetch_all(pool)
         .await?;
         let Some((id, at)) = page.last() else { break };
-        after = Some((*at, id.clone()));
+        after = Some((*at, *id));
         report += expire(pool, page.into_iter().map(|(id, _)| id), now).await?;
     }
     Ok(report)
 }
 
-async fn expire(pool: &PgPool, ids: impl Iterator<Item = String>, now: DateTime<Utc>) -> Result<Report, JobError> {
+async fn expire(pool: &PgPool, ids: impl Iterator<Item = KeyId>, now: DateTime<Utc>) -> Result<Report, JobError> {
     let mut report = Report::default();
-    for id in ids {
-        let Ok(key_id) = id.parse::<KeyId>() else { continue };
+    for key_id in ids {
         let meta = job_meta(Job::Expiry, now);
         match handler::execute::<ApiKey>(pool, &key::stream_id(key_id), KeyCommand::Expire, &meta, |_| Ok(())).await {
             Ok(outcome) => report.events += outcome.events.len(),
@@ -66,7 +65,7 @@ async fn expire(pool: &PgPool, ids: impl Iterator<Item = String>, now: DateTime<
 struct Expiring {
     #[sqlx(flatten)]
     label: KeyLabel,
-    org_id: String,
+    org_id: OrgId,
     expires_at: DateTime<Utc>,
 }
 
@@ -98,7 +97,7 @@ async fn warn_expiring(pool: &PgPool, now: DateTime<Utc>) -> Result<Report, JobE
 }
 
 async fn warn(pool: &PgPool, orgs: &mut Orgs, key: &Expiring, now: DateTime<Utc>) -> Result<Report, JobError> {
-    let Some(org) = orgs.get(pool, &key.org_id).await? else {
+    let Some(org) = orgs.get(pool, key.org_id).await? else {
         return Ok(Report::default());
     };
     // One warning per key and expiry date: moving the expiry warns again.

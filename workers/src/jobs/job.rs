@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use keyledger_events::domain::OrgId;
 use keyledger_events::handler::HandlerError;
 use keyledger_events::log::EventMeta;
 use keyledger_events::read_model::{self, OrgRow};
@@ -113,14 +114,13 @@ pub(crate) fn job_meta(job: Job, now: DateTime<Utc>) -> EventMeta {
 
 /// Organizations looked up once per run.
 #[derive(Default)]
-pub(crate) struct Orgs(HashMap<String, Option<OrgRow>>);
+pub(crate) struct Orgs(HashMap<OrgId, Option<OrgRow>>);
 
 impl Orgs {
-    pub(crate) async fn get(&mut self, pool: &PgPool, org_id: &str) -> Result<Option<&OrgRow>, sqlx::Error> {
-        if !self.0.contains_key(org_id) {
-            let org = read_model::org_by_id(pool, org_id).await?;
-            self.0.insert(org_id.to_owned(), org);
+    pub(crate) async fn get(&mut self, pool: &PgPool, org_id: OrgId) -> Result<Option<&OrgRow>, sqlx::Error> {
+        if let std::collections::hash_map::Entry::Vacant(entry) = self.0.entry(org_id) {
+            entry.insert(read_model::org_by_id(pool, org_id).await?);
         }
-        Ok(self.0[org_id].as_ref())
+        Ok(self.0[&org_id].as_ref())
     }
 }

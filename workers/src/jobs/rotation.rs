@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use keyledger_events::domain::key::{self, RotationReminder, ROTATION_NOTICE_DAYS};
-use keyledger_events::domain::{ApiKey, DomainError, KeyCommand, KeyId};
+use keyledger_events::domain::{ApiKey, DomainError, KeyCommand, KeyId, OrgId};
 use keyledger_events::handler::{self, HandlerError};
 use keyledger_events::read_model::OrgRow;
 use sqlx::PgPool;
@@ -23,7 +23,7 @@ const PAGE: i64 = 1_000;
 struct Due {
     #[sqlx(flatten)]
     label: KeyLabel,
-    org_id: String,
+    org_id: OrgId,
     rotation_due_at: DateTime<Utc>,
 }
 
@@ -76,7 +76,7 @@ async fn remind(pool: &PgPool, orgs: &mut Orgs, key: Due, now: DateTime<Utc>) ->
     ) else {
         return Ok(Report::default());
     };
-    let Some(org) = orgs.get(pool, &key.org_id).await? else {
+    let Some(org) = orgs.get(pool, key.org_id).await? else {
         return Ok(Report::default());
     };
     let period = format!("{}:{}", key.rotation_due_at.to_rfc3339(), reminder.period());

@@ -18,6 +18,7 @@ use sqlx::PgPool;
 use super::job::{JobError, Orgs, Report};
 use crate::alerts::email::{compose, count, percent, Block, Email, KeyLabel};
 use crate::alerts::{self, hour_period, week_period, AlertKind, NewAlert};
+use keyledger_events::domain::OrgId;
 use keyledger_events::read_model::OrgRow;
 
 /// How many past minutes each run looks at for a busy minute (runs are a
@@ -64,7 +65,7 @@ fn usage_link(label: &KeyLabel) -> String {
 struct BusyMinute {
     #[sqlx(flatten)]
     label: KeyLabel,
-    org_id: String,
+    org_id: OrgId,
     bucket: DateTime<Utc>,
     requests: i64,
     rate_limited: i64,
@@ -84,7 +85,7 @@ async fn approaching_limit(pool: &PgPool, orgs: &mut Orgs, now: DateTime<Utc>) -
     .await?;
     let mut report = Report::default();
     for minute in minutes {
-        let Some(org) = orgs.get(pool, &minute.org_id).await? else {
+        let Some(org) = orgs.get(pool, minute.org_id).await? else {
             continue;
         };
         let limit = i64::from(org.rate_limit_per_minute);
@@ -154,7 +155,7 @@ fn approaching_email(minute: &BusyMinute, limit: i64, threshold: i64) -> Email {
 struct Window {
     #[sqlx(flatten)]
     label: KeyLabel,
-    org_id: String,
+    org_id: OrgId,
     requests: i64,
     failed: i64,
     rate_limited: i64,
@@ -176,7 +177,7 @@ async fn error_rate(pool: &PgPool, orgs: &mut Orgs, now: DateTime<Utc>) -> Resul
     .await?;
     let mut report = Report::default();
     for window in windows {
-        let Some(org) = orgs.get(pool, &window.org_id).await? else {
+        let Some(org) = orgs.get(pool, window.org_id).await? else {
             continue;
         };
         let settings = org.alert_settings();
@@ -239,7 +240,7 @@ fn error_rate_email(window: &Window, threshold: i64, minutes: u32) -> Email {
 struct Activity {
     #[sqlx(flatten)]
     label: KeyLabel,
-    org_id: String,
+    org_id: OrgId,
     created_at: DateTime<Utc>,
     recent: i64,
     baseline: i64,
@@ -274,7 +275,7 @@ async fn unusual_activity(pool: &PgPool, orgs: &mut Orgs, now: DateTime<Utc>) ->
     .await?;
     let mut report = Report::default();
     for key in activity {
-        let Some(org) = orgs.get(pool, &key.org_id).await? else {
+        let Some(org) = orgs.get(pool, key.org_id).await? else {
             continue;
         };
         let settings = org.alert_settings();
@@ -345,7 +346,7 @@ fn unusual_email(key: &Activity, hours: i64, factor: i64, min_requests: u32) -> 
 struct Unused {
     #[sqlx(flatten)]
     label: KeyLabel,
-    org_id: String,
+    org_id: OrgId,
     created_at: DateTime<Utc>,
     last_used_at: Option<DateTime<Utc>>,
 }
@@ -364,14 +365,14 @@ pub async fn unused_keys(pool: &PgPool, now: DateTime<Utc>) -> Result<Report, Jo
     .bind(now)
     .fetch_all(pool)
     .await?;
-    let mut by_org: BTreeMap<String, Vec<Unused>> = BTreeMap::new();
+    let mut by_org: BTreeMap<OrgId, Vec<Unused>> = BTreeMap::new();
     for key in unused {
-        by_org.entry(key.org_id.clone()).or_default().push(key);
+        by_org.entry(key.org_id).or_default().push(key);
     }
     let mut orgs = Orgs::default();
     let mut report = Report::default();
     for (org_id, keys) in by_org {
-        let Some(org) = orgs.get(pool, &org_id).await? else {
+        let Some(org) = orgs.get(pool, org_id).await? else {
             continue;
         };
         let email = unused_email(&keys, org.alert_settings().unused_days, now);

@@ -32,10 +32,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use keyledger_events::domain::webhook::{WebhookSecret, WebhookUrl, EVENT_TYPES};
-use keyledger_events::domain::{key::KeyEvent, Aggregate, ApiKey, HashKey};
+use keyledger_events::domain::{key::KeyEvent, Aggregate, ApiKey, HashKey, OrgId};
 use keyledger_events::handler::USAGE_EVENT;
 use keyledger_events::log::{self, StoredEvent};
 use keyledger_events::read_model::{self, KeyRow, ALERT_RAISED};
+use keyledger_events::representation;
 use keyledger_events::webhook_outbox;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -105,7 +106,7 @@ pub struct Webhooks {
 struct Claimed {
     id: String,
     endpoint_id: String,
-    org_id: String,
+    org_id: OrgId,
     event_id: uuid::Uuid,
     attempts: i32,
     first_attempt_at: DateTime<Utc>,
@@ -368,7 +369,7 @@ impl Webhooks {
             return Ok(false);
         }
         tracing::warn!(endpoint = %delivery.endpoint_id, %failing_since, "webhook endpoint disabled after 5 days of failures");
-        let Some(org) = read_model::org_by_id(&mut *tx, &delivery.org_id).await? else {
+        let Some(org) = read_model::org_by_id(&mut *tx, delivery.org_id).await? else {
             return Ok(true);
         };
         let mut blocks = vec![
@@ -377,7 +378,7 @@ impl Webhooks {
                  failed since {}.",
                 delivery.url,
                 delivery.endpoint_id,
-                read_model::rfc3339(failing_since)
+                representation::rfc3339(failing_since)
             )),
             Block::Paragraph(format!("The last attempt: {error}.")),
         ];
@@ -486,7 +487,7 @@ pub async fn payload(pool: &PgPool, event_id: uuid::Uuid) -> Result<Option<Vec<u
     };
     let body = json!({
         "type": event.event_type,
-        "timestamp": read_model::rfc3339(event.occurred_at),
+        "timestamp": representation::rfc3339(event.occurred_at),
         "data": data,
     });
     Ok(Some(serde_json::to_vec(&body).expect("JSON serializes")))
@@ -508,8 +509,8 @@ async fn key_as_of(pool: &PgPool, key_id: &str, event: &StoredEvent) -> Result<V
         return Ok(json!({"id": key_id, "object": "api_key"}));
     };
     let mut row = KeyRow::from_aggregate(&key, event.version);
-    row.last_used_at = read_model::last_used_at(pool, key_id).await?;
-    let mut object = row.to_json(event.occurred_at);
+    row.last_used_at = read_model::last_used_at(pool, key.id).await?;
+    let mut object = representation::key_object(&row, event.occurred_at);
     if key.deleted {
         object["status"] = json!("deleted");
     }
