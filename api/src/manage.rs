@@ -127,6 +127,36 @@ async fn run(
     status: u16,
     idempotent: Option<&Idempotent>,
 ) -> Result<Done<Ran>, ApiError> {
+    // A creation near the organization's quota runs again, counted alone.
+    match attempt(
+        state,
+        caller,
+        id,
+        command.clone(),
+        status,
+        idempotent,
+        QuotaLock::Shared,
+    )
+    .await?
+    {
+        Some(done) => Ok(done),
+        None => attempt(state, caller, id, command, status, idempotent, QuotaLock::Exclusive)
+            .await?
+            .ok_or_else(|| ApiError::internal(std::io::Error::other("an exclusive quota count is never crowded"))),
+    }
+}
+
+/// One transaction of [`run`]; `None` when a creation found itself too near
+/// the quota to count alongside others (nothing was stored).
+async fn attempt(
+    state: &AppState,
+    caller: &Caller,
+    id: KeyId,
+    command: KeyCommand,
+    status: u16,
+    idempotent: Option<&Idempotent>,
+    quota: QuotaLock,
+) -> Result<Option<Done<Ran>>, ApiError> {
     let meta = caller.meta();
     // Waiting for a connection ends at once when the database is found down;
     // once the transaction has begun, the command runs to its end.
@@ -134,7 +164,7 @@ async fn run(
     if let Some(request) = idempotent {
         match idempotency::claim(&mut tx, request, meta.occurred_at).await? {
             Claim::Fresh => {}
-            Claim::Replay(recorded) => return Ok(Done::Replayed(recorded)),
+            Claim::Replay(recorded) => return Ok(Some(Done::Replayed(recorded))),
             Claim::Mismatch => return Err(idempotency::mismatch()),
         }
     }
@@ -145,9 +175,10 @@ async fn run(
         true => {
             let decided = handler::decide_new::<ApiKey>(&stream, command, &meta)?;
             let outcome = decided.append(&mut tx).await?;
-            // Last before the commit: the lock it takes serializes the
-            // organization's creations only for the count and the commit.
-            hold_key_quota(&mut tx, caller.org_id(), state.settings.max_keys_per_org).await?;
+            // Last before the commit: the count sees this transaction's key.
+            if !hold_key_quota(&mut tx, caller.org_id(), state.settings.max_keys_per_org, quota).await? {
+                return Ok(None);
+            }
             outcome
         }
         // Usage records appended meanwhile make it decide again; another
@@ -171,10 +202,10 @@ async fn run(
     }
     tx.commit().await?;
     state.cache.evict_stream(&stream);
-    Ok(Done::Ran(Ran {
+    Ok(Some(Done::Ran(Ran {
         row,
         events: outcome.events,
-    }))
+    })))
 }
 
 /// Advisory-lock namespace of the per-organization key quota (the two-key
@@ -182,30 +213,61 @@ async fn run(
 /// hashtext(org_id))`.
 pub const KEY_QUOTA_LOCK: i32 = 0x6b6c_7100;
 
+/// How a creation holds its organization's quota lock while it counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QuotaLock {
+    /// Far below the quota: alongside other creations, which then commit
+    /// together instead of one after the other.
+    Shared,
+    /// Near the quota: alone, so the count is exact.
+    Exclusive,
+}
+
 /// Refuses a new key — already in this transaction's read model — when
 /// that makes more than `max` keys of the organization that are not
-/// deleted. Creations in one organization take a transaction lock before
-/// counting, so concurrent ones are counted one after the other (each sees
-/// the keys committed before it, and its own) and the quota is never
-/// passed, across any number of API processes; the lock ends with the
-/// transaction, right after the count.
-async fn hold_key_quota(tx: &mut sqlx::PgConnection, org_id: OrgId, max: u64) -> Result<(), ApiError> {
-    sqlx::query("select pg_advisory_xact_lock($1, hashtext($2))")
+/// deleted; the quota is never passed, across any number of API processes.
+/// Every creation counts while it holds the organization's quota lock (to
+/// the end of its transaction), so whichever counted last saw every key
+/// committed before, and the only keys it cannot see are those of creations
+/// holding the lock with it. Alone ([`QuotaLock::Exclusive`]) there are none:
+/// the count is exact. Shared, there are fewer than PostgreSQL's
+/// `max_connections` (each holds a connection), so a creation that counts
+/// `n` keys with `n + max_connections <= max` cannot pass the quota whatever
+/// the others do. A shared creation nearer than that answers `false`: it
+/// stored nothing and runs again exclusively.
+async fn hold_key_quota(
+    tx: &mut sqlx::PgConnection,
+    org_id: OrgId,
+    max: u64,
+    lock: QuotaLock,
+) -> Result<bool, ApiError> {
+    let take = match lock {
+        QuotaLock::Shared => "select pg_advisory_xact_lock_shared($1, hashtext($2))",
+        QuotaLock::Exclusive => "select pg_advisory_xact_lock($1, hashtext($2))",
+    };
+    sqlx::query(take)
         .bind(KEY_QUOTA_LOCK)
         .bind(org_id)
         .execute(&mut *tx)
         .await?;
-    let keys: i64 = sqlx::query_scalar("select count(*) from keys where org_id = $1 and deleted_at is null")
-        .bind(org_id)
-        .fetch_one(&mut *tx)
-        .await?;
-    if keys as u64 > max {
+    let (keys, connections): (i64, i64) = sqlx::query_as(
+        "select count(*), current_setting('max_connections')::bigint from keys
+         where org_id = $1 and deleted_at is null",
+    )
+    .bind(org_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let (keys, connections) = (keys.max(0) as u64, connections.max(0) as u64);
+    if lock == QuotaLock::Shared && keys + connections > max {
+        return Ok(false);
+    }
+    if keys > max {
         return Err(ApiError::QuotaExceeded(format!(
             "This organization is at its quota of {max} keys (quota: keys per organization, \
              KEYLEDGER_MAX_KEYS_PER_ORG). Delete keys it no longer uses, or ask the operator to raise the quota."
         )));
     }
-    Ok(())
+    Ok(true)
 }
 
 /// [`run`] for a command without an `Idempotency-Key`: the key it left.

@@ -715,6 +715,55 @@ async fn user_text_in_an_email_subject_is_shown_literally_by_mail_programs() {
     }
 }
 
+/// Far below the quota, creations share the organization's quota lock (and
+/// so commit together); only near it does one count alone.
+#[actix_web::test]
+async fn creations_far_below_the_quota_share_its_lock_and_only_an_exclusive_holder_stops_them() {
+    let app = spawn_app().await;
+    let lock = |how: &'static str| {
+        let (pool, org_id) = (app.pool.clone(), app.org_id.clone());
+        async move {
+            let mut holder = pool.begin().await.unwrap();
+            sqlx::query(&format!("select {how}($1, hashtext($2))"))
+                .bind(keyledger_api::keys::KEY_QUOTA_LOCK)
+                .bind(org_id)
+                .execute(&mut *holder)
+                .await
+                .unwrap();
+            holder
+        }
+    };
+    // Another creation in flight holds the lock shared: this one goes ahead.
+    let shared = lock("pg_advisory_xact_lock_shared").await;
+    let created = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.post("/v1/keys", json!({"name": "alongside", "type": "secret"})),
+    )
+    .await
+    .expect("a creation far below the quota does not wait for another one");
+    created.expect(201);
+    shared.rollback().await.unwrap();
+    // Held exclusively (a creation near the quota counting alone): it waits.
+    let exclusive = lock("pg_advisory_xact_lock").await;
+    let waiting = actix_web::rt::spawn({
+        let (address, admin) = (app.address.clone(), app.admin_key.clone());
+        async move {
+            call(
+                &address,
+                Method::POST,
+                "/v1/keys",
+                Some(&admin),
+                Some(json!({"name": "after", "type": "secret"})),
+                &[],
+            )
+            .await
+        }
+    });
+    wait_for_waiters(&app.pool, "advisory", 1).await;
+    exclusive.rollback().await.unwrap();
+    waiting.await.unwrap().expect(201);
+}
+
 #[actix_web::test]
 async fn an_organization_at_its_key_quota_gets_403_and_concurrent_creates_never_pass_it() {
     let (url, dir) = (fresh_database_url(), temp_dir());

@@ -37,12 +37,16 @@ pub async fn append(
         stream_id: stream_id.to_owned(),
         expected: expected_version,
     };
-    let current: i64 = sqlx::query_scalar("select coalesce(max(version), 0) from events where stream_id = $1")
-        .bind(stream_id)
-        .fetch_one(&mut *tx)
-        .await?;
-    if current != expected_version {
-        return Err(conflict());
+    // A new stream needs no look: its first event is version 1, which the
+    // unique (stream, version) index refuses if the stream has any event.
+    if expected_version > 0 {
+        let current: i64 = sqlx::query_scalar("select coalesce(max(version), 0) from events where stream_id = $1")
+            .bind(stream_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if current != expected_version {
+            return Err(conflict());
+        }
     }
     let mut stored = Vec::with_capacity(events.len());
     for (version, event) in (expected_version + 1..).zip(events) {
