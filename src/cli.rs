@@ -19,12 +19,12 @@ use keyledger_events::handler::{self, HandlerError};
 use keyledger_events::log::{self, EventMeta};
 use keyledger_events::read_model::{self, KeyRow};
 use keyledger_events::representation;
+use keyledger_events::shutdown::ShutdownSignal;
 use keyledger_workers::jobs::scheduler;
 use keyledger_workers::tailing::{lag::LagMonitor, replay};
 use keyledger_workers::{metrics::WorkerMetrics, KafkaProjector, Projector, Relay};
 use serde_json::json;
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 use crate::db;
 use crate::settings::{DataDir, Database, LinkBase, Links, Settings};
@@ -414,7 +414,8 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(7);
 /// (`KEYLEDGER_WORK_LISTEN`, else `--listen`); `dev` serves them, the
 /// workers' projection lag included, on the API's.
 async fn serve(settings: &Settings, mut state: AppState, with_api: bool, with_workers: bool) -> anyhow::Result<()> {
-    let (stop, stopped) = watch::channel(false);
+    let stop = ShutdownSignal::new();
+    let stopped = stop.subscribe();
     let mut tasks = tokio::task::JoinSet::new();
     let mut metrics: Vec<keyledger_api::ops::MetricsSource> = Vec::new();
     if with_workers {
@@ -543,7 +544,7 @@ async fn serve(settings: &Settings, mut state: AppState, with_api: bool, with_wo
     for server in servers {
         server.stop(true).await;
     }
-    let _ = stop.send(true);
+    stop.fire();
     let deadline = tokio::time::sleep(SHUTDOWN_GRACE);
     tokio::pin!(deadline);
     loop {

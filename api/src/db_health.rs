@@ -16,6 +16,8 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::error::ApiError;
+use keyledger_events::run_loop::{run_loop, NoWake, Progress, Schedule, Task, Wake};
+use keyledger_events::shutdown::Shutdown;
 use tokio::sync::{watch, Notify};
 
 /// When the current outage began, if one is going on.
@@ -169,43 +171,76 @@ impl DatabaseHealth {
     /// Checks the database every [`PROBE_INTERVAL`] on a connection of its
     /// own (not the pool's, which may be busy: a full pool is not an
     /// outage) until `shutdown`.
-    pub async fn run_probe(&self, pool: PgPool, mut shutdown: watch::Receiver<bool>) {
-        let options = pool.connect_options().as_ref().clone();
-        let mut conn: Option<PgConnection> = None;
-        let mut timeouts = 0u32;
-        while !*shutdown.borrow() {
-            match tokio::time::timeout(PROBE_TIMEOUT, probe(&mut conn, &options)).await {
-                Ok(Ok(())) => {
-                    timeouts = 0;
-                    self.mark_up();
-                }
-                Ok(Err(e)) if is_unavailable(&e) => {
-                    conn = None;
-                    timeouts = 0;
-                    self.mark_down();
-                }
-                Ok(Err(e)) => {
-                    conn = None;
-                    tracing::warn!(error = %e, "database probe failed");
-                }
-                // No answer at all: a frozen server, or a very busy machine.
-                // Twice in a row counts as an outage.
-                Err(_) => {
-                    conn = None;
-                    timeouts += 1;
-                    if timeouts >= 2 {
-                        self.mark_down();
-                    }
-                }
-            }
-            tokio::select! {
-                changed = shutdown.changed() => if changed.is_err() { break },
-                _ = tokio::time::sleep(PROBE_INTERVAL) => {}
-            }
-        }
-        if let Some(conn) = conn {
+    pub async fn run_probe(&self, pool: PgPool, shutdown: Shutdown) {
+        let mut probing = Probing {
+            health: self,
+            options: pool.connect_options().as_ref().clone(),
+            conn: None,
+            timeouts: 0,
+        };
+        run_loop(&shutdown, Schedule::every(PROBE_INTERVAL), NoWake, &mut probing).await;
+        if let Some(conn) = probing.conn {
             let _ = conn.close().await;
         }
+    }
+
+    /// What ends a wait early: the database coming back (see
+    /// [`DatabaseHealth::recovered`]).
+    pub fn recoveries(&self) -> Recoveries<'_> {
+        Recoveries(self)
+    }
+}
+
+/// [`DatabaseHealth::recoveries`].
+pub struct Recoveries<'a>(&'a DatabaseHealth);
+
+impl Wake for Recoveries<'_> {
+    fn woken(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        self.0.recovered()
+    }
+}
+
+/// The probe's state between two steps of [`DatabaseHealth::run_probe`].
+struct Probing<'a> {
+    health: &'a DatabaseHealth,
+    options: PgConnectOptions,
+    conn: Option<PgConnection>,
+    timeouts: u32,
+}
+
+impl Task for Probing<'_> {
+    type Error = std::convert::Infallible;
+
+    async fn step(&mut self) -> Result<Progress, Self::Error> {
+        match tokio::time::timeout(PROBE_TIMEOUT, probe(&mut self.conn, &self.options)).await {
+            Ok(Ok(())) => {
+                self.timeouts = 0;
+                self.health.mark_up();
+            }
+            Ok(Err(e)) if is_unavailable(&e) => {
+                self.conn = None;
+                self.timeouts = 0;
+                self.health.mark_down();
+            }
+            Ok(Err(e)) => {
+                self.conn = None;
+                tracing::warn!(error = %e, "database probe failed");
+            }
+            // No answer at all: a frozen server, or a very busy machine.
+            // Twice in a row counts as an outage.
+            Err(_) => {
+                self.conn = None;
+                self.timeouts += 1;
+                if self.timeouts >= 2 {
+                    self.health.mark_down();
+                }
+            }
+        }
+        Ok(Progress::Idle)
+    }
+
+    fn failed(&mut self, error: Self::Error, _: u32) {
+        match error {}
     }
 }
 

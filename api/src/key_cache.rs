@@ -36,6 +36,7 @@ use chrono::{DateTime, Utc};
 use keyledger_events::domain::{KeyHash, KeyId, OrgId};
 use keyledger_events::log::NOTIFY_CHANNEL;
 use keyledger_events::read_model::{self, KeyRow};
+use keyledger_events::shutdown::Shutdown;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -371,8 +372,8 @@ impl KeyCache {
     /// connection drops. Notifications may have been missed while it was
     /// down, so every entry is read again before it is trusted — but kept
     /// meanwhile, for answers during a database outage.
-    pub async fn listen(self: Arc<Self>, pool: PgPool, mut shutdown: watch::Receiver<bool>) {
-        while !*shutdown.borrow() {
+    pub async fn listen(self: Arc<Self>, pool: PgPool, shutdown: Shutdown) {
+        while !shutdown.is_shutdown() {
             let mut listener = match PgListener::connect_with(&pool).await {
                 Ok(mut listener) => match listener.listen(NOTIFY_CHANNEL).await {
                     Ok(()) => listener,
@@ -392,7 +393,7 @@ impl KeyCache {
             self.unconfirm_all();
             loop {
                 tokio::select! {
-                    changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return },
+                    _ = shutdown.recv() => return,
                     received = listener.try_recv() => match received {
                         Ok(Some(notification)) => {
                             let (stream, types) = notification.payload().split_once(' ').unwrap_or((notification.payload(), ""));

@@ -38,8 +38,9 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
 use keyledger_events::domain::{confirmation::CONFIRM_PATH, Environment, HashKey, IpRange, KeyId};
+use keyledger_events::run_loop::{from_fn, run_loop, NoWake, Progress, Schedule};
+use keyledger_events::shutdown::Shutdown;
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 pub use error::ApiError;
 
@@ -161,28 +162,25 @@ impl AppState {
 
     /// The API's background work until `shutdown`: the database probe,
     /// cache invalidation, usage flushes (and a last one), limiter sweeps.
-    pub async fn run_background(self, shutdown: watch::Receiver<bool>) {
-        let sweeper = {
-            let (keys, addresses) = (
-                self.limiter.clone(),
-                [self.failures.clone(), self.end_client_failures.clone()],
-            );
-            let mut shutdown = shutdown.clone();
-            async move {
-                loop {
-                    tokio::select! {
-                        changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break },
-                        _ = tokio::time::sleep(Duration::from_secs(30)) => {
-                            let now = chrono::Utc::now().timestamp().max(0) as u64;
-                            keys.sweep(now);
-                            for limiter in &addresses {
-                                limiter.sweep(now);
-                            }
-                        }
-                    }
-                }
+    pub async fn run_background(self, shutdown: Shutdown) {
+        let (keys, addresses) = (
+            self.limiter.clone(),
+            [self.failures.clone(), self.end_client_failures.clone()],
+        );
+        let sweep = from_fn(|| async {
+            let now = chrono::Utc::now().timestamp().max(0) as u64;
+            keys.sweep(now);
+            for limiter in &addresses {
+                limiter.sweep(now);
             }
-        };
+            Progress::Idle
+        });
+        let sweeper = run_loop(
+            &shutdown,
+            Schedule::every(Duration::from_secs(30)).waiting_first(),
+            NoWake,
+            sweep,
+        );
         tokio::join!(
             self.database.run_probe(self.pool.clone(), shutdown.clone()),
             self.cache.clone().listen(self.pool.clone(), shutdown.clone()),

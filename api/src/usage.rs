@@ -15,9 +15,10 @@ use chrono::{DateTime, DurationRound, Utc};
 use keyledger_events::domain::{key, key::KeyUsed, ApiKey, KeyCommand, KeyId};
 use keyledger_events::handler::{self, HandlerError};
 use keyledger_events::log::EventMeta;
+use keyledger_events::run_loop::{from_fn, run_loop, Progress, Schedule};
+use keyledger_events::shutdown::Shutdown;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 use crate::db_health::{is_unavailable, DatabaseHealth, PROBE_TIMEOUT};
 
@@ -145,20 +146,13 @@ impl UsageAccumulator {
 
     /// Flushes every `interval`, and as soon as the database is back after
     /// an outage, until `shutdown`; then once more.
-    pub async fn run(
-        &self,
-        pool: PgPool,
-        database: &DatabaseHealth,
-        interval: Duration,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        loop {
-            tokio::select! {
-                changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break },
-                _ = tokio::time::sleep(interval) => { self.flush(&pool, database).await; }
-                _ = database.recovered() => { self.flush(&pool, database).await; }
-            }
-        }
+    pub async fn run(&self, pool: PgPool, database: &DatabaseHealth, interval: Duration, shutdown: Shutdown) {
+        let flush = from_fn(|| async {
+            self.flush(&pool, database).await;
+            Progress::Idle
+        });
+        let schedule = Schedule::every(interval).waiting_first();
+        run_loop(&shutdown, schedule, database.recoveries(), flush).await;
         self.flush_on_shutdown(&pool, database).await;
     }
 

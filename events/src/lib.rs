@@ -7,7 +7,9 @@
 //! and the CLI), `alert_email` (how alerts read), `alert_outbox` (the alerts
 //! the API queues for the mailer: confirmation emails, leaked keys) and
 //! `webhook_outbox` (webhook deliveries, written by the worker that follows
-//! the log and by replays).
+//! the log and by replays). What the API's and the workers' background
+//! tasks share lives here too: `shutdown` (how they are told to stop) and
+//! `run_loop` (the step-and-wait loop with its backoff).
 
 pub mod alert_email;
 pub mod alert_outbox;
@@ -20,6 +22,8 @@ pub mod handler;
 pub mod log;
 pub mod read_model;
 pub mod representation;
+pub mod run_loop;
+pub mod shutdown;
 pub mod webhook_outbox;
 
 /// The migrations of the whole system (one folder at the workspace root).

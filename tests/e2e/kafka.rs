@@ -644,7 +644,8 @@ async fn one_relay_leads_and_another_takes_over_when_it_dies() {
     let mut app = spawn_app().await;
     let kafka = broker.settings(1);
     kafka.ensure_topics().await.unwrap();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop = keyledger_events::shutdown::ShutdownSignal::new();
+    let stopped = stop.subscribe();
     let first = actix_web::rt::spawn(Relay::new(app.pool.clone(), &kafka).unwrap().run(stopped.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let second = actix_web::rt::spawn(Relay::new(app.pool.clone(), &kafka).unwrap().run(stopped.clone()));
@@ -681,7 +682,7 @@ async fn one_relay_leads_and_another_takes_over_when_it_dies() {
         }
     })
     .await;
-    let _ = stop.send(true);
+    stop.fire();
     let _ = second.await;
     let events = all_events(&app).await;
     let seen = read_topic(&kafka.brokers, &kafka.topic, events.len());

@@ -15,7 +15,7 @@ use sha2::Digest;
 
 use crate::alerts::{mailer, OPS};
 use crate::smtp::MailServer;
-use tokio::sync::watch;
+use keyledger_events::shutdown::ShutdownSignal;
 
 use awc::http::Method;
 use chrono::Utc;
@@ -84,12 +84,12 @@ fn settings(reporter: &Reporter) -> keyledger_api::ApiSettings {
 /// An app that accepts `reporter`'s reports, whose organization alerts
 /// OPS, with its mailer running (polling every minute only) until the
 /// returned sender is dropped.
-async fn leak_app(reporter: &Reporter, smtp: &MailServer) -> (TestApp, watch::Sender<bool>) {
+async fn leak_app(reporter: &Reporter, smtp: &MailServer) -> (TestApp, ShutdownSignal) {
     let app = spawn_app_with_settings_and_alert_emails(settings(reporter), &[OPS]).await;
     let mut mailer = mailer(&app, smtp);
     mailer.poll = Duration::from_secs(60);
-    let (stop, stopped) = watch::channel(false);
-    spawn_worker(mailer.run(stopped));
+    let stop = ShutdownSignal::new();
+    spawn_worker(mailer.run(stop.subscribe()));
     (app, stop)
 }
 

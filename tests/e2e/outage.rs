@@ -366,8 +366,9 @@ async fn usage_is_flushed_on_shutdown_when_the_database_was_marked_down_but_is_u
     usage.record(id, Outcome::Failed, now);
     let database = DatabaseHealth::default();
     database.mark_down();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    stop.send(true).unwrap();
+    let stop = keyledger_events::shutdown::ShutdownSignal::new();
+    let stopped = stop.subscribe();
+    stop.fire();
     let started = Instant::now();
     usage
         .run(app.pool.clone(), &database, Duration::from_secs(3600), stopped)
@@ -411,8 +412,9 @@ async fn usage_flush_on_shutdown_gives_up_at_once_when_the_database_is_unreachab
         if marked_down {
             database.mark_down();
         }
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        stop.send(true).unwrap();
+        let stop = keyledger_events::shutdown::ShutdownSignal::new();
+        let stopped = stop.subscribe();
+        stop.fire();
         let started = Instant::now();
         usage
             .run(pool.clone(), &database, Duration::from_secs(3600), stopped)
@@ -471,8 +473,9 @@ async fn usage_is_flushed_on_shutdown_when_the_pooled_connection_belongs_to_a_st
     let usage = UsageAccumulator::default();
     usage.record(id.parse().unwrap(), Outcome::RateLimited, chrono::Utc::now());
     let database = DatabaseHealth::default();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    stop.send(true).unwrap();
+    let stop = keyledger_events::shutdown::ShutdownSignal::new();
+    let stopped = stop.subscribe();
+    stop.fire();
     usage.run(pool, &database, Duration::from_secs(3600), stopped).await;
     assert!(usage.is_empty(), "the counts were kept instead of flushed");
     let (app, path) = (&app, &format!("/v1/keys/{id}/usage"));

@@ -8,9 +8,9 @@ use std::sync::LazyLock;
 use awc::http::{header::HeaderMap, Method, StatusCode};
 use keyledger_api::{AppState, Surface};
 use keyledger_events::domain::{Environment, HashKey};
+use keyledger_events::shutdown::ShutdownSignal;
 use serde_json::Value;
 use sqlx::{Connection, PgPool};
-use tokio::sync::watch;
 
 /// The projectors run here, on a runtime that outlives every test's own
 /// (a test's actix runtime is torn down when it ends).
@@ -133,7 +133,7 @@ pub struct TestApp {
     /// The organization's first admin key (sk_live_, scope admin).
     pub admin_key: String,
     pub admin_key_id: String,
-    stop: watch::Sender<bool>,
+    stop: ShutdownSignal,
     background: Vec<tokio::task::JoinHandle<()>>,
     database_url: String,
     /// The database this harness created, dropped when it is dropped.
@@ -144,7 +144,7 @@ impl Drop for TestApp {
     /// Stops the background work; the database the harness created is
     /// dropped when the test process exits.
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
+        self.stop.fire();
         if let Some(url) = self.own_database.take() {
             drop_at_exit(url);
         }
@@ -240,7 +240,8 @@ async fn spawn(
         settings
     };
     let state = AppState::new(pool.clone(), hash_key.clone(), Environment::Live, settings);
-    let (stop, stopped) = watch::channel(false);
+    let stop = ShutdownSignal::new();
+    let stopped = stop.subscribe();
     let (background, url) = (state.clone(), database_url.clone());
     let background_stop = stopped.clone();
     let background = WORKERS.spawn(async move {
@@ -393,7 +394,7 @@ impl TestApp {
     /// Stops the projector and the API's background work (which flushes
     /// the last usage counts) and waits until they have stopped.
     pub async fn stop_background(&mut self) {
-        let _ = self.stop.send(true);
+        self.stop.fire();
         for task in self.background.drain(..) {
             task.await.unwrap();
         }

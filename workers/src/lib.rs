@@ -11,8 +11,12 @@
 //!   recipients);
 //! - [`webhooks`]: the webhook deliveries and their HTTP client;
 //! - shared: [`metrics`] of all this, [`session_lock`] (advisory locks held
-//!   by replay and the jobs) and `wake` (waiting on a PostgreSQL
-//!   notification or a timeout).
+//!   by replay and the jobs) and `wake` (the PostgreSQL notification that
+//!   ends a worker's idle wait early).
+//!
+//! Every long-running task here stops on a
+//! [`Shutdown`](keyledger_events::shutdown::Shutdown), and those that step
+//! and wait run in [`run_loop`](keyledger_events::run_loop::run_loop).
 
 pub mod alerts;
 pub mod jobs;

@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use keyledger_events::run_loop::{from_fn, run_loop, NoWake, Progress, Schedule};
+use keyledger_events::shutdown::Shutdown;
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 use crate::jobs::{Job, JobError, Report};
 
@@ -134,16 +135,14 @@ impl MailQueue {
     }
 
     /// Samples every [`SAMPLE_EVERY`] until `shutdown`.
-    pub async fn run(&self, pool: PgPool, mut shutdown: watch::Receiver<bool>) {
-        while !*shutdown.borrow() {
+    pub async fn run(&self, pool: PgPool, shutdown: Shutdown) {
+        let sample = from_fn(|| async {
             if let Err(e) = self.sample(&pool).await {
                 tracing::warn!(error = %e, "mail queue: cannot sample");
             }
-            tokio::select! {
-                changed = shutdown.changed() => if changed.is_err() { break },
-                _ = tokio::time::sleep(SAMPLE_EVERY) => {}
-            }
-        }
+            Progress::Idle
+        });
+        run_loop(&shutdown, Schedule::every(SAMPLE_EVERY), NoWake, sample).await;
     }
 
     /// Nothing until the first sample.

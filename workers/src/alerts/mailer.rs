@@ -36,10 +36,11 @@ use chrono::{DateTime, Utc};
 use email_encoding::headers::{rfc2047, writer::EmailWriter};
 use keyledger_events::alert_outbox::{ALERTS_CHANNEL, CONFIRMATION_KIND};
 use keyledger_events::domain::{confirmation::Confirmation, EmailAddress, HashKey, OrgId};
+use keyledger_events::run_loop::{self, run_loop, Schedule, Task};
+use keyledger_events::shutdown::Shutdown;
 use lettre::message::{header, Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 use super::email::Email;
 
@@ -472,34 +473,31 @@ impl Mailer {
     }
 
     /// Sends pending alerts until shutdown, looking every second — or at
-    /// once when an urgent alert is queued.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    /// once when an urgent alert is queued, or while a step sent a full batch.
+    pub async fn run(self, shutdown: Shutdown) {
         tracing::info!(to = %self.transport.describe(), "mailer started");
-        let mut listener = crate::wake::listen_on(&self.pool, ALERTS_CHANNEL).await;
-        if listener.is_none() {
+        let listener = crate::wake::listen_on(&self.pool, ALERTS_CHANNEL).await;
+        if !listener.is_listening() {
             tracing::warn!("mailer: cannot listen for urgent alerts; they wait for the next poll");
         }
-        let mut failures = 0u32;
-        loop {
-            let wait = match self.run_once(Utc::now()).await {
-                Ok(delivery) if delivery.sent + delivery.retrying + delivery.failed == BATCH => {
-                    failures = 0;
-                    Duration::ZERO
-                }
-                Ok(_) => {
-                    failures = 0;
-                    self.poll
-                }
-                Err(e) => {
-                    failures += 1;
-                    tracing::error!(error = %e, failures, "mailer step failed");
-                    self.poll.saturating_mul(1 << failures.min(5))
-                }
-            };
-            if !crate::wake::wait(&mut listener, &mut shutdown, wait, failures == 0).await {
-                return;
-            }
-        }
+        let schedule = Schedule::every(self.poll).doubling_up_to(5);
+        run_loop(&shutdown, schedule, listener, &self).await;
+    }
+}
+
+impl Task for &Mailer {
+    type Error = MailerError;
+
+    async fn step(&mut self) -> Result<run_loop::Progress, MailerError> {
+        let delivery = self.run_once(Utc::now()).await?;
+        Ok(match delivery.sent + delivery.retrying + delivery.failed {
+            BATCH => run_loop::Progress::Worked,
+            _ => run_loop::Progress::Idle,
+        })
+    }
+
+    fn failed(&mut self, error: MailerError, failures: u32) {
+        tracing::error!(error = %error, failures, "mailer step failed");
     }
 }
 

@@ -12,8 +12,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use keyledger_events::shutdown::Shutdown;
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 use super::job::{Job, JobError, Report};
 use super::{expiry, recipient_confirmations, rotation, usage_alerts};
@@ -79,7 +79,7 @@ pub async fn run_and_record(
 }
 
 /// Runs every job on its schedule until shutdown, counting runs in `metrics`.
-pub async fn run(pool: PgPool, schedules: Schedules, metrics: Arc<JobMetrics>, shutdown: watch::Receiver<bool>) {
+pub async fn run(pool: PgPool, schedules: Schedules, metrics: Arc<JobMetrics>, shutdown: Shutdown) {
     let mut tasks = tokio::task::JoinSet::new();
     for (job, schedule) in schedules.0 {
         tasks.spawn(run_on_schedule(
@@ -102,7 +102,7 @@ async fn run_on_schedule(
     job: Job,
     schedule: cron::Schedule,
     metrics: Arc<JobMetrics>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     tracing::info!(job = job.name(), schedule = %schedule, "job scheduled");
     loop {
@@ -112,7 +112,7 @@ async fn run_on_schedule(
         };
         let wait = (next - Utc::now()).to_std().unwrap_or_default();
         let stop = tokio::select! {
-            changed = shutdown.changed() => changed.is_err() || *shutdown.borrow(),
+            _ = shutdown.recv() => true,
             _ = tokio::time::sleep(wait) => false,
         };
         if stop {

@@ -29,12 +29,13 @@ use std::time::{Duration, Instant};
 use keyledger_events::bus::{self, KafkaSettings};
 use keyledger_events::log::StoredEvent;
 use keyledger_events::read_model::{self, ProjectionError};
+use keyledger_events::run_loop::{run_loop, NoWake, Progress, Schedule, Task};
+use keyledger_events::shutdown::Shutdown;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 use super::lag::{LagMonitor, KAFKA};
 
@@ -176,45 +177,16 @@ impl KafkaProjector {
     /// loop recognise a stuck group and rejoin it. Stopping takes at most a
     /// few seconds whatever the broker does: the final commit and the
     /// group leave are bounded.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, lag: Option<Arc<LagMonitor>>) {
-        let mut unassigned_since: Option<Instant> = None;
-        'consume: while !*shutdown.borrow() {
-            tokio::select! {
-                changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break 'consume },
-                received = self.recv() => match received {
-                    Ok(message) => tokio::select! {
-                        changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break 'consume },
-                        result = self.process(&message) => if let Err(e) = result {
-                            tracing::warn!(error = %e, "consumer error");
-                        },
-                    },
-                    Err(e) => {
-                        tracing::warn!(error = %e, "consumer error");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                },
-                _ = tokio::time::sleep(WATCH_EVERY) => {}
-            }
-            if self.assigned_partitions() > 0 {
-                unassigned_since = None;
-                continue;
-            }
-            let since = *unassigned_since.get_or_insert_with(Instant::now);
-            let (published_waiting, stalled_for) = match &lag {
-                Some(lag) => (lag.lag(KAFKA).is_some_and(|l| l.published > 0), lag.stalled_for(KAFKA)),
-                None => (false, None),
-            };
-            if is_stuck(since.elapsed(), published_waiting, stalled_for) {
-                tracing::warn!(
-                    unassigned_seconds = since.elapsed().as_secs(),
-                    "kafka projector: no partition assigned while published events wait; rejoining the group as a new member"
-                );
-                if let Err(e) = self.rejoin().await {
-                    tracing::error!(error = %e, "kafka projector: cannot rejoin the group");
-                }
-                unassigned_since = None;
-            }
-        }
+    pub async fn run(mut self, shutdown: Shutdown, lag: Option<Arc<LagMonitor>>) {
+        let consuming = Consuming {
+            projector: &mut self,
+            shutdown: &shutdown,
+            lag,
+            unassigned_since: None,
+        };
+        // Every step waits by itself (for a message, at most WATCH_EVERY)
+        // and is followed by the next at once.
+        run_loop(&shutdown, Schedule::every(WATCH_EVERY), NoWake, consuming).await;
         close(self.consumer, true).await;
         tracing::info!("kafka projector: stopped");
     }
@@ -299,6 +271,64 @@ impl KafkaProjector {
             .map_err(|(e, _)| ConsumeError::Kafka(e))?;
         tracing::error!(partition = message.partition(), offset = message.offset(), %problem, "message dead-lettered");
         Ok(())
+    }
+}
+
+/// [`KafkaProjector::run`]'s step: the next message (waiting for it at most
+/// [`WATCH_EVERY`]; a message being handled is given up at shutdown, its
+/// offset not stored), then a look at the group's assignment.
+struct Consuming<'a> {
+    projector: &'a mut KafkaProjector,
+    shutdown: &'a Shutdown,
+    lag: Option<Arc<LagMonitor>>,
+    unassigned_since: Option<Instant>,
+}
+
+impl Task for Consuming<'_> {
+    type Error = std::convert::Infallible;
+
+    async fn step(&mut self) -> Result<Progress, Self::Error> {
+        let (projector, shutdown) = (&mut *self.projector, self.shutdown);
+        tokio::select! {
+            _ = shutdown.recv() => return Ok(Progress::Finished),
+            received = projector.recv() => match received {
+                Ok(message) => tokio::select! {
+                    _ = shutdown.recv() => return Ok(Progress::Finished),
+                    result = projector.process(&message) => if let Err(e) = result {
+                        tracing::warn!(error = %e, "consumer error");
+                    },
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            },
+            _ = tokio::time::sleep(WATCH_EVERY) => {}
+        }
+        if projector.assigned_partitions() > 0 {
+            self.unassigned_since = None;
+            return Ok(Progress::Worked);
+        }
+        let since = *self.unassigned_since.get_or_insert_with(Instant::now);
+        let (published_waiting, stalled_for) = match &self.lag {
+            Some(lag) => (lag.lag(KAFKA).is_some_and(|l| l.published > 0), lag.stalled_for(KAFKA)),
+            None => (false, None),
+        };
+        if is_stuck(since.elapsed(), published_waiting, stalled_for) {
+            tracing::warn!(
+                unassigned_seconds = since.elapsed().as_secs(),
+                "kafka projector: no partition assigned while published events wait; rejoining the group as a new member"
+            );
+            if let Err(e) = projector.rejoin().await {
+                tracing::error!(error = %e, "kafka projector: cannot rejoin the group");
+            }
+            self.unassigned_since = None;
+        }
+        Ok(Progress::Worked)
+    }
+
+    fn failed(&mut self, error: Self::Error, _: u32) {
+        match error {}
     }
 }
 

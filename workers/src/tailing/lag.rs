@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use keyledger_events::log::LogPosition;
+use keyledger_events::run_loop::{from_fn, run_loop, NoWake, Progress, Schedule};
+use keyledger_events::shutdown::Shutdown;
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 /// The embedded projector (and its checkpoint's name).
 pub const READ_MODELS: &str = "read_models";
@@ -226,14 +227,12 @@ impl LagMonitor {
     }
 
     /// Samples every [`SAMPLE_EVERY`] until `shutdown`.
-    pub async fn run(&self, pool: PgPool, mut shutdown: watch::Receiver<bool>) {
-        while !*shutdown.borrow() {
+    pub async fn run(&self, pool: PgPool, shutdown: Shutdown) {
+        let sample = from_fn(|| async {
             self.sample(&pool).await;
-            tokio::select! {
-                changed = shutdown.changed() => if changed.is_err() { break },
-                _ = tokio::time::sleep(SAMPLE_EVERY) => {}
-            }
-        }
+            Progress::Idle
+        });
+        run_loop(&shutdown, Schedule::every(SAMPLE_EVERY), NoWake, sample).await;
     }
 
     /// The latest sample of `projector`.

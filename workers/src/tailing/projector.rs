@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use keyledger_events::log::{self, LogPosition};
 use keyledger_events::read_model::{self, ProjectionError};
+use keyledger_events::run_loop::{run_loop, Progress, Schedule, Task};
+use keyledger_events::shutdown::Shutdown;
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 use crate::wake;
 
@@ -16,6 +17,8 @@ use crate::wake;
 const BATCH: i64 = 500;
 /// How long the loop waits for a notification before looking anyway.
 const POLL: Duration = Duration::from_millis(500);
+/// Its waits: `POLL` when caught up, doubling per failure up to 32 × `POLL`.
+const SCHEDULE: Schedule = Schedule::every(POLL).doubling_up_to(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectorError {
@@ -75,29 +78,27 @@ impl Projector {
         Ok(events.len())
     }
 
-    /// Steps until `shutdown` turns true (or its sender is gone): right away while there is work,
-    /// on each append's notification, and every `POLL` regardless (a
-    /// notification can be lost while the listener reconnects).
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut listener = wake::listen(&self.pool).await;
-        let mut failures = 0u32;
-        while !*shutdown.borrow() {
-            match self.run_once().await {
-                Ok(n) if n > 0 => {
-                    failures = 0;
-                    continue;
-                }
-                Ok(_) => failures = 0,
-                Err(e) => {
-                    failures += 1;
-                    tracing::error!(projector = %self.name, error = %e, "projection step failed; retrying");
-                }
-            }
-            let backoff = POLL * 2u32.pow(failures.min(5));
-            if !wake::wait(&mut listener, &mut shutdown, backoff, failures == 0).await {
-                break;
-            }
-        }
+    /// Steps until `shutdown`: right away while there is work, on each
+    /// append's notification, and every `POLL` regardless (a notification
+    /// can be lost while the listener reconnects).
+    pub async fn run(self, shutdown: Shutdown) {
+        let listener = wake::listen(&self.pool).await;
+        run_loop(&shutdown, SCHEDULE, listener, &self).await;
         tracing::info!(projector = %self.name, "stopped");
+    }
+}
+
+impl Task for &Projector {
+    type Error = ProjectorError;
+
+    async fn step(&mut self) -> Result<Progress, ProjectorError> {
+        Ok(match self.run_once().await? {
+            0 => Progress::Idle,
+            _ => Progress::Worked,
+        })
+    }
+
+    fn failed(&mut self, error: ProjectorError, _: u32) {
+        tracing::error!(projector = %self.name, error = %error, "projection step failed; retrying");
     }
 }

@@ -13,11 +13,12 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use keyledger_events::bus::{self, KafkaSettings};
 use keyledger_events::log::{self, LogPosition};
+use keyledger_events::run_loop::{run_loop, Progress, Schedule, Task};
+use keyledger_events::shutdown::Shutdown;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use sqlx::{Connection, PgConnection, PgPool};
-use tokio::sync::watch;
 
 use crate::wake;
 
@@ -27,6 +28,11 @@ pub const RELAY: &str = "relay";
 const LEADER_LOCK: i64 = 0x6b65_796c_6564_6701;
 const BATCH: i64 = 500;
 const POLL: Duration = Duration::from_millis(500);
+/// `POLL` when caught up, doubling per failure up to 16 × `POLL`. A batch
+/// the broker does not acknowledge can wait for minutes: shutdown does not.
+/// Nothing is marked then; the next relay publishes the batch again
+/// (consumers skip duplicates).
+const SCHEDULE: Schedule = Schedule::every(POLL).doubling_up_to(4).interrupted_by_shutdown();
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -122,42 +128,18 @@ impl Relay {
 
     /// Waits to become the leader, then relays until `shutdown` (or until
     /// the lock's connection is lost, and then waits to lead again).
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: Shutdown) {
         let mut listener = wake::listen(&self.pool).await;
-        while !*shutdown.borrow() {
-            let Some(mut lock) = self.lead(&mut shutdown).await else {
+        while !shutdown.is_shutdown() {
+            let Some(mut lock) = self.lead(&shutdown).await else {
                 break;
             };
             tracing::info!("relay: leading");
-            let mut failures = 0u32;
-            while !*shutdown.borrow() {
-                if sqlx::query("select 1").execute(&mut lock).await.is_err() {
-                    tracing::warn!("relay: lost the leader lock's connection");
-                    break;
-                }
-                // A batch the broker does not acknowledge can wait for minutes:
-                // shutdown does not. Nothing is marked then; the next relay
-                // publishes the batch again (consumers skip duplicates).
-                let published = tokio::select! {
-                    published = self.run_once() => published,
-                    changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break } else { continue },
-                };
-                match published {
-                    Ok(n) if n > 0 => {
-                        failures = 0;
-                        continue;
-                    }
-                    Ok(_) => failures = 0,
-                    Err(e) => {
-                        failures += 1;
-                        tracing::warn!(error = %e, "relay: publishing failed; retrying");
-                    }
-                }
-                let wait = POLL * 2u32.pow(failures.min(4));
-                if !wake::wait(&mut listener, &mut shutdown, wait, failures == 0).await {
-                    break;
-                }
-            }
+            let leading = Leading {
+                relay: &self,
+                lock: &mut lock,
+            };
+            run_loop(&shutdown, SCHEDULE, &mut listener, leading).await;
             let _ = lock.close().await;
         }
         let _ = self.producer_flush().await;
@@ -174,9 +156,9 @@ impl Relay {
     }
 
     /// A connection holding the leader lock, or `None` on shutdown.
-    async fn lead(&self, shutdown: &mut watch::Receiver<bool>) -> Option<PgConnection> {
+    async fn lead(&self, shutdown: &Shutdown) -> Option<PgConnection> {
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_shutdown() {
                 return None;
             }
             if let Ok(mut conn) = PgConnection::connect_with(&self.pool.connect_options()).await {
@@ -190,9 +172,35 @@ impl Relay {
                 let _ = conn.close().await;
             }
             tokio::select! {
-                changed = shutdown.changed() => if changed.is_err() { return None },
+                _ = shutdown.recv() => return None,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
+    }
+}
+
+/// The relay while it holds the leader lock: a step checks the lock's
+/// connection (and ends the loop when it is lost), then publishes a batch.
+struct Leading<'a> {
+    relay: &'a Relay,
+    lock: &'a mut PgConnection,
+}
+
+impl Task for Leading<'_> {
+    type Error = RelayError;
+
+    async fn step(&mut self) -> Result<Progress, RelayError> {
+        if sqlx::query("select 1").execute(&mut *self.lock).await.is_err() {
+            tracing::warn!("relay: lost the leader lock's connection");
+            return Ok(Progress::Finished);
+        }
+        Ok(match self.relay.run_once().await? {
+            0 => Progress::Idle,
+            _ => Progress::Worked,
+        })
+    }
+
+    fn failed(&mut self, error: RelayError, _: u32) {
+        tracing::warn!(error = %error, "relay: publishing failed; retrying");
     }
 }

@@ -37,10 +37,11 @@ use keyledger_events::handler::USAGE_EVENT;
 use keyledger_events::log::{self, StoredEvent};
 use keyledger_events::read_model::{self, KeyRow, ALERT_RAISED};
 use keyledger_events::representation;
+use keyledger_events::run_loop::{run_loop, NoWake, Progress, Schedule, Task};
+use keyledger_events::shutdown::Shutdown;
 use keyledger_events::webhook_outbox;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 use crate::alerts::email::{compose, Block};
 use crate::alerts::{self, AlertKind, NewAlert};
@@ -412,64 +413,55 @@ impl Webhooks {
     }
 
     /// Enqueues and sends until shutdown: enqueueing on each append's
-    /// notification (and every second), sending every second or at once
-    /// while there is more.
-    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+    /// notification (and every second), sending every second; each at once
+    /// while there is more, and backing off (up to 32 s) after failures.
+    pub async fn run(self, shutdown: Shutdown) {
         tracing::info!(
             allow_private = self.client.allows_private(),
             "webhook deliveries started"
         );
-        tokio::join!(self.clone().run_enqueue(shutdown.clone()), self.run_send(shutdown));
+        let schedule = Schedule::every(POLL).doubling_up_to(5);
+        let enqueue = async {
+            let listener = wake::listen(&self.pool).await;
+            run_loop(&shutdown, schedule, listener, Enqueueing(&self)).await
+        };
+        tokio::join!(enqueue, run_loop(&shutdown, schedule, NoWake, Sending(&self)));
+    }
+}
+
+/// The enqueueing half of [`Webhooks::run`].
+struct Enqueueing<'a>(&'a Webhooks);
+
+impl Task for Enqueueing<'_> {
+    type Error = WebhookError;
+
+    async fn step(&mut self) -> Result<Progress, WebhookError> {
+        Ok(match self.0.enqueue_once().await? {
+            0 => Progress::Idle,
+            _ => Progress::Worked,
+        })
     }
 
-    async fn run_enqueue(self, mut shutdown: watch::Receiver<bool>) {
-        let mut listener = wake::listen(&self.pool).await;
-        let mut failures = 0u32;
-        while !*shutdown.borrow() {
-            match self.enqueue_once().await {
-                Ok(n) if n > 0 => {
-                    failures = 0;
-                    continue;
-                }
-                Ok(_) => failures = 0,
-                Err(e) => {
-                    failures += 1;
-                    tracing::error!(error = %e, "webhook enqueue step failed; retrying");
-                }
-            }
-            let backoff = POLL * 2u32.pow(failures.min(5));
-            if !wake::wait(&mut listener, &mut shutdown, backoff, failures == 0).await {
-                break;
-            }
-        }
+    fn failed(&mut self, error: WebhookError, _: u32) {
+        tracing::error!(error = %error, "webhook enqueue step failed; retrying");
+    }
+}
+
+/// The sending half of [`Webhooks::run`].
+struct Sending<'a>(&'a Webhooks);
+
+impl Task for Sending<'_> {
+    type Error = WebhookError;
+
+    async fn step(&mut self) -> Result<Progress, WebhookError> {
+        Ok(match self.0.send_once(Utc::now()).await?.attempts() {
+            0 => Progress::Idle,
+            _ => Progress::Worked,
+        })
     }
 
-    async fn run_send(self, mut shutdown: watch::Receiver<bool>) {
-        let mut failures = 0u32;
-        loop {
-            let wait = match self.send_once(Utc::now()).await {
-                Ok(sent) if sent.attempts() > 0 => {
-                    failures = 0;
-                    Duration::ZERO
-                }
-                Ok(_) => {
-                    failures = 0;
-                    POLL
-                }
-                Err(e) => {
-                    failures += 1;
-                    tracing::error!(error = %e, failures, "webhook send step failed");
-                    POLL.saturating_mul(1 << failures.min(5))
-                }
-            };
-            let stop = tokio::select! {
-                changed = shutdown.changed() => changed.is_err() || *shutdown.borrow(),
-                _ = tokio::time::sleep(wait) => false,
-            };
-            if stop {
-                return;
-            }
-        }
+    fn failed(&mut self, error: WebhookError, failures: u32) {
+        tracing::error!(error = %error, failures, "webhook send step failed");
     }
 }
 
