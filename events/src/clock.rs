@@ -32,6 +32,27 @@ impl Clock {
     }
 }
 
+/// The moment a step of a worker was given, moved on by the real time the
+/// step has taken since: leases and retry times stay true however long a
+/// batch of sends lasts (the mailer's, the webhook sender's).
+pub struct StepClock {
+    start: DateTime<Utc>,
+    started: std::time::Instant,
+}
+
+impl StepClock {
+    pub fn starting_at(start: DateTime<Utc>) -> StepClock {
+        StepClock {
+            start,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.start + Duration::from_std(self.started.elapsed()).unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

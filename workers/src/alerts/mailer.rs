@@ -35,6 +35,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use email_encoding::headers::{rfc2047, writer::EmailWriter};
 use keyledger_events::alert_outbox::{ALERTS_CHANNEL, CONFIRMATION_KIND};
+use keyledger_events::clock::StepClock;
 use keyledger_events::domain::{confirmation::Confirmation, EmailAddress, HashKey, OrgId};
 use keyledger_events::run_loop::{self, run_loop, Schedule, Task};
 use keyledger_events::shutdown::Shutdown;
@@ -150,26 +151,6 @@ pub struct Delivery {
     pub failed: usize,
 }
 
-/// `now` as a step was given it, moved on by the time the step has taken:
-/// leases and retry times stay true however long a batch of sends lasts.
-struct Clock {
-    start: DateTime<Utc>,
-    started: std::time::Instant,
-}
-
-impl Clock {
-    fn starting_at(start: DateTime<Utc>) -> Clock {
-        Clock {
-            start,
-            started: std::time::Instant::now(),
-        }
-    }
-
-    fn now(&self) -> DateTime<Utc> {
-        self.start + chrono::Duration::from_std(self.started.elapsed()).unwrap_or_default()
-    }
-}
-
 /// Where an alert's delivery stands, as recorded in its row.
 struct Progress {
     delivered: Vec<String>,
@@ -245,7 +226,7 @@ impl Mailer {
     /// One step: sends the alerts due at `now`, claiming them one at a time
     /// (at most a batch).
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<Delivery, MailerError> {
-        let clock = Clock::starting_at(now);
+        let clock = StepClock::starting_at(now);
         let mut delivery = Delivery::default();
         for _ in 0..BATCH {
             let Some(alert) = self.claim(clock.now()).await? else {
@@ -277,7 +258,7 @@ impl Mailer {
     /// outcome at once (which also renews the lease): a retry never mails
     /// anyone twice, and an address the server refuses or puts off does not
     /// hold back the others.
-    async fn attempt(&self, alert: Claimed, clock: &Clock, delivery: &mut Delivery) -> Result<(), sqlx::Error> {
+    async fn attempt(&self, alert: Claimed, clock: &StepClock, delivery: &mut Delivery) -> Result<(), sqlx::Error> {
         let mut progress = Progress {
             delivered: alert.delivered_to.clone(),
             refused: alert.refused.clone(),

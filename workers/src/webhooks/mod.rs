@@ -31,6 +31,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use keyledger_events::clock::StepClock;
 use keyledger_events::domain::webhook::{WebhookSecret, WebhookUrl, EVENT_TYPES};
 use keyledger_events::domain::{key::KeyEvent, Aggregate, ApiKey, HashKey, OrgId};
 use keyledger_events::handler::USAGE_EVENT;
@@ -163,7 +164,7 @@ impl Webhooks {
     /// One send step: attempts the deliveries due at `now` (at most one per
     /// endpoint: its oldest pending one), side by side.
     pub async fn send_once(&self, now: DateTime<Utc>) -> Result<Sent, WebhookError> {
-        let clock = Clock::starting_at(now);
+        let clock = StepClock::starting_at(now);
         let mut claimed = Vec::new();
         while claimed.len() < SEND_BATCH {
             match self.claim(clock.now()).await? {
@@ -206,7 +207,7 @@ impl Webhooks {
         .await
     }
 
-    async fn attempt(&self, delivery: Claimed, clock: &Clock) -> Result<Sent, WebhookError> {
+    async fn attempt(&self, delivery: Claimed, clock: &StepClock) -> Result<Sent, WebhookError> {
         let started = std::time::Instant::now();
         let attempted_at = clock.now();
         let outcome = self.deliver(&delivery, attempted_at).await?;
@@ -522,23 +523,4 @@ fn alert_object(event: &StoredEvent) -> Value {
         "subject": field("subject"),
         "raised_at": field("raised_at"),
     })
-}
-
-/// `now` as a step was given it, moved on by the time the step has taken.
-struct Clock {
-    start: DateTime<Utc>,
-    started: std::time::Instant,
-}
-
-impl Clock {
-    fn starting_at(start: DateTime<Utc>) -> Clock {
-        Clock {
-            start,
-            started: std::time::Instant::now(),
-        }
-    }
-
-    fn now(&self) -> DateTime<Utc> {
-        self.start + chrono::Duration::from_std(self.started.elapsed()).unwrap_or_default()
-    }
 }
