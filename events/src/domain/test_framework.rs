@@ -13,10 +13,20 @@
 use std::fmt::Debug;
 use std::marker::PhantomData;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 
 use super::error::{DomainError, ValidationDetails};
-use super::Aggregate;
+use super::{Aggregate, OrgId};
+
+/// The fixed moment the aggregates' tests decide at.
+pub fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 26, 10, 0, 0).unwrap()
+}
+
+/// The organization the aggregates' tests act for.
+pub fn org_id() -> OrgId {
+    OrgId::from_uuid(uuid::Uuid::from_u128(0x0193_5a1c_0000_7000_8000_0000_0000_0001))
+}
 
 /// The clock every `when` decides at.
 pub struct TestFramework<A> {

@@ -3,16 +3,11 @@
 //! refusal). No I/O, no real clock, no real randomness.
 
 use super::*;
-use crate::domain::test_framework::{Given, TestFramework, Then};
+use crate::domain::test_framework::{now, org_id, Given, TestFramework, Then};
 use crate::domain::{Environment, PlainKey};
 use chrono::TimeZone;
 
 // ---------------------------------------------------------------- fixtures
-
-/// The fixed clock of every `when`.
-fn now() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 26, 10, 0, 0).unwrap()
-}
 
 fn days(n: i64) -> Duration {
     Duration::days(n)
@@ -24,10 +19,6 @@ fn secs(n: i64) -> Duration {
 
 fn key_id() -> KeyId {
     KeyId::from_uuid(uuid::Uuid::from_u128(0x0193_5a1c_2b3d_7e4f_8a9b_0c1d_2e3f_4a5b))
-}
-
-fn org_id() -> OrgId {
-    OrgId::from_uuid(uuid::Uuid::from_u128(0x0193_5a1c_0000_7000_8000_0000_0000_0001))
 }
 
 /// Random bytes of the first secret of a key.
@@ -153,8 +144,7 @@ fn all_commands() -> Vec<(&'static str, KeyCommand)> {
 
 // ------------------------------------------------------ given / when / then
 
-/// The state after `events`, to decide commands against at `now()`
-/// (`super::super::test_framework`).
+/// The state after `events`, to decide commands against at [`now`].
 fn given(events: &[KeyEvent]) -> Given<ApiKey> {
     TestFramework::at(now()).given(events)
 }

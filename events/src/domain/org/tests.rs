@@ -3,20 +3,11 @@
 //! refusal). No I/O.
 
 use super::*;
-use crate::domain::test_framework::{Given, TestFramework, Then};
-use chrono::TimeZone;
+use crate::domain::test_framework::{now, org_id, Given, TestFramework, Then};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
 // ---------------------------------------------------------------- fixtures
-
-fn now() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 26, 10, 0, 0).unwrap()
-}
-
-fn org_id() -> OrgId {
-    OrgId::from_uuid(uuid::Uuid::from_u128(0x0193_5a1c_0000_7000_8000_0000_0000_0001))
-}
 
 fn name(text: &str) -> Name {
     Name::parse(text).unwrap()
@@ -103,8 +94,7 @@ fn enterprise_org_created(limit: u32) -> OrgEvent {
 
 // ------------------------------------------------------ given / when / then
 
-/// The state after `events`, to decide commands against at `now()`
-/// (`super::super::test_framework`).
+/// The state after `events`, to decide commands against at [`now`].
 fn given(events: &[OrgEvent]) -> Given<Org> {
     TestFramework::at(now()).given(events)
 }
