@@ -127,6 +127,8 @@ pub struct AppState {
     pub extra_metrics: Vec<ops::MetricsSource>,
     /// The time every request reads once (`clock::now`); tests move it.
     pub clock: clock::Clock,
+    /// The organizations' key counts the quota check last took.
+    pub key_counts: Arc<manage::KeyCounts>,
     /// Leak reports received: signed ones and refused (forged) ones.
     pub leak_reports: Arc<leaks::LeakReportCounts>,
 }
@@ -156,6 +158,7 @@ impl AppState {
             extra_metrics: Vec::new(),
             clock: clock::Clock::system(),
             leak_reports: Arc::default(),
+            key_counts: Arc::default(),
             settings,
         }
     }

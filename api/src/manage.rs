@@ -4,6 +4,9 @@
 //! whichever surface a customer uses, so every rule is written once; the
 //! surfaces only parse their input and render the answer.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use chrono::{DateTime, Utc};
 use keyledger_events::alert_outbox;
 use keyledger_events::domain::{
@@ -64,8 +67,14 @@ fn random_secret(state: &AppState) -> Result<SecretSource, ApiError> {
     })
 }
 
-async fn rotation_days(state: &AppState, caller: &Caller) -> Result<u32, ApiError> {
-    Ok(org(state, caller).await?.rotation_days.max(0) as u32)
+/// The organization's rotation policy in days, read in the command's own
+/// transaction (a creation or a regeneration sets the new due date by it).
+async fn rotation_days(tx: &mut sqlx::PgConnection, org_id: OrgId) -> Result<u32, ApiError> {
+    let days: Option<i32> = sqlx::query_scalar("select rotation_days from orgs where id = $1")
+        .bind(org_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    Ok(days.ok_or(ApiError::NotFound)?.max(0) as u32)
 }
 
 /// The guard every key command runs behind: another organization's key is
@@ -168,6 +177,13 @@ async fn attempt(
             Claim::Mismatch => return Err(idempotency::mismatch()),
         }
     }
+    let mut command = command;
+    if let KeyCommand::Create(c) = &mut command {
+        c.rotation_days = rotation_days(&mut tx, caller.org_id()).await?;
+    }
+    if let KeyCommand::Regenerate(r) = &mut command {
+        r.rotation_days = rotation_days(&mut tx, caller.org_id()).await?;
+    }
     let created = matches!(command, KeyCommand::Create(_));
     let stream = key::stream_id(id);
     let outcome = match created {
@@ -176,7 +192,15 @@ async fn attempt(
             let decided = handler::decide_new::<ApiKey>(&stream, command, &meta)?;
             let outcome = decided.append(&mut tx).await?;
             // Last before the commit: the count sees this transaction's key.
-            if !hold_key_quota(&mut tx, caller.org_id(), state.settings.max_keys_per_org, quota).await? {
+            if !hold_key_quota(
+                &mut tx,
+                &state.key_counts,
+                caller.org_id(),
+                state.settings.max_keys_per_org,
+                quota,
+            )
+            .await?
+            {
                 return Ok(None);
             }
             outcome
@@ -223,20 +247,48 @@ enum QuotaLock {
     Exclusive,
 }
 
+/// What this process last counted of each organization's keys, and the
+/// log position the count was taken at: a creation far below the quota
+/// bounds the count from these instead of counting again (see
+/// [`hold_key_quota`]).
+#[derive(Debug, Default)]
+pub struct KeyCounts(Mutex<HashMap<OrgId, (u64, i64)>>);
+
+impl KeyCounts {
+    fn get(&self, org_id: OrgId) -> Option<(u64, i64)> {
+        self.0.lock().expect("key counts lock").get(&org_id).copied()
+    }
+
+    fn set(&self, org_id: OrgId, keys: u64, position: i64) {
+        self.0.lock().expect("key counts lock").insert(org_id, (keys, position));
+    }
+}
+
 /// Refuses a new key — already in this transaction's read model — when
 /// that makes more than `max` keys of the organization that are not
 /// deleted; the quota is never passed, across any number of API processes.
-/// Every creation counts while it holds the organization's quota lock (to
-/// the end of its transaction), so whichever counted last saw every key
+///
+/// Every creation checks while it holds the organization's quota lock (to
+/// the end of its transaction), so whichever checked last saw every key
 /// committed before, and the only keys it cannot see are those of creations
 /// holding the lock with it. Alone ([`QuotaLock::Exclusive`]) there are none:
 /// the count is exact. Shared, there are fewer than PostgreSQL's
-/// `max_connections` (each holds a connection), so a creation that counts
-/// `n` keys with `n + max_connections <= max` cannot pass the quota whatever
-/// the others do. A shared creation nearer than that answers `false`: it
-/// stored nothing and runs again exclusively.
+/// `max_connections` (`m`; each holds a connection), so a creation that
+/// knows the organization has at most `n` keys with `n + m <= max` cannot
+/// pass the quota whatever the others do. A shared creation nearer than that
+/// answers `false`: it stored nothing and runs again exclusively.
+///
+/// Counting an organization's keys costs a look at each of them, so a
+/// shared creation first bounds the count from this process's last one:
+/// `n` keys at log position `p` (one statement, one snapshot). Every key
+/// committed since was then either in a transaction still running (at most
+/// `m`) or appended an event after `p` (at most the newest position minus
+/// `p`: one position per event). While that bound, plus `m` creations
+/// running now and this one, stays within the quota, nothing is counted;
+/// deleted keys only make it more careful.
 async fn hold_key_quota(
     tx: &mut sqlx::PgConnection,
+    counts: &KeyCounts,
     org_id: OrgId,
     max: u64,
     lock: QuotaLock,
@@ -250,14 +302,28 @@ async fn hold_key_quota(
         .bind(org_id)
         .execute(&mut *tx)
         .await?;
-    let (keys, connections): (i64, i64) = sqlx::query_as(
-        "select count(*), current_setting('max_connections')::bigint from keys
-         where org_id = $1 and deleted_at is null",
+    if let (QuotaLock::Shared, Some((counted, at))) = (lock, counts.get(org_id)) {
+        let (newest, connections): (i64, i64) =
+            sqlx::query_as("select coalesce(max(position), 0), current_setting('max_connections')::bigint from events")
+                .fetch_one(&mut *tx)
+                .await?;
+        let connections = connections.max(0) as u64;
+        let since = newest.saturating_sub(at).max(0) as u64;
+        // This creation, plus what the bound says, within the quota.
+        if counted + since + 2 * connections < max {
+            return Ok(true);
+        }
+    }
+    let (keys, position, connections): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from keys where org_id = $1 and deleted_at is null),
+                (select coalesce(max(position), 0) from events),
+                current_setting('max_connections')::bigint",
     )
     .bind(org_id)
     .fetch_one(&mut *tx)
     .await?;
     let (keys, connections) = (keys.max(0) as u64, connections.max(0) as u64);
+    counts.set(org_id, keys, position);
     if lock == QuotaLock::Shared && keys + connections > max {
         return Ok(false);
     }
@@ -308,7 +374,8 @@ pub async fn create_key(
         key_type: new.key_type.clone(),
         scopes: new.scopes,
         expires_at: new.expires_at,
-        rotation_days: rotation_days(state, caller).await?,
+        // Read in the command's transaction.
+        rotation_days: 0,
         allowed_ips: new.allowed_ips,
         secret: secret.clone(),
     }));
@@ -350,7 +417,8 @@ pub async fn regenerate_key(
     let secret = random_secret(state)?;
     let command = KeyCommand::Regenerate(Box::new(RegenerateKey {
         expire_old_in_seconds: grace_seconds,
-        rotation_days: rotation_days(state, caller).await?,
+        // Read in the command's transaction.
+        rotation_days: 0,
         secret: secret.clone(),
     }));
     let ran = match run(state, caller, id, command, 200, idempotent).await? {

@@ -49,34 +49,43 @@ pub async fn append(
         }
     }
     let mut stored = Vec::with_capacity(events.len());
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let notice = format!("{stream_id} {}", types.join(","));
     for (version, event) in (expected_version + 1..).zip(events) {
-        let row = sqlx::query_as::<_, StoredEvent>(&format!(
+        // The last insert also notifies (delivered when the transaction
+        // commits): one round trip less per command.
+        let last = version == expected_version + events.len() as i64;
+        let notify = if last {
+            ", pg_notify($10, $11) is null as notified"
+        } else {
+            ""
+        };
+        let sql = format!(
             "insert into events (event_id, stream_id, version, type, schema_version, occurred_at, actor, request_id, data)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning {COLUMNS}"
-        ))
-        .bind(uuid::Uuid::now_v7())
-        .bind(stream_id)
-        .bind(version)
-        .bind(&event.event_type)
-        .bind(event.schema_version)
-        .bind(meta.occurred_at)
-        .bind(&meta.actor)
-        .bind(&meta.request_id)
-        .bind(&event.data)
-        .fetch_one(&mut *tx)
-        .await;
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning {COLUMNS}{notify}"
+        );
+        let row = sqlx::query_as::<_, StoredEvent>(&sql)
+            .bind(uuid::Uuid::now_v7())
+            .bind(stream_id)
+            .bind(version)
+            .bind(&event.event_type)
+            .bind(event.schema_version)
+            .bind(meta.occurred_at)
+            .bind(&meta.actor)
+            .bind(&meta.request_id)
+            .bind(&event.data);
+        let row = if last {
+            row.bind(NOTIFY_CHANNEL).bind(&notice)
+        } else {
+            row
+        };
+        let row = row.fetch_one(&mut *tx).await;
         match row {
             Ok(row) => stored.push(row),
             Err(sqlx::Error::Database(e)) if e.constraint() == Some("events_stream_version") => return Err(conflict()),
             Err(e) => return Err(e.into()),
         }
     }
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    sqlx::query("select pg_notify($1, $2)")
-        .bind(NOTIFY_CHANNEL)
-        .bind(format!("{stream_id} {}", types.join(",")))
-        .execute(&mut *tx)
-        .await?;
     Ok(stored)
 }
 
