@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use awc::http::Method;
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use keyledger_events::domain::confirmation::{Confirmation, CONFIRM_PATH};
 use keyledger_events::domain::org::{self, ChangeSettings};
 use keyledger_events::domain::{EmailAddress, Org, OrgCommand, OrgId};
@@ -762,6 +763,71 @@ async fn creations_far_below_the_quota_share_its_lock_and_only_an_exclusive_hold
     wait_for_waiters(&app.pool, "advisory", 1).await;
     exclusive.rollback().await.unwrap();
     waiting.await.unwrap().expect(201);
+}
+
+/// A quota just above what the shared check needs to skip counting: the
+/// first creations go by the bound from an earlier count, the later ones
+/// count again, the last ones alone; however they interleave, exactly the
+/// quota is created.
+#[actix_web::test]
+async fn concurrent_creations_from_far_below_to_the_quota_create_exactly_the_quota() {
+    let probe = spawn_app().await;
+    let connections: i64 = sqlx::query_scalar("select current_setting('max_connections')::bigint")
+        .fetch_one(&probe.pool)
+        .await
+        .unwrap();
+    let quota = 2 * connections as u64 + 12;
+    let app = crate::support::spawn_app_with(
+        keyledger_api::ApiSettings {
+            max_keys_per_org: quota,
+            ..keyledger_api::ApiSettings::default()
+        },
+        false,
+    )
+    .await;
+    // An organization whose rate limit the creations cannot reach.
+    let big = keyledger::cli::create_org(
+        &app.pool,
+        app.hash_key.clone(),
+        "Big".into(),
+        "enterprise".into(),
+        Some(10_000_000),
+        vec![],
+    )
+    .await
+    .unwrap();
+    let admin_key = big["key"]["key"].as_str().unwrap().to_owned();
+    let attempts = quota as usize + 20;
+    let statuses: Vec<u16> = futures_util::stream::iter(0..attempts)
+        .map(|n| {
+            let (address, admin) = (app.address.clone(), admin_key.clone());
+            async move {
+                call(
+                    &address,
+                    Method::POST,
+                    "/v1/keys",
+                    Some(&admin),
+                    Some(json!({"name": format!("key {n}"), "type": "secret"})),
+                    &[],
+                )
+                .await
+                .status
+                .as_u16()
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    // The admin key counts too.
+    let created = statuses.iter().filter(|s| **s == 201).count();
+    assert_eq!(created as u64, quota - 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 201 || *s == 403), "{statuses:?}");
+    let live: i64 = sqlx::query_scalar("select count(*) from keys where org_id = $1 and deleted_at is null")
+        .bind(big["org"]["id"].as_str().unwrap())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(live as u64, quota);
 }
 
 #[actix_web::test]
