@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use keyledger_api::{AppState, Surface};
 use keyledger_events::domain::{
-    key::{self, CreateKey, SecretSource},
+    key::{self, CreateKeyRequest, SecretSource},
     org::{self, CreateOrg},
     ApiKey, KeyCommand, KeyId, KeyType, Org, OrgCommand, OrgId,
 };
@@ -340,7 +340,7 @@ pub async fn create_org(
         .map_err(explain)?;
     let org_version = org.version;
     let org = org.state.context("the organization was not created")?;
-    let command = KeyCommand::Create(Box::new(CreateKey {
+    let request = CreateKeyRequest {
         key_id,
         org_id,
         name: "Admin key".into(),
@@ -350,7 +350,10 @@ pub async fn create_org(
         rotation_days: org.rotation_days,
         allowed_ips: None,
         secret: secret.clone(),
-    }));
+    };
+    let command = KeyCommand::Create(Box::new(
+        request.parse(meta.occurred_at).map_err(|e| explain(e.into()))?,
+    ));
     let key = handler::decide_on::<ApiKey>(&mut tx, &key::stream_id(key_id), command, &meta, |_| Ok(()))
         .await
         .map_err(explain)?

@@ -254,6 +254,13 @@ impl From<HandlerError> for ApiError {
     }
 }
 
+/// Input refused at the edge, before any command ran.
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        HandlerError::Domain(e).into()
+    }
+}
+
 /// A database that cannot be reached is `503 unavailable` (the client
 /// retries); any other database error is an internal one.
 impl From<sqlx::Error> for ApiError {

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 use keyledger_events::alert_outbox;
 use keyledger_events::domain::{
-    key::{self, CreateKey, RegenerateKey, SecretSource, UpdateKey},
+    key::{self, CreateKeyRequest, RegenerateKey, SecretSource, UpdateKey},
     org::{self, ChangeSettings},
     ApiKey, DomainError, KeyCommand, KeyId, Org, OrgCommand, OrgEvent, OrgId, PlainKey,
 };
@@ -367,18 +367,20 @@ pub async fn create_key(
 ) -> Result<Done<(KeyRow, PlainKey)>, ApiError> {
     let secret = random_secret(state)?;
     let id = KeyId::new();
-    let command = KeyCommand::Create(Box::new(CreateKey {
+    // Parsed here, at the edge every surface shares: every problem at once.
+    let request = CreateKeyRequest {
         key_id: id,
         org_id: caller.org_id,
         name: new.name,
-        key_type: new.key_type.clone(),
+        key_type: new.key_type,
         scopes: new.scopes,
         expires_at: new.expires_at,
         // Read in the command's transaction.
         rotation_days: 0,
         allowed_ips: new.allowed_ips,
         secret: secret.clone(),
-    }));
+    };
+    let command = KeyCommand::Create(Box::new(request.parse(clock::now())?));
     Ok(match run(state, caller, id, command, 201, idempotent).await? {
         Done::Ran(ran) => {
             let secret = issued(&ran.row, secret);

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use keyledger_events::domain::key::{stream_id, CreateKey, SecretSource};
+use keyledger_events::domain::key::{stream_id, CreateKeyRequest, SecretSource};
 use keyledger_events::domain::{Aggregate, ApiKey, HashKey, KeyCommand, KeyEvent, KeyId, OrgId};
 use keyledger_events::log::{self, AppendError, EventMeta, LogPosition, NewEvent, StoredEvent};
 use keyledger_events::read_model;
@@ -585,20 +585,24 @@ async fn projecting_the_same_events_again_changes_nothing() {
 
     let created = ApiKey::decide(
         None,
-        KeyCommand::Create(Box::new(CreateKey {
-            key_id,
-            org_id,
-            name: "ci deploy".into(),
-            key_type: "secret".into(),
-            scopes: None,
-            expires_at: None,
-            rotation_days: 90,
-            secret: SecretSource {
-                random: [7; 32],
-                hash_key: HashKey::from_bytes([3; 32]),
-            },
-            allowed_ips: None,
-        })),
+        KeyCommand::Create(Box::new(
+            CreateKeyRequest {
+                key_id,
+                org_id,
+                name: "ci deploy".into(),
+                key_type: "secret".into(),
+                scopes: None,
+                expires_at: None,
+                rotation_days: 90,
+                secret: SecretSource {
+                    random: [7; 32],
+                    hash_key: HashKey::from_bytes([3; 32]),
+                },
+                allowed_ips: None,
+            }
+            .parse(now)
+            .unwrap(),
+        )),
         now,
     )
     .unwrap();

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use keyledger_events::domain::key::{self, CreateKey, SecretSource};
+use keyledger_events::domain::key::{self, CreateKeyRequest, SecretSource};
 use keyledger_events::domain::{ApiKey, KeyCommand, KeyId, OrgId};
 use keyledger_events::handler;
 use keyledger_events::log::EventMeta;
@@ -215,7 +215,7 @@ async fn key_created_ago(app: &TestApp, name: &str, age: chrono::Duration) -> St
     let key_id = KeyId::new();
     let mut random = [0u8; 32];
     random[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    let command = KeyCommand::Create(Box::new(CreateKey {
+    let request = CreateKeyRequest {
         key_id,
         org_id: app.org_id.parse::<OrgId>().unwrap(),
         name: name.into(),
@@ -228,7 +228,8 @@ async fn key_created_ago(app: &TestApp, name: &str, age: chrono::Duration) -> St
             random,
             hash_key: app.hash_key.clone(),
         },
-    }));
+    };
+    let command = KeyCommand::Create(Box::new(request.parse(Utc::now() - age).unwrap()));
     let meta = EventMeta {
         actor: "test".into(),
         request_id: None,

@@ -124,10 +124,11 @@ impl SecretSource {
     }
 }
 
-/// Raw input, as a user typed it: `decide` validates every field and reports
-/// all problems at once.
+/// A key to create, as a user typed it: [`CreateKeyRequest::parse`] checks
+/// every field and reports all problems at once, at the edge (the API, the
+/// portal, the CLI), before any command runs.
 #[derive(Clone)]
-pub struct CreateKey {
+pub struct CreateKeyRequest {
     pub key_id: KeyId,
     pub org_id: OrgId,
     pub name: String,
@@ -139,6 +140,59 @@ pub struct CreateKey {
     /// Addresses and CIDR ranges requests may come from (absent or empty: any).
     pub allowed_ips: Option<Vec<String>>,
     pub secret: SecretSource,
+}
+
+/// The command to create a key: every field a domain value, checked by
+/// [`CreateKeyRequest::parse`] (scopes allowed for the type, defaults filled
+/// in), so `decide` parses nothing.
+#[derive(Clone)]
+pub struct CreateKey {
+    pub key_id: KeyId,
+    pub org_id: OrgId,
+    pub name: Name,
+    pub key_type: KeyType,
+    pub scopes: Vec<Scope>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The organization's rotation policy in days (0 = off).
+    pub rotation_days: u32,
+    /// Where requests made with the key may come from (empty: anywhere).
+    pub allowed_ips: AllowedIps,
+    pub secret: SecretSource,
+}
+
+impl CreateKeyRequest {
+    /// The command, or every problem of the input at once (a validation
+    /// error naming each field); `now` is the moment the expiry must follow.
+    pub fn parse(self, now: DateTime<Utc>) -> Result<CreateKey, DomainError> {
+        let mut details = ValidationDetails::default();
+        let name = Name::parse(&self.name).map_err(|p| details.add("name", p)).ok();
+        let key_type = KeyType::parse(&self.key_type);
+        if key_type.is_none() {
+            details.add(
+                "type",
+                format!("unknown type '{}': use public, secret or test", self.key_type),
+            );
+        }
+        let scopes = match (&self.scopes, key_type) {
+            (Some(raw), _) => parse_scopes(raw, key_type, &mut details),
+            (None, Some(t)) => Scope::defaults_for(t),
+            (None, None) => vec![],
+        };
+        check_expiry(self.expires_at, now, &mut details);
+        let allowed_ips = parse_allowed_ips(self.allowed_ips.as_deref().unwrap_or_default(), &mut details);
+        details.into_result()?;
+        Ok(CreateKey {
+            key_id: self.key_id,
+            org_id: self.org_id,
+            name: name.expect("validated"),
+            key_type: key_type.expect("validated"),
+            scopes,
+            expires_at: self.expires_at,
+            rotation_days: self.rotation_days,
+            allowed_ips,
+            secret: self.secret,
+        })
+    }
 }
 
 #[derive(Clone, Default)]
@@ -603,39 +657,27 @@ fn decide_create(state: Option<&ApiKey>, c: CreateKey, now: DateTime<Utc>) -> Re
     if state.is_some() {
         return Err(DomainError::Conflict("a key with this id already exists".into()));
     }
+    // Parsed at the edge; the one rule that moves with the clock is checked
+    // again at the moment the command is decided.
     let mut details = ValidationDetails::default();
-    let name = Name::parse(&c.name).map_err(|p| details.add("name", p)).ok();
-    let key_type = KeyType::parse(&c.key_type);
-    if key_type.is_none() {
-        details.add(
-            "type",
-            format!("unknown type '{}': use public, secret or test", c.key_type),
-        );
-    }
-    let scopes = match (&c.scopes, key_type) {
-        (Some(raw), _) => parse_scopes(raw, key_type, &mut details),
-        (None, Some(t)) => Scope::defaults_for(t),
-        (None, None) => vec![],
-    };
     check_expiry(c.expires_at, now, &mut details);
-    let allowed_ips = parse_allowed_ips(c.allowed_ips.as_deref().unwrap_or_default(), &mut details);
     details.into_result()?;
-    let (name, key_type) = (name.expect("validated"), key_type.expect("validated"));
+    let key_type = c.key_type;
     let (plain, key_hash) = c.secret.issue(key_type);
     Ok(vec![KeyEvent::Created(KeyCreated {
         key_id: c.key_id,
         org_id: c.org_id,
-        name,
+        name: c.name,
         key_type,
         environment: key_type.environment(),
-        scopes,
+        scopes: c.scopes,
         key_hash,
         prefix: key_type.prefix().to_owned(),
         last_four: plain.last_four().to_owned(),
         created_at: now,
         expires_at: c.expires_at,
         rotation_due_at: rotation_due(key_type, now, c.rotation_days),
-        allowed_ips,
+        allowed_ips: c.allowed_ips,
     })])
 }
 

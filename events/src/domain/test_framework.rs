@@ -65,6 +65,15 @@ impl<A: Aggregate> Given<A> {
         }
     }
 
+    /// When a command parsed at the edge — or the edge's refusal of the
+    /// input, which then is the outcome.
+    pub fn when_parsed(&self, parsed: Result<A::Command, DomainError>) -> Then<A::Event> {
+        match parsed {
+            Ok(command) => self.when(command),
+            Err(refused) => Then { result: Err(refused) },
+        }
+    }
+
     /// The state itself, for assertions on it.
     pub fn state(&self) -> Option<&A> {
         self.state.as_ref()

@@ -50,8 +50,8 @@ fn name(text: &str) -> Name {
     Name::parse(text).unwrap()
 }
 
-fn create_input(key_type: &str) -> CreateKey {
-    CreateKey {
+fn create_input(key_type: &str) -> CreateKeyRequest {
+    CreateKeyRequest {
         key_id: key_id(),
         org_id: org_id(),
         name: "Checkout backend".into(),
@@ -64,8 +64,9 @@ fn create_input(key_type: &str) -> CreateKey {
     }
 }
 
-fn create(input: CreateKey) -> KeyCommand {
-    KeyCommand::Create(Box::new(input))
+/// The input parsed at the edge, at the clock of every `when`.
+fn create(input: CreateKeyRequest) -> Result<KeyCommand, DomainError> {
+    input.parse(now()).map(|c| KeyCommand::Create(Box::new(c)))
 }
 
 fn update(input: UpdateKey) -> KeyCommand {
@@ -83,14 +84,15 @@ fn regenerate(expire_old_in_seconds: i64) -> KeyCommand {
 /// The `key.created` event of a key created 30 days before `now()`, through
 /// `decide` (so the history is one the aggregate really produces).
 fn created_with(key_type: &str, scopes: Option<&[&str]>, expires_at: Option<DateTime<Utc>>) -> KeyEvent {
-    let input = CreateKey {
+    let input = CreateKeyRequest {
         scopes: scopes.map(|s| s.iter().map(|s| s.to_string()).collect()),
         expires_at,
         ..create_input(key_type)
     };
-    TestFramework::<ApiKey>::at(now() - days(30))
+    let created_at = now() - days(30);
+    TestFramework::<ApiKey>::at(created_at)
         .given(&[])
-        .when(create(input))
+        .when_parsed(input.parse(created_at).map(|c| KeyCommand::Create(Box::new(c))))
         .then_expect_one()
 }
 
@@ -191,7 +193,7 @@ fn create_gives_each_type_its_prefix_environment_default_scopes_and_rotation() {
         let (plain, key_hash) = issued(key_type, FIRST);
         assert!(plain.expose().starts_with(prefix));
         given(&[])
-            .when(create(create_input(type_name)))
+            .when_parsed(create(create_input(type_name)))
             .then_expect_events(vec![KeyEvent::Created(KeyCreated {
                 key_id: key_id(),
                 org_id: org_id(),
@@ -213,22 +215,22 @@ fn create_gives_each_type_its_prefix_environment_default_scopes_and_rotation() {
 #[test]
 fn create_without_a_rotation_policy_sets_no_rotation_date() {
     for type_name in ["public", "secret", "test"] {
-        let input = CreateKey {
+        let input = CreateKeyRequest {
             rotation_days: 0,
             ..create_input(type_name)
         };
-        let event = then_created(given(&[]).when(create(input)));
+        let event = then_created(given(&[]).when_parsed(create(input)));
         assert_eq!(event.rotation_due_at, None, "{type_name}");
     }
 }
 
 #[test]
 fn create_counts_the_rotation_period_from_now() {
-    let input = CreateKey {
+    let input = CreateKeyRequest {
         rotation_days: 30,
         ..create_input("secret")
     };
-    let event = then_created(given(&[]).when(create(input)));
+    let event = then_created(given(&[]).when_parsed(create(input)));
     assert_eq!(
         event.rotation_due_at,
         Some(Utc.with_ymd_and_hms(2026, 12, 26, 10, 0, 0).unwrap())
@@ -237,7 +239,7 @@ fn create_counts_the_rotation_period_from_now() {
 
 #[test]
 fn create_sorts_and_dedups_explicit_scopes() {
-    let input = CreateKey {
+    let input = CreateKeyRequest {
         scopes: Some(
             [
                 "admin",
@@ -251,7 +253,7 @@ fn create_sorts_and_dedups_explicit_scopes() {
         ),
         ..create_input("secret")
     };
-    let event = then_created(given(&[]).when(create(input)));
+    let event = then_created(given(&[]).when_parsed(create(input)));
     assert_eq!(
         event.scopes,
         vec![
@@ -262,7 +264,7 @@ fn create_sorts_and_dedups_explicit_scopes() {
         ]
     );
 
-    let input = CreateKey {
+    let input = CreateKeyRequest {
         scopes: Some(
             ["read:consumers", "read:experiences", "read:consumers"]
                 .map(String::from)
@@ -270,28 +272,28 @@ fn create_sorts_and_dedups_explicit_scopes() {
         ),
         ..create_input("public")
     };
-    let event = then_created(given(&[]).when(create(input)));
+    let event = then_created(given(&[]).when_parsed(create(input)));
     assert_eq!(event.scopes, vec![Scope::ReadExperiences, Scope::ReadConsumers]);
 }
 
 #[test]
 fn create_accepts_explicit_scopes_on_test_keys() {
-    let input = CreateKey {
+    let input = CreateKeyRequest {
         scopes: Some(vec!["write:experiences".into()]),
         ..create_input("test")
     };
-    let event = then_created(given(&[]).when(create(input)));
+    let event = then_created(given(&[]).when_parsed(create(input)));
     assert_eq!(event.scopes, vec![Scope::WriteExperiences]);
 }
 
 #[test]
 fn create_keeps_a_future_expiry() {
     let at = now() + secs(1);
-    let input = CreateKey {
+    let input = CreateKeyRequest {
         expires_at: Some(at),
         ..create_input("secret")
     };
-    let event = then_created(given(&[]).when(create(input)));
+    let event = then_created(given(&[]).when_parsed(create(input)));
     assert_eq!(event.expires_at, Some(at));
 }
 
@@ -299,7 +301,7 @@ fn create_keeps_a_future_expiry() {
 fn create_records_the_last_four_and_hash_of_the_issued_key() {
     for key_type in KeyType::ALL {
         let (plain, key_hash) = source(FIRST).issue(key_type);
-        let event = then_created(given(&[]).when(create(create_input(key_type.as_str()))));
+        let event = then_created(given(&[]).when_parsed(create(create_input(key_type.as_str()))));
         assert_eq!(event.last_four.chars().count(), 4);
         assert_eq!(event.last_four, last_four_of(&plain));
         assert!(plain.expose().ends_with(&event.last_four));
@@ -313,7 +315,7 @@ fn the_created_event_never_contains_the_clear_text_key() {
     for key_type in KeyType::ALL {
         let (plain, _) = source(FIRST).issue(key_type);
         let event = given(&[])
-            .when(create(create_input(key_type.as_str())))
+            .when_parsed(create(create_input(key_type.as_str())))
             .then_expect_one();
         let json = serde_json::to_string(&event).unwrap();
         assert!(!json.contains(plain.expose()), "{json}");
@@ -326,23 +328,25 @@ fn the_created_event_never_contains_the_clear_text_key() {
 #[test]
 fn create_refuses_an_unknown_type() {
     let details = given(&[])
-        .when(create(create_input("private")))
+        .when_parsed(create(create_input("private")))
         .then_expect_invalid(&["type"]);
     assert!(details.0["type"][0].contains("private"));
     given(&[])
-        .when(create(create_input("Secret")))
+        .when_parsed(create(create_input("Secret")))
         .then_expect_invalid(&["type"]);
-    given(&[]).when(create(create_input(""))).then_expect_invalid(&["type"]);
+    given(&[])
+        .when_parsed(create(create_input("")))
+        .then_expect_invalid(&["type"]);
 }
 
 #[test]
 fn create_refuses_an_unknown_scope() {
     for type_name in ["public", "secret", "test"] {
-        let input = CreateKey {
+        let input = CreateKeyRequest {
             scopes: Some(vec!["read:experiences".into(), "write:everything".into()]),
             ..create_input(type_name)
         };
-        let details = given(&[]).when(create(input)).then_expect_invalid(&["scopes"]);
+        let details = given(&[]).when_parsed(create(input)).then_expect_invalid(&["scopes"]);
         assert!(details.0["scopes"][0].contains("write:everything"));
     }
 }
@@ -350,11 +354,11 @@ fn create_refuses_an_unknown_scope() {
 #[test]
 fn create_refuses_write_and_admin_scopes_on_public_keys() {
     for scope in ["write:consumers", "admin", "write:experiences", "read:analytics"] {
-        let input = CreateKey {
+        let input = CreateKeyRequest {
             scopes: Some(vec!["read:experiences".into(), scope.into()]),
             ..create_input("public")
         };
-        let details = given(&[]).when(create(input)).then_expect_invalid(&["scopes"]);
+        let details = given(&[]).when_parsed(create(input)).then_expect_invalid(&["scopes"]);
         assert_eq!(details.0["scopes"].len(), 1);
         assert!(details.0["scopes"][0].contains(scope), "{details:?}");
     }
@@ -363,22 +367,24 @@ fn create_refuses_write_and_admin_scopes_on_public_keys() {
 #[test]
 fn create_refuses_an_empty_scope_list() {
     for type_name in ["public", "secret", "test"] {
-        let input = CreateKey {
+        let input = CreateKeyRequest {
             scopes: Some(vec![]),
             ..create_input(type_name)
         };
-        given(&[]).when(create(input)).then_expect_invalid(&["scopes"]);
+        given(&[]).when_parsed(create(input)).then_expect_invalid(&["scopes"]);
     }
 }
 
 #[test]
 fn create_refuses_an_expiry_that_is_not_in_the_future() {
     for at in [now() - days(1), now() - secs(1), now()] {
-        let input = CreateKey {
+        let input = CreateKeyRequest {
             expires_at: Some(at),
             ..create_input("secret")
         };
-        given(&[]).when(create(input)).then_expect_invalid(&["expires_at"]);
+        given(&[])
+            .when_parsed(create(input))
+            .then_expect_invalid(&["expires_at"]);
     }
 }
 
@@ -391,19 +397,21 @@ fn beyond_rfc_3339() -> [DateTime<Utc>; 2] {
 #[test]
 fn create_refuses_an_expiry_rfc_3339_cannot_write() {
     for at in beyond_rfc_3339() {
-        let input = CreateKey {
+        let input = CreateKeyRequest {
             expires_at: Some(at),
             ..create_input("secret")
         };
-        given(&[]).when(create(input)).then_expect_invalid(&["expires_at"]);
+        given(&[])
+            .when_parsed(create(input))
+            .then_expect_invalid(&["expires_at"]);
     }
     let latest = Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap();
-    let input = CreateKey {
+    let input = CreateKeyRequest {
         expires_at: Some(latest),
         ..create_input("secret")
     };
     assert!(
-        given(&[]).when(create(input)).result().is_ok(),
+        given(&[]).when_parsed(create(input)).result().is_ok(),
         "the last second of 9999 is fine"
     );
 }
@@ -432,11 +440,11 @@ fn create_refuses_bad_names() {
         "bell\u{7}".to_owned(),
         "\n".to_owned(),
     ] {
-        let input = CreateKey {
+        let input = CreateKeyRequest {
             name: bad.clone(),
             ..create_input("secret")
         };
-        given(&[]).when(create(input)).then_expect_invalid(&["name"]);
+        given(&[]).when_parsed(create(input)).then_expect_invalid(&["name"]);
     }
 }
 
@@ -448,18 +456,18 @@ fn create_accepts_names_of_up_to_100_characters() {
         "a".to_owned(),
         "  padded  ".to_owned(),
     ] {
-        let input = CreateKey {
+        let input = CreateKeyRequest {
             name: good.clone(),
             ..create_input("secret")
         };
-        let event = then_created(given(&[]).when(create(input)));
+        let event = then_created(given(&[]).when_parsed(create(input)));
         assert_eq!(event.name.as_str(), good);
     }
 }
 
 #[test]
 fn create_reports_every_problem_at_once() {
-    let input = CreateKey {
+    let input = CreateKeyRequest {
         name: "line\nbreak".into(),
         key_type: "private".into(),
         scopes: Some(vec!["write:everything".into()]),
@@ -467,11 +475,11 @@ fn create_reports_every_problem_at_once() {
         ..create_input("secret")
     };
     given(&[])
-        .when(create(input))
+        .when_parsed(create(input))
         .then_expect_invalid(&["expires_at", "name", "scopes", "type"]);
 
     // Several problems with one field are all listed too.
-    let input = CreateKey {
+    let input = CreateKeyRequest {
         name: String::new(),
         scopes: Some(vec![
             "write:everything".into(),
@@ -480,21 +488,23 @@ fn create_reports_every_problem_at_once() {
         ]),
         ..create_input("public")
     };
-    let details = given(&[]).when(create(input)).then_expect_invalid(&["name", "scopes"]);
+    let details = given(&[])
+        .when_parsed(create(input))
+        .then_expect_invalid(&["name", "scopes"]);
     assert_eq!(details.0["scopes"].len(), 3, "{details:?}");
 }
 
 #[test]
 fn create_over_an_existing_key_is_a_conflict() {
     given(&[secret_created()])
-        .when(create(create_input("secret")))
+        .when_parsed(create(create_input("secret")))
         .then_expect_conflict();
     given(&[secret_created(), deactivated()])
-        .when(create(create_input("public")))
+        .when_parsed(create(create_input("public")))
         .then_expect_conflict();
     // The id of a deleted key is not reused either.
     given(&[secret_created(), deleted()])
-        .when(create(create_input("secret")))
+        .when_parsed(create(create_input("secret")))
         .then_expect_conflict();
 }
 
@@ -1358,7 +1368,9 @@ fn stream_ids_name_the_key() {
 
 /// A live secret key created `age` days before `now()` under a 90-day policy.
 fn created_days_ago(age: i64, key_type: &str) -> KeyEvent {
-    let mut events = ApiKey::decide(None, create(create_input(key_type)), now() - days(age)).unwrap();
+    let at = now() - days(age);
+    let command = KeyCommand::Create(Box::new(create_input(key_type).parse(at).unwrap()));
+    let mut events = ApiKey::decide(None, command, at).unwrap();
     events.remove(0)
 }
 
@@ -1441,11 +1453,11 @@ fn allowlist(entries: &[&str]) -> AllowedIps {
 
 #[test]
 fn create_records_the_allowlist_in_canonical_form() {
-    let input = CreateKey {
+    let input = CreateKeyRequest {
         allowed_ips: ips(&["203.0.113.0/24", "::ffff:198.51.100.7", "2001:db8::/32"]),
         ..create_input("secret")
     };
-    let created = then_created(given(&[]).when(create(input)));
+    let created = then_created(given(&[]).when_parsed(create(input)));
     assert_eq!(
         created.allowed_ips.to_strings(),
         ["203.0.113.0/24", "198.51.100.7", "2001:db8::/32"]
@@ -1455,11 +1467,11 @@ fn create_records_the_allowlist_in_canonical_form() {
         allowlist(&["203.0.113.0/24", "198.51.100.7", "2001:db8::/32"])
     );
     // An empty list is no allowlist, and is not written at all.
-    let input = CreateKey {
+    let input = CreateKeyRequest {
         allowed_ips: ips(&[]),
         ..create_input("secret")
     };
-    let created = given(&[]).when(create(input)).then_expect_one();
+    let created = given(&[]).when_parsed(create(input)).then_expect_one();
     assert!(serde_json::to_value(&created).unwrap()["data"]
         .get("allowed_ips")
         .is_none());
@@ -1467,7 +1479,7 @@ fn create_records_the_allowlist_in_canonical_form() {
 
 #[test]
 fn create_refuses_a_bad_allowlist_with_every_problem() {
-    let input = CreateKey {
+    let input = CreateKeyRequest {
         allowed_ips: ips(&[
             "10.0.0.0/33",
             "203.0.113.7/24",
@@ -1477,14 +1489,18 @@ fn create_refuses_a_bad_allowlist_with_every_problem() {
         ]),
         ..create_input("secret")
     };
-    let details = given(&[]).when(create(input)).then_expect_invalid(&["allowed_ips"]);
+    let details = given(&[])
+        .when_parsed(create(input))
+        .then_expect_invalid(&["allowed_ips"]);
     assert_eq!(details.0["allowed_ips"].len(), 4, "{details:?}");
     let many: Vec<String> = (0..101).map(|n| format!("10.{n}.0.0/16")).collect();
-    let input = CreateKey {
+    let input = CreateKeyRequest {
         allowed_ips: Some(many),
         ..create_input("secret")
     };
-    given(&[]).when(create(input)).then_expect_invalid(&["allowed_ips"]);
+    given(&[])
+        .when_parsed(create(input))
+        .then_expect_invalid(&["allowed_ips"]);
 }
 
 #[test]
