@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use keyledger_events::domain::{key::UpdateKey, KeyId, KeyStatus, KeyType, PlainKey};
+use keyledger_events::domain::{key::UpdateKeyRequest, KeyId, KeyStatus, KeyType, PlainKey};
 use keyledger_events::log::StoredEvent;
 use keyledger_events::read_model::{KeyFilter, KeyRow};
 use serde_json::{json, Value};
@@ -141,7 +141,7 @@ pub async fn update(
 ) -> Result<HttpResponse, ApiError> {
     let id = key_id(&path)?;
     let mut fields = body::read_object(&req, payload).await?;
-    let update = UpdateKey {
+    let update = UpdateKeyRequest {
         name: fields.optional_string("name"),
         scopes: fields.string_list("scopes"),
         expires_at: fields.nullable_time("expires_at"),

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 use keyledger_events::alert_outbox;
 use keyledger_events::domain::{
-    key::{self, CreateKeyRequest, RegenerateKey, SecretSource, UpdateKey},
+    key::{self, CreateKeyRequest, RegenerateKey, SecretSource, UpdateKeyRequest},
     org::{self, ChangeSettings},
     ApiKey, DomainError, KeyCommand, KeyId, Org, OrgCommand, OrgEvent, OrgId, PlainKey,
 };
@@ -395,8 +395,14 @@ fn issued(row: &KeyRow, source: SecretSource) -> PlainKey {
     source.issue(row.key_type).0
 }
 
-pub async fn update_key(state: &AppState, caller: &Caller, id: KeyId, update: UpdateKey) -> Result<KeyRow, ApiError> {
-    run_once(state, caller, id, KeyCommand::Update(update)).await
+pub async fn update_key(
+    state: &AppState,
+    caller: &Caller,
+    id: KeyId,
+    update: UpdateKeyRequest,
+) -> Result<KeyRow, ApiError> {
+    // Parsed here; its problems are reported by the command, after the key's own refusals.
+    run_once(state, caller, id, KeyCommand::Update(update.parse())).await
 }
 
 /// A regenerated key: its new secret (shown once) and until when the

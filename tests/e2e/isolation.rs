@@ -291,10 +291,13 @@ async fn another_commands_change_between_a_commands_read_and_its_append_is_a_con
     let app = spawn_app().await;
     let key = app.create_key(json!({"name": "edited", "type": "secret"})).await;
     let id = key["id"].as_str().unwrap().to_owned();
-    let rename = keyledger_events::domain::KeyCommand::Update(keyledger_events::domain::key::UpdateKey {
-        name: Some("renamed".into()),
-        ..Default::default()
-    });
+    let rename = keyledger_events::domain::KeyCommand::Update(
+        keyledger_events::domain::key::UpdateKeyRequest {
+            name: Some("renamed".into()),
+            ..Default::default()
+        }
+        .parse(),
+    );
     let held = hold_an_append(&app, &id, rename).await;
     let answer = interleave(&app, held, Method::POST, format!("/v1/keys/{id}/deactivate"), None, &[]).await;
     answer.expect_error(409, "conflict");

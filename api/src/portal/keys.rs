@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use keyledger_events::domain::{key::UpdateKey, KeyId, KeyStatus, KeyType};
+use keyledger_events::domain::{key::UpdateKeyRequest, KeyId, KeyStatus, KeyType};
 use keyledger_events::log::StoredEvent;
 use keyledger_events::read_model::{self, KeyFilter, KeyRow};
 use serde_json::Value;
@@ -310,7 +310,7 @@ pub async fn edit(
         parse_expiry(&typed.expires_on, &mut errors)
     };
     if errors.is_empty() {
-        let update = UpdateKey {
+        let update = UpdateKeyRequest {
             name: Some(typed.name.clone()),
             scopes: Some(typed.scopes.clone()),
             expires_at: Some(expires_at),

@@ -195,14 +195,48 @@ impl CreateKeyRequest {
     }
 }
 
+/// An edit, as a user typed it; [`UpdateKeyRequest::parse`] makes the
+/// command.
 #[derive(Clone, Default)]
-pub struct UpdateKey {
+pub struct UpdateKeyRequest {
     pub name: Option<String>,
     pub scopes: Option<Vec<String>>,
     /// `Some(None)` clears the expiry.
     pub expires_at: Option<Option<DateTime<Utc>>>,
     /// `Some(vec![])` clears the allowlist.
     pub allowed_ips: Option<Vec<String>>,
+}
+
+/// The command to edit a key: each given field parsed at the edge into its
+/// domain value — or into what is wrong with it. The problems travel with
+/// the command because an edit's refusals come in an order that depends on
+/// the key (not found, then an expired key's conflict, then every field
+/// problem at once, with the scopes the key's type may not hold): `decide`
+/// reports them, and parses nothing.
+#[derive(Clone, Default)]
+pub struct UpdateKey {
+    pub name: Option<Result<Name, String>>,
+    /// Each scope as given, in order (an unknown one is its problem).
+    pub scopes: Option<Vec<Result<Scope, String>>>,
+    /// `Some(None)` clears the expiry.
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    /// `Some(empty)` clears the allowlist.
+    pub allowed_ips: Option<Result<AllowedIps, Vec<String>>>,
+}
+
+impl UpdateKeyRequest {
+    pub fn parse(self) -> UpdateKey {
+        UpdateKey {
+            name: self.name.map(|n| Name::parse(&n)),
+            scopes: self.scopes.map(|raw| {
+                raw.iter()
+                    .map(|t| t.parse::<Scope>().map_err(|e| e.to_string()))
+                    .collect()
+            }),
+            expires_at: self.expires_at,
+            allowed_ips: self.allowed_ips.map(|raw| AllowedIps::parse(&raw)),
+        }
+    }
 }
 
 /// Which of a key's secrets a leak report names.
@@ -448,9 +482,23 @@ fn rotation_due(key_type: KeyType, from: DateTime<Utc>, rotation_days: u32) -> O
 
 /// Parses and checks scopes for a key type; problems go to `details`.
 fn parse_scopes(raw: &[String], key_type: Option<KeyType>, details: &mut ValidationDetails) -> Vec<Scope> {
+    let parsed: Vec<Result<Scope, String>> = raw
+        .iter()
+        .map(|t| t.parse::<Scope>().map_err(|e| e.to_string()))
+        .collect();
+    check_scopes(&parsed, key_type, details)
+}
+
+/// Checks parsed scopes for a key type, in the order given; problems (an
+/// unknown scope, one the type may not hold, none at all) go to `details`.
+fn check_scopes(
+    parsed: &[Result<Scope, String>],
+    key_type: Option<KeyType>,
+    details: &mut ValidationDetails,
+) -> Vec<Scope> {
     let mut scopes = Vec::new();
-    for text in raw {
-        match text.parse::<Scope>() {
+    for given in parsed {
+        match given.clone() {
             Ok(scope) => match key_type {
                 Some(t) if !scope.allowed_for(t) => details.add(
                     "scopes",
@@ -461,10 +509,10 @@ fn parse_scopes(raw: &[String], key_type: Option<KeyType>, details: &mut Validat
                 ),
                 _ => scopes.push(scope),
             },
-            Err(unknown) => details.add("scopes", unknown.to_string()),
+            Err(unknown) => details.add("scopes", unknown),
         }
     }
-    if raw.is_empty() {
+    if parsed.is_empty() {
         details.add(
             "scopes",
             "give at least one scope, or leave scopes out for the defaults",
@@ -683,7 +731,12 @@ fn decide_create(state: Option<&ApiKey>, c: CreateKey, now: DateTime<Utc>) -> Re
 
 /// The allowlist, or its problems under `allowed_ips`.
 fn parse_allowed_ips(raw: &[String], details: &mut ValidationDetails) -> AllowedIps {
-    AllowedIps::parse(raw).unwrap_or_else(|problems| {
+    check_allowed_ips(AllowedIps::parse(raw), details)
+}
+
+/// A parsed allowlist, or its problems under `allowed_ips`.
+fn check_allowed_ips(parsed: Result<AllowedIps, Vec<String>>, details: &mut ValidationDetails) -> AllowedIps {
+    parsed.unwrap_or_else(|problems| {
         for problem in problems {
             details.add("allowed_ips", problem);
         }
@@ -746,16 +799,13 @@ fn clean(text: &str, max: usize) -> String {
 fn decide_update(key: &ApiKey, u: UpdateKey, now: DateTime<Utc>) -> Result<Vec<KeyEvent>, DomainError> {
     refuse_if_expired(key, now, "edited")?;
     let mut details = ValidationDetails::default();
-    let name = u
-        .name
-        .as_deref()
-        .and_then(|n| Name::parse(n).map_err(|p| details.add("name", p)).ok());
+    let name = u.name.and_then(|n| n.map_err(|p| details.add("name", p)).ok());
     let scopes = u
         .scopes
         .as_deref()
-        .map(|raw| parse_scopes(raw, Some(key.key_type), &mut details));
+        .map(|parsed| check_scopes(parsed, Some(key.key_type), &mut details));
     check_expiry(u.expires_at.flatten(), now, &mut details);
-    let allowed_ips = u.allowed_ips.as_deref().map(|raw| parse_allowed_ips(raw, &mut details));
+    let allowed_ips = u.allowed_ips.map(|parsed| check_allowed_ips(parsed, &mut details));
     details.into_result()?;
     // Only what really changes is recorded; an edit that changes nothing appends nothing.
     let change = KeyUpdated {

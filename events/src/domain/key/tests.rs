@@ -69,8 +69,9 @@ fn create(input: CreateKeyRequest) -> Result<KeyCommand, DomainError> {
     input.parse(now()).map(|c| KeyCommand::Create(Box::new(c)))
 }
 
-fn update(input: UpdateKey) -> KeyCommand {
-    KeyCommand::Update(input)
+/// The edit parsed at the edge.
+fn update(input: UpdateKeyRequest) -> KeyCommand {
+    KeyCommand::Update(input.parse())
 }
 
 fn regenerate(expire_old_in_seconds: i64) -> KeyCommand {
@@ -131,9 +132,9 @@ fn all_commands() -> Vec<(&'static str, KeyCommand)> {
     vec![
         (
             "update",
-            update(UpdateKey {
+            update(UpdateKeyRequest {
                 name: Some("Renamed".into()),
-                ..UpdateKey::default()
+                ..UpdateKeyRequest::default()
             }),
         ),
         ("regenerate", regenerate(0)),
@@ -420,9 +421,9 @@ fn create_refuses_an_expiry_rfc_3339_cannot_write() {
 fn update_refuses_an_expiry_rfc_3339_cannot_write() {
     for at in beyond_rfc_3339() {
         given(&[secret_created()])
-            .when(update(UpdateKey {
+            .when(update(UpdateKeyRequest {
                 expires_at: Some(Some(at)),
-                ..UpdateKey::default()
+                ..UpdateKeyRequest::default()
             }))
             .then_expect_invalid(&["expires_at"]);
     }
@@ -541,9 +542,9 @@ fn evolve_of_created_builds_an_active_key() {
 #[test]
 fn update_of_the_name_records_only_the_name() {
     given(&[secret_created()])
-        .when(update(UpdateKey {
+        .when(update(UpdateKeyRequest {
             name: Some("Billing worker".into()),
-            ..UpdateKey::default()
+            ..UpdateKeyRequest::default()
         }))
         .then_expect_events(vec![KeyEvent::Updated(KeyUpdated {
             name: Some(name("Billing worker")),
@@ -554,13 +555,13 @@ fn update_of_the_name_records_only_the_name() {
 #[test]
 fn update_of_the_scopes_records_only_the_sorted_scopes() {
     given(&[secret_created()])
-        .when(update(UpdateKey {
+        .when(update(UpdateKeyRequest {
             scopes: Some(vec![
                 "write:consumers".into(),
                 "read:experiences".into(),
                 "write:consumers".into(),
             ]),
-            ..UpdateKey::default()
+            ..UpdateKeyRequest::default()
         }))
         .then_expect_events(vec![KeyEvent::Updated(KeyUpdated {
             scopes: Some(vec![Scope::ReadExperiences, Scope::WriteConsumers]),
@@ -571,9 +572,9 @@ fn update_of_the_scopes_records_only_the_sorted_scopes() {
 #[test]
 fn update_of_a_public_key_to_read_consumers_is_allowed() {
     given(&[created_with("public", None, None)])
-        .when(update(UpdateKey {
+        .when(update(UpdateKeyRequest {
             scopes: Some(vec!["read:consumers".into()]),
-            ..UpdateKey::default()
+            ..UpdateKeyRequest::default()
         }))
         .then_expect_events(vec![KeyEvent::Updated(KeyUpdated {
             scopes: Some(vec![Scope::ReadConsumers]),
@@ -585,27 +586,27 @@ fn update_of_a_public_key_to_read_consumers_is_allowed() {
 fn update_sets_changes_and_clears_the_expiry() {
     let later = now() + days(7);
     given(&[secret_created()])
-        .when(update(UpdateKey {
+        .when(update(UpdateKeyRequest {
             expires_at: Some(Some(later)),
-            ..UpdateKey::default()
+            ..UpdateKeyRequest::default()
         }))
         .then_expect_events(vec![KeyEvent::Updated(KeyUpdated {
             expires_at: Some(Some(later)),
             ..KeyUpdated::default()
         })]);
     given(&[expiring_at(now() + days(1))])
-        .when(update(UpdateKey {
+        .when(update(UpdateKeyRequest {
             expires_at: Some(Some(later)),
-            ..UpdateKey::default()
+            ..UpdateKeyRequest::default()
         }))
         .then_expect_events(vec![KeyEvent::Updated(KeyUpdated {
             expires_at: Some(Some(later)),
             ..KeyUpdated::default()
         })]);
     given(&[expiring_at(now() + days(1))])
-        .when(update(UpdateKey {
+        .when(update(UpdateKeyRequest {
             expires_at: Some(None),
-            ..UpdateKey::default()
+            ..UpdateKeyRequest::default()
         }))
         .then_expect_events(vec![KeyEvent::Updated(KeyUpdated {
             expires_at: Some(None),
@@ -616,11 +617,11 @@ fn update_sets_changes_and_clears_the_expiry() {
 #[test]
 fn update_of_several_fields_is_one_event_with_only_the_changed_ones() {
     given(&[expiring_at(now() + days(1))])
-        .when(update(UpdateKey {
+        .when(update(UpdateKeyRequest {
             name: Some("Billing worker".into()),
             scopes: Some(vec!["read:analytics".into()]),
             expires_at: Some(None),
-            ..UpdateKey::default()
+            ..UpdateKeyRequest::default()
         }))
         .then_expect_events(vec![KeyEvent::Updated(KeyUpdated {
             name: Some(name("Billing worker")),
@@ -630,11 +631,11 @@ fn update_of_several_fields_is_one_event_with_only_the_changed_ones() {
         })]);
     // The name is unchanged, so only the scopes are recorded.
     given(&[secret_created()])
-        .when(update(UpdateKey {
+        .when(update(UpdateKeyRequest {
             name: Some("Checkout backend".into()),
             scopes: Some(vec!["read:analytics".into()]),
             expires_at: Some(None),
-            ..UpdateKey::default()
+            ..UpdateKeyRequest::default()
         }))
         .then_expect_events(vec![KeyEvent::Updated(KeyUpdated {
             scopes: Some(vec![Scope::ReadAnalytics]),
@@ -650,9 +651,9 @@ fn update_without_changes_appends_nothing() {
         Some(&["read:experiences", "write:consumers"]),
         Some(expiry),
     )]);
-    state.when(update(UpdateKey::default())).then_expect_nothing();
+    state.when(update(UpdateKeyRequest::default())).then_expect_nothing();
     state
-        .when(update(UpdateKey {
+        .when(update(UpdateKeyRequest {
             name: Some("Checkout backend".into()),
             scopes: Some(vec![
                 "write:consumers".into(),
@@ -660,14 +661,14 @@ fn update_without_changes_appends_nothing() {
                 "write:consumers".into(),
             ]),
             expires_at: Some(Some(expiry)),
-            ..UpdateKey::default()
+            ..UpdateKeyRequest::default()
         }))
         .then_expect_nothing();
     // Clearing an expiry that is not set changes nothing either.
     given(&[secret_created()])
-        .when(update(UpdateKey {
+        .when(update(UpdateKeyRequest {
             expires_at: Some(None),
-            ..UpdateKey::default()
+            ..UpdateKeyRequest::default()
         }))
         .then_expect_nothing();
 }
@@ -676,9 +677,9 @@ fn update_without_changes_appends_nothing() {
 fn update_of_a_public_key_to_a_write_or_admin_scope_is_refused() {
     for scope in ["write:consumers", "write:experiences", "admin"] {
         given(&[created_with("public", None, None)])
-            .when(update(UpdateKey {
+            .when(update(UpdateKeyRequest {
                 scopes: Some(vec![scope.into()]),
-                ..UpdateKey::default()
+                ..UpdateKeyRequest::default()
             }))
             .then_expect_invalid(&["scopes"]);
     }
@@ -688,9 +689,9 @@ fn update_of_a_public_key_to_a_write_or_admin_scope_is_refused() {
 fn update_refuses_unknown_or_no_scopes() {
     for scopes in [vec!["write:everything".to_owned()], vec![]] {
         given(&[secret_created()])
-            .when(update(UpdateKey {
+            .when(update(UpdateKeyRequest {
                 scopes: Some(scopes),
-                ..UpdateKey::default()
+                ..UpdateKeyRequest::default()
             }))
             .then_expect_invalid(&["scopes"]);
     }
@@ -707,9 +708,9 @@ fn update_refuses_bad_names() {
         "\u{7}".to_owned(),
     ] {
         given(&[secret_created()])
-            .when(update(UpdateKey {
+            .when(update(UpdateKeyRequest {
                 name: Some(bad),
-                ..UpdateKey::default()
+                ..UpdateKeyRequest::default()
             }))
             .then_expect_invalid(&["name"]);
     }
@@ -719,9 +720,9 @@ fn update_refuses_bad_names() {
 fn update_refuses_an_expiry_that_is_not_in_the_future() {
     for at in [now() - days(1), now()] {
         given(&[secret_created()])
-            .when(update(UpdateKey {
+            .when(update(UpdateKeyRequest {
                 expires_at: Some(Some(at)),
-                ..UpdateKey::default()
+                ..UpdateKeyRequest::default()
             }))
             .then_expect_invalid(&["expires_at"]);
     }
@@ -730,11 +731,11 @@ fn update_refuses_an_expiry_that_is_not_in_the_future() {
 #[test]
 fn update_reports_every_problem_at_once() {
     given(&[created_with("public", None, None)])
-        .when(update(UpdateKey {
+        .when(update(UpdateKeyRequest {
             name: Some(String::new()),
             scopes: Some(vec!["admin".into()]),
             expires_at: Some(Some(now() - days(1))),
-            ..UpdateKey::default()
+            ..UpdateKeyRequest::default()
         }))
         .then_expect_invalid(&["expires_at", "name", "scopes"]);
 }
@@ -742,9 +743,9 @@ fn update_reports_every_problem_at_once() {
 #[test]
 fn update_of_an_expired_key_is_a_conflict() {
     let edit = || {
-        update(UpdateKey {
+        update(UpdateKeyRequest {
             name: Some("Renamed".into()),
-            ..UpdateKey::default()
+            ..UpdateKeyRequest::default()
         })
     };
     given(&[expired_by_clock()]).when(edit()).then_expect_conflict();
@@ -757,9 +758,9 @@ fn update_of_an_expired_key_is_a_conflict() {
         .then_expect_conflict();
     // Not even to lift the expiry.
     given(&[expired_by_clock()])
-        .when(update(UpdateKey {
+        .when(update(UpdateKeyRequest {
             expires_at: Some(None),
-            ..UpdateKey::default()
+            ..UpdateKeyRequest::default()
         }))
         .then_expect_conflict();
 }
@@ -767,9 +768,9 @@ fn update_of_an_expired_key_is_a_conflict() {
 #[test]
 fn update_of_an_inactive_key_is_allowed() {
     let event = given(&[secret_created(), deactivated()])
-        .when(update(UpdateKey {
+        .when(update(UpdateKeyRequest {
             name: Some("Renamed".into()),
-            ..UpdateKey::default()
+            ..UpdateKeyRequest::default()
         }))
         .then_expect_one();
     assert_eq!(
@@ -784,9 +785,9 @@ fn update_of_an_inactive_key_is_allowed() {
 #[test]
 fn update_of_a_deleted_or_unknown_key_is_not_found() {
     let edit = || {
-        update(UpdateKey {
+        update(UpdateKeyRequest {
             name: Some("Renamed".into()),
-            ..UpdateKey::default()
+            ..UpdateKeyRequest::default()
         })
     };
     given(&[secret_created(), deleted()])
@@ -1506,9 +1507,9 @@ fn create_refuses_a_bad_allowlist_with_every_problem() {
 #[test]
 fn update_sets_changes_and_clears_the_allowlist() {
     let set = given(&[secret_created()])
-        .when(update(UpdateKey {
+        .when(update(UpdateKeyRequest {
             allowed_ips: ips(&["203.0.113.0/24"]),
-            ..UpdateKey::default()
+            ..UpdateKeyRequest::default()
         }))
         .then_expect_one();
     assert_eq!(
@@ -1521,16 +1522,16 @@ fn update_sets_changes_and_clears_the_allowlist() {
     let limited = given(&[secret_created(), set.clone()]);
     // The same list again changes nothing.
     limited
-        .when(update(UpdateKey {
+        .when(update(UpdateKeyRequest {
             allowed_ips: ips(&["203.0.113.0/24"]),
-            ..UpdateKey::default()
+            ..UpdateKeyRequest::default()
         }))
         .then_expect_nothing();
     // An empty list clears it, recorded as [].
     let cleared = limited
-        .when(update(UpdateKey {
+        .when(update(UpdateKeyRequest {
             allowed_ips: ips(&[]),
-            ..UpdateKey::default()
+            ..UpdateKeyRequest::default()
         }))
         .then_expect_one();
     assert_eq!(
@@ -1543,9 +1544,9 @@ fn update_sets_changes_and_clears_the_allowlist() {
         .allowed_ips
         .is_empty());
     given(&[secret_created()])
-        .when(update(UpdateKey {
+        .when(update(UpdateKeyRequest {
             allowed_ips: ips(&["10.0.0.1/8"]),
-            ..UpdateKey::default()
+            ..UpdateKeyRequest::default()
         }))
         .then_expect_invalid(&["allowed_ips"]);
 }
