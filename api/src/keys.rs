@@ -9,15 +9,14 @@ use chrono::{DateTime, Utc};
 use keyledger_events::domain::{key::UpdateKeyRequest, KeyId, KeyStatus, KeyType, PlainKey};
 use keyledger_events::log::StoredEvent;
 use keyledger_events::read_model::{KeyFilter, KeyRow};
+use keyledger_events::representation;
 use serde_json::{json, Value};
 
 use crate::idempotency::{self, IdempotencyKey, Idempotent};
 use crate::manage::{self, key_id, Done, Granularity, NewKey};
-use crate::{auth::Admin, body, error::ApiError, AppState};
+use crate::{auth::Admin, body, clock, error::ApiError, AppState};
 
-use crate::clock;
 pub use crate::manage::KEY_QUOTA_LOCK;
-use keyledger_events::representation;
 
 type Query = web::Query<HashMap<String, String>>;
 

@@ -166,12 +166,14 @@ impl AppState {
     /// The API's background work until `shutdown`: the database probe,
     /// cache invalidation, usage flushes (and a last one), limiter sweeps.
     pub async fn run_background(self, shutdown: Shutdown) {
-        let (keys, addresses) = (
+        let (keys, addresses, clock) = (
             self.limiter.clone(),
             [self.failures.clone(), self.end_client_failures.clone()],
+            self.clock.clone(),
         );
+        // The limiters' windows are in the app's time (tests move it).
         let sweep = from_fn(|| async {
-            let now = chrono::Utc::now().timestamp().max(0) as u64;
+            let now = clock.now().timestamp().max(0) as u64;
             keys.sweep(now);
             for limiter in &addresses {
                 limiter.sweep(now);

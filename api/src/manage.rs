@@ -127,7 +127,9 @@ struct Ran {
 /// answers with the key built from what that transaction decided. Once the
 /// commit succeeds nothing is read again, so nothing can turn a committed
 /// command (and a secret shown once) into an error. `status` is what a
-/// success answers (recorded for replays).
+/// success answers (recorded for replays). A creation that finds itself
+/// near the quota in a shared count stores nothing and runs again, in a
+/// second transaction, counting alone.
 async fn run(
     state: &AppState,
     caller: &Caller,
@@ -136,18 +138,12 @@ async fn run(
     status: u16,
     idempotent: Option<&Idempotent>,
 ) -> Result<Done<Ran>, ApiError> {
+    // Known to be near the quota (by this process's last count): alone at once.
+    let near = matches!(command, KeyCommand::Create(_))
+        && state.key_counts.near(caller.org_id(), state.settings.max_keys_per_org);
+    let first = if near { QuotaLock::Exclusive } else { QuotaLock::Shared };
     // A creation near the organization's quota runs again, counted alone.
-    match attempt(
-        state,
-        caller,
-        id,
-        command.clone(),
-        status,
-        idempotent,
-        QuotaLock::Shared,
-    )
-    .await?
-    {
+    match attempt(state, caller, id, command.clone(), status, idempotent, first).await? {
         Some(done) => Ok(done),
         None => attempt(state, caller, id, command, status, idempotent, QuotaLock::Exclusive)
             .await?
@@ -252,15 +248,30 @@ enum QuotaLock {
 /// bounds the count from these instead of counting again (see
 /// [`hold_key_quota`]).
 #[derive(Debug, Default)]
-pub struct KeyCounts(Mutex<HashMap<OrgId, (u64, i64)>>);
+pub struct KeyCounts(Mutex<HashMap<OrgId, KeyCount>>);
+
+#[derive(Debug, Clone, Copy)]
+struct KeyCount {
+    keys: u64,
+    /// The log's newest position when they were counted.
+    position: i64,
+    /// PostgreSQL's `max_connections` then.
+    connections: u64,
+}
 
 impl KeyCounts {
-    fn get(&self, org_id: OrgId) -> Option<(u64, i64)> {
+    fn get(&self, org_id: OrgId) -> Option<KeyCount> {
         self.0.lock().expect("key counts lock").get(&org_id).copied()
     }
 
-    fn set(&self, org_id: OrgId, keys: u64, position: i64) {
-        self.0.lock().expect("key counts lock").insert(org_id, (keys, position));
+    fn set(&self, org_id: OrgId, count: KeyCount) {
+        self.0.lock().expect("key counts lock").insert(org_id, count);
+    }
+
+    /// Whether the last count found the organization too near `max` for a
+    /// shared check (a creation then counts alone from the start).
+    fn near(&self, org_id: OrgId, max: u64) -> bool {
+        self.get(org_id).is_some_and(|c| c.keys + c.connections > max)
     }
 }
 
@@ -286,6 +297,11 @@ impl KeyCounts {
 /// `p`: one position per event). While that bound, plus `m` creations
 /// running now and this one, stays within the quota, nothing is counted;
 /// deleted keys only make it more careful.
+///
+/// What this rests on: transactions run at PostgreSQL's default `read
+/// committed` (each statement's snapshot is taken after the lock is held),
+/// and `events.position` comes from an identity sequence that hands out
+/// increasing values (nothing inserts events with positions of its own).
 async fn hold_key_quota(
     tx: &mut sqlx::PgConnection,
     counts: &KeyCounts,
@@ -302,15 +318,15 @@ async fn hold_key_quota(
         .bind(org_id)
         .execute(&mut *tx)
         .await?;
-    if let (QuotaLock::Shared, Some((counted, at))) = (lock, counts.get(org_id)) {
+    if let (QuotaLock::Shared, Some(last)) = (lock, counts.get(org_id)) {
         let (newest, connections): (i64, i64) =
             sqlx::query_as("select coalesce(max(position), 0), current_setting('max_connections')::bigint from events")
                 .fetch_one(&mut *tx)
                 .await?;
         let connections = connections.max(0) as u64;
-        let since = newest.saturating_sub(at).max(0) as u64;
+        let since = newest.saturating_sub(last.position).max(0) as u64;
         // This creation, plus what the bound says, within the quota.
-        if counted + since + 2 * connections < max {
+        if last.keys + since + 2 * connections < max {
             return Ok(true);
         }
     }
@@ -323,7 +339,14 @@ async fn hold_key_quota(
     .fetch_one(&mut *tx)
     .await?;
     let (keys, connections) = (keys.max(0) as u64, connections.max(0) as u64);
-    counts.set(org_id, keys, position);
+    counts.set(
+        org_id,
+        KeyCount {
+            keys,
+            position,
+            connections,
+        },
+    );
     if lock == QuotaLock::Shared && keys + connections > max {
         return Ok(false);
     }

@@ -24,8 +24,10 @@ pub enum AppendError {
 /// Appends `events` to `stream_id` as versions `expected_version + 1 …`,
 /// inside the caller's transaction (so read models can be updated in it).
 /// A writer that raced us gets [`AppendError::Conflict`], never a lost update:
-/// the check below catches a writer that committed before us, the unique
-/// `(stream_id, version)` one that commits while we run.
+/// the version check below catches a writer that committed before us (a new
+/// stream needs none: its version 1 is refused if the stream has any event),
+/// the unique `(stream_id, version)` index one that commits while we run.
+/// The last insert also notifies [`NOTIFY_CHANNEL`] (delivered at commit).
 pub async fn append(
     tx: &mut PgConnection,
     stream_id: &str,
@@ -56,7 +58,7 @@ pub async fn append(
         // commits): one round trip less per command.
         let last = version == expected_version + events.len() as i64;
         let notify = if last {
-            ", pg_notify($10, $11) is null as notified"
+            ", pg_notify($10, $11)::text as notified"
         } else {
             ""
         };
