@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use keyledger_api::{AppState, Surface};
 use keyledger_events::domain::{
     key::{self, CreateKeyRequest, SecretSource},
-    org::{self, CreateOrg},
+    org::{self, ChangePlanRequest, CreateOrgRequest},
     ApiKey, KeyCommand, KeyId, KeyType, Org, OrgCommand, OrgId,
 };
 use keyledger_events::handler::{self, HandlerError};
@@ -202,7 +202,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let id: OrgId = org_id
                 .parse()
                 .map_err(|_| anyhow::anyhow!("'{org_id}' is not an organization id"))?;
-            let command = OrgCommand::ChangePlan { plan, rate_limit };
+            let command = OrgCommand::ChangePlan(ChangePlanRequest { plan, rate_limit }.parse());
             let changed = handler::execute::<Org>(&pool, &org::stream_id(id), command, &cli_meta(), |_| Ok(()))
                 .await
                 .map_err(explain)?;
@@ -318,13 +318,14 @@ pub async fn create_org(
     alert_emails: Vec<String>,
 ) -> anyhow::Result<serde_json::Value> {
     let org_id = OrgId::new();
-    let command = OrgCommand::Create(CreateOrg {
+    let request = CreateOrgRequest {
         org_id,
         name,
         plan,
         rate_limit,
         alert_emails,
-    });
+    };
+    let command = OrgCommand::Create(request.parse().map_err(|e| explain(e.into()))?);
     let meta = cli_meta();
     let mut random = [0u8; 32];
     getrandom::getrandom(&mut random).map_err(|e| anyhow::anyhow!("OS random source: {e}"))?;

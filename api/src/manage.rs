@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use keyledger_events::alert_outbox;
 use keyledger_events::domain::{
     key::{self, CreateKeyRequest, RegenerateKey, SecretSource, UpdateKeyRequest},
-    org::{self, ChangeSettings},
+    org::{self, ChangeSettingsRequest},
     ApiKey, DomainError, KeyCommand, KeyId, Org, OrgCommand, OrgEvent, OrgId, PlainKey,
 };
 use keyledger_events::handler::{self, HandlerError};
@@ -675,11 +675,16 @@ pub async fn org(state: &AppState, caller: &Caller) -> Result<OrgRow, ApiError> 
 /// Setting `alert_emails` queues one confirmation email per address that
 /// needs one (`keyledger_events::alert_outbox`), in the same transaction as
 /// the events: both are stored, or neither.
-pub async fn change_settings(state: &AppState, caller: &Caller, change: ChangeSettings) -> Result<OrgRow, ApiError> {
+pub async fn change_settings(
+    state: &AppState,
+    caller: &Caller,
+    change: ChangeSettingsRequest,
+) -> Result<OrgRow, ApiError> {
     let decided = handler::decide::<Org>(
         &state.pool,
         &org::stream_id(caller.org_id),
-        OrgCommand::ChangeSettings(change),
+        // Parsed here; its problems are reported by the command, after its own refusals.
+        OrgCommand::ChangeSettings(change.parse()),
         &caller.meta(),
         |_| Ok(()),
     )

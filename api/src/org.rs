@@ -3,7 +3,7 @@
 //! the portal).
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use keyledger_events::domain::org::ChangeSettings;
+use keyledger_events::domain::org::ChangeSettingsRequest;
 
 use crate::{auth::Admin, body, error::ApiError, manage, AppState};
 use keyledger_events::representation;
@@ -20,7 +20,7 @@ pub async fn update(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let mut fields = body::read_object(&req, payload).await?;
-    let change = ChangeSettings {
+    let change = ChangeSettingsRequest {
         alert_emails: fields.string_list("alert_emails"),
         rotation_days: fields.integer("rotation_days"),
         alert_settings: fields.object("alert_settings"),

@@ -848,10 +848,13 @@ async fn fuzz_app() -> (TestApp, Ammunition) {
         false,
     )
     .await;
-    let command = OrgCommand::ChangePlan {
-        plan: "enterprise".into(),
-        rate_limit: Some(10_000_000),
-    };
+    let command = OrgCommand::ChangePlan(
+        keyledger_events::domain::org::ChangePlanRequest {
+            plan: "enterprise".into(),
+            rate_limit: Some(10_000_000),
+        }
+        .parse(),
+    );
     let stream = org::stream_id(app.org_id.parse().unwrap());
     handler::execute::<Org>(&app.pool, &stream, command, &meta(), |_| Ok(()))
         .await

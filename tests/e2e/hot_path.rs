@@ -25,10 +25,13 @@ pub(crate) async fn set_plan(app: &TestApp, plan: &str, rate_limit: Option<u32>)
         request_id: None,
         occurred_at: chrono::Utc::now(),
     };
-    let command = OrgCommand::ChangePlan {
-        plan: plan.into(),
-        rate_limit,
-    };
+    let command = OrgCommand::ChangePlan(
+        keyledger_events::domain::org::ChangePlanRequest {
+            plan: plan.into(),
+            rate_limit,
+        }
+        .parse(),
+    );
     handler::execute::<Org>(&app.pool, &org::stream_id(id), command, &meta, |_| Ok(()))
         .await
         .unwrap();

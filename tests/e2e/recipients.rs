@@ -12,7 +12,7 @@ use awc::http::Method;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use keyledger_events::domain::confirmation::{Confirmation, CONFIRM_PATH};
-use keyledger_events::domain::org::{self, ChangeSettings};
+use keyledger_events::domain::org::{self, ChangeSettingsRequest};
 use keyledger_events::domain::{EmailAddress, Org, OrgCommand, OrgId};
 use keyledger_events::handler;
 use keyledger_events::log::EventMeta;
@@ -401,10 +401,13 @@ async fn a_concurrent_change_of_the_organization_is_a_conflict_named_after_it() 
     app.stop_background().await;
     let org_id: OrgId = app.org_id.parse().unwrap();
     // Another writer has appended to the organization and not committed yet.
-    let command = OrgCommand::ChangeSettings(ChangeSettings {
-        rotation_days: Some(30),
-        ..ChangeSettings::default()
-    });
+    let command = OrgCommand::ChangeSettings(
+        ChangeSettingsRequest {
+            rotation_days: Some(30),
+            ..ChangeSettingsRequest::default()
+        }
+        .parse(),
+    );
     let decided = handler::decide::<Org>(
         &app.pool,
         &org::stream_id(org_id),
@@ -450,10 +453,13 @@ async fn a_link_followed_while_the_organization_changes_is_retried_and_confirms(
     let link = link_for(&app, OPS).await;
     // Another writer has appended to the organization and not committed yet.
     let org_id: OrgId = app.org_id.parse().unwrap();
-    let command = OrgCommand::ChangeSettings(ChangeSettings {
-        rotation_days: Some(30),
-        ..ChangeSettings::default()
-    });
+    let command = OrgCommand::ChangeSettings(
+        ChangeSettingsRequest {
+            rotation_days: Some(30),
+            ..ChangeSettingsRequest::default()
+        }
+        .parse(),
+    );
     let decided = handler::decide::<Org>(
         &app.pool,
         &org::stream_id(org_id),
@@ -519,10 +525,13 @@ async fn at_most_twenty_confirmation_emails_a_day_over_the_api() {
 /// confirmation email queued then, as `PATCH /v1/org` would have.
 async fn set_address_at(app: &TestApp, email: &str, at: DateTime<Utc>) -> DateTime<Utc> {
     let org_id: OrgId = app.org_id.parse().unwrap();
-    let command = OrgCommand::ChangeSettings(ChangeSettings {
-        alert_emails: Some(vec![email.into()]),
-        ..ChangeSettings::default()
-    });
+    let command = OrgCommand::ChangeSettings(
+        ChangeSettingsRequest {
+            alert_emails: Some(vec![email.into()]),
+            ..ChangeSettingsRequest::default()
+        }
+        .parse(),
+    );
     let outcome = handler::execute::<Org>(&app.pool, &org::stream_id(org_id), command, &meta_at(at), |_| Ok(()))
         .await
         .unwrap();
@@ -919,20 +928,24 @@ async fn an_organization_at_its_key_quota_gets_403_and_concurrent_creates_never_
 /// it — its events, addresses as typed (they were checked less strictly
 /// then), and its `orgs` row as it left it.
 async fn old_org(pool: &PgPool, addresses: &[&str], changes: &[&[&str]]) -> String {
-    use keyledger_events::domain::org::{CreateOrg, OrgSettingsChanged};
+    use keyledger_events::domain::org::{CreateOrgRequest, OrgSettingsChanged};
     use keyledger_events::domain::{Aggregate, OrgEvent};
     use keyledger_events::log::{self, NewEvent};
     let id = OrgId::new();
     let created_at = chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap();
     let mut events = Org::decide(
         None,
-        OrgCommand::Create(CreateOrg {
-            org_id: id,
-            name: "Old".into(),
-            plan: "free".into(),
-            rate_limit: None,
-            alert_emails: vec![],
-        }),
+        OrgCommand::Create(
+            CreateOrgRequest {
+                org_id: id,
+                name: "Old".into(),
+                plan: "free".into(),
+                rate_limit: None,
+                alert_emails: vec![],
+            }
+            .parse()
+            .unwrap(),
+        ),
         created_at,
     )
     .unwrap();

@@ -2,7 +2,7 @@
 //! recipients, thresholds, rotation days) and the alerts raised for it.
 
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
-use keyledger_events::domain::org::{AlertSettings, ChangeSettings, MAX_ROTATION_DAYS};
+use keyledger_events::domain::org::{AlertSettings, ChangeSettingsRequest, MAX_ROTATION_DAYS};
 use keyledger_events::read_model::{self, AlertRow, OrgRow};
 use serde_json::{Map, Value};
 
@@ -154,7 +154,7 @@ pub async fn save_settings(
         }
     }
     if errors.is_empty() {
-        let change = ChangeSettings {
+        let change = ChangeSettingsRequest {
             alert_emails: Some(emails),
             rotation_days,
             alert_settings: Some(thresholds),

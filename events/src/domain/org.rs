@@ -192,7 +192,9 @@ impl Org {
     }
 }
 
-pub struct CreateOrg {
+/// An organization to create, as given (the CLI's `org create`):
+/// [`CreateOrgRequest::parse`] reports every problem at once.
+pub struct CreateOrgRequest {
     pub org_id: OrgId,
     pub name: String,
     pub plan: String,
@@ -200,21 +202,101 @@ pub struct CreateOrg {
     pub alert_emails: Vec<String>,
 }
 
-/// Raw settings as a user sent them; absent fields stay as they are.
+/// The command to create an organization, every field a domain value.
+pub struct CreateOrg {
+    pub org_id: OrgId,
+    pub name: Name,
+    pub plan: Plan,
+    pub rate_limit_per_minute: u32,
+    pub alert_emails: Vec<EmailAddress>,
+}
+
+impl CreateOrgRequest {
+    pub fn parse(self) -> Result<CreateOrg, DomainError> {
+        let mut details = ValidationDetails::default();
+        let name = Name::parse(&self.name).map_err(|p| details.add("name", p)).ok();
+        let plan = parse_plan(&self.plan, self.rate_limit, &mut details);
+        let alert_emails = parse_emails(&self.alert_emails, &mut details);
+        details.into_result()?;
+        within_quota(&alert_emails)?;
+        let (plan, rate_limit_per_minute) = plan.expect("validated");
+        Ok(CreateOrg {
+            org_id: self.org_id,
+            name: name.expect("validated"),
+            plan,
+            rate_limit_per_minute,
+            alert_emails,
+        })
+    }
+}
+
+/// A plan change, as given; [`ChangePlanRequest::parse`] makes the command.
+pub struct ChangePlanRequest {
+    pub plan: String,
+    pub rate_limit: Option<u32>,
+}
+
+/// The command to change the plan: the plan and its limit, or what is wrong
+/// with them — reported after the organization's own refusal (not found).
+pub struct ChangePlan {
+    pub plan: Result<(Plan, u32), ValidationDetails>,
+}
+
+impl ChangePlanRequest {
+    pub fn parse(self) -> ChangePlan {
+        let mut details = ValidationDetails::default();
+        let plan = parse_plan(&self.plan, self.rate_limit, &mut details);
+        ChangePlan {
+            plan: plan.ok_or(details),
+        }
+    }
+}
+
+/// Settings as a user sent them; absent fields stay as they are.
+/// [`ChangeSettingsRequest::parse`] makes the command.
 #[derive(Default)]
-pub struct ChangeSettings {
+pub struct ChangeSettingsRequest {
     pub alert_emails: Option<Vec<String>>,
     pub rotation_days: Option<i64>,
     pub alert_settings: Option<serde_json::Map<String, serde_json::Value>>,
     pub leak_action: Option<String>,
 }
 
+/// The command to change settings: each given field parsed at the edge into
+/// its domain value or what is wrong with it, reported by `decide` after
+/// the organization's own refusal (not found), all at once. The alert
+/// thresholds are a patch of the current ones, so they are checked there,
+/// against them.
+#[derive(Default)]
+pub struct ChangeSettings {
+    /// The distinct addresses in order, or the problems of the bad ones.
+    pub alert_emails: Option<Result<Vec<EmailAddress>, Vec<String>>>,
+    pub rotation_days: Option<Result<u32, String>>,
+    pub alert_settings: Option<serde_json::Map<String, serde_json::Value>>,
+    pub leak_action: Option<Result<LeakAction, String>>,
+}
+
+impl ChangeSettingsRequest {
+    pub fn parse(self) -> ChangeSettings {
+        ChangeSettings {
+            alert_emails: self.alert_emails.map(|raw| parse_email_list(&raw)),
+            rotation_days: self.rotation_days.map(|days| {
+                (0..=MAX_ROTATION_DAYS)
+                    .contains(&days)
+                    .then_some(days as u32)
+                    .ok_or_else(|| format!("must be from 0 (off) to {MAX_ROTATION_DAYS}"))
+            }),
+            alert_settings: self.alert_settings,
+            leak_action: self
+                .leak_action
+                .map(|text| LeakAction::parse(&text).ok_or_else(|| "must be deactivate or notify".to_owned())),
+        }
+    }
+}
+
 pub enum OrgCommand {
     Create(CreateOrg),
-    ChangePlan {
-        plan: String,
-        rate_limit: Option<u32>,
-    },
+    ChangePlan(ChangePlan),
     ChangeSettings(ChangeSettings),
     /// A confirmation link was followed (its token checked by the caller:
     /// see `confirmation`).
@@ -334,16 +416,29 @@ fn parse_plan(plan: &str, rate_limit: Option<u32>, details: &mut ValidationDetai
 
 /// The distinct addresses of `raw`, in order; each bad one is noted.
 fn parse_emails(raw: &[String], details: &mut ValidationDetails) -> Vec<EmailAddress> {
-    let mut emails: Vec<EmailAddress> = Vec::with_capacity(raw.len());
-    for parsed in raw
-        .iter()
-        .filter_map(|e| EmailAddress::parse(e).map_err(|p| details.add("alert_emails", p)).ok())
-    {
-        if !emails.contains(&parsed) {
-            emails.push(parsed);
+    parse_email_list(raw).unwrap_or_else(|problems| {
+        for problem in problems {
+            details.add("alert_emails", problem);
+        }
+        vec![]
+    })
+}
+
+/// The distinct addresses of `raw`, in order, or the problem of each bad one.
+fn parse_email_list(raw: &[String]) -> Result<Vec<EmailAddress>, Vec<String>> {
+    let (mut emails, mut problems) = (Vec::with_capacity(raw.len()), vec![]);
+    for text in raw {
+        match EmailAddress::parse(text) {
+            Ok(parsed) if !emails.contains(&parsed) => emails.push(parsed),
+            Ok(_) => {}
+            Err(problem) => problems.push(problem),
         }
     }
-    emails
+    if problems.is_empty() {
+        Ok(emails)
+    } else {
+        Err(problems)
+    }
 }
 
 /// Refuses a list over the recipients quota (after validation: a list
@@ -449,28 +544,20 @@ impl Aggregate for Org {
                 if state.is_some() {
                     return Err(DomainError::Conflict("the organization already exists".into()));
                 }
-                let name = Name::parse(&c.name).map_err(|p| details.add("name", p)).ok();
-                let plan = parse_plan(&c.plan, c.rate_limit, &mut details);
-                let alert_emails = parse_emails(&c.alert_emails, &mut details);
-                details.into_result()?;
-                within_quota(&alert_emails)?;
-                let (plan, rate_limit_per_minute) = plan.expect("validated");
                 Ok(vec![OrgEvent::Created(OrgCreated {
                     org_id: c.org_id,
-                    name: name.expect("validated"),
-                    plan,
-                    rate_limit_per_minute,
-                    alert_emails: alert_emails.into_iter().map(ListedAddress::from).collect(),
+                    name: c.name,
+                    plan: c.plan,
+                    rate_limit_per_minute: c.rate_limit_per_minute,
+                    alert_emails: c.alert_emails.into_iter().map(ListedAddress::from).collect(),
                     rotation_days: DEFAULT_ROTATION_DAYS,
                     alert_settings: AlertSettings::default(),
                     created_at: now,
                 })])
             }
-            OrgCommand::ChangePlan { plan, rate_limit } => {
+            OrgCommand::ChangePlan(c) => {
                 let org = state.ok_or(DomainError::NotFound)?;
-                let plan = parse_plan(&plan, rate_limit, &mut details);
-                details.into_result()?;
-                let (plan, rate_limit_per_minute) = plan.expect("validated");
+                let (plan, rate_limit_per_minute) = c.plan.map_err(DomainError::Validation)?;
                 if (plan, rate_limit_per_minute) == (org.plan, org.rate_limit_per_minute) {
                     return Ok(vec![]);
                 }
@@ -481,25 +568,24 @@ impl Aggregate for Org {
             }
             OrgCommand::ChangeSettings(c) => {
                 let org = state.ok_or(DomainError::NotFound)?;
-                let emails = c.alert_emails.as_deref().map(|raw| parse_emails(raw, &mut details));
-                let rotation_days = c.rotation_days.and_then(|days| {
-                    if (0..=MAX_ROTATION_DAYS).contains(&days) {
-                        Some(days as u32)
-                    } else {
-                        details.add("rotation_days", format!("must be from 0 (off) to {MAX_ROTATION_DAYS}"));
-                        None
+                let mut problems = |field: &str, list: Vec<String>| {
+                    for problem in list {
+                        details.add(field, problem);
                     }
-                });
+                };
+                let emails = c
+                    .alert_emails
+                    .and_then(|e| e.map_err(|p| problems("alert_emails", p)).ok());
+                let rotation_days = c
+                    .rotation_days
+                    .and_then(|d| d.map_err(|p| problems("rotation_days", vec![p])).ok());
+                let leak_action = c
+                    .leak_action
+                    .and_then(|a| a.map_err(|p| problems("leak_action", vec![p])).ok());
                 let settings = c
                     .alert_settings
                     .as_ref()
                     .map(|patch| org.alert_settings.patched(patch, &mut details));
-                let leak_action = c.leak_action.as_deref().and_then(|text| {
-                    LeakAction::parse(text).or_else(|| {
-                        details.add("leak_action", "must be deactivate or notify");
-                        None
-                    })
-                });
                 details.into_result()?;
                 let requests = match &emails {
                     Some(emails) => {

@@ -21,8 +21,8 @@ fn email(text: &str) -> EmailAddress {
     EmailAddress::parse(text).unwrap()
 }
 
-fn create_input(plan: &str, rate_limit: Option<u32>) -> CreateOrg {
-    CreateOrg {
+fn create_input(plan: &str, rate_limit: Option<u32>) -> CreateOrgRequest {
+    CreateOrgRequest {
         org_id: org_id(),
         name: "Acme".into(),
         plan: plan.into(),
@@ -31,19 +31,23 @@ fn create_input(plan: &str, rate_limit: Option<u32>) -> CreateOrg {
     }
 }
 
-fn create(input: CreateOrg) -> OrgCommand {
-    OrgCommand::Create(input)
+/// The input parsed at the edge.
+fn create(input: CreateOrgRequest) -> Result<OrgCommand, DomainError> {
+    input.parse().map(OrgCommand::Create)
 }
 
 fn change_plan(plan: &str, rate_limit: Option<u32>) -> OrgCommand {
-    OrgCommand::ChangePlan {
-        plan: plan.into(),
-        rate_limit,
-    }
+    OrgCommand::ChangePlan(
+        ChangePlanRequest {
+            plan: plan.into(),
+            rate_limit,
+        }
+        .parse(),
+    )
 }
 
-fn change_settings(settings: ChangeSettings) -> OrgCommand {
-    OrgCommand::ChangeSettings(settings)
+fn change_settings(settings: ChangeSettingsRequest) -> OrgCommand {
+    OrgCommand::ChangeSettings(settings.parse())
 }
 
 fn patch(value: Value) -> Map<String, Value> {
@@ -54,23 +58,23 @@ fn patch(value: Value) -> Map<String, Value> {
 }
 
 fn alert_settings_patch(value: Value) -> OrgCommand {
-    change_settings(ChangeSettings {
+    change_settings(ChangeSettingsRequest {
         alert_settings: Some(patch(value)),
-        ..ChangeSettings::default()
+        ..ChangeSettingsRequest::default()
     })
 }
 
 fn rotation(days: i64) -> OrgCommand {
-    change_settings(ChangeSettings {
+    change_settings(ChangeSettingsRequest {
         rotation_days: Some(days),
-        ..ChangeSettings::default()
+        ..ChangeSettingsRequest::default()
     })
 }
 
 fn emails(list: &[&str]) -> OrgCommand {
-    change_settings(ChangeSettings {
+    change_settings(ChangeSettingsRequest {
         alert_emails: Some(list.iter().map(|e| e.to_string()).collect()),
-        ..ChangeSettings::default()
+        ..ChangeSettingsRequest::default()
     })
 }
 
@@ -78,14 +82,14 @@ fn emails(list: &[&str]) -> OrgCommand {
 fn free_org_created() -> OrgEvent {
     TestFramework::<Org>::at(now() - chrono::Duration::days(1))
         .given(&[])
-        .when(create(create_input("free", None)))
+        .when_parsed(create(create_input("free", None)))
         .then_expect_one()
 }
 
 fn enterprise_org_created(limit: u32) -> OrgEvent {
     let mut events = Org::decide(
         None,
-        create(create_input("enterprise", Some(limit))),
+        create(create_input("enterprise", Some(limit))).unwrap(),
         now() - chrono::Duration::days(1),
     )
     .expect("a valid creation");
@@ -117,7 +121,7 @@ fn create_sets_the_plan_limit_and_the_default_policies() {
         ("pro", Plan::Pro, 10_000),
     ] {
         given(&[])
-            .when(create(create_input(plan_name, None)))
+            .when_parsed(create(create_input(plan_name, None)))
             .then_expect_events(vec![OrgEvent::Created(OrgCreated {
                 org_id: org_id(),
                 name: name("Acme"),
@@ -135,7 +139,7 @@ fn create_sets_the_plan_limit_and_the_default_policies() {
 fn create_an_enterprise_org_with_its_custom_limit() {
     for limit in [1, 50_000, 10_000_000] {
         given(&[])
-            .when(create(create_input("enterprise", Some(limit))))
+            .when_parsed(create(create_input("enterprise", Some(limit))))
             .then_expect_events(vec![OrgEvent::Created(OrgCreated {
                 org_id: org_id(),
                 name: name("Acme"),
@@ -168,11 +172,11 @@ fn the_default_alert_settings() {
 
 #[test]
 fn create_without_alert_emails_is_fine() {
-    let input = CreateOrg {
+    let input = CreateOrgRequest {
         alert_emails: vec![],
         ..create_input("free", None)
     };
-    let OrgEvent::Created(e) = given(&[]).when(create(input)).then_expect_one() else {
+    let OrgEvent::Created(e) = given(&[]).when_parsed(create(input)).then_expect_one() else {
         unreachable!()
     };
     assert!(e.alert_emails.is_empty());
@@ -181,13 +185,13 @@ fn create_without_alert_emails_is_fine() {
 #[test]
 fn create_enterprise_needs_a_rate_limit_within_bounds() {
     given(&[])
-        .when(create(create_input("enterprise", None)))
+        .when_parsed(create(create_input("enterprise", None)))
         .then_expect_invalid(&["rate_limit_per_minute"]);
     given(&[])
-        .when(create(create_input("enterprise", Some(0))))
+        .when_parsed(create(create_input("enterprise", Some(0))))
         .then_expect_invalid(&["rate_limit_per_minute"]);
     given(&[])
-        .when(create(create_input("enterprise", Some(10_000_001))))
+        .when_parsed(create(create_input("enterprise", Some(10_000_001))))
         .then_expect_invalid(&["rate_limit_per_minute"]);
 }
 
@@ -195,7 +199,7 @@ fn create_enterprise_needs_a_rate_limit_within_bounds() {
 fn create_refuses_a_custom_limit_outside_enterprise() {
     for plan in ["free", "basic", "pro"] {
         given(&[])
-            .when(create(create_input(plan, Some(500))))
+            .when_parsed(create(create_input(plan, Some(500))))
             .then_expect_invalid(&["rate_limit_per_minute"]);
     }
 }
@@ -204,13 +208,13 @@ fn create_refuses_a_custom_limit_outside_enterprise() {
 fn create_refuses_an_unknown_plan() {
     for plan in ["platinum", "Free", ""] {
         let details = given(&[])
-            .when(create(create_input(plan, None)))
+            .when_parsed(create(create_input(plan, None)))
             .then_expect_invalid(&["plan"]);
         assert!(details.0["plan"][0].contains(&format!("'{plan}'")));
     }
     // No second complaint about the limit of a plan that does not exist.
     given(&[])
-        .when(create(create_input("platinum", Some(5))))
+        .when_parsed(create(create_input("platinum", Some(5))))
         .then_expect_invalid(&["plan"]);
 }
 
@@ -224,17 +228,17 @@ fn create_refuses_bad_names() {
         "a\tb".to_owned(),
         "\u{7}".to_owned(),
     ] {
-        let input = CreateOrg {
+        let input = CreateOrgRequest {
             name: bad,
             ..create_input("free", None)
         };
-        given(&[]).when(create(input)).then_expect_invalid(&["name"]);
+        given(&[]).when_parsed(create(input)).then_expect_invalid(&["name"]);
     }
-    let input = CreateOrg {
+    let input = CreateOrgRequest {
         name: "x".repeat(100),
         ..create_input("free", None)
     };
-    assert!(given(&[]).when(create(input)).result().is_ok());
+    assert!(given(&[]).when_parsed(create(input)).result().is_ok());
 }
 
 #[test]
@@ -252,40 +256,44 @@ fn create_refuses_bad_emails() {
         "ops@acme.example\n",
         "",
     ] {
-        let input = CreateOrg {
+        let input = CreateOrgRequest {
             alert_emails: vec!["ok@acme.example".into(), bad.into()],
             ..create_input("free", None)
         };
-        let details = given(&[]).when(create(input)).then_expect_invalid(&["alert_emails"]);
+        let details = given(&[])
+            .when_parsed(create(input))
+            .then_expect_invalid(&["alert_emails"]);
         assert_eq!(details.0["alert_emails"].len(), 1, "{bad:?}: {details:?}");
     }
     let long = format!("{}@acme.example", "a".repeat(250));
-    let input = CreateOrg {
+    let input = CreateOrgRequest {
         alert_emails: vec![long],
         ..create_input("free", None)
     };
-    given(&[]).when(create(input)).then_expect_invalid(&["alert_emails"]);
+    given(&[])
+        .when_parsed(create(input))
+        .then_expect_invalid(&["alert_emails"]);
 }
 
 #[test]
 fn create_with_more_than_ten_alert_recipients_is_over_the_quota() {
-    let input = CreateOrg {
+    let input = CreateOrgRequest {
         alert_emails: (0..11).map(|i| format!("ops{i}@acme.example")).collect(),
         ..create_input("free", None)
     };
     given(&[])
-        .when(create(input))
+        .when_parsed(create(input))
         .then_expect_over_quota("alert recipients");
-    let input = CreateOrg {
+    let input = CreateOrgRequest {
         alert_emails: (0..10).map(|i| format!("ops{i}@acme.example")).collect(),
         ..create_input("free", None)
     };
-    assert!(given(&[]).when(create(input)).result().is_ok());
+    assert!(given(&[]).when_parsed(create(input)).result().is_ok());
 }
 
 #[test]
 fn create_reports_every_problem_at_once() {
-    let input = CreateOrg {
+    let input = CreateOrgRequest {
         org_id: org_id(),
         name: String::new(),
         plan: "free".into(),
@@ -294,7 +302,7 @@ fn create_reports_every_problem_at_once() {
     };
     let details =
         given(&[])
-            .when(create(input))
+            .when_parsed(create(input))
             .then_expect_invalid(&["alert_emails", "name", "rate_limit_per_minute"]);
     assert_eq!(details.0["alert_emails"].len(), 2);
 }
@@ -302,7 +310,7 @@ fn create_reports_every_problem_at_once() {
 #[test]
 fn create_over_an_existing_org_is_a_conflict() {
     match given(&[free_org_created()])
-        .when(create(create_input("pro", None)))
+        .when_parsed(create(create_input("pro", None)))
         .result()
     {
         Err(DomainError::Conflict(message)) => assert!(!message.is_empty()),
@@ -619,13 +627,13 @@ fn change_settings_refuses_settings_out_of_range_or_not_whole_numbers() {
 
 #[test]
 fn change_settings_reports_every_problem_at_once() {
-    let command = change_settings(ChangeSettings {
+    let command = change_settings(ChangeSettingsRequest {
         alert_emails: Some(vec!["nope".into()]),
         rotation_days: Some(-1),
         alert_settings: Some(patch(
             json!({"unused_days": 0, "coffee_level": 3, "error_rate_percent": 20}),
         )),
-        ..ChangeSettings::default()
+        ..ChangeSettingsRequest::default()
     });
     given(&[free_org_created()]).when(command).then_expect_invalid(&[
         "alert_emails",
@@ -638,11 +646,11 @@ fn change_settings_reports_every_problem_at_once() {
 #[test]
 fn change_settings_records_only_what_changed_in_one_event() {
     given(&[free_org_created()])
-        .when(change_settings(ChangeSettings {
+        .when(change_settings(ChangeSettingsRequest {
             alert_emails: Some(vec!["ops@acme.example".into()]),
             rotation_days: Some(30),
             alert_settings: Some(patch(json!({"unused_days": 30, "error_rate_percent": 20}))),
-            ..ChangeSettings::default()
+            ..ChangeSettingsRequest::default()
         }))
         .then_expect_events(vec![OrgEvent::SettingsChanged(OrgSettingsChanged {
             alert_emails: None,
@@ -659,7 +667,7 @@ fn change_settings_records_only_what_changed_in_one_event() {
 fn change_settings_without_changes_appends_nothing() {
     let state = given(&[free_org_created()]);
     state
-        .when(change_settings(ChangeSettings::default()))
+        .when(change_settings(ChangeSettingsRequest::default()))
         .then_expect_nothing();
     state.when(emails(&["ops@acme.example"])).then_expect_nothing();
     state.when(rotation(90)).then_expect_nothing();
@@ -670,11 +678,11 @@ fn change_settings_without_changes_appends_nothing() {
         ))
         .then_expect_nothing();
     state
-        .when(change_settings(ChangeSettings {
+        .when(change_settings(ChangeSettingsRequest {
             alert_emails: Some(vec!["ops@acme.example".into()]),
             rotation_days: Some(90),
             alert_settings: Some(patch(json!({"error_rate_percent": 10}))),
-            ..ChangeSettings::default()
+            ..ChangeSettingsRequest::default()
         }))
         .then_expect_nothing();
 }
@@ -683,7 +691,7 @@ fn change_settings_without_changes_appends_nothing() {
 fn change_settings_of_an_org_never_created_is_not_found() {
     given(&[]).when(rotation(30)).then_expect_not_found();
     given(&[])
-        .when(change_settings(ChangeSettings::default()))
+        .when(change_settings(ChangeSettingsRequest::default()))
         .then_expect_not_found();
 }
 
@@ -1073,9 +1081,9 @@ fn the_leak_action_defaults_to_deactivate_and_changes_to_notify_and_back() {
     let org = given(&[free_org_created()]);
     assert_eq!(org.state().unwrap().leak_action, LeakAction::Deactivate);
     let notify = |action: &str| {
-        change_settings(ChangeSettings {
+        change_settings(ChangeSettingsRequest {
             leak_action: Some(action.into()),
-            ..ChangeSettings::default()
+            ..ChangeSettingsRequest::default()
         })
     };
     let changed = OrgEvent::SettingsChanged(OrgSettingsChanged {
