@@ -142,13 +142,23 @@ async fn run(
     let near = matches!(command, KeyCommand::Create(_))
         && state.key_counts.near(caller.org_id(), state.settings.max_keys_per_org);
     let first = if near { QuotaLock::Exclusive } else { QuotaLock::Shared };
-    // A creation near the organization's quota runs again, counted alone.
-    match attempt(state, caller, id, command.clone(), status, idempotent, first).await? {
-        Some(done) => Ok(done),
-        None => attempt(state, caller, id, command, status, idempotent, QuotaLock::Exclusive)
-            .await?
-            .ok_or_else(|| ApiError::internal(std::io::Error::other("an exclusive quota count is never crowded"))),
+    // Only a creation can find itself crowded and run again, counted alone.
+    let again = matches!(command, KeyCommand::Create(_)).then(|| command.clone());
+    if let Some(done) = attempt(state, caller, id, command, status, idempotent, first).await? {
+        return Ok(done);
     }
+    let crowded = || ApiError::internal(std::io::Error::other("only a shared quota count is crowded"));
+    attempt(
+        state,
+        caller,
+        id,
+        again.ok_or_else(crowded)?,
+        status,
+        idempotent,
+        QuotaLock::Exclusive,
+    )
+    .await?
+    .ok_or_else(crowded)
 }
 
 /// One transaction of [`run`]; `None` when a creation found itself too near

@@ -780,11 +780,12 @@ async fn creations_far_below_the_quota_share_its_lock_and_only_an_exclusive_hold
 /// quota is created.
 #[actix_web::test]
 async fn concurrent_creations_from_far_below_to_the_quota_create_exactly_the_quota() {
-    let probe = spawn_app().await;
+    let server = PgPool::connect(&crate::support::server_database_url()).await.unwrap();
     let connections: i64 = sqlx::query_scalar("select current_setting('max_connections')::bigint")
-        .fetch_one(&probe.pool)
+        .fetch_one(&server)
         .await
         .unwrap();
+    server.close().await;
     let quota = 2 * connections as u64 + 12;
     let app = crate::support::spawn_app_with(
         keyledger_api::ApiSettings {

@@ -34,6 +34,12 @@ pub fn fresh_database_url() -> String {
     on_test_server(&format!("kl_e2e_{}", uuid::Uuid::new_v4().simple()))
 }
 
+/// The tests' PostgreSQL server's own `postgres` database (for reading
+/// server settings before a test's database exists).
+pub fn server_database_url() -> String {
+    on_test_server("postgres")
+}
+
 /// `database` on the tests' PostgreSQL server.
 fn on_test_server(database: &str) -> String {
     let server = std::env::var("DATABASE_URL")
