@@ -7,7 +7,7 @@
 use anyhow::{bail, Context};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::Postgres;
+use sqlx::{Connection, Postgres};
 use url::Url;
 
 /// How long a request waits for a pooled connection before it answers
@@ -15,6 +15,10 @@ use url::Url;
 /// API does not wait that long: the probe finds it within a quarter second
 /// and waiting requests give up then (`db_health`).
 pub const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a pooled connection may sit idle and still be handed out
+/// without a test; under load none does, so requests skip the round trip.
+const IDLE_BEFORE_TEST: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
     let url = &for_driver(url)?;
@@ -33,6 +37,17 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(20)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        // A connection just used answers without a test round trip; one that
+        // sat idle (through a database restart, say) is tested first.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= IDLE_BEFORE_TEST {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect(url)
         .await
         .with_context(|| format!("connecting to {}", redact(url)))?;

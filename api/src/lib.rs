@@ -131,6 +131,8 @@ pub struct AppState {
     pub key_counts: Arc<manage::KeyCounts>,
     /// Leak reports received: signed ones and refused (forged) ones.
     pub leak_reports: Arc<leaks::LeakReportCounts>,
+    /// Tells the workers of new keys once they are committed.
+    pub announcer: Arc<keyledger_events::log::Announcer>,
 }
 
 impl AppState {
@@ -159,12 +161,14 @@ impl AppState {
             clock: clock::Clock::system(),
             leak_reports: Arc::default(),
             key_counts: Arc::default(),
+            announcer: Arc::default(),
             settings,
         }
     }
 
     /// The API's background work until `shutdown`: the database probe,
-    /// cache invalidation, usage flushes (and a last one), limiter sweeps.
+    /// cache invalidation, announcements of new keys, usage flushes (and a
+    /// last one), limiter sweeps.
     pub async fn run_background(self, shutdown: Shutdown) {
         let (keys, addresses, clock) = (
             self.limiter.clone(),
@@ -189,6 +193,7 @@ impl AppState {
         tokio::join!(
             self.database.run_probe(self.pool.clone(), shutdown.clone()),
             self.cache.clone().listen(self.pool.clone(), shutdown.clone()),
+            self.announcer.run(self.pool.clone(), shutdown.clone()),
             self.usage.run(
                 self.pool.clone(),
                 &self.database,

@@ -184,36 +184,47 @@ async fn attempt(
         }
     }
     let mut command = command;
+    // A creation holds the organization's quota lock from the start, and
+    // reads the rotation policy with it: one statement.
+    let mut held = None;
     if let KeyCommand::Create(c) = &mut command {
-        c.rotation_days = rotation_days(&mut tx, caller.org_id()).await?;
+        let lock = take_key_quota_lock(&mut tx, caller.org_id(), quota).await?;
+        c.rotation_days = lock.rotation_days;
+        held = Some(lock);
     }
     if let KeyCommand::Regenerate(r) = &mut command {
         r.rotation_days = rotation_days(&mut tx, caller.org_id()).await?;
     }
     let created = matches!(command, KeyCommand::Create(_));
     let stream = key::stream_id(id);
-    let outcome = match created {
-        // A new key's id was just generated: its stream has nothing to read.
-        true => {
+    let (outcome, notice) = match (created, held) {
+        // A new key's id was just generated: its stream has nothing to read,
+        // and no cache can hold the key yet, so the workers are told after
+        // the commit (creations then commit alongside each other).
+        (true, Some(held)) => {
             let decided = handler::decide_new::<ApiKey>(&stream, command, &meta)?;
-            let outcome = decided.append(&mut tx).await?;
-            // Last before the commit: the count sees this transaction's key.
-            if !hold_key_quota(
+            let appended = decided.append_unannounced(&mut tx).await?;
+            let position = appended.0.events.last().map_or(0, |e| e.position);
+            if !within_key_quota(
                 &mut tx,
                 &state.key_counts,
                 caller.org_id(),
                 state.settings.max_keys_per_org,
-                quota,
+                held,
+                position,
             )
             .await?
             {
                 return Ok(None);
             }
-            outcome
+            appended
         }
         // Usage records appended meanwhile make it decide again; another
         // command's change is a conflict.
-        false => handler::decide_and_append_on::<ApiKey>(&mut tx, &stream, command, &meta, own_key(caller)).await?,
+        _ => (
+            handler::decide_and_append_on::<ApiKey>(&mut tx, &stream, command, &meta, own_key(caller)).await?,
+            None,
+        ),
     };
     let key = outcome.state.filter(|k| !k.deleted).ok_or(ApiError::NotFound)?;
     let mut row = KeyRow::from_aggregate(&key, outcome.version);
@@ -232,6 +243,9 @@ async fn attempt(
     }
     tx.commit().await?;
     state.cache.evict_stream(&stream);
+    if let Some(notice) = notice {
+        state.announcer.announce(notice);
+    }
     Ok(Some(Done::Ran(Ran {
         row,
         events: outcome.events,
@@ -285,70 +299,102 @@ impl KeyCounts {
     }
 }
 
-/// Refuses a new key — already in this transaction's read model — when
-/// that makes more than `max` keys of the organization that are not
-/// deleted; the quota is never passed, across any number of API processes.
+/// The quota lock a creation holds (to the end of its transaction), and
+/// what was read with it.
+#[derive(Debug, Clone, Copy)]
+struct HeldQuotaLock {
+    lock: QuotaLock,
+    /// The organization's rotation policy in days.
+    rotation_days: u32,
+    /// PostgreSQL's `max_connections`.
+    connections: u64,
+}
+
+/// Takes the organization's quota lock, first thing in a creation's
+/// transaction, and reads its rotation policy and PostgreSQL's
+/// `max_connections` with it.
+async fn take_key_quota_lock(
+    tx: &mut sqlx::PgConnection,
+    org_id: OrgId,
+    lock: QuotaLock,
+) -> Result<HeldQuotaLock, ApiError> {
+    let take = match lock {
+        QuotaLock::Shared => "pg_advisory_xact_lock_shared",
+        QuotaLock::Exclusive => "pg_advisory_xact_lock",
+    };
+    let held: Option<(i32, i64)> = sqlx::query_as(&format!(
+        "select rotation_days, current_setting('max_connections')::bigint
+         from orgs, {take}($1, hashtext($2))
+         where id = $2"
+    ))
+    .bind(KEY_QUOTA_LOCK)
+    .bind(org_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (days, connections) = held.ok_or(ApiError::NotFound)?;
+    Ok(HeldQuotaLock {
+        lock,
+        rotation_days: days.max(0) as u32,
+        connections: connections.max(0) as u64,
+    })
+}
+
+/// Refuses a new key — already in this transaction's read model, its event
+/// at log position `position` — when that makes more than `max` keys of the
+/// organization that are not deleted; the quota is never passed, across
+/// any number of API processes.
 ///
-/// Every creation checks while it holds the organization's quota lock (to
-/// the end of its transaction), so whichever checked last saw every key
-/// committed before, and the only keys it cannot see are those of creations
-/// holding the lock with it. Alone ([`QuotaLock::Exclusive`]) there are none:
-/// the count is exact. Shared, there are fewer than PostgreSQL's
-/// `max_connections` (`m`; each holds a connection), so a creation that
-/// knows the organization has at most `n` keys with `n + m <= max` cannot
-/// pass the quota whatever the others do. A shared creation nearer than that
+/// Every creation takes the organization's quota lock before it appends
+/// and holds it to the end of its transaction ([`take_key_quota_lock`]), so
+/// no key is committed without it. Alone ([`QuotaLock::Exclusive`]) a
+/// creation counts the keys: no other can commit meanwhile, and the count's
+/// snapshot, taken after the lock was granted, holds every key committed
+/// before — exact. Shared, fewer than PostgreSQL's `max_connections` (`m`;
+/// each holds a connection) creations hold the lock together; if every
+/// shared creation knows that, when its lock was granted, fewer than
+/// `max - m` keys were committed, then whichever was granted last saw all
+/// but the at most `m` holding the lock with it: the quota is not passed,
+/// whatever order they commit in. A shared creation that cannot tell
 /// answers `false`: it stored nothing and runs again exclusively.
 ///
 /// Counting an organization's keys costs a look at each of them, so a
-/// shared creation first bounds the count from this process's last one:
-/// `n` keys at log position `p` (one statement, one snapshot). Every key
-/// committed since was then either in a transaction still running (at most
-/// `m`) or appended an event after `p` (at most the newest position minus
-/// `p`: one position per event). While that bound, plus `m` creations
-/// running now and this one, stays within the quota, nothing is counted;
-/// deleted keys only make it more careful.
+/// shared creation bounds what was committed when its lock was granted from
+/// this process's last count instead: `n` keys at log position `p` (one
+/// statement, one snapshot). Every key committed since was then either in a
+/// transaction still running (at most `m`) or appended an event after `p`
+/// and before this creation's own (its position was taken after the grant,
+/// and positions only grow): at most `position - p - 1`. While that bound
+/// plus `m`, this creation and `m` more stays within the quota, nothing is
+/// counted; deleted keys only make it more careful.
 ///
 /// What this rests on: transactions run at PostgreSQL's default `read
-/// committed` (each statement's snapshot is taken after the lock is held),
-/// and `events.position` comes from an identity sequence that hands out
+/// committed` (each statement's snapshot is taken when it starts), and
+/// `events.position` comes from an identity sequence that hands out
 /// increasing values (nothing inserts events with positions of its own).
-async fn hold_key_quota(
+async fn within_key_quota(
     tx: &mut sqlx::PgConnection,
     counts: &KeyCounts,
     org_id: OrgId,
     max: u64,
-    lock: QuotaLock,
+    held: HeldQuotaLock,
+    position: i64,
 ) -> Result<bool, ApiError> {
-    let take = match lock {
-        QuotaLock::Shared => "select pg_advisory_xact_lock_shared($1, hashtext($2))",
-        QuotaLock::Exclusive => "select pg_advisory_xact_lock($1, hashtext($2))",
-    };
-    sqlx::query(take)
-        .bind(KEY_QUOTA_LOCK)
-        .bind(org_id)
-        .execute(&mut *tx)
-        .await?;
-    if let (QuotaLock::Shared, Some(last)) = (lock, counts.get(org_id)) {
-        let (newest, connections): (i64, i64) =
-            sqlx::query_as("select coalesce(max(position), 0), current_setting('max_connections')::bigint from events")
-                .fetch_one(&mut *tx)
-                .await?;
-        let connections = connections.max(0) as u64;
-        let since = newest.saturating_sub(last.position).max(0) as u64;
-        // This creation, plus what the bound says, within the quota.
+    let connections = held.connections;
+    if let (QuotaLock::Shared, Some(last)) = (held.lock, counts.get(org_id)) {
+        let since = position.saturating_sub(last.position).max(0) as u64;
+        // What the bound says, plus this creation and the others holding the lock.
         if last.keys + since + 2 * connections < max {
             return Ok(true);
         }
     }
-    let (keys, position, connections): (i64, i64, i64) = sqlx::query_as(
+    let (keys, position): (i64, i64) = sqlx::query_as(
         "select (select count(*) from keys where org_id = $1 and deleted_at is null),
-                (select coalesce(max(position), 0) from events),
-                current_setting('max_connections')::bigint",
+                (select coalesce(max(position), 0) from events)",
     )
     .bind(org_id)
     .fetch_one(&mut *tx)
     .await?;
-    let (keys, connections) = (keys.max(0) as u64, connections.max(0) as u64);
+    let keys = keys.max(0) as u64;
     counts.set(
         org_id,
         KeyCount {
@@ -357,7 +403,7 @@ async fn hold_key_quota(
             connections,
         },
     );
-    if lock == QuotaLock::Shared && keys + connections > max {
+    if held.lock == QuotaLock::Shared && keys + connections > max {
         return Ok(false);
     }
     if keys > max {

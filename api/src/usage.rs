@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, DurationRound, Utc};
 use keyledger_events::domain::{key, key::KeyUsed, ApiKey, KeyCommand, KeyId};
 use keyledger_events::handler::{self, HandlerError};
-use keyledger_events::log::EventMeta;
+use keyledger_events::log::{self, EventMeta, Notice};
 use keyledger_events::run_loop::{from_fn, run_loop, Progress, Schedule};
 use keyledger_events::shutdown::Shutdown;
 use sqlx::postgres::PgPoolOptions;
@@ -112,11 +112,13 @@ impl UsageAccumulator {
         let mut appended = 0;
         let mut unavailable = false;
         let mut failures = 0;
+        let mut notices = Vec::new();
         for (key_id, minute, counts) in drained {
             if !unavailable {
                 match append(pool, key_id, minute, counts).await {
-                    Ok(()) => {
+                    Ok(notice) => {
                         appended += 1;
+                        notices.extend(notice);
                         continue;
                     }
                     Err(HandlerError::Database(e)) if is_unavailable(&e) => {
@@ -136,6 +138,13 @@ impl UsageAccumulator {
                 .entry(minute)
                 .or_default()
                 .merge(counts);
+        }
+        // Best effort: a lost announcement only leaves the workers to their poll.
+        for batch in notices.chunks(1_000) {
+            if let Err(e) = log::announce(pool, batch).await {
+                tracing::warn!(error = %e, "usage flush: cannot announce the appended usage");
+                break;
+            }
         }
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.flushed_events.fetch_add(appended as u64, Ordering::Relaxed);
@@ -206,7 +215,14 @@ impl UsageAccumulator {
     }
 }
 
-async fn append(pool: &PgPool, id: KeyId, minute: DateTime<Utc>, counts: Counts) -> Result<(), HandlerError> {
+/// Appends one key's counts of one minute; the notice to announce once the
+/// flush is over (usage records only wake the workers: no cache reads them).
+async fn append(
+    pool: &PgPool,
+    id: KeyId,
+    minute: DateTime<Utc>,
+    counts: Counts,
+) -> Result<Option<Notice>, HandlerError> {
     let used = KeyUsed {
         minute,
         requests: counts.requests,
@@ -224,10 +240,10 @@ async fn append(pool: &PgPool, id: KeyId, minute: DateTime<Utc>, counts: Counts)
     let mut attempts = 0;
     loop {
         let command = KeyCommand::RecordUsage(used.clone());
-        match handler::execute::<ApiKey>(pool, &key::stream_id(id), command, &meta, |_| Ok(())).await {
+        match handler::execute_unannounced::<ApiKey>(pool, &key::stream_id(id), command, &meta, |_| Ok(())).await {
             Err(HandlerError::Concurrency) if attempts < 5 => attempts += 1,
-            Err(HandlerError::Domain(keyledger_events::domain::DomainError::NotFound)) => return Ok(()),
-            other => return other.map(|_| ()),
+            Err(HandlerError::Domain(keyledger_events::domain::DomainError::NotFound)) => return Ok(None),
+            other => return other.map(|(_, notice)| notice),
         }
     }
 }

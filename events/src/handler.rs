@@ -6,7 +6,7 @@ use chrono::SubsecRound;
 use sqlx::{PgConnection, PgPool};
 
 use crate::domain::{Aggregate, DomainError};
-use crate::log::{self, AppendError, DecodeError, EventMeta, NewEvent, StoredEvent};
+use crate::log::{self, AppendError, DecodeError, EventMeta, NewEvent, Notice, StoredEvent};
 use crate::read_model::{self, ProjectionError};
 
 #[derive(Debug, thiserror::Error)]
@@ -120,27 +120,48 @@ impl<A: Aggregate> Decided<A> {
 
     /// Appends the events with the expected version and applies them to the
     /// read models, inside the caller's transaction: whatever else that
-    /// transaction writes commits with them or not at all.
+    /// transaction writes commits with them or not at all. Listeners are
+    /// notified when it commits.
     pub async fn append(self, tx: &mut PgConnection) -> Result<Outcome<A>, HandlerError> {
+        Ok(self.store(tx, true).await?.0)
+    }
+
+    /// [`Decided::append`] for a command whose notification only wakes the
+    /// workers (see [`log::append_unannounced`]): the caller announces the
+    /// notice once its transaction has committed.
+    pub async fn append_unannounced(self, tx: &mut PgConnection) -> Result<(Outcome<A>, Option<Notice>), HandlerError> {
+        self.store(tx, false).await
+    }
+
+    async fn store(self, tx: &mut PgConnection, notify: bool) -> Result<(Outcome<A>, Option<Notice>), HandlerError> {
         if self.events.is_empty() {
-            return Ok(Outcome {
+            let outcome = Outcome {
                 state: self.state,
                 version: self.version,
                 events: vec![],
-            });
+            };
+            return Ok((outcome, None));
         }
         let encoded: Vec<NewEvent> = self.events.iter().map(NewEvent::from_domain).collect();
-        let stored = log::append(&mut *tx, &self.stream_id, self.version, &encoded, &self.meta).await?;
+        let (stored, notice) = if notify {
+            let stored = log::append(&mut *tx, &self.stream_id, self.version, &encoded, &self.meta).await?;
+            (stored, None)
+        } else {
+            let (stored, notice) =
+                log::append_unannounced(&mut *tx, &self.stream_id, self.version, &encoded, &self.meta).await?;
+            (stored, Some(notice))
+        };
         for event in &stored {
             read_model::apply(&mut *tx, event).await?;
         }
         let state = self.events.iter().fold(self.state, A::evolve);
         let version = stored.last().map_or(self.version, |e| e.version);
-        Ok(Outcome {
+        let outcome = Outcome {
             state,
             version,
             events: stored,
-        })
+        };
+        Ok((outcome, notice))
     }
 }
 
@@ -282,16 +303,41 @@ pub async fn execute<A: Aggregate>(
     meta: &EventMeta,
     guard: impl FnOnce(Option<&A>) -> Result<(), DomainError>,
 ) -> Result<Outcome<A>, HandlerError> {
+    Ok(run(pool, stream_id, command, meta, guard, true).await?.0)
+}
+
+/// [`execute`] for a command whose notification only wakes the workers
+/// (see [`log::append_unannounced`]): the caller announces the notice, if
+/// any, once this has returned.
+pub async fn execute_unannounced<A: Aggregate>(
+    pool: &PgPool,
+    stream_id: &str,
+    command: A::Command,
+    meta: &EventMeta,
+    guard: impl FnOnce(Option<&A>) -> Result<(), DomainError>,
+) -> Result<(Outcome<A>, Option<Notice>), HandlerError> {
+    run(pool, stream_id, command, meta, guard, false).await
+}
+
+async fn run<A: Aggregate>(
+    pool: &PgPool,
+    stream_id: &str,
+    command: A::Command,
+    meta: &EventMeta,
+    guard: impl FnOnce(Option<&A>) -> Result<(), DomainError>,
+    notify: bool,
+) -> Result<(Outcome<A>, Option<Notice>), HandlerError> {
     let decided = decide::<A>(pool, stream_id, command, meta, guard).await?;
     if decided.is_empty() {
-        return Ok(Outcome {
+        let outcome = Outcome {
             state: decided.state,
             version: decided.version,
             events: vec![],
-        });
+        };
+        return Ok((outcome, None));
     }
     let mut tx = pool.begin().await?;
-    let outcome = decided.append(&mut tx).await?;
+    let stored = decided.store(&mut tx, notify).await?;
     tx.commit().await?;
-    Ok(outcome)
+    Ok(stored)
 }

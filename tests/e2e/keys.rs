@@ -43,6 +43,31 @@ async fn create_answers_the_key_once_with_its_secret_and_stores_an_event() {
     assert_eq!(read.body["name"], "Checkout backend");
 }
 
+/// A new key is told to the workers (and other API processes) once it is
+/// committed, by the process's announcer: the creation's own transaction
+/// sends no notification, so creations commit alongside each other.
+#[actix_web::test]
+async fn a_created_key_is_announced_after_its_commit() {
+    let app = spawn_app().await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&app.pool).await.unwrap();
+    listener.listen(keyledger_events::log::NOTIFY_CHANNEL).await.unwrap();
+    let answer = app
+        .post("/v1/keys", json!({"name": "Announced", "type": "secret"}))
+        .await;
+    let expected = format!("key-{} key.created", answer.expect(201)["id"].as_str().unwrap());
+    let heard = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let notification = listener.recv().await.unwrap();
+            if notification.payload() == expected {
+                return notification;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no notification {expected:?}"));
+    assert_eq!(heard.channel(), "keyledger_events");
+}
+
 #[actix_web::test]
 async fn each_type_gets_its_prefix_environment_and_default_scopes() {
     let app = spawn_app().await;

@@ -2,12 +2,14 @@
 //! append with optimistic concurrency, and the readers (one stream, or the
 //! whole log in commit-safe order).
 
+pub mod announcer;
 pub mod envelope;
 pub mod store;
 
+pub use announcer::Announcer;
 pub use envelope::{DecodeError, EventMeta, LogPosition, NewEvent, StoredEvent};
 pub use store::{
-    append, checkpoint, newest_of_type, read_after, read_event, read_since_transaction, read_stream,
-    read_stream_newest_without, read_stream_without, read_visible_after, save_checkpoint, stream_version, AppendError,
-    NOTIFY_CHANNEL,
+    announce, append, append_unannounced, checkpoint, newest_of_type, read_after, read_event, read_since_transaction,
+    read_stream, read_stream_newest_without, read_stream_without, read_visible_after, save_checkpoint, stream_version,
+    AppendError, Notice, NOTIFY_CHANNEL,
 };

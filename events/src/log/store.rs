@@ -35,6 +35,38 @@ pub async fn append(
     events: &[NewEvent],
     meta: &EventMeta,
 ) -> Result<Vec<StoredEvent>, AppendError> {
+    insert(tx, stream_id, expected_version, events, meta, true).await
+}
+
+/// [`append`] without the notification: the caller announces the
+/// [`Notice`] once the transaction has committed ([`super::announce`]).
+///
+/// A notification sent inside a transaction costs every other such
+/// transaction its share of the disk: PostgreSQL lets one notifying
+/// transaction commit at a time, holding its queue lock until the commit
+/// is on disk. Appends whose notification only wakes the workers (a new
+/// key's stream, which no cache can hold yet; usage records, which no cache
+/// reads) use this and commit alongside each other; a lost announcement
+/// delays the workers to their next poll, and nothing else.
+pub async fn append_unannounced(
+    tx: &mut PgConnection,
+    stream_id: &str,
+    expected_version: i64,
+    events: &[NewEvent],
+    meta: &EventMeta,
+) -> Result<(Vec<StoredEvent>, Notice), AppendError> {
+    let stored = insert(tx, stream_id, expected_version, events, meta, false).await?;
+    Ok((stored, Notice::of(stream_id, events)))
+}
+
+async fn insert(
+    tx: &mut PgConnection,
+    stream_id: &str,
+    expected_version: i64,
+    events: &[NewEvent],
+    meta: &EventMeta,
+    notify: bool,
+) -> Result<Vec<StoredEvent>, AppendError> {
     let conflict = || AppendError::Conflict {
         stream_id: stream_id.to_owned(),
         expected: expected_version,
@@ -51,12 +83,11 @@ pub async fn append(
         }
     }
     let mut stored = Vec::with_capacity(events.len());
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let notice = format!("{stream_id} {}", types.join(","));
+    let notice = Notice::of(stream_id, events);
     for (version, event) in (expected_version + 1..).zip(events) {
         // The last insert also notifies (delivered when the transaction
         // commits): one round trip less per command.
-        let last = version == expected_version + events.len() as i64;
+        let last = notify && version == expected_version + events.len() as i64;
         let notify = if last {
             ", pg_notify($10, $11)::text as notified"
         } else {
@@ -77,7 +108,7 @@ pub async fn append(
             .bind(&meta.request_id)
             .bind(&event.data);
         let row = if last {
-            row.bind(NOTIFY_CHANNEL).bind(&notice)
+            row.bind(NOTIFY_CHANNEL).bind(&notice.0)
         } else {
             row
         };
@@ -89,6 +120,36 @@ pub async fn append(
         }
     }
     Ok(stored)
+}
+
+/// What an append tells [`NOTIFY_CHANNEL`]'s listeners: the stream id, a
+/// space, the event types separated by commas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "announce it once the transaction has committed"]
+pub struct Notice(String);
+
+impl Notice {
+    fn of(stream_id: &str, events: &[NewEvent]) -> Notice {
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        Notice(format!("{stream_id} {}", types.join(",")))
+    }
+}
+
+/// Sends `notices` to [`NOTIFY_CHANNEL`] in one statement, after the
+/// appends they tell of have committed. The statement's own transaction
+/// writes nothing to wait for, so it holds PostgreSQL's notification lock
+/// only for a moment.
+pub async fn announce<'c>(db: impl PgExecutor<'c>, notices: &[Notice]) -> Result<(), sqlx::Error> {
+    if notices.is_empty() {
+        return Ok(());
+    }
+    let payloads: Vec<&str> = notices.iter().map(|n| n.0.as_str()).collect();
+    sqlx::query("select count(pg_notify($1, payload)) from unnest($2::text[]) as payload")
+        .bind(NOTIFY_CHANNEL)
+        .bind(&payloads)
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 /// One stream in version order, optionally only the events that occurred at

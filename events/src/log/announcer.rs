@@ -1,0 +1,79 @@
+//! Announcements after commit, sent in batches by a task of their own: a
+//! command hands its [`Notice`] over and answers without another round
+//! trip; the task sends whatever has gathered in one statement.
+
+use std::sync::Mutex;
+
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+
+use super::store::{announce, Notice};
+use crate::shutdown::Shutdown;
+
+/// Most notices sent in one statement.
+const BATCH: usize = 1_000;
+
+/// The hand-over side, shared by every request; [`Announcer::run`] sends.
+#[derive(Debug)]
+pub struct Announcer {
+    sender: mpsc::UnboundedSender<Notice>,
+    receiver: Mutex<Option<mpsc::UnboundedReceiver<Notice>>>,
+}
+
+impl Default for Announcer {
+    fn default() -> Announcer {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        Announcer {
+            sender,
+            receiver: Mutex::new(Some(receiver)),
+        }
+    }
+}
+
+impl Announcer {
+    /// Queues `notice`, whose append has committed. Never waits.
+    pub fn announce(&self, notice: Notice) {
+        // Only a stopped task refuses: the workers find the append at their
+        // next poll.
+        let _ = self.sender.send(notice);
+    }
+
+    /// Sends what is queued, in batches, until `shutdown` — and then what is
+    /// left. A batch that cannot be sent is dropped (the workers poll); the
+    /// next one is tried all the same. Runs once per announcer.
+    pub async fn run(&self, pool: PgPool, shutdown: Shutdown) {
+        let Some(mut receiver) = self.receiver.lock().expect("announcer lock").take() else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            let first = tokio::select! {
+                notice = receiver.recv() => notice,
+                _ = shutdown.recv() => None,
+            };
+            let Some(first) = first else { break };
+            batch.push(first);
+            while batch.len() < BATCH {
+                match receiver.try_recv() {
+                    Ok(notice) => batch.push(notice),
+                    Err(_) => break,
+                }
+            }
+            send(&pool, &mut batch).await;
+        }
+        while let Ok(notice) = receiver.try_recv() {
+            batch.push(notice);
+            if batch.len() == BATCH {
+                send(&pool, &mut batch).await;
+            }
+        }
+        send(&pool, &mut batch).await;
+    }
+}
+
+async fn send(pool: &PgPool, batch: &mut Vec<Notice>) {
+    if let Err(e) = announce(pool, batch).await {
+        tracing::warn!(error = %e, dropped = batch.len(), "cannot announce appends; the workers find them at their next poll");
+    }
+    batch.clear();
+}
