@@ -13,7 +13,10 @@
 #   4. memory: bytes per cached key and per rate-limited key (RSS deltas over
 #      the keys just created), RSS;
 #   5. replay: `keyledger replay` and `replay --check` on a generated log of
-#      REPLAY_EVENTS events.
+#      REPLAY_EVENTS events;
+#   6. memory at scale: a fresh server verifies MILLION_KEYS (1,000,000)
+#      distinct keys once each; its RSS then (and at its peak) against the
+#      bound the README gives.
 #
 #   bash scripts/bench.sh                         # the full run, about 6 minutes
 #   REPLAY_EVENTS=20000 ROUNDS=1 DURATION=5s bash scripts/bench.sh   # quick
@@ -30,6 +33,9 @@ TAIL_DURATION=${TAIL_DURATION:-8s}
 CREATE_DURATION=${CREATE_DURATION:-5s}
 CREATE_CLIENTS=${CREATE_CLIENTS:-8}
 REPLAY_EVENTS=${REPLAY_EVENTS:-200000}
+MILLION_KEYS=${MILLION_KEYS:-1000000}
+# The API's memory bound as the README states it (key cache and limiters full).
+MEMORY_BOUND_MIB=700
 
 for tool in wrk nginx; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || {
@@ -155,7 +161,7 @@ for fraction in 4 2; do
   tail[rate_$fraction]=$rate
 done
 
-echo "3/5 key creation vs pgbench ($CREATE_CLIENTS clients, $CREATE_DURATION)" >&2
+echo "3/6 key creation vs pgbench ($CREATE_CLIENTS clients, $CREATE_DURATION)" >&2
 mkdir -p "$work/keys"
 cat >"$work/create.lua" <<LUA
 wrk.method = "POST"
@@ -182,7 +188,7 @@ echo "insert into bench_insert (name) values ('bench');" >"$work/insert.sql"
 pg_rate=$(pgbench -n -h 127.0.0.1 -U postgres -c "$CREATE_CLIENTS" -j 2 -T "${CREATE_DURATION%s}" -f "$work/insert.sql" "$db" 2>/dev/null |
   awk '/^tps/ {printf "%.0f", $3}')
 
-echo "4/5 memory (every created key verified: cached, then rate-limited)" >&2
+echo "4/6 memory (every created key verified: cached, then rate-limited)" >&2
 cat "$work"/keys/* >"$work/keys.txt"
 verify_all() {
   python3 - "$KL_PORT" "$work/keys.txt" "$1" <<'PY'
@@ -207,7 +213,7 @@ subjects_2=$(metric keyledger_rate_limiter_subjects); rss_2=$(rss_kb)
 per_cached=$(python3 -c "d=$entries_1-$entries_0; print(round(($rss_1-$rss_0)*1024/d) if d > 0 else '-')")
 per_limited=$(python3 -c "d=$subjects_2-$subjects_0; print(round(($rss_2-$rss_1)*1024/d) if d > 0 else '-')")
 
-echo "5/5 replay ($REPLAY_EVENTS events)" >&2
+echo "5/6 replay ($REPLAY_EVENTS events)" >&2
 # A realistic log: the keys above, a few changes of each kind through the
 # API, then usage records (one per key and flush, 6 a minute) up to the size.
 python3 - "$KL_PORT" "$KEY" "$work/keys.txt" <<'PY'
@@ -257,6 +263,85 @@ fi
 replay_seconds=$(seconds "$BIN" replay)
 check_seconds=$(seconds "$BIN" replay --check)
 
+echo "6/6 memory after $MILLION_KEYS distinct keys verified" >&2
+# A database of its own: the keys go straight into the read model (creating
+# a million through the API would take minutes), generated as the API makes
+# them: random body, CRC32 checksum, blake3 hash keyed with KEYLEDGER_HASH_KEY.
+python3 -c 'import blake3' 2>/dev/null || python3 -m pip install --quiet blake3
+million_db="${db}_million"
+MILLION_URL="postgres://postgres@127.0.0.1:5432/$million_db"
+DATABASE_URL=$MILLION_URL $BIN migrate >/dev/null
+million_org=$(DATABASE_URL=$MILLION_URL $BIN org create --name Million --plan enterprise --rate-limit 10000000 |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["org"]["id"])')
+python3 - "$KEYLEDGER_HASH_KEY" "$MILLION_KEYS" "$work/million.txt" "$work/million.tsv" <<'PY'
+import os, sys, zlib
+import blake3
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+def base62(n, width):
+    digits = []
+    for _ in range(width):
+        n, r = divmod(n, 62)
+        digits.append(BASE62[r])
+    return "".join(reversed(digits))
+hash_key, count = bytes.fromhex(sys.argv[1]), int(sys.argv[2])
+with open(sys.argv[3], "w") as keys, open(sys.argv[4], "w") as rows:
+    for _ in range(count):
+        text = "sk_live_" + base62(int.from_bytes(os.urandom(32), "big"), 43)
+        text += base62(zlib.crc32(text.encode()), 6)
+        key_id = int.from_bytes(os.urandom(16), "big") >> 1
+        key_id = "key_" + "".join(CROCKFORD[(key_id >> (125 - 5 * i)) & 31] for i in range(26))
+        digest = blake3.blake3(text.encode(), key=hash_key).hexdigest()
+        keys.write(text + "\n")
+        rows.write(f"{key_id}\t\\\\x{digest}\t{text[-4:]}\n")
+PY
+psql_db "$million_db" <<SQL
+create temporary table generated (id text, key_hash bytea, last_four text);
+\\copy generated from '$work/million.tsv'
+insert into keys (id, org_id, name, key_type, environment, scopes, status, key_hash, prefix, last_four, created_at, version)
+select id, '$million_org', 'million', 'secret', 'live', '{read:experiences}', 'active', key_hash, 'sk_live_', last_four, now(), 1
+from generated;
+SQL
+MILLION_PORT=$(free_port)
+DATABASE_URL=$MILLION_URL KEYLEDGER_LISTEN="127.0.0.1:$MILLION_PORT" $BIN serve 2>"$work/million.log" &
+kl_pid=$!
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$MILLION_PORT/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+rss_million_0=$(rss_kb)
+cat >"$work/million.lua" <<LUA
+local threads, path, keys, next_key = $THREADS, "$work/million.txt", {}, 1
+local counter = 0
+function setup(thread) thread:set("index", counter); counter = counter + 1 end
+function init(args)
+  local n = 0
+  for line in io.lines(path) do
+    if n % threads == index then keys[#keys + 1] = line end
+    n = n + 1
+  end
+end
+function request()
+  if next_key > #keys then wrk.thread:stop() end
+  local key = keys[math.min(next_key, #keys)]
+  next_key = next_key + 1
+  return wrk.format("POST", "/v1/verify", {["Content-Type"] = "application/json"}, '{"key": "' .. key .. '"}')
+end
+LUA
+million_verified() {
+  curl -fs "http://127.0.0.1:$MILLION_PORT/metrics" |
+    awk '$1 ~ /^keyledger_verifications_total/ && $1 ~ /VALID/ {n += $2} END {print n + 0}'
+}
+million_start=$(date +%s.%N)
+# Each wrk thread stops sending after its share of the keys, but wrk itself
+# waits out its duration: it is stopped once every key was answered.
+wrk -t"$THREADS" -c"$CONNECTIONS" -d1h -s "$work/million.lua" "http://127.0.0.1:$MILLION_PORT/v1/verify" >"$work/million.out" &
+wrk_pid=$!
+while kill -0 "$wrk_pid" 2>/dev/null && [ "$(million_verified)" -lt "$MILLION_KEYS" ]; do sleep 1; done
+million_seconds=$(python3 -c "print($(date +%s.%N) - $million_start)")
+kill "$wrk_pid" 2>/dev/null || true; wait "$wrk_pid" 2>/dev/null || true
+rss_million=$(rss_kb); hwm_million=$(awk '/^VmHWM/ {print $2}' "/proc/$kl_pid/status")
+million_verified=$(million_verified)
+kill "$kl_pid"; wait "$kl_pid" 2>/dev/null || true; kl_pid=
+psql -q -h 127.0.0.1 -U postgres -c "drop database if exists $million_db with (force)" postgres >/dev/null 2>&1 || true
+
 ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 per_second() { python3 -c "print(round($1 / $2))"; }
 row() { printf '%-46s %14s %14s %8s  %s\n' "$@"; }
@@ -283,3 +368,6 @@ row "replay --check events/s" "$(per_second "$log_events" "$check_seconds")" "30
 row "bytes per cached key" "$per_cached" "-" "-" "RSS delta over $((entries_1 - entries_0)) keys"
 row "bytes per rate-limited key" "$per_limited" "-" "-" "RSS delta over $((subjects_2 - subjects_0)) keys"
 row "RSS MiB at the end" "$((rss_end / 1024))" "-" "-" "after the memory run and the API changes"
+row "RSS MiB after $MILLION_KEYS keys verified" "$((rss_million / 1024))" "$MEMORY_BOUND_MIB" \
+  "$(ratio "$hwm_million" "$((MEMORY_BOUND_MIB * 1024))")" \
+  "peak $((hwm_million / 1024)) MiB vs the README's bound; $million_verified VALID in $(printf '%.0f' "$million_seconds") s, from $((rss_million_0 / 1024)) MiB"

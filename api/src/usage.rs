@@ -56,8 +56,9 @@ impl Counts {
     }
 }
 
-/// Counts by key id, then by minute.
-type Pending = HashMap<KeyId, HashMap<DateTime<Utc>, Counts>>;
+/// Counts by key id and minute: one flat table (a table per key would cost
+/// a few hundred bytes more for each key seen between two flushes).
+type Pending = HashMap<(KeyId, DateTime<Utc>), Counts>;
 
 #[derive(Default)]
 pub struct UsageAccumulator {
@@ -76,7 +77,7 @@ impl UsageAccumulator {
     pub fn record(&self, key_id: KeyId, outcome: Outcome, at: DateTime<Utc>) {
         let minute = at.duration_trunc(chrono::Duration::minutes(1)).unwrap_or(at);
         let mut pending = self.pending.lock().expect("usage lock");
-        let counts = pending.entry(key_id).or_default().entry(minute).or_default();
+        let counts = pending.entry((key_id, minute)).or_default();
         counts.requests += 1;
         match outcome {
             Outcome::Succeeded => counts.successful += 1,
@@ -102,12 +103,12 @@ impl UsageAccumulator {
         if database.is_down() {
             return 0;
         }
-        let drained: Vec<(KeyId, DateTime<Utc>, Counts)> = self
-            .pending
-            .lock()
-            .expect("usage lock")
-            .drain()
-            .flat_map(|(key_id, minutes)| minutes.into_iter().map(move |(m, c)| (key_id, m, c)))
+        // Taken whole, so the table's memory goes with it (a drained table
+        // keeps its size).
+        let taken = std::mem::take(&mut *self.pending.lock().expect("usage lock"));
+        let drained: Vec<(KeyId, DateTime<Utc>, Counts)> = taken
+            .into_iter()
+            .map(|((key_id, minute), counts)| (key_id, minute, counts))
             .collect();
         let mut appended = 0;
         let mut unavailable = false;
@@ -133,9 +134,7 @@ impl UsageAccumulator {
             self.pending
                 .lock()
                 .expect("usage lock")
-                .entry(key_id)
-                .or_default()
-                .entry(minute)
+                .entry((key_id, minute))
                 .or_default()
                 .merge(counts);
         }
