@@ -10,7 +10,13 @@ use serde_json::{Map, Value};
 use crate::{error::ApiError, BODY_LIMIT};
 
 /// The body as a JSON object; an empty body is an empty object.
-pub async fn read_object(req: &HttpRequest, mut payload: web::Payload) -> Result<Fields, ApiError> {
+pub async fn read_object(req: &HttpRequest, payload: web::Payload) -> Result<Fields, ApiError> {
+    object_of(&read_json(req, payload).await?)
+}
+
+/// The body of a request that must send JSON, read whole (within
+/// [`BODY_LIMIT`]); empty (or only white space) whatever its type.
+pub async fn read_json(req: &HttpRequest, mut payload: web::Payload) -> Result<web::Bytes, ApiError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -28,7 +34,7 @@ pub async fn read_object(req: &HttpRequest, mut payload: web::Payload) -> Result
         bytes.extend_from_slice(&chunk);
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Fields::new(Map::new()));
+        return Ok(web::Bytes::new());
     }
     let is_json = req
         .headers()
@@ -41,7 +47,16 @@ pub async fn read_object(req: &HttpRequest, mut payload: web::Payload) -> Result
             "Send the body as JSON with 'Content-Type: application/json'.".into(),
         ));
     }
-    match serde_json::from_slice::<Value>(&bytes) {
+    Ok(bytes.freeze())
+}
+
+/// A body read by [`read_json`] as the object of its fields (an empty body:
+/// no fields).
+pub fn object_of(bytes: &[u8]) -> Result<Fields, ApiError> {
+    if bytes.is_empty() {
+        return Ok(Fields::new(Map::new()));
+    }
+    match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(map)) => Ok(Fields::new(map)),
         Ok(_) => Err(ApiError::invalid("body", "must be a JSON object")),
         Err(e) => Err(ApiError::BadRequest(format!("The body is not valid JSON: {e}."))),

@@ -10,25 +10,84 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::borrow::Cow;
+
 use actix_web::{web, HttpRequest, HttpResponse};
-use keyledger_events::domain::{Environment, Scope, ValidationDetails};
+use keyledger_events::domain::{Environment, KeyId, KeyType, OrgId, Scope, ValidationDetails};
+use serde::{Deserialize, Serialize};
 use keyledger_events::representation::rfc3339;
 use serde_json::json;
 
 use crate::access::{self, Guard};
 use crate::{body, error::ApiError, AppState};
 
+/// A verification's body in the shape nearly every caller sends: read
+/// without building a JSON tree. Anything else — a missing key, a field of
+/// the wrong type, an unknown or repeated field — goes through the general
+/// parser ([`body::read_object`]), which names every problem.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Request<'a> {
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(default)]
+    scopes: Option<Vec<Cow<'a, str>>>,
+    #[serde(default, borrow)]
+    environment: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    ip: Option<Cow<'a, str>>,
+}
+
+/// The answer for a known key, its fields in the order the API has always
+/// written them.
+#[derive(Serialize)]
+struct Answer<'a> {
+    code: &'static str,
+    environment: Environment,
+    expires_at: Option<String>,
+    key_id: KeyId,
+    org_id: OrgId,
+    ratelimit: RateLimit,
+    scopes: &'a [Scope],
+    #[serde(rename = "type")]
+    key_type: KeyType,
+    valid: bool,
+}
+
+#[derive(Serialize)]
+struct RateLimit {
+    limit: u32,
+    remaining: u32,
+    reset: u64,
+}
+
 pub async fn verify(
     state: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let mut fields = body::read_object(&req, payload).await?;
-    let key = fields.string("key");
-    let scopes = fields.string_list("scopes").unwrap_or_default();
-    let environment = fields.optional_string("environment");
-    let ip = fields.optional_string("ip");
-    fields.finish()?;
+    let bytes = body::read_json(&req, payload).await?;
+    let (key, scopes, environment, ip) = match serde_json::from_slice::<Request>(&bytes) {
+        Ok(r) => (
+            r.key.into_owned(),
+            r.scopes
+                .unwrap_or_default()
+                .into_iter()
+                .map(Cow::into_owned)
+                .collect(),
+            r.environment.map(Cow::into_owned),
+            r.ip.map(Cow::into_owned),
+        ),
+        Err(_) => {
+            let mut fields = body::object_of(&bytes)?;
+            let key = fields.string("key");
+            let scopes = fields.string_list("scopes").unwrap_or_default();
+            let environment = fields.optional_string("environment");
+            let ip = fields.optional_string("ip");
+            fields.finish()?;
+            (key.unwrap_or_default(), scopes, environment, ip)
+        }
+    };
     let mut details = ValidationDetails::default();
     let needed: Vec<Scope> = scopes
         .iter()
@@ -57,32 +116,27 @@ pub async fn verify(
     let guard = guard_for(&state, &req, end_client);
     // A key's IP allowlist checks the end client the platform names, from
     // whoever calls (without `ip`, no allowlist admits the request).
-    let checked = access::check(
-        &state,
-        &req,
-        &key.unwrap_or_default(),
-        guard,
-        end_client,
-        environment,
-        &needed,
-    )
-    .await?;
+    let checked = access::check(&state, &req, &key, guard, end_client, environment, &needed).await?;
     let Some(checked) = checked else {
         return Ok(HttpResponse::Ok().json(json!({"valid": false, "code": "NOT_FOUND"})));
     };
     let code = crate::metrics::verdict_code(&checked.verdict);
     let (row, decision) = (&checked.key.row, checked.decision);
-    Ok(HttpResponse::Ok().json(json!({
-        "valid": code == "VALID",
-        "code": code,
-        "key_id": row.id,
-        "org_id": row.org_id,
-        "type": row.key_type,
-        "environment": row.environment(),
-        "scopes": row.scopes,
-        "expires_at": row.expires_at.map(rfc3339),
-        "ratelimit": {"limit": decision.limit, "remaining": decision.remaining, "reset": decision.reset},
-    })))
+    Ok(HttpResponse::Ok().json(Answer {
+        valid: code == "VALID",
+        code,
+        key_id: row.id,
+        org_id: row.org_id,
+        key_type: row.key_type,
+        environment: row.environment(),
+        scopes: &row.scopes,
+        expires_at: row.expires_at.map(rfc3339),
+        ratelimit: RateLimit {
+            limit: decision.limit,
+            remaining: decision.remaining,
+            reset: decision.reset,
+        },
+    }))
 }
 
 /// Whom the guessing guard holds responsible for this request's unknown

@@ -100,3 +100,39 @@ async fn ill_formed_verify_requests_are_refused() {
         answer.expect_error(422, "validation_error");
     }
 }
+
+/// Bodies the quick typed reader does not take (escapes, a repeated or
+/// unknown field, nulls, a field of the wrong type) get the same answers as
+/// before it: the general parser reads them, and names every problem.
+#[actix_web::test]
+async fn verify_bodies_off_the_common_shape_get_the_general_parsers_answers() {
+    let app = spawn_app().await;
+    let key = app.admin_key.clone();
+    let send = |raw: String| {
+        let address = app.address.clone();
+        async move {
+            awc::Client::new()
+                .post(format!("{address}/v1/verify"))
+                .insert_header(("Content-Type", "application/json"))
+                .send_body(raw)
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    // An escaped character in the key, nulls for the optional fields.
+    let escaped = key.replacen('_', "\\u005f", 1);
+    let answer = send(format!(r#"{{"key": "{escaped}", "scopes": null, "environment": null, "ip": null}}"#)).await;
+    assert_eq!(answer["code"], "VALID", "{answer}");
+    // A repeated field: the last one counts, as it always has.
+    let answer = send(format!(r#"{{"key": "sk_live_nope", "key": "{key}"}}"#)).await;
+    assert_eq!(answer["code"], "VALID", "{answer}");
+    // Every problem at once, whichever reader saw the body first.
+    let answer = send(format!(r#"{{"key": "{key}", "scopes": [5], "environment": 7, "extra": true}}"#)).await;
+    assert_eq!(answer["error"]["code"], "validation_error", "{answer}");
+    for field in ["scopes", "environment", "extra"] {
+        assert!(answer["error"]["details"][field].is_array(), "{field} in {answer}");
+    }
+}
