@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# One quick measurement of one build, for A/B comparisons of two builds run
+# alternately in one sitting (the README's benchmark section):
+#
+#   BIN=path/to/keyledger bash scripts/bench-probe.sh verify   # /v1/verify and /v1/auth req/s
+#   BIN=path/to/keyledger bash scripts/bench-probe.sh create   # creations/s and pgbench inserts/s
+#
+# It starts `keyledger serve` on a fresh database with one enterprise
+# organization, runs wrk (-t2, CONNECTIONS, DURATION) and prints one line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:?verify or create}
+BIN=${BIN:-target/release/keyledger}
+DURATION=${DURATION:-8s}
+work=$(mktemp -d)
+db="keyledger_probe_$$"
+export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
+export KEYLEDGER_HASH_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+export KEYLEDGER_DATA_DIR="$work" KEYLEDGER_MAX_KEYS_PER_ORG=1000000 RUST_LOG=warn
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+url="http://127.0.0.1:$port"
+cleanup() {
+  [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  psql -q -h 127.0.0.1 -U postgres -c "drop database if exists $db with (force)" postgres >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+"$BIN" migrate >/dev/null
+KEYLEDGER_LISTEN="127.0.0.1:$port" "$BIN" serve 2>"$work/serve.log" &
+pid=$!
+for _ in $(seq 100); do curl -fs "$url/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+KEY=$("$BIN" org create --name Probe --plan enterprise --rate-limit 10000000 |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["key"]["key"])')
+rate() { awk '/Requests\/sec/ {printf "%.0f", $2}'; }
+psql_db() { psql -qtA -h 127.0.0.1 -U postgres "$db" "$@"; }
+case "$what" in
+  verify)
+    CONNECTIONS=${CONNECTIONS:-32}
+    cat >"$work/verify.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"key": "$KEY", "scopes": ["read:experiences"], "environment": "live"}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+    # Warm the cache.
+    curl -fs -X POST -H 'Content-Type: application/json' -d "{\"key\": \"$KEY\"}" "$url/v1/verify" >/dev/null
+    verify=$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" -s "$work/verify.lua" "$url/v1/verify" | rate)
+    auth=$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" -H "Authorization: Bearer $KEY" -H "X-Original-Method: GET" \
+      -H "X-Original-URI: /api/experiences/1" "$url/v1/auth" | rate)
+    echo "verify $verify req/s  auth $auth req/s"
+    ;;
+  create)
+    CONNECTIONS=${CONNECTIONS:-8}
+    cat >"$work/create.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"name": "probe", "type": "secret", "scopes": ["read:experiences"], "allowed_ips": ["10.0.0.0/8"]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $KEY"
+LUA
+    before=$(psql_db -c "select count(*) from keys")
+    wrk -t2 -c"$CONNECTIONS" -d"$DURATION" -s "$work/create.lua" "$url/v1/keys" >"$work/create.out"
+    after=$(psql_db -c "select count(*) from keys")
+    seconds=$(awk '/ requests in / {sub(/s,?$/, "", $4); print $4}' "$work/create.out")
+    psql_db -c "create table probe_insert (id bigserial primary key, name text not null, created_at timestamptz not null default now())"
+    echo "insert into probe_insert (name) values ('probe');" >"$work/insert.sql"
+    inserts=$(pgbench -n -h 127.0.0.1 -U postgres -c "$CONNECTIONS" -j 2 -T "${DURATION%s}" -f "$work/insert.sql" "$db" 2>/dev/null |
+      awk '/^tps/ {printf "%.0f", $3}')
+    python3 -c "r = ($after - $before) / $seconds; print(f'create {r:.0f}/s  pgbench {$inserts}/s  ratio {r / $inserts:.2f}')"
+    ;;
+  *) echo "verify or create" >&2; exit 2 ;;
+esac
