@@ -65,6 +65,7 @@ LUA
     echo "insert into probe_insert (name) values ('probe');" >"$work/insert.sql"
     inserts=$(pgbench -n -h 127.0.0.1 -U postgres -c "$CONNECTIONS" -j 2 -T "${DURATION%s}" -f "$work/insert.sql" "$db" 2>/dev/null |
       awk '/^tps/ {printf "%.0f", $3}')
+    [ -n "$inserts" ] || { echo "pgbench failed" >&2; exit 1; }
     python3 -c "r = ($after - $before) / $seconds; print(f'create {r:.0f}/s  pgbench {$inserts}/s  ratio {r / $inserts:.2f}')"
     ;;
   *) echo "verify or create" >&2; exit 2 ;;

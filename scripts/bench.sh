@@ -18,7 +18,7 @@
 #      distinct keys once each; its RSS then (and at its peak) against the
 #      bound the README gives.
 #
-#   bash scripts/bench.sh                         # the full run, about 6 minutes
+#   bash scripts/bench.sh                         # the full run, about 10 minutes
 #   REPLAY_EVENTS=20000 ROUNDS=1 DURATION=5s bash scripts/bench.sh   # quick
 #   REPLAY_BASELINE_BIN=/tmp/keyledger-before bash scripts/bench.sh
 #       # also replays the same log with that (older) binary first: a row
@@ -72,8 +72,11 @@ psql_db() { psql -qtA -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 "$@"; }
 cleanup() {
   [ -n "${kl_pid:-}" ] && kill "$kl_pid" 2>/dev/null || true
   [ -n "${nginx_pid:-}" ] && kill "$nginx_pid" 2>/dev/null || true
+  [ -n "${wrk_pid:-}" ] && kill "$wrk_pid" 2>/dev/null || true
   wait 2>/dev/null || true
-  psql -q -h 127.0.0.1 -U postgres -c "drop database if exists $db with (force)" postgres >/dev/null 2>&1 || true
+  for name in "$db" "${db}_million"; do
+    psql -q -h 127.0.0.1 -U postgres -c "drop database if exists $name with (force)" postgres >/dev/null 2>&1 || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -267,7 +270,8 @@ echo "6/6 memory after $MILLION_KEYS distinct keys verified" >&2
 # A database of its own: the keys go straight into the read model (creating
 # a million through the API would take minutes), generated as the API makes
 # them: random body, CRC32 checksum, blake3 hash keyed with KEYLEDGER_HASH_KEY.
-python3 -c 'import blake3' 2>/dev/null || python3 -m pip install --quiet blake3
+python3 -c 'import blake3' 2>/dev/null || python3 -m pip install --quiet blake3 ||
+  python3 -m pip install --quiet --break-system-packages blake3
 million_db="${db}_million"
 MILLION_URL="postgres://postgres@127.0.0.1:5432/$million_db"
 DATABASE_URL=$MILLION_URL $BIN migrate >/dev/null
@@ -334,9 +338,17 @@ million_start=$(date +%s.%N)
 # waits out its duration: it is stopped once every key was answered.
 wrk -t"$THREADS" -c"$CONNECTIONS" -d1h -s "$work/million.lua" "http://127.0.0.1:$MILLION_PORT/v1/verify" >"$work/million.out" &
 wrk_pid=$!
-while kill -0 "$wrk_pid" 2>/dev/null && [ "$(million_verified)" -lt "$MILLION_KEYS" ]; do sleep 1; done
+# Stopped as well when the count stalls for 10 s (an answer that was not
+# VALID would otherwise keep it waiting for the hour).
+last=-1; stalled=0
+while kill -0 "$wrk_pid" 2>/dev/null && [ "$(million_verified)" -lt "$MILLION_KEYS" ] && [ "$stalled" -lt 10 ]; do
+  now_verified=$(million_verified)
+  if [ "$now_verified" = "$last" ]; then stalled=$((stalled + 1)); else stalled=0; fi
+  last=$now_verified
+  sleep 1
+done
 million_seconds=$(python3 -c "print($(date +%s.%N) - $million_start)")
-kill "$wrk_pid" 2>/dev/null || true; wait "$wrk_pid" 2>/dev/null || true
+kill "$wrk_pid" 2>/dev/null || true; wait "$wrk_pid" 2>/dev/null || true; wrk_pid=
 rss_million=$(rss_kb); hwm_million=$(awk '/^VmHWM/ {print $2}' "/proc/$kl_pid/status")
 million_verified=$(million_verified)
 kill "$kl_pid"; wait "$kl_pid" 2>/dev/null || true; kl_pid=

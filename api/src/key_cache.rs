@@ -1,7 +1,9 @@
 //! The key cache: keyed-hash → key snapshot (with its organization's rate
 //! limit), so verifying a known key touches no database.
 //!
-//! Freshness: every append notifies `keyledger_events`; each API process
+//! Freshness: every change to a key or an organization notifies
+//! `keyledger_events` as it commits (new keys and usage records are
+//! announced just after, and this cache ignores both); each API process
 //! listens and evicts the keys (or the organization's keys) concerned, so a
 //! revocation is seen everywhere within milliseconds. Entries also expire
 //! after a short TTL, so a lost notification cannot keep a revoked key

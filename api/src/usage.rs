@@ -138,8 +138,9 @@ impl UsageAccumulator {
                 .or_default()
                 .merge(counts);
         }
-        // Best effort: a lost announcement only leaves the workers to their poll.
-        for batch in notices.chunks(1_000) {
+        // Best effort: a lost announcement only leaves the workers to their
+        // poll (and none is tried once the database was found unavailable).
+        for batch in notices.chunks(1_000).take_while(|_| !unavailable) {
             if let Err(e) = log::announce(pool, batch).await {
                 tracing::warn!(error = %e, "usage flush: cannot announce the appended usage");
                 break;

@@ -14,8 +14,8 @@ use std::borrow::Cow;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use keyledger_events::domain::{Environment, KeyId, KeyType, OrgId, Scope, ValidationDetails};
-use serde::{Deserialize, Serialize};
 use keyledger_events::representation::rfc3339;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::access::{self, Guard};
@@ -67,18 +67,17 @@ pub async fn verify(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let bytes = body::read_json(&req, payload).await?;
-    let (key, scopes, environment, ip) = match serde_json::from_slice::<Request>(&bytes) {
-        Ok(r) => (
+    // Only an object: serde's reader would also take the fields as an array.
+    let object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let quick = object.then(|| serde_json::from_slice::<Request>(&bytes).ok()).flatten();
+    let (key, scopes, environment, ip) = match quick {
+        Some(r) => (
             r.key.into_owned(),
-            r.scopes
-                .unwrap_or_default()
-                .into_iter()
-                .map(Cow::into_owned)
-                .collect(),
+            r.scopes.unwrap_or_default().into_iter().map(Cow::into_owned).collect(),
             r.environment.map(Cow::into_owned),
             r.ip.map(Cow::into_owned),
         ),
-        Err(_) => {
+        None => {
             let mut fields = body::object_of(&bytes)?;
             let key = fields.string("key");
             let scopes = fields.string_list("scopes").unwrap_or_default();

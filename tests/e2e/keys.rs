@@ -45,17 +45,28 @@ async fn create_answers_the_key_once_with_its_secret_and_stores_an_event() {
 
 /// A new key is told to the workers (and other API processes) once it is
 /// committed, by the process's announcer: the creation's own transaction
-/// sends no notification, so creations commit alongside each other.
+/// sends no notification, so creations commit alongside each other. Usage
+/// flushes announce their records the same way.
 #[actix_web::test]
-async fn a_created_key_is_announced_after_its_commit() {
+async fn a_created_key_and_its_usage_are_announced_after_their_commits() {
     let app = spawn_app().await;
     let mut listener = sqlx::postgres::PgListener::connect_with(&app.pool).await.unwrap();
     listener.listen(keyledger_events::log::NOTIFY_CHANNEL).await.unwrap();
     let answer = app
         .post("/v1/keys", json!({"name": "Announced", "type": "secret"}))
         .await;
-    let expected = format!("key-{} key.created", answer.expect(201)["id"].as_str().unwrap());
-    let heard = tokio::time::timeout(Duration::from_secs(10), async {
+    let key = answer.expect(201);
+    let stream = format!("key-{}", key["id"].as_str().unwrap());
+    let heard = hear(&mut listener, &format!("{stream} key.created")).await;
+    assert_eq!(heard.channel(), "keyledger_events");
+    // Usage records too, once the flush (every 500 ms here) has appended them.
+    assert_eq!(app.verify(json!({"key": key["key"]})).await["code"], "VALID");
+    hear(&mut listener, &format!("{stream} key.used")).await;
+}
+
+/// The first notification with this payload, within 10 s.
+async fn hear(listener: &mut sqlx::postgres::PgListener, expected: &str) -> sqlx::postgres::PgNotification {
+    tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let notification = listener.recv().await.unwrap();
             if notification.payload() == expected {
@@ -64,8 +75,7 @@ async fn a_created_key_is_announced_after_its_commit() {
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("no notification {expected:?}"));
-    assert_eq!(heard.channel(), "keyledger_events");
+    .unwrap_or_else(|_| panic!("no notification {expected:?}"))
 }
 
 #[actix_web::test]

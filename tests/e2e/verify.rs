@@ -95,6 +95,9 @@ async fn ill_formed_verify_requests_are_refused() {
         json!({"key": app.admin_key, "scopes": ["write:everything"]}),
         json!({"key": app.admin_key, "environment": "staging"}),
         json!({"key": app.admin_key, "extra": true}),
+        // The fields in order, but not as an object.
+        json!([app.admin_key]),
+        json!([app.admin_key, ["read:experiences"], "live", "10.0.0.1"]),
     ] {
         let answer = call(&app.address, Method::POST, "/v1/verify", None, Some(body), &[]).await;
         answer.expect_error(422, "validation_error");
@@ -124,13 +127,19 @@ async fn verify_bodies_off_the_common_shape_get_the_general_parsers_answers() {
     };
     // An escaped character in the key, nulls for the optional fields.
     let escaped = key.replacen('_', "\\u005f", 1);
-    let answer = send(format!(r#"{{"key": "{escaped}", "scopes": null, "environment": null, "ip": null}}"#)).await;
+    let answer = send(format!(
+        r#"{{"key": "{escaped}", "scopes": null, "environment": null, "ip": null}}"#
+    ))
+    .await;
     assert_eq!(answer["code"], "VALID", "{answer}");
     // A repeated field: the last one counts, as it always has.
     let answer = send(format!(r#"{{"key": "sk_live_nope", "key": "{key}"}}"#)).await;
     assert_eq!(answer["code"], "VALID", "{answer}");
     // Every problem at once, whichever reader saw the body first.
-    let answer = send(format!(r#"{{"key": "{key}", "scopes": [5], "environment": 7, "extra": true}}"#)).await;
+    let answer = send(format!(
+        r#"{{"key": "{key}", "scopes": [5], "environment": 7, "extra": true}}"#
+    ))
+    .await;
     assert_eq!(answer["error"]["code"], "validation_error", "{answer}");
     for field in ["scopes", "environment", "extra"] {
         assert!(answer["error"]["details"][field].is_array(), "{field} in {answer}");
