@@ -341,10 +341,11 @@ wrk_pid=$!
 # Stopped as well when the count stalls for 10 s (an answer that was not
 # VALID would otherwise keep it waiting for the hour).
 last=-1; stalled=0
-while kill -0 "$wrk_pid" 2>/dev/null && [ "$(million_verified)" -lt "$MILLION_KEYS" ] && [ "$stalled" -lt 10 ]; do
-  now_verified=$(million_verified)
-  if [ "$now_verified" = "$last" ]; then stalled=$((stalled + 1)); else stalled=0; fi
-  last=$now_verified
+while kill -0 "$wrk_pid" 2>/dev/null && [ "$stalled" -lt 10 ]; do
+  verified=$(million_verified)
+  [ "$verified" -lt "$MILLION_KEYS" ] || break
+  if [ "$verified" = "$last" ]; then stalled=$((stalled + 1)); else stalled=0; fi
+  last=$verified
   sleep 1
 done
 million_seconds=$(python3 -c "print($(date +%s.%N) - $million_start)")

@@ -186,25 +186,28 @@ async fn attempt(
     let mut command = command;
     // A creation holds the organization's quota lock from the start, and
     // reads the rotation policy with it: one statement.
-    let mut held = None;
-    if let KeyCommand::Create(c) = &mut command {
-        let lock = take_key_quota_lock(&mut tx, caller.org_id(), quota).await?;
-        c.rotation_days = lock.rotation_days;
-        held = Some(lock);
-    }
-    if let KeyCommand::Regenerate(r) = &mut command {
-        r.rotation_days = rotation_days(&mut tx, caller.org_id()).await?;
-    }
-    let created = matches!(command, KeyCommand::Create(_));
+    let held = match &mut command {
+        KeyCommand::Create(c) => {
+            let held = take_key_quota_lock(&mut tx, caller.org_id(), quota).await?;
+            c.rotation_days = held.rotation_days;
+            Some(held)
+        }
+        KeyCommand::Regenerate(r) => {
+            r.rotation_days = rotation_days(&mut tx, caller.org_id()).await?;
+            None
+        }
+        _ => None,
+    };
+    let created = held.is_some();
     let stream = key::stream_id(id);
-    let (outcome, notice) = match (created, held) {
+    let (outcome, notice) = match held {
         // A new key's id was just generated: its stream has nothing to read,
         // and no cache can hold the key yet, so the workers are told after
         // the commit (creations then commit alongside each other).
-        (true, Some(held)) => {
+        Some(held) => {
             let decided = handler::decide_new::<ApiKey>(&stream, command, &meta)?;
-            let appended = decided.append_unannounced(&mut tx).await?;
-            let position = appended.0.events.last().map_or(0, |e| e.position);
+            let (outcome, notice) = decided.append_unannounced(&mut tx).await?;
+            let position = outcome.events.last().map_or(0, |e| e.position);
             if !within_key_quota(
                 &mut tx,
                 &state.key_counts,
@@ -217,11 +220,11 @@ async fn attempt(
             {
                 return Ok(None);
             }
-            appended
+            (outcome, notice)
         }
         // Usage records appended meanwhile make it decide again; another
         // command's change is a conflict.
-        _ => (
+        None => (
             handler::decide_and_append_on::<ApiKey>(&mut tx, &stream, command, &meta, own_key(caller)).await?,
             None,
         ),

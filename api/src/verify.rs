@@ -10,8 +10,6 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use std::borrow::Cow;
-
 use actix_web::{web, HttpRequest, HttpResponse};
 use keyledger_events::domain::{Environment, KeyId, KeyType, OrgId, Scope, ValidationDetails};
 use keyledger_events::representation::rfc3339;
@@ -27,15 +25,14 @@ use crate::{body, error::ApiError, AppState};
 /// parser ([`body::read_object`]), which names every problem.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Request<'a> {
-    #[serde(borrow)]
-    key: Cow<'a, str>,
+struct Request {
+    key: String,
     #[serde(default)]
-    scopes: Option<Vec<Cow<'a, str>>>,
-    #[serde(default, borrow)]
-    environment: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    ip: Option<Cow<'a, str>>,
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    environment: Option<String>,
+    #[serde(default)]
+    ip: Option<String>,
 }
 
 /// The answer for a known key, its fields in the order the API has always
@@ -71,12 +68,7 @@ pub async fn verify(
     let object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     let quick = object.then(|| serde_json::from_slice::<Request>(&bytes).ok()).flatten();
     let (key, scopes, environment, ip) = match quick {
-        Some(r) => (
-            r.key.into_owned(),
-            r.scopes.unwrap_or_default().into_iter().map(Cow::into_owned).collect(),
-            r.environment.map(Cow::into_owned),
-            r.ip.map(Cow::into_owned),
-        ),
+        Some(r) => (r.key, r.scopes.unwrap_or_default(), r.environment, r.ip),
         None => {
             let mut fields = body::object_of(&bytes)?;
             let key = fields.string("key");
