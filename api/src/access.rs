@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use actix_web::http::header::HeaderName;
 use actix_web::{HttpMessage, HttpRequest};
 use chrono::{DateTime, Utc};
 use keyledger_events::domain::{scope::grants, Environment, IpRange, KeyStatus, PlainKey, Scope};
@@ -59,6 +60,10 @@ impl Checked {
     }
 }
 
+/// The headers a proxy names the client in (made once, not parsed per request).
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// The address a request comes from. When the peer is a trusted reverse
 /// proxy, the client it names in the header its forward-auth style sets:
 /// nginx's `X-Real-IP`, else (nginx without it, traefik, envoy) the
@@ -93,7 +98,7 @@ pub fn client_address(req: &HttpRequest, settings: &ApiSettings) -> Result<Optio
         ))
     };
     if settings.forward_auth.reads_x_real_ip() {
-        let mut values = req.headers().get_all("x-real-ip");
+        let mut values = req.headers().get_all(X_REAL_IP);
         match (values.next(), values.next()) {
             (None, _) => {}
             (Some(value), None) => {
@@ -108,7 +113,7 @@ pub fn client_address(req: &HttpRequest, settings: &ApiSettings) -> Result<Optio
         }
     }
     let mut entries = Vec::new();
-    for value in req.headers().get_all("x-forwarded-for") {
+    for value in req.headers().get_all(X_FORWARDED_FOR) {
         entries.extend(value.to_str().map_err(|_| unreadable("X-Forwarded-For"))?.split(','));
     }
     // From the right: each trusted proxy names the one before it. When all
@@ -154,7 +159,7 @@ fn forwarded_address(text: &str) -> Option<IpAddr> {
 /// keys lock out all of them.
 fn warn_of_untrusted_forwarding(req: &HttpRequest, peer: IpAddr) {
     static WARNED: AtomicBool = AtomicBool::new(false);
-    let forwarded = ["x-real-ip", "x-forwarded-for"]
+    let forwarded = [X_REAL_IP, X_FORWARDED_FOR]
         .into_iter()
         .any(|name| req.headers().contains_key(name));
     if forwarded && !WARNED.swap(true, Ordering::Relaxed) {
@@ -199,13 +204,28 @@ pub enum Guard {
 /// addresses would let a client rotate through 2^64 of them). An IPv4
 /// client written as IPv6 — mapped (`::ffff:a.b.c.d`), translated
 /// (`::ffff:0:a.b.c.d`) or through NAT64's well-known prefix
-/// (`64:ff9b::a.b.c.d`) — is that IPv4 client.
-pub fn guard_subject(ip: IpAddr) -> String {
+/// (`64:ff9b::a.b.c.d`) — is that IPv4 client. Written as the address, or
+/// the network with `/64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GuardSubject {
+    V4(Ipv4Addr),
+    /// The network's first address.
+    V6Network(Ipv6Addr),
+}
+
+/// Whom the guessing guard counts `ip` against.
+pub fn guard_subject(ip: IpAddr) -> GuardSubject {
     match embedded_ipv4(ip) {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => {
-            let network = std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64));
-            format!("{network}/64")
+        IpAddr::V4(v4) => GuardSubject::V4(v4),
+        IpAddr::V6(v6) => GuardSubject::V6Network(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+    }
+}
+
+impl std::fmt::Display for GuardSubject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GuardSubject::V4(v4) => v4.fmt(f),
+            GuardSubject::V6Network(network) => write!(f, "{network}/64"),
         }
     }
 }
@@ -347,10 +367,19 @@ mod tests {
             "64:ff9b::203.0.113.9",
             "::ffff:0:203.0.113.9",
         ] {
-            assert_eq!(guard_subject(written.parse().unwrap()), "203.0.113.9", "{written}");
+            assert_eq!(
+                guard_subject(written.parse().unwrap()).to_string(),
+                "203.0.113.9",
+                "{written}"
+            );
         }
-        assert_eq!(guard_subject("2001:db8:1:2:3::4".parse().unwrap()), "2001:db8:1:2::/64");
+        let subject = |written: &str| guard_subject(written.parse().unwrap()).to_string();
+        assert_eq!(subject("2001:db8:1:2:3::4"), "2001:db8:1:2::/64");
+        assert_eq!(
+            guard_subject("2001:db8:1:2:3::4".parse().unwrap()),
+            guard_subject("2001:db8:1:2::9".parse().unwrap())
+        );
         // Only the well-known prefix of 64:ff9b::/96 embeds an IPv4 address.
-        assert_eq!(guard_subject("64:ff9b:1::cb00:7109".parse().unwrap()), "64:ff9b:1::/64");
+        assert_eq!(subject("64:ff9b:1::cb00:7109"), "64:ff9b:1::/64");
     }
 }

@@ -38,12 +38,31 @@ pub enum ForwardAuthStyle {
 }
 
 /// Every header some style uses to carry the original request.
-const ORIGINAL_REQUEST_HEADERS: [&str; 4] = [
-    "X-Original-Method",
-    "X-Original-URI",
-    "X-Forwarded-Method",
-    "X-Forwarded-Uri",
-];
+/// A header the original request is read from: its name as the proxies
+/// write it (in messages), and the name it is matched by (made once, not
+/// parsed per request).
+#[derive(Clone)]
+struct OriginalHeader {
+    shown: &'static str,
+    name: HeaderName,
+}
+
+impl OriginalHeader {
+    const fn new(shown: &'static str, name: &'static str) -> OriginalHeader {
+        OriginalHeader {
+            shown,
+            name: HeaderName::from_static(name),
+        }
+    }
+}
+
+const X_ORIGINAL_METHOD: OriginalHeader = OriginalHeader::new("X-Original-Method", "x-original-method");
+const X_ORIGINAL_URI: OriginalHeader = OriginalHeader::new("X-Original-URI", "x-original-uri");
+const X_FORWARDED_METHOD: OriginalHeader = OriginalHeader::new("X-Forwarded-Method", "x-forwarded-method");
+const X_FORWARDED_URI: OriginalHeader = OriginalHeader::new("X-Forwarded-Uri", "x-forwarded-uri");
+
+const ORIGINAL_REQUEST_HEADERS: [OriginalHeader; 4] =
+    [X_ORIGINAL_METHOD, X_ORIGINAL_URI, X_FORWARDED_METHOD, X_FORWARDED_URI];
 
 impl ForwardAuthStyle {
     pub fn as_str(self) -> &'static str {
@@ -55,10 +74,10 @@ impl ForwardAuthStyle {
     }
 
     /// The (method, URI) headers of this style; envoy has none.
-    fn headers(self) -> Option<(&'static str, &'static str)> {
+    fn headers(self) -> Option<(OriginalHeader, OriginalHeader)> {
         match self {
-            ForwardAuthStyle::Nginx => Some(("X-Original-Method", "X-Original-URI")),
-            ForwardAuthStyle::Traefik => Some(("X-Forwarded-Method", "X-Forwarded-Uri")),
+            ForwardAuthStyle::Nginx => Some((X_ORIGINAL_METHOD, X_ORIGINAL_URI)),
+            ForwardAuthStyle::Traefik => Some((X_FORWARDED_METHOD, X_FORWARDED_URI)),
             ForwardAuthStyle::Envoy => None,
         }
     }
@@ -73,7 +92,10 @@ impl ForwardAuthStyle {
     /// Where this style reads the original request, in words.
     fn describe(self) -> String {
         match self.headers() {
-            Some((method, uri)) => format!("the original request comes to /v1/auth in {method} and {uri}"),
+            Some((method, uri)) => format!(
+                "the original request comes to /v1/auth in {} and {}",
+                method.shown, uri.shown
+            ),
             None => "the original request is the check request itself: its method, and its path after /v1/auth".into(),
         }
     }
@@ -109,8 +131,13 @@ impl FromStr for ForwardAuthStyle {
 
 /// The one value of a header the style relies on; absent, repeated or not
 /// visible ASCII is refused.
-fn single_header<'a>(req: &'a HttpRequest, style: ForwardAuthStyle, name: &str) -> Result<&'a str, ApiError> {
-    let mut values = req.headers().get_all(name);
+fn single_header<'a>(
+    req: &'a HttpRequest,
+    style: ForwardAuthStyle,
+    header: &OriginalHeader,
+) -> Result<&'a str, ApiError> {
+    let name = header.shown;
+    let mut values = req.headers().get_all(&header.name);
     match (values.next(), values.next()) {
         (Some(value), None) => value
             .to_str()
@@ -122,12 +149,18 @@ fn single_header<'a>(req: &'a HttpRequest, style: ForwardAuthStyle, name: &str) 
 
 /// The original method and plain path, read the configured way.
 fn original(req: &HttpRequest, style: ForwardAuthStyle, below_auth: bool) -> Result<(String, String), ApiError> {
-    let own = style.headers().map_or([""; 2], |(method, uri)| [method, uri]);
-    let foreign: Vec<&str> = ORIGINAL_REQUEST_HEADERS
-        .into_iter()
-        .filter(|name| !own.contains(name) && req.headers().contains_key(*name))
-        .collect();
-    if !foreign.is_empty() {
+    let own = style.headers();
+    let foreign = |header: &OriginalHeader| {
+        own.as_ref()
+            .is_none_or(|(method, uri)| header.name != method.name && header.name != uri.name)
+            && req.headers().contains_key(&header.name)
+    };
+    if ORIGINAL_REQUEST_HEADERS.iter().any(foreign) {
+        let foreign: Vec<&str> = ORIGINAL_REQUEST_HEADERS
+            .iter()
+            .filter(|header| foreign(header))
+            .map(|header| header.shown)
+            .collect();
         return Err(style.refuse(format_args!(
             "The request carries {}, which {style} does not send: the client or another proxy added it, and it \
              is refused rather than trusted",
@@ -135,7 +168,7 @@ fn original(req: &HttpRequest, style: ForwardAuthStyle, below_auth: bool) -> Res
         )));
     }
     let (method, target) = match (style.headers(), below_auth) {
-        (Some((method, uri)), false) => (single_header(req, style, method)?, single_header(req, style, uri)?),
+        (Some((method, uri)), false) => (single_header(req, style, &method)?, single_header(req, style, &uri)?),
         (None, true) => {
             // The router matches the decoded path, so `/v1/%61uth/x` lands
             // here too: only the literal prefix is cut, anything else is

@@ -113,9 +113,9 @@ pub struct AppState {
     /// Per-key plan limits.
     pub limiter: Arc<rate_limit::RateLimiter<KeyId>>,
     /// Invalid keys per client address (management API, `/v1/auth`).
-    pub failures: Arc<rate_limit::RateLimiter>,
+    pub failures: Arc<rate_limit::RateLimiter<access::GuardSubject>>,
     /// Invalid keys per end client named in `/v1/verify`'s `ip`.
-    pub end_client_failures: Arc<rate_limit::RateLimiter>,
+    pub end_client_failures: Arc<rate_limit::RateLimiter<access::GuardSubject>>,
     pub usage: Arc<usage::UsageAccumulator>,
     /// Whether PostgreSQL is known to be down (and since when).
     pub database: Arc<db_health::DatabaseHealth>,
@@ -231,15 +231,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub fn configure_surface(cfg: &mut web::ServiceConfig, surface: Surface) {
     let (public, internal) = (surface != Surface::Internal, surface != Surface::Public);
     let mut v1 = web::scope("/v1");
-    // The hot path first: the router tries routes in order, and each
-    // management route with an `{id}` is a regex match it would otherwise
-    // run for every verification (8% of `/v1/auth`'s time).
+    // The hot path first, outside the `/v1` scope: the router tries routes
+    // in order, each management route with an `{id}` is a regex match it
+    // would otherwise run for every verification (8% of `/v1/auth`'s time),
+    // and a scope is one more routing step per request.
     if internal {
-        v1 = v1
-            .route("/verify", web::post().to(verify::verify))
-            .route("/auth", web::route().to(forward_auth::auth))
-            .route("/auth/{tail:.*}", web::route().to(forward_auth::auth_path));
-        cfg.route("/metrics", web::get().to(metrics::metrics));
+        cfg.route("/v1/verify", web::post().to(verify::verify))
+            .route("/v1/auth", web::route().to(forward_auth::auth))
+            .route("/v1/auth/{tail:.*}", web::route().to(forward_auth::auth_path))
+            .route("/metrics", web::get().to(metrics::metrics));
     }
     if public {
         // Before the `/v1` scope, which would otherwise take the path.

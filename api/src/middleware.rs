@@ -40,7 +40,16 @@ fn request_id_of(req: &ServiceRequest) -> String {
         .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
         .filter(|id| !secret_shaped(id))
         .map(str::to_owned)
-        .unwrap_or_else(|| format!("req_{}", uuid::Uuid::now_v7().simple()))
+        .unwrap_or_else(|| {
+            let mut id = String::with_capacity(36);
+            id.push_str("req_");
+            id.push_str(
+                uuid::Uuid::now_v7()
+                    .simple()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer()),
+            );
+            id
+        })
 }
 
 /// Where envoy-style forward-auth checks carry the original path and query.
@@ -177,7 +186,9 @@ pub async fn request_context(
         Some(state) => state.clock.now(),
         None => chrono::Utc::now(),
     };
-    let handled = request_id::scope(request_id.clone(), async move {
+    // Checked as it was read: visible ASCII only.
+    let echoed = HeaderValue::from_str(&request_id);
+    let handled = request_id::scope(request_id, async move {
         // Under /v1/auth/ (envoy style) the query is the original
         // request's, for the upstream: neither logged nor matched here.
         let original_query = req.path().starts_with(ENVOY_AUTH_PREFIX);
@@ -194,7 +205,17 @@ pub async fn request_context(
     });
     let result = clock::scope(now, handled).await;
     let mut response = result?;
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
+    if let (Some(method), Some(path)) = (method, path) {
+        tracing::info!(
+            request_id = %echoed.as_ref().ok().and_then(|id| id.to_str().ok()).unwrap_or_default(),
+            method = %method,
+            path = %path,
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+    if let Ok(value) = echoed {
         response
             .headers_mut()
             .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
@@ -205,16 +226,6 @@ pub async fn request_context(
         for (name, value) in rate_limit_headers(&decision) {
             headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
         }
-    }
-    if let (Some(method), Some(path)) = (method, path) {
-        tracing::info!(
-            request_id = %request_id,
-            method = %method,
-            path = %path,
-            status = response.status().as_u16(),
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "request"
-        );
     }
     Ok(response)
 }

@@ -103,8 +103,8 @@ impl Window {
     }
 }
 
-/// Windows per subject: a key (by id) or a client address (by its text).
-pub struct RateLimiter<K = String> {
+/// Windows per subject: a key (by id) or a client address (its guard subject).
+pub struct RateLimiter<K> {
     shards: Vec<Mutex<HashMap<K, Window>>>,
     capacity_per_shard: usize,
 }
