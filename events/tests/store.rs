@@ -202,14 +202,15 @@ async fn append_and_read_stream_round_trip_the_envelope() {
     // What was stored is what append returned.
     assert_eq!(log::read_stream(pool, "key-one", None).await.unwrap(), first);
 
-    // A third event continues the stream; no request id round-trips as null.
+    // A third event continues the stream; no request id round-trips as
+    // null; a time finer than PostgreSQL keeps is returned as it is stored.
     let mut tx = pool.begin().await.unwrap();
     let third = log::append(
         &mut tx,
         "key-one",
         2,
         &[raw_event("key.activated", json!({}))],
-        &meta("system:expiry", None, t2),
+        &meta("system:expiry", None, t2 + chrono::Duration::nanoseconds(789)),
     )
     .await
     .unwrap();
@@ -227,7 +228,10 @@ async fn append_and_read_stream_round_trip_the_envelope() {
         &mut tx,
         "key-two",
         0,
-        &[raw_event("key.created", json!({ "name": "second" }))],
+        &[raw_event(
+            "key.created",
+            json!({ "name": "second", "z": [1.5, -2, "x", null], "a": { "nested": true, "big": 18_446_744_073_709_551_615_u64 } }),
+        )],
         &meta("cli", Some("req-2"), t1),
     )
     .await

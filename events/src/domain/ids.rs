@@ -10,11 +10,20 @@ use uuid::Uuid;
 
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
-fn encode(id: Uuid) -> String {
+/// Characters of an id after its prefix.
+const ENCODED_LEN: usize = 26;
+
+/// `id` in Crockford base32, into `text` (which is `ENCODED_LEN` long).
+fn encode_into(id: Uuid, text: &mut [u8]) {
     let value = id.as_u128();
-    (0..26)
-        .map(|i| CROCKFORD[((value >> (125 - 5 * i)) & 31) as usize] as char)
-        .collect()
+    for (i, c) in text.iter_mut().enumerate() {
+        *c = CROCKFORD[((value >> (125 - 5 * i)) & 31) as usize];
+    }
+}
+
+/// What `encode_into` wrote (ASCII by construction).
+fn as_text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).expect("an id is ASCII")
 }
 
 fn decode(text: &str) -> Option<Uuid> {
@@ -53,9 +62,21 @@ macro_rules! prefixed_id {
             }
         }
 
+        impl $name {
+            /// The id as text, on the stack (ids are written on every
+            /// answer and event: no allocation, no formatting machinery).
+            fn write_text(&self, text: &mut [u8; $prefix.len() + ENCODED_LEN]) {
+                let (prefix, encoded) = text.split_at_mut($prefix.len());
+                prefix.copy_from_slice($prefix.as_bytes());
+                encode_into(self.0, encoded);
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}{}", $prefix, encode(self.0))
+                let mut text = [0; $prefix.len() + ENCODED_LEN];
+                self.write_text(&mut text);
+                f.write_str(as_text(&text))
             }
         }
 
@@ -72,14 +93,30 @@ macro_rules! prefixed_id {
 
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
+                let mut text = [0; $prefix.len() + ENCODED_LEN];
+                self.write_text(&mut text);
+                s.serialize_str(as_text(&text))
             }
         }
 
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let text = String::deserialize(d)?;
-                text.parse().map_err(serde::de::Error::custom)
+                /// Reads the text where it lies when it can (no copy).
+                struct Text;
+
+                impl serde::de::Visitor<'_> for Text {
+                    type Value = $name;
+
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        write!(f, "an identifier ({}…)", $prefix)
+                    }
+
+                    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<$name, E> {
+                        text.parse().map_err(E::custom)
+                    }
+                }
+
+                d.deserialize_str(Text)
             }
         }
     };
@@ -106,6 +143,28 @@ mod tests {
         assert!(text.starts_with("key_") && text.len() == 30);
         assert_eq!(text.parse::<KeyId>().unwrap(), first);
         assert!(first.to_string() < second.to_string());
+    }
+
+    #[test]
+    fn ids_are_json_strings_read_back_however_they_arrive() {
+        let id = OrgId::new();
+        let text = id.to_string();
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{text}\""));
+        // Borrowed from the input, unescaped into a copy, or from a value.
+        assert_eq!(serde_json::from_str::<OrgId>(&json).unwrap(), id);
+        let escaped = format!("\"\\u006f{}\"", &text[1..]);
+        assert_eq!(serde_json::from_str::<OrgId>(&escaped).unwrap(), id);
+        assert_eq!(serde_json::from_value::<OrgId>(serde_json::json!(text)).unwrap(), id);
+        let wrong = serde_json::from_str::<KeyId>(&json).unwrap_err().to_string();
+        assert!(wrong.starts_with("not a valid identifier"), "{wrong}");
+        let number = serde_json::from_str::<KeyId>("7").unwrap_err().to_string();
+        assert!(number.contains("expected an identifier (key_…)"), "{number}");
+        let webhook = WebhookId::new();
+        assert_eq!(
+            serde_json::to_value(webhook).unwrap(),
+            serde_json::json!(webhook.to_string())
+        );
     }
 
     #[test]

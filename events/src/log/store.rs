@@ -1,5 +1,6 @@
 //! Appending to and reading from the `events` table.
 
+use chrono::SubsecRound;
 use sqlx::{PgConnection, PgExecutor};
 
 use super::envelope::{EventMeta, LogPosition, NewEvent, StoredEvent};
@@ -93,17 +94,21 @@ async fn insert(
         } else {
             ""
         };
+        // Only what the database assigns comes back: the rest is what was
+        // sent (times as stored, to the microsecond), not parsed again.
         let sql = format!(
             "insert into events (event_id, stream_id, version, type, schema_version, occurred_at, actor, request_id, data)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning {COLUMNS}{notify}"
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning position, tx_id{notify}"
         );
-        let row = sqlx::query_as::<_, StoredEvent>(&sql)
-            .bind(uuid::Uuid::now_v7())
+        let event_id = uuid::Uuid::now_v7();
+        let occurred_at = meta.occurred_at.trunc_subsecs(6);
+        let row = sqlx::query_as::<_, (i64, i64)>(&sql)
+            .bind(event_id)
             .bind(stream_id)
             .bind(version)
             .bind(&event.event_type)
             .bind(event.schema_version)
-            .bind(meta.occurred_at)
+            .bind(occurred_at)
             .bind(&meta.actor)
             .bind(&meta.request_id)
             .bind(&event.data);
@@ -112,9 +117,20 @@ async fn insert(
         } else {
             row
         };
-        let row = row.fetch_one(&mut *tx).await;
-        match row {
-            Ok(row) => stored.push(row),
+        match row.fetch_one(&mut *tx).await {
+            Ok((position, tx_id)) => stored.push(StoredEvent {
+                position,
+                tx_id,
+                event_id,
+                stream_id: stream_id.to_owned(),
+                version,
+                event_type: event.event_type.clone(),
+                schema_version: event.schema_version,
+                occurred_at,
+                actor: meta.actor.clone(),
+                request_id: meta.request_id.clone(),
+                data: event.data.clone(),
+            }),
             Err(sqlx::Error::Database(e)) if e.constraint() == Some("events_stream_version") => return Err(conflict()),
             Err(e) => return Err(e.into()),
         }
