@@ -65,6 +65,62 @@ async fn a_retried_create_answers_the_first_outcome_without_the_secret_and_creat
     assert!(!stored.contains(&secret[8..51]));
 }
 
+/// Under a quota smaller than PostgreSQL's `max_connections`, a creation
+/// that finds itself crowded in the shared count stores nothing and runs
+/// again alone: its `Idempotency-Key` is claimed again there, and recorded
+/// once. At the quota, a retry of a creation that succeeded still answers
+/// its first outcome (not the quota's 403), and a new one is refused.
+#[actix_web::test]
+async fn creations_near_the_quota_keep_their_idempotency_and_retries_replay_at_the_quota() {
+    let quota = 3;
+    let app = crate::support::spawn_app_with(
+        keyledger_api::ApiSettings {
+            max_keys_per_org: quota,
+            ..keyledger_api::ApiSettings::default()
+        },
+        false,
+    )
+    .await;
+    // The admin key is the first of the quota.
+    let mut created = vec![];
+    for n in 1..quota {
+        let body = json!({"name": format!("near {n}"), "type": "secret"});
+        let first = post_with_key(&app, &app.admin_key, "/v1/keys", &format!("near-{n}"), body).await;
+        created.push(first.expect(201).clone());
+    }
+    let events = app.event_count().await;
+    let over = post_with_key(
+        &app,
+        &app.admin_key,
+        "/v1/keys",
+        "near-over",
+        json!({"name": "over", "type": "secret"}),
+    )
+    .await;
+    over.expect_error(403, "quota_exceeded");
+    for (n, first) in (1..quota).zip(&created) {
+        let body = json!({"name": format!("near {n}"), "type": "secret"});
+        let again = post_with_key(&app, &app.admin_key, "/v1/keys", &format!("near-{n}"), body).await;
+        let replayed = again.expect(201);
+        assert_eq!(replayed["id"], first["id"]);
+        assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    }
+    assert_eq!(
+        app.event_count().await,
+        events,
+        "the refusal and the replays append nothing"
+    );
+    let recorded: i64 = sqlx::query_scalar("select count(*) from idempotency_keys")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded,
+        quota as i64 - 1,
+        "one record per creation, none for the refusal"
+    );
+}
+
 #[actix_web::test]
 async fn the_same_key_with_another_body_is_refused_and_changes_nothing() {
     let app = spawn_app().await;
