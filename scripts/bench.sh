@@ -135,7 +135,7 @@ measure() {
     END { printf "%.0f %.3f %.3f %d\n", rps, p50, p99, n }' "$work/wrk.out"
 }
 
-echo "1/5 throughput (wrk -t$THREADS -c$CONNECTIONS -d$DURATION)" >&2
+echo "1/6 throughput (wrk -t$THREADS -c$CONNECTIONS -d$DURATION)" >&2
 read -r nginx_rps nginx_p50 nginx_p99 _ < <(measure "$CONNECTIONS" "$NG/")
 lookups_before=$(metric keyledger_key_cache_database_lookups_total); tx_before=$(transactions)
 read -r auth_rps auth_p50 auth_p99 auth_n < <(measure "$CONNECTIONS" "${AUTH[@]}" "$KL/v1/auth")
@@ -149,7 +149,7 @@ oha_p99() {
   oha --no-tui --output-format json -z "$TAIL_DURATION" -c "$CONNECTIONS" -q "$1" --latency-correction "${@:2}" 2>/dev/null |
     python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["latencyPercentiles"]["p99"] * 1000))'
 }
-echo "2/5 tail at a constant rate (oha, $ROUNDS rounds of $TAIL_DURATION)" >&2
+echo "2/6 tail at a constant rate (oha, $ROUNDS rounds of $TAIL_DURATION)" >&2
 declare -A tail
 for fraction in 4 2; do
   rate=$((auth_rps / fraction))
