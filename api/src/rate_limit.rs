@@ -131,17 +131,17 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
         let mut shard = self.shards[shard_of(subject)].lock().expect("limiter lock");
-        if !shard.contains_key(subject) && shard.len() >= self.capacity_per_shard {
-            shard.retain(|_, w| w.last_second + WINDOW > now);
+        // The subject is only copied the first time it is seen.
+        if !shard.contains_key(subject) {
+            if shard.len() >= self.capacity_per_shard {
+                shard.retain(|_, w| w.last_second + WINDOW > now);
+            }
             if shard.len() >= self.capacity_per_shard {
                 // Still full of active subjects: forget the least recent one.
                 if let Some(oldest) = shard.iter().min_by_key(|(_, w)| w.last_second).map(|(k, _)| k.clone()) {
                     shard.remove::<K>(&oldest);
                 }
             }
-        }
-        // The subject is only copied the first time it is seen.
-        if !shard.contains_key(subject) {
             shard.insert(subject.to_owned(), Window::new());
         }
         let window = shard.get_mut(subject).expect("inserted above");
