@@ -24,6 +24,21 @@ async fn verify_answers_each_code_with_the_key_fields() {
     assert_eq!(valid["scopes"], json!(["read:experiences"]));
     assert!(valid["expires_at"].is_null());
     assert_eq!(app.verify(json!({"key": key})).await["code"], "VALID");
+    let answer = call(
+        &app.internal,
+        Method::POST,
+        "/v1/verify",
+        None,
+        Some(json!({"key": key})),
+        &[],
+    )
+    .await;
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    assert_eq!(
+        answer.expect(200)["ratelimit"]["limit"],
+        json!(100),
+        "the free plan's limit"
+    );
 
     let scope = app.verify(json!({"key": key, "scopes": ["write:consumers"]})).await;
     assert_eq!(
