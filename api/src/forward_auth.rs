@@ -37,7 +37,6 @@ pub enum ForwardAuthStyle {
     Envoy,
 }
 
-/// Every header some style uses to carry the original request.
 /// A header the original request is read from: its name as the proxies
 /// write it (in messages), and the name it is matched by (made once, not
 /// parsed per request).
@@ -61,6 +60,7 @@ const X_ORIGINAL_URI: OriginalHeader = OriginalHeader::new("X-Original-URI", "x-
 const X_FORWARDED_METHOD: OriginalHeader = OriginalHeader::new("X-Forwarded-Method", "x-forwarded-method");
 const X_FORWARDED_URI: OriginalHeader = OriginalHeader::new("X-Forwarded-Uri", "x-forwarded-uri");
 
+/// Every header some style uses to carry the original request.
 const ORIGINAL_REQUEST_HEADERS: [OriginalHeader; 4] =
     [X_ORIGINAL_METHOD, X_ORIGINAL_URI, X_FORWARDED_METHOD, X_FORWARDED_URI];
 

@@ -8,7 +8,11 @@ use uuid::Uuid;
 
 use crate::domain::DomainEvent;
 
-/// An event about to be appended.
+/// An event about to be appended. Its `data` must read back from `jsonb`
+/// as it was written — no floating-point numbers, nesting well under
+/// serde_json's limit — because an append returns it as sent instead of
+/// reading it back (every event type today holds strings, integers, booleans
+/// and lists of them).
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub event_type: String,
