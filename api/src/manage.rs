@@ -273,7 +273,7 @@ enum QuotaLock {
 /// What this process last counted of each organization's keys, and the
 /// log position the count was taken at: a creation far below the quota
 /// bounds the count from these instead of counting again (see
-/// [`hold_key_quota`]).
+/// [`within_key_quota`]).
 #[derive(Debug, Default)]
 pub struct KeyCounts(Mutex<HashMap<OrgId, KeyCount>>);
 

@@ -36,7 +36,7 @@ pub async fn append(
     events: &[NewEvent],
     meta: &EventMeta,
 ) -> Result<Vec<StoredEvent>, AppendError> {
-    insert(tx, stream_id, expected_version, events, meta, true).await
+    Ok(insert(tx, stream_id, expected_version, events, meta, true).await?.0)
 }
 
 /// [`append`] without the notification: the caller announces the
@@ -56,8 +56,7 @@ pub async fn append_unannounced(
     events: &[NewEvent],
     meta: &EventMeta,
 ) -> Result<(Vec<StoredEvent>, Notice), AppendError> {
-    let stored = insert(tx, stream_id, expected_version, events, meta, false).await?;
-    Ok((stored, Notice::of(stream_id, events)))
+    insert(tx, stream_id, expected_version, events, meta, false).await
 }
 
 async fn insert(
@@ -67,7 +66,7 @@ async fn insert(
     events: &[NewEvent],
     meta: &EventMeta,
     notify: bool,
-) -> Result<Vec<StoredEvent>, AppendError> {
+) -> Result<(Vec<StoredEvent>, Notice), AppendError> {
     let conflict = || AppendError::Conflict {
         stream_id: stream_id.to_owned(),
         expected: expected_version,
@@ -135,7 +134,7 @@ async fn insert(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(stored)
+    Ok((stored, notice))
 }
 
 /// What an append tells [`NOTIFY_CHANNEL`]'s listeners: the stream id, a
