@@ -12,6 +12,7 @@ pub mod clock;
 pub mod db_health;
 pub mod error;
 pub mod forward_auth;
+pub mod group_commit;
 pub mod health;
 pub mod idempotency;
 pub mod key_cache;
@@ -129,6 +130,8 @@ pub struct AppState {
     pub clock: clock::Clock,
     /// The organizations' key counts the quota check last took.
     pub key_counts: Arc<manage::KeyCounts>,
+    /// Creations waiting to be committed together.
+    pub creations: Arc<group_commit::CreationQueue>,
     /// Leak reports received: signed ones and refused (forged) ones.
     pub leak_reports: Arc<leaks::LeakReportCounts>,
     /// Tells the workers of new keys once they are committed.
@@ -161,6 +164,7 @@ impl AppState {
             clock: clock::Clock::system(),
             leak_reports: Arc::default(),
             key_counts: Arc::default(),
+            creations: Arc::default(),
             announcer: Arc::default(),
             settings,
         }

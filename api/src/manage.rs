@@ -43,7 +43,7 @@ impl Caller {
         &self.actor
     }
 
-    fn meta(&self) -> EventMeta {
+    pub(crate) fn meta(&self) -> EventMeta {
         EventMeta {
             actor: self.actor.clone(),
             request_id: Some(request_id::current()),
@@ -117,9 +117,9 @@ pub enum Done<T> {
 
 /// A command's result: the key as its transaction left it, and the events
 /// it appended.
-struct Ran {
-    row: KeyRow,
-    events: Vec<StoredEvent>,
+pub(crate) struct Ran {
+    pub(crate) row: KeyRow,
+    pub(crate) events: Vec<StoredEvent>,
 }
 
 /// Runs a command on one of the caller's keys in one transaction — claim of
@@ -130,7 +130,7 @@ struct Ran {
 /// success answers (recorded for replays). A creation that finds itself
 /// near the quota in a shared count stores nothing and runs again, in a
 /// second transaction, counting alone.
-async fn run(
+pub(crate) async fn run(
     state: &AppState,
     caller: &Caller,
     id: KeyId,
@@ -139,8 +139,7 @@ async fn run(
     idempotent: Option<&Idempotent>,
 ) -> Result<Done<Ran>, ApiError> {
     // Known to be near the quota (by this process's last count): alone at once.
-    let near = matches!(command, KeyCommand::Create(_))
-        && state.key_counts.near(caller.org_id(), state.settings.max_keys_per_org);
+    let near = matches!(command, KeyCommand::Create(_)) && state.key_counts.near(caller.org_id(), &state.settings);
     let first = if near { QuotaLock::Exclusive } else { QuotaLock::Shared };
     // Only a creation can find itself crowded and run again, counted alone.
     let again = matches!(command, KeyCommand::Create(_)).then(|| command.clone());
@@ -190,6 +189,7 @@ async fn attempt(
         KeyCommand::Create(c) => {
             let held = take_key_quota_lock(&mut tx, caller.org_id(), quota).await?;
             c.rotation_days = held.rotation_days;
+            state.key_counts.note_rotation_days(caller.org_id(), held.rotation_days);
             Some(held)
         }
         KeyCommand::Regenerate(r) => {
@@ -215,6 +215,7 @@ async fn attempt(
                 state.settings.max_keys_per_org,
                 held,
                 position,
+                1,
             )
             .await?
             {
@@ -260,6 +261,12 @@ async fn attempt(
 /// hashtext(org_id))`.
 pub const KEY_QUOTA_LOCK: i32 = 0x6b6c_7100;
 
+/// Most keys one transaction creates: creations sent at once are committed
+/// together, up to this many (`group_commit`). The quota check assumes it
+/// of every transaction holding the quota lock with another, in every API
+/// process of a deployment: a constant, not a setting.
+pub const MAX_CREATIONS_PER_TRANSACTION: u64 = 8;
+
 /// How a creation holds its organization's quota lock while it counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum QuotaLock {
@@ -278,16 +285,18 @@ enum QuotaLock {
 pub struct KeyCounts(Mutex<HashMap<OrgId, KeyCount>>);
 
 #[derive(Debug, Clone, Copy)]
-struct KeyCount {
-    keys: u64,
+pub(crate) struct KeyCount {
+    pub(crate) keys: u64,
     /// The log's newest position when they were counted.
-    position: i64,
+    pub(crate) position: i64,
     /// PostgreSQL's `max_connections` then.
-    connections: u64,
+    pub(crate) connections: u64,
+    /// The organization's rotation policy in days, as a creation last read it.
+    pub(crate) rotation_days: u32,
 }
 
 impl KeyCounts {
-    fn get(&self, org_id: OrgId) -> Option<KeyCount> {
+    pub(crate) fn get(&self, org_id: OrgId) -> Option<KeyCount> {
         self.0.lock().expect("key counts lock").get(&org_id).copied()
     }
 
@@ -295,10 +304,18 @@ impl KeyCounts {
         self.0.lock().expect("key counts lock").insert(org_id, count);
     }
 
-    /// Whether the last count found the organization too near `max` for a
-    /// shared check (a creation then counts alone from the start).
-    fn near(&self, org_id: OrgId, max: u64) -> bool {
-        self.get(org_id).is_some_and(|c| c.keys + c.connections > max)
+    /// Notes the rotation policy a creation just read with the quota lock.
+    fn note_rotation_days(&self, org_id: OrgId, days: u32) {
+        if let Some(count) = self.0.lock().expect("key counts lock").get_mut(&org_id) {
+            count.rotation_days = days;
+        }
+    }
+
+    /// Whether the last count found the organization too near its quota for
+    /// a shared check (a creation then counts alone from the start).
+    fn near(&self, org_id: OrgId, settings: &crate::ApiSettings) -> bool {
+        self.get(org_id)
+            .is_some_and(|c| c.keys + c.connections * MAX_CREATIONS_PER_TRANSACTION > settings.max_keys_per_org)
     }
 }
 
@@ -342,33 +359,36 @@ async fn take_key_quota_lock(
     })
 }
 
-/// Refuses a new key — already in this transaction's read model, its event
-/// at log position `position` — when that makes more than `max` keys of the
-/// organization that are not deleted; the quota is never passed, across
-/// any number of API processes.
+/// Refuses new keys — `adding` of them, already in this transaction's read
+/// model, the first one's event at log position `position` — when that makes
+/// more than `max` keys of the organization that are not deleted; the quota
+/// is never passed, across any number of API processes.
 ///
-/// Every creation takes the organization's quota lock before it appends
-/// and holds it to the end of its transaction ([`take_key_quota_lock`]), so
-/// no key is committed without it. Alone ([`QuotaLock::Exclusive`]) a
-/// creation counts the keys: no other can commit meanwhile, and the count's
-/// snapshot, taken after the lock was granted, holds every key committed
-/// before — exact. Shared, fewer than PostgreSQL's `max_connections` (`m`;
-/// each holds a connection) creations hold the lock together; if every
-/// shared creation knows that, when its lock was granted, fewer than
-/// `max - m` keys were committed, then whichever was granted last saw all
-/// but the at most `m` holding the lock with it: the quota is not passed,
-/// whatever order they commit in. A shared creation that cannot tell
-/// answers `false`: it stored nothing and runs again exclusively.
+/// Every creating transaction takes the organization's quota lock before it
+/// appends and holds it to its end ([`take_key_quota_lock`]), so no key is
+/// committed without it, and creates at most `B` keys
+/// ([`MAX_CREATIONS_PER_TRANSACTION`]). Alone ([`QuotaLock::Exclusive`]) a
+/// transaction counts the keys: no other can commit meanwhile, and the
+/// count's snapshot, taken after the lock was granted, holds every key
+/// committed before — exact. Shared, fewer than PostgreSQL's
+/// `max_connections` (`m`; each holds a connection) transactions hold the
+/// lock together, creating at most `m·B` keys; if every shared transaction
+/// knows that, when its lock was granted, at most `max - m·B` keys were
+/// committed (its own included), then whichever was granted last saw all
+/// but those of the at most `m` holding the lock with it: the quota is not
+/// passed, whatever order they commit in. A shared transaction that cannot
+/// tell answers `false`: it stored nothing and runs again exclusively.
 ///
 /// Counting an organization's keys costs a look at each of them, so a
-/// shared creation bounds what was committed when its lock was granted from
-/// this process's last count instead: `n` keys at log position `p` (one
+/// shared transaction bounds what was committed when its lock was granted
+/// from this process's last count instead: `n` keys at log position `p` (one
 /// statement, one snapshot). Every key committed since was then either in a
-/// transaction still running (at most `m`) or appended an event after `p`
-/// and before this creation's own (its position was taken after the grant,
-/// and positions only grow): at most `position - p - 1`. While that bound
-/// plus `m`, this creation and `m` more stays within the quota, nothing is
-/// counted; deleted keys only make it more careful.
+/// transaction still running (at most `m·B` keys) or appended an event after
+/// `p` and before this transaction's first (its position was taken after
+/// the grant, and positions only grow): at most `position - p - 1`. While
+/// that bound, the `m·B` keys of those holding the lock with it and its own
+/// `adding` stay within the quota, nothing is counted; deleted keys only
+/// make it more careful.
 ///
 /// What this rests on: transactions run at PostgreSQL's default `read
 /// committed` (each statement's snapshot is taken when it starts), and
@@ -381,12 +401,16 @@ async fn within_key_quota(
     max: u64,
     held: HeldQuotaLock,
     position: i64,
+    adding: u64,
 ) -> Result<bool, ApiError> {
     let connections = held.connections;
+    // What the transactions holding the lock alongside may create.
+    let alongside = connections * MAX_CREATIONS_PER_TRANSACTION;
     if let (QuotaLock::Shared, Some(last)) = (held.lock, counts.get(org_id)) {
+        // Keys committed after the count: `since - 1` at most, and those
+        // still running then (`alongside`).
         let since = position.saturating_sub(last.position).max(0) as u64;
-        // What the bound says, plus this creation and the others holding the lock.
-        if last.keys + since + 2 * connections < max {
+        if last.keys + since + adding + 2 * alongside <= max {
             return Ok(true);
         }
     }
@@ -404,9 +428,10 @@ async fn within_key_quota(
             keys,
             position,
             connections,
+            rotation_days: held.rotation_days,
         },
     );
-    if held.lock == QuotaLock::Shared && keys + connections > max {
+    if held.lock == QuotaLock::Shared && keys + alongside > max {
         return Ok(false);
     }
     if keys > max {
@@ -463,6 +488,13 @@ pub async fn create_key(
         secret: secret.clone(),
     };
     let command = KeyCommand::Create(Box::new(request.parse(clock::now())?));
+    // Without an Idempotency-Key, and far from the quota: committed with the
+    // creations sent meanwhile.
+    if idempotent.is_none() && !state.key_counts.near(caller.org_id(), &state.settings) {
+        let ran = state.creations.create(state, caller, id, command).await?;
+        let secret = issued(&ran.row, secret);
+        return Ok(Done::Ran((ran.row, secret)));
+    }
     Ok(match run(state, caller, id, command, 201, idempotent).await? {
         Done::Ran(ran) => {
             let secret = issued(&ran.row, secret);

@@ -118,6 +118,34 @@ impl<A: Aggregate> Decided<A> {
         self.events.is_empty()
     }
 
+    /// The stream the events go to.
+    pub fn stream_id(&self) -> &str {
+        &self.stream_id
+    }
+
+    /// The events decided, not yet stored.
+    pub fn events(&self) -> &[A::Event] {
+        &self.events
+    }
+
+    /// Who appends them, and when (to the microsecond).
+    pub fn meta(&self) -> &EventMeta {
+        &self.meta
+    }
+
+    /// The outcome once a statement of the caller's stored the events as
+    /// `stored` (for a new stream, with [`log::NewEventColumns`]), and
+    /// projected them in the same transaction.
+    pub fn stored(self, stored: Vec<StoredEvent>) -> Outcome<A> {
+        let version = stored.last().map_or(self.version, |e| e.version);
+        let state = self.events.iter().fold(self.state, A::evolve);
+        Outcome {
+            state,
+            version,
+            events: stored,
+        }
+    }
+
     /// Appends the events with the expected version and applies them to the
     /// read models, inside the caller's transaction: whatever else that
     /// transaction writes commits with them or not at all. Listeners are

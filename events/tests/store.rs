@@ -381,6 +381,79 @@ async fn two_racing_writers_of_the_same_version_one_conflicts_no_lost_update() {
 /// The test: one append transaction stays open while later appends
 /// commit; the reader does not pass the open one, and delivers it (once)
 /// when it commits.
+/// Several new streams' first events in one statement of the caller's
+/// (`NewEventColumns`): what `stored` builds from the returned ids and
+/// positions is what a read returns, each stream's notice names its events,
+/// and a stream that has an event already is refused by the unique index.
+#[tokio::test]
+async fn new_streams_appended_in_one_statement_read_back_as_returned() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let (m1, m2) = (
+        meta("key_01A", Some("req-a"), at(1_764_000_000, 1)),
+        meta("cli", None, at(1_764_000_001, 2) + chrono::Duration::nanoseconds(999)),
+    );
+    let a = [raw_event("key.created", json!({ "name": "a", "list": [1, "x", null] }))];
+    let b = [
+        raw_event("key.created", json!({ "name": "b" })),
+        raw_event("key.deactivated", json!({})),
+    ];
+    let streams = [
+        log::NewStream {
+            stream_id: "key-batch-a",
+            events: &a,
+            meta: &m1,
+        },
+        log::NewStream {
+            stream_id: "key-batch-b",
+            events: &b,
+            meta: &m2,
+        },
+    ];
+    let columns = log::NewEventColumns::of(&streams);
+    let sql = format!(
+        "insert into events ({}) select e.* from {} returning event_id, position, tx_id",
+        log::NEW_EVENT_COLUMNS,
+        log::NewEventColumns::unnest(1, "e")
+    );
+    let returned: Vec<(uuid::Uuid, i64, i64)> = columns.bind(sqlx::query_as(&sql)).fetch_all(pool).await.unwrap();
+    assert_eq!(returned.len(), 3);
+    let stored = columns.stored(&returned).expect("every row returned");
+    assert!(columns.stored(&returned[..2]).is_none(), "a missing row is noticed");
+    let (a_stored, a_notice) = &stored[0];
+    let (b_stored, b_notice) = &stored[1];
+    assert_eq!(log::read_stream(pool, "key-batch-a", None).await.unwrap(), *a_stored);
+    assert_eq!(log::read_stream(pool, "key-batch-b", None).await.unwrap(), *b_stored);
+    assert_eq!(b_stored.iter().map(|e| e.version).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(b_stored[1].occurred_at, at(1_764_000_001, 2));
+    assert!(a_stored[0].position < b_stored[0].position && b_stored[0].position < b_stored[1].position);
+    assert_eq!(a_stored[0].tx_id, b_stored[1].tx_id, "one statement, one transaction");
+    let heard: Vec<String> = [a_notice, b_notice].iter().map(|n| format!("{n:?}")).collect();
+    assert!(heard[0].contains("key-batch-a key.created"), "{heard:?}");
+    assert!(
+        heard[1].contains("key-batch-b key.created,key.deactivated"),
+        "{heard:?}"
+    );
+
+    // A stream with events is not new: the statement fails and stores nothing.
+    let again = [log::NewStream {
+        stream_id: "key-batch-a",
+        events: &a,
+        meta: &m1,
+    }];
+    let columns = log::NewEventColumns::of(&again);
+    let refused = columns
+        .bind(sqlx::query_as::<_, (uuid::Uuid, i64, i64)>(&sql))
+        .fetch_all(pool)
+        .await;
+    match refused {
+        Err(sqlx::Error::Database(e)) => assert_eq!(e.constraint(), Some("events_stream_version")),
+        other => panic!("expected a unique violation, got {other:?}"),
+    }
+    assert_eq!(log::read_stream(pool, "key-batch-a", None).await.unwrap(), *a_stored);
+    db.drop().await;
+}
+
 #[tokio::test]
 async fn the_reader_never_skips_an_append_that_has_not_committed_yet() {
     let db = TestDb::new().await;

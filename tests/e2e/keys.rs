@@ -65,6 +65,58 @@ async fn a_created_key_and_its_usage_are_announced_after_their_commits() {
 }
 
 /// The first notification with this payload, within 10 s.
+/// Creations sent at the same time are committed together (group commit):
+/// fewer transactions than keys, and yet each caller gets what it would get
+/// alone — its own key, whose secret verifies, and an event that records its
+/// own request. A change of the rotation policy between two rounds is what
+/// the second round's keys are due by.
+#[actix_web::test]
+async fn concurrent_creations_are_committed_together_each_as_if_alone() {
+    let app = spawn_app().await;
+    for (round, days) in [(0, 90), (1, 30)] {
+        if days != 90 {
+            app.patch("/v1/org", json!({"rotation_days": days})).await.expect(200);
+        }
+        let answers = futures_util::future::join_all((0..16).map(|n| {
+            app.post(
+                "/v1/keys",
+                json!({"name": format!("round {round} key {n}"), "type": "secret"}),
+            )
+        }))
+        .await;
+        let mut ids = std::collections::HashSet::new();
+        for (n, answer) in answers.iter().enumerate() {
+            let key = answer.expect(201);
+            assert_eq!(key["name"], format!("round {round} key {n}"));
+            let id = key["id"].as_str().unwrap();
+            assert!(ids.insert(id.to_owned()), "{id} answered twice");
+            let created = chrono::DateTime::parse_from_rfc3339(key["created_at"].as_str().unwrap()).unwrap();
+            let due = chrono::DateTime::parse_from_rfc3339(key["rotation_due_at"].as_str().unwrap()).unwrap();
+            assert_eq!(due - created, chrono::Duration::days(days), "{key:#}");
+            let verified = app.verify(json!({"key": key["key"]})).await;
+            assert_eq!((&verified["valid"], &verified["key_id"]), (&json!(true), &key["id"]));
+            let (actor, request_id): (String, Option<String>) =
+                sqlx::query_as("select actor, request_id from events where stream_id = $1 and type = 'key.created'")
+                    .bind(format!("key-{id}"))
+                    .fetch_one(&app.pool)
+                    .await
+                    .unwrap();
+            assert_eq!(actor, app.admin_key_id);
+            assert_eq!(request_id.as_deref(), answer.header("x-request-id"));
+            let row = app.get(&format!("/v1/keys/{id}")).await;
+            assert_eq!(row.expect(200)["name"], key["name"]);
+        }
+        let ids: Vec<String> = ids.into_iter().map(|id| format!("key-{id}")).collect();
+        let transactions: i64 =
+            sqlx::query_scalar("select count(distinct tx_id) from events where stream_id = any($1)")
+                .bind(&ids)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        assert!(transactions < 16, "16 creations in {transactions} transactions");
+    }
+}
+
 async fn hear(listener: &mut sqlx::postgres::PgListener, expected: &str) -> sqlx::postgres::PgNotification {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {

@@ -786,7 +786,8 @@ async fn concurrent_creations_from_far_below_to_the_quota_create_exactly_the_quo
         .await
         .unwrap();
     server.close().await;
-    let quota = 2 * connections as u64 + 12;
+    // Far enough below that creations are first committed together.
+    let quota = 2 * connections as u64 * keyledger_api::manage::MAX_CREATIONS_PER_TRANSACTION + 12;
     let app = crate::support::spawn_app_with(
         keyledger_api::ApiSettings {
             max_keys_per_org: quota,
@@ -838,6 +839,14 @@ async fn concurrent_creations_from_far_below_to_the_quota_create_exactly_the_quo
         .await
         .unwrap();
     assert_eq!(live as u64, quota);
+    let transactions: i64 = sqlx::query_scalar(
+        "select count(distinct tx_id) from events where type = 'key.created' and data->>'org_id' = $1",
+    )
+    .bind(big["org"]["id"].as_str().unwrap())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(transactions < live, "{live} keys in {transactions} transactions");
 }
 
 #[actix_web::test]

@@ -59,6 +59,143 @@ pub async fn append_unannounced(
     insert(tx, stream_id, expected_version, events, meta, false).await
 }
 
+/// One new stream: its id, its first events (versions 1, 2, …) and who
+/// appends them.
+pub struct NewStream<'a> {
+    pub stream_id: &'a str,
+    pub events: &'a [NewEvent],
+    pub meta: &'a EventMeta,
+}
+
+/// The events of several new streams as columns, for one statement that
+/// inserts them all: `insert into events (NEW_EVENT_COLUMNS) select … from
+/// {unnest}` with [`NewEventColumns::unnest`] and [`NewEventColumns::bind`].
+/// The statement is the caller's (it may insert only on a condition), so
+/// what it must return — each row's `event_id, position, tx_id` — is turned
+/// back into stored events by [`NewEventColumns::stored`].
+pub struct NewEventColumns<'a> {
+    streams: &'a [NewStream<'a>],
+    event_ids: Vec<uuid::Uuid>,
+    stream_ids: Vec<&'a str>,
+    versions: Vec<i64>,
+    types: Vec<&'a str>,
+    schema_versions: Vec<i32>,
+    times: Vec<chrono::DateTime<chrono::Utc>>,
+    actors: Vec<&'a str>,
+    request_ids: Vec<Option<&'a str>>,
+    data: Vec<&'a serde_json::Value>,
+}
+
+/// The columns [`NewEventColumns::unnest`] yields, in order.
+pub const NEW_EVENT_COLUMNS: &str =
+    "event_id, stream_id, version, type, schema_version, occurred_at, actor, request_id, data";
+
+impl<'a> NewEventColumns<'a> {
+    pub fn of(streams: &'a [NewStream<'a>]) -> NewEventColumns<'a> {
+        let rows: usize = streams.iter().map(|s| s.events.len()).sum();
+        let mut columns = NewEventColumns {
+            streams,
+            event_ids: Vec::with_capacity(rows),
+            stream_ids: Vec::with_capacity(rows),
+            versions: Vec::with_capacity(rows),
+            types: Vec::with_capacity(rows),
+            schema_versions: Vec::with_capacity(rows),
+            times: Vec::with_capacity(rows),
+            actors: Vec::with_capacity(rows),
+            request_ids: Vec::with_capacity(rows),
+            data: Vec::with_capacity(rows),
+        };
+        for stream in streams {
+            for (version, event) in (1..).zip(stream.events) {
+                columns.event_ids.push(uuid::Uuid::now_v7());
+                columns.stream_ids.push(stream.stream_id);
+                columns.versions.push(version);
+                columns.types.push(event.event_type.as_str());
+                columns.schema_versions.push(event.schema_version);
+                // PostgreSQL keeps microseconds.
+                columns.times.push(stream.meta.occurred_at.trunc_subsecs(6));
+                columns.actors.push(stream.meta.actor.as_str());
+                columns.request_ids.push(stream.meta.request_id.as_deref());
+                columns.data.push(&event.data);
+            }
+        }
+        columns
+    }
+
+    /// The rows, as a `from` item named `alias` with the columns
+    /// [`NEW_EVENT_COLUMNS`], reading parameters `$first` … `$first+8`.
+    pub fn unnest(first: usize, alias: &str) -> String {
+        let types = [
+            "uuid",
+            "text",
+            "bigint",
+            "text",
+            "int",
+            "timestamptz",
+            "text",
+            "text",
+            "jsonb",
+        ];
+        let arrays: Vec<String> = (first..).zip(types).map(|(n, t)| format!("${n}::{t}[]")).collect();
+        format!("unnest({}) as {alias}({NEW_EVENT_COLUMNS})", arrays.join(", "))
+    }
+
+    /// Binds the columns, in [`NewEventColumns::unnest`]'s order.
+    pub fn bind<'q, O>(
+        &'q self,
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.event_ids)
+            .bind(&self.stream_ids)
+            .bind(&self.versions)
+            .bind(&self.types)
+            .bind(&self.schema_versions)
+            .bind(&self.times)
+            .bind(&self.actors)
+            .bind(&self.request_ids)
+            .bind(&self.data)
+    }
+
+    /// Each stream's stored events and notice, in the order given, from what
+    /// the statement returned for each row (`event_id`, `position`,
+    /// `tx_id`); `None` unless it returned every row.
+    pub fn stored(&self, returned: &[(uuid::Uuid, i64, i64)]) -> Option<Vec<(Vec<StoredEvent>, Notice)>> {
+        let assigned: std::collections::HashMap<uuid::Uuid, (i64, i64)> = returned
+            .iter()
+            .map(|&(id, position, tx_id)| (id, (position, tx_id)))
+            .collect();
+        if assigned.len() != self.event_ids.len() {
+            return None;
+        }
+        let mut row = 0;
+        let mut appended = Vec::with_capacity(self.streams.len());
+        for stream in self.streams {
+            let mut stored = Vec::with_capacity(stream.events.len());
+            for event in stream.events {
+                let event_id = self.event_ids[row];
+                let &(position, tx_id) = assigned.get(&event_id)?;
+                stored.push(StoredEvent {
+                    position,
+                    tx_id,
+                    event_id,
+                    stream_id: stream.stream_id.to_owned(),
+                    version: self.versions[row],
+                    event_type: event.event_type.clone(),
+                    schema_version: event.schema_version,
+                    occurred_at: self.times[row],
+                    actor: stream.meta.actor.clone(),
+                    request_id: stream.meta.request_id.clone(),
+                    data: event.data.clone(),
+                });
+                row += 1;
+            }
+            appended.push((stored, Notice::of(stream.stream_id, stream.events)));
+        }
+        Some(appended)
+    }
+}
+
 async fn insert(
     tx: &mut PgConnection,
     stream_id: &str,

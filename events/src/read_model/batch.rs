@@ -142,22 +142,7 @@ pub async fn apply_batch_into(
             match steps.next() {
                 Some(Step::Created(event, id, e)) => {
                     first = first.or(Some(event));
-                    created.push(json!({
-                        "id": id,
-                        "org_id": e.org_id.to_string(),
-                        "name": e.name.as_str(),
-                        "key_type": e.key_type.as_str(),
-                        "environment": e.environment.as_str(),
-                        "scopes": e.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-                        "key_hash": hex::encode(e.key_hash.0),
-                        "prefix": e.prefix,
-                        "last_four": e.last_four,
-                        "created_at": timestamp(e.created_at),
-                        "expires_at": e.expires_at.map(timestamp),
-                        "rotation_due_at": e.rotation_due_at.map(timestamp),
-                        "version": event.version,
-                        "allowed_ips": e.allowed_ips.to_strings(),
-                    }));
+                    created.push(created_key_row(id, &e, event.version));
                 }
                 Some(Step::Used(event, id, run)) => {
                     first = first.or(Some(event));
@@ -174,23 +159,11 @@ pub async fn apply_batch_into(
             error: error.into(),
         };
         if !created.is_empty() {
-            sqlx::query(
-                "insert into keys (id, org_id, name, key_type, environment, scopes, status, key_hash, prefix,
-                                   last_four, created_at, expires_at, rotation_due_at, version, allowed_ips)
-                 select r.id, r.org_id, r.name, r.key_type, r.environment,
-                        array(select s from jsonb_array_elements_text(r.scopes) with ordinality as t(s, n) order by n),
-                        'active', decode(r.key_hash, 'hex'), r.prefix, r.last_four, r.created_at, r.expires_at,
-                        r.rotation_due_at, r.version,
-                        array(select s from jsonb_array_elements_text(r.allowed_ips) with ordinality as t(s, n) order by n)
-                 from jsonb_to_recordset($1) as r(id text, org_id text, name text, key_type text, environment text,
-                      scopes jsonb, key_hash text, prefix text, last_four text, created_at timestamptz,
-                      expires_at timestamptz, rotation_due_at timestamptz, version bigint, allowed_ips jsonb)
-                 on conflict (id) do nothing",
-            )
-            .bind(Value::Array(created))
-            .execute(&mut *db)
-            .await
-            .map_err(set_based)?;
+            sqlx::query(&insert_created_keys("$1"))
+                .bind(Value::Array(created))
+                .execute(&mut *db)
+                .await
+                .map_err(set_based)?;
         }
         if !used.id.is_empty() {
             // The events the version guard admits, and the keys rows they move.
@@ -246,6 +219,47 @@ pub async fn apply_batch_into(
         }
     }
     Ok(())
+}
+
+/// The keys row a `key.created` event (of the key `id`, at `version`)
+/// makes, as one element of the JSON array [`insert_created_keys`] reads.
+pub fn created_key_row(id: &str, e: &crate::domain::key::KeyCreated, version: i64) -> Value {
+    json!({
+        "id": id,
+        "org_id": e.org_id.to_string(),
+        "name": e.name.as_str(),
+        "key_type": e.key_type.as_str(),
+        "environment": e.environment.as_str(),
+        "scopes": e.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        "key_hash": hex::encode(e.key_hash.0),
+        "prefix": e.prefix,
+        "last_four": e.last_four,
+        "created_at": timestamp(e.created_at),
+        "expires_at": e.expires_at.map(timestamp),
+        "rotation_due_at": e.rotation_due_at.map(timestamp),
+        "version": version,
+        "allowed_ips": e.allowed_ips.to_strings(),
+    })
+}
+
+/// The statement that inserts the keys rows of `key.created` events, read
+/// from the JSON array of [`created_key_row`]s in parameter `rows` (such as
+/// `$1`); what [`apply`] does for each, and nothing for a key that has its
+/// row already.
+pub fn insert_created_keys(rows: &str) -> String {
+    format!(
+        "insert into keys (id, org_id, name, key_type, environment, scopes, status, key_hash, prefix,
+                           last_four, created_at, expires_at, rotation_due_at, version, allowed_ips)
+         select r.id, r.org_id, r.name, r.key_type, r.environment,
+                array(select s from jsonb_array_elements_text(r.scopes) with ordinality as t(s, n) order by n),
+                'active', decode(r.key_hash, 'hex'), r.prefix, r.last_four, r.created_at, r.expires_at,
+                r.rotation_due_at, r.version,
+                array(select s from jsonb_array_elements_text(r.allowed_ips) with ordinality as t(s, n) order by n)
+         from jsonb_to_recordset({rows}) as r(id text, org_id text, name text, key_type text, environment text,
+              scopes jsonb, key_hash text, prefix text, last_four text, created_at timestamptz,
+              expires_at timestamptz, rotation_due_at timestamptz, version bigint, allowed_ips jsonb)
+         on conflict (id) do nothing"
+    )
 }
 
 /// The `key.used` events of a wave, a column each: bound as arrays (cheaper

@@ -1,0 +1,300 @@
+//! Group commit of key creations: creations of one organization sent at
+//! the same time are committed in one transaction — one quota lock, one
+//! statement for their events, one for their rows, one commit — instead of
+//! one transaction of five round trips each. What each caller gets is what
+//! it would have got alone (`manage::run`); a group that cannot be
+//! committed together (its organization near the quota, an unknown
+//! organization, any database error before the commit) stores nothing and
+//! each creation runs alone.
+//!
+//! There is no writer task to start or stop: a creation queues itself and
+//! then waits either for its answer or for one of [`WRITERS`] turns. The one
+//! that gets a turn takes everything queued, and a task of its own commits
+//! it (the caller that started it may hang up; the others still get their
+//! answers). While the turns are taken, creations gather in the queue: the
+//! busier the process, the larger the groups.
+
+use std::sync::{Arc, Mutex};
+
+use keyledger_events::domain::{key, key::KeyEvent, ApiKey, KeyCommand, KeyId, OrgId};
+use keyledger_events::handler;
+use keyledger_events::log::{EventMeta, NewEvent, NewEventColumns, NewStream, NEW_EVENT_COLUMNS};
+use keyledger_events::read_model::{self, KeyRow};
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::manage::{self, Caller, Ran, MAX_CREATIONS_PER_TRANSACTION};
+use crate::{error::ApiError, AppState};
+
+/// How many groups one process commits at a time.
+pub const WRITERS: usize = 1;
+
+/// Creations waiting to be committed, and the turns to commit them.
+pub struct CreationQueue {
+    queued: Mutex<Vec<Queued>>,
+    turns: Arc<Semaphore>,
+}
+
+impl Default for CreationQueue {
+    fn default() -> CreationQueue {
+        CreationQueue {
+            queued: Mutex::new(Vec::new()),
+            turns: Arc::new(Semaphore::new(WRITERS)),
+        }
+    }
+}
+
+/// One creation in the queue.
+struct Queued {
+    org_id: OrgId,
+    id: KeyId,
+    command: KeyCommand,
+    /// Who and when, as the request has it (the committing task has no
+    /// request of its own).
+    meta: EventMeta,
+    answer: oneshot::Sender<Answer>,
+}
+
+/// What a queued creation learns.
+enum Answer {
+    /// Committed with its group.
+    Created(Box<Ran>),
+    /// Not committed with a group (nothing of it was stored): it runs alone.
+    Alone,
+    /// The group's commit failed: whether it took effect is unknown, so it
+    /// must not run again.
+    Failed(String),
+}
+
+impl CreationQueue {
+    /// Everything queued, but creations whose callers hung up meanwhile.
+    fn take(&self) -> Vec<Queued> {
+        let mut taken = std::mem::take(&mut *self.queued.lock().expect("creation queue lock"));
+        taken.retain(|q| !q.answer.is_closed());
+        taken
+    }
+
+    /// Creates the key `id` by `command` (a `KeyCommand::Create`), committed
+    /// with whatever other creations are sent meanwhile: what
+    /// `manage::run` answers for it alone.
+    pub(crate) async fn create(
+        &self,
+        state: &AppState,
+        caller: &Caller,
+        id: KeyId,
+        command: KeyCommand,
+    ) -> Result<Ran, ApiError> {
+        let (answer, mut answered) = oneshot::channel();
+        self.queued.lock().expect("creation queue lock").push(Queued {
+            org_id: caller.org_id(),
+            id,
+            command: command.clone(),
+            meta: caller.meta(),
+            answer,
+        });
+        let answer = tokio::select! {
+            biased;
+            answer = &mut answered => answer,
+            turn = self.turns.clone().acquire_owned() => {
+                let turn = turn.map_err(ApiError::internal)?;
+                let taken = self.take();
+                match taken.as_slice() {
+                    // Another turn took this creation: its answer comes.
+                    [] => {
+                        drop(turn);
+                        answered.await
+                    }
+                    // Alone: run here, in the request's own task.
+                    [only] if only.id == id => {
+                        drop(taken);
+                        let ran = alone(state, caller, id, command).await;
+                        drop(turn);
+                        return ran;
+                    }
+                    _ => {
+                        let state = state.clone();
+                        tokio::spawn(async move {
+                            commit_groups(&state, taken).await;
+                            drop(turn);
+                        });
+                        answered.await
+                    }
+                }
+            }
+        };
+        match answer {
+            Ok(Answer::Created(ran)) => Ok(*ran),
+            Ok(Answer::Alone) => alone(state, caller, id, command).await,
+            Ok(Answer::Failed(error)) => Err(ApiError::internal(std::io::Error::other(error))),
+            Err(gone) => Err(ApiError::internal(gone)),
+        }
+    }
+}
+
+/// The creation run on its own, as without group commit.
+async fn alone(state: &AppState, caller: &Caller, id: KeyId, command: KeyCommand) -> Result<Ran, ApiError> {
+    match manage::run(state, caller, id, command, 201, None).await? {
+        manage::Done::Ran(ran) => Ok(ran),
+        // Only a request with an Idempotency-Key can be a replay.
+        manage::Done::Replayed(_) => Err(ApiError::internal(std::io::Error::other(
+            "replay without an Idempotency-Key",
+        ))),
+    }
+}
+
+/// Commits `taken` in groups: one organization's creations, at most
+/// [`MAX_CREATIONS_PER_TRANSACTION`] of them, in the order they came.
+async fn commit_groups(state: &AppState, mut taken: Vec<Queued>) {
+    while !taken.is_empty() {
+        let org_id = taken[0].org_id;
+        let (mut group, rest): (Vec<Queued>, Vec<Queued>) = taken.into_iter().partition(|q| q.org_id == org_id);
+        let mut rest = rest;
+        if group.len() > MAX_CREATIONS_PER_TRANSACTION as usize {
+            rest.extend(group.split_off(MAX_CREATIONS_PER_TRANSACTION as usize));
+        }
+        taken = rest;
+        if group.len() == 1 {
+            answer_all(group, || Answer::Alone);
+            continue;
+        }
+        match commit_group(state, org_id, &group).await {
+            Ok(ran) => {
+                for (queued, ran) in group.into_iter().zip(ran) {
+                    let _ = queued.answer.send(Answer::Created(Box::new(ran)));
+                }
+            }
+            Err(Unstored) => answer_all(group, || Answer::Alone),
+            Err(Uncertain(error)) => answer_all(group, || Answer::Failed(error.clone())),
+        }
+    }
+}
+
+fn answer_all(group: Vec<Queued>, answer: impl Fn() -> Answer) {
+    for queued in group {
+        // A caller that hung up needs no answer.
+        let _ = queued.answer.send(answer());
+    }
+}
+
+/// Why a group was not committed.
+enum NotCommitted {
+    /// Nothing was stored: each creation runs alone.
+    Unstored,
+    /// Whether the statement took effect is unknown (the message says why).
+    Uncertain(String),
+}
+use NotCommitted::{Uncertain, Unstored};
+
+/// One statement, its own transaction, for `group` (creations of the
+/// organization `org_id`): it takes the quota lock, shared, and appends and
+/// projects every creation — or, where this process cannot vouch for the
+/// quota or the rotation policy from its last look, stores nothing.
+///
+/// The quota: the argument of `manage::within_key_quota` with the bound
+/// taken before the append instead of after it. From this process's last
+/// count (`n` keys when the log's newest position was `p`), every key
+/// committed when the lock is granted was then counted, or was in a
+/// transaction still running at the count (at most `m·B` keys), or appended
+/// its event at a position after `p` and no later than the newest one the
+/// sequence has handed out when the lock is granted (`s`, read after the
+/// grant): at most `n + m·B + (s - p)`. With the `m·B` keys of those holding
+/// the lock alongside and this group's own, the statement appends only
+/// while that stays within the quota.
+async fn commit_group(state: &AppState, org_id: OrgId, group: &[Queued]) -> Result<Vec<Ran>, NotCommitted> {
+    let Some(last) = state.key_counts.get(org_id) else {
+        return Err(Unstored);
+    };
+    let adding = group.len() as i128;
+    let alongside = i128::from(last.connections) * i128::from(MAX_CREATIONS_PER_TRANSACTION);
+    // The newest position `s` may be for the bound to hold.
+    let newest = i128::from(state.settings.max_keys_per_org) + i128::from(last.position)
+        - i128::from(last.keys)
+        - adding
+        - 2 * alongside;
+    let Ok(newest) = i64::try_from(newest) else {
+        return Err(Unstored);
+    };
+    if newest < last.position {
+        return Err(Unstored);
+    }
+    let mut decided = Vec::with_capacity(group.len());
+    let mut rows = Vec::with_capacity(group.len());
+    for queued in group {
+        let mut command = queued.command.clone();
+        if let KeyCommand::Create(c) = &mut command {
+            c.rotation_days = last.rotation_days;
+        }
+        let stream = key::stream_id(queued.id);
+        let one = handler::decide_new::<ApiKey>(&stream, command, &queued.meta).map_err(|_| Unstored)?;
+        let [KeyEvent::Created(created)] = one.events() else {
+            return Err(Unstored);
+        };
+        rows.push(read_model::created_key_row(&queued.id.to_string(), created, 1));
+        decided.push(one);
+    }
+    let encoded: Vec<Vec<NewEvent>> = decided
+        .iter()
+        .map(|d| d.events().iter().map(NewEvent::from_domain).collect())
+        .collect();
+    let streams: Vec<NewStream> = decided
+        .iter()
+        .zip(&encoded)
+        .map(|(d, events)| NewStream {
+            stream_id: d.stream_id(),
+            events,
+            meta: d.meta(),
+        })
+        .collect();
+    let columns = NewEventColumns::of(&streams);
+    let sql = format!(
+        "with held as (
+             select coalesce(pg_sequence_last_value(pg_get_serial_sequence('events', 'position')::regclass), 0)
+                        as newest
+             from orgs o, pg_advisory_xact_lock_shared($1, hashtext($2))
+             where o.id = $2 and o.rotation_days = $3 and current_setting('max_connections')::bigint <= $4
+         ),
+         appended as (
+             insert into events ({NEW_EVENT_COLUMNS})
+             select e.* from {events}, held
+             where held.newest <= $5
+             returning event_id, position, tx_id
+         ),
+         projected as ({keys})
+         select event_id, position, tx_id from appended",
+        events = NewEventColumns::unnest(7, "e"),
+        keys = read_model::insert_created_keys("(select $6::jsonb from appended limit 1)"),
+    );
+    let query = sqlx::query_as::<_, (uuid::Uuid, i64, i64)>(&sql)
+        .bind(manage::KEY_QUOTA_LOCK)
+        .bind(org_id)
+        .bind(last.rotation_days as i32)
+        .bind(last.connections as i64)
+        .bind(newest)
+        .bind(serde_json::Value::Array(rows));
+    let mut conn = state.database.read(state.pool.acquire()).await.map_err(|_| Unstored)?;
+    let returned = match columns.bind(query).fetch_all(&mut *conn).await {
+        Ok(returned) => returned,
+        // PostgreSQL refused the statement: it stored nothing.
+        Err(sqlx::Error::Database(_)) => return Err(Unstored),
+        Err(e) => return Err(Uncertain(e.to_string())),
+    };
+    if returned.is_empty() {
+        return Err(Unstored);
+    }
+    let stored = columns
+        .stored(&returned)
+        .ok_or_else(|| Uncertain("the statement appended part of the group".into()))?;
+    let mut ran = Vec::with_capacity(stored.len());
+    for (one, (events, notice)) in decided.into_iter().zip(stored) {
+        let outcome = one.stored(events);
+        let key = outcome
+            .state
+            .as_ref()
+            .ok_or_else(|| Uncertain("a creation made no key".into()))?;
+        ran.push(Ran {
+            row: KeyRow::from_aggregate(key, outcome.version),
+            events: outcome.events,
+        });
+        state.announcer.announce(notice);
+    }
+    Ok(ran)
+}
