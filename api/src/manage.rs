@@ -139,7 +139,8 @@ pub(crate) async fn run(
     idempotent: Option<&Idempotent>,
 ) -> Result<Done<Ran>, ApiError> {
     // Known to be near the quota (by this process's last count): alone at once.
-    let near = matches!(command, KeyCommand::Create(_)) && state.key_counts.near(caller.org_id(), &state.settings);
+    let near = matches!(command, KeyCommand::Create(_))
+        && state.key_counts.near(caller.org_id(), state.settings.max_keys_per_org);
     let first = if near { QuotaLock::Exclusive } else { QuotaLock::Shared };
     // Only a creation can find itself crowded and run again, counted alone.
     let again = matches!(command, KeyCommand::Create(_)).then(|| command.clone());
@@ -215,7 +216,6 @@ async fn attempt(
                 state.settings.max_keys_per_org,
                 held,
                 position,
-                1,
             )
             .await?
             {
@@ -260,12 +260,6 @@ async fn attempt(
 /// form: apart from every single-key lock): `(KEY_QUOTA_LOCK,
 /// hashtext(org_id))`.
 pub const KEY_QUOTA_LOCK: i32 = 0x6b6c_7100;
-
-/// Most keys one transaction creates: creations sent at once are committed
-/// together, up to this many (`group_commit`). The quota check assumes it
-/// of every transaction holding the quota lock with another, in every API
-/// process of a deployment: a constant, not a setting.
-pub const MAX_CREATIONS_PER_TRANSACTION: u64 = 8;
 
 /// How a creation holds its organization's quota lock while it counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,9 +307,8 @@ impl KeyCounts {
 
     /// Whether the last count found the organization too near its quota for
     /// a shared check (a creation then counts alone from the start).
-    fn near(&self, org_id: OrgId, settings: &crate::ApiSettings) -> bool {
-        self.get(org_id)
-            .is_some_and(|c| c.keys + c.connections * MAX_CREATIONS_PER_TRANSACTION > settings.max_keys_per_org)
+    fn near(&self, org_id: OrgId, max: u64) -> bool {
+        self.get(org_id).is_some_and(|c| c.keys + c.connections > max)
     }
 }
 
@@ -359,36 +352,35 @@ async fn take_key_quota_lock(
     })
 }
 
-/// Refuses new keys — `adding` of them, already in this transaction's read
-/// model, the first one's event at log position `position` — when that makes
-/// more than `max` keys of the organization that are not deleted; the quota
-/// is never passed, across any number of API processes.
+/// Refuses a new key — already in this transaction's read model, its event
+/// at log position `position` — when that makes more than `max` keys of the
+/// organization that are not deleted; the quota is never passed, across
+/// any number of API processes.
 ///
-/// Every creating transaction takes the organization's quota lock before it
-/// appends and holds it to its end ([`take_key_quota_lock`]), so no key is
-/// committed without it, and creates at most `B` keys
-/// ([`MAX_CREATIONS_PER_TRANSACTION`]). Alone ([`QuotaLock::Exclusive`]) a
-/// transaction counts the keys: no other can commit meanwhile, and the
-/// count's snapshot, taken after the lock was granted, holds every key
-/// committed before — exact. Shared, fewer than PostgreSQL's
-/// `max_connections` (`m`; each holds a connection) transactions hold the
-/// lock together, creating at most `m·B` keys; if every shared transaction
-/// knows that, when its lock was granted, at most `max - m·B` keys were
-/// committed (its own included), then whichever was granted last saw all
-/// but those of the at most `m` holding the lock with it: the quota is not
-/// passed, whatever order they commit in. A shared transaction that cannot
-/// tell answers `false`: it stored nothing and runs again exclusively.
+/// Every creation takes the organization's quota lock before it appends
+/// and holds it to the end of its transaction ([`take_key_quota_lock`]), so
+/// no key is committed without it. Several creations committed together
+/// (`group_commit`) hold it alone, so a transaction that holds it alongside
+/// others creates one key. Alone ([`QuotaLock::Exclusive`]) a
+/// creation counts the keys: no other can commit meanwhile, and the count's
+/// snapshot, taken after the lock was granted, holds every key committed
+/// before — exact. Shared, fewer than PostgreSQL's `max_connections` (`m`;
+/// each holds a connection) creations hold the lock together; if every
+/// shared creation knows that, when its lock was granted, fewer than
+/// `max - m` keys were committed, then whichever was granted last saw all
+/// but the at most `m` holding the lock with it: the quota is not passed,
+/// whatever order they commit in. A shared creation that cannot tell
+/// answers `false`: it stored nothing and runs again exclusively.
 ///
 /// Counting an organization's keys costs a look at each of them, so a
-/// shared transaction bounds what was committed when its lock was granted
-/// from this process's last count instead: `n` keys at log position `p` (one
+/// shared creation bounds what was committed when its lock was granted from
+/// this process's last count instead: `n` keys at log position `p` (one
 /// statement, one snapshot). Every key committed since was then either in a
-/// transaction still running (at most `m·B` keys) or appended an event after
-/// `p` and before this transaction's first (its position was taken after
-/// the grant, and positions only grow): at most `position - p - 1`. While
-/// that bound, the `m·B` keys of those holding the lock with it and its own
-/// `adding` stay within the quota, nothing is counted; deleted keys only
-/// make it more careful.
+/// transaction still running (at most `m`) or appended an event after `p`
+/// and before this creation's own (its position was taken after the grant,
+/// and positions only grow): at most `position - p - 1`. While that bound
+/// plus `m`, this creation and `m` more stays within the quota, nothing is
+/// counted; deleted keys only make it more careful.
 ///
 /// What this rests on: transactions run at PostgreSQL's default `read
 /// committed` (each statement's snapshot is taken when it starts), and
@@ -401,19 +393,37 @@ async fn within_key_quota(
     max: u64,
     held: HeldQuotaLock,
     position: i64,
-    adding: u64,
 ) -> Result<bool, ApiError> {
     let connections = held.connections;
-    // What the transactions holding the lock alongside may create.
-    let alongside = connections * MAX_CREATIONS_PER_TRANSACTION;
     if let (QuotaLock::Shared, Some(last)) = (held.lock, counts.get(org_id)) {
-        // Keys committed after the count: `since - 1` at most, and those
-        // still running then (`alongside`).
         let since = position.saturating_sub(last.position).max(0) as u64;
-        if last.keys + since + adding + 2 * alongside <= max {
+        // What the bound says, plus this creation and the others holding the lock.
+        if last.keys + since + 2 * connections < max {
             return Ok(true);
         }
     }
+    let keys = count_keys(tx, counts, org_id, held).await?;
+    if held.lock == QuotaLock::Shared && keys + connections > max {
+        return Ok(false);
+    }
+    if keys > max {
+        return Err(ApiError::QuotaExceeded(format!(
+            "This organization is at its quota of {max} keys (quota: keys per organization, \
+             KEYLEDGER_MAX_KEYS_PER_ORG). Delete keys it no longer uses, or ask the operator to raise the quota."
+        )));
+    }
+    Ok(true)
+}
+
+/// Counts the organization's keys and notes the count, with the log's newest
+/// position, in `counts` (one statement, one snapshot: taken after `held`
+/// was granted).
+async fn count_keys(
+    tx: &mut sqlx::PgConnection,
+    counts: &KeyCounts,
+    org_id: OrgId,
+    held: HeldQuotaLock,
+) -> Result<u64, ApiError> {
     let (keys, position): (i64, i64) = sqlx::query_as(
         "select (select count(*) from keys where org_id = $1 and deleted_at is null),
                 (select coalesce(max(position), 0) from events)",
@@ -427,20 +437,21 @@ async fn within_key_quota(
         KeyCount {
             keys,
             position,
-            connections,
+            connections: held.connections,
             rotation_days: held.rotation_days,
         },
     );
-    if held.lock == QuotaLock::Shared && keys + alongside > max {
-        return Ok(false);
-    }
-    if keys > max {
-        return Err(ApiError::QuotaExceeded(format!(
-            "This organization is at its quota of {max} keys (quota: keys per organization, \
-             KEYLEDGER_MAX_KEYS_PER_ORG). Delete keys it no longer uses, or ask the operator to raise the quota."
-        )));
-    }
-    Ok(true)
+    Ok(keys)
+}
+
+/// Counts the organization's keys anew (holding its quota lock, shared), for
+/// creations that bound the count from the last one (`group_commit`).
+pub(crate) async fn recount_keys(state: &AppState, org_id: OrgId) -> Result<(), ApiError> {
+    let mut tx = state.database.read(state.pool.begin()).await?;
+    let held = take_key_quota_lock(&mut tx, org_id, QuotaLock::Shared).await?;
+    count_keys(&mut tx, &state.key_counts, org_id, held).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// [`run`] for a command without an `Idempotency-Key`: the key it left.
@@ -490,7 +501,7 @@ pub async fn create_key(
     let command = KeyCommand::Create(Box::new(request.parse(clock::now())?));
     // Without an Idempotency-Key, and far from the quota: committed with the
     // creations sent meanwhile.
-    if idempotent.is_none() && !state.key_counts.near(caller.org_id(), &state.settings) {
+    if idempotent.is_none() && !state.key_counts.near(caller.org_id(), state.settings.max_keys_per_org) {
         let ran = state.creations.create(state, caller, id, command).await?;
         let secret = issued(&ran.row, secret);
         return Ok(Done::Ran((ran.row, secret)));

@@ -378,9 +378,6 @@ async fn two_racing_writers_of_the_same_version_one_conflicts_no_lost_update() {
     db.drop().await;
 }
 
-/// The test: one append transaction stays open while later appends
-/// commit; the reader does not pass the open one, and delivers it (once)
-/// when it commits.
 /// Several new streams' first events in one statement of the caller's
 /// (`NewEventColumns`): what `stored` builds from the returned ids and
 /// positions is what a read returns, each stream's notice names its events,
@@ -454,6 +451,9 @@ async fn new_streams_appended_in_one_statement_read_back_as_returned() {
     db.drop().await;
 }
 
+/// The test: one append transaction stays open while later appends
+/// commit; the reader does not pass the open one, and delivers it (once)
+/// when it commits.
 #[tokio::test]
 async fn the_reader_never_skips_an_append_that_has_not_committed_yet() {
     let db = TestDb::new().await;

@@ -64,7 +64,6 @@ async fn a_created_key_and_its_usage_are_announced_after_their_commits() {
     hear(&mut listener, &format!("{stream} key.used")).await;
 }
 
-/// The first notification with this payload, within 10 s.
 /// Creations sent at the same time are committed together (group commit):
 /// fewer transactions than keys, and yet each caller gets what it would get
 /// alone — its own key, whose secret verifies, and an event that records its
@@ -117,6 +116,7 @@ async fn concurrent_creations_are_committed_together_each_as_if_alone() {
     }
 }
 
+/// The first notification with this payload, within 10 s.
 async fn hear(listener: &mut sqlx::postgres::PgListener, expected: &str) -> sqlx::postgres::PgNotification {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {

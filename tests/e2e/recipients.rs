@@ -786,8 +786,7 @@ async fn concurrent_creations_from_far_below_to_the_quota_create_exactly_the_quo
         .await
         .unwrap();
     server.close().await;
-    // Far enough below that creations are first committed together.
-    let quota = 2 * connections as u64 * keyledger_api::manage::MAX_CREATIONS_PER_TRANSACTION + 12;
+    let quota = 2 * connections as u64 + 12;
     let app = crate::support::spawn_app_with(
         keyledger_api::ApiSettings {
             max_keys_per_org: quota,
