@@ -2,10 +2,13 @@
 //! this process at the same time are committed together, in one statement
 //! that is its own transaction — the quota lock, their events, their key
 //! rows, one commit — instead of a transaction of five round trips each.
-//! What each caller gets is what it would have got alone (`manage::run`); a
-//! group that cannot be committed together (its organization near the
-//! quota, an unknown organization, a database error) stores nothing and
-//! each creation runs alone.
+//! What each caller gets is what it would have got alone (`manage::run`).
+//! A group's statement stores nothing where it cannot vouch for the quota
+//! or the rotation policy from this process's last count (the process then
+//! counts again and tries once more), where another transaction holds the
+//! quota lock, or where PostgreSQL refuses it; each creation then runs
+//! alone. Where it fails in a way that leaves unknown whether it committed,
+//! each creation answers 500 and does not run again.
 //!
 //! There is no writer task to start or stop: a creation queues itself and
 //! then waits either for its answer or for the process's turn ([`WRITERS`]).
@@ -173,9 +176,9 @@ async fn commit_and_answer(state: &AppState, group: Vec<Queued>) {
     }
     let org_id = group[0].org_id;
     let mut committed = commit_group(state, org_id, &group).await;
-    // Stored nothing: the count it bounds from may be old (the log grows),
-    // or the rotation policy changed. Count again, then once more.
-    if matches!(committed, Err(Unstored)) && manage::recount_keys(state, org_id).await.is_ok() {
+    // The count it bounds from may be old (the log grows), or the rotation
+    // policy changed: count again, then try once more.
+    if matches!(committed, Err(Stale)) && manage::recount_keys(state, org_id).await.is_ok() {
         committed = commit_group(state, org_id, &group).await;
     }
     match committed {
@@ -185,7 +188,7 @@ async fn commit_and_answer(state: &AppState, group: Vec<Queued>) {
                 let _ = queued.answer.send(Answer::Created(Box::new(ran)));
             }
         }
-        Err(Unstored) => answer_all(group, || Answer::Alone),
+        Err(Unstored | Busy | Stale) => answer_all(group, || Answer::Alone),
         Err(Uncertain(error)) => answer_all(group, || Answer::Failed(error.clone())),
     }
 }
@@ -201,15 +204,22 @@ fn answer_all(group: Vec<Queued>, answer: impl Fn() -> Answer) {
 enum NotCommitted {
     /// Nothing was stored: each creation runs alone.
     Unstored,
+    /// Nothing was stored: another transaction holds the quota lock (each
+    /// creation runs alone, waiting for it in its own task).
+    Busy,
+    /// Nothing was stored: this process's last count, rotation policy or
+    /// `max_connections` could not vouch for the group.
+    Stale,
     /// Whether the statement took effect is unknown (the message says why).
     Uncertain(String),
 }
-use NotCommitted::{Uncertain, Unstored};
+use NotCommitted::{Busy, Stale, Uncertain, Unstored};
 
 /// One statement, its own transaction, for `group` (creations of the
-/// organization `org_id`): it takes the quota lock alone and appends and
-/// projects every creation — or, where this process cannot vouch for the
-/// quota or the rotation policy from its last look, stores nothing.
+/// organization `org_id`): it takes the quota lock alone, if no other
+/// transaction holds it (it never waits for it), and appends and projects
+/// every creation — or, where this process cannot vouch for the quota or the
+/// rotation policy from its last look, stores nothing.
 ///
 /// The quota: the argument of `manage::within_key_quota`, with the bound
 /// taken before the append instead of after it. The group holds the lock
@@ -219,12 +229,14 @@ use NotCommitted::{Uncertain, Unstored};
 /// was counted, or was in a transaction holding the lock alongside the
 /// count (fewer than `m`, PostgreSQL's `max_connections`, each creating one
 /// key), or appended its event at a position after `p` and no later than
-/// the newest the sequence has handed out when the lock is granted (`s`,
-/// read after the grant): at most `n + m + (s - p)`. With the group's own
+/// the last value the position sequence has handed out when the lock is
+/// granted (`s`, read after the grant; some of those positions belong to
+/// appends not committed or rolled back, which only makes it more careful):
+/// at most `n + m + (s - p)`. With the group's own
 /// keys, the statement appends only while that stays within the quota.
 async fn commit_group(state: &AppState, org_id: OrgId, group: &[Queued]) -> Result<Vec<Ran>, NotCommitted> {
     let Some(last) = state.key_counts.get(org_id) else {
-        return Err(Unstored);
+        return Err(Stale);
     };
     // The newest position `s` may be for the bound to hold.
     let newest = i128::from(state.settings.max_keys_per_org) + i128::from(last.position)
@@ -235,7 +247,7 @@ async fn commit_group(state: &AppState, org_id: OrgId, group: &[Queued]) -> Resu
         return Err(Unstored);
     };
     if newest < last.position {
-        return Err(Unstored);
+        return Err(Stale);
     }
     let mut decided = Vec::with_capacity(group.len());
     let mut rows = Vec::with_capacity(group.len());
@@ -268,23 +280,25 @@ async fn commit_group(state: &AppState, org_id: OrgId, group: &[Queued]) -> Resu
     let columns = NewEventColumns::of(&streams);
     let sql = format!(
         "with held as (
-             select coalesce(pg_sequence_last_value(pg_get_serial_sequence('events', 'position')::regclass), 0)
-                        as newest
-             from orgs o, pg_advisory_xact_lock($1, hashtext($2))
-             where o.id = $2 and o.rotation_days = $3 and current_setting('max_connections')::bigint <= $4
+             select l.locked,
+                    o.rotation_days = $3 and current_setting('max_connections')::bigint <= $4
+                    and coalesce(pg_sequence_last_value(pg_get_serial_sequence('events', 'position')::regclass), 0)
+                        <= $5 as vouched
+             from orgs o, pg_try_advisory_xact_lock($1, hashtext($2)) as l(locked)
+             where o.id = $2
          ),
          appended as (
              insert into events ({NEW_EVENT_COLUMNS})
              select e.* from {events}, held
-             where held.newest <= $5
+             where held.locked and held.vouched
              returning event_id, position, tx_id
          ),
          projected as ({keys})
-         select event_id, position, tx_id from appended",
+         select a.event_id, a.position, a.tx_id, h.locked from held h left join appended a on true",
         events = NewEventColumns::unnest(7, "e"),
         keys = read_model::insert_created_keys("(select $6::jsonb from appended limit 1)"),
     );
-    let query = sqlx::query_as::<_, (uuid::Uuid, i64, i64)>(&sql)
+    let query = sqlx::query_as::<_, (Option<uuid::Uuid>, Option<i64>, Option<i64>, bool)>(&sql)
         .bind(manage::KEY_QUOTA_LOCK)
         .bind(org_id)
         .bind(last.rotation_days as i32)
@@ -294,13 +308,25 @@ async fn commit_group(state: &AppState, org_id: OrgId, group: &[Queued]) -> Resu
     let mut conn = state.database.read(state.pool.acquire()).await.map_err(|_| Unstored)?;
     let returned = match columns.bind(query).fetch_all(&mut *conn).await {
         Ok(returned) => returned,
+        // The server shutting down or the connection failing may come after
+        // the commit.
+        Err(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")) => {
+            return Err(Uncertain(e.to_string()))
+        }
         // PostgreSQL refused the statement: it stored nothing.
         Err(sqlx::Error::Database(_)) => return Err(Unstored),
         Err(e) => return Err(Uncertain(e.to_string())),
     };
-    if returned.is_empty() {
-        return Err(Unstored);
-    }
+    let returned: Vec<(uuid::Uuid, i64, i64)> = match returned.as_slice() {
+        // No such organization.
+        [] => return Err(Unstored),
+        [(None, _, _, false)] => return Err(Busy),
+        [(None, _, _, true)] => return Err(Stale),
+        _ => returned
+            .iter()
+            .filter_map(|&(id, position, tx_id, _)| Some((id?, position?, tx_id?)))
+            .collect(),
+    };
     let stored = columns
         .stored(&returned)
         .ok_or_else(|| Uncertain("the statement appended part of the group".into()))?;

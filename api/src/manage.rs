@@ -499,9 +499,11 @@ pub async fn create_key(
         secret: secret.clone(),
     };
     let command = KeyCommand::Create(Box::new(request.parse(clock::now())?));
-    // Without an Idempotency-Key, and far from the quota: committed with the
-    // creations sent meanwhile.
-    if idempotent.is_none() && !state.key_counts.near(caller.org_id(), state.settings.max_keys_per_org) {
+    // Without an Idempotency-Key, and far enough from the quota for a whole
+    // group: committed with the creations sent meanwhile.
+    let max = state.settings.max_keys_per_org;
+    let group_margin = crate::group_commit::MAX_GROUP as u64;
+    if idempotent.is_none() && !state.key_counts.near(caller.org_id(), max.saturating_sub(group_margin)) {
         let ran = state.creations.create(state, caller, id, command).await?;
         let secret = issued(&ran.row, secret);
         return Ok(Done::Ran((ran.row, secret)));

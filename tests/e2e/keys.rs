@@ -116,6 +116,49 @@ async fn concurrent_creations_are_committed_together_each_as_if_alone() {
     }
 }
 
+/// A group never waits for the quota lock: while another session holds it
+/// (shared, as a single creation does), every creation runs alone — each in
+/// a transaction of its own, all answered — and groups resume once it is
+/// released.
+#[actix_web::test]
+async fn creations_run_alone_while_another_session_holds_the_quota_lock() {
+    let app = spawn_app().await;
+    let mut holder = app.pool.acquire().await.unwrap();
+    sqlx::query("select pg_advisory_lock_shared($1, hashtext($2))")
+        .bind(keyledger_api::keys::KEY_QUOTA_LOCK)
+        .bind(&app.org_id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    assert_eq!(create_together(&app, "held").await, 12, "none committed together");
+    sqlx::query("select pg_advisory_unlock_shared($1, hashtext($2))")
+        .bind(keyledger_api::keys::KEY_QUOTA_LOCK)
+        .bind(&app.org_id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let together = create_together(&app, "released").await;
+    assert!(together < 12, "12 creations in {together} transactions");
+}
+
+/// Sends 12 creations at once; all must succeed. Answers how many
+/// transactions committed them.
+async fn create_together(app: &crate::support::TestApp, round: &str) -> i64 {
+    let answers = futures_util::future::join_all(
+        (0..12).map(|n| app.post("/v1/keys", json!({"name": format!("{round} {n}"), "type": "secret"}))),
+    )
+    .await;
+    let streams: Vec<String> = answers
+        .iter()
+        .map(|a| format!("key-{}", a.expect(201)["id"].as_str().unwrap()))
+        .collect();
+    sqlx::query_scalar("select count(distinct tx_id) from events where stream_id = any($1)")
+        .bind(&streams)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
 /// The first notification with this payload, within 10 s.
 async fn hear(listener: &mut sqlx::postgres::PgListener, expected: &str) -> sqlx::postgres::PgNotification {
     tokio::time::timeout(Duration::from_secs(10), async {
