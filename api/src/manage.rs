@@ -456,8 +456,20 @@ pub(crate) async fn recount_keys(state: &AppState, org_id: OrgId) -> Result<(), 
 
 /// [`run`] for a command without an `Idempotency-Key`: the key it left.
 async fn run_once(state: &AppState, caller: &Caller, id: KeyId, command: KeyCommand) -> Result<KeyRow, ApiError> {
-    match run(state, caller, id, command, 200, None).await? {
-        Done::Ran(ran) => Ok(ran.row),
+    Ok(run_alone(state, caller, id, command, 200).await?.row)
+}
+
+/// [`run`] for a command without an `Idempotency-Key`, answering `status`
+/// on success.
+pub(crate) async fn run_alone(
+    state: &AppState,
+    caller: &Caller,
+    id: KeyId,
+    command: KeyCommand,
+    status: u16,
+) -> Result<Ran, ApiError> {
+    match run(state, caller, id, command, status, None).await? {
+        Done::Ran(ran) => Ok(ran),
         // Only a request with an Idempotency-Key can be a replay.
         Done::Replayed(_) => Err(ApiError::internal(std::io::Error::other(
             "replay without an Idempotency-Key",

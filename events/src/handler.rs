@@ -182,14 +182,7 @@ impl<A: Aggregate> Decided<A> {
         for event in &stored {
             read_model::apply(&mut *tx, event).await?;
         }
-        let state = self.events.iter().fold(self.state, A::evolve);
-        let version = stored.last().map_or(self.version, |e| e.version);
-        let outcome = Outcome {
-            state,
-            version,
-            events: stored,
-        };
-        Ok((outcome, notice))
+        Ok((self.stored(stored), notice))
     }
 }
 
