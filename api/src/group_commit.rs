@@ -165,6 +165,8 @@ async fn commit_groups(state: &AppState, taken: Vec<Queued>) {
     .await;
 }
 
+/// Commits one group (a group of one runs alone) and answers each of its
+/// creations.
 async fn commit_and_answer(state: &AppState, group: Vec<Queued>) {
     if group.len() == 1 {
         return answer_all(group, || Answer::Alone);
