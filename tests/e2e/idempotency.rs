@@ -73,14 +73,7 @@ async fn a_retried_create_answers_the_first_outcome_without_the_secret_and_creat
 #[actix_web::test]
 async fn creations_near_the_quota_keep_their_idempotency_and_retries_replay_at_the_quota() {
     let quota = 3;
-    let app = crate::support::spawn_app_with(
-        keyledger_api::ApiSettings {
-            max_keys_per_org: quota,
-            ..keyledger_api::ApiSettings::default()
-        },
-        false,
-    )
-    .await;
+    let app = crate::support::spawn_app_with_key_quota(quota).await;
     // The admin key is the first of the quota.
     let mut created = vec![];
     for n in 1..quota {

@@ -124,21 +124,22 @@ async fn concurrent_creations_are_committed_together_each_as_if_alone() {
 async fn creations_run_alone_while_another_session_holds_the_quota_lock() {
     let app = spawn_app().await;
     let mut holder = app.pool.acquire().await.unwrap();
-    sqlx::query("select pg_advisory_lock_shared($1, hashtext($2))")
-        .bind(keyledger_api::keys::KEY_QUOTA_LOCK)
-        .bind(&app.org_id)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    quota_lock(&mut holder, &app.org_id, "pg_advisory_lock_shared").await;
     assert_eq!(create_together(&app, "held").await, 12, "none committed together");
-    sqlx::query("select pg_advisory_unlock_shared($1, hashtext($2))")
-        .bind(keyledger_api::keys::KEY_QUOTA_LOCK)
-        .bind(&app.org_id)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    quota_lock(&mut holder, &app.org_id, "pg_advisory_unlock_shared").await;
     let together = create_together(&app, "released").await;
     assert!(together < 12, "12 creations in {together} transactions");
+}
+
+/// Calls `function` (an advisory lock function) on the organization's
+/// quota lock.
+async fn quota_lock(conn: &mut sqlx::PgConnection, org_id: &str, function: &str) {
+    sqlx::query(&format!("select {function}($1, hashtext($2))"))
+        .bind(keyledger_api::keys::KEY_QUOTA_LOCK)
+        .bind(org_id)
+        .execute(conn)
+        .await
+        .unwrap();
 }
 
 /// Sends 12 creations at once; all must succeed. Answers how many

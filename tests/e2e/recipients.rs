@@ -787,14 +787,7 @@ async fn concurrent_creations_from_far_below_to_the_quota_create_exactly_the_quo
         .unwrap();
     server.close().await;
     let quota = 2 * connections as u64 + 12;
-    let app = crate::support::spawn_app_with(
-        keyledger_api::ApiSettings {
-            max_keys_per_org: quota,
-            ..keyledger_api::ApiSettings::default()
-        },
-        false,
-    )
-    .await;
+    let app = crate::support::spawn_app_with_key_quota(quota).await;
     // An organization whose rate limit the creations cannot reach.
     let big = keyledger::cli::create_org(
         &app.pool,

@@ -200,6 +200,16 @@ pub async fn spawn_app_with(settings: keyledger_api::ApiSettings, internal_liste
         .owning_its_database()
 }
 
+/// [`spawn_app_with`] the default settings but a quota of `quota` keys per
+/// organization.
+pub async fn spawn_app_with_key_quota(quota: u64) -> TestApp {
+    let settings = keyledger_api::ApiSettings {
+        max_keys_per_org: quota,
+        ..keyledger_api::ApiSettings::default()
+    };
+    spawn_app_with(settings, false).await
+}
+
 /// A pool like the binary's (short acquire timeout) for the background work.
 async fn background_pool(url: &str) -> PgPool {
     sqlx::postgres::PgPoolOptions::new()
