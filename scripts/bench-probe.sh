@@ -4,6 +4,7 @@
 #
 #   BIN=path/to/keyledger bash scripts/bench-probe.sh verify   # /v1/verify and /v1/auth req/s
 #   BIN=path/to/keyledger bash scripts/bench-probe.sh create   # creations/s and pgbench inserts/s
+#   (CONNECTIONS, default 8, and THREADS, default 2, for wrk; pgbench uses as many clients)
 #
 # It starts `keyledger serve` on a fresh database with one enterprise
 # organization, runs wrk (-t2, CONNECTIONS, DURATION) and prints one line.
@@ -58,7 +59,7 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $KEY"
 LUA
     before=$(psql_db -c "select count(*) from keys")
-    wrk -t2 -c"$CONNECTIONS" -d"$DURATION" -s "$work/create.lua" "$url/v1/keys" >"$work/create.out"
+    wrk -t"${THREADS:-2}" -c"$CONNECTIONS" -d"$DURATION" -s "$work/create.lua" "$url/v1/keys" >"$work/create.out"
     after=$(psql_db -c "select count(*) from keys")
     seconds=$(awk '/ requests in / {sub(/s,?$/, "", $4); print $4}' "$work/create.out")
     psql_db -c "create table probe_insert (id bigserial primary key, name text not null, created_at timestamptz not null default now())"

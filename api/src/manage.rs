@@ -5,6 +5,7 @@
 //! surfaces only parse their input and render the answer.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
@@ -522,6 +523,7 @@ pub async fn create_key(
     }
     Ok(match run(state, caller, id, command, 201, idempotent).await? {
         Done::Ran(ran) => {
+            state.creations.single.fetch_add(1, Ordering::Relaxed);
             let secret = issued(&ran.row, secret);
             Done::Ran((ran.row, secret))
         }

@@ -106,11 +106,25 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             "key.used events a flush could not append (their counts are kept for the next flush).",
             state.usage.flush_failures.load(Ordering::Relaxed),
         ),
+        (
+            "keyledger_key_creation_groups_total",
+            "counter",
+            "Group statements that committed key creations (one round trip each).",
+            state.creations.groups.load(Ordering::Relaxed),
+        ),
     ];
     let mut text = String::with_capacity(16 * 1024);
     for (name, kind, help, value) in lines {
         let _ = write!(text, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
     }
+    let _ = write!(
+        text,
+        "# HELP keyledger_key_creations_total Keys created, by how they were committed: with others in a group \
+         statement, or in a transaction of their own.\n# TYPE keyledger_key_creations_total counter\n\
+         keyledger_key_creations_total{{commit=\"group\"}} {}\nkeyledger_key_creations_total{{commit=\"single\"}} {}\n",
+        state.creations.grouped.load(Ordering::Relaxed),
+        state.creations.single.load(Ordering::Relaxed),
+    );
     state.verifications.render(&mut text);
     state.http.render(&mut text);
     for source in &state.extra_metrics {

@@ -254,6 +254,56 @@ async fn usage_flushes_are_counted_with_their_size() {
     assert_eq!(delta("keyledger_usage_flush_failures_total"), 0.0);
 }
 
+/// A creation sent on its own is a group of one: one statement, counted
+/// as a group; one with an `Idempotency-Key` commits in a transaction of
+/// its own. Concurrent creations share group statements.
+#[actix_web::test]
+async fn key_creations_are_counted_by_how_they_were_committed() {
+    let app = spawn_app().await;
+    let before = scrape(&app.internal).await;
+    has_type(&before, "keyledger_key_creations_total", "counter");
+    has_type(&before, "keyledger_key_creation_groups_total", "counter");
+    let (group, single, groups) = (
+        "keyledger_key_creations_total{commit=\"group\"}",
+        "keyledger_key_creations_total{commit=\"single\"}",
+        "keyledger_key_creation_groups_total",
+    );
+    app.create_key(json!({"name": "alone", "type": "secret"})).await;
+    let after = scrape(&app.internal).await;
+    let delta = |name: &str, after: &str| count(after, name) - count(&before, name);
+    assert_eq!(
+        (delta(group, &after), delta(single, &after), delta(groups, &after)),
+        (1.0, 0.0, 1.0),
+        "{after}"
+    );
+    let answer = call(
+        &app.address,
+        Method::POST,
+        "/v1/keys",
+        Some(&app.admin_key),
+        Some(json!({"name": "idempotent", "type": "secret"})),
+        &[("Idempotency-Key", "metrics-test-1")],
+    )
+    .await;
+    answer.expect(201);
+    let after = scrape(&app.internal).await;
+    assert_eq!((delta(group, &after), delta(single, &after)), (1.0, 1.0), "{after}");
+    futures_util::future::join_all(
+        (0..12).map(|n| app.post("/v1/keys", json!({"name": format!("k{n}"), "type": "secret"}))),
+    )
+    .await
+    .iter()
+    .for_each(|answer| {
+        answer.expect(201);
+    });
+    let after = scrape(&app.internal).await;
+    assert_eq!(delta(group, &after) + delta(single, &after), 14.0, "{after}");
+    assert!(
+        delta(groups, &after) < 14.0,
+        "12 creations sent together in as many statements: {after}"
+    );
+}
+
 /// The workers' metrics on an operations listener, as `work` serves them.
 fn ops_listener(app: &TestApp, metrics: &Arc<WorkerMetrics>) -> String {
     let source = metrics.clone();
