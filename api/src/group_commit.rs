@@ -339,8 +339,11 @@ async fn commit_group(state: &AppState, org_id: OrgId, group: &[Queued]) -> Resu
     let stored = columns
         .stored(&returned)
         .ok_or_else(|| Uncertain("the statement appended part of the group".into()))?;
+    // Committed: announced together (one statement of the announcer's).
+    let (stored, notices): (Vec<_>, Vec<_>) = stored.into_iter().unzip();
+    state.announcer.announce_all(notices);
     let mut ran = Vec::with_capacity(stored.len());
-    for (one, (events, notice)) in decided.into_iter().zip(stored) {
+    for (one, events) in decided.into_iter().zip(stored) {
         let outcome = one.stored(events);
         let key = outcome
             .state
@@ -350,7 +353,6 @@ async fn commit_group(state: &AppState, org_id: OrgId, group: &[Queued]) -> Resu
             row: KeyRow::from_aggregate(key, outcome.version),
             events: outcome.events,
         });
-        state.announcer.announce(notice);
     }
     Ok(ran)
 }

@@ -76,6 +76,8 @@ async fn concurrent_creations_are_committed_together_each_as_if_alone() {
         if days != 90 {
             app.patch("/v1/org", json!({"rotation_days": days})).await.expect(200);
         }
+        let mut listener = sqlx::postgres::PgListener::connect_with(&app.pool).await.unwrap();
+        listener.listen(keyledger_events::log::NOTIFY_CHANNEL).await.unwrap();
         let answers = futures_util::future::join_all((0..16).map(|n| {
             app.post(
                 "/v1/keys",
@@ -106,6 +108,12 @@ async fn concurrent_creations_are_committed_together_each_as_if_alone() {
             assert_eq!(row.expect(200)["name"], key["name"]);
         }
         let ids: Vec<String> = ids.into_iter().map(|id| format!("key-{id}")).collect();
+        // Each group's notices are announced together, every one of them.
+        hear_all(
+            &mut listener,
+            ids.iter().map(|stream| format!("{stream} key.created")).collect(),
+        )
+        .await;
         let transactions: i64 =
             sqlx::query_scalar("select count(distinct tx_id) from events where stream_id = any($1)")
                 .bind(&ids)
@@ -172,6 +180,18 @@ async fn hear(listener: &mut sqlx::postgres::PgListener, expected: &str) -> sqlx
     })
     .await
     .unwrap_or_else(|_| panic!("no notification {expected:?}"))
+}
+
+/// Waits until every one of `expected` was heard, in any order.
+async fn hear_all(listener: &mut sqlx::postgres::PgListener, mut expected: std::collections::HashSet<String>) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !expected.is_empty() {
+            let notification = listener.recv().await.unwrap();
+            expected.remove(notification.payload());
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not heard: {expected:?}"))
 }
 
 #[actix_web::test]

@@ -16,8 +16,8 @@ const BATCH: usize = 1_000;
 /// The hand-over side, shared by every request; [`Announcer::run`] sends.
 #[derive(Debug)]
 pub struct Announcer {
-    sender: mpsc::UnboundedSender<Notice>,
-    receiver: Mutex<Option<mpsc::UnboundedReceiver<Notice>>>,
+    sender: mpsc::UnboundedSender<Vec<Notice>>,
+    receiver: Mutex<Option<mpsc::UnboundedReceiver<Vec<Notice>>>>,
 }
 
 impl Default for Announcer {
@@ -33,9 +33,16 @@ impl Default for Announcer {
 impl Announcer {
     /// Queues `notice`, whose append has committed. Never waits.
     pub fn announce(&self, notice: Notice) {
-        // Only a stopped task refuses: the workers find the append at their
-        // next poll.
-        let _ = self.sender.send(notice);
+        self.announce_all(vec![notice]);
+    }
+
+    /// Queues `notices`, whose appends have committed together: the task
+    /// sends them in one statement (handed over one by one, the task would
+    /// wake for the first and send the rest in another). Never waits.
+    pub fn announce_all(&self, notices: Vec<Notice>) {
+        // Only a stopped task refuses: the workers find the appends at
+        // their next poll.
+        let _ = self.sender.send(notices);
     }
 
     /// Sends what is queued, in batches, until `shutdown` — and then what is
@@ -48,22 +55,22 @@ impl Announcer {
         let mut batch = Vec::with_capacity(BATCH);
         loop {
             let first = tokio::select! {
-                notice = receiver.recv() => notice,
+                notices = receiver.recv() => notices,
                 _ = shutdown.recv() => None,
             };
             let Some(first) = first else { break };
-            batch.push(first);
+            batch.extend(first);
             while batch.len() < BATCH {
                 match receiver.try_recv() {
-                    Ok(notice) => batch.push(notice),
+                    Ok(notices) => batch.extend(notices),
                     Err(_) => break,
                 }
             }
             send(&pool, &mut batch).await;
         }
-        while let Ok(notice) = receiver.try_recv() {
-            batch.push(notice);
-            if batch.len() == BATCH {
+        while let Ok(notices) = receiver.try_recv() {
+            batch.extend(notices);
+            if batch.len() >= BATCH {
                 send(&pool, &mut batch).await;
             }
         }
@@ -72,8 +79,10 @@ impl Announcer {
 }
 
 async fn send(pool: &PgPool, batch: &mut Vec<Notice>) {
-    if let Err(e) = announce(pool, batch).await {
-        tracing::warn!(error = %e, dropped = batch.len(), "cannot announce appends; the workers find them at their next poll");
+    for chunk in batch.chunks(BATCH) {
+        if let Err(e) = announce(pool, chunk).await {
+            tracing::warn!(error = %e, dropped = chunk.len(), "cannot announce appends; the workers find them at their next poll");
+        }
     }
     batch.clear();
 }
