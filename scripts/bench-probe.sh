@@ -7,7 +7,7 @@
 #   (CONNECTIONS, default 8, and THREADS, default 2, for wrk; pgbench uses as many clients)
 #
 # It starts `keyledger serve` on a fresh database with one enterprise
-# organization, runs wrk (-t2, CONNECTIONS, DURATION) and prints one line.
+# organization, runs wrk (THREADS, CONNECTIONS, DURATION) and prints one line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:?verify or create}

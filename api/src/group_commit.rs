@@ -17,7 +17,8 @@
 //! and different organizations' at once (the caller that started it may
 //! hang up; the others still get their answers). A creation taken alone is
 //! a group of one: one round trip instead of five (measured: one client
-//! creates 1.5× as many keys per second). A creation its group could not
+//! creates 1.5× as many keys per second; an organization's first creation
+//! in a process also counts its keys first). A creation its group could not
 //! commit runs alone, the five round trips, in its request's task. While
 //! the turn is taken, creations gather in the queue: the busier the
 //! process, the larger the groups. A caller that hangs

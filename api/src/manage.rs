@@ -446,14 +446,22 @@ async fn count_keys(
 }
 
 /// Counts the organization's keys anew (holding its quota lock, shared), for
-/// creations that bound the count from the last one (`group_commit`).
+/// creations that bound the count from the last one (`group_commit`). It
+/// runs holding the process's turn to commit creations, so it waits for the
+/// lock [`RECOUNT_LOCK_TIMEOUT`] at most: a transaction elsewhere holding it
+/// alone must not stop every other organization's creations (the count's
+/// creations then run alone, each waiting in its own request).
 pub(crate) async fn recount_keys(state: &AppState, org_id: OrgId) -> Result<(), ApiError> {
     let mut tx = state.database.read(state.pool.begin()).await?;
+    sqlx::query(RECOUNT_LOCK_TIMEOUT).execute(&mut *tx).await?;
     let held = take_key_quota_lock(&mut tx, org_id, QuotaLock::Shared).await?;
     count_keys(&mut tx, &state.key_counts, org_id, held).await?;
     tx.commit().await?;
     Ok(())
 }
+
+/// How long [`recount_keys`] waits for the quota lock.
+const RECOUNT_LOCK_TIMEOUT: &str = "set local lock_timeout = '100ms'";
 
 /// [`run`] for a command without an `Idempotency-Key`: the key it left.
 async fn run_once(state: &AppState, caller: &Caller, id: KeyId, command: KeyCommand) -> Result<KeyRow, ApiError> {

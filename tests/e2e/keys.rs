@@ -108,7 +108,8 @@ async fn concurrent_creations_are_committed_together_each_as_if_alone() {
             assert_eq!(row.expect(200)["name"], key["name"]);
         }
         let ids: Vec<String> = ids.into_iter().map(|id| format!("key-{id}")).collect();
-        // Each group's notices are announced together, every one of them.
+        // Every key's notice is heard (a group hands its notices to the
+        // announcer together, after its commit).
         hear_all(
             &mut listener,
             ids.iter().map(|stream| format!("{stream} key.created")).collect(),
@@ -148,6 +149,50 @@ async fn quota_lock(conn: &mut sqlx::PgConnection, org_id: &str, function: &str)
         .execute(conn)
         .await
         .unwrap();
+}
+
+/// An organization's first creation in a process counts its keys, holding
+/// the process's one turn to commit creations. While another session holds
+/// that organization's quota lock alone, the count gives up quickly (the
+/// creation then waits for the lock in its own request), so other
+/// organizations' creations go on meanwhile.
+#[actix_web::test]
+async fn a_quota_lock_held_elsewhere_stops_no_other_organization_s_creations() {
+    let app = spawn_app().await;
+    let (other_id, other_key) = app.other_org().await;
+    let mut holder = app.pool.acquire().await.unwrap();
+    quota_lock(&mut holder, &other_id, "pg_advisory_lock").await;
+    let held = call(
+        &app.address,
+        Method::POST,
+        "/v1/keys",
+        Some(&other_key),
+        Some(json!({"name": "waits", "type": "secret"})),
+        &[],
+    );
+    let meanwhile = async {
+        eventually(Duration::from_secs(10), || async {
+            let waiting: i64 =
+                sqlx::query_scalar("select count(*) from pg_locks where locktype = 'advisory' and not granted")
+                    .fetch_one(&app.pool)
+                    .await
+                    .unwrap();
+            (waiting > 0)
+                .then_some(())
+                .ok_or("no creation waits for the lock yet".to_owned())
+        })
+        .await;
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            app.post("/v1/keys", json!({"name": "goes on", "type": "secret"})),
+        )
+        .await
+        .expect("another organization's creation waited for the held lock");
+        answer.expect(201);
+        quota_lock(&mut holder, &other_id, "pg_advisory_unlock").await;
+    };
+    let (held, ()) = tokio::join!(held, meanwhile);
+    assert_eq!(held.expect(201)["name"], "waits");
 }
 
 /// Sends 12 creations at once; all must succeed. Answers how many
