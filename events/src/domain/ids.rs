@@ -70,6 +70,14 @@ macro_rules! prefixed_id {
                 prefix.copy_from_slice($prefix.as_bytes());
                 encode_into(self.0, encoded);
             }
+
+            /// Appends the id's text to `out`: what `Display` writes,
+            /// without the formatting machinery.
+            pub fn push_to(&self, out: &mut Vec<u8>) {
+                let mut text = [0; $prefix.len() + ENCODED_LEN];
+                self.write_text(&mut text);
+                out.extend_from_slice(&text);
+            }
         }
 
         impl fmt::Display for $name {
