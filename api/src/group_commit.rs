@@ -54,7 +54,7 @@ pub struct CreationQueue {
     pub groups: AtomicU64,
     /// Keys they created.
     pub grouped: AtomicU64,
-    /// Keys created in a transaction of their own: with an
+    /// Keys created in a transaction of their own (`manage::run`): with an
     /// `Idempotency-Key`, near the quota, or where a group could not commit.
     pub single: AtomicU64,
 }
@@ -147,11 +147,7 @@ impl CreationQueue {
         };
         match answer {
             Ok(Answer::Created(ran)) => Ok(*ran),
-            Ok(Answer::Alone) => {
-                let ran = manage::run_alone(state, caller, id, command, 201).await?;
-                self.single.fetch_add(1, Ordering::Relaxed);
-                Ok(ran)
-            }
+            Ok(Answer::Alone) => manage::run_alone(state, caller, id, command, 201).await,
             Ok(Answer::Failed(error)) => Err(ApiError::internal(std::io::Error::other(error))),
             Err(gone) => Err(ApiError::internal(gone)),
         }

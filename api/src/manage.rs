@@ -247,6 +247,9 @@ async fn attempt(
         .await?;
     }
     tx.commit().await?;
+    if created {
+        state.creations.single.fetch_add(1, Ordering::Relaxed);
+    }
     state.cache.evict_stream(&stream);
     if let Some(notice) = notice {
         state.announcer.announce(notice);
@@ -531,7 +534,6 @@ pub async fn create_key(
     }
     Ok(match run(state, caller, id, command, 201, idempotent).await? {
         Done::Ran(ran) => {
-            state.creations.single.fetch_add(1, Ordering::Relaxed);
             let secret = issued(&ran.row, secret);
             Done::Ran((ran.row, secret))
         }
