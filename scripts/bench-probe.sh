@@ -3,8 +3,9 @@
 # alternately in one sitting (the README's benchmark section):
 #
 #   BIN=path/to/keyledger bash scripts/bench-probe.sh verify   # /v1/verify and /v1/auth req/s
-#   BIN=path/to/keyledger bash scripts/bench-probe.sh create   # creations/s and pgbench inserts/s
-#   (CONNECTIONS, default 8, and THREADS, default 2, for wrk; pgbench uses as many clients)
+#   BIN=path/to/keyledger bash scripts/bench-probe.sh create   # creations/s, pgbench inserts/s, the average group
+#   (CONNECTIONS, default 8, and THREADS, default 2, for wrk; pgbench uses as many clients;
+#   SERVE_LOG=file keeps the server's standard error)
 #
 # It starts `keyledger serve` on a fresh database with one enterprise
 # organization, runs wrk (THREADS, CONNECTIONS, DURATION) and prints one line.
@@ -28,7 +29,7 @@ cleanup() {
 }
 trap cleanup EXIT
 "$BIN" migrate >/dev/null
-KEYLEDGER_LISTEN="127.0.0.1:$port" "$BIN" serve 2>"$work/serve.log" &
+KEYLEDGER_LISTEN="127.0.0.1:$port" "$BIN" serve 2>"${SERVE_LOG:-$work/serve.log}" &
 pid=$!
 for _ in $(seq 100); do curl -fs "$url/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 KEY=$("$BIN" org create --name Probe --plan enterprise --rate-limit 10000000 |
@@ -67,7 +68,9 @@ LUA
     inserts=$(pgbench -n -h 127.0.0.1 -U postgres -c "$CONNECTIONS" -j 2 -T "${DURATION%s}" -f "$work/insert.sql" "$db" 2>/dev/null |
       awk '/^tps/ {printf "%.0f", $3}')
     [ -n "$inserts" ] || { echo "pgbench failed" >&2; exit 1; }
-    python3 -c "r = ($after - $before) / $seconds; print(f'create {r:.0f}/s  pgbench {$inserts}/s  ratio {r / $inserts:.2f}')"
+    groups=$(curl -fs "$url/metrics" | awk '$1 == "keyledger_key_creation_groups_total" {print $2}')
+    grouped=$(curl -fs "$url/metrics" | awk '$1 == "keyledger_key_creations_total{commit=\"group\"}" {print $2}')
+    python3 -c "r = ($after - $before) / $seconds; print(f'create {r:.0f}/s  pgbench {$inserts}/s  ratio {r / $inserts:.2f}  group {$grouped / max($groups, 1):.1f}')"
     ;;
   *) echo "verify or create" >&2; exit 2 ;;
 esac
