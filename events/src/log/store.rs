@@ -141,20 +141,17 @@ impl<'a> NewEventColumns<'a> {
     }
 
     /// Binds the columns, in [`NewEventColumns::unnest`]'s order.
-    pub fn bind<'q, O>(
-        &'q self,
-        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    pub fn bind<'q, Q: Binds<'q>>(&'q self, query: Q) -> Q {
         query
-            .bind(&self.event_ids)
-            .bind(&self.stream_ids)
-            .bind(&self.versions)
-            .bind(&self.types)
-            .bind(&self.schema_versions)
-            .bind(&self.times)
-            .bind(&self.actors)
-            .bind(&self.request_ids)
-            .bind(&self.data)
+            .bind_param(&self.event_ids)
+            .bind_param(&self.stream_ids)
+            .bind_param(&self.versions)
+            .bind_param(&self.types)
+            .bind_param(&self.schema_versions)
+            .bind_param(&self.times)
+            .bind_param(&self.actors)
+            .bind_param(&self.request_ids)
+            .bind_param(&self.data)
     }
 
     /// Each stream's stored events and notice, in the order given, from what
@@ -193,6 +190,31 @@ impl<'a> NewEventColumns<'a> {
             appended.push((stored, Notice::of(stream.stream_id, stream.events)));
         }
         Some(appended)
+    }
+}
+
+/// A query that takes one more parameter: `sqlx`'s `Query` and `QueryAs`.
+pub trait Binds<'q>: Sized {
+    fn bind_param<T>(self, value: T) -> Self
+    where
+        T: 'q + sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>;
+}
+
+impl<'q> Binds<'q> for sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    fn bind_param<T>(self, value: T) -> Self
+    where
+        T: 'q + sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        self.bind(value)
+    }
+}
+
+impl<'q, O> Binds<'q> for sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    fn bind_param<T>(self, value: T) -> Self
+    where
+        T: 'q + sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        self.bind(value)
     }
 }
 

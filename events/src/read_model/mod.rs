@@ -19,8 +19,8 @@ mod usage;
 
 pub use alerts::{alerts_of_org, AlertRow};
 pub use batch::{
-    apply_batch, apply_batch_into, create_usage_staging, created_key_row, insert_created_keys, roll_up_usage_staging,
-    BatchFailure, UsageSink,
+    apply_batch, apply_batch_into, create_usage_staging, insert_created_keys, roll_up_usage_staging, BatchFailure,
+    CreatedKeyColumns, UsageSink,
 };
 pub use keys::{key_by_hash, key_by_id, key_for_verification, key_names, last_used_at, list_keys, KeyFilter, KeyRow};
 pub use orgs::{org_by_id, OrgRow, RecipientRow};
