@@ -18,21 +18,26 @@
 //! hang up; the others still get their answers). That task keeps the turn
 //! while creations keep coming: it takes what gathered meanwhile and
 //! commits it too, until it finds the queue empty (measured with
-//! gathering: 8 of 10 alternating pairs faster, +8% on average). A creation taken alone is
-//! a group of one: one round trip instead of five (measured: one client
-//! creates 1.5× as many keys per second; an organization's first creation
-//! in a process also counts its keys first). A creation its group could not
-//! commit runs alone, the five round trips, in its request's task. While
-//! the turn is taken, creations gather in the queue: the busier the
+//! gathering: faster in 8 of 10 alternating pairs, +8% on average).
+//!
+//! A creation taken alone is a group of one: one round trip instead of
+//! five (measured: one client creates 1.5× as many keys per second; an
+//! organization's first creation in a process also counts its keys first).
+//! A creation its group could not commit runs alone, the five round trips,
+//! in its request's task.
+//!
+//! While the turn is taken, creations gather in the queue: the busier the
 //! process, the larger the groups. The callers a group answered are
-//! expected back: for about a millisecond after the answers (tokio's timer
-//! ticks in whole milliseconds: 1–2 ms), the turn's holder
-//! waits for as many creations to arrive before it takes the queue, so that
-//! clients creating keys one after another share one group instead of
-//! alternating between two half-size ones (measured: 8 clients, 1.05–1.25×
-//! the creations per second). A caller that hangs
-//! up after its creation was taken still has its key created (as it would
-//! if it hung up just after a commit), without having seen its secret.
+//! expected back: for about a millisecond after the answers (1–2 ms:
+//! tokio's timer ticks in whole milliseconds), the turn's holder waits for
+//! as many creations to arrive before it takes the queue, so that clients
+//! creating keys one after another share one group instead of alternating
+//! between two half-size ones (measured: 8 clients, 1.05–1.25× the
+//! creations per second).
+//!
+//! A caller that hangs up after its creation was taken still has its key
+//! created (as it would if it hung up just after a commit), without having
+//! seen its secret.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
