@@ -223,3 +223,76 @@ async fn a_set_based_replay_rebuilds_exactly_what_the_commands_wrote_usage_inclu
     keyledger_workers::tailing::replay::rebuild(&app.pool).await.unwrap();
     assert_eq!(snapshot(&app).await, live);
 }
+
+/// Appends `per_key` `key.used` records to each of `keys`' streams, in one
+/// statement, as the usage flush writes them (minutes apart, in log order).
+async fn append_usage(app: &TestApp, keys: &[String], per_key: i64, from_minute: i64) {
+    sqlx::query(
+        "insert into events (event_id, stream_id, version, type, schema_version, occurred_at, actor, data)
+         select gen_random_uuid(), s.stream_id, s.v + g.n, 'key.used', 1, t.at, 'system:usage',
+                jsonb_build_object('minute', to_char(t.at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                                   'requests', 3 + g.n % 5, 'successful', 2 + g.n % 5, 'failed', 1,
+                                   'rate_limited', g.n % 2,
+                                   'last_used_at', to_char(t.at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))
+         from (select stream_id, max(version) as v from events
+               where stream_id = any(select 'key-' || k from unnest($1::text[]) as k) group by stream_id) s
+         cross join generate_series(1, $2) as g(n)
+         cross join lateral (select timestamptz '2026-11-27 10:00:00+00' + ($3 + g.n) * interval '1 minute' as at) t
+         order by g.n, s.stream_id",
+    )
+    .bind(keys)
+    .bind(per_key)
+    .bind(from_minute)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+}
+
+#[actix_web::test]
+async fn a_replay_of_many_batches_rebuilds_what_the_projector_applied() {
+    let mut app = spawn_app().await;
+    let mut ids = vec![];
+    for n in 0..3 {
+        let key = app.create_key(json!({"name": format!("k{n}"), "type": "secret"})).await;
+        ids.push(key["id"].as_str().unwrap().to_owned());
+    }
+    app.stop_background().await;
+    // More records than a replay reads at a time, with changes of the keys
+    // between them: a replay stages the usage of several batches and moves
+    // each key's row once at the end.
+    let projector = Projector::read_models(app.pool.clone());
+    // Each append is projected before the next command, as the usage flush
+    // projects what it appends.
+    append_usage(&app, &ids, 10_000, 0).await;
+    crate::support::settle(&app.pool).await;
+    drain(&projector).await;
+    app.patch(&format!("/v1/keys/{}", ids[0]), json!({"name": "renamed"}))
+        .await
+        .expect(200);
+    app.post(&format!("/v1/keys/{}/deactivate", ids[1]), json!({}))
+        .await
+        .expect(200);
+    append_usage(&app, &ids[..2], 6_000, 10_000).await;
+    crate::support::settle(&app.pool).await;
+    drain(&projector).await;
+    app.delete(&format!("/v1/keys/{}", ids[2])).await;
+    assert!(app.event_count().await > 40_000);
+    let live = snapshot(&app).await;
+    let versions: Vec<i64> = sqlx::query_scalar("select version from keys where id = any($1) order by id")
+        .bind(&ids)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    // The projector moved each key's row past its usage records.
+    assert_eq!(versions, [16_002, 16_002, 10_002]);
+
+    let differences = keyledger_workers::tailing::replay::check(&app.pool).await.unwrap();
+    assert!(
+        differences.is_empty(),
+        "{:?} / {:?}",
+        differences.only_live,
+        differences.only_rebuilt
+    );
+    keyledger_workers::tailing::replay::rebuild(&app.pool).await.unwrap();
+    assert_eq!(snapshot(&app).await, live);
+}

@@ -51,8 +51,15 @@ pub enum UsageSink<'a> {
     Rollups,
     /// Appended, summed per key and minute, to this table (made by
     /// [`create_usage_staging`]), for [`roll_up_usage_staging`] to add to
-    /// `usage_rollups` in one statement at the end. A rebuild writes each
-    /// rollup row once this way, instead of updating it batch after batch.
+    /// `usage_rollups` in one statement at the end, and to move the keys
+    /// rows (last use, version) in one more. A rebuild writes each rollup
+    /// row, and moves each key's row for its usage, once this way, instead
+    /// of batch after batch.
+    ///
+    /// Only for a rebuild, which applies each event once, in log order:
+    /// meanwhile a keys row's version may stay behind its usage records,
+    /// which the version guard of the events after them (`version < $2`)
+    /// does not mind, as their versions are higher still.
     Staged(&'a str),
 }
 
@@ -60,7 +67,8 @@ pub enum UsageSink<'a> {
 pub async fn create_usage_staging(db: &mut PgConnection, table: &str) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
         "create unlogged table {table} (key_id text not null, org_id text not null, minute timestamptz not null,
-             requests bigint not null, successful bigint not null, failed bigint not null, rate_limited bigint not null)"
+             requests bigint not null, successful bigint not null, failed bigint not null, rate_limited bigint not null,
+             last_used_at timestamptz not null, version bigint not null)"
     ))
     .execute(&mut *db)
     .await?;
@@ -68,13 +76,29 @@ pub async fn create_usage_staging(db: &mut PgConnection, table: &str) -> Result<
 }
 
 /// Adds the counts staged in `table` to `usage_rollups` (minute, hour and
-/// day rows), then drops `table`.
+/// day rows), moves each key's last use and version to its latest record,
+/// then drops `table`.
 pub async fn roll_up_usage_staging(db: &mut PgConnection, table: &str) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
+        "update keys k set last_used_at = greatest(k.last_used_at, s.last_used_at), version = greatest(k.version, s.version)
+         from (select key_id, max(last_used_at) as last_used_at, max(version) as version from {table} group by key_id) s
+         where k.id = s.key_id"
+    ))
+    .execute(&mut *db)
+    .await?;
+    sqlx::query(&format!(
+        // The minute rows first (the table holds a key's minute once per
+        // batch); the hours and days are summed from them.
         "insert into usage_rollups (key_id, org_id, granularity, bucket, requests, successful, failed, rate_limited)
-         select s.key_id, s.org_id, g.name, date_trunc(g.name, s.minute, 'UTC'),
-                sum(s.requests), sum(s.successful), sum(s.failed), sum(s.rate_limited)
-         from {table} s, (values ('minute'), ('hour'), ('day')) as g(name)
+         with m as materialized (
+             select key_id, org_id, minute, sum(requests) as requests, sum(successful) as successful,
+                    sum(failed) as failed, sum(rate_limited) as rate_limited
+             from {table} group by key_id, org_id, minute)
+         select key_id, org_id, 'minute', minute, requests, successful, failed, rate_limited from m
+         union all
+         select m.key_id, m.org_id, g.name, date_trunc(g.name, m.minute, 'UTC'),
+                sum(m.requests), sum(m.successful), sum(m.failed), sum(m.rate_limited)
+         from m, (values ('hour'), ('day')) as g(name)
          group by 1, 2, 3, 4
          on conflict (key_id, granularity, bucket) do update set
              requests = usage_rollups.requests + excluded.requests,
@@ -165,21 +189,21 @@ pub async fn apply_batch_into(
                 .map_err(set_based)?;
         }
         if !used.id.is_empty() {
-            // The events the version guard admits, and the keys rows they move.
+            // The events the version guard admits.
             const ADMITTED: &str = "with e as (
                      select r.*, k.org_id
                      from unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::bigint[],
                                  $6::bigint[], $7::bigint[], $8::bigint[])
                           as r(id, version, last_used_at, minute, requests, successful, failed, rate_limited)
                      join keys k on k.id = r.id
-                     where r.version > k.version),
-                 claimed as (
-                     update keys k set last_used_at = greatest(k.last_used_at, c.last_used_at), version = c.version
-                     from (select id, max(last_used_at) as last_used_at, max(version) as version from e group by id) c
-                     where k.id = c.id)";
+                     where r.version > k.version)";
             let sql = match usage {
                 UsageSink::Rollups => format!(
-                    "{ADMITTED}
+                    "{ADMITTED},
+                     claimed as (
+                         update keys k set last_used_at = greatest(k.last_used_at, c.last_used_at), version = c.version
+                         from (select id, max(last_used_at) as last_used_at, max(version) as version from e group by id) c
+                         where k.id = c.id)
                      insert into usage_rollups (key_id, org_id, granularity, bucket, requests, successful, failed, rate_limited)
                      select e.id, e.org_id, g.name, date_trunc(g.name, e.minute, 'UTC'),
                             sum(e.requests), sum(e.successful), sum(e.failed), sum(e.rate_limited)
@@ -193,9 +217,11 @@ pub async fn apply_batch_into(
                 ),
                 UsageSink::Staged(table) => format!(
                     "{ADMITTED}
-                     insert into {table} (key_id, org_id, minute, requests, successful, failed, rate_limited)
+                     insert into {table} (key_id, org_id, minute, requests, successful, failed, rate_limited,
+                                          last_used_at, version)
                      select e.id, e.org_id, date_trunc('minute', e.minute, 'UTC'),
-                            sum(e.requests), sum(e.successful), sum(e.failed), sum(e.rate_limited)
+                            sum(e.requests), sum(e.successful), sum(e.failed), sum(e.rate_limited),
+                            max(e.last_used_at), max(e.version)
                      from e
                      group by 1, 2, 3"
                 ),

@@ -16,15 +16,19 @@ use crate::session_lock::{keys, SessionLock};
 pub const READ_MODELS: [&str; 4] = ["keys", "orgs", "alert_recipients", "usage_rollups"];
 const SCHEMA: &str = "keyledger_rebuild";
 /// Events read (and applied, set-based) at a time: memory stays flat as the
-/// log grows. Each batch moves every key row its usage records touch (a new
-/// row version, and its index entries, per key and batch), so fewer, larger
-/// batches write far less: on the bench's log (200k events, about 7,000
-/// keys) 20,000 a batch replayed 33–37k events/s at an 81 MB peak, 50,000
-/// replays 56k/s at 114 MB, 100,000 57–58k/s at 188 MB.
-const BATCH: i64 = 50_000;
+/// log grows. Since usage moves each key's row once, at the end, rather
+/// than once per batch, the size hardly changes the speed: on the bench's
+/// log (200k events, about 9,500 keys) 20,000 a batch replayed in
+/// 2.71–2.97 s at a 110–114 MB peak, 50,000 in 2.73–2.83 s at 148–160 MB,
+/// 100,000 in 2.54–3.15 s at 220–230 MB.
+const BATCH: i64 = 20_000;
 /// Where the rebuild stages usage counts (per key and minute) until the
-/// end, when they become the `usage_rollups` rows in one statement.
+/// end, when they become the `usage_rollups` rows in one statement (and
+/// move the keys rows' last use and version in another).
 const USAGE_STAGING: &str = "keyledger_rebuild.usage_staging";
+/// PostgreSQL's `work_mem` for a rebuild's transaction (per sort or hash of
+/// one statement, on the database server).
+const REBUILD_WORK_MEM: &str = "64MB";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -58,6 +62,12 @@ async fn rebuild_into_schema(tx: &mut PgConnection) -> Result<usize, ReplayError
     sqlx::query(&format!("create schema {SCHEMA}"))
         .execute(&mut *tx)
         .await?;
+    // The usage statements group a batch's records (and at the end all of
+    // them) by key and minute: with the default 4 MB, PostgreSQL sorts them
+    // on disk instead of hashing them in memory.
+    sqlx::query(&format!("set local work_mem = '{REBUILD_WORK_MEM}'"))
+        .execute(&mut *tx)
+        .await?;
     for table in READ_MODELS {
         sqlx::query(&format!(
             "create table {SCHEMA}.{table} (like public.{table} including all)"
@@ -70,9 +80,10 @@ async fn rebuild_into_schema(tx: &mut PgConnection) -> Result<usize, ReplayError
         .execute(&mut *tx)
         .await?;
     // Usage counts are staged per key and minute, batch after batch, and
-    // rolled up once at the end: each rollup row is written once instead of
-    // being updated by every batch that counts toward it. The staging table
-    // holds at most a row per key and minute per batch, on disk.
+    // rolled up once at the end: each rollup row is written once, and each
+    // key's row moved once for its usage, instead of by every batch that
+    // counts toward it. The staging table holds at most a row per key and
+    // minute per batch, on disk.
     read_model::create_usage_staging(&mut *tx, USAGE_STAGING).await?;
     let mut after = LogPosition::default();
     let mut applied = 0;
