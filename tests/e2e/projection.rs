@@ -225,24 +225,27 @@ async fn a_set_based_replay_rebuilds_exactly_what_the_commands_wrote_usage_inclu
 }
 
 /// Appends `per_key` `key.used` records to each of `keys`' streams, in one
-/// statement, as the usage flush writes them (minutes apart, in log order).
-async fn append_usage(app: &TestApp, keys: &[String], per_key: i64, from_minute: i64) {
+/// statement, as the usage flush writes them, numbered on from `from`: a
+/// hundred records of a key in each minute (as flushes a few seconds apart
+/// make them), in log order.
+async fn append_usage(app: &TestApp, keys: &[String], per_key: i64, from: i64) {
     sqlx::query(
         "insert into events (event_id, stream_id, version, type, schema_version, occurred_at, actor, data)
          select gen_random_uuid(), s.stream_id, s.v + g.n, 'key.used', 1, t.at, 'system:usage',
-                jsonb_build_object('minute', to_char(t.at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                jsonb_build_object('minute', to_char(date_trunc('minute', t.at at time zone 'UTC'), 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
                                    'requests', 3 + g.n % 5, 'successful', 2 + g.n % 5, 'failed', 1,
                                    'rate_limited', g.n % 2,
-                                   'last_used_at', to_char(t.at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))
+                                   'last_used_at', to_char(t.at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))
          from (select stream_id, max(version) as v from events
                where stream_id = any(select 'key-' || k from unnest($1::text[]) as k) group by stream_id) s
          cross join generate_series(1, $2) as g(n)
-         cross join lateral (select timestamptz '2026-11-27 10:00:00+00' + ($3 + g.n) * interval '1 minute' as at) t
+         cross join lateral (select timestamptz '2026-11-27 10:00:00+00' + (($3 + g.n) / 100) * interval '1 minute'
+                                    + ($3 + g.n) % 100 * interval '100 milliseconds' as at) t
          order by g.n, s.stream_id",
     )
     .bind(keys)
     .bind(per_key)
-    .bind(from_minute)
+    .bind(from)
     .execute(&app.pool)
     .await
     .unwrap();
@@ -258,8 +261,9 @@ async fn a_replay_of_many_batches_rebuilds_what_the_projector_applied() {
     }
     app.stop_background().await;
     // More records than a replay reads at a time, with changes of the keys
-    // between them: a replay stages the usage of several batches and moves
-    // each key's row once at the end.
+    // between them: a replay stages the usage of several batches (some
+    // minutes of a key in two of them) and moves each key's row once at the
+    // end.
     let projector = Projector::read_models(app.pool.clone());
     // Each append is projected before the next command, as the usage flush
     // projects what it appends.
@@ -276,7 +280,7 @@ async fn a_replay_of_many_batches_rebuilds_what_the_projector_applied() {
     crate::support::settle(&app.pool).await;
     drain(&projector).await;
     app.delete(&format!("/v1/keys/{}", ids[2])).await;
-    assert!(app.event_count().await > 40_000);
+    assert!(app.event_count().await > 2 * keyledger_workers::tailing::replay::BATCH);
     let live = snapshot(&app).await;
     let versions: Vec<i64> = sqlx::query_scalar("select version from keys where id = any($1) order by id")
         .bind(&ids)

@@ -50,16 +50,21 @@ pub enum UsageSink<'a> {
     /// Added to `usage_rollups` at once (its minute, hour and day rows).
     Rollups,
     /// Appended, summed per key and minute, to this table (made by
-    /// [`create_usage_staging`]), for [`roll_up_usage_staging`] to add to
-    /// `usage_rollups` in one statement at the end, and to move the keys
-    /// rows (last use, version) in one more. A rebuild writes each rollup
-    /// row, and moves each key's row for its usage, once this way, instead
-    /// of batch after batch.
+    /// [`create_usage_staging`]), for [`roll_up_usage_staging`] to move the
+    /// keys rows (last use, version) and write the `usage_rollups` rows at
+    /// the end. A rebuild moves each key's row for its usage, and writes
+    /// each rollup row, once this way, instead of batch after batch.
     ///
-    /// Only for a rebuild, which applies each event once, in log order:
-    /// meanwhile a keys row's version may stay behind its usage records,
-    /// which the version guard of the events after them (`version < $2`)
-    /// does not mind, as their versions are higher still.
+    /// Only for a rebuild, which applies each event once, in log order; not
+    /// idempotent (the keys rows do not move, so an event applied twice
+    /// would count twice). Meanwhile a keys row's version may lag behind the
+    /// usage staged for it, which changes no outcome because in log order
+    /// no event of a key follows one of its usage records with a lower
+    /// version: a usage flush takes its transaction id when it appends,
+    /// after reading the stream's version, when every lower version has
+    /// committed. So a staged record never holds back a later one, and every
+    /// other event's guard (`version < $2`) decides as it would on the
+    /// moved row. A batched usage flush must keep that order.
     Staged(&'a str),
 }
 
@@ -75,9 +80,9 @@ pub async fn create_usage_staging(db: &mut PgConnection, table: &str) -> Result<
     Ok(())
 }
 
-/// Adds the counts staged in `table` to `usage_rollups` (minute, hour and
-/// day rows), moves each key's last use and version to its latest record,
-/// then drops `table`.
+/// Moves each key's row to the last use and the highest version staged for
+/// it in `table` (if greater), adds the counts to `usage_rollups` (minute,
+/// hour and day rows), then drops `table`.
 pub async fn roll_up_usage_staging(db: &mut PgConnection, table: &str) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
         "update keys k set last_used_at = greatest(k.last_used_at, s.last_used_at), version = greatest(k.version, s.version)
@@ -87,12 +92,12 @@ pub async fn roll_up_usage_staging(db: &mut PgConnection, table: &str) -> Result
     .execute(&mut *db)
     .await?;
     sqlx::query(&format!(
-        // The minute rows first (the table holds a key's minute once per
-        // batch); the hours and days are summed from them.
+        // The minutes (the table holds a key's minute once per batch that
+        // counted it), and the hours and days summed from them.
         "insert into usage_rollups (key_id, org_id, granularity, bucket, requests, successful, failed, rate_limited)
-         with m as materialized (
-             select key_id, org_id, minute, sum(requests) as requests, sum(successful) as successful,
-                    sum(failed) as failed, sum(rate_limited) as rate_limited
+         with m as (
+             select key_id, org_id, minute, sum(requests)::bigint as requests, sum(successful)::bigint as successful,
+                    sum(failed)::bigint as failed, sum(rate_limited)::bigint as rate_limited
              from {table} group by key_id, org_id, minute)
          select key_id, org_id, 'minute', minute, requests, successful, failed, rate_limited from m
          union all

@@ -21,7 +21,7 @@ const SCHEMA: &str = "keyledger_rebuild";
 /// log (200k events, about 9,500 keys) 20,000 a batch replayed in
 /// 2.71–2.97 s at a 110–114 MB peak, 50,000 in 2.73–2.83 s at 148–160 MB,
 /// 100,000 in 2.54–3.15 s at 220–230 MB.
-const BATCH: i64 = 20_000;
+pub const BATCH: i64 = 20_000;
 /// Where the rebuild stages usage counts (per key and minute) until the
 /// end, when they become the `usage_rollups` rows in one statement (and
 /// move the keys rows' last use and version in another).
@@ -64,7 +64,8 @@ async fn rebuild_into_schema(tx: &mut PgConnection) -> Result<usize, ReplayError
         .await?;
     // The usage statements group a batch's records (and at the end all of
     // them) by key and minute: with the default 4 MB, PostgreSQL sorts them
-    // on disk instead of hashing them in memory.
+    // on disk instead of hashing them in memory. (Per sort or hash node: the
+    // server may use a few times this for the last statement.)
     sqlx::query(&format!("set local work_mem = '{REBUILD_WORK_MEM}'"))
         .execute(&mut *tx)
         .await?;
