@@ -399,8 +399,7 @@ impl KeyCache {
                     received = listener.try_recv() => match received {
                         Ok(Some(notification)) => {
                             let (stream, types) = notification.payload().split_once(' ').unwrap_or((notification.payload(), ""));
-                            // Usage records change nothing verification reads.
-                            if types.split(',').any(|t| t != keyledger_events::handler::USAGE_EVENT) {
+                            if evicts(types) {
                                 self.evict_stream(stream);
                             }
                         }
@@ -414,6 +413,22 @@ impl KeyCache {
             }
         }
     }
+}
+
+/// The type of a key's creation.
+const KEY_CREATED: &str = "key.created";
+
+/// Whether an append of events of `types` (comma-separated, as notified)
+/// can change what a cached entry answers, so its stream's entries must go.
+/// Usage records change nothing verification reads. Nor does a key's
+/// creation: no entry holds a key not created yet, and no lookup can have
+/// cached its secret as unknown, for nobody has the secret before the
+/// creation commits. Evicting for them would scan the whole cache under its
+/// write lock for every key created.
+fn evicts(types: &str) -> bool {
+    types
+        .split(',')
+        .any(|t| t != keyledger_events::handler::USAGE_EVENT && t != KEY_CREATED)
 }
 
 /// A lookup's database read of one key; dropping it (the read ended, in
@@ -459,4 +474,23 @@ impl Entry {
 
 fn until_instant(until: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
     (until - now).to_std().unwrap_or(Duration::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creations_and_usage_records_evict_nothing_and_every_other_change_does() {
+        assert!(!evicts("key.created"));
+        assert!(!evicts("key.used"));
+        assert!(!evicts("key.used,key.used"));
+        assert!(evicts("key.deactivated"));
+        assert!(evicts("key.regenerated"));
+        assert!(evicts("key.used,key.deleted"));
+        assert!(evicts("org.plan_changed"));
+        // A type this build does not know may change anything.
+        assert!(evicts("key.renamed_in_a_later_version"));
+        assert!(evicts(""));
+    }
 }

@@ -17,9 +17,9 @@ const BATCH: usize = 1_000;
 /// How long the task waits, after the first notice, for more to send with
 /// it. Under load creations commit in a group every millisecond or two, and
 /// each statement that notifies is a transaction PostgreSQL writes to its
-/// log and flushes, and a wake-up of every listening process: one statement
-/// per group cost the creations a fifth of their rate (measured), one per
-/// few groups does not. The workers these notices wake hear of an append
+/// log and flushes, and a wake-up of every listening process: gathered for
+/// this long, creations ran 17% faster in the probe than with one
+/// statement per group. The workers these notices wake hear of an append
 /// that much later.
 const GATHER: Duration = Duration::from_millis(5);
 
