@@ -26,6 +26,20 @@ async fn snapshot(app: &TestApp) -> Vec<String> {
     rows
 }
 
+/// `replay --check` finds no difference from `live` (the read models as
+/// they are), and a replay leaves them exactly so.
+async fn assert_replay_reproduces(app: &TestApp, live: Vec<String>) {
+    let differences = keyledger_workers::tailing::replay::check(&app.pool).await.unwrap();
+    assert!(
+        differences.is_empty(),
+        "{:?} / {:?}",
+        differences.only_live,
+        differences.only_rebuilt
+    );
+    keyledger_workers::tailing::replay::rebuild(&app.pool).await.unwrap();
+    assert_eq!(snapshot(app).await, live);
+}
+
 async fn drain(projector: &Projector) -> usize {
     let mut applied = 0;
     loop {
@@ -213,15 +227,7 @@ async fn a_set_based_replay_rebuilds_exactly_what_the_commands_wrote_usage_inclu
     app.stop_background().await;
     crate::support::settle(&app.pool).await;
     let live = snapshot(&app).await;
-    let differences = keyledger_workers::tailing::replay::check(&app.pool).await.unwrap();
-    assert!(
-        differences.is_empty(),
-        "{:?} / {:?}",
-        differences.only_live,
-        differences.only_rebuilt
-    );
-    keyledger_workers::tailing::replay::rebuild(&app.pool).await.unwrap();
-    assert_eq!(snapshot(&app).await, live);
+    assert_replay_reproduces(&app, live).await;
 }
 
 /// Appends `per_key` `key.used` records to each of `keys`' streams, in one
@@ -290,13 +296,5 @@ async fn a_replay_of_many_batches_rebuilds_what_the_projector_applied() {
     // The projector moved each key's row past its usage records.
     assert_eq!(versions, [16_002, 16_002, 10_002]);
 
-    let differences = keyledger_workers::tailing::replay::check(&app.pool).await.unwrap();
-    assert!(
-        differences.is_empty(),
-        "{:?} / {:?}",
-        differences.only_live,
-        differences.only_rebuilt
-    );
-    keyledger_workers::tailing::replay::rebuild(&app.pool).await.unwrap();
-    assert_eq!(snapshot(&app).await, live);
+    assert_replay_reproduces(&app, live).await;
 }
