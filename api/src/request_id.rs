@@ -6,8 +6,11 @@
 
 use std::future::Future;
 
-/// The header a caller may send its own id in, and that every answer carries.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+use actix_web::http::header::HeaderName;
+
+/// The header a caller may send its own id in, and that every answer
+/// carries (made once, not parsed per request).
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 tokio::task_local! {
     static REQUEST_ID: String;

@@ -57,8 +57,9 @@ impl Counts {
 }
 
 /// Counts by key id and minute: one flat table (a table per key would cost
-/// a few hundred bytes more for each key seen between two flushes).
-type Pending = HashMap<(KeyId, DateTime<Utc>), Counts>;
+/// a few hundred bytes more for each key seen between two flushes), hashed
+/// with foldhash like the rate limiter's (every request is counted here).
+type Pending = HashMap<(KeyId, DateTime<Utc>), Counts, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 pub struct UsageAccumulator {

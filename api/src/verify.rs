@@ -21,19 +21,21 @@ use crate::access::{self, Guard};
 use crate::{body, error::ApiError, AppState};
 
 /// A verification's body in the shape nearly every caller sends: read
-/// without building a JSON tree. Anything else — a missing key, a field of
-/// the wrong type, an unknown or repeated field — goes through the general
-/// parser ([`body::read_object`]), which names every problem.
+/// without building a JSON tree, its strings borrowed from the body rather
+/// than copied. Anything else — a missing key, a field of the wrong type,
+/// an unknown or repeated field, a string with an escape (which cannot be
+/// borrowed) — goes through the general parser ([`body::read_object`]),
+/// which names every problem.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Request {
-    key: String,
+struct Request<'a> {
+    key: &'a str,
+    #[serde(default, borrow)]
+    scopes: Option<Vec<&'a str>>,
     #[serde(default)]
-    scopes: Option<Vec<String>>,
+    environment: Option<&'a str>,
     #[serde(default)]
-    environment: Option<String>,
-    #[serde(default)]
-    ip: Option<String>,
+    ip: Option<&'a str>,
 }
 
 /// The answer for a known key, its fields in the order the API has always
@@ -116,6 +118,8 @@ pub async fn verify(
     // Only an object: serde's reader would also take the fields as an array.
     let object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     let quick = object.then(|| serde_json::from_slice::<Request>(&bytes).ok()).flatten();
+    // The general parser's strings, when the quick reader declined.
+    let general: (String, Vec<String>, Option<String>, Option<String>);
     let (key, scopes, environment, ip) = match quick {
         Some(r) => (r.key, r.scopes.unwrap_or_default(), r.environment, r.ip),
         None => {
@@ -125,7 +129,13 @@ pub async fn verify(
             let environment = fields.optional_string("environment");
             let ip = fields.optional_string("ip");
             fields.finish()?;
-            (key.unwrap_or_default(), scopes, environment, ip)
+            general = (key.unwrap_or_default(), scopes, environment, ip);
+            (
+                general.0.as_str(),
+                general.1.iter().map(String::as_str).collect(),
+                general.2.as_deref(),
+                general.3.as_deref(),
+            )
         }
     };
     let mut details = ValidationDetails::default();
@@ -138,7 +148,7 @@ pub async fn verify(
         })
         .collect();
     let environment = environment.and_then(|e| {
-        Environment::parse(&e).or_else(|| {
+        Environment::parse(e).or_else(|| {
             details.add("environment", "must be live or test");
             None
         })
@@ -156,7 +166,7 @@ pub async fn verify(
     let guard = guard_for(&state, &req, end_client);
     // A key's IP allowlist checks the end client the platform names, from
     // whoever calls (without `ip`, no allowlist admits the request).
-    let checked = access::check(&state, &req, &key, guard, end_client, environment, &needed).await?;
+    let checked = access::check(&state, &req, key, guard, end_client, environment, &needed).await?;
     let Some(checked) = checked else {
         return Ok(HttpResponse::Ok().json(json!({"valid": false, "code": "NOT_FOUND"})));
     };

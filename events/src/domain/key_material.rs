@@ -105,8 +105,8 @@ impl PlainKey {
         let mut text = String::with_capacity(KEY_LEN);
         text.push_str(key_type.prefix());
         text.push_str(&base62(random, BODY_LEN));
-        let crc = crc32fast::hash(text.as_bytes());
-        text.push_str(&base62(&crc.to_be_bytes(), CHECKSUM_LEN));
+        let checksum = checksum_digits(crc32fast::hash(text.as_bytes()));
+        text.push_str(std::str::from_utf8(&checksum).expect("base62 is ASCII"));
         PlainKey(text)
     }
 
@@ -124,8 +124,7 @@ impl PlainKey {
             return Err(MalformedKey::Alphabet);
         }
         let (signed, checksum) = text.split_at(KEY_LEN - CHECKSUM_LEN);
-        let expected = base62(&crc32fast::hash(signed.as_bytes()).to_be_bytes(), CHECKSUM_LEN);
-        if checksum != expected {
+        if checksum.as_bytes() != checksum_digits(crc32fast::hash(signed.as_bytes())) {
             return Err(MalformedKey::Checksum);
         }
         Ok((PlainKey(text.to_owned()), key_type))
@@ -170,6 +169,20 @@ pub enum MalformedKey {
 }
 
 /// Fixed-width base62 of a big-endian number (leading zeros kept).
+/// A key's checksum: its CRC-32 in [`CHECKSUM_LEN`] base62 digits, as
+/// [`base62`] writes the four bytes, but on the stack (every verification
+/// checks one: the general form's allocations and 128-bit divisions were a
+/// fortieth of a verification's instructions).
+fn checksum_digits(crc: u32) -> [u8; CHECKSUM_LEN] {
+    let mut remainder = crc;
+    let mut digits = [0u8; CHECKSUM_LEN];
+    for digit in digits.iter_mut().rev() {
+        *digit = BASE62[(remainder % 62) as usize];
+        remainder /= 62;
+    }
+    digits
+}
+
 fn base62(bytes: &[u8], width: usize) -> String {
     // Ten digits at a time: the number, in 64-bit limbs (most significant
     // first), divided by 62^10 (under 2^60) per pass. A byte at a time took
@@ -307,11 +320,17 @@ mod tests {
                 base62(&checksum, CHECKSUM_LEN),
                 base62_bytewise(&checksum, CHECKSUM_LEN)
             );
+            assert_eq!(
+                checksum_digits(u32::from_be_bytes(checksum)).as_slice(),
+                base62_bytewise(&checksum, CHECKSUM_LEN).as_bytes()
+            );
         }
         for edge in [[0u8; 32], [0xff; 32], [1; 32]] {
             assert_eq!(base62(&edge, BODY_LEN), base62_bytewise(&edge, BODY_LEN));
         }
         assert_eq!(base62(&[0xff; 4], CHECKSUM_LEN), "4gfFC3");
+        assert_eq!(&checksum_digits(u32::MAX), b"4gfFC3");
+        assert_eq!(&checksum_digits(0), b"000000");
         assert_eq!(base62(&[0; 32], BODY_LEN), "0".repeat(BODY_LEN));
     }
 
