@@ -377,7 +377,7 @@ async fn audit(pool: &PgPool, key_id: &str, at: Option<&str>) -> anyhow::Result<
         .map_err(|_| anyhow::anyhow!("'{key_id}' is not a key id"))?;
     let stream = key::stream_id(id);
     let Some(at) = at else {
-        let events = log::read_stream_without(pool, &stream, None, handler::USAGE_EVENT).await?;
+        let events = log::read_stream_without_usage(pool, &stream, None).await?;
         if events.is_empty() {
             bail!("no events for key {key_id}");
         }

@@ -739,11 +739,10 @@ pub async fn key_audit_trail(
     // Usage records are statistics (see the usage query), not the audit trail.
     let events = state
         .database
-        .read(keyledger_events::log::read_stream_without(
+        .read(keyledger_events::log::read_stream_without_usage(
             &state.pool,
             &key::stream_id(id),
             None,
-            handler::USAGE_EVENT,
         ))
         .await?;
     let mut page: Vec<StoredEvent> = events
@@ -764,15 +763,7 @@ pub async fn recent_key_events(
     limit: i64,
 ) -> Result<Vec<StoredEvent>, ApiError> {
     ensure_own_key(state, caller, id).await?;
-    Ok(
-        keyledger_events::log::read_stream_newest_without(
-            &state.pool,
-            &key::stream_id(id),
-            handler::USAGE_EVENT,
-            limit,
-        )
-        .await?,
-    )
+    Ok(keyledger_events::log::read_stream_newest_without_usage(&state.pool, &key::stream_id(id), limit).await?)
 }
 
 /// Not found unless the key (deleted or not) is the caller's.

@@ -42,8 +42,7 @@ impl From<ProjectionError> for HandlerError {
     }
 }
 
-/// The type of usage records (`key.used`).
-pub const USAGE_EVENT: &str = "key.used";
+pub use crate::log::USAGE_EVENT;
 
 /// An aggregate as its stream has it.
 pub struct Loaded<A> {
@@ -76,7 +75,7 @@ pub async fn load_on<A: Aggregate>(
     };
     // Usage records change no state and are by far the most numerous
     // events of a busy key: they are not read, but they count for the version.
-    let mut events = log::read_stream_without(&mut *conn, stream_id, until, USAGE_EVENT).await?;
+    let mut events = log::read_stream_without_usage(&mut *conn, stream_id, until).await?;
     if let Some(version) = version {
         events.retain(|e| e.version <= version);
     }
@@ -258,14 +257,7 @@ pub const ATTEMPTS: usize = 3;
 /// record: they change no state (loading skips them), so a command decided
 /// before them would decide the same after them.
 pub async fn only_usage_after(conn: &mut PgConnection, stream_id: &str, version: i64) -> Result<bool, sqlx::Error> {
-    let others: i64 =
-        sqlx::query_scalar("select count(*) from events where stream_id = $1 and version > $2 and type <> $3")
-            .bind(stream_id)
-            .bind(version)
-            .bind(USAGE_EVENT)
-            .fetch_one(&mut *conn)
-            .await?;
-    Ok(others == 0)
+    log::only_usage_after(conn, stream_id, version).await
 }
 
 /// [`decide_on`] then [`Decided::append`], inside the caller's transaction.

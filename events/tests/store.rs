@@ -783,3 +783,68 @@ async fn projecting_the_same_events_again_changes_nothing() {
 
     db.drop().await;
 }
+
+/// What PostgreSQL counted on `index` so far: (scans, index entries read).
+/// Read on the connection that did the reads, after flushing its counts.
+async fn index_use(conn: &mut PgConnection, index: &str) -> (i64, i64) {
+    sqlx::query("select pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query_as("select idx_scan, idx_tup_read from pg_stat_user_indexes where indexrelname = $1")
+        .bind(index)
+        .fetch_optional(&mut *conn)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no index {index}"))
+}
+
+#[tokio::test]
+async fn a_busy_keys_stream_is_read_without_visiting_its_usage_records() {
+    let db = TestDb::new().await;
+    let stream = "key-busy";
+    let events: Vec<NewEvent> = std::iter::once(raw_event("key.created", json!({})))
+        .chain((0..3_000).map(|n| raw_event("key.used", json!({ "n": n }))))
+        .chain(std::iter::once(raw_event("key.updated", json!({}))))
+        .collect();
+    let mut tx = db.pool.begin().await.unwrap();
+    for (n, chunk) in events.chunks(100).enumerate() {
+        log::append(
+            &mut tx,
+            stream,
+            n as i64 * 100,
+            chunk,
+            &meta("cli", None, at(1_764_000_000, 0)),
+        )
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    sqlx::query("analyze events").execute(&db.pool).await.unwrap();
+
+    let mut conn = db.pool.acquire().await.unwrap();
+    // As a busy server's prepared statements are planned after a few runs:
+    // one plan for any stream (a bound type would not match the index).
+    sqlx::query("set plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let index = "events_stream_without_usage";
+    let before = index_use(&mut conn, index).await;
+    let loaded = log::read_stream_without_usage(&mut *conn, stream, None).await.unwrap();
+    let types: Vec<(&str, i64)> = loaded.iter().map(|e| (e.event_type.as_str(), e.version)).collect();
+    assert_eq!(types, [("key.created", 1), ("key.updated", 3_002)]);
+    let newest = log::read_stream_newest_without_usage(&mut *conn, stream, 1)
+        .await
+        .unwrap();
+    assert_eq!(newest[0].version, 3_002);
+    assert!(log::only_usage_after(&mut *conn, stream, 3_002).await.unwrap());
+    assert!(!log::only_usage_after(&mut *conn, stream, 3_001).await.unwrap());
+    let after = index_use(&mut conn, index).await;
+    // Four reads, each by the index of the other events: the two events,
+    // not the 3,000 usage records.
+    assert_eq!(after.0 - before.0, 4, "index scans");
+    assert!(after.1 - before.1 <= 6, "index entries read: {}", after.1 - before.1);
+    drop(conn);
+    db.drop().await;
+}

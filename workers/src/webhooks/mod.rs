@@ -34,7 +34,6 @@ use chrono::{DateTime, Utc};
 use keyledger_events::clock::StepClock;
 use keyledger_events::domain::webhook::{WebhookSecret, WebhookUrl, EVENT_TYPES};
 use keyledger_events::domain::{key::KeyEvent, Aggregate, ApiKey, HashKey, OrgId};
-use keyledger_events::handler::USAGE_EVENT;
 use keyledger_events::log::{self, StoredEvent};
 use keyledger_events::read_model::{self, KeyRow, ALERT_RAISED};
 use keyledger_events::representation;
@@ -489,7 +488,7 @@ pub async fn payload(pool: &PgPool, event_id: uuid::Uuid) -> Result<Option<Vec<u
 /// The key object as of `event` (its stream replayed up to the event's
 /// version); `last_used_at` is the newest the read model knows.
 async fn key_as_of(pool: &PgPool, key_id: &str, event: &StoredEvent) -> Result<Value, sqlx::Error> {
-    let stream = log::read_stream_without(pool, &event.stream_id, None, USAGE_EVENT).await?;
+    let stream = log::read_stream_without_usage(pool, &event.stream_id, None).await?;
     let mut decoded = Vec::new();
     for stored in stream.iter().filter(|e| e.version <= event.version) {
         match stored.decode::<KeyEvent>() {

@@ -1,0 +1,12 @@
+-- Loading a key (every command on it, every usage flush, its audit trail)
+-- reads its stream without its usage records: one `key.used` per key and
+-- minute it was used, so a key used around the clock gathers 100,000 of
+-- them in about 70 days. The unique (stream_id, version) index holds them
+-- all, and PostgreSQL fetched each from the table to drop it: 20–39 ms to
+-- load such a key. This index holds every other event, so a load reads only
+-- what it returns. The queries write the same condition into their text
+-- (`events/src/log/store.rs`, NOT_USAGE) so that plans can use it.
+-- Building it blocks appends while it reads the table; on a large log,
+-- build it beforehand with `create index concurrently if not exists` and
+-- the same definition, and this migration finds it and does nothing.
+create index if not exists events_stream_without_usage on events (stream_id, version) where type <> 'key.used';
