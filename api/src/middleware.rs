@@ -49,22 +49,30 @@ fn request_id_of(req: &ServiceRequest) -> String {
 }
 
 /// A request id of ours: `req_` and 32 hex digits — 64 random bits drawn
-/// once per thread, then that thread's count of ids. Unique without a
-/// random draw or a clock reading per request (a UUIDv7 each was a
-/// fortieth of a verification's instructions).
+/// once per thread, then that thread's count of ids through a keyed
+/// permutation (so ids never repeat, and do not show how many requests
+/// came before). No random draw or clock reading per request: a UUIDv7
+/// each was a fortieth of a verification's instructions.
 fn new_request_id() -> String {
     use std::cell::Cell;
-    thread_local! {
-        static NEXT: Cell<u128> = Cell::new({
-            let mut seed = [0u8; 8];
-            getrandom::getrandom(&mut seed).expect("the operating system's random source");
-            u128::from(u64::from_ne_bytes(seed)) << 64
-        });
+    /// The thread's random prefix, its two permutation keys, its count.
+    struct Ids {
+        prefix: u64,
+        keys: (u64, u64),
+        count: Cell<u64>,
     }
-    let number = NEXT.with(|next| {
-        let number = next.get();
-        next.set(number.wrapping_add(1));
-        number
+    thread_local! {
+        static IDS: Ids = {
+            let mut seed = [0u8; 24];
+            getrandom::getrandom(&mut seed).expect("the operating system's random source");
+            let word = |n: usize| u64::from_ne_bytes(seed[8 * n..8 * n + 8].try_into().expect("8 bytes"));
+            Ids { prefix: word(0), keys: (word(1), word(2)), count: Cell::new(0) }
+        };
+    }
+    let number = IDS.with(|ids| {
+        let count = ids.count.get();
+        ids.count.set(count.wrapping_add(1));
+        (u128::from(ids.prefix) << 64) | u128::from(permute(count, ids.keys))
     });
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = [0u8; 36];
@@ -73,6 +81,15 @@ fn new_request_id() -> String {
         *digit = HEX[(number >> (124 - 4 * n) & 0xf) as usize];
     }
     String::from_utf8(id.to_vec()).expect("ASCII")
+}
+
+/// A bijection of the 64-bit numbers chosen by `keys`: SplitMix64's
+/// finalizer (each step invertible) between two key whitenings.
+fn permute(count: u64, keys: (u64, u64)) -> u64 {
+    let mut z = count ^ keys.0;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) ^ keys.1
 }
 
 /// Where envoy-style forward-auth checks carry the original path and query.

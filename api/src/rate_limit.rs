@@ -7,7 +7,8 @@
 //! a window edge, and unlike a token bucket the first minute gets exactly
 //! `limit`. Refused requests do not consume budget.
 //!
-//! Memory: 60 buckets and a tally (1,000 bytes) per active subject; subjects idle for a
+//! Memory: 60 buckets and a tally (1,000 bytes, plus the subject and the
+//! table's own overhead) per active subject; subjects idle for a
 //! minute are swept, and the table never holds more than `capacity`.
 //!
 //! Scope: each API process enforces limits in its own memory; see the README

@@ -168,7 +168,6 @@ pub enum MalformedKey {
     Checksum,
 }
 
-/// Fixed-width base62 of a big-endian number (leading zeros kept).
 /// A key's checksum: its CRC-32 in [`CHECKSUM_LEN`] base62 digits, as
 /// [`base62`] writes the four bytes, but on the stack (every verification
 /// checks one: the general form's allocations and 128-bit divisions were a
@@ -183,6 +182,7 @@ fn checksum_digits(crc: u32) -> [u8; CHECKSUM_LEN] {
     digits
 }
 
+/// Fixed-width base62 of a big-endian number (leading zeros kept).
 fn base62(bytes: &[u8], width: usize) -> String {
     // Ten digits at a time: the number, in 64-bit limbs (most significant
     // first), divided by 62^10 (under 2^60) per pass. A byte at a time took
