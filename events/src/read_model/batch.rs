@@ -65,7 +65,22 @@ pub enum UsageSink<'a> {
     /// committed. So a staged record never holds back a later one, and every
     /// other event's guard (`version < $2`) decides as it would on the
     /// moved row. A batched usage flush must keep that order.
+    ///
+    /// The other way round does happen: a command whose transaction took
+    /// its id before a usage flush appended (an idempotent command, with
+    /// its claim) appends the next version under the older id, so its
+    /// event precedes the lower-versioned usage record in log order. The
+    /// live tables counted that record when it committed; the version
+    /// guard would skip it. Applying each event once, a rebuild needs no
+    /// guard for usage, and counts every record.
     Staged(&'a str),
+}
+
+impl UsageSink<'_> {
+    /// Whether every usage record counts, without the version guard.
+    fn counts_every_record(self) -> bool {
+        matches!(self, UsageSink::Staged(_))
+    }
 }
 
 /// Creates `table` (unlogged, no index) for [`UsageSink::Staged`].
@@ -153,8 +168,9 @@ pub async fn apply_batch_into(
         let steps = &mut streams[at];
         if let (Some(Step::Used(_, _, run)), Step::Used(_, _, next)) = (steps.last_mut(), &step) {
             // Applied one by one, a record no newer than one before it in
-            // the run would be skipped by the version guard.
-            if run.iter().all(|(version, _)| *version < event.version) {
+            // the run would be skipped by the version guard; a rebuild
+            // counts every record (see `UsageSink::Staged`).
+            if usage.counts_every_record() || run.iter().all(|(version, _)| *version < event.version) {
                 run.extend(next.iter().cloned());
             }
             continue;
@@ -194,17 +210,24 @@ pub async fn apply_batch_into(
                 .map_err(set_based)?;
         }
         if !used.id.is_empty() {
-            // The events the version guard admits.
-            const ADMITTED: &str = "with e as (
+            // The events the version guard admits (a rebuild: all of them).
+            let admitted = format!(
+                "with e as (
                      select r.*, k.org_id
                      from unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::bigint[],
                                  $6::bigint[], $7::bigint[], $8::bigint[])
                           as r(id, version, last_used_at, minute, requests, successful, failed, rate_limited)
                      join keys k on k.id = r.id
-                     where r.version > k.version)";
+                     where {})",
+                if usage.counts_every_record() {
+                    "true"
+                } else {
+                    "r.version > k.version"
+                }
+            );
             let sql = match usage {
                 UsageSink::Rollups => format!(
-                    "{ADMITTED},
+                    "{admitted},
                      claimed as (
                          update keys k set last_used_at = greatest(k.last_used_at, c.last_used_at), version = c.version
                          from (select id, max(last_used_at) as last_used_at, max(version) as version from e group by id) c
@@ -221,7 +244,7 @@ pub async fn apply_batch_into(
                          rate_limited = usage_rollups.rate_limited + excluded.rate_limited"
                 ),
                 UsageSink::Staged(table) => format!(
-                    "{ADMITTED}
+                    "{admitted}
                      insert into {table} (key_id, org_id, minute, requests, successful, failed, rate_limited,
                                           last_used_at, version)
                      select e.id, e.org_id, date_trunc('minute', e.minute, 'UTC'),
