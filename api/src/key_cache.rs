@@ -27,6 +27,11 @@
 //! waits for its answer instead of querying too — one query per key per
 //! TTL, however many requests arrive at once (without it, a busy key's
 //! expiry sent every in-flight request to the connection pool together).
+//!
+//! Read ahead: in the last tenth of its TTL an entry is due. The first
+//! lookup then reads the database as at expiry, while every other lookup
+//! keeps answering from the entry, still fresh, instead of waiting: a busy
+//! key no longer holds all its requests for one database read every TTL.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -110,6 +115,8 @@ struct Slot {
     entry: Entry,
     /// End of the TTL (or sooner: a regenerated-away secret's grace end).
     expires: Instant,
+    /// From then on the entry is due to be read again ahead of `expires`.
+    due: Instant,
     /// When the database last confirmed this entry.
     confirmed: Instant,
     /// The listener epoch it was confirmed in; an older one must be read
@@ -189,16 +196,24 @@ impl KeyCache {
         // The request's time: a regenerated-away secret ends by it, so a
         // test that moves the clock past a grace period sees it end.
         let now = crate::clock::now();
-        let (cached, _flight) = loop {
+        let (cached, _flight, ahead) = loop {
+            let instant = Instant::now();
             let cached = self.slots.read().expect("cache lock").get(&hash.0).map(|slot| Cached {
                 entry: slot.entry.clone(),
-                fresh: slot.expires > Instant::now()
+                fresh: slot.expires > instant
                     && slot.epoch == self.epoch.load(Ordering::SeqCst)
                     && slot.hard_expiry.is_none_or(|until| now < until),
+                due: slot.due <= instant,
                 confirmed: slot.confirmed,
                 hard_expiry: slot.hard_expiry,
             });
             if let Some(cached) = cached.as_ref().filter(|c| c.fresh) {
+                // Due: one lookup reads ahead, the others answer meanwhile.
+                if cached.due {
+                    if let Ok(flight) = self.take_flight(hash.0) {
+                        break (Some(cached.clone()), Some(flight), true);
+                    }
+                }
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(cached.entry.answer());
             }
@@ -206,15 +221,20 @@ impl KeyCache {
                 return self.outage_answer(cached, now);
             }
             match self.take_flight(hash.0) {
-                Ok(flight) => break (cached, Some(flight)),
+                Ok(flight) => break (cached, Some(flight), false),
                 Err(mut landed) if waited < 2 => {
                     waited += 1;
                     self.single_flight_waits.fetch_add(1, Ordering::Relaxed);
                     // An error: the reading lookup has ended.
                     let _ = landed.changed().await;
                 }
-                Err(_) => break (cached, None),
+                Err(_) => break (cached, None, false),
             }
+        };
+        // A read ahead that fails leaves the entry, fresh, to answer.
+        let unread = |cached: Option<Cached>| match cached {
+            Some(cached) if ahead => Ok(cached.entry.answer()),
+            cached => self.outage_answer(cached, now),
         };
         self.database_lookups.fetch_add(1, Ordering::Relaxed);
         let (generation, epoch) = (
@@ -226,14 +246,18 @@ impl KeyCache {
         let query = read_model::key_for_verification(pool, hash, now);
         let result = tokio::select! {
             biased;
-            _ = self.database.outage() => return self.outage_answer(cached, now),
+            _ = self.database.outage() => return unread(cached),
             result = query => result,
         };
         let found = match result {
             Ok(found) => found,
             Err(e) if is_unavailable(&e) => {
                 self.database.observe(&e);
-                return self.outage_answer(cached, now);
+                return unread(cached);
+            }
+            Err(e) if ahead => {
+                tracing::warn!(error = %e, "reading a cached key ahead of its expiry failed; the entry answers until then");
+                return unread(cached);
             }
             Err(e) => return Err(e.into()),
         };
@@ -241,6 +265,7 @@ impl KeyCache {
         let mut slot = Slot {
             entry: Entry::Unknown,
             expires: confirmed + self.ttl,
+            due: confirmed + self.ttl - self.ttl / READ_AHEAD,
             confirmed,
             epoch,
             hard_expiry: None,
@@ -257,6 +282,18 @@ impl KeyCache {
         after_read().await;
         self.insert(hash.0, slot, generation);
         Ok(answer)
+    }
+
+    /// Moves every entry `by` nearer its expiry, as if the database had
+    /// confirmed it that much earlier (tests reach an entry's last tenth
+    /// without waiting for it). A test hook, hidden from the documentation.
+    #[doc(hidden)]
+    pub fn age(&self, by: Duration) {
+        for slot in self.slots.write().expect("cache lock").values_mut() {
+            for instant in [&mut slot.expires, &mut slot.due, &mut slot.confirmed] {
+                *instant = instant.checked_sub(by).unwrap_or(*instant);
+            }
+        }
     }
 
     /// This lookup's turn to read `hash` from the database, or (`Err`) the
@@ -480,10 +517,17 @@ enum Evicted {
     All,
 }
 
+/// An entry is read again ahead of its expiry in the last `1 / READ_AHEAD`
+/// of its TTL.
+const READ_AHEAD: u32 = 10;
+
 /// A slot as a lookup saw it.
+#[derive(Clone)]
 struct Cached {
     entry: Entry,
     fresh: bool,
+    /// Due to be read again ahead of its expiry.
+    due: bool,
     confirmed: Instant,
     hard_expiry: Option<DateTime<Utc>>,
 }

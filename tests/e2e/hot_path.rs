@@ -383,3 +383,51 @@ async fn concurrent_lookups_of_a_key_the_cache_lacks_make_one_database_query() {
         "one query for eleven concurrent lookups"
     );
 }
+
+#[actix_web::test]
+async fn a_busy_key_in_the_last_tenth_of_its_ttl_is_read_ahead_while_its_other_lookups_answer_at_once() {
+    let mut app = app_with_a_long_cache_ttl().await;
+    let key = app.create_key(json!({"name": "busy", "type": "secret"})).await;
+    let id = key["id"].as_str().unwrap().to_owned();
+    // No notification may evict the key while the lookups run.
+    app.stop_background().await;
+    let (plain, _) = keyledger_events::domain::PlainKey::parse(key["key"].as_str().unwrap()).unwrap();
+    let hash = app.hash_key.hash(&plain);
+    let cache = app.state.cache.clone();
+    cache.clear();
+    cache.lookup(&app.pool, &hash).await.unwrap().expect("the key exists");
+    // 57 of the TTL's 60 minutes gone: fresh, and due.
+    cache.age(Duration::from_secs(57 * 60));
+    let counts = || {
+        (
+            cache.database_lookups.load(Ordering::Relaxed),
+            cache.hits.load(Ordering::Relaxed),
+            cache.single_flight_waits.load(Ordering::Relaxed),
+        )
+    };
+    let (lookups, hits, waits) = counts();
+    // The first lookup reads ahead and holds its answer until the ten
+    // others have answered: they must not wait for it.
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let first = cache.lookup_with(&app.pool, &hash, || async {
+        let _ = released.await;
+    });
+    let others = async {
+        let answers = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures_util::future::join_all((0..10).map(|_| cache.lookup(&app.pool, &hash))),
+        )
+        .await;
+        let _ = release.send(());
+        answers.expect("the other lookups answered while the read ahead was held")
+    };
+    let (first, others) = tokio::join!(first, others);
+    assert_eq!(first.unwrap().expect("the key exists").row.id.to_string(), id);
+    for other in others {
+        assert_eq!(other.unwrap().expect("the key exists").row.id.to_string(), id);
+    }
+    assert_eq!(counts(), (lookups + 1, hits + 10, waits), "one read, ten hits, no wait");
+    // Read again: a whole TTL ahead, not due.
+    cache.lookup(&app.pool, &hash).await.unwrap().expect("the key exists");
+    assert_eq!(counts(), (lookups + 1, hits + 11, waits));
+}
