@@ -208,8 +208,9 @@ impl KeyCache {
                 hard_expiry: slot.hard_expiry,
             });
             if let Some(cached) = cached.as_ref().filter(|c| c.fresh) {
-                // Due: one lookup reads ahead, the others answer meanwhile.
-                if cached.due {
+                // Due: one lookup reads ahead, the others answer meanwhile
+                // (not while the database is known to be down).
+                if cached.due && !self.database.is_down() {
                     if let Ok(flight) = self.take_flight(hash.0) {
                         break (Some(cached.clone()), Some(flight), true);
                     }

@@ -308,38 +308,27 @@ async fn versions_in_log_order(app: &TestApp, stream: &str) -> Vec<i64> {
         .unwrap()
 }
 
-/// A command whose transaction took its id before a usage flush appended
-/// (an idempotent command does, with its claim) appends the next version
-/// under the older id: in log order its event comes before the usage
-/// record of the lower version. The live tables, each append applied as it
-/// committed, counted the record; a replay counts it too.
-#[actix_web::test]
-async fn a_replay_counts_a_usage_record_that_follows_a_newer_event_of_its_key_in_log_order() {
+/// The inversion below, built on `app`'s key: a command's transaction
+/// takes its id, a usage flush appends version 2 in a newer one, commits and
+/// applies it; the command appends version 3, applies it and commits.
+async fn command_around_a_usage_flush(app: &TestApp, id: &str) {
     use keyledger_events::log::{self, EventMeta, NewEvent};
     use keyledger_events::read_model;
 
-    let mut app = spawn_app().await;
-    let key = app.create_key(json!({"name": "k", "type": "secret"})).await;
-    let id = key["id"].as_str().unwrap().to_owned();
     let stream = format!("key-{id}");
-    app.stop_background().await;
-    // The command's transaction has its id.
     let mut command = app.pool.begin().await.unwrap();
     sqlx::query("select pg_current_xact_id()")
         .execute(&mut *command)
         .await
         .unwrap();
-    // A usage flush appends version 2 in a newer transaction, commits, and
-    // applies it.
-    append_usage(&app, std::slice::from_ref(&id), 1, 0).await;
+    append_usage(app, &[id.to_owned()], 1, 0).await;
     let used = log::read_stream(&app.pool, &stream, None).await.unwrap().pop().unwrap();
     assert_eq!((used.event_type.as_str(), used.version), ("key.used", 2));
     let mut conn = app.pool.acquire().await.unwrap();
     read_model::apply(&mut conn, &used).await.unwrap();
     drop(conn);
-    // The command appends version 3, applies it and commits.
     let meta = EventMeta {
-        actor: id.clone(),
+        actor: id.to_owned(),
         request_id: None,
         occurred_at: chrono::Utc::now(),
     };
@@ -351,14 +340,48 @@ async fn a_replay_counts_a_usage_record_that_follows_a_newer_event_of_its_key_in
     let stored = log::append(&mut command, &stream, 2, &[renamed], &meta).await.unwrap();
     read_model::apply(&mut command, &stored[0]).await.unwrap();
     command.commit().await.unwrap();
-    assert_eq!(versions_in_log_order(&app, &stream).await, [1, 3, 2]);
-    let live = snapshot(&app).await;
+    assert_eq!(versions_in_log_order(app, &stream).await, [1, 3, 2]);
     let requests: Vec<i64> = sqlx::query_scalar("select requests from usage_rollups where key_id = $1")
-        .bind(&id)
+        .bind(id)
         .fetch_all(&app.pool)
         .await
         .unwrap();
     assert_eq!(requests, [4, 4, 4], "the live minute, hour and day count the record");
+}
 
+/// The same inversion committed while a replay runs — after its snapshot,
+/// before its swap: the swap applies those late events once each and counts
+/// the usage record too.
+#[actix_web::test]
+async fn a_replay_counts_such_a_record_committed_between_its_snapshot_and_its_swap() {
+    let mut app = spawn_app().await;
+    let key = app.create_key(json!({"name": "k", "type": "secret"})).await;
+    let id = key["id"].as_str().unwrap().to_owned();
+    app.stop_background().await;
+    let live = std::sync::Mutex::new(Vec::new());
+    keyledger_workers::tailing::replay::rebuild_with(&app.pool, || async {
+        command_around_a_usage_flush(&app, &id).await;
+        *live.lock().unwrap() = snapshot(&app).await;
+    })
+    .await
+    .unwrap();
+    let live = live.into_inner().unwrap();
+    assert!(live.iter().any(|row| row.contains(",renamed,")), "{live:?}");
+    assert_eq!(snapshot(&app).await, live);
+}
+
+/// A command whose transaction took its id before a usage flush appended
+/// (an idempotent command does, with its claim) appends the next version
+/// under the older id: in log order its event comes before the usage
+/// record of the lower version. The live tables, each append applied as it
+/// committed, counted the record; a replay counts it too.
+#[actix_web::test]
+async fn a_replay_counts_a_usage_record_that_follows_a_newer_event_of_its_key_in_log_order() {
+    let mut app = spawn_app().await;
+    let key = app.create_key(json!({"name": "k", "type": "secret"})).await;
+    let id = key["id"].as_str().unwrap().to_owned();
+    app.stop_background().await;
+    command_around_a_usage_flush(&app, &id).await;
+    let live = snapshot(&app).await;
     assert_replay_reproduces(&app, live).await;
 }

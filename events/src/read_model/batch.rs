@@ -74,12 +74,16 @@ pub enum UsageSink<'a> {
     /// guard would skip it. Applying each event once, a rebuild needs no
     /// guard for usage, and counts every record.
     Staged(&'a str),
+    /// As [`UsageSink::Rollups`], but every usage record counts, without the
+    /// version guard: for events the caller applies exactly once, as
+    /// `replay` does with those committed after its rebuild's snapshot.
+    Once,
 }
 
 impl UsageSink<'_> {
     /// Whether every usage record counts, without the version guard.
     fn counts_every_record(self) -> bool {
-        matches!(self, UsageSink::Staged(_))
+        matches!(self, UsageSink::Staged(_) | UsageSink::Once)
     }
 }
 
@@ -226,10 +230,11 @@ pub async fn apply_batch_into(
                 }
             );
             let sql = match usage {
-                UsageSink::Rollups => format!(
+                UsageSink::Rollups | UsageSink::Once => format!(
                     "{admitted},
                      claimed as (
-                         update keys k set last_used_at = greatest(k.last_used_at, c.last_used_at), version = c.version
+                         update keys k set last_used_at = greatest(k.last_used_at, c.last_used_at),
+                                           version = greatest(k.version, c.version)
                          from (select id, max(last_used_at) as last_used_at, max(version) as version from e group by id) c
                          where k.id = c.id)
                      insert into usage_rollups (key_id, org_id, granularity, bucket, requests, successful, failed, rate_limited)

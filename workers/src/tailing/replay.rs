@@ -114,6 +114,27 @@ async fn apply_all(db: &mut PgConnection, events: &[StoredEvent], usage: UsageSi
         })
 }
 
+/// Of `events`, those the rebuild's `snapshot` did not see. Applied once
+/// each, their usage records count without the version guard, like the
+/// rebuild's own (see `UsageSink::Once`).
+async fn unseen(
+    db: &mut PgConnection,
+    events: Vec<StoredEvent>,
+    snapshot: &str,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let transactions: Vec<i64> = events.iter().map(|e| e.tx_id).collect();
+    let seen: std::collections::HashSet<i64> = sqlx::query_scalar(
+        "select distinct t from unnest($1::bigint[]) as t where pg_visible_in_snapshot(t::text::xid8, $2::pg_snapshot)",
+    )
+    .bind(&transactions)
+    .bind(snapshot)
+    .fetch_all(&mut *db)
+    .await?
+    .into_iter()
+    .collect();
+    Ok(events.into_iter().filter(|e| !seen.contains(&e.tx_id)).collect())
+}
+
 async fn begin_snapshot(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("set transaction isolation level repeatable read")
@@ -158,25 +179,42 @@ async fn compare(pool: &PgPool) -> Result<Differences, ReplayError> {
 /// Rebuilds every read model and swaps the rebuilt tables in; returns how
 /// many events were applied.
 pub async fn rebuild(pool: &PgPool) -> Result<usize, ReplayError> {
+    rebuild_with(pool, || async {}).await
+}
+
+/// [`rebuild`], running `before_swap` between the rebuild's commit and the
+/// swap — where commands committing meanwhile leave late events (tests
+/// commit some there). A test hook, hidden from the documentation.
+#[doc(hidden)]
+pub async fn rebuild_with<F: std::future::Future<Output = ()>>(
+    pool: &PgPool,
+    before_swap: impl FnOnce() -> F,
+) -> Result<usize, ReplayError> {
     let lock = SessionLock::acquire(pool, keys::REPLAY).await?;
-    let result = rebuild_and_swap(pool).await;
+    let result = rebuild_and_swap(pool, before_swap).await;
     lock.release().await;
     result
 }
 
-async fn rebuild_and_swap(pool: &PgPool) -> Result<usize, ReplayError> {
+async fn rebuild_and_swap<F: std::future::Future<Output = ()>>(
+    pool: &PgPool,
+    before_swap: impl FnOnce() -> F,
+) -> Result<usize, ReplayError> {
     let mut tx = begin_snapshot(pool).await?;
-    // Every transaction older than this one was finished when the snapshot
-    // was taken, so its events are in the rebuild.
-    let horizon: i64 = sqlx::query_scalar("select pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-        .fetch_one(&mut *tx)
-        .await?;
+    // Every transaction older than the horizon was finished when the
+    // snapshot was taken, so its events are in the rebuild; of the others,
+    // the snapshot says which.
+    let (horizon, snapshot): (i64, String) =
+        sqlx::query_as("select pg_snapshot_xmin(pg_current_snapshot())::text::bigint, pg_current_snapshot()::text")
+            .fetch_one(&mut *tx)
+            .await?;
     let applied = rebuild_into_schema(&mut tx).await?;
     tx.commit().await?;
+    before_swap().await;
 
     // The swap: with the live tables locked (commands wait a moment), apply
-    // again whatever may have committed since the snapshot — applying is
-    // idempotent — then put the rebuilt tables in their place.
+    // what committed after the snapshot, each event once, then put the
+    // rebuilt tables in their place.
     let mut tx = pool.begin().await?;
     let tables = READ_MODELS.map(|t| format!("public.{t}")).join(", ");
     sqlx::query(&format!("lock table {tables} in access exclusive mode"))
@@ -186,7 +224,8 @@ async fn rebuild_and_swap(pool: &PgPool) -> Result<usize, ReplayError> {
         .execute(&mut *tx)
         .await?;
     let late = log::read_since_transaction(&mut *tx, horizon).await?;
-    apply_all(&mut tx, &late, UsageSink::Rollups).await?;
+    let late = unseen(&mut tx, late, &snapshot).await?;
+    apply_all(&mut tx, &late, UsageSink::Once).await?;
     sqlx::query("set local search_path to public").execute(&mut *tx).await?;
     for table in READ_MODELS {
         sqlx::query(&format!("drop table public.{table}"))
