@@ -334,8 +334,8 @@ mod tests {
     fn our_request_ids_are_distinct_across_threads_and_never_secret_shaped() {
         let mut ids: Vec<String> = (0..1000).map(|_| super::new_request_id()).collect();
         for thread in [
-            std::thread::spawn(|| super::new_request_id()),
-            std::thread::spawn(|| super::new_request_id()),
+            std::thread::spawn(super::new_request_id),
+            std::thread::spawn(super::new_request_id),
         ] {
             ids.push(thread.join().unwrap());
         }

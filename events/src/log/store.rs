@@ -356,14 +356,6 @@ pub const USAGE_EVENT: &str = "key.used";
 /// 20–39 ms to load a key with 100,000 of them.
 const NOT_USAGE: &str = "type <> 'key.used'";
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_condition_names_the_usage_type() {
-        assert_eq!(super::NOT_USAGE, format!("type <> '{}'", super::USAGE_EVENT));
-    }
-}
-
 /// [`read_stream`] without usage records.
 pub async fn read_stream_without_usage<'c>(
     db: impl PgExecutor<'c>,
@@ -525,4 +517,12 @@ pub async fn read_since_transaction<'c>(db: impl PgExecutor<'c>, tx_id: i64) -> 
     .bind(tx_id)
     .fetch_all(db)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_condition_names_the_usage_type() {
+        assert_eq!(super::NOT_USAGE, format!("type <> '{}'", super::USAGE_EVENT));
+    }
 }
