@@ -253,13 +253,6 @@ pub fn decide_new<A: Aggregate>(
 /// were appended to its stream between its read and its append.
 pub const ATTEMPTS: usize = 3;
 
-/// Whether every event appended to `stream_id` after `version` is a usage
-/// record: they change no state (loading skips them), so a command decided
-/// before them would decide the same after them.
-pub async fn only_usage_after(conn: &mut PgConnection, stream_id: &str, version: i64) -> Result<bool, sqlx::Error> {
-    log::only_usage_after(conn, stream_id, version).await
-}
-
 /// [`decide_on`] then [`Decided::append`], inside the caller's transaction.
 /// When the append finds the stream changed only by usage records since the
 /// read (a usage flush appends them at any moment), the command is read and
@@ -295,7 +288,7 @@ where
             }
             Err(HandlerError::Concurrency) if attempt < ATTEMPTS => {
                 savepoint.rollback().await?;
-                if !only_usage_after(&mut *tx, stream_id, read).await? {
+                if !log::only_usage_after(&mut *tx, stream_id, read).await? {
                     return Err(HandlerError::Concurrency);
                 }
                 attempt += 1;

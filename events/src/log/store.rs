@@ -392,7 +392,9 @@ pub async fn read_stream_newest_without_usage<'c>(
 }
 
 /// Whether every event appended to `stream_id` after `version` is a usage
-/// record.
+/// record: they change no state (loading skips them), so a command decided
+/// before them would decide the same after them (the handler decides again
+/// rather than refusing).
 pub async fn only_usage_after<'c>(db: impl PgExecutor<'c>, stream_id: &str, version: i64) -> Result<bool, sqlx::Error> {
     let others: i64 = sqlx::query_scalar(&format!(
         "select count(*) from events where stream_id = $1 and version > $2 and {NOT_USAGE}"
