@@ -407,9 +407,17 @@ struct Recorder {
 impl Recorder {
     fn record(&self, req: Option<&HttpRequest>, status: u16, elapsed: Duration) {
         // The pattern of the resource the router chose (a walk up a few
-        // nodes); re-matched by path only for answers no resource gave.
-        let pattern = req.and_then(HttpRequest::match_pattern);
-        let route = pattern.as_deref().unwrap_or(UNMATCHED);
+        // nodes); re-matched by path only for answers no resource gave. The
+        // hot path's resources are named by their patterns
+        // (`crate::hot_route`): the name is borrowed, where a pattern is
+        // built as a new string.
+        let name = req.and_then(HttpRequest::match_name);
+        let pattern = if name.is_some() {
+            None
+        } else {
+            req.and_then(HttpRequest::match_pattern)
+        };
+        let route = name.or(pattern.as_deref()).unwrap_or(UNMATCHED);
         let stats = self.routes.borrow().get(route).cloned();
         let stats = stats.unwrap_or_else(|| {
             let stats = self.metrics.register(route);
