@@ -5,6 +5,8 @@
 //! cut to their prefix), status and timing, never a query string or a
 //! header (either could carry a key).
 
+use std::cell::RefCell;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use actix_web::{
@@ -28,12 +30,64 @@ const RATE_LIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-re
 const RATE_LIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// `X-RateLimit-*` for an answer to a request made with a known key.
-pub fn rate_limit_headers(decision: &Decision) -> [(HeaderName, u64); 3] {
+fn rate_limit_headers(decision: &Decision) -> [(HeaderName, HeaderValue); 3] {
     [
-        (RATE_LIMIT_LIMIT, u64::from(decision.limit)),
-        (RATE_LIMIT_REMAINING, u64::from(decision.remaining)),
-        (RATE_LIMIT_RESET, decision.reset),
+        (RATE_LIMIT_LIMIT, kept_number_value(0, u64::from(decision.limit))),
+        (RATE_LIMIT_REMAINING, number_value(u64::from(decision.remaining))),
+        (RATE_LIMIT_RESET, kept_number_value(1, decision.reset)),
     ]
+}
+
+/// Numbers below this are written from one table of decimals.
+const TABLED: u64 = 10_000;
+
+/// `n` as a header value: below [`TABLED`] (a remaining budget of the
+/// smaller plans, their limits) a slice of one table of decimals made once,
+/// without allocating (building one was a fortieth of a verification's
+/// instructions); above, built.
+fn number_value(n: u64) -> HeaderValue {
+    match tabled(n) {
+        Some(digits) => HeaderValue::from_static(digits),
+        None => HeaderValue::from(n),
+    }
+}
+
+/// [`number_value`] for a number that the next answers repeat (a larger
+/// limit, the reset second): each thread keeps the last one built in each
+/// of two `slot`s, which those answers share.
+fn kept_number_value(slot: usize, n: u64) -> HeaderValue {
+    if let Some(digits) = tabled(n) {
+        return HeaderValue::from_static(digits);
+    }
+    thread_local! {
+        static KEPT: RefCell<[Option<(u64, HeaderValue)>; 2]> = const { RefCell::new([None, None]) };
+    }
+    KEPT.with_borrow_mut(|kept| match &kept[slot] {
+        Some((built, value)) if *built == n => value.clone(),
+        _ => {
+            let value = HeaderValue::from(n);
+            kept[slot] = Some((n, value.clone()));
+            value
+        }
+    })
+}
+
+/// The decimal digits of `n` below [`TABLED`], from a table of them all
+/// written one after the other ("0123…91011…"): the numbers of each width
+/// take the same room, so where one starts is counted, not searched.
+fn tabled(n: u64) -> Option<&'static str> {
+    static TABLE: OnceLock<String> = OnceLock::new();
+    if n >= TABLED {
+        return None;
+    }
+    let table = TABLE.get_or_init(|| (0..TABLED).map(|n| n.to_string()).collect());
+    let (mut start, mut low, mut high, mut width) = (0, 0, 10, 1);
+    while n >= high {
+        start += (high - low) as usize * width;
+        (low, high, width) = (high, high * 10, width + 1);
+    }
+    let at = start + (n - low) as usize * width;
+    Some(&table[at..at + width])
 }
 
 /// A caller's id is echoed if it is short, visible ASCII and not
@@ -262,7 +316,7 @@ pub async fn request_context(
     if let Some(decision) = decision {
         let headers = response.headers_mut();
         for (name, value) in rate_limit_headers(&decision) {
-            headers.insert(name, HeaderValue::from(value));
+            headers.insert(name, value);
         }
     }
     Ok(response)
@@ -270,7 +324,7 @@ pub async fn request_context(
 
 #[cfg(test)]
 mod tests {
-    use super::{allowed_parameter, loggable_path, query_carries_key};
+    use super::{allowed_parameter, kept_number_value, loggable_path, number_value, query_carries_key, TABLED};
     use keyledger_events::domain::confirmation::CONFIRM_PATH;
 
     #[test]
@@ -374,5 +428,35 @@ mod tests {
         assert!(check(CONFIRM_PATH, &format!("{link}&Token=x")));
         assert!(check(CONFIRM_PATH, &format!("{link}&%74oken=x")));
         assert!(check(CONFIRM_PATH, "token=sk_live_abc"));
+    }
+
+    #[test]
+    fn numbers_are_written_as_their_decimals_from_the_table_kept_or_built() {
+        let tabled = [0, 1, 9, 10, 11, 99, 100, 101, 999, 1_000, 4_321, TABLED - 1];
+        let built = [
+            TABLED,
+            10_001,
+            123_456,
+            1_798_000_000,
+            1_798_000_000,
+            1_798_000_001,
+            u64::MAX,
+        ];
+        for n in tabled.into_iter().chain(built) {
+            assert_eq!(number_value(n).to_str().unwrap(), n.to_string(), "{n}");
+            for slot in 0..2 {
+                assert_eq!(
+                    kept_number_value(slot, n).to_str().unwrap(),
+                    n.to_string(),
+                    "{n} in slot {slot}"
+                );
+            }
+        }
+        // A kept value answers only for its own number and slot.
+        assert_eq!(kept_number_value(0, 50_000).to_str().unwrap(), "50000");
+        assert_eq!(kept_number_value(1, 60_000).to_str().unwrap(), "60000");
+        assert_eq!(kept_number_value(0, 50_000).to_str().unwrap(), "50000");
+        assert_eq!(kept_number_value(0, 50_001).to_str().unwrap(), "50001");
+        assert_eq!(kept_number_value(1, 60_000).to_str().unwrap(), "60000");
     }
 }
