@@ -55,6 +55,44 @@ fn has_type(text: &str, name: &str, kind: &str) {
     );
 }
 
+/// The hot path's routes are labelled by their patterns too (their resources
+/// are named by them, and the name is the label): one series per route,
+/// whatever the path below `/v1/auth/`.
+#[actix_web::test]
+async fn the_hot_paths_requests_are_counted_by_their_route_patterns() {
+    let app = spawn_app().await;
+    let original = [("X-Original-Method", "GET"), ("X-Original-URI", "/api/experiences/1")];
+    let before = scrape(&app.internal).await;
+    app.verify(json!({"key": app.admin_key})).await;
+    let auth = call(
+        &app.internal,
+        Method::GET,
+        "/v1/auth",
+        Some(&app.admin_key),
+        None,
+        &original,
+    )
+    .await;
+    assert_eq!(auth.status, 204);
+    for path in ["/v1/auth/api/experiences", "/v1/auth/api/consumers/7"] {
+        let below = call(&app.internal, Method::GET, path, Some(&app.admin_key), None, &[]).await;
+        assert_eq!(below.status, 400, "{path} in nginx style");
+    }
+    let fetched = call(&app.internal, Method::GET, "/v1/verify", None, None, &[]).await;
+    assert_eq!(fetched.status, 404);
+    let after = scrape(&app.internal).await;
+    let moved = |labels: &str| {
+        let series = format!("keyledger_http_requests_total{{{labels}}}");
+        count(&after, &series) - count(&before, &series)
+    };
+    assert_eq!(moved(r#"route="/v1/verify",status="200""#), 1.0);
+    assert_eq!(moved(r#"route="/v1/auth",status="204""#), 1.0);
+    assert_eq!(moved(r#"route="/v1/auth/{tail:.*}",status="400""#), 2.0);
+    // A GET of /v1/verify reaches no resource (it takes POST only).
+    assert_eq!(moved(r#"route="/v1/verify",status="404""#), 1.0);
+    assert!(!after.contains("/api/consumers/7"), "a raw path in /metrics:\n{after}");
+}
+
 async fn admin_get(app: &TestApp, path: &str) -> u16 {
     app.get(path).await.status.as_u16()
 }
