@@ -22,6 +22,8 @@ pub fn current() -> String {
 }
 
 /// Runs `handling` with `id` as the [`current`] request id.
-pub async fn scope<F: Future>(id: String, handling: F) -> F::Output {
-    REQUEST_ID.scope(id, handling).await
+pub fn scope<F: Future>(id: String, handling: F) -> impl Future<Output = F::Output> {
+    // The task-local's own future, not an `async fn` around it: one move
+    // of the request's whole future less per request.
+    REQUEST_ID.scope(id, handling)
 }
