@@ -25,14 +25,28 @@ pub async fn read_json(req: &HttpRequest, mut payload: web::Payload) -> Result<w
     if declared.is_some_and(|len| len > BODY_LIMIT) {
         return Err(ApiError::PayloadTooLarge);
     }
-    let mut bytes = web::BytesMut::new();
+    // A body that comes in one chunk (a small one, as a verification's) is
+    // kept as it came; only a second chunk makes a buffer to gather them.
+    let mut first = web::Bytes::new();
+    let mut gathered: Option<web::BytesMut> = None;
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("the body could not be read: {e}")))?;
-        if bytes.len() + chunk.len() > BODY_LIMIT {
+        let read = gathered.as_ref().map_or(first.len(), |bytes| bytes.len());
+        if read + chunk.len() > BODY_LIMIT {
             return Err(ApiError::PayloadTooLarge);
         }
-        bytes.extend_from_slice(&chunk);
+        match gathered.as_mut() {
+            Some(bytes) => bytes.extend_from_slice(&chunk),
+            None if first.is_empty() => first = chunk,
+            None => {
+                let mut bytes = web::BytesMut::with_capacity(first.len() + chunk.len());
+                bytes.extend_from_slice(&first);
+                bytes.extend_from_slice(&chunk);
+                gathered = Some(bytes);
+            }
+        }
     }
+    let bytes = gathered.map_or(first, web::BytesMut::freeze);
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(web::Bytes::new());
     }
@@ -47,7 +61,7 @@ pub async fn read_json(req: &HttpRequest, mut payload: web::Payload) -> Result<w
             "Send the body as JSON with 'Content-Type: application/json'.".into(),
         ));
     }
-    Ok(bytes.freeze())
+    Ok(bytes)
 }
 
 /// A body read by [`read_json`] as the object of its fields (an empty body:

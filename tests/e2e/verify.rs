@@ -160,3 +160,45 @@ async fn verify_bodies_off_the_common_shape_get_the_general_parsers_answers() {
         assert!(answer["error"]["details"][field].is_array(), "{field} in {answer}");
     }
 }
+
+/// A body sent in pieces (chunked transfer encoding, each piece its own
+/// chunk, one cut inside the key) is read whole: the same answer as in one
+/// piece. And pieces that add up to more than the limit are refused.
+#[actix_web::test]
+async fn a_body_sent_in_chunks_is_read_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = spawn_app().await;
+    let key = app.create_key(json!({"name": "chunked", "type": "secret"})).await;
+    let body = json!({"key": key["key"], "environment": "live"}).to_string();
+    let exchange = |pieces: Vec<String>| {
+        let address = app.internal.trim_start_matches("http://").to_owned();
+        async move {
+            let mut request = "POST /v1/verify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                               Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                .to_owned();
+            for piece in pieces {
+                request.push_str(&format!("{:x}\r\n{piece}\r\n", piece.len()));
+            }
+            request.push_str("0\r\n\r\n");
+            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await.unwrap();
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    let (head, rest) = body.split_at(20);
+    let (middle, tail) = rest.split_at(rest.len() / 2);
+    let answer = exchange(vec![head.into(), middle.into(), tail.into()]).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""code":"VALID""#), "{answer}");
+    assert!(
+        answer.contains(&format!(r#""key_id":"{}""#, key["id"].as_str().unwrap())),
+        "{answer}"
+    );
+
+    let piece = " ".repeat(40_000);
+    let answer = exchange(vec![body.clone(), piece.clone(), piece.clone(), piece]).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
