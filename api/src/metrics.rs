@@ -398,6 +398,11 @@ where
     }
 }
 
+/// The metrics label of a hot route, given as its resource's data: read
+/// without building the route's pattern for every request.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLabel(pub &'static str);
+
 /// One worker thread's route counters, by route pattern.
 struct Recorder {
     metrics: Arc<HttpMetrics>,
@@ -406,18 +411,17 @@ struct Recorder {
 
 impl Recorder {
     fn record(&self, req: Option<&HttpRequest>, status: u16, elapsed: Duration) {
-        // The pattern of the resource the router chose (a walk up a few
-        // nodes); re-matched by path only for answers no resource gave. The
-        // hot path's resources are named by their patterns
-        // (`crate::hot_route`): the name is borrowed, where a pattern is
-        // built as a new string.
-        let name = req.and_then(HttpRequest::match_name);
-        let pattern = if name.is_some() {
+        // A hot route's label, given with its resource (`crate::hot_route`)
+        // and present only when that resource answered; else the pattern of
+        // the resource the router chose (a walk up a few nodes, built as a
+        // new string), re-matched by path only for answers no resource gave.
+        let label = req.and_then(HttpRequest::app_data::<RouteLabel>).map(|label| label.0);
+        let pattern = if label.is_some() {
             None
         } else {
             req.and_then(HttpRequest::match_pattern)
         };
-        let route = name.or(pattern.as_deref()).unwrap_or(UNMATCHED);
+        let route = label.or(pattern.as_deref()).unwrap_or(UNMATCHED);
         let stats = self.routes.borrow().get(route).cloned();
         let stats = stats.unwrap_or_else(|| {
             let stats = self.metrics.register(route);

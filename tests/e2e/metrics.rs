@@ -56,8 +56,8 @@ fn has_type(text: &str, name: &str, kind: &str) {
 }
 
 /// The hot path's routes are labelled by their patterns too (their resources
-/// are named by them, and the name is the label): one series per route,
-/// whatever the path below `/v1/auth/`.
+/// carry their labels): one series per route, whatever the path below
+/// `/v1/auth/`.
 #[actix_web::test]
 async fn the_hot_paths_requests_are_counted_by_their_route_patterns() {
     let app = spawn_app().await;
