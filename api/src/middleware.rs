@@ -43,8 +43,8 @@ const TABLED: u64 = 10_000;
 
 /// `n` as a header value: below [`TABLED`] (a remaining budget of the
 /// smaller plans, their limits) a slice of one table of decimals made once,
-/// without allocating (building one was a fortieth of a verification's
-/// instructions); above, built.
+/// without allocating (building the three headers' values was a fortieth
+/// of a verification's instructions); above, built.
 fn number_value(n: u64) -> HeaderValue {
     match tabled(n) {
         Some(digits) => HeaderValue::from_static(digits),
