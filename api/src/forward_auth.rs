@@ -20,6 +20,7 @@
 //! 403 or 429 (with `X-Keyledger-Error` naming the code, for proxies that
 //! pass headers but not bodies).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -148,7 +149,7 @@ fn single_header<'a>(
 }
 
 /// The original method and plain path, read the configured way.
-fn original(req: &HttpRequest, style: ForwardAuthStyle, below_auth: bool) -> Result<(String, String), ApiError> {
+fn original(req: &HttpRequest, style: ForwardAuthStyle, below_auth: bool) -> Result<(&str, Cow<'_, str>), ApiError> {
     let own = style.headers();
     let foreign = |header: &OriginalHeader| {
         own.as_ref()
@@ -197,12 +198,12 @@ fn original(req: &HttpRequest, style: ForwardAuthStyle, below_auth: bool) -> Res
              anything else could reach another route upstream than the one it is checked as."
         ))
     })?;
-    Ok((method.to_owned(), path))
+    Ok((method, path))
 }
 
 async fn authorize(state: &AppState, req: &HttpRequest, below_auth: bool) -> Result<HttpResponse, ApiError> {
     let (method, path) = original(req, state.settings.forward_auth, below_auth)?;
-    let needed = state.routes.required_scope(&method, &path);
+    let needed = state.routes.required_scope(method, &path);
     let text = auth::bearer_key(req)?;
     let client = access::client_address(req, &state.settings)?;
     let guard = client.map_or(access::Guard::Nobody, access::Guard::Caller);

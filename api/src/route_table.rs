@@ -11,6 +11,8 @@
 //! A prefix matches the path itself and everything below it
 //! (`/api/consumers` matches `/api/consumers/42`, not `/api/consumersX`).
 
+use std::borrow::Cow;
+
 use keyledger_events::domain::Scope;
 
 /// The default table (docs/api.md, "Forward-auth").
@@ -41,25 +43,29 @@ GET,HEAD  /api/consumers    read:consumers
 /// path and never changes the match. The answer is the path with its
 /// escapes decoded (`/api/%65xperiences` is `/api/experiences`, as RFC 3986
 /// says), which is what the route table matches.
-pub fn plain_path(target: &str) -> Result<String, &'static str> {
+pub fn plain_path(target: &str) -> Result<Cow<'_, str>, &'static str> {
     let path = target.split_once('?').map_or(target, |(path, _query)| path);
     let Some(rest) = path.strip_prefix('/') else {
         return Err("it does not start with /");
     };
-    let mut plain = String::with_capacity(path.len());
     if rest.is_empty() {
-        return Ok("/".into());
+        return Ok(Cow::Borrowed(path));
     }
-    let segments: Vec<&str> = rest.split('/').collect();
-    for (index, segment) in segments.iter().enumerate() {
-        plain.push('/');
+    // Escapes are decoded into a new string; a path without any is its own
+    // answer once checked (no copy per forward-auth check).
+    let mut decoded = path.contains('%').then(|| String::with_capacity(path.len()));
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        if let Some(plain) = decoded.as_mut() {
+            plain.push('/');
+        }
         if segment.is_empty() {
-            if index + 1 == segments.len() {
+            if segments.peek().is_none() {
                 continue; // the trailing slash of "/api/experiences/"
             }
             return Err("it has an empty segment (//)");
         }
-        let start = plain.len();
+        let start = decoded.as_ref().map_or(0, String::len);
         let bytes = segment.as_bytes();
         let mut i = 0;
         while i < bytes.len() {
@@ -81,14 +87,17 @@ pub fn plain_path(target: &str) -> Result<String, &'static str> {
                 byte if is_unreserved(byte) || b"!$&'()*+,=:@".contains(&byte) => byte,
                 _ => return Err("it has a character that must not appear unescaped in a path"),
             };
-            plain.push(char::from(byte));
+            if let Some(plain) = decoded.as_mut() {
+                plain.push(char::from(byte));
+            }
             i += 1;
         }
-        if matches!(&plain[start..], "." | "..") {
+        let plain_segment = decoded.as_deref().map_or(segment, |plain| &plain[start..]);
+        if matches!(plain_segment, "." | "..") {
             return Err("it has a dot segment (. or ..)");
         }
     }
-    Ok(plain)
+    Ok(decoded.map_or(Cow::Borrowed(path), Cow::Owned))
 }
 
 fn is_unreserved(byte: u8) -> bool {
@@ -199,6 +208,86 @@ mod tests {
         );
         assert_eq!(table.required_scope("GET", "/api/experiencesX"), Scope::Admin);
         assert_eq!(table.required_scope("GET", "/admin"), Scope::Admin);
+    }
+
+    /// The grammar as it was first written (collecting the segments and
+    /// copying every path): [`plain_path`] must answer as it does.
+    fn reference_plain_path(target: &str) -> Result<String, &'static str> {
+        let path = target.split_once('?').map_or(target, |(path, _query)| path);
+        let Some(rest) = path.strip_prefix('/') else {
+            return Err("it does not start with /");
+        };
+        let mut plain = String::with_capacity(path.len());
+        if rest.is_empty() {
+            return Ok("/".into());
+        }
+        let segments: Vec<&str> = rest.split('/').collect();
+        for (index, segment) in segments.iter().enumerate() {
+            plain.push('/');
+            if segment.is_empty() {
+                if index + 1 == segments.len() {
+                    continue; // the trailing slash of "/api/experiences/"
+                }
+                return Err("it has an empty segment (//)");
+            }
+            let start = plain.len();
+            let bytes = segment.as_bytes();
+            let mut i = 0;
+            while i < bytes.len() {
+                let byte = match bytes[i] {
+                    b'%' => {
+                        let decoded = bytes
+                            .get(i + 1..i + 3)
+                            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok())
+                            .ok_or("it has a % that is not followed by two hex digits")?;
+                        if !is_unreserved(decoded) {
+                            return Err("it has a %-escape of something other than a letter, digit, -, ., _ or ~");
+                        }
+                        i += 2;
+                        decoded
+                    }
+                    b';' => return Err("it has a ; parameter"),
+                    b'\\' => return Err("it has a backslash"),
+                    byte if !byte.is_ascii() => return Err("it has a character outside ASCII"),
+                    byte if is_unreserved(byte) || b"!$&'()*+,=:@".contains(&byte) => byte,
+                    _ => return Err("it has a character that must not appear unescaped in a path"),
+                };
+                plain.push(char::from(byte));
+                i += 1;
+            }
+            if matches!(&plain[start..], "." | "..") {
+                return Err("it has a dot segment (. or ..)");
+            }
+        }
+        Ok(plain)
+    }
+
+    #[test]
+    fn the_borrowing_reader_answers_as_the_first_one_did() {
+        // Random targets over the characters the grammar turns on.
+        let alphabet: Vec<&str> = vec![
+            "/", "/", "/", ".", ".", "%", "2", "e", "E", "f", "F", "5", "c", "7", "0", "a", "z", "~", "-", "_", ";",
+            "\\", "?", "!", "@", " ", "#", "\u{e9}", "%2e", "%2E", "%2f", "%7e", "%41", "..", "api", "%25",
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..200_000 {
+            let length = next() % 12;
+            let mut target = String::from(if next() % 8 == 0 { "" } else { "/" });
+            for _ in 0..length {
+                target.push_str(alphabet[(next() % alphabet.len() as u64) as usize]);
+            }
+            assert_eq!(
+                plain_path(&target).map(Cow::into_owned),
+                reference_plain_path(&target),
+                "{target:?}"
+            );
+        }
     }
 
     #[test]
