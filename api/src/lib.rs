@@ -31,6 +31,7 @@ pub mod request_id;
 pub mod route_table;
 pub mod usage;
 pub mod verify;
+pub mod verify_body;
 pub mod webhook_endpoints;
 pub mod webhooks;
 

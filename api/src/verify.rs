@@ -14,29 +14,10 @@ use actix_web::http::header::ContentType;
 use actix_web::{web, HttpRequest, HttpResponse};
 use keyledger_events::domain::{Environment, KeyId, KeyType, OrgId, Scope, ValidationDetails};
 use keyledger_events::representation::rfc3339;
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::access::{self, Guard};
-use crate::{body, error::ApiError, AppState};
-
-/// A verification's body in the shape nearly every caller sends: read
-/// without building a JSON tree, its strings borrowed from the body rather
-/// than copied. Anything else — a missing key, a field of the wrong type,
-/// an unknown or repeated field, a string with an escape (which cannot be
-/// borrowed) — goes through the general parser ([`body::read_object`]),
-/// which names every problem.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Request<'a> {
-    key: &'a str,
-    #[serde(default, borrow)]
-    scopes: Option<Vec<&'a str>>,
-    #[serde(default)]
-    environment: Option<&'a str>,
-    #[serde(default)]
-    ip: Option<&'a str>,
-}
+use crate::{body, error::ApiError, verify_body, AppState};
 
 /// The answer for a known key, its fields in the order the API has always
 /// written them.
@@ -115,29 +96,21 @@ pub async fn verify(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let bytes = body::read_json(&req, payload).await?;
-    // Only an object: serde's reader would also take the fields as an array.
-    let object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-    let quick = object.then(|| serde_json::from_slice::<Request>(&bytes).ok()).flatten();
-    // The general parser's strings, when the quick reader declined.
-    let general: (String, Vec<String>, Option<String>, Option<String>);
-    let (key, scopes, environment, ip) = match quick {
-        Some(r) => (r.key, r.scopes.unwrap_or_default(), r.environment, r.ip),
+    // The common shape read in place; anything else by the general parser.
+    let general;
+    let request = match verify_body::read(&bytes) {
+        Some(quick) => quick,
         None => {
-            let mut fields = body::object_of(&bytes)?;
-            let key = fields.string("key");
-            let scopes = fields.string_list("scopes").unwrap_or_default();
-            let environment = fields.optional_string("environment");
-            let ip = fields.optional_string("ip");
-            fields.finish()?;
-            general = (key.unwrap_or_default(), scopes, environment, ip);
-            (
-                general.0.as_str(),
-                general.1.iter().map(String::as_str).collect(),
-                general.2.as_deref(),
-                general.3.as_deref(),
-            )
+            general = verify_body::read_general(&bytes)?;
+            general.request()
         }
     };
+    let verify_body::Request {
+        key,
+        scopes,
+        environment,
+        ip,
+    } = request;
     let mut details = ValidationDetails::default();
     let needed: Vec<Scope> = scopes
         .iter()
