@@ -79,6 +79,7 @@ impl Hasher for KeyHashHasher {
 
 use crate::db_health::{is_unavailable, DatabaseHealth};
 use crate::error::ApiError;
+use crate::striped::Counter;
 
 /// A key as verification needs it.
 #[derive(Debug, Clone)]
@@ -144,7 +145,8 @@ pub struct KeyCache {
     database: Arc<DatabaseHealth>,
     /// Lookups that went to the database (a metric, and what tests assert).
     pub database_lookups: AtomicU64,
-    pub hits: AtomicU64,
+    /// Lookups answered from memory ([`Counter`]: every hit counts).
+    pub hits: Counter,
     /// Lookups that waited for another lookup's database read of the same
     /// key (single flight) instead of reading it themselves.
     pub single_flight_waits: AtomicU64,
@@ -165,7 +167,7 @@ impl KeyCache {
             outage_grace,
             database,
             database_lookups: AtomicU64::new(0),
-            hits: AtomicU64::new(0),
+            hits: Counter::default(),
             single_flight_waits: AtomicU64::new(0),
             flights: Flights::default(),
             outage_answers: AtomicU64::new(0),
@@ -215,7 +217,7 @@ impl KeyCache {
                         break (Some(cached.clone()), Some(flight), true);
                     }
                 }
-                self.hits.fetch_add(1, Ordering::Relaxed);
+                self.hits.add(1);
                 return Ok(cached.entry.answer());
             }
             if self.database.is_down() {

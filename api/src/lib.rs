@@ -29,6 +29,7 @@ pub mod rate_limit;
 pub mod recipients;
 pub mod request_id;
 pub mod route_table;
+pub mod striped;
 pub mod usage;
 pub mod verify;
 pub mod verify_body;

@@ -23,6 +23,7 @@ use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::{web, Error, HttpRequest, HttpResponse};
 
 use crate::access::Refusal;
+use crate::striped::Striped;
 use crate::{ApiError, AppState};
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
@@ -32,7 +33,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             "keyledger_key_cache_hits_total",
             "counter",
             "Key lookups answered from memory.",
-            cache.hits.load(Ordering::Relaxed),
+            cache.hits.sum(),
         ),
         (
             "keyledger_key_cache_database_lookups_total",
@@ -165,9 +166,10 @@ pub fn verdict_code(verdict: &Result<(), Refusal>) -> &'static str {
 /// Key checks by result code (`keyledger_verifications_total{code}`): every
 /// decision of `/v1/verify`, `/v1/auth` and the management API's own key
 /// check, which share one path (`access::check`).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Verifications {
-    counts: [AtomicU64; VERIFICATION_CODES.len()],
+    /// Each thread's counts ([`Striped`]: every check writes one).
+    counts: Striped<[AtomicU64; VERIFICATION_CODES.len()]>,
 }
 
 impl Verifications {
@@ -177,7 +179,7 @@ impl Verifications {
             .iter()
             .position(|c| *c == code)
             .unwrap_or(VERIFICATION_CODES.len() - 1);
-        self.counts[index].fetch_add(1, Ordering::Relaxed);
+        self.counts.mine()[index].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts the outcome of a check: a verdict, `NOT_FOUND`, or the error
@@ -196,7 +198,14 @@ impl Verifications {
         VERIFICATION_CODES
             .iter()
             .position(|c| *c == code)
-            .map_or(0, |i| self.counts[i].load(Ordering::Relaxed))
+            .map_or(0, |i| self.counted(i))
+    }
+
+    fn counted(&self, index: usize) -> u64 {
+        self.counts
+            .all()
+            .map(|counts| counts[index].load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn render(&self, out: &mut String) {
@@ -204,11 +213,11 @@ impl Verifications {
             "# HELP keyledger_verifications_total Key checks (/v1/verify, /v1/auth, the management API) by result code.\n\
              # TYPE keyledger_verifications_total counter\n",
         );
-        for (code, count) in VERIFICATION_CODES.iter().zip(&self.counts) {
+        for (index, code) in VERIFICATION_CODES.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "keyledger_verifications_total{{code=\"{code}\"}} {}",
-                count.load(Ordering::Relaxed)
+                self.counted(index)
             );
         }
     }

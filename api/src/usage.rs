@@ -21,6 +21,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use crate::db_health::{is_unavailable, DatabaseHealth, PROBE_TIMEOUT};
+use crate::striped::Striped;
 
 /// How long the flush at shutdown may take in all: a database that is
 /// really down (or frozen) does not hold the process up for longer.
@@ -63,7 +64,9 @@ type Pending = HashMap<(KeyId, DateTime<Utc>), Counts, foldhash::fast::RandomSta
 
 #[derive(Default)]
 pub struct UsageAccumulator {
-    pending: Mutex<Pending>,
+    /// Each server thread's table ([`Striped`]: every request with a known
+    /// key writes one); a flush takes them all.
+    pending: Striped<Mutex<Pending>>,
     /// Flushes run (`keyledger_usage_flushes_total`).
     pub flushes: AtomicU64,
     /// `key.used` events appended by all of them.
@@ -77,7 +80,7 @@ pub struct UsageAccumulator {
 impl UsageAccumulator {
     pub fn record(&self, key_id: KeyId, outcome: Outcome, at: DateTime<Utc>) {
         let minute = at.duration_trunc(chrono::Duration::minutes(1)).unwrap_or(at);
-        let mut pending = self.pending.lock().expect("usage lock");
+        let mut pending = self.pending.mine().lock().expect("usage lock");
         let counts = pending.entry((key_id, minute)).or_default();
         counts.requests += 1;
         match outcome {
@@ -93,7 +96,9 @@ impl UsageAccumulator {
 
     /// Whether no count awaits a flush.
     pub fn is_empty(&self) -> bool {
-        self.pending.lock().expect("usage lock").is_empty()
+        self.pending
+            .all()
+            .all(|pending| pending.lock().expect("usage lock").is_empty())
     }
 
     /// Appends one `key.used` event per key and minute counted since the last
@@ -104,9 +109,20 @@ impl UsageAccumulator {
         if database.is_down() {
             return 0;
         }
-        // Taken whole, so the table's memory goes with it (a drained table
-        // keeps its size).
-        let taken = std::mem::take(&mut *self.pending.lock().expect("usage lock"));
+        // Each table taken whole, so its memory goes with it (a drained
+        // table keeps its size); a key and minute counted by several threads
+        // is one event.
+        let mut taken = Pending::default();
+        for pending in self.pending.all() {
+            let part = std::mem::take(&mut *pending.lock().expect("usage lock"));
+            if taken.is_empty() {
+                taken = part;
+            } else {
+                for (key_minute, counts) in part {
+                    taken.entry(key_minute).or_default().merge(counts);
+                }
+            }
+        }
         let drained: Vec<(KeyId, DateTime<Utc>, Counts)> = taken
             .into_iter()
             .map(|((key_id, minute), counts)| (key_id, minute, counts))
@@ -133,6 +149,7 @@ impl UsageAccumulator {
                 failures += 1;
             }
             self.pending
+                .mine()
                 .lock()
                 .expect("usage lock")
                 .entry((key_id, minute))
@@ -210,7 +227,11 @@ impl UsageAccumulator {
         own.close().await;
         tracing::info!(
             flushed,
-            left = self.pending.lock().expect("usage lock").len(),
+            left = self
+                .pending
+                .all()
+                .map(|pending| pending.lock().expect("usage lock").len())
+                .sum::<usize>(),
             "usage flushed on shutdown"
         );
     }

@@ -65,7 +65,7 @@ async fn a_cache_hit_verification_makes_no_database_query() {
     let cache = &app.state.cache;
     assert_eq!(app.verify(json!({"key": key["key"]})).await["code"], "VALID");
     let lookups = cache.database_lookups.load(Ordering::Relaxed);
-    let hits = cache.hits.load(Ordering::Relaxed);
+    let hits = cache.hits.sum();
     for _ in 0..40 {
         assert_eq!(app.verify(json!({"key": key["key"]})).await["code"], "VALID");
         let answer = auth(&app, key["key"].as_str(), "GET", "/api/experiences", &[]).await;
@@ -76,7 +76,7 @@ async fn a_cache_hit_verification_makes_no_database_query() {
         lookups,
         "no query on a cache hit"
     );
-    assert_eq!(cache.hits.load(Ordering::Relaxed), hits + 80);
+    assert_eq!(cache.hits.sum(), hits + 80);
     // An unknown (well-formed) key costs one query per TTL, not one per request.
     let unknown = keyledger_events::domain::PlainKey::encode(keyledger_events::domain::KeyType::Secret, &[5; 32]);
     for _ in 0..20 {
@@ -401,7 +401,7 @@ async fn a_busy_key_in_the_last_tenth_of_its_ttl_is_read_ahead_while_its_other_l
     let counts = || {
         (
             cache.database_lookups.load(Ordering::Relaxed),
-            cache.hits.load(Ordering::Relaxed),
+            cache.hits.sum(),
             cache.single_flight_waits.load(Ordering::Relaxed),
         )
     };
@@ -430,4 +430,44 @@ async fn a_busy_key_in_the_last_tenth_of_its_ttl_is_read_ahead_while_its_other_l
     // Read again: a whole TTL ahead, not due.
     cache.lookup(&app.pool, &hash).await.unwrap().expect("the key exists");
     assert_eq!(counts(), (lookups + 1, hits + 11, waits));
+}
+
+/// Each server thread counts usage in a table of its own; a flush takes
+/// them all, and a key's minute counted by several threads is one
+/// `key.used` event with the sum of their counts.
+#[actix_web::test]
+async fn usage_counted_by_several_threads_is_one_event_per_key_and_minute() {
+    use keyledger_api::db_health::DatabaseHealth;
+    use keyledger_api::usage::{Outcome, UsageAccumulator};
+
+    let app = spawn_app().await;
+    let key = app.create_key(json!({"name": "threads", "type": "secret"})).await;
+    let id: keyledger_events::domain::KeyId = key["id"].as_str().unwrap().parse().unwrap();
+    let usage = UsageAccumulator::default();
+    let minute = chrono::DurationRound::duration_trunc(chrono::Utc::now(), chrono::Duration::minutes(1)).unwrap();
+    std::thread::scope(|scope| {
+        for thread in 0..4u32 {
+            let usage = &usage;
+            scope.spawn(move || {
+                for n in 0..=thread {
+                    let outcome = if n == 0 { Outcome::Failed } else { Outcome::Succeeded };
+                    usage.record(id, outcome, minute + chrono::Duration::milliseconds(i64::from(n)));
+                }
+            });
+        }
+    });
+    assert_eq!(usage.flush(&app.pool, &DatabaseHealth::default()).await, 1, "one event");
+    assert!(usage.is_empty(), "every thread's counts were taken");
+    let recorded: Vec<Value> = sqlx::query_scalar("select data from events where stream_id = $1 and type = 'key.used'")
+        .bind(format!("key-{id}"))
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let used = &recorded[0];
+    assert_eq!(
+        (&used["requests"], &used["successful"], &used["failed"]),
+        (&json!(10), &json!(6), &json!(4)),
+        "{used}"
+    );
 }
