@@ -7,8 +7,9 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// How many stripes: threads beyond this many share them (correct, only
-/// slower).
+/// How many stripes. Threads are dealt them in turn, so two threads may
+/// share one (correct, only slower): always beyond this many, and now and
+/// then before, since a thread that has ended keeps its turn.
 const STRIPES: usize = 16;
 
 /// A value alone on its cache lines (two, as the prefetcher pairs them).
@@ -16,8 +17,7 @@ const STRIPES: usize = 16;
 #[repr(align(128))]
 struct Padded<T>(T);
 
-/// The calling thread's stripe: threads take them in turn when they first
-/// ask.
+/// The calling thread's stripe, dealt in turn when it first asks.
 fn stripe() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
@@ -95,5 +95,31 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(first, again);
+    }
+
+    #[test]
+    fn threads_living_at_once_count_on_stripes_of_their_own() {
+        // Two threads alive together are dealt consecutive turns unless
+        // other threads (other tests) ask in between: of a few pairs, one
+        // that shares a stripe could only do so by such a coincidence; all
+        // of them sharing means one stripe for everybody.
+        let counter = Counter::default();
+        let shared = (0..4)
+            .filter(|_| {
+                let barrier = std::sync::Barrier::new(2);
+                let stripe = || {
+                    let mine = counter.mine() as *const _ as usize;
+                    barrier.wait();
+                    mine
+                };
+                let (a, b) = std::thread::scope(|scope| {
+                    let a = scope.spawn(stripe);
+                    let b = scope.spawn(stripe);
+                    (a.join().unwrap(), b.join().unwrap())
+                });
+                a == b
+            })
+            .count();
+        assert!(shared < 4, "every pair of threads shared one stripe");
     }
 }

@@ -1,5 +1,5 @@
 //! The body of a `POST /v1/verify` in the shape nearly every caller sends,
-//! read in one pass over its bytes: no JSON tree, no parser state, its
+//! read in one pass over its bytes: no JSON tree, no token stream, its
 //! strings borrowed from the body.
 //!
 //! The reader takes a strict subset of JSON and declines everything else —
@@ -81,7 +81,7 @@ pub fn read_general(body: &[u8]) -> Result<General, ApiError> {
     let ip = fields.optional_string("ip");
     fields.finish()?;
     Ok(General {
-        // Never empty: without a key, `finish` refused the body.
+        // Never absent here: without a key, `finish` refused the body.
         key: key.unwrap_or_default(),
         scopes,
         environment,
@@ -273,6 +273,16 @@ mod tests {
         assert_eq!(read(b"{\"key\": \"\xff\"}"), None);
     }
 
+    /// A repeatable stream of random numbers (xorshift) from `seed`.
+    fn numbers(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
     #[test]
     fn the_first_special_byte_is_found_eight_at_a_time_as_one_at_a_time() {
         let alphabet = [
@@ -290,13 +300,7 @@ mod tests {
             0x5c ^ 0x80,
             0x22 | 0x80,
         ];
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = numbers(0x9e37_79b9_7f4a_7c15);
         for _ in 0..200_000 {
             let length = (next() % 40) as usize;
             // Mostly plain bytes, so that the special ones fall anywhere.
@@ -371,13 +375,7 @@ mod tests {
             b"\"\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9x\"",
             b"\"01234567\xffab\"",
         ];
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = numbers(0x2545_f491_4f6c_dd1d);
         let (mut taken, mut by_serde) = (0, 0);
         for n in 0..300_000 {
             let mut body = Vec::new();
