@@ -119,8 +119,8 @@ async fn ill_formed_verify_requests_are_refused() {
     }
 }
 
-/// Bodies the quick typed reader does not take (escapes, a repeated or
-/// unknown field, nulls, a field of the wrong type) get the same answers as
+/// Bodies the one-pass reader does not take (escapes, a repeated or
+/// unknown field, a field of the wrong type) get the same answers as
 /// before it: the general parser reads them, and names every problem.
 #[actix_web::test]
 async fn verify_bodies_off_the_common_shape_get_the_general_parsers_answers() {
