@@ -26,9 +26,30 @@ async fn snapshot(app: &TestApp) -> Vec<String> {
     rows
 }
 
+/// The read models' indexes and constraints: names and definitions.
+async fn read_model_schema(app: &TestApp) -> Vec<String> {
+    let tables = keyledger_workers::tailing::replay::READ_MODELS
+        .map(String::from)
+        .to_vec();
+    sqlx::query_scalar(
+        "select indexdef from pg_indexes where schemaname = 'public' and tablename = any($1)
+         union all
+         select conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+         from pg_constraint where conrelid::regclass::text = any($1)
+         order by 1",
+    )
+    .bind(&tables)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+}
+
 /// `replay --check` finds no difference from `live` (the read models as
-/// they are), and a replay leaves them exactly so.
+/// they are), and a replay leaves them exactly so, with the indexes and
+/// constraints the migrations made, under their names.
 async fn assert_replay_reproduces(app: &TestApp, live: Vec<String>) {
+    let schema = read_model_schema(app).await;
+    assert!(schema.iter().any(|i| i.contains("usage_rollups_recent")), "{schema:?}");
     let differences = keyledger_workers::tailing::replay::check(&app.pool).await.unwrap();
     assert!(
         differences.is_empty(),
@@ -38,6 +59,7 @@ async fn assert_replay_reproduces(app: &TestApp, live: Vec<String>) {
     );
     keyledger_workers::tailing::replay::rebuild(&app.pool).await.unwrap();
     assert_eq!(snapshot(app).await, live);
+    assert_eq!(read_model_schema(app).await, schema);
 }
 
 async fn drain(projector: &Projector) -> usize {
@@ -384,4 +406,30 @@ async fn a_replay_counts_a_usage_record_that_follows_a_newer_event_of_its_key_in
     command_around_a_usage_flush(&app, &id).await;
     let live = snapshot(&app).await;
     assert_replay_reproduces(&app, live).await;
+}
+
+#[actix_web::test]
+async fn a_database_replayed_before_replays_kept_index_names_gets_them_back() {
+    let app = spawn_app().await;
+    // What a replay before the names were kept left behind.
+    sqlx::raw_sql(
+        "alter index keys_list rename to keys_org_id_id_idx;
+         alter index usage_rollups_recent rename to usage_rollups_granularity_bucket_idx",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql(include_str!(
+        "../../migrations/20261128190001_read_model_index_names.sql"
+    ))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let schema = read_model_schema(&app).await.join("\n");
+    assert!(schema.contains("INDEX keys_list ON public.keys"), "{schema}");
+    assert!(
+        schema.contains("INDEX usage_rollups_recent ON public.usage_rollups"),
+        "{schema}"
+    );
+    assert!(!schema.contains("_idx "), "{schema}");
 }

@@ -26,6 +26,10 @@ pub const BATCH: i64 = 20_000;
 /// end, when they become the `usage_rollups` rows in one statement (and
 /// move the keys rows' last use and version in another).
 const USAGE_STAGING: &str = "keyledger_rebuild.usage_staging";
+/// The read model a rebuild writes only at its end, when the usage roll-up
+/// inserts each of its rows once: its copy has no index until then (a
+/// rebuild builds them after; a check, which only compares rows, never).
+const ROLLED_UP_AT_END: &str = "usage_rollups";
 /// PostgreSQL's `work_mem` for a rebuild's transaction (per sort or hash of
 /// one statement, on the database server).
 const REBUILD_WORK_MEM: &str = "64MB";
@@ -36,6 +40,9 @@ pub enum ReplayError {
     Event { position: i64, source: ProjectionError },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// A live index the rebuild cannot build on its copy of the table.
+    #[error("cannot rebuild index: {0}")]
+    Index(String),
 }
 
 /// Rows that differ between the live read models and a rebuild.
@@ -71,10 +78,13 @@ async fn rebuild_into_schema(tx: &mut PgConnection) -> Result<usize, ReplayError
         .await?;
     for table in READ_MODELS {
         sqlx::query(&format!(
-            "create table {SCHEMA}.{table} (like public.{table} including all)"
+            "create table {SCHEMA}.{table} (like public.{table} including all excluding indexes)"
         ))
         .execute(&mut *tx)
         .await?;
+        if table != ROLLED_UP_AT_END {
+            build_indexes_like_live(tx, table).await?;
+        }
     }
     // `apply` names its tables unqualified: they now resolve to the copies.
     sqlx::query(&format!("set local search_path to {SCHEMA}, public"))
@@ -98,6 +108,45 @@ async fn rebuild_into_schema(tx: &mut PgConnection) -> Result<usize, ReplayError
     read_model::roll_up_usage_staging(&mut *tx, USAGE_STAGING).await?;
     sqlx::query("set local search_path to public").execute(&mut *tx).await?;
     Ok(applied)
+}
+
+/// Builds on the rebuild's copy of `table` every index of the live one, by
+/// its definition and under its name, and adds the primary key or unique
+/// constraints they back, under theirs. (`like … including indexes` would
+/// name them anew: a swap would leave, say, `keys_list` as
+/// `keys_org_id_id_idx`, and a later migration naming it would fail.)
+async fn build_indexes_like_live(tx: &mut PgConnection, table: &str) -> Result<(), ReplayError> {
+    let live = format!("public.{table}");
+    let indexes: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
+        "select i.relname::text, pg_get_indexdef(x.indexrelid), c.conname::text, c.contype::text
+         from pg_index x join pg_class i on i.oid = x.indexrelid
+         left join pg_constraint c on c.conindid = x.indexrelid and c.conrelid = x.indrelid
+         where x.indrelid = $1::regclass order by 1",
+    )
+    .bind(&live)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (index, definition, constraint, kind) in indexes {
+        // `CREATE [UNIQUE] INDEX name ON public.table USING …`: the same
+        // index on the copy (an index lives in its table's schema).
+        let on_copy = definition
+            .split_once(&format!(" ON {live} "))
+            .map(|(create, rest)| format!("{create} ON {SCHEMA}.{table} {rest}"))
+            .ok_or_else(|| ReplayError::Index(definition.clone()))?;
+        sqlx::query(&on_copy).execute(&mut *tx).await?;
+        let Some(constraint) = constraint else { continue };
+        let kind = match kind.as_deref() {
+            Some("p") => "primary key",
+            Some("u") => "unique",
+            _ => return Err(ReplayError::Index(definition)),
+        };
+        sqlx::query(&format!(
+            "alter table {SCHEMA}.{table} add constraint {constraint} {kind} using index {index}"
+        ))
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Applies `events` in order to the read models `search_path` resolves to,
@@ -209,6 +258,7 @@ async fn rebuild_and_swap<F: std::future::Future<Output = ()>>(
             .fetch_one(&mut *tx)
             .await?;
     let applied = rebuild_into_schema(&mut tx).await?;
+    build_indexes_like_live(&mut tx, ROLLED_UP_AT_END).await?;
     tx.commit().await?;
     before_swap().await;
 
