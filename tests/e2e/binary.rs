@@ -515,6 +515,23 @@ async fn replay_rebuilds_the_read_models_and_check_finds_tampering() {
         stdout.contains("tampered") && stdout.contains("k2") && stdout.contains(&ids[2]),
         "{stdout}"
     );
+    // Each side named as it is: the tampered row is live, the log's is not.
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("keys: live row differs from the log: ")
+                && l.contains("tampered")
+                && l.contains(&ids[2])),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("keys: the log says: ") && !l.contains("tampered") && l.contains(&ids[2])),
+        "{stdout}"
+    );
+    assert_eq!(lines.len(), 2, "{stdout}");
 
     // Replay repairs it from the log, and the API serves the rebuilt tables.
     let replay = run(keyledger(&url, &dir).arg("replay"));

@@ -205,20 +205,24 @@ async fn compare(pool: &PgPool) -> Result<Differences, ReplayError> {
     rebuild_into_schema(&mut tx).await?;
     let mut differences = Differences::default();
     for table in READ_MODELS {
-        let row = |from: &str, to: &str| {
-            format!("select r::text from {from}.{table} r except select r::text from {to}.{table} r order by 1")
-        };
-        for text in sqlx::query_scalar::<_, String>(&row("public", SCHEMA))
-            .fetch_all(&mut *tx)
-            .await?
-        {
-            differences.only_live.push((table.to_owned(), text));
-        }
-        for text in sqlx::query_scalar::<_, String>(&row(SCHEMA, "public"))
-            .fetch_all(&mut *tx)
-            .await?
-        {
-            differences.only_rebuilt.push((table.to_owned(), text));
+        // Each row's text once a side, and a text found on one side only is
+        // a difference: what `except` both ways finds, in one pass.
+        let rows: Vec<(bool, String)> = sqlx::query_as(&format!(
+            "select bool_or(live), row from (
+                 select true as live, r::text as row from public.{table} r
+                 union all
+                 select false, r::text from {SCHEMA}.{table} r) rows
+             group by row having bool_and(live) or not bool_or(live) order by row"
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
+        for (live, text) in rows {
+            let side = if live {
+                &mut differences.only_live
+            } else {
+                &mut differences.only_rebuilt
+            };
+            side.push((table.to_owned(), text));
         }
     }
     tx.rollback().await?;
