@@ -433,3 +433,31 @@ async fn a_database_replayed_before_replays_kept_index_names_gets_them_back() {
     );
     assert!(!schema.contains("_idx "), "{schema}");
 }
+
+#[actix_web::test]
+async fn a_replay_that_cannot_copy_a_constraint_stops_and_changes_nothing() {
+    let mut app = spawn_app().await;
+    app.create_key(json!({"name": "k", "type": "secret"})).await;
+    app.stop_background().await;
+    // A deferrable constraint cannot be added to a copy `using index`.
+    sqlx::raw_sql("alter table keys add constraint keys_name_once unique (org_id, name) deferrable")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let (live, schema) = (snapshot(&app).await, read_model_schema(&app).await);
+    let error = keyledger_workers::tailing::replay::rebuild(&app.pool)
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("INDEX keys_name_once ON public.keys"),
+        "{error}"
+    );
+    assert_eq!(snapshot(&app).await, live);
+    assert_eq!(read_model_schema(&app).await, schema);
+    let leftover: bool =
+        sqlx::query_scalar("select exists (select from pg_namespace where nspname = 'keyledger_rebuild')")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(!leftover);
+}

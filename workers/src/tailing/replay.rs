@@ -112,15 +112,20 @@ async fn rebuild_into_schema(tx: &mut PgConnection) -> Result<usize, ReplayError
 
 /// Builds on the rebuild's copy of `table` every index of the live one, by
 /// its definition and under its name, and adds the primary key or unique
-/// constraints they back, under theirs. (`like … including indexes` would
+/// constraints they back, under theirs. (Foreign keys, which `like` does
+/// not copy either, and comments on indexes are not copied.) (`like … including indexes` would
 /// name them anew: a swap would leave, say, `keys_list` as
 /// `keys_org_id_id_idx`, and a later migration naming it would fail.)
 async fn build_indexes_like_live(tx: &mut PgConnection, table: &str) -> Result<(), ReplayError> {
     let live = format!("public.{table}");
+    // The constraints an index backs (a foreign key names the index it
+    // refers to as well: not one of them), names quoted for the statements.
     let indexes: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
-        "select i.relname::text, pg_get_indexdef(x.indexrelid), c.conname::text, c.contype::text
+        "select quote_ident(i.relname), pg_get_indexdef(x.indexrelid), quote_ident(c.conname),
+                c.contype::text || case when c.condeferrable then ' deferrable' else '' end
          from pg_index x join pg_class i on i.oid = x.indexrelid
          left join pg_constraint c on c.conindid = x.indexrelid and c.conrelid = x.indrelid
+                                   and c.contype in ('p', 'u', 'x')
          where x.indrelid = $1::regclass order by 1",
     )
     .bind(&live)
@@ -135,6 +140,8 @@ async fn build_indexes_like_live(tx: &mut PgConnection, table: &str) -> Result<(
             .ok_or_else(|| ReplayError::Index(definition.clone()))?;
         sqlx::query(&on_copy).execute(&mut *tx).await?;
         let Some(constraint) = constraint else { continue };
+        // An exclusion or deferrable constraint cannot be added this way:
+        // the replay stops rather than swap in a table without it.
         let kind = match kind.as_deref() {
             Some("p") => "primary key",
             Some("u") => "unique",
