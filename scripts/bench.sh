@@ -290,12 +290,17 @@ order by g.n, k.r
 limit greatest($REPLAY_EVENTS - $existing, 0);
 SQL
 log_events=$(psql_db -c "select count(*) from events" "$db")
-seconds() { local start end; start=$(date +%s.%N); "$@" >/dev/null; end=$(date +%s.%N); python3 -c "print($end - $start)"; }
+# A command's seconds; fails when it does (a command substitution does not
+# stop the script by itself).
+seconds() { local start end; start=$(date +%s.%N); "$@" >/dev/null || return 1; end=$(date +%s.%N); python3 -c "print($end - $start)"; }
+baseline_seconds=
 if [ -n "${REPLAY_BASELINE_BIN:-}" ]; then
-  baseline_seconds=$(seconds "$REPLAY_BASELINE_BIN" replay)
+  # A build older than the database's migrations refuses it: no row then.
+  baseline_seconds=$(seconds "$REPLAY_BASELINE_BIN" replay) ||
+    { echo "REPLAY_BASELINE_BIN's replay failed (a build older than this one's migrations?): no baseline row" >&2; baseline_seconds=; }
 fi
-replay_seconds=$(seconds "$BIN" replay)
-check_seconds=$(seconds "$BIN" replay --check)
+replay_seconds=$(seconds "$BIN" replay) || { echo "replay failed" >&2; exit 1; }
+check_seconds=$(seconds "$BIN" replay --check) || { echo "replay --check failed" >&2; exit 1; }
 
 echo "6/6 memory after $MILLION_KEYS distinct keys verified" >&2
 # A database of its own: the keys go straight into the read model (creating
@@ -405,7 +410,7 @@ row "DB transactions per cache hit" "$(python3 -c "print(f'{$hot_tx / $hot_reque
 row "key creation /s ($CREATE_CLIENTS clients)" "$create_rate" "$pg_rate" "$(ratio "$create_rate" "$pg_rate")" "≥ 0.5 of pgbench single-row insert; $create_count keys"
 row "replay events/s ($log_events events)" "$(per_second "$log_events" "$replay_seconds")" "50000" \
   "$(ratio "$(per_second "$log_events" "$replay_seconds")" 50000)" "goal ≥ 50k/s; $(printf '%.2f' "$replay_seconds") s"
-if [ -n "${REPLAY_BASELINE_BIN:-}" ]; then
+if [ -n "$baseline_seconds" ]; then
   row "replay events/s vs REPLAY_BASELINE_BIN" "$(per_second "$log_events" "$replay_seconds")" \
     "$(per_second "$log_events" "$baseline_seconds")" \
     "$(ratio "$baseline_seconds" "$replay_seconds")" "same log; baseline $(printf '%.2f' "$baseline_seconds") s"
