@@ -90,7 +90,7 @@ impl UsageSink<'_> {
 /// Creates `table` (unlogged, no index) for [`UsageSink::Staged`].
 pub async fn create_usage_staging(db: &mut PgConnection, table: &str) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
-        "create unlogged table {table} (key_id text not null, org_id text not null, minute timestamptz not null,
+        "create unlogged table {table} (key_id text not null, minute timestamptz not null,
              requests bigint not null, successful bigint not null, failed bigint not null, rate_limited bigint not null,
              last_used_at timestamptz not null, version bigint not null)"
     ))
@@ -120,9 +120,10 @@ pub async fn roll_up_usage_staging(db: &mut PgConnection, table: &str) -> Result
         // counted it), and the hours and days summed from them.
         "insert into usage_rollups (key_id, org_id, granularity, bucket, requests, successful, failed, rate_limited)
          with m as (
-             select key_id, org_id, minute, sum(requests)::bigint as requests, sum(successful)::bigint as successful,
-                    sum(failed)::bigint as failed, sum(rate_limited)::bigint as rate_limited
-             from {table} group by key_id, org_id, minute)
+             select s.key_id, k.org_id, s.minute, sum(s.requests)::bigint as requests,
+                    sum(s.successful)::bigint as successful, sum(s.failed)::bigint as failed,
+                    sum(s.rate_limited)::bigint as rate_limited
+             from {table} s join keys k on k.id = s.key_id group by 1, 2, 3)
          select key_id, org_id, 'minute', minute, requests, successful, failed, rate_limited from m
          union all
          select m.key_id, m.org_id, g.name, date_trunc(g.name, m.minute, 'UTC'),
@@ -214,24 +215,15 @@ pub async fn apply_batch_into(
                 .map_err(set_based)?;
         }
         if !used.id.is_empty() {
-            // The events the version guard admits (a rebuild: all of them).
-            let admitted = format!(
-                "with e as (
-                     select r.*, k.org_id
-                     from unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::bigint[],
-                                 $6::bigint[], $7::bigint[], $8::bigint[])
-                          as r(id, version, last_used_at, minute, requests, successful, failed, rate_limited)
-                     join keys k on k.id = r.id
-                     where {})",
-                if usage.counts_every_record() {
-                    "true"
-                } else {
-                    "r.version > k.version"
-                }
-            );
+            let records = "unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::bigint[],
+                                  $6::bigint[], $7::bigint[], $8::bigint[])
+                           as r(id, version, last_used_at, minute, requests, successful, failed, rate_limited)";
             let sql = match usage {
                 UsageSink::Rollups | UsageSink::Once => format!(
-                    "{admitted},
+                    // The events the version guard admits (`Once`: all).
+                    "with e as (
+                         select r.*, k.org_id from {records} join keys k on k.id = r.id
+                         where {}),
                      claimed as (
                          update keys k set last_used_at = greatest(k.last_used_at, c.last_used_at),
                                            version = greatest(k.version, c.version)
@@ -246,17 +238,22 @@ pub async fn apply_batch_into(
                          requests = usage_rollups.requests + excluded.requests,
                          successful = usage_rollups.successful + excluded.successful,
                          failed = usage_rollups.failed + excluded.failed,
-                         rate_limited = usage_rollups.rate_limited + excluded.rate_limited"
+                         rate_limited = usage_rollups.rate_limited + excluded.rate_limited",
+                    if usage.counts_every_record() {
+                        "true"
+                    } else {
+                        "r.version > k.version"
+                    }
                 ),
+                // Every record, without its key's row: the roll-up joins
+                // the keys (for their organization) once, at the end.
                 UsageSink::Staged(table) => format!(
-                    "{admitted}
-                     insert into {table} (key_id, org_id, minute, requests, successful, failed, rate_limited,
-                                          last_used_at, version)
-                     select e.id, e.org_id, date_trunc('minute', e.minute, 'UTC'),
-                            sum(e.requests), sum(e.successful), sum(e.failed), sum(e.rate_limited),
-                            max(e.last_used_at), max(e.version)
-                     from e
-                     group by 1, 2, 3"
+                    "insert into {table} (key_id, minute, requests, successful, failed, rate_limited, last_used_at, version)
+                     select r.id, date_trunc('minute', r.minute, 'UTC'),
+                            sum(r.requests), sum(r.successful), sum(r.failed), sum(r.rate_limited),
+                            max(r.last_used_at), max(r.version)
+                     from {records}
+                     group by 1, 2"
                 ),
             };
             sqlx::query(&sql)
