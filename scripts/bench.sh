@@ -290,14 +290,14 @@ order by g.n, k.r
 limit greatest($REPLAY_EVENTS - $existing, 0);
 SQL
 log_events=$(psql_db -c "select count(*) from events" "$db")
-# A log in service has been read (by the projector, the relay) and vacuumed;
-# this one was inserted a moment ago, and its first reader would pay for
-# marking its rows committed (hint bits): 4.41 s for the first replay, then
-# 3.68 and 3.75 s, measured. Vacuumed, neither the baseline nor BIN pays it,
+# A log in service has been vacuumed and analyzed by autovacuum; this one
+# was inserted a moment ago, and the first replay of such a log took 4.41 s,
+# the next two 3.68 and 3.75 s (statistics, visibility map or hint bits: not
+# told apart). Vacuumed first, neither the baseline nor BIN pays for it,
 # whichever runs first.
 psql_db -c "vacuum (analyze) events" "$db"
-# A command's seconds; fails when it does (a command substitution does not
-# stop the script by itself).
+# A command's seconds; fails when it does (errexit does not apply inside
+# `$(…)`, so the failure is returned explicitly).
 seconds() { local start end; start=$(date +%s.%N); "$@" >/dev/null || return 1; end=$(date +%s.%N); python3 -c "print($end - $start)"; }
 baseline_seconds=
 if [ -n "${REPLAY_BASELINE_BIN:-}" ]; then
@@ -306,7 +306,8 @@ if [ -n "${REPLAY_BASELINE_BIN:-}" ]; then
     { echo "REPLAY_BASELINE_BIN's replay failed (a build older than this one's migrations?): no baseline row" >&2; baseline_seconds=; }
 fi
 replay_seconds=$(seconds "$BIN" replay) || { echo "replay failed" >&2; exit 1; }
-check_seconds=$(seconds "$BIN" replay --check) || { echo "replay --check failed" >&2; exit 1; }
+check_seconds=$(seconds "$BIN" replay --check) ||
+  { echo "replay --check failed or found differences (run it on $db to see them)" >&2; exit 1; }
 
 echo "6/6 memory after $MILLION_KEYS distinct keys verified" >&2
 # A database of its own: the keys go straight into the read model (creating

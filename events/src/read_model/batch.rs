@@ -53,7 +53,12 @@ pub enum UsageSink<'a> {
     /// [`create_usage_staging`]), for [`roll_up_usage_staging`] to move the
     /// keys rows (last use, version) and write the `usage_rollups` rows at
     /// the end. A rebuild moves each key's row for its usage, and writes
-    /// each rollup row, once this way, instead of batch after batch.
+    /// each rollup row, once this way, instead of batch after batch. The
+    /// records are staged without their keys' rows; the roll-up joins them
+    /// once, for the organization, with the same rows as a join per batch:
+    /// a key's creation precedes its usage in log order, keys rows are never
+    /// removed and their organization never changes. Records of a key
+    /// without a row are dropped there, as [`apply`] drops them.
     ///
     /// Only for a rebuild, which applies each event once, in log order; not
     /// idempotent (the keys rows do not move, so an event applied twice
@@ -104,9 +109,9 @@ pub async fn create_usage_staging(db: &mut PgConnection, table: &str) -> Result<
 /// hour and day rows), then drops `table`.
 ///
 /// `usage_rollups` must be empty (a rebuild's copy): each row is inserted
-/// once, plainly, so the table needs no index meanwhile, and a rebuild
-/// builds them after, one sorted build each instead of a lookup and two
-/// index entries per row.
+/// once, plainly, so the table needs no index meanwhile, and a replay
+/// builds them after (a check never), one sorted build each instead of a
+/// lookup and two index entries per row.
 pub async fn roll_up_usage_staging(db: &mut PgConnection, table: &str) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
         "update keys k set last_used_at = greatest(k.last_used_at, s.last_used_at), version = greatest(k.version, s.version)
@@ -116,8 +121,9 @@ pub async fn roll_up_usage_staging(db: &mut PgConnection, table: &str) -> Result
     .execute(&mut *db)
     .await?;
     sqlx::query(&format!(
-        // The minutes (the table holds a key's minute once per batch that
-        // counted it), and the hours and days summed from them.
+        // The minutes (the table holds a key's minute once per statement
+        // that counted it: a batch's wave), and the hours and days summed
+        // from them.
         "insert into usage_rollups (key_id, org_id, granularity, bucket, requests, successful, failed, rate_limited)
          with m as (
              select s.key_id, k.org_id, s.minute, sum(s.requests)::bigint as requests,
@@ -239,7 +245,7 @@ pub async fn apply_batch_into(
                          successful = usage_rollups.successful + excluded.successful,
                          failed = usage_rollups.failed + excluded.failed,
                          rate_limited = usage_rollups.rate_limited + excluded.rate_limited",
-                    if usage.counts_every_record() {
+                    if matches!(usage, UsageSink::Once) {
                         "true"
                     } else {
                         "r.version > k.version"

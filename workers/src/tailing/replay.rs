@@ -18,7 +18,8 @@ const SCHEMA: &str = "keyledger_rebuild";
 /// Events read (and applied, set-based) at a time: memory stays flat as the
 /// log grows. Since usage moves each key's row once, at the end, rather
 /// than once per batch, the size hardly changes the speed: on the bench's
-/// log (200k events, about 9,500 keys) 20,000 a batch replayed in
+/// log (200k events, about 9,500 keys; measured in the fourth sitting, before
+/// the last replay changes) 20,000 a batch replayed in
 /// 2.71–2.97 s at a 110–114 MB peak, 50,000 in 2.73–2.83 s at 148–160 MB,
 /// 100,000 in 2.54–3.15 s at 220–230 MB.
 pub const BATCH: i64 = 20_000;
@@ -41,7 +42,7 @@ pub enum ReplayError {
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     /// A live index the rebuild cannot build on its copy of the table.
-    #[error("cannot rebuild index: {0}")]
+    #[error("cannot copy an index or the constraint it backs: {0}")]
     Index(String),
 }
 
@@ -94,7 +95,7 @@ async fn rebuild_into_schema(tx: &mut PgConnection) -> Result<usize, ReplayError
     // rolled up once at the end: each rollup row is written once, and each
     // key's row moved once for its usage, instead of by every batch that
     // counts toward it. The staging table holds at most a row per key and
-    // minute per batch, on disk.
+    // minute per statement that counts usage (a batch's wave), on disk.
     read_model::create_usage_staging(&mut *tx, USAGE_STAGING).await?;
     let mut after = LogPosition::default();
     let mut applied = 0;
@@ -112,10 +113,10 @@ async fn rebuild_into_schema(tx: &mut PgConnection) -> Result<usize, ReplayError
 
 /// Builds on the rebuild's copy of `table` every index of the live one, by
 /// its definition and under its name, and adds the primary key or unique
-/// constraints they back, under theirs. (Foreign keys, which `like` does
-/// not copy either, and comments on indexes are not copied.) (`like … including indexes` would
-/// name them anew: a swap would leave, say, `keys_list` as
-/// `keys_org_id_id_idx`, and a later migration naming it would fail.)
+/// constraints they back, under theirs: `like … including all` would name
+/// them anew, a swap would leave, say, `keys_list` as `keys_org_id_id_idx`,
+/// and a later migration naming it would fail. (Foreign keys, which `like`
+/// does not copy either, and comments on indexes are not copied.)
 async fn build_indexes_like_live(tx: &mut PgConnection, table: &str) -> Result<(), ReplayError> {
     let live = format!("public.{table}");
     // The constraints an index backs (a foreign key names the index it
@@ -215,11 +216,11 @@ async fn compare(pool: &PgPool) -> Result<Differences, ReplayError> {
         // Each row's text once a side, and a text found on one side only is
         // a difference: what `except` both ways finds, in one pass.
         let rows: Vec<(bool, String)> = sqlx::query_as(&format!(
-            "select bool_or(live), row from (
-                 select true as live, r::text as row from public.{table} r
+            "select bool_or(live), line from (
+                 select true as live, r::text as line from public.{table} r
                  union all
-                 select false, r::text from {SCHEMA}.{table} r) rows
-             group by row having bool_and(live) or not bool_or(live) order by row"
+                 select false, r::text from {SCHEMA}.{table} r) lines
+             group by line having bool_and(live) = bool_or(live) order by line"
         ))
         .fetch_all(&mut *tx)
         .await?;
