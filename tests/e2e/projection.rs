@@ -461,3 +461,38 @@ async fn a_replay_that_cannot_copy_a_constraint_stops_and_changes_nothing() {
             .unwrap();
     assert!(!leftover);
 }
+
+/// Usage committed after a replay's snapshot, in a minute its roll-up
+/// already wrote: the swap adds it to that row (through the primary key the
+/// replay builds after the roll-up).
+#[actix_web::test]
+async fn a_replay_adds_late_usage_to_the_minute_its_roll_up_wrote() {
+    let mut app = spawn_app().await;
+    let key = app.create_key(json!({"name": "k", "type": "secret"})).await;
+    let id = key["id"].as_str().unwrap().to_owned();
+    app.stop_background().await;
+    let projector = Projector::read_models(app.pool.clone());
+    // Three records of 10:00 (4 + 5 + 6 requests) before the snapshot…
+    append_usage(&app, std::slice::from_ref(&id), 3, 0).await;
+    crate::support::settle(&app.pool).await;
+    drain(&projector).await;
+    let live = std::sync::Mutex::new(Vec::new());
+    keyledger_workers::tailing::replay::rebuild_with(&app.pool, || async {
+        // …and two more of 10:00 (4 + 5) after it, projected live.
+        append_usage(&app, std::slice::from_ref(&id), 2, 3).await;
+        crate::support::settle(&app.pool).await;
+        drain(&projector).await;
+        *live.lock().unwrap() = snapshot(&app).await;
+    })
+    .await
+    .unwrap();
+    let requests: Vec<(String, i64)> =
+        sqlx::query_as("select granularity, requests from usage_rollups where key_id = $1 order by granularity")
+            .bind(&id)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    let expected = [("day", 24), ("hour", 24), ("minute", 24)].map(|(g, n)| (g.to_owned(), n));
+    assert_eq!(requests, expected);
+    assert_eq!(snapshot(&app).await, live.into_inner().unwrap());
+}
