@@ -321,6 +321,30 @@ async fn a_replay_of_many_batches_rebuilds_what_the_projector_applied() {
     assert_replay_reproduces(&app, live).await;
 }
 
+/// An app with one key, "k", its background work stopped (nothing else
+/// writes the log or the read models), and the key's id.
+async fn one_key_at_rest() -> (TestApp, String) {
+    let mut app = spawn_app().await;
+    let key = app.create_key(json!({"name": "k", "type": "secret"})).await;
+    let id = key["id"].as_str().unwrap().to_owned();
+    app.stop_background().await;
+    (app, id)
+}
+
+/// Runs a replay with `late` committed between its snapshot and its swap;
+/// returns the read models as they were live after `late`, which the swap
+/// must leave as they are.
+async fn replay_around(app: &TestApp, late: impl std::future::Future<Output = ()>) -> Vec<String> {
+    let live = std::sync::Mutex::new(Vec::new());
+    keyledger_workers::tailing::replay::rebuild_with(&app.pool, || async {
+        late.await;
+        *live.lock().unwrap() = snapshot(app).await;
+    })
+    .await
+    .unwrap();
+    live.into_inner().unwrap()
+}
+
 /// The events of one key in log order (transaction id, position), by version.
 async fn versions_in_log_order(app: &TestApp, stream: &str) -> Vec<i64> {
     sqlx::query_scalar("select version from events where stream_id = $1 order by tx_id, position")
@@ -376,18 +400,8 @@ async fn command_around_a_usage_flush(app: &TestApp, id: &str) {
 /// the usage record too.
 #[actix_web::test]
 async fn a_replay_counts_such_a_record_committed_between_its_snapshot_and_its_swap() {
-    let mut app = spawn_app().await;
-    let key = app.create_key(json!({"name": "k", "type": "secret"})).await;
-    let id = key["id"].as_str().unwrap().to_owned();
-    app.stop_background().await;
-    let live = std::sync::Mutex::new(Vec::new());
-    keyledger_workers::tailing::replay::rebuild_with(&app.pool, || async {
-        command_around_a_usage_flush(&app, &id).await;
-        *live.lock().unwrap() = snapshot(&app).await;
-    })
-    .await
-    .unwrap();
-    let live = live.into_inner().unwrap();
+    let (app, id) = one_key_at_rest().await;
+    let live = replay_around(&app, command_around_a_usage_flush(&app, &id)).await;
     assert!(live.iter().any(|row| row.contains(",renamed,")), "{live:?}");
     assert_eq!(snapshot(&app).await, live);
 }
@@ -399,10 +413,7 @@ async fn a_replay_counts_such_a_record_committed_between_its_snapshot_and_its_sw
 /// committed, counted the record; a replay counts it too.
 #[actix_web::test]
 async fn a_replay_counts_a_usage_record_that_follows_a_newer_event_of_its_key_in_log_order() {
-    let mut app = spawn_app().await;
-    let key = app.create_key(json!({"name": "k", "type": "secret"})).await;
-    let id = key["id"].as_str().unwrap().to_owned();
-    app.stop_background().await;
+    let (app, id) = one_key_at_rest().await;
     command_around_a_usage_flush(&app, &id).await;
     let live = snapshot(&app).await;
     assert_replay_reproduces(&app, live).await;
@@ -436,9 +447,7 @@ async fn a_database_replayed_before_replays_kept_index_names_gets_them_back() {
 
 #[actix_web::test]
 async fn a_replay_that_cannot_copy_a_constraint_stops_and_changes_nothing() {
-    let mut app = spawn_app().await;
-    app.create_key(json!({"name": "k", "type": "secret"})).await;
-    app.stop_background().await;
+    let (app, _) = one_key_at_rest().await;
     // A deferrable constraint cannot be added to a copy `using index`.
     sqlx::raw_sql("alter table keys add constraint keys_name_once unique (org_id, name) deferrable")
         .execute(&app.pool)
@@ -467,25 +476,19 @@ async fn a_replay_that_cannot_copy_a_constraint_stops_and_changes_nothing() {
 /// replay builds after the roll-up).
 #[actix_web::test]
 async fn a_replay_adds_late_usage_to_the_minute_its_roll_up_wrote() {
-    let mut app = spawn_app().await;
-    let key = app.create_key(json!({"name": "k", "type": "secret"})).await;
-    let id = key["id"].as_str().unwrap().to_owned();
-    app.stop_background().await;
+    let (app, id) = one_key_at_rest().await;
     let projector = Projector::read_models(app.pool.clone());
     // Three records of 10:00 (4 + 5 + 6 requests) before the snapshot…
     append_usage(&app, std::slice::from_ref(&id), 3, 0).await;
     crate::support::settle(&app.pool).await;
     drain(&projector).await;
-    let live = std::sync::Mutex::new(Vec::new());
-    keyledger_workers::tailing::replay::rebuild_with(&app.pool, || async {
-        // …and two more of 10:00 (4 + 5) after it, projected live.
+    // …and two more of 10:00 (4 + 5) after it, projected live.
+    let live = replay_around(&app, async {
         append_usage(&app, std::slice::from_ref(&id), 2, 3).await;
         crate::support::settle(&app.pool).await;
         drain(&projector).await;
-        *live.lock().unwrap() = snapshot(&app).await;
     })
-    .await
-    .unwrap();
+    .await;
     let requests: Vec<(String, i64)> =
         sqlx::query_as("select granularity, requests from usage_rollups where key_id = $1 order by granularity")
             .bind(&id)
@@ -494,5 +497,5 @@ async fn a_replay_adds_late_usage_to_the_minute_its_roll_up_wrote() {
             .unwrap();
     let expected = [("day", 24), ("hour", 24), ("minute", 24)].map(|(g, n)| (g.to_owned(), n));
     assert_eq!(requests, expected);
-    assert_eq!(snapshot(&app).await, live.into_inner().unwrap());
+    assert_eq!(snapshot(&app).await, live);
 }

@@ -29,7 +29,7 @@ pub const BATCH: i64 = 20_000;
 const USAGE_STAGING: &str = "keyledger_rebuild.usage_staging";
 /// The read model a rebuild writes only at its end, when the usage roll-up
 /// inserts each of its rows once: its copy has no index until then (a
-/// rebuild builds them after; a check, which only compares rows, never).
+/// replay builds them after; a check, which only compares rows, never).
 const ROLLED_UP_AT_END: &str = "usage_rollups";
 /// PostgreSQL's `work_mem` for a rebuild's transaction (per sort or hash of
 /// one statement, on the database server).
