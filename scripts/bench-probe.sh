@@ -4,6 +4,7 @@
 #
 #   BIN=path/to/keyledger bash scripts/bench-probe.sh verify   # /v1/verify and /v1/auth req/s
 #   BIN=path/to/keyledger bash scripts/bench-probe.sh create   # creations/s, pgbench inserts/s, the average group
+#   BIN=path/to/keyledger bash scripts/bench-probe.sh usage    # how fast usage flushes append many keys' minutes
 #   (CONNECTIONS, default 8, and THREADS, default 2, for wrk; pgbench uses as many clients;
 #   SERVE_LOG=file keeps the server's standard error)
 #
@@ -11,7 +12,7 @@
 # organization, runs wrk (THREADS, CONNECTIONS, DURATION) and prints one line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=${1:?verify or create}
+what=${1:?verify, create or usage}
 BIN=${BIN:-target/release/keyledger}
 DURATION=${DURATION:-8s}
 work=$(mktemp -d)
@@ -29,6 +30,8 @@ cleanup() {
 }
 trap cleanup EXIT
 "$BIN" migrate >/dev/null
+# Usage flushes every FLUSH_SECONDS (the usage probe times them).
+export KEYLEDGER_USAGE_FLUSH_SECONDS=${FLUSH_SECONDS:-1}
 KEYLEDGER_LISTEN="127.0.0.1:$port" "$BIN" serve 2>"${SERVE_LOG:-$work/serve.log}" &
 pid=$!
 for _ in $(seq 100); do curl -fs "$url/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -72,5 +75,94 @@ LUA
     grouped=$(curl -fs "$url/metrics" | awk '$1 == "keyledger_key_creations_total{commit=\"group\"}" {print $2}')
     python3 -c "r = ($after - $before) / $seconds; print(f'create {r:.0f}/s  pgbench {$inserts}/s  ratio {r / $inserts:.2f}  group {$grouped / max($groups, 1):.1f}')"
     ;;
-  *) echo "verify or create" >&2; exit 2 ;;
+  usage)
+    # USAGE_KEYS keys created through the API (each secret read from its
+    # answer), then each verified once: one key's minute to flush each.
+    # Timed: from the last verification's answer until the flushes have
+    # appended them all (flushes run every second).
+    USAGE_KEYS=${USAGE_KEYS:-50000}
+    mkdir -p "$work/keys"
+    cat >"$work/create.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"name": "probe", "type": "secret", "scopes": ["read:experiences"]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $KEY"
+local created, out, limit = 0, nil, math.floor($USAGE_KEYS / ${THREADS:-2})
+function setup(thread) thread:set("id", tostring(thread)) end
+function init(args) out = io.open("$work/keys/" .. id:gsub("%W", ""), "w") end
+function response(status, headers, body)
+  if status == 201 then
+    created = created + 1
+    out:write(body:match('"key"%s*:%s*"([^"]+)"'), "\n")
+    if created >= limit then out:flush(); wrk.thread:stop() end
+  end
+end
+LUA
+    # wrk waits out its duration after its threads stop: it is stopped once
+    # each thread has written its keys.
+    wrk -t"${THREADS:-2}" -c8 -d10m -s "$work/create.lua" "$url/v1/keys" >/dev/null &
+    wrk_pid=$!
+    while [ "$(cat "$work"/keys/* 2>/dev/null | wc -l)" -lt $((USAGE_KEYS / ${THREADS:-2} * ${THREADS:-2})) ]; do
+      kill -0 "$wrk_pid" || { echo "wrk stopped before creating the keys" >&2; exit 1; }
+      sleep 0.2
+    done
+    kill "$wrk_pid"; wait "$wrk_pid" 2>/dev/null || true
+    sort -u "$work"/keys/* >"$work/keys.txt"
+    keys=$(wc -l <"$work/keys.txt")
+    cat >"$work/verify.lua" <<LUA
+local threads, keys, next_key = ${THREADS:-2}, {}, 1
+local counter = 0
+function setup(thread) thread:set("index", counter); counter = counter + 1 end
+function init(args)
+  local n = 0
+  for line in io.lines("$work/keys.txt") do
+    if n % threads == index then keys[#keys + 1] = line end
+    n = n + 1
+  end
+end
+function request()
+  if next_key > #keys then wrk.thread:stop() end
+  local key = keys[math.min(next_key, #keys)]
+  next_key = next_key + 1
+  return wrk.format("POST", "/v1/verify", {["Content-Type"] = "application/json"}, '{"key": "' .. key .. '"}')
+end
+LUA
+    metric() { curl -fs "$url/metrics" | awk -v m="$1" '$1 == m {print $2 + 0}'; }
+    valid() { curl -fs "$url/metrics" | awk '$1 ~ /^keyledger_verifications_total/ && $1 ~ /VALID/ {n += $2} END {print n + 0}'; }
+    # The creations' own usage (the admin key's) flushed first.
+    sleep 2
+    flushed_before=$(metric keyledger_usage_flushed_events_total)
+    # The creations' key checks count as VALID too.
+    valid_target=$(($(valid) + keys))
+    wrk -t"${THREADS:-2}" -c8 -d1h -s "$work/verify.lua" "$url/v1/verify" >/dev/null &
+    wrk_pid=$!
+    while [ "$(valid)" -lt "$valid_target" ]; do sleep 0.05; done
+    verified_at=$(date +%s.%N)
+    kill "$wrk_pid"; wait "$wrk_pid" 2>/dev/null || true
+    # Done when the count of appended records has not moved for 1.5 s (a
+    # flush a second appended nothing); timed to its last move.
+    python3 - "$url/metrics" "$verified_at" "$keys" "$flushed_before" <<'PY'
+import sys, time, urllib.request
+url, verified_at, keys, before = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+def flushed():
+    for line in urllib.request.urlopen(url).read().decode().splitlines():
+        if line.startswith("keyledger_usage_flushed_events_total "):
+            return float(line.split()[1])
+last, moved = flushed(), time.time()
+while last - before < keys * 0.99 or time.time() - moved < 1.5:
+    time.sleep(0.05)
+    now = flushed()
+    if now != last:
+        last, moved = now, time.time()
+seconds = moved - verified_at
+print(f"usage {last - before:.0f} keys' minutes (of {keys} keys) flushed {seconds:.2f} s after the last verification ({(last - before) / seconds:.0f}/s)")
+PY
+    # The records' own times: each is stamped as its append (one key's
+    # minute, or a batch) starts. With FLUSH_SECONDS longer than the
+    # verifications take, one flush appends them all, from the first to the last.
+    psql_db -F ' ' -c "select 'usage records', count(*), 'in', count(distinct tx_id), 'transactions; first to last stamped',
+        round(extract(epoch from max(occurred_at) - min(occurred_at))::numeric, 3), 's'
+      from events where type = 'key.used' and stream_id in (select 'key-' || id from keys where name = 'probe')"
+    ;;
+  *) echo "verify, create or usage" >&2; exit 2 ;;
 esac

@@ -376,6 +376,7 @@ async fn commit_group(state: &AppState, org_id: OrgId, group: &[Queued]) -> Resu
         .zip(&encoded)
         .map(|(d, events)| NewStream {
             stream_id: d.stream_id(),
+            expected_version: 0,
             events,
             meta: d.meta(),
         })

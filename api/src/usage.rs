@@ -12,8 +12,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, Utc};
+use keyledger_events::domain::DomainError;
 use keyledger_events::domain::{key, key::KeyUsed, ApiKey, KeyCommand, KeyId};
-use keyledger_events::handler::{self, HandlerError};
+use keyledger_events::handler::{self, HandlerError, ManyOutcome};
 use keyledger_events::log::{self, EventMeta, Notice};
 use keyledger_events::run_loop::{from_fn, run_loop, Progress, Schedule};
 use keyledger_events::shutdown::Shutdown;
@@ -109,9 +110,10 @@ impl UsageAccumulator {
     }
 
     /// Appends one `key.used` event per key and minute counted since the last
-    /// flush; returns how many were appended. The database being down (or
-    /// found down on the way) keeps the rest for the next flush at once,
-    /// rather than waiting for a connection once per key.
+    /// flush, [`FLUSH_BATCH`] of them at a time, each batch in a few round
+    /// trips and one transaction; returns how many were appended. The
+    /// database being down (or found down on the way) keeps the rest for
+    /// the next flush at once, rather than trying it batch after batch.
     pub async fn flush(&self, pool: &PgPool, database: &DatabaseHealth) -> usize {
         if database.is_down() {
             return 0;
@@ -130,52 +132,90 @@ impl UsageAccumulator {
                 }
             }
         }
-        let drained: Vec<(KeyId, DateTime<Utc>, Counts)> = taken
-            .into_iter()
-            .map(|((key_id, minute), counts)| (key_id, minute, counts))
-            .collect();
-        let mut appended = 0;
-        let mut unavailable = false;
-        let mut failures = 0;
-        let mut notices = Vec::new();
-        for (key_id, minute, counts) in drained {
-            if !unavailable {
-                match append(pool, key_id, minute, counts).await {
-                    Ok(notice) => {
-                        appended += 1;
-                        notices.extend(notice);
-                        continue;
-                    }
-                    Err(HandlerError::Database(e)) if is_unavailable(&e) => {
-                        tracing::warn!(error = %e, "usage flush: the database is unavailable; keeping the counts");
-                        database.observe(&e);
-                        unavailable = true;
-                    }
-                    Err(e) => tracing::warn!(key_id = %key_id, error = %e, "usage flush failed; keeping the counts"),
-                }
-                failures += 1;
-            }
-            self.pending
-                .mine()
-                .lock()
-                .expect("usage lock")
-                .entry((key_id, minute))
-                .or_default()
-                .merge(counts);
-        }
-        // Best effort: a lost announcement only leaves the workers to their
-        // poll (and none is tried once the database was found unavailable).
-        for batch in notices.chunks(1_000).take_while(|_| !unavailable) {
-            if let Err(e) = log::announce(pool, batch).await {
-                tracing::warn!(error = %e, "usage flush: cannot announce the appended usage");
+        let mut flushed = Flushed::default();
+        let mut taken = taken.into_iter();
+        loop {
+            let batch: Vec<_> = taken.by_ref().take(FLUSH_BATCH).collect();
+            if batch.is_empty() {
                 break;
+            }
+            if flushed.unavailable {
+                self.keep(batch);
+                continue;
+            }
+            match append_batch(pool, &batch).await {
+                Ok(outcome) => {
+                    for ((key_minute, counts), decision) in batch.into_iter().zip(outcome.decisions) {
+                        match decision {
+                            Ok(()) => flushed.appended += 1,
+                            // A deleted key's last counts go with it.
+                            Err(DomainError::NotFound) => {}
+                            Err(e) => {
+                                tracing::warn!(key_id = %key_minute.0, error = %e, "usage flush refused; keeping the counts");
+                                flushed.failures += 1;
+                                self.keep([(key_minute, counts)]);
+                            }
+                        }
+                    }
+                    flushed.announce(pool, outcome.notices).await;
+                }
+                Err(e) if matches!(&e, HandlerError::Database(d) if is_unavailable(d)) => {
+                    flushed.failed(database, &e, batch.len());
+                    self.keep(batch);
+                }
+                // Another writer appended to one of the keys since the batch
+                // read them (or one key could not be loaded): one by one,
+                // each tried again as a command is, so that no key holds
+                // up the others.
+                Err(e) => {
+                    if !matches!(e, HandlerError::Concurrency) {
+                        tracing::warn!(error = %e, "usage flush: a batch failed; appending its keys' minutes one by one");
+                    }
+                    for (key_minute, counts) in batch {
+                        self.flush_one(pool, database, key_minute, counts, &mut flushed).await;
+                    }
+                }
             }
         }
         self.flushes.fetch_add(1, Ordering::Relaxed);
-        self.flushed_events.fetch_add(appended as u64, Ordering::Relaxed);
-        self.last_flush_size.store(appended as u64, Ordering::Relaxed);
-        self.flush_failures.fetch_add(failures, Ordering::Relaxed);
-        appended
+        self.flushed_events
+            .fetch_add(flushed.appended as u64, Ordering::Relaxed);
+        self.last_flush_size.store(flushed.appended as u64, Ordering::Relaxed);
+        self.flush_failures.fetch_add(flushed.failures, Ordering::Relaxed);
+        flushed.appended
+    }
+
+    /// One key's minute on its own (a transaction of its own, tried again
+    /// when a command appends to the key at the same moment).
+    async fn flush_one(
+        &self,
+        pool: &PgPool,
+        database: &DatabaseHealth,
+        key_minute: (KeyId, DateTime<Utc>),
+        counts: Counts,
+        flushed: &mut Flushed,
+    ) {
+        if !flushed.unavailable {
+            match append(pool, key_minute.0, key_minute.1, counts).await {
+                Ok(Some(notice)) => {
+                    flushed.appended += 1;
+                    flushed.announce(pool, vec![notice]).await;
+                    return;
+                }
+                // A deleted key's last counts go with it.
+                Ok(None) => return,
+                Err(e) => flushed.failed(database, &e, 1),
+            }
+        }
+        self.keep([(key_minute, counts)]);
+    }
+
+    /// Puts counts back, for the next flush.
+    fn keep(&self, counted: impl IntoIterator<Item = ((KeyId, DateTime<Utc>), Counts)>) {
+        let mut pending = self.pending.mine().lock().expect("usage lock");
+        for (key_minute, counts) in counted {
+            pending.entry(key_minute).or_default().merge(counts);
+        }
     }
 
     /// Flushes every `interval`, and as soon as the database is back after
@@ -236,34 +276,94 @@ impl UsageAccumulator {
     }
 }
 
-/// Appends one key's counts of one minute; the notice to announce once the
-/// flush is over (usage records only wake the workers: no cache reads them).
-async fn append(
-    pool: &PgPool,
-    id: KeyId,
-    minute: DateTime<Utc>,
-    counts: Counts,
-) -> Result<Option<Notice>, HandlerError> {
-    let used = KeyUsed {
+/// How many keys' minutes a flush appends in one statement.
+pub const FLUSH_BATCH: usize = 1_000;
+
+/// What a flush has done so far.
+#[derive(Default)]
+struct Flushed {
+    appended: usize,
+    failures: u64,
+    /// The database was found unavailable: nothing more is tried.
+    unavailable: bool,
+    /// An announcement failed: no more are tried.
+    unannounced: bool,
+}
+
+impl Flushed {
+    /// `events` could not be appended, for `error`.
+    fn failed(&mut self, database: &DatabaseHealth, error: &HandlerError, events: usize) {
+        self.failures += events as u64;
+        match error {
+            HandlerError::Database(e) if is_unavailable(e) => {
+                tracing::warn!(error = %e, "usage flush: the database is unavailable; keeping the counts");
+                database.observe(e);
+                self.unavailable = true;
+            }
+            e => tracing::warn!(events, error = %e, "usage flush failed; keeping the counts"),
+        }
+    }
+
+    /// Wakes the workers for what was appended. Best effort: a lost
+    /// announcement only leaves them to their poll.
+    async fn announce(&mut self, pool: &PgPool, notices: Vec<Notice>) {
+        if self.unannounced || self.unavailable || notices.is_empty() {
+            return;
+        }
+        if let Err(e) = log::announce(pool, &notices).await {
+            tracing::warn!(error = %e, "usage flush: cannot announce the appended usage");
+            self.unannounced = true;
+        }
+    }
+}
+
+/// The `key.used` event of one key's counts of one minute.
+fn used(minute: DateTime<Utc>, counts: Counts) -> KeyUsed {
+    KeyUsed {
         minute,
         requests: counts.requests,
         successful: counts.successful,
         failed: counts.failed,
         rate_limited: counts.rate_limited,
         last_used_at: counts.last_used_at.unwrap_or(minute),
-    };
-    let meta = EventMeta {
+    }
+}
+
+fn usage_meta() -> EventMeta {
+    EventMeta {
         actor: "system:usage".into(),
         request_id: None,
         occurred_at: Utc::now(),
-    };
+    }
+}
+
+/// Appends a batch of keys' minutes at once
+/// ([`handler::execute_many_unannounced`]): usage records only wake the
+/// workers (no cache reads them), so their notices are announced after.
+async fn append_batch(pool: &PgPool, batch: &[((KeyId, DateTime<Utc>), Counts)]) -> Result<ManyOutcome, HandlerError> {
+    let commands = batch
+        .iter()
+        .map(|&((id, minute), counts)| (key::stream_id(id), KeyCommand::RecordUsage(used(minute, counts))))
+        .collect();
+    handler::execute_many_unannounced::<ApiKey>(pool, commands, &usage_meta()).await
+}
+
+/// Appends one key's counts of one minute; the notice to announce.
+async fn append(
+    pool: &PgPool,
+    id: KeyId,
+    minute: DateTime<Utc>,
+    counts: Counts,
+) -> Result<Option<Notice>, HandlerError> {
+    let used = used(minute, counts);
+    let meta = usage_meta();
     // A command on the key may append at the same moment: try again.
     let mut attempts = 0;
     loop {
         let command = KeyCommand::RecordUsage(used.clone());
         match handler::execute_unannounced::<ApiKey>(pool, &key::stream_id(id), command, &meta, |_| Ok(())).await {
             Err(HandlerError::Concurrency) if attempts < 5 => attempts += 1,
-            Err(HandlerError::Domain(keyledger_events::domain::DomainError::NotFound)) => return Ok(None),
+            Err(HandlerError::Domain(DomainError::NotFound)) => return Ok(None),
             other => return other.map(|(_, notice)| notice),
         }
     }

@@ -144,7 +144,9 @@ pub async fn record_raised(
         Ok(_) => Ok(()),
         Err(AppendError::Database(e)) => Err(e),
         // A fresh id's stream is empty.
-        Err(AppendError::Conflict { .. }) => Err(sqlx::Error::Protocol(format!("alert stream {} exists", alert.id))),
+        Err(AppendError::Conflict { .. } | AppendError::BatchConflict { .. }) => {
+            Err(sqlx::Error::Protocol(format!("alert stream {} exists", alert.id)))
+        }
     }
 }
 

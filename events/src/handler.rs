@@ -27,7 +27,7 @@ pub enum HandlerError {
 impl From<AppendError> for HandlerError {
     fn from(e: AppendError) -> Self {
         match e {
-            AppendError::Conflict { .. } => HandlerError::Concurrency,
+            AppendError::Conflict { .. } | AppendError::BatchConflict { .. } => HandlerError::Concurrency,
             AppendError::Database(e) => HandlerError::Database(e),
         }
     }
@@ -75,10 +75,15 @@ pub async fn load_on<A: Aggregate>(
     };
     // Usage records change no state and are by far the most numerous
     // events of a busy key: they are not read, but they count for the version.
-    let mut events = log::read_stream_without_usage(&mut *conn, stream_id, until).await?;
-    if let Some(version) = version {
-        events.retain(|e| e.version <= version);
-    }
+    let events = log::read_stream_without_usage(&mut *conn, stream_id, until).await?;
+    loaded(&events, version)
+}
+
+/// The aggregate from its events (without usage records) read after its
+/// stream's `version`, when that was read: those past it are left out.
+fn loaded<A: Aggregate>(events: &[StoredEvent], version: Option<i64>) -> Result<Loaded<A>, HandlerError> {
+    let upto = events.partition_point(|e| version.is_none_or(|v| e.version <= v));
+    let events = &events[..upto];
     let version = version.unwrap_or_else(|| events.last().map_or(0, |e| e.version));
     let decoded = events
         .iter()
@@ -88,6 +93,24 @@ pub async fn load_on<A: Aggregate>(
         state: A::replay(&decoded),
         version,
     })
+}
+
+/// [`load_on`] (to the present) of several streams, in the order given: the
+/// versions in one query, then the events in another.
+async fn load_many<A: Aggregate>(conn: &mut PgConnection, stream_ids: &[&str]) -> Result<Vec<Loaded<A>>, HandlerError> {
+    let versions = log::stream_versions(&mut *conn, stream_ids).await?;
+    let events = log::read_streams_without_usage(&mut *conn, stream_ids).await?;
+    // Each stream's events are one run (in the database's collation, which
+    // need not be Rust's order of strings: looked up, not searched).
+    let runs: std::collections::HashMap<&str, &[StoredEvent]> = events
+        .chunk_by(|a, b| a.stream_id == b.stream_id)
+        .map(|run| (run[0].stream_id.as_str(), run))
+        .collect();
+    stream_ids
+        .iter()
+        .zip(versions)
+        .map(|(id, version)| loaded(runs.get(id).copied().unwrap_or_default(), Some(version)))
+        .collect()
 }
 
 /// What a handled command left behind: what the transaction decided, from
@@ -323,6 +346,91 @@ pub async fn execute_unannounced<A: Aggregate>(
     guard: impl FnOnce(Option<&A>) -> Result<(), DomainError>,
 ) -> Result<(Outcome<A>, Option<Notice>), HandlerError> {
     run(pool, stream_id, command, meta, guard, false).await
+}
+
+/// What [`execute_many_unannounced`] did.
+pub struct ManyOutcome {
+    /// Each command's decision, in the order given: a refused one appended
+    /// nothing.
+    pub decisions: Vec<Result<(), DomainError>>,
+    /// One per stream appended to, for the caller to announce.
+    pub notices: Vec<Notice>,
+}
+
+/// [`execute_unannounced`] for many commands at once, in a few round trips
+/// instead of a transaction each: the streams' versions in one query and
+/// their events in another; each command decided on its stream's state
+/// after the commands given before it for the same stream; everything
+/// decided appended in one statement and projected set-based
+/// ([`read_model::apply_batch`]), in one transaction. A refused command
+/// appends nothing and refuses no other. Another writer appending to any
+/// of the streams meanwhile fails the whole ([`HandlerError::Concurrency`]):
+/// nothing is stored, and the caller may run the commands one by one.
+pub async fn execute_many_unannounced<A: Aggregate>(
+    pool: &PgPool,
+    commands: Vec<(String, A::Command)>,
+    meta: &EventMeta,
+) -> Result<ManyOutcome, HandlerError> {
+    let meta = EventMeta {
+        occurred_at: meta.occurred_at.trunc_subsecs(6),
+        ..meta.clone()
+    };
+    let (ids, commands): (Vec<String>, Vec<A::Command>) = commands.into_iter().unzip();
+    let mut stream_ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    stream_ids.sort_unstable();
+    stream_ids.dedup();
+    let mut conn = pool.acquire().await?;
+    let loaded = load_many::<A>(&mut conn, &stream_ids).await?;
+    let mut streams: Vec<(Option<A>, Vec<A::Event>)> = loaded.iter().map(|_| (None, Vec::new())).collect();
+    let versions: Vec<i64> = loaded.iter().map(|l| l.version).collect();
+    for (stream, loaded) in streams.iter_mut().zip(loaded) {
+        stream.0 = loaded.state;
+    }
+    let mut decisions = Vec::with_capacity(ids.len());
+    for (id, command) in ids.iter().zip(commands) {
+        let at = stream_ids
+            .binary_search(&id.as_str())
+            .expect("every command's stream was loaded");
+        let (state, events) = &mut streams[at];
+        decisions.push(A::decide(state.as_ref(), command, meta.occurred_at).map(|decided| {
+            for event in &decided {
+                *state = A::evolve(state.take(), event);
+            }
+            events.extend(decided);
+        }));
+    }
+    let encoded: Vec<Vec<NewEvent>> = streams
+        .iter()
+        .map(|(_, events)| events.iter().map(NewEvent::from_domain).collect())
+        .collect();
+    let new: Vec<log::NewStream> = stream_ids
+        .iter()
+        .zip(&versions)
+        .zip(&encoded)
+        .filter(|(_, events)| !events.is_empty())
+        .map(|((&stream_id, &expected_version), events)| log::NewStream {
+            stream_id,
+            expected_version,
+            events,
+            meta: &meta,
+        })
+        .collect();
+    if new.is_empty() {
+        return Ok(ManyOutcome {
+            decisions,
+            notices: Vec::new(),
+        });
+    }
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let (stored, notices): (Vec<Vec<StoredEvent>>, Vec<Notice>) =
+        log::append_many_unannounced(&mut tx, &new).await?.into_iter().unzip();
+    let mut stored: Vec<StoredEvent> = stored.into_iter().flatten().collect();
+    stored.sort_unstable_by_key(|e| e.position);
+    read_model::apply_batch(&mut tx, &stored)
+        .await
+        .map_err(|f| HandlerError::from(f.error))?;
+    tx.commit().await?;
+    Ok(ManyOutcome { decisions, notices })
 }
 
 async fn run<A: Aggregate>(

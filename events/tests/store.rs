@@ -398,11 +398,13 @@ async fn new_streams_appended_in_one_statement_read_back_as_returned() {
     let streams = [
         log::NewStream {
             stream_id: "key-batch-a",
+            expected_version: 0,
             events: &a,
             meta: &m1,
         },
         log::NewStream {
             stream_id: "key-batch-b",
+            expected_version: 0,
             events: &b,
             meta: &m2,
         },
@@ -435,6 +437,7 @@ async fn new_streams_appended_in_one_statement_read_back_as_returned() {
     // A stream with events is not new: the statement fails and stores nothing.
     let again = [log::NewStream {
         stream_id: "key-batch-a",
+        expected_version: 0,
         events: &a,
         meta: &m1,
     }];
@@ -448,6 +451,95 @@ async fn new_streams_appended_in_one_statement_read_back_as_returned() {
         other => panic!("expected a unique violation, got {other:?}"),
     }
     assert_eq!(log::read_stream(pool, "key-batch-a", None).await.unwrap(), *a_stored);
+    db.drop().await;
+}
+
+/// Events for several streams, new and not, in one statement: each after
+/// its stream's version; a stale version fails the whole statement.
+#[tokio::test]
+async fn streams_appended_to_in_one_statement_follow_their_versions_or_store_nothing() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let first = append_committed(pool, "key-many-a", 0, "a1").await;
+    let m = meta("system:usage", None, at(1_764_000_000, 5));
+    let a = [raw_event("key.used", json!({ "label": "a2" }))];
+    let b = [
+        raw_event("key.created", json!({ "name": "b" })),
+        raw_event("key.used", json!({ "label": "b2" })),
+    ];
+    assert_eq!(
+        log::stream_versions(pool, &["key-many-b", "key-many-a"]).await.unwrap(),
+        [0, 1],
+        "in the order asked"
+    );
+    let streams = [
+        log::NewStream {
+            stream_id: "key-many-a",
+            expected_version: 1,
+            events: &a,
+            meta: &m,
+        },
+        log::NewStream {
+            stream_id: "key-many-b",
+            expected_version: 0,
+            events: &b,
+            meta: &m,
+        },
+    ];
+    let mut tx = pool.begin().await.unwrap();
+    let stored = log::append_many_unannounced(&mut tx, &streams).await.unwrap();
+    tx.commit().await.unwrap();
+    let (a_stored, a_notice) = &stored[0];
+    let (b_stored, b_notice) = &stored[1];
+    let a_read = log::read_stream(pool, "key-many-a", None).await.unwrap();
+    assert_eq!(a_read[1..], a_stored[..]);
+    assert_eq!(a_read[0], first);
+    assert_eq!(log::read_stream(pool, "key-many-b", None).await.unwrap(), *b_stored);
+    assert_eq!(a_stored.iter().map(|e| e.version).collect::<Vec<_>>(), [2]);
+    assert_eq!(b_stored.iter().map(|e| e.version).collect::<Vec<_>>(), [1, 2]);
+    assert!(format!("{a_notice:?}").contains("key-many-a key.used"), "{a_notice:?}");
+    assert!(
+        format!("{b_notice:?}").contains("key-many-b key.created,key.used"),
+        "{b_notice:?}"
+    );
+    assert_eq!(
+        log::stream_versions(pool, &["key-many-a", "key-many-b", "key-none"])
+            .await
+            .unwrap(),
+        [2, 2, 0]
+    );
+    let without_usage = log::read_streams_without_usage(pool, &["key-many-b", "key-many-a"])
+        .await
+        .unwrap();
+    assert_eq!(without_usage, b_stored[..1], "usage records left out");
+
+    // "key-many-a" is at version 2 now: a batch that read 1 stores nothing,
+    // not even the other stream's events.
+    let c = [raw_event("key.created", json!({ "name": "c" }))];
+    let stale = [
+        log::NewStream {
+            stream_id: "key-many-c",
+            expected_version: 0,
+            events: &c,
+            meta: &m,
+        },
+        log::NewStream {
+            stream_id: "key-many-a",
+            expected_version: 1,
+            events: &a,
+            meta: &m,
+        },
+    ];
+    let count = || sqlx::query_scalar::<_, i64>("select count(*) from events").fetch_one(pool);
+    let before = count().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    match log::append_many_unannounced(&mut tx, &stale).await {
+        Err(AppendError::BatchConflict { streams: 2 }) => {}
+        other => panic!("expected a batch conflict, got {other:?}"),
+    }
+    drop(tx);
+    assert_eq!(count().await.unwrap(), before);
+    assert_eq!(log::stream_versions(pool, &["key-many-c"]).await.unwrap(), [0]);
     db.drop().await;
 }
 

@@ -471,3 +471,104 @@ async fn usage_counted_by_several_threads_is_one_event_per_key_and_minute() {
         "{used}"
     );
 }
+
+/// A flush appends its keys' minutes a batch at a time, each batch one
+/// transaction, with the counts and read models one event at a time gave;
+/// a deleted key's counts are dropped without holding up the others.
+#[actix_web::test]
+async fn a_usage_flush_appends_a_batch_of_keys_minutes_in_one_transaction() {
+    use keyledger_api::db_health::DatabaseHealth;
+    use keyledger_api::usage::{Outcome, UsageAccumulator, FLUSH_BATCH};
+    use keyledger_events::domain::KeyId;
+
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for name in ["busy", "once", "deleted"] {
+        let key = app.create_key(json!({"name": name, "type": "secret"})).await;
+        ids.push(key["id"].as_str().unwrap().to_owned());
+    }
+    app.delete(&format!("/v1/keys/{}", ids[2])).await.expect(204);
+    let key = |n: usize| -> KeyId { ids[n].parse().unwrap() };
+    let usage = UsageAccumulator::default();
+    let start = chrono::DurationRound::duration_trunc(chrono::Utc::now(), chrono::Duration::minutes(1)).unwrap()
+        - chrono::Duration::minutes(FLUSH_BATCH as i64 + 10);
+    // One more minute of "busy" than a batch holds: two batches.
+    for minute in 0..=FLUSH_BATCH as i64 {
+        let at = start + chrono::Duration::minutes(minute);
+        usage.record(key(0), Outcome::Succeeded, at);
+        usage.record(key(0), Outcome::RateLimited, at + chrono::Duration::seconds(30));
+    }
+    usage.record(key(1), Outcome::Failed, start);
+    usage.record(key(2), Outcome::Succeeded, start);
+
+    assert_eq!(
+        usage.flush(&app.pool, &DatabaseHealth::default()).await,
+        FLUSH_BATCH + 2,
+        "every minute of the two live keys"
+    );
+    assert!(usage.is_empty(), "nothing kept: the deleted key's counts are dropped");
+    let (events, transactions, versions_in_order): (i64, i64, bool) = sqlx::query_as(
+        "select count(*), count(distinct tx_id),
+                bool_and(version = 1 + (select count(*) from events p where p.stream_id = e.stream_id and p.position < e.position))
+         from events e where type = 'key.used' and stream_id = any($1)",
+    )
+    .bind(ids.iter().map(|id| format!("key-{id}")).collect::<Vec<_>>())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(events, FLUSH_BATCH as i64 + 2);
+    assert_eq!(transactions, 2, "one transaction a batch, not one a key and minute");
+    assert!(versions_in_order, "each key's versions follow on, in log order");
+    assert_eq!(app.stream_types(&ids[2]).await, ["key.created", "key.deleted"]);
+
+    // The read models as one event at a time made them (the app's own
+    // flushes count only its admin key).
+    let rows: Vec<(String, String, i64, i64, i64, i64)> = sqlx::query_as(
+        "select key_id, granularity, sum(requests)::bigint, sum(successful)::bigint, sum(failed)::bigint, sum(rate_limited)::bigint
+         from usage_rollups where key_id = any($1) group by key_id, granularity order by key_id, granularity",
+    )
+    .bind(&ids)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let minutes = FLUSH_BATCH as i64 + 1;
+    let mut expected = vec![
+        (ids[0].clone(), "day".to_owned(), 2 * minutes, minutes, minutes, minutes),
+        (
+            ids[0].clone(),
+            "hour".to_owned(),
+            2 * minutes,
+            minutes,
+            minutes,
+            minutes,
+        ),
+        (
+            ids[0].clone(),
+            "minute".to_owned(),
+            2 * minutes,
+            minutes,
+            minutes,
+            minutes,
+        ),
+        (ids[1].clone(), "day".to_owned(), 1, 0, 1, 0),
+        (ids[1].clone(), "hour".to_owned(), 1, 0, 1, 0),
+        (ids[1].clone(), "minute".to_owned(), 1, 0, 1, 0),
+    ];
+    expected.sort();
+    assert_eq!(rows, expected);
+    let minute_rows: i64 =
+        sqlx::query_scalar("select count(*) from usage_rollups where key_id = $1 and granularity = 'minute'")
+            .bind(&ids[0])
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(minute_rows, minutes);
+    let last = start + chrono::Duration::minutes(FLUSH_BATCH as i64) + chrono::Duration::seconds(30);
+    let (last_used_at, version): (Option<chrono::DateTime<chrono::Utc>>, i64) =
+        sqlx::query_as("select last_used_at, version from keys where id = $1")
+            .bind(&ids[0])
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((last_used_at, version), (Some(last), 1 + minutes));
+}

@@ -286,6 +286,49 @@ async fn usage_recorded_between_a_commands_read_and_its_append_is_no_conflict() 
     assert_eq!(app.verify(json!({"key": secret})).await["code"], "INACTIVE");
 }
 
+/// A batch of a usage flush whose read of a key is overtaken by a command's
+/// append stores nothing, and its keys' minutes are then appended one by
+/// one: none is lost or counted twice.
+#[actix_web::test]
+async fn a_usage_flush_batch_overtaken_by_a_command_appends_each_minute_on_its_own() {
+    use keyledger_api::db_health::DatabaseHealth;
+    use keyledger_api::usage::{Outcome, UsageAccumulator};
+
+    let app = spawn_app().await;
+    let busy = app.create_key(json!({"name": "busy", "type": "secret"})).await;
+    let quiet = app.create_key(json!({"name": "quiet", "type": "secret"})).await;
+    let (busy, quiet) = (
+        busy["id"].as_str().unwrap().to_owned(),
+        quiet["id"].as_str().unwrap().to_owned(),
+    );
+    let usage = UsageAccumulator::default();
+    let now = chrono::Utc::now();
+    for id in [&busy, &quiet] {
+        usage.record(id.parse().unwrap(), Outcome::Succeeded, now);
+    }
+    // The deactivation has appended and not committed: the flush reads the
+    // version before it, and its batch's insert waits for it.
+    let held = hold_an_append(&app, &busy, keyledger_events::domain::KeyCommand::Deactivate).await;
+    let pool = app.pool.clone();
+    let flush = actix_web::rt::spawn(async move { usage.flush(&pool, &DatabaseHealth::default()).await });
+    wait_for_an_append_waiting(&app.pool).await;
+    held.commit().await.unwrap();
+    assert_eq!(flush.await.unwrap(), 2, "both minutes appended");
+    assert_eq!(
+        event_types(&app, &busy).await,
+        ["key.created", "key.deactivated", "key.used"]
+    );
+    assert_eq!(event_types(&app, &quiet).await, ["key.created", "key.used"]);
+    let requests: i64 = sqlx::query_scalar(
+        "select sum(requests)::bigint from usage_rollups where granularity = 'minute' and key_id = any($1)",
+    )
+    .bind([&busy, &quiet])
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(requests, 2, "each minute counted once");
+}
+
 #[actix_web::test]
 async fn another_commands_change_between_a_commands_read_and_its_append_is_a_conflict() {
     let app = spawn_app().await;

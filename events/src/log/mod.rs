@@ -9,8 +9,9 @@ pub mod store;
 pub use announcer::Announcer;
 pub use envelope::{DecodeError, EventMeta, LogPosition, NewEvent, StoredEvent};
 pub use store::{
-    announce, append, append_unannounced, checkpoint, newest_of_type, only_usage_after, read_after, read_event,
-    read_since_transaction, read_stream, read_stream_newest_without_usage, read_stream_without_usage,
-    read_visible_after, save_checkpoint, stream_version, AppendError, Binds, NewEventColumns, NewStream, Notice,
-    NEW_EVENT_COLUMNS, NOTIFY_CHANNEL, USAGE_EVENT,
+    announce, append, append_many_unannounced, append_unannounced, checkpoint, newest_of_type, only_usage_after,
+    read_after, read_event, read_since_transaction, read_stream, read_stream_newest_without_usage,
+    read_stream_without_usage, read_streams_without_usage, read_visible_after, save_checkpoint, stream_version,
+    stream_versions, AppendError, Binds, NewEventColumns, NewStream, Notice, NEW_EVENT_COLUMNS, NOTIFY_CHANNEL,
+    USAGE_EVENT,
 };

@@ -18,6 +18,10 @@ pub enum AppendError {
     /// Another writer appended to the stream since it was read.
     #[error("stream {stream_id} changed concurrently (expected version {expected})")]
     Conflict { stream_id: String, expected: i64 },
+    /// Another writer appended to one of the streams of
+    /// [`append_many_unannounced`] since it was read: nothing was stored.
+    #[error("one of {streams} streams changed concurrently")]
+    BatchConflict { streams: usize },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -59,15 +63,17 @@ pub async fn append_unannounced(
     insert(tx, stream_id, expected_version, events, meta, false).await
 }
 
-/// One new stream: its id, its first events (versions 1, 2, …) and who
+/// Events for one stream: its id, the version they follow (0 for a new
+/// stream, whose first events are versions 1, 2, …), the events and who
 /// appends them.
 pub struct NewStream<'a> {
     pub stream_id: &'a str,
+    pub expected_version: i64,
     pub events: &'a [NewEvent],
     pub meta: &'a EventMeta,
 }
 
-/// The events of several new streams as columns, for one statement that
+/// The events of several streams as columns, for one statement that
 /// inserts them all: `insert into events (NEW_EVENT_COLUMNS) select … from
 /// {unnest}` with [`NewEventColumns::unnest`] and [`NewEventColumns::bind`].
 /// The statement is the caller's (it may insert only on a condition), so
@@ -106,7 +112,7 @@ impl<'a> NewEventColumns<'a> {
             data: Vec::with_capacity(rows),
         };
         for stream in streams {
-            for (version, event) in (1..).zip(stream.events) {
+            for (version, event) in (stream.expected_version + 1..).zip(stream.events) {
                 columns.event_ids.push(uuid::Uuid::now_v7());
                 columns.stream_ids.push(stream.stream_id);
                 columns.versions.push(version);
@@ -191,6 +197,37 @@ impl<'a> NewEventColumns<'a> {
         }
         Some(appended)
     }
+}
+
+/// [`append_unannounced`] for many streams in one statement (its own
+/// transaction, or the caller's): each stream's events as the versions
+/// after its `expected_version`, in the order given, and one notice per
+/// stream for the caller to announce once committed. A writer that raced
+/// any of the streams fails the whole statement with
+/// [`AppendError::BatchConflict`], by the unique `(stream_id, version)`
+/// index as in [`append`] (versions have no gaps: whoever appended since
+/// the read took the version after it), and nothing is stored.
+pub async fn append_many_unannounced(
+    tx: &mut PgConnection,
+    streams: &[NewStream<'_>],
+) -> Result<Vec<(Vec<StoredEvent>, Notice)>, AppendError> {
+    let columns = NewEventColumns::of(streams);
+    let sql = format!(
+        "insert into events ({NEW_EVENT_COLUMNS}) select e.* from {} returning event_id, position, tx_id",
+        NewEventColumns::unnest(1, "e")
+    );
+    let returned: Vec<(uuid::Uuid, i64, i64)> = match columns.bind(sqlx::query_as(&sql)).fetch_all(&mut *tx).await {
+        Ok(returned) => returned,
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some("events_stream_version") => {
+            return Err(AppendError::BatchConflict { streams: streams.len() })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    columns.stored(&returned).ok_or_else(|| {
+        AppendError::Database(sqlx::Error::Protocol(
+            "an insert returned fewer rows than it was given".into(),
+        ))
+    })
 }
 
 /// A query that takes one more parameter: `sqlx`'s `Query` and `QueryAs`.
@@ -297,14 +334,21 @@ async fn insert(
 }
 
 /// What an append tells [`NOTIFY_CHANNEL`]'s listeners: the stream id, a
-/// space, the event types separated by commas.
+/// space, the event types separated by commas (each once).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use = "announce it once the transaction has committed"]
 pub struct Notice(String);
 
 impl Notice {
     fn of(stream_id: &str, events: &[NewEvent]) -> Notice {
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        // Each type once: a usage flush may append many minutes of one key
+        // at once, and a notification's payload is limited to 8,000 bytes.
+        let mut types: Vec<&str> = Vec::new();
+        for event in events {
+            if !types.contains(&event.event_type.as_str()) {
+                types.push(&event.event_type);
+            }
+        }
         Notice(format!("{stream_id} {}", types.join(",")))
     }
 }
@@ -373,6 +417,22 @@ pub async fn read_stream_without_usage<'c>(
     .await
 }
 
+/// [`read_stream_without_usage`] of several streams (to the present), in
+/// one query: ordered by stream, then version.
+pub async fn read_streams_without_usage<'c>(
+    db: impl PgExecutor<'c>,
+    stream_ids: &[&str],
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from events
+         where stream_id = any($1) and {NOT_USAGE}
+         order by stream_id, version"
+    ))
+    .bind(stream_ids)
+    .fetch_all(db)
+    .await
+}
+
 /// The newest `limit` events of one stream, newest first, without usage
 /// records.
 pub async fn read_stream_newest_without_usage<'c>(
@@ -437,6 +497,19 @@ pub async fn stream_version<'c>(db: impl PgExecutor<'c>, stream_id: &str) -> Res
         .bind(stream_id)
         .fetch_one(db)
         .await
+}
+
+/// [`stream_version`] of several streams in one query, in the order given
+/// (each one look at the end of its stream in the `(stream_id, version)`
+/// index).
+pub async fn stream_versions<'c>(db: impl PgExecutor<'c>, stream_ids: &[&str]) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select coalesce((select max(version) from events where stream_id = s.id), 0)
+         from unnest($1::text[]) with ordinality as s(id, n) order by s.n",
+    )
+    .bind(stream_ids)
+    .fetch_all(db)
+    .await
 }
 
 /// Up to `limit` events after `after`, in (transaction, position) order.
