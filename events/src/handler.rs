@@ -380,12 +380,12 @@ pub async fn execute_many_unannounced<A: Aggregate>(
     stream_ids.sort_unstable();
     stream_ids.dedup();
     let mut conn = pool.acquire().await?;
-    let loaded = load_many::<A>(&mut conn, &stream_ids).await?;
-    let mut streams: Vec<(Option<A>, Vec<A::Event>)> = loaded.iter().map(|_| (None, Vec::new())).collect();
-    let versions: Vec<i64> = loaded.iter().map(|l| l.version).collect();
-    for (stream, loaded) in streams.iter_mut().zip(loaded) {
-        stream.0 = loaded.state;
-    }
+    // Each stream's version as read, and its state and the events decided.
+    let (versions, mut streams): (Vec<i64>, Vec<_>) = load_many::<A>(&mut conn, &stream_ids)
+        .await?
+        .into_iter()
+        .map(|loaded| (loaded.version, (loaded.state, Vec::new())))
+        .unzip();
     let mut decisions = Vec::with_capacity(ids.len());
     for (id, command) in ids.iter().zip(commands) {
         let at = stream_ids
