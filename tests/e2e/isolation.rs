@@ -253,6 +253,16 @@ async fn usage_recorded_between_a_commands_read_and_its_append_is_no_conflict() 
         "the deactivation is stored once, after the usage"
     );
     assert_eq!(app.verify(json!({"key": key["key"]})).await["code"], "INACTIVE");
+    // That verification is usage too: the app's flush appends it before the
+    // next append is held, or it would take part in the interleaving (its
+    // append waiting for the held one, or landing between them).
+    crate::support::eventually(std::time::Duration::from_secs(10), || async {
+        match event_types(&app, &id).await.len() {
+            4 => Ok(()),
+            n => Err(format!("{n} events, the verification's usage not yet flushed")),
+        }
+    })
+    .await;
 
     // The same with an Idempotency-Key: the answer is recorded once, and a
     // retry replays it.
@@ -279,6 +289,7 @@ async fn usage_recorded_between_a_commands_read_and_its_append_is_no_conflict() 
             "key.created",
             "key.used",
             "key.deactivated",
+            "key.used",
             "key.used",
             "key.regenerated"
         ]
