@@ -233,9 +233,11 @@ async fn usage_counts_accepted_and_refused_requests_and_sets_last_used() {
         if body["total_requests"] == accepted + refused {
             break body;
         }
+        // A flush's interval and a few of its own: the flush shares two
+        // threads with every other test's background work.
         assert!(
-            started.elapsed() < Duration::from_millis(500 + 1_000),
-            "usage not visible within flush + 1 s: {body}"
+            started.elapsed() < Duration::from_millis(500 + 3_000),
+            "usage not visible within flush + 3 s: {body}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
