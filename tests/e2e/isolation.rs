@@ -362,3 +362,44 @@ async fn another_commands_change_between_a_commands_read_and_its_append_is_a_con
         (&json!("renamed"), &json!("active"))
     );
 }
+
+/// The scheduled jobs decide again when a usage flush appends to the key
+/// between their read and their append, as commands do: the reminder and
+/// the expiry are recorded on this run, not lost to a conflict until the
+/// next (a key in use is flushed every few seconds).
+#[actix_web::test]
+async fn usage_recorded_between_a_jobs_read_and_its_append_is_no_conflict() {
+    use keyledger_workers::jobs::{scheduler::run_job, Job, Report};
+
+    let app = crate::support::spawn_app_with_alert_emails(&["ops@acme.test"]).await;
+    let created = chrono::Utc::now();
+    let expires_at = created + chrono::Duration::days(100);
+    let key = app
+        .create_key(json!({"name": "busy", "type": "secret", "expires_at": expires_at.to_rfc3339()}))
+        .await;
+    let id = key["id"].as_str().unwrap().to_owned();
+    let run = |job: Job, at: chrono::DateTime<chrono::Utc>| {
+        let pool = app.pool.clone();
+        actix_web::rt::spawn(async move { run_job(&pool, job, at).await.unwrap().expect("no other worker runs it") })
+    };
+
+    // 77 days on, the 90-day rotation is 13 days away: a reminder for the
+    // key and one for the organization's admin key, created with it.
+    let held = hold_an_append(&app, &id, usage()).await;
+    let reminding = run(Job::Rotation, created + chrono::Duration::days(77));
+    wait_for_an_append_waiting(&app.pool).await;
+    held.commit().await.unwrap();
+    assert_eq!(reminding.await.unwrap(), Report { alerts: 2, events: 2 });
+
+    let held = hold_an_append(&app, &id, usage()).await;
+    let expiring = run(Job::Expiry, expires_at + chrono::Duration::minutes(1));
+    wait_for_an_append_waiting(&app.pool).await;
+    held.commit().await.unwrap();
+    assert_eq!(expiring.await.unwrap(), Report { alerts: 0, events: 1 });
+    assert_eq!(
+        event_types(&app, &id).await,
+        ["key.created", "key.used", "key.rotation_due", "key.used", "key.expired"]
+    );
+    let read = app.get(&format!("/v1/keys/{id}")).await;
+    assert_eq!(read.expect(200)["status"], "expired");
+}

@@ -49,8 +49,15 @@ async fn expire(pool: &PgPool, ids: impl Iterator<Item = KeyId>, now: DateTime<U
     let mut report = Report::default();
     for key_id in ids {
         let meta = job_meta(Job::Expiry, now);
-        match handler::execute::<ApiKey>(pool, &key::stream_id(key_id), KeyCommand::Expire, &meta, |_| Ok(())).await {
-            Ok(outcome) => report.events += outcome.events.len(),
+        // Usage records a flush appends meanwhile make it decide again
+        // (a key in use is flushed every few seconds).
+        let mut tx = pool.begin().await?;
+        let stream = key::stream_id(key_id);
+        match handler::decide_and_append_on::<ApiKey>(&mut tx, &stream, KeyCommand::Expire, &meta, |_| Ok(())).await {
+            Ok(outcome) => {
+                tx.commit().await?;
+                report.events += outcome.events.len();
+            }
             // Another worker recorded it first, or the key was deleted or
             // given a later expiry meanwhile: nothing to record.
             Err(HandlerError::Concurrency | HandlerError::Domain(DomainError::NotFound | DomainError::Conflict(_))) => {

@@ -92,25 +92,16 @@ async fn remind(pool: &PgPool, orgs: &mut Orgs, key: Due, now: DateTime<Utc>) ->
     if alerts::exists(pool, &alert.dedupe_key()).await? {
         return Ok(Report::default());
     }
-    let decided = match handler::decide::<ApiKey>(
-        pool,
-        &key::stream_id(key_id),
-        KeyCommand::RemindRotation,
-        &job_meta(Job::Rotation, now),
-        |_| Ok(()),
-    )
-    .await
-    {
-        Ok(decided) => decided,
-        // Regenerated, deactivated or deleted since the query: no reminder.
-        Err(HandlerError::Domain(DomainError::NotFound | DomainError::Conflict(_))) => return Ok(Report::default()),
-        Err(e) => return Err(e.into()),
-    };
     let mut tx = pool.begin().await?;
     if !alerts::raise(&mut tx, &alert, now).await? {
         return Ok(Report::default()); // another worker reminded it just now
     }
-    match decided.append(&mut tx).await {
+    // Usage records a flush appends meanwhile make it decide again (a key
+    // in use is flushed every few seconds).
+    let meta = job_meta(Job::Rotation, now);
+    let stream = key::stream_id(key_id);
+    match handler::decide_and_append_on::<ApiKey>(&mut tx, &stream, KeyCommand::RemindRotation, &meta, |_| Ok(())).await
+    {
         Ok(outcome) => {
             tx.commit().await?;
             Ok(Report {
@@ -118,9 +109,12 @@ async fn remind(pool: &PgPool, orgs: &mut Orgs, key: Due, now: DateTime<Utc>) ->
                 events: outcome.events.len(),
             })
         }
-        // The key changed between the decision and the append: the alert
-        // rolls back with it and the next run decides again.
-        Err(HandlerError::Concurrency) => Ok(Report::default()),
+        // Regenerated, deactivated or deleted since the query (no reminder),
+        // or changed otherwise between the read and the append (the next run
+        // decides again): the alert rolls back with it.
+        Err(HandlerError::Concurrency | HandlerError::Domain(DomainError::NotFound | DomainError::Conflict(_))) => {
+            Ok(Report::default())
+        }
         Err(e) => Err(e.into()),
     }
 }
