@@ -109,24 +109,6 @@ LUA
     kill "$wrk_pid"; wait "$wrk_pid" 2>/dev/null || true
     sort -u "$work"/keys/* >"$work/keys.txt"
     keys=$(wc -l <"$work/keys.txt")
-    cat >"$work/verify.lua" <<LUA
-local threads, keys, next_key = ${THREADS:-2}, {}, 1
-local counter = 0
-function setup(thread) thread:set("index", counter); counter = counter + 1 end
-function init(args)
-  local n = 0
-  for line in io.lines("$work/keys.txt") do
-    if n % threads == index then keys[#keys + 1] = line end
-    n = n + 1
-  end
-end
-function request()
-  if next_key > #keys then wrk.thread:stop() end
-  local key = keys[math.min(next_key, #keys)]
-  next_key = next_key + 1
-  return wrk.format("POST", "/v1/verify", {["Content-Type"] = "application/json"}, '{"key": "' .. key .. '"}')
-end
-LUA
     metric() { curl -fs "$url/metrics" | awk -v m="$1" '$1 == m {print $2 + 0}'; }
     valid() { curl -fs "$url/metrics" | awk '$1 ~ /^keyledger_verifications_total/ && $1 ~ /VALID/ {n += $2} END {print n + 0}'; }
     # The creations' own usage (the admin key's) flushed first.
@@ -134,7 +116,7 @@ LUA
     flushed_before=$(metric keyledger_usage_flushed_events_total)
     # The creations' key checks count as VALID too.
     valid_target=$(($(valid) + keys))
-    wrk -t"${THREADS:-2}" -c8 -d1h -s "$work/verify.lua" "$url/v1/verify" >/dev/null &
+    wrk -t"${THREADS:-2}" -c8 -d1h -s scripts/verify-each-key.lua "$url/v1/verify" -- "$work/keys.txt" "${THREADS:-2}" >/dev/null &
     wrk_pid=$!
     while [ "$(valid)" -lt "$valid_target" ]; do sleep 0.05; done
     verified_at=$(date +%s.%N)

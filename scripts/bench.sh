@@ -354,24 +354,6 @@ DATABASE_URL=$MILLION_URL KEYLEDGER_LISTEN="127.0.0.1:$MILLION_PORT" $BIN serve 
 kl_pid=$!
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$MILLION_PORT/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 rss_million_0=$(rss_kb)
-cat >"$work/million.lua" <<LUA
-local threads, path, keys, next_key = $THREADS, "$work/million.txt", {}, 1
-local counter = 0
-function setup(thread) thread:set("index", counter); counter = counter + 1 end
-function init(args)
-  local n = 0
-  for line in io.lines(path) do
-    if n % threads == index then keys[#keys + 1] = line end
-    n = n + 1
-  end
-end
-function request()
-  if next_key > #keys then wrk.thread:stop() end
-  local key = keys[math.min(next_key, #keys)]
-  next_key = next_key + 1
-  return wrk.format("POST", "/v1/verify", {["Content-Type"] = "application/json"}, '{"key": "' .. key .. '"}')
-end
-LUA
 million_verified() {
   curl -fs "http://127.0.0.1:$MILLION_PORT/metrics" |
     awk '$1 ~ /^keyledger_verifications_total/ && $1 ~ /VALID/ {n += $2} END {print n + 0}'
@@ -379,7 +361,8 @@ million_verified() {
 million_start=$(date +%s.%N)
 # Each wrk thread stops sending after its share of the keys, but wrk itself
 # waits out its duration: it is stopped once every key was answered.
-wrk -t"$THREADS" -c"$CONNECTIONS" -d1h -s "$work/million.lua" "http://127.0.0.1:$MILLION_PORT/v1/verify" >"$work/million.out" &
+wrk -t"$THREADS" -c"$CONNECTIONS" -d1h -s scripts/verify-each-key.lua "http://127.0.0.1:$MILLION_PORT/v1/verify" \
+  -- "$work/million.txt" "$THREADS" >"$work/million.out" &
 wrk_pid=$!
 # Stopped as well when the count stalls for 10 s (an answer that was not
 # VALID would otherwise keep it waiting for the hour).
