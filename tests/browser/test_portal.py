@@ -69,10 +69,8 @@ def test_deactivate_and_activate_from_the_actions_menu(server, portal):
     portal.action("Worker", "Deactivate")
     expect(portal.row("Worker")).to_contain_text("Inactive")
     assert server.verify(secret) == "INACTIVE"
-    # TODO: drop this wait once the command handler retries a conflict caused
-    # only by usage events (the usage-flush 409, to be fixed centrally): the
-    # verification's usage, flushed while Activate runs, makes it answer 409.
-    portal.wait_for_usage(portal.key_id("Worker"), 1)
+    # The verification's usage may be flushed while Activate runs: the
+    # command decides again rather than answering 409.
     portal.action("Worker", "Activate")
     expect(portal.row("Worker")).to_contain_text("Active")
     assert server.verify(secret) == "VALID"
@@ -115,12 +113,7 @@ def test_regenerate_with_a_one_hour_grace_keeps_both_secrets_working(server, por
     expect(page.get_by_text(until.strftime("until %-d %b %Y, %H:%M UTC"))).to_be_visible()
     assert server.verify(new) == "VALID"
     assert server.verify(old) == "VALID"
-    # Without a grace period the old secret stops at once. (First the two
-    # verifications' usage is flushed: a usage append racing a command on the
-    # same key answers 409, in the portal as over the API.)
-    # TODO: drop this wait once the command handler retries a conflict caused
-    # only by usage events (the usage-flush 409, to be fixed centrally).
-    portal.wait_for_usage(key_id, 2)
+    # Without a grace period the old secret stops at once.
     portal.goto("/portal/keys")
     portal.action("Rotating", "Regenerate")
     page.get_by_role("dialog").get_by_role("button", name="Regenerate").click()
@@ -344,10 +337,7 @@ def test_filters_pages_and_empty_states(server, portal):
     page = portal.page
     admin_key = portal.key_id("Admin key")
     # With every key deleted, the page says what to do.
-    # (a usage flush of the key's own request may race the delete: 409, retried)
-    # TODO: drop the retry once the command handler retries a conflict caused
-    # only by usage events (the usage-flush 409, to be fixed centrally).
-    assert any(server.api("DELETE", f"/v1/keys/{admin_key}", portal.admin)[0] == 204 for _ in range(5))
+    assert server.api("DELETE", f"/v1/keys/{admin_key}", portal.admin)[0] == 204
     portal.goto("/portal/keys")
     expect(page.get_by_role("heading", name="No keys yet")).to_be_visible()
     expect(page.get_by_role("heading", name="API keys")).to_have_count(1)

@@ -547,8 +547,6 @@ async fn a_leaked_secret_is_not_revived_by_a_regeneration_with_a_grace_period() 
             .create_key(json!({"name": format!("Leaky {action}"), "type": "secret"}))
             .await;
         let (id, old) = (created["id"].as_str().unwrap(), created["key"].as_str().unwrap());
-        // (Not used before the commands below: a usage flush racing a
-        // command on the same key would answer 409.)
         let answer = report(&app, &reporter, &matches(&[old])).await;
         assert_eq!(answer.expect(200)[0]["label"], "true_positive");
 
