@@ -18,8 +18,9 @@ use keyledger_events::handler::{self, HandlerError, ManyOutcome};
 use keyledger_events::log::{self, EventMeta, Notice};
 use keyledger_events::run_loop::{from_fn, run_loop, Progress, Schedule};
 use keyledger_events::shutdown::Shutdown;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool, Postgres};
 
 use crate::db_health::{is_unavailable, DatabaseHealth, PROBE_TIMEOUT};
 use crate::striped::Striped;
@@ -133,6 +134,10 @@ impl UsageAccumulator {
             }
         }
         let mut flushed = Flushed::default();
+        // One connection for every batch: a batch's messages grow its
+        // buffers to about a megabyte, which it keeps, and the pool would
+        // hand the batches each of its connections in turn.
+        let mut conn: Option<PoolConnection<Postgres>> = None;
         let mut taken = taken.into_iter();
         loop {
             let batch: Vec<_> = taken.by_ref().take(FLUSH_BATCH).collect();
@@ -143,7 +148,19 @@ impl UsageAccumulator {
                 self.keep(batch);
                 continue;
             }
-            match append_batch(pool, &batch).await {
+            let acquired = match conn.take() {
+                Some(held) => Ok(held),
+                None => pool.acquire().await,
+            };
+            let appended = match acquired {
+                Ok(mut held) => {
+                    let appended = append_batch(&mut held, &batch).await;
+                    conn = Some(held);
+                    appended
+                }
+                Err(e) => Err(e.into()),
+            };
+            match appended {
                 Ok(outcome) => {
                     for ((key_minute, counts), decision) in batch.into_iter().zip(outcome.decisions) {
                         match decision {
@@ -162,6 +179,7 @@ impl UsageAccumulator {
                 Err(e) if matches!(&e, HandlerError::Database(d) if is_unavailable(d)) => {
                     flushed.failed(database, &e, batch.len());
                     self.keep(batch);
+                    conn = None;
                 }
                 // Another writer appended to one of the keys since the batch
                 // read them (or one key could not be loaded): one by one,
@@ -340,12 +358,15 @@ fn usage_meta() -> EventMeta {
 /// Appends a batch of keys' minutes at once
 /// ([`handler::execute_many_unannounced`]): usage records only wake the
 /// workers (no cache reads them), so their notices are announced after.
-async fn append_batch(pool: &PgPool, batch: &[((KeyId, DateTime<Utc>), Counts)]) -> Result<ManyOutcome, HandlerError> {
+async fn append_batch(
+    conn: &mut PgConnection,
+    batch: &[((KeyId, DateTime<Utc>), Counts)],
+) -> Result<ManyOutcome, HandlerError> {
     let commands = batch
         .iter()
         .map(|&((id, minute), counts)| (key::stream_id(id), KeyCommand::RecordUsage(used(minute, counts))))
         .collect();
-    handler::execute_many_unannounced::<ApiKey>(pool, commands, &usage_meta()).await
+    handler::execute_many_unannounced::<ApiKey>(conn, commands, &usage_meta()).await
 }
 
 /// Appends one key's counts of one minute; the notice to announce.

@@ -362,12 +362,12 @@ pub struct ManyOutcome {
 /// their events in another; each command decided on its stream's state
 /// after the commands given before it for the same stream; everything
 /// decided appended in one statement and projected set-based
-/// ([`read_model::apply_batch`]), in one transaction. A refused command
+/// ([`read_model::apply_batch`]), in one transaction on `conn`. A refused command
 /// appends nothing and refuses no other. Another writer appending to any
 /// of the streams meanwhile fails the whole ([`HandlerError::Concurrency`]):
 /// nothing is stored, and the caller may run the commands one by one.
 pub async fn execute_many_unannounced<A: Aggregate>(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     commands: Vec<(String, A::Command)>,
     meta: &EventMeta,
 ) -> Result<ManyOutcome, HandlerError> {
@@ -379,9 +379,8 @@ pub async fn execute_many_unannounced<A: Aggregate>(
     let mut stream_ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     stream_ids.sort_unstable();
     stream_ids.dedup();
-    let mut conn = pool.acquire().await?;
     // Each stream's version as read, and its state and the events decided.
-    let (versions, mut streams): (Vec<i64>, Vec<_>) = load_many::<A>(&mut conn, &stream_ids)
+    let (versions, mut streams): (Vec<i64>, Vec<_>) = load_many::<A>(&mut *conn, &stream_ids)
         .await?
         .into_iter()
         .map(|loaded| (loaded.version, (loaded.state, Vec::new())))

@@ -477,6 +477,52 @@ async fn usage_counted_by_several_threads_is_one_event_per_key_and_minute() {
 /// A flush appends its keys' minutes a batch at a time, each batch one
 /// transaction, with the counts and read models one event at a time gave;
 /// a deleted key's counts are dropped without holding up the others.
+/// A flush's batches share one connection: a batch's messages grow the
+/// buffers of the connection it runs on (about a megabyte, kept), and a
+/// pool hands out its idle connections in turn, so batches taking each
+/// from the pool would grow every one of them.
+#[actix_web::test]
+async fn a_usage_flush_runs_all_its_batches_on_one_connection() {
+    use keyledger_api::db_health::DatabaseHealth;
+    use keyledger_api::usage::{Outcome, UsageAccumulator, FLUSH_BATCH};
+
+    let app = spawn_app().await;
+    let key = app.create_key(json!({"name": "busy", "type": "secret"})).await;
+    let id = key["id"].as_str().unwrap().parse().unwrap();
+    let usage = UsageAccumulator::default();
+    let minutes = 2 * FLUSH_BATCH as i64 + 1; // three batches
+    let start = chrono::DurationRound::duration_trunc(chrono::Utc::now(), chrono::Duration::minutes(1)).unwrap()
+        - chrono::Duration::minutes(minutes + 10);
+    for minute in 0..minutes {
+        usage.record(id, Outcome::Succeeded, start + chrono::Duration::minutes(minute));
+    }
+    // A pool with five idle connections, named for PostgreSQL to tell apart.
+    let options = app
+        .pool
+        .connect_options()
+        .as_ref()
+        .clone()
+        .application_name("flush-under-test");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(5)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let opened = futures_util::future::join_all((0..5).map(|_| pool.acquire())).await;
+    assert!(opened.iter().all(Result::is_ok));
+    drop(opened);
+
+    assert_eq!(usage.flush(&pool, &DatabaseHealth::default()).await, minutes as usize);
+    let committed: i64 = sqlx::query_scalar(
+        "select count(*) from pg_stat_activity
+         where application_name = 'flush-under-test' and query ilike 'commit'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(committed, 1, "the three batches committed on one connection");
+}
+
 #[actix_web::test]
 async fn a_usage_flush_appends_a_batch_of_keys_minutes_in_one_transaction() {
     use keyledger_api::db_health::DatabaseHealth;
