@@ -20,7 +20,7 @@ use keyledger_events::run_loop::{from_fn, run_loop, Progress, Schedule};
 use keyledger_events::shutdown::Shutdown;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgConnection, PgPool, Postgres};
+use sqlx::{PgConnection, PgExecutor, PgPool, Postgres};
 
 use crate::db_health::{is_unavailable, DatabaseHealth, PROBE_TIMEOUT};
 use crate::striped::Striped;
@@ -134,9 +134,10 @@ impl UsageAccumulator {
             }
         }
         let mut flushed = Flushed::default();
-        // One connection for every batch: a batch's messages grow its
-        // buffers to about a megabyte, which it keeps, and the pool would
-        // hand the batches each of its connections in turn.
+        // One connection for every batch, its buffers shrunk after: a
+        // batch's messages grow them to about a megabyte, which a
+        // connection keeps, and the pool would hand the batches (and the
+        // flushes) each of its connections in turn.
         let mut conn: Option<PoolConnection<Postgres>> = None;
         let mut taken = taken.into_iter();
         loop {
@@ -155,7 +156,18 @@ impl UsageAccumulator {
             let appended = match acquired {
                 Ok(mut held) => {
                     let appended = append_batch(&mut held, &batch).await;
-                    conn = Some(held);
+                    // On the same connection: the shutdown's flush has a
+                    // pool of one.
+                    if let Ok(outcome) = &appended {
+                        flushed.announce(&mut *held, &outcome.notices).await;
+                    }
+                    // Kept for the next batch unless something failed on it
+                    // (the pool checks a connection before handing it out;
+                    // the queued rollback of a failed batch goes out when it
+                    // is returned).
+                    if appended.is_ok() && !flushed.unannounced {
+                        conn = Some(held);
+                    }
                     appended
                 }
                 Err(e) => Err(e.into()),
@@ -174,12 +186,10 @@ impl UsageAccumulator {
                             }
                         }
                     }
-                    flushed.announce(pool, outcome.notices).await;
                 }
                 Err(e) if matches!(&e, HandlerError::Database(d) if is_unavailable(d)) => {
                     flushed.failed(database, &e, batch.len());
                     self.keep(batch);
-                    conn = None;
                 }
                 // Another writer appended to one of the keys since the batch
                 // read them (or one key could not be loaded): one by one,
@@ -189,11 +199,16 @@ impl UsageAccumulator {
                     if !matches!(e, HandlerError::Concurrency) {
                         tracing::warn!(error = %e, "usage flush: a batch failed; appending its keys' minutes one by one");
                     }
+                    // (The batch's connection is back in the pool, which
+                    // they take from: the shutdown's flush has a pool of one.)
                     for (key_minute, counts) in batch {
                         self.flush_one(pool, database, key_minute, counts, &mut flushed).await;
                     }
                 }
             }
+        }
+        if let Some(mut held) = conn {
+            sqlx::Connection::shrink_buffers(&mut *held);
         }
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.flushed_events
@@ -217,7 +232,7 @@ impl UsageAccumulator {
             match append(pool, key_minute.0, key_minute.1, counts).await {
                 Ok(Some(notice)) => {
                     flushed.appended += 1;
-                    flushed.announce(pool, vec![notice]).await;
+                    flushed.announce(pool, &[notice]).await;
                     return;
                 }
                 // A deleted key's last counts go with it.
@@ -324,11 +339,11 @@ impl Flushed {
 
     /// Wakes the workers for what was appended. Best effort: a lost
     /// announcement only leaves them to their poll.
-    async fn announce(&mut self, pool: &PgPool, notices: Vec<Notice>) {
+    async fn announce<'c>(&mut self, db: impl PgExecutor<'c>, notices: &[Notice]) {
         if self.unannounced || self.unavailable || notices.is_empty() {
             return;
         }
-        if let Err(e) = log::announce(pool, &notices).await {
+        if let Err(e) = log::announce(db, notices).await {
             tracing::warn!(error = %e, "usage flush: cannot announce the appended usage");
             self.unannounced = true;
         }

@@ -421,15 +421,30 @@ pub async fn execute_many_unannounced<A: Aggregate>(
         });
     }
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    let (stored, notices): (Vec<Vec<StoredEvent>>, Vec<Notice>) =
-        log::append_many_unannounced(&mut tx, &new).await?.into_iter().unzip();
-    let mut stored: Vec<StoredEvent> = stored.into_iter().flatten().collect();
-    stored.sort_unstable_by_key(|e| e.position);
-    read_model::apply_batch(&mut tx, &stored)
-        .await
-        .map_err(|f| HandlerError::from(f.error))?;
-    tx.commit().await?;
-    Ok(ManyOutcome { decisions, notices })
+    let appended = async {
+        let (stored, notices): (Vec<Vec<StoredEvent>>, Vec<Notice>) =
+            log::append_many_unannounced(&mut tx, &new).await?.into_iter().unzip();
+        let mut stored: Vec<StoredEvent> = stored.into_iter().flatten().collect();
+        stored.sort_unstable_by_key(|e| e.position);
+        read_model::apply_batch(&mut tx, &stored)
+            .await
+            .map_err(|f| HandlerError::from(f.error))?;
+        Ok::<_, HandlerError>(notices)
+    }
+    .await;
+    match appended {
+        Ok(notices) => {
+            tx.commit().await?;
+            Ok(ManyOutcome { decisions, notices })
+        }
+        // Rolled back now: the caller may go on using the connection, and a
+        // dropped transaction's rollback waits for the connection's next use
+        // (its inserted versions and locked rows with it).
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
 }
 
 async fn run<A: Aggregate>(

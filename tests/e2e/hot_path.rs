@@ -474,13 +474,10 @@ async fn usage_counted_by_several_threads_is_one_event_per_key_and_minute() {
     );
 }
 
-/// A flush appends its keys' minutes a batch at a time, each batch one
-/// transaction, with the counts and read models one event at a time gave;
-/// a deleted key's counts are dropped without holding up the others.
 /// A flush's batches share one connection: a batch's messages grow the
-/// buffers of the connection it runs on (about a megabyte, kept), and a
-/// pool hands out its idle connections in turn, so batches taking each
-/// from the pool would grow every one of them.
+/// buffers of the connection it runs on (about a megabyte), and a pool
+/// hands out its idle connections in turn, so batches taking each from the
+/// pool would grow every one of them (the flush shrinks its own after).
 #[actix_web::test]
 async fn a_usage_flush_runs_all_its_batches_on_one_connection() {
     use keyledger_api::db_health::DatabaseHealth;
@@ -513,16 +510,50 @@ async fn a_usage_flush_runs_all_its_batches_on_one_connection() {
     drop(opened);
 
     assert_eq!(usage.flush(&pool, &DatabaseHealth::default()).await, minutes as usize);
-    let committed: i64 = sqlx::query_scalar(
+    // The pool's check of an idle connection sends no query: only the
+    // connections the flush used have run one.
+    let used: i64 = sqlx::query_scalar(
         "select count(*) from pg_stat_activity
-         where application_name = 'flush-under-test' and query ilike 'commit'",
+         where application_name = 'flush-under-test' and query <> ''",
     )
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    assert_eq!(committed, 1, "the three batches committed on one connection");
+    assert_eq!(used, 1, "the three batches ran on one connection");
+
+    // On a pool of one connection, as the shutdown's flush has, each batch
+    // is announced on the connection the flush holds (the pool has no
+    // other to give).
+    let options = app.pool.connect_options().as_ref().clone();
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(1))
+        .connect_with(options)
+        .await
+        .unwrap();
+    let mut listener = sqlx::postgres::PgListener::connect_with(&app.pool).await.unwrap();
+    listener.listen(keyledger_events::log::NOTIFY_CHANNEL).await.unwrap();
+    let later = start + chrono::Duration::minutes(minutes);
+    for minute in 0..FLUSH_BATCH as i64 + 1 {
+        usage.record(id, Outcome::Succeeded, later + chrono::Duration::minutes(minute));
+    }
+    assert_eq!(usage.flush(&one, &DatabaseHealth::default()).await, FLUSH_BATCH + 1);
+    let announced = format!("key-{} key.used", key["id"].as_str().unwrap());
+    let mut heard = 0;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while heard < 2 {
+            if listener.recv().await.unwrap().payload() == announced {
+                heard += 1;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{heard} of the two batches announced"));
 }
 
+/// A flush appends its keys' minutes a batch at a time, each batch one
+/// transaction, with the counts and read models one event at a time gave;
+/// a deleted key's counts are dropped without holding up the others.
 #[actix_web::test]
 async fn a_usage_flush_appends_a_batch_of_keys_minutes_in_one_transaction() {
     use keyledger_api::db_health::DatabaseHealth;

@@ -320,7 +320,14 @@ async fn a_usage_flush_batch_overtaken_by_a_command_appends_each_minute_on_its_o
     // The deactivation has appended and not committed: the flush reads the
     // version before it, and its batch's insert waits for it.
     let held = hold_an_append(&app, &busy, keyledger_events::domain::KeyCommand::Deactivate).await;
-    let pool = app.pool.clone();
+    // On a pool of one connection, as the shutdown's flush has: the batch's
+    // connection goes back to it for the minutes appended one by one.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(1))
+        .connect_with(app.pool.connect_options().as_ref().clone())
+        .await
+        .unwrap();
     let flush = actix_web::rt::spawn(async move { usage.flush(&pool, &DatabaseHealth::default()).await });
     wait_for_an_append_waiting(&app.pool).await;
     held.commit().await.unwrap();
