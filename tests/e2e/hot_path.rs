@@ -527,7 +527,7 @@ async fn a_usage_flush_runs_all_its_batches_on_one_connection() {
     let options = app.pool.connect_options().as_ref().clone();
     let one = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
-        .acquire_timeout(Duration::from_secs(1))
+        .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
         .await
         .unwrap();

@@ -324,7 +324,7 @@ async fn a_usage_flush_batch_overtaken_by_a_command_appends_each_minute_on_its_o
     // connection goes back to it for the minutes appended one by one.
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
-        .acquire_timeout(std::time::Duration::from_secs(1))
+        .acquire_timeout(std::time::Duration::from_secs(5))
         .connect_with(app.pool.connect_options().as_ref().clone())
         .await
         .unwrap();
