@@ -198,23 +198,29 @@ async fn event_types(app: &crate::support::TestApp, id: &str) -> Vec<String> {
         .unwrap()
 }
 
-/// Waits until an append to the log waits for another transaction's
-/// outcome: the request's, blocked by the held one. Only an `insert into
-/// events` counts, so another backend of the app waiting on some other row
-/// cannot release the held transaction before the request has read.
-async fn wait_for_an_append_waiting(pool: &sqlx::PgPool) {
+/// Waits until an append to the log waits for `held` to end: the
+/// request's (or job's, or flush's) append, blocked by the held one. Only
+/// an `insert into events` that `held` blocks counts, so another backend
+/// of the app waiting on some other row or transaction cannot release the
+/// held transaction before the request has read.
+async fn wait_for_an_append_blocked_by(pool: &sqlx::PgPool, held: &mut sqlx::Transaction<'static, sqlx::Postgres>) {
+    let holder: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&mut **held)
+        .await
+        .unwrap();
     crate::support::eventually(std::time::Duration::from_secs(10), || async {
         let waiting: i64 = sqlx::query_scalar(
             "select count(*) from pg_stat_activity
-             where datname = current_database() and wait_event_type = 'Lock'
-               and wait_event = 'transactionid' and query ilike 'insert into events%'",
+             where datname = current_database() and query ilike 'insert into events%'
+               and $1 = any(pg_blocking_pids(pid))",
         )
+        .bind(holder)
         .fetch_one(pool)
         .await
         .unwrap();
         match waiting {
             1 => Ok(()),
-            n => Err(format!("{n} appends wait for another transaction, not 1")),
+            n => Err(format!("{n} appends wait for the held transaction, not 1")),
         }
     })
     .await
@@ -224,7 +230,7 @@ async fn wait_for_an_append_waiting(pool: &sqlx::PgPool) {
 /// then commits `held` and answers what the request answered.
 async fn interleave(
     app: &crate::support::TestApp,
-    held: sqlx::Transaction<'static, sqlx::Postgres>,
+    mut held: sqlx::Transaction<'static, sqlx::Postgres>,
     method: Method,
     path: String,
     body: Option<Value>,
@@ -232,7 +238,7 @@ async fn interleave(
 ) -> crate::support::Answer {
     let (address, admin) = (app.address.clone(), app.admin_key.clone());
     let request = actix_web::rt::spawn(async move { call(&address, method, &path, Some(&admin), body, headers).await });
-    wait_for_an_append_waiting(&app.pool).await;
+    wait_for_an_append_blocked_by(&app.pool, &mut held).await;
     held.commit().await.unwrap();
     request.await.unwrap()
 }
@@ -319,7 +325,7 @@ async fn a_usage_flush_batch_overtaken_by_a_command_appends_each_minute_on_its_o
     }
     // The deactivation has appended and not committed: the flush reads the
     // version before it, and its batch's insert waits for it.
-    let held = hold_an_append(&app, &busy, keyledger_events::domain::KeyCommand::Deactivate).await;
+    let mut held = hold_an_append(&app, &busy, keyledger_events::domain::KeyCommand::Deactivate).await;
     // On a pool of one connection, as the shutdown's flush has: the batch's
     // connection goes back to it for the minutes appended one by one.
     let pool = sqlx::postgres::PgPoolOptions::new()
@@ -329,7 +335,7 @@ async fn a_usage_flush_batch_overtaken_by_a_command_appends_each_minute_on_its_o
         .await
         .unwrap();
     let flush = actix_web::rt::spawn(async move { usage.flush(&pool, &DatabaseHealth::default()).await });
-    wait_for_an_append_waiting(&app.pool).await;
+    wait_for_an_append_blocked_by(&app.pool, &mut held).await;
     held.commit().await.unwrap();
     assert_eq!(flush.await.unwrap(), 2, "both minutes appended");
     assert_eq!(
@@ -392,15 +398,15 @@ async fn usage_recorded_between_a_jobs_read_and_its_append_is_no_conflict() {
 
     // 77 days on, the 90-day rotation is 13 days away: a reminder for the
     // key and one for the organization's admin key, created with it.
-    let held = hold_an_append(&app, &id, usage()).await;
+    let mut held = hold_an_append(&app, &id, usage()).await;
     let reminding = run(Job::Rotation, created + chrono::Duration::days(77));
-    wait_for_an_append_waiting(&app.pool).await;
+    wait_for_an_append_blocked_by(&app.pool, &mut held).await;
     held.commit().await.unwrap();
     assert_eq!(reminding.await.unwrap(), Report { alerts: 2, events: 2 });
 
-    let held = hold_an_append(&app, &id, usage()).await;
+    let mut held = hold_an_append(&app, &id, usage()).await;
     let expiring = run(Job::Expiry, expires_at + chrono::Duration::minutes(1));
-    wait_for_an_append_waiting(&app.pool).await;
+    wait_for_an_append_blocked_by(&app.pool, &mut held).await;
     held.commit().await.unwrap();
     assert_eq!(expiring.await.unwrap(), Report { alerts: 0, events: 1 });
     assert_eq!(
