@@ -82,25 +82,10 @@ LUA
     # appended them all (flushes run every second).
     USAGE_KEYS=${USAGE_KEYS:-50000}
     mkdir -p "$work/keys"
-    cat >"$work/create.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '{"name": "probe", "type": "secret", "scopes": ["read:experiences"]}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $KEY"
-local created, out, limit = 0, nil, math.floor($USAGE_KEYS / ${THREADS:-2})
-function setup(thread) thread:set("id", tostring(thread)) end
-function init(args) out = io.open("$work/keys/" .. id:gsub("%W", ""), "w") end
-function response(status, headers, body)
-  if status == 201 then
-    created = created + 1
-    out:write(body:match('"key"%s*:%s*"([^"]+)"'), "\n")
-    if created >= limit then out:flush(); wrk.thread:stop() end
-  end
-end
-LUA
     # wrk waits out its duration after its threads stop: it is stopped once
     # each thread has written its keys.
-    wrk -t"${THREADS:-2}" -c8 -d10m -s "$work/create.lua" "$url/v1/keys" >/dev/null &
+    KEYLEDGER_ADMIN_KEY=$KEY wrk -t"${THREADS:-2}" -c8 -d10m -s scripts/create-keys.lua "$url/v1/keys" \
+      -- "$work/keys" $((USAGE_KEYS / ${THREADS:-2})) '{"name": "probe", "type": "secret", "scopes": ["read:experiences"]}' >/dev/null &
     wrk_pid=$!
     while [ "$(cat "$work"/keys/* 2>/dev/null | wc -l)" -lt $((USAGE_KEYS / ${THREADS:-2} * ${THREADS:-2})) ]; do
       kill -0 "$wrk_pid" || { echo "wrk stopped before creating the keys" >&2; exit 1; }

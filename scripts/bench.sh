@@ -191,24 +191,10 @@ done
 
 echo "3/6 key creation vs pgbench ($CREATE_CLIENTS clients, $CREATE_KEYS keys at most in $CREATE_DURATION)" >&2
 mkdir -p "$work/keys"
-cat >"$work/create.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '{"name": "bench", "type": "secret", "scopes": ["read:experiences"], "allowed_ips": ["10.0.0.0/8"]}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $KEY"
-local created, out, limit = 0, nil, math.floor($CREATE_KEYS / $THREADS)
-function setup(thread) thread:set("id", tostring(thread)) end
-function init(args) out = io.open("$work/keys/" .. id:gsub("%W", ""), "w") end
-function response(status, headers, body)
-  if status == 201 then
-    created = created + 1
-    out:write(body:match('"key"%s*:%s*"([^"]+)"'), "\n")
-    if created >= limit then out:flush(); wrk.thread:stop() end
-  end
-end
-LUA
 create_since=$(psql_db -c "select now()" "$db")
-wrk -t"$THREADS" -c"$CREATE_CLIENTS" -d"$CREATE_DURATION" -s "$work/create.lua" "$KL/v1/keys" >"$work/create.out"
+KEYLEDGER_ADMIN_KEY=$KEY wrk -t"$THREADS" -c"$CREATE_CLIENTS" -d"$CREATE_DURATION" -s scripts/create-keys.lua "$KL/v1/keys" \
+  -- "$work/keys" $((CREATE_KEYS / THREADS)) \
+  '{"name": "bench", "type": "secret", "scopes": ["read:experiences"], "allowed_ips": ["10.0.0.0/8"]}' >"$work/create.out"
 # wrk reports its whole duration even when its threads stop at the limit,
 # and a thread that stops first leaves the other with fewer connections: the
 # rate is taken over the first 90% of the keys, from the first one's time.
